@@ -1,0 +1,117 @@
+//! The crate's error type: every failure a caller can cause or meet, named precisely.
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in calibseg. Bad input is reported here, never by a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No GPU adapter matched; the message lists what was tried and how to fix it.
+    #[error("no GPU adapter found ({tried}). {hint}")]
+    NoAdapter {
+        /// What was tried (back ends, name filter, adapters seen).
+        tried: String,
+        /// How to fix it.
+        hint: String,
+    },
+    /// The adapter refused to create a device.
+    #[error("could not create a device on adapter '{adapter}': {message}")]
+    RequestDevice {
+        /// Adapter name.
+        adapter: String,
+        /// wgpu's explanation.
+        message: String,
+    },
+    /// wgpu reported a validation error (a bug in calibseg or in how it was called).
+    #[error("GPU validation error in {context}: {message}")]
+    Validation {
+        /// Which operation was running.
+        context: String,
+        /// wgpu's description.
+        message: String,
+    },
+    /// The device ran out of memory.
+    #[error("GPU out of memory in {context}: {message}")]
+    OutOfMemory {
+        /// Which operation was running.
+        context: String,
+        /// wgpu's description.
+        message: String,
+    },
+    /// The device was lost (driver reset, crash); it cannot be used any more.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    /// A buffer or binding would exceed what the device allows.
+    #[error("{what} needs {bytes} bytes, over the device limit {limit_name} = {limit} bytes")]
+    BufferTooLarge {
+        /// What the buffer was for.
+        what: String,
+        /// Requested size in bytes.
+        bytes: u64,
+        /// Which device limit was exceeded.
+        limit_name: &'static str,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Two shapes that must agree do not.
+    #[error("shape mismatch: {0}")]
+    ShapeMismatch(String),
+    /// A shape is not usable for the operation (wrong rank, zero size, ...).
+    #[error("invalid shape: {0}")]
+    InvalidShape(String),
+    /// A tensor has the wrong element type for the operation.
+    #[error("wrong dtype: {0}")]
+    WrongDType(String),
+    /// A class label is negative or not below the number of classes.
+    #[error("label {label} out of range: expected 0..{classes} (at flat index {index})")]
+    LabelOutOfRange {
+        /// The offending label value.
+        label: i64,
+        /// Number of classes.
+        classes: usize,
+        /// Flat position of the first offending label.
+        index: usize,
+    },
+    /// An option has a value outside its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The adapter lacks an optional feature the operation needs.
+    #[error("adapter '{adapter}' does not support {feature}")]
+    MissingFeature {
+        /// The feature.
+        feature: &'static str,
+        /// Adapter name.
+        adapter: String,
+    },
+    /// Reading a buffer back from the device failed.
+    #[error("buffer readback failed: {0}")]
+    Readback(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file's content is not what was expected (missing tensor, bad header, ...).
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    /// Shorthand for [`Error::ShapeMismatch`].
+    pub fn shape(msg: impl Into<String>) -> Self {
+        Error::ShapeMismatch(msg.into())
+    }
+}

@@ -1,0 +1,369 @@
+//! The device context: which adapter, which device, and what it allows.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use super::pipeline::PipelineCache;
+use super::pool::BufferPool;
+use crate::error::{Error, Result};
+
+/// Optional features calibseg turns on when the adapter has them.
+const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::SUBGROUP);
+
+/// What to say when no adapter can be found.
+const NO_ADAPTER_HINT: &str = "To fix: on Linux without a GPU install Mesa's software Vulkan driver, Mesa 24 or newer \
+(`apt-get install mesa-vulkan-drivers libvulkan1`, on Debian 12 from bookworm-backports; \
+`bash scripts/ensure-gpu-driver.sh` in the calibseg repository does it). \
+WGPU_BACKEND (vulkan, metal, dx12, gl) chooses the back ends and WGPU_ADAPTER_NAME picks an adapter by part of its name.";
+
+/// How to choose an adapter. [`GpuOptions::from_env`] reads the usual wgpu variables.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Back ends to search (`None`: all that this build supports).
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive part of the adapter name to require (`None`: best adapter).
+    pub adapter_name: Option<String>,
+    /// Prefer a low-power (integrated) adapter over a discrete one.
+    pub low_power: bool,
+}
+
+impl GpuOptions {
+    /// Reads `WGPU_BACKEND` (comma list), `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF` (`low`).
+    pub fn from_env() -> Self {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        GpuOptions {
+            backends: env("WGPU_BACKEND").map(|v| wgpu::Backends::from_comma_list(&v)),
+            adapter_name: env("WGPU_ADAPTER_NAME"),
+            low_power: env("WGPU_POWER_PREF").is_some_and(|v| v.eq_ignore_ascii_case("low")),
+        }
+    }
+}
+
+/// A printable description of one adapter (what `calibseg devices` shows).
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// wgpu's adapter information.
+    pub info: wgpu::AdapterInfo,
+    /// Whether the adapter has f16 shaders, subgroups and timestamp queries.
+    pub features: wgpu::Features,
+    /// Largest storage binding in bytes.
+    pub max_storage_binding: u64,
+    /// Largest buffer in bytes.
+    pub max_buffer: u64,
+    /// Whether the adapter can run compute shaders at all.
+    pub compute: bool,
+}
+
+impl fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.info;
+        let driver = [i.driver.as_str(), i.driver_info.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut feats = Vec::new();
+        for (flag, name) in [
+            (wgpu::Features::SHADER_F16, "shader-f16"),
+            (wgpu::Features::SUBGROUP, "subgroup"),
+            (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+        ] {
+            if self.features.contains(flag) {
+                feats.push(name);
+            }
+        }
+        write!(
+            f,
+            "{} | {:?} | {:?} | driver: {} | features: {} | max storage binding {} MiB, max buffer {} MiB{}",
+            i.name,
+            i.backend,
+            i.device_type,
+            if driver.is_empty() { "?" } else { &driver },
+            if feats.is_empty() { "none".to_string() } else { feats.join(", ") },
+            self.max_storage_binding >> 20,
+            self.max_buffer >> 20,
+            if self.compute { "" } else { " | NO COMPUTE SHADERS" }
+        )
+    }
+}
+
+fn summarise(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let limits = adapter.limits();
+    AdapterSummary {
+        info: adapter.get_info(),
+        features: adapter.features() & WANTED_FEATURES,
+        max_storage_binding: limits.max_storage_buffer_binding_size,
+        max_buffer: limits.max_buffer_size,
+        compute: adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+    }
+}
+
+/// A GPU device with its queue, limits, pipeline cache and buffer pool. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) features: wgpu::Features,
+    pub(crate) pipelines: PipelineCache,
+    pub(crate) pool: BufferPool,
+    pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
+    /// Errors that escaped every error scope, and device loss, reported by the next call.
+    pub(crate) escaped: Arc<Mutex<Option<Error>>>,
+}
+
+impl fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .finish()
+    }
+}
+
+fn score(s: &AdapterSummary, low_power: bool) -> i32 {
+    use wgpu::DeviceType::*;
+    let kind = match (s.info.device_type, low_power) {
+        (DiscreteGpu, false) | (IntegratedGpu, true) => 5,
+        (IntegratedGpu, false) | (DiscreteGpu, true) => 4,
+        (VirtualGpu, _) => 3,
+        (Cpu, _) => 2,
+        (Other, _) => 1,
+    };
+    // The GL back end lacks f16 and subgroups, so prefer a native back end on the same device kind.
+    let native = i32::from(s.info.backend != wgpu::Backend::Gl);
+    kind * 2 + native
+}
+
+impl Gpu {
+    /// Opens the best adapter allowed by the environment (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
+    /// `WGPU_POWER_PREF`), with the adapter's own limits and the optional features it has.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&GpuOptions::from_env())
+    }
+
+    /// Lists every adapter the given back ends can see (all back ends for `None`).
+    pub fn adapters(backends: Option<wgpu::Backends>) -> Vec<AdapterSummary> {
+        let (_, adapters) = Self::enumerate(backends);
+        adapters.iter().map(summarise).collect()
+    }
+
+    fn enumerate(backends: Option<wgpu::Backends>) -> (wgpu::Backends, Vec<wgpu::Adapter>) {
+        let backends = backends.unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        (
+            backends,
+            pollster::block_on(instance.enumerate_adapters(backends)),
+        )
+    }
+
+    /// Which adapter [`Gpu::with_options`] would open, without creating a device.
+    pub fn choose(options: &GpuOptions) -> Result<AdapterSummary> {
+        let (_, adapters) = Self::enumerate(options.backends);
+        Self::pick(options, adapters).map(|(s, _)| s)
+    }
+
+    fn pick(
+        options: &GpuOptions,
+        adapters: Vec<wgpu::Adapter>,
+    ) -> Result<(AdapterSummary, wgpu::Adapter)> {
+        let backends = options.backends.unwrap_or(wgpu::Backends::all());
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        let wanted = options.adapter_name.as_ref().map(|n| n.to_lowercase());
+        let best = adapters
+            .into_iter()
+            .map(|a| (summarise(&a), a))
+            .filter(|(s, _)| s.compute)
+            .filter(|(s, _)| {
+                wanted
+                    .as_ref()
+                    .is_none_or(|w| s.info.name.to_lowercase().contains(w.as_str()))
+            })
+            .max_by_key(|(s, _)| score(s, options.low_power));
+        best.ok_or_else(|| {
+            let names: Vec<&str> = backends
+                .iter_names()
+                .map(|(n, _)| n)
+                .filter(|n| !matches!(*n, "NOOP" | "BROWSER_WEBGPU"))
+                .collect();
+            let mut tried = format!("back ends tried: {}", names.join(", ").to_lowercase());
+            if let Some(n) = &options.adapter_name {
+                tried += &format!("; adapter name filter WGPU_ADAPTER_NAME='{n}'");
+            }
+            tried += &if seen.is_empty() {
+                "; no adapter was seen".to_string()
+            } else {
+                format!("; adapters seen: {}", seen.join(", "))
+            };
+            Error::NoAdapter {
+                tried,
+                hint: NO_ADAPTER_HINT.to_string(),
+            }
+        })
+    }
+
+    /// Opens an adapter chosen by `options`.
+    pub fn with_options(options: &GpuOptions) -> Result<Self> {
+        let (_, adapters) = Self::enumerate(options.backends);
+        let (summary, adapter) = Self::pick(options, adapters)?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("calibseg"),
+            required_features: adapter.features() & WANTED_FEATURES,
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice {
+            adapter: summary.info.name.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self::wrap(device, queue))
+    }
+
+    /// Uses a device the caller already owns (for embedding calibseg in a wgpu application).
+    /// Its limits and features are taken as they are; operations that need more say so in their errors.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::wrap(device, queue)
+    }
+
+    fn wrap(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let escaped: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+        let slot = escaped.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if s.is_none() {
+                *s = Some(convert_error(
+                    e,
+                    "an operation outside calibseg's error scopes",
+                ));
+            }
+        }));
+        let slot = escaped.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+                *s = Some(Error::DeviceLost(format!("{reason:?}: {msg}")));
+            }
+        });
+        Gpu {
+            inner: Arc::new(Inner {
+                info: device.adapter_info(),
+                limits: device.limits(),
+                features: device.features(),
+                device,
+                queue,
+                pipelines: PipelineCache::default(),
+                pool: BufferPool::default(),
+                staging: Mutex::new(None),
+                escaped,
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter's description.
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// The device's limits (the adapter's own, for devices made by [`Gpu::new`]).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// The optional features that are on.
+    pub fn features(&self) -> wgpu::Features {
+        self.inner.features
+    }
+
+    /// Whether shaders may use `f16`.
+    pub fn has_f16(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Largest storage binding, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.inner.limits.max_storage_buffer_binding_size
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.take_escaped()
+    }
+
+    /// Reports (once) an error that escaped the error scopes, or device loss.
+    pub(crate) fn take_escaped(&self) -> Result<()> {
+        let mut s = self.inner.escaped.lock().unwrap_or_else(|p| p.into_inner());
+        match s.take() {
+            Some(Error::DeviceLost(m)) => {
+                *s = Some(Error::DeviceLost(m.clone()));
+                Err(Error::DeviceLost(m))
+            }
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Error if an f16 shader is needed and the device cannot run one.
+    pub fn require_f16(&self) -> Result<()> {
+        if self.has_f16() {
+            Ok(())
+        } else {
+            Err(Error::MissingFeature {
+                feature: "SHADER_F16 (f16 tensors)",
+                adapter: self.inner.info.name.clone(),
+            })
+        }
+    }
+}
+
+/// Turns a wgpu error into ours, naming the operation.
+pub(crate) fn convert_error(e: wgpu::Error, context: &str) -> Error {
+    match e {
+        wgpu::Error::OutOfMemory { source } => Error::OutOfMemory {
+            context: context.to_string(),
+            message: source.to_string(),
+        },
+        wgpu::Error::Validation { description, .. } => Error::Validation {
+            context: context.to_string(),
+            message: description,
+        },
+        wgpu::Error::Internal { description, .. } => Error::Validation {
+            context: context.to_string(),
+            message: format!("internal: {description}"),
+        },
+    }
+}

@@ -1,0 +1,135 @@
+//! A pool of storage buffers so repeated steps do not reallocate.
+//!
+//! Sizes are rounded up to one of four buckets per power of two (at most 25% waste); a dropped tensor's
+//! buffer goes back to its bucket. Reuse is safe without fences because wgpu executes submissions in order
+//! and every op submits its own work before returning.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// Storage buffers are readable, writable, and copyable both ways.
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Bytes the pool keeps for reuse before it starts releasing buffers.
+const DEFAULT_RETAIN_BYTES: u64 = 2 << 30;
+
+/// Counters of what the pool holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers created so far.
+    pub allocations: u64,
+    /// Requests served from the pool.
+    pub reuses: u64,
+    /// Bytes idle in the pool now.
+    pub idle_bytes: u64,
+}
+
+#[derive(Default)]
+struct PoolState {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    stats: PoolStats,
+}
+
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    state: Arc<Mutex<PoolState>>,
+}
+
+/// A buffer that returns to its pool when dropped.
+pub(crate) struct PooledBuffer {
+    pub(crate) buffer: wgpu::Buffer,
+    pool: Weak<Mutex<PoolState>>,
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let mut s = pool.lock().unwrap_or_else(|p| p.into_inner());
+        let size = self.buffer.size();
+        if s.stats.idle_bytes + size <= DEFAULT_RETAIN_BYTES {
+            s.stats.idle_bytes += size;
+            s.free.entry(size).or_default().push(self.buffer.clone());
+        }
+    }
+}
+
+/// Rounds `bytes` up to its bucket: 4 buckets per power of two, at least 256 bytes.
+pub(crate) fn bucket(bytes: u64) -> u64 {
+    let b = bytes.max(256);
+    let top = 63 - b.leading_zeros() as u64; // floor(log2 b)
+    let step = 1u64 << top.saturating_sub(2);
+    b.div_ceil(step) * step
+}
+
+impl BufferPool {
+    pub(crate) fn get(&self, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
+        let size = bucket(bytes);
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let reused = s.free.get_mut(&size).and_then(|v| v.pop());
+        let buffer = match reused {
+            Some(b) => {
+                s.stats.reuses += 1;
+                s.stats.idle_bytes -= size;
+                b
+            }
+            None => {
+                s.stats.allocations += 1;
+                drop(s);
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("calibseg tensor"),
+                    size,
+                    usage: STORAGE_USAGE,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        PooledBuffer {
+            buffer,
+            pool: Arc::downgrade(&self.state),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stats
+    }
+
+    pub(crate) fn clear(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.free.clear();
+        s.stats.idle_bytes = 0;
+    }
+}
+
+impl super::Gpu {
+    /// What the buffer pool has done and holds.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// Releases every idle pooled buffer (memory goes back to the driver).
+    pub fn clear_pool(&self) {
+        self.inner.pool.clear()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket;
+
+    #[test]
+    fn buckets_waste_at_most_a_quarter() {
+        assert_eq!(bucket(1), 256);
+        assert_eq!(bucket(256), 256);
+        assert_eq!(bucket(257), 320);
+        assert_eq!(bucket(1 << 20), 1 << 20);
+        for b in [1000u64, 4097, 123_456_789, (1 << 30) + 1] {
+            let r = bucket(b);
+            assert!(r >= b && (r - b) * 4 <= b, "{b} -> {r}");
+            assert_eq!(r % 4, 0);
+        }
+    }
+}

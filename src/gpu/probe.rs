@@ -1,0 +1,106 @@
+//! Measures what the adapter can do at most (copy bandwidth, FMA rate), so that throughput can be
+//! reported as a fraction of the adapter's own peak and compared across vendors.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{time_gpu, Arg, Gpu, WORKGROUP_SIZE};
+use crate::error::Result;
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    iters: u32,
+    _pad: [u32; 2],
+}
+
+/// The adapter's measured peaks.
+#[derive(Clone, Copy, Debug)]
+pub struct Peak {
+    /// Copy bandwidth in GB/s (bytes read + bytes written, per second).
+    pub copy_gb_per_s: f64,
+    /// Fused multiply-add rate in GFLOP/s (2 flops per FMA).
+    pub fma_gflop_per_s: f64,
+}
+
+/// Best of `reps` timings of `work`, in seconds.
+pub fn best_of(gpu: &Gpu, reps: usize, mut work: impl FnMut() -> Result<()>) -> Result<f64> {
+    work()?; // warm-up: pipeline creation, first-touch allocation
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        best = best.min(time_gpu(gpu, &mut work)?.as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Records a vec4 copy of `bytes` bytes from `src` to `dst` (both at least that large).
+pub fn record_copy(
+    batch: &mut super::Batch<'_>,
+    src: &Tensor,
+    dst: &Tensor,
+    bytes: u64,
+) -> Result<()> {
+    let gpu = batch.gpu().clone();
+    let kernel = gpu.kernel(&shaders::PROBE, "", "copy_vec4", &[])?;
+    let n = (bytes / 16) as u32;
+    let p = Params {
+        n,
+        iters: 0,
+        _pad: [0; 2],
+    };
+    batch.dispatch(
+        &kernel,
+        bytemuck::bytes_of(&p),
+        &[Arg::window(src, 0, bytes), Arg::window(dst, 0, bytes)],
+        n.div_ceil(WORKGROUP_SIZE),
+    )
+}
+
+/// Copy bandwidth over a buffer of `bytes` bytes (read once, written once), best of `reps`.
+pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, reps: usize) -> Result<f64> {
+    let bytes = (bytes / 16).max(1) * 16;
+    let src = Tensor::zeros(gpu, &[(bytes / 4) as usize], DType::F32)?;
+    let dst = Tensor::zeros(gpu, &[(bytes / 4) as usize], DType::F32)?;
+    let secs = best_of(gpu, reps, || {
+        let mut b = gpu.batch("probe copy");
+        record_copy(&mut b, &src, &dst, bytes)?;
+        b.submit().map(|_| ())
+    })?;
+    Ok(2.0 * bytes as f64 / secs / 1e9)
+}
+
+/// FMA rate with enough invocations to fill the device, best of `reps`.
+pub fn fma_rate(gpu: &Gpu, reps: usize) -> Result<f64> {
+    let kernel = gpu.kernel(&shaders::PROBE, "", "fma_vec4", &[])?;
+    let invocations: u32 = 1 << 18;
+    let iters: u32 = 256;
+    let src = Tensor::from_f32(gpu, &[1024], &vec![0.5f32; 1024])?;
+    let dst = Tensor::zeros(gpu, &[1024], DType::F32)?;
+    let p = Params {
+        n: invocations,
+        iters,
+        _pad: [0; 2],
+    };
+    let secs = best_of(gpu, reps, || {
+        let mut b = gpu.batch("probe fma");
+        b.dispatch(
+            &kernel,
+            bytemuck::bytes_of(&p),
+            &[Arg::whole(&src), Arg::whole(&dst)],
+            invocations / WORKGROUP_SIZE,
+        )?;
+        b.submit().map(|_| ())
+    })?;
+    let flops = invocations as f64 * iters as f64 * 8.0 * 4.0 * 2.0;
+    Ok(flops / secs / 1e9)
+}
+
+/// Measures both peaks (a 64 MiB copy and the FMA kernel, best of 5 each).
+pub fn measure(gpu: &Gpu) -> Result<Peak> {
+    Ok(Peak {
+        copy_gb_per_s: copy_bandwidth(gpu, 64 << 20, 5)?,
+        fma_gflop_per_s: fma_rate(gpu, 5)?,
+    })
+}

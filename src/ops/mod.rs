@@ -1,0 +1,87 @@
+//! Operations on tensors, one module per op, each with its forward and backward launches.
+
+pub mod softmax;
+
+pub use softmax::{softmax, softmax_backward};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::tensor::Tensor;
+
+/// A run of whole images bound as one window of a tensor's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageChunk {
+    /// First image of the run.
+    pub first: usize,
+    /// Images in the run.
+    pub count: usize,
+    /// Byte offset of the bound window (aligned as the device requires).
+    pub byte_offset: u64,
+    /// Bytes in the window.
+    pub byte_len: u64,
+    /// Elements between the window's start and the first image (the alignment slack).
+    pub elem_shift: u32,
+}
+
+/// Splits `images` images of `bytes_per_image` bytes (elements of `elem_size` bytes) into runs that each
+/// fit one storage binding, so tensors larger than `max_storage_buffer_binding_size` still work.
+pub fn image_chunks(
+    gpu: &Gpu,
+    images: usize,
+    bytes_per_image: u64,
+    elem_size: u64,
+    what: &str,
+) -> Result<Vec<ImageChunk>> {
+    let align = u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(4);
+    let max = gpu.max_binding_bytes();
+    let mut out = Vec::new();
+    let mut first = 0usize;
+    while first < images {
+        let start = first as u64 * bytes_per_image;
+        let byte_offset = start / align * align;
+        let shift = start - byte_offset;
+        let fit = (max.saturating_sub(shift) / bytes_per_image.max(1)) as usize;
+        if fit == 0 {
+            return Err(Error::BufferTooLarge {
+                what: format!("one image of {what}"),
+                bytes: bytes_per_image,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: max,
+            });
+        }
+        let count = fit.min(images - first);
+        out.push(ImageChunk {
+            first,
+            count,
+            byte_offset,
+            byte_len: shift + count as u64 * bytes_per_image,
+            elem_shift: (shift / elem_size) as u32,
+        });
+        first += count;
+    }
+    Ok(out)
+}
+
+/// `[N, C, spatial...]` → (N, C, voxels); rank must be at least 2.
+pub fn ncv(t: &Tensor, what: &str) -> Result<(usize, usize, usize)> {
+    let s = t.shape();
+    if s.len() < 2 {
+        return Err(Error::InvalidShape(format!(
+            "{what} must be [N, C, spatial...], got {s:?}"
+        )));
+    }
+    Ok((s[0], s[1], s[2..].iter().product()))
+}
+
+/// Error unless both tensors have the same shape.
+pub fn same_shape(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
+    if a.shape() == b.shape() {
+        Ok(())
+    } else {
+        Err(Error::shape(format!(
+            "{what}: {:?} vs {:?}",
+            a.shape(),
+            b.shape()
+        )))
+    }
+}

@@ -1,0 +1,281 @@
+//! A GPU tensor: a pooled storage buffer and a row-major shape (`[N, C, spatial...]` by convention).
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, PooledBuffer};
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (needs the SHADER_F16 feature in kernels).
+    F16,
+    /// 32-bit signed integer (labels).
+    I32,
+    /// 32-bit unsigned integer (labels, counts).
+    U32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F16 => 2,
+            _ => 4,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::I32 => "i32",
+            DType::U32 => "u32",
+        })
+    }
+}
+
+/// A host element type that maps to a [`DType`].
+pub trait Element: bytemuck::Pod {
+    /// The matching dtype.
+    const DTYPE: DType;
+}
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+}
+impl Element for i32 {
+    const DTYPE: DType = DType::I32;
+}
+impl Element for u32 {
+    const DTYPE: DType = DType::U32;
+}
+
+/// A tensor on the GPU. Cloning shares the buffer; the buffer returns to the pool when the last clone drops.
+#[derive(Clone)]
+pub struct Tensor {
+    gpu: Gpu,
+    buf: Arc<PooledBuffer>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({:?}, {})", self.shape, self.dtype)
+    }
+}
+
+/// Number of elements of a shape, with overflow reported.
+pub fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::InvalidShape(format!("{shape:?} has too many elements")))
+}
+
+impl Tensor {
+    /// An uninitialised tensor (contents are whatever the pooled buffer held).
+    pub fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        let n = numel(shape)?;
+        let bytes = (n as u64)
+            .checked_mul(dtype.size() as u64)
+            .ok_or_else(|| Error::InvalidShape(format!("{shape:?} is too large")))?
+            .next_multiple_of(4);
+        let limit = gpu.limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::BufferTooLarge {
+                what: format!("a {dtype} tensor of shape {shape:?}"),
+                bytes,
+                limit_name: "max_buffer_size",
+                limit,
+            });
+        }
+        let buf = gpu.inner.pool.get(gpu.device(), bytes);
+        Ok(Tensor {
+            gpu: gpu.clone(),
+            buf: Arc::new(buf),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        let t = Self::uninit(gpu, shape, dtype)?;
+        let mut batch = gpu.batch("zeros");
+        batch.encoder().clear_buffer(t.buffer(), 0, None);
+        batch.submit()?;
+        Ok(t)
+    }
+
+    /// Uploads host data.
+    pub fn from_slice<T: Element>(gpu: &Gpu, shape: &[usize], data: &[T]) -> Result<Self> {
+        let n = numel(shape)?;
+        if n != data.len() {
+            return Err(Error::shape(format!(
+                "shape {shape:?} holds {n} elements but {} were given",
+                data.len()
+            )));
+        }
+        let t = Self::uninit(gpu, shape, T::DTYPE)?;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if bytes.len().is_multiple_of(4) {
+            gpu.queue().write_buffer(t.buffer(), 0, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            gpu.queue().write_buffer(t.buffer(), 0, &padded);
+        }
+        Ok(t)
+    }
+
+    /// Uploads f32 data.
+    pub fn from_f32(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Self> {
+        Self::from_slice(gpu, shape, data)
+    }
+
+    /// Downloads the elements (the dtype must match `T`).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if self.dtype != T::DTYPE {
+            return Err(Error::WrongDType(format!(
+                "tensor is {}, asked for {}",
+                self.dtype,
+                T::DTYPE
+            )));
+        }
+        let n = self.numel();
+        let bytes = self.gpu.read_bytes(self.buffer(), 0, self.byte_len())?;
+        let mut out = vec![T::zeroed(); n];
+        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..n * T::DTYPE.size()]);
+        Ok(out)
+    }
+
+    /// Downloads as f32 (f16 is widened; integer types are rejected).
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        match self.dtype {
+            DType::F32 => self.to_vec::<f32>(),
+            DType::F16 => Ok(self
+                .to_vec::<half::f16>()?
+                .into_iter()
+                .map(f32::from)
+                .collect()),
+            d => Err(Error::WrongDType(format!("tensor is {d}, asked for f32"))),
+        }
+    }
+
+    /// Same data, another shape with the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        if numel(shape)? != self.numel() {
+            return Err(Error::shape(format!(
+                "cannot reshape {:?} to {shape:?}",
+                self.shape
+            )));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Bytes of element data (the buffer may be larger).
+    pub fn byte_len(&self) -> u64 {
+        (self.numel() * self.dtype.size()) as u64
+    }
+
+    /// The device it lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The underlying buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buf.buffer
+    }
+
+    /// Whether two tensors share a buffer.
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
+
+    /// Error unless the dtype is `want`; `what` names the tensor in the message.
+    pub fn expect_dtype(&self, want: DType, what: &str) -> Result<()> {
+        if self.dtype == want {
+            Ok(())
+        } else {
+            Err(Error::WrongDType(format!(
+                "{what} must be {want}, got {}",
+                self.dtype
+            )))
+        }
+    }
+}
+
+impl Gpu {
+    /// Reads `len` bytes of `buffer` from `offset` through the reused staging buffer.
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
+        const STAGING_MAX: u64 = 64 << 20;
+        let mut out = Vec::with_capacity(len as usize);
+        let mut staging = self.inner.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(STAGING_MAX);
+            let copy = chunk.next_multiple_of(4);
+            let fits = staging.as_ref().is_some_and(|s| s.size() >= copy);
+            if !fits {
+                *staging = Some(self.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("calibseg staging"),
+                    size: copy.next_power_of_two().clamp(1 << 16, STAGING_MAX),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }));
+            }
+            let stage = staging.as_ref().expect("staging buffer was just created");
+            let mut batch = self.batch("readback");
+            batch
+                .encoder()
+                .copy_buffer_to_buffer(buffer, offset + done, stage, 0, copy);
+            let (tx, rx) = std::sync::mpsc::channel();
+            batch
+                .encoder()
+                .map_buffer_on_submit(stage, wgpu::MapMode::Read, 0..copy, move |r| {
+                    let _ = tx.send(r);
+                });
+            batch.submit_and_wait()?;
+            rx.recv()
+                .map_err(|_| Error::Readback("map callback never ran".into()))?
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            {
+                let view = stage
+                    .get_mapped_range(0..copy)
+                    .map_err(|e| Error::Readback(e.to_string()))?;
+                out.extend_from_slice(&view[..chunk as usize]);
+            }
+            stage.unmap();
+            done += chunk;
+        }
+        Ok(out)
+    }
+}
