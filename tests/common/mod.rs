@@ -1,0 +1,84 @@
+//! Shared test helpers: the device, a seeded random generator, comparisons, and the f64 CPU reference.
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::sync::OnceLock;
+
+use calibseg::Gpu;
+
+/// The shared device, or `None` (with a printed reason) when there is no adapter outside CI.
+/// With `CI` set, a missing adapter fails the test instead of skipping it.
+pub fn gpu() -> Option<Gpu> {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+    match GPU.get_or_init(|| Gpu::new().map_err(|e| e.to_string())) {
+        Ok(g) => Some(g.clone()),
+        Err(e) => {
+            if std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_GPU").is_some() {
+                panic!("CI requires a GPU adapter: {e}");
+            }
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// SplitMix64: small, seeded, reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u = self.uniform().max(1e-300);
+        let v = self.uniform();
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+    pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f32> {
+        (0..n).map(|_| (self.normal() * scale) as f32).collect()
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Asserts |got - want| <= tol for every element; reports the worst one.
+pub fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g as f64 - w).abs();
+        assert!(
+            !d.is_nan() || (g.is_nan() && w.is_nan()),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+        if d > worst.1 {
+            worst = (i, d);
+        }
+    }
+    let (i, d) = worst;
+    assert!(
+        d <= tol,
+        "{what}: worst error {d:e} at [{i}] (got {}, want {}), tolerance {tol:e}",
+        got[i],
+        want[i]
+    );
+}
+
+/// Largest absolute value.
+pub fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}

@@ -1,0 +1,124 @@
+//! Every shader the library compiles, with each of its preludes, parses and validates with naga (no adapter
+//! needed) and translates to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), so a shader that would
+//! fail on another back end fails here first.
+
+use calibseg::shaders::{self, Shader};
+use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
+
+/// Only what a variant really needs: proves the portable variants need nothing.
+fn capabilities(src: &str) -> Capabilities {
+    let mut caps = Capabilities::empty();
+    if src.contains("enable f16") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    if src.contains("subgroup") {
+        caps |= Capabilities::SUBGROUP;
+    }
+    caps
+}
+
+fn check(shader: &Shader, prelude: &str) -> Result<(), String> {
+    let src = shader.with_prelude(prelude);
+    let name = format!("{} (prelude {prelude:?})", shader.name);
+    let module = naga::front::wgsl::parse_str(&src)
+        .map_err(|e| format!("{name}: {}", e.emit_to_string(&src)))?;
+    let caps = capabilities(&src);
+    let mut validator = Validator::new(ValidationFlags::all(), caps);
+    if caps.contains(Capabilities::SUBGROUP) {
+        validator
+            .subgroup_stages(ShaderStages::COMPUTE)
+            .subgroup_operations(SubgroupOperationSet::all());
+    }
+    let info = validator
+        .validate(&module)
+        .map_err(|e| format!("{name}: {}", e.emit_to_string(&src)))?;
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        None,
+        &Default::default(),
+    )
+    .map_err(|e| format!("{name}: overrides: {e}"))?;
+
+    naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+        .map_err(|e| format!("{name}: SPIR-V: {e}"))?;
+    naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default())
+        .map_err(|e| format!("{name}: MSL: {e}"))?;
+    let mut hlsl_options = naga::back::hlsl::Options::default();
+    if caps.contains(Capabilities::SHADER_FLOAT16) {
+        hlsl_options.shader_model = naga::back::hlsl::ShaderModel::V6_2;
+    }
+    let mut hlsl = String::new();
+    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &Default::default())
+        .write(&module, &info, None)
+        .map_err(|e| format!("{name}: HLSL: {e}"))?;
+    // GL is compiled per entry point; f16 and subgroup variants never run on GL (no such features there).
+    if !caps.intersects(Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP) {
+        for ep in &module.entry_points {
+            let options = naga::back::glsl::Options {
+                version: naga::back::glsl::Version::new_gles(310),
+                ..Default::default()
+            };
+            let pipeline = naga::back::glsl::PipelineOptions {
+                shader_stage: ep.stage,
+                entry_point: ep.name.clone(),
+                multiview: None,
+            };
+            let mut glsl = String::new();
+            naga::back::glsl::Writer::new(
+                &mut glsl,
+                &module,
+                &info,
+                &options,
+                &pipeline,
+                naga::proc::BoundsCheckPolicies::default(),
+            )
+            .and_then(|mut w| w.write())
+            .map_err(|e| format!("{name}: GLSL {}: {e}", ep.name))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_shader_validates_and_translates_to_every_back_end() {
+    let mut failures = Vec::new();
+    for shader in shaders::ALL {
+        assert!(
+            !shader.preludes.is_empty(),
+            "{} lists no prelude",
+            shader.name
+        );
+        for prelude in shader.preludes {
+            if let Err(e) = check(shader, prelude) {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_file_in_shaders_is_registered() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".wgsl") {
+            assert!(
+                shaders::ALL.iter().any(|s| s.name == name),
+                "{name} is not in shaders::ALL"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_broken_shader_is_caught() {
+    let broken = Shader {
+        name: "broken.wgsl",
+        source: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
+        preludes: &[""],
+    };
+    let err = check(&broken, "").unwrap_err();
+    assert!(err.contains("broken.wgsl"), "{err}");
+}
