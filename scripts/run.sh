@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs the main job: installs the software Vulkan driver first where no GPU driver exists, then the example.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-gpu-driver.sh
+cargo run --release --example "${1:-quickstart}"
