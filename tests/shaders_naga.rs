@@ -118,6 +118,7 @@ fn a_broken_shader_is_caught() {
         name: "broken.wgsl",
         source: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
         preludes: &[""],
+        trusted: false,
     };
     let err = check(&broken, "").unwrap_err();
     assert!(err.contains("broken.wgsl"), "{err}");

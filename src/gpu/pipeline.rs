@@ -63,10 +63,21 @@ impl Gpu {
             modules
                 .entry((shader.name, prelude.to_string()))
                 .or_insert_with(|| {
-                    Arc::new(device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(shader.name),
                         source: wgpu::ShaderSource::Wgsl(shader.with_prelude(prelude).into()),
-                    }))
+                    };
+                    Arc::new(if shader.trusted {
+                        // SAFETY: `trusted` files guard every index themselves (see `Shader::trusted`).
+                        unsafe {
+                            device.create_shader_module_trusted(
+                                desc,
+                                wgpu::ShaderRuntimeChecks::unchecked(),
+                            )
+                        }
+                    } else {
+                        device.create_shader_module(desc)
+                    })
                 })
                 .clone()
         };
