@@ -15,6 +15,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod binning;
 pub mod error;
 pub mod gpu;
 pub mod ops;
