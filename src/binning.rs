@@ -91,7 +91,10 @@ mod tests {
     #[test]
     fn soft_centres() {
         let (c, d) = soft_bin_centres(20);
-        assert!((c[0] - 0.025).abs() < 2e-7 && (c[19] - 0.975).abs() < 2e-7, "{c:?}");
+        assert!(
+            (c[0] - 0.025).abs() < 2e-7 && (c[19] - 0.975).abs() < 2e-7,
+            "{c:?}"
+        );
         assert!((d - 0.05).abs() < 1e-8);
     }
 }

@@ -18,6 +18,7 @@
 pub mod binning;
 pub mod error;
 pub mod gpu;
+pub mod io;
 pub mod ops;
 pub mod shaders;
 pub mod tensor;

@@ -1,0 +1,3 @@
+//! Reading and writing files: safetensors (tensors by name) and NIfTI images.
+
+pub mod safetensors;

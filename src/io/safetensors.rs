@@ -1,0 +1,248 @@
+//! Named tensors in safetensors files: reading with dtype conversion, writing atomically.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+
+/// A host tensor read from or written to a file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostTensor {
+    /// f32 data and shape.
+    F32(Vec<usize>, Vec<f32>),
+    /// i32 data and shape.
+    I32(Vec<usize>, Vec<i32>),
+}
+
+impl HostTensor {
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            HostTensor::F32(s, _) | HostTensor::I32(s, _) => s,
+        }
+    }
+}
+
+/// A safetensors file held in memory.
+pub struct TensorFile {
+    path: String,
+    bytes: Vec<u8>,
+}
+
+fn format_err(path: &str, message: impl Into<String>) -> Error {
+    Error::Format {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+impl TensorFile {
+    /// Reads and checks the header of a safetensors file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let p = path.as_ref().display().to_string();
+        let bytes = std::fs::read(path.as_ref()).map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
+        SafeTensors::deserialize(&bytes).map_err(|e| format_err(&p, e.to_string()))?;
+        Ok(TensorFile { path: p, bytes })
+    }
+
+    fn parsed(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("header was checked in open")
+    }
+
+    /// The file's path as given.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Names of the tensors in the file, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self
+            .parsed()
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        n.sort();
+        n
+    }
+
+    /// Whether a tensor of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.parsed().tensor(name).is_ok()
+    }
+
+    /// The `__metadata__` string entry `key`, if any.
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        let (_, meta) = SafeTensors::read_metadata(&self.bytes).ok()?;
+        meta.metadata().as_ref()?.get(key).cloned()
+    }
+
+    fn view(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+        let st = self.parsed();
+        let v = st
+            .tensor(name)
+            .map_err(|_| format_err(&self.path, format!("no tensor named '{name}'")))?;
+        Ok((v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+    }
+
+    /// Shape of tensor `name`.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.view(name)?.1)
+    }
+
+    /// Reads `name` as f32 (from F32, F64, F16 or BF16).
+    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (dtype, shape, data) = self.view(name)?;
+        let v: Vec<f32> = match dtype {
+            Dtype::F32 => le_chunks::<4>(&data).map(f32::from_le_bytes).collect(),
+            Dtype::F64 => le_chunks::<8>(&data)
+                .map(|b| f64::from_le_bytes(b) as f32)
+                .collect(),
+            Dtype::F16 => le_chunks::<2>(&data)
+                .map(|b| half::f16::from_le_bytes(b).to_f32())
+                .collect(),
+            Dtype::BF16 => le_chunks::<2>(&data)
+                .map(|b| half::bf16::from_le_bytes(b).to_f32())
+                .collect(),
+            d => {
+                return Err(format_err(
+                    &self.path,
+                    format!("tensor '{name}' is {d:?}; a float type is required"),
+                ))
+            }
+        };
+        Ok((shape, v))
+    }
+
+    /// Reads `name` as f16 (F16 only: no silent rounding of wider data).
+    pub fn f16(&self, name: &str) -> Result<(Vec<usize>, Vec<half::f16>)> {
+        let (dtype, shape, data) = self.view(name)?;
+        if dtype != Dtype::F16 {
+            return Err(format_err(
+                &self.path,
+                format!("tensor '{name}' is {dtype:?}, not F16"),
+            ));
+        }
+        Ok((
+            shape,
+            le_chunks::<2>(&data)
+                .map(half::f16::from_le_bytes)
+                .collect(),
+        ))
+    }
+
+    /// Whether tensor `name` is stored as F16.
+    pub fn is_f16(&self, name: &str) -> Result<bool> {
+        Ok(self.view(name)?.0 == Dtype::F16)
+    }
+
+    /// Reads integer tensor `name` as i64 (from U8, I8, I16, U16, I32, U32 or I64; floats are rejected).
+    pub fn integers(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let (dtype, shape, data) = self.view(name)?;
+        let v: Vec<i64> = match dtype {
+            Dtype::U8 => data.iter().map(|&b| b as i64).collect(),
+            Dtype::I8 => data.iter().map(|&b| b as i8 as i64).collect(),
+            Dtype::I16 => le_chunks::<2>(&data)
+                .map(|b| i16::from_le_bytes(b) as i64)
+                .collect(),
+            Dtype::U16 => le_chunks::<2>(&data)
+                .map(|b| u16::from_le_bytes(b) as i64)
+                .collect(),
+            Dtype::I32 => le_chunks::<4>(&data)
+                .map(|b| i32::from_le_bytes(b) as i64)
+                .collect(),
+            Dtype::U32 => le_chunks::<4>(&data)
+                .map(|b| u32::from_le_bytes(b) as i64)
+                .collect(),
+            Dtype::I64 => le_chunks::<8>(&data).map(i64::from_le_bytes).collect(),
+            d => {
+                return Err(format_err(
+                    &self.path,
+                    format!("tensor '{name}' is {d:?}; an integer type is required"),
+                ))
+            }
+        };
+        Ok((shape, v))
+    }
+}
+
+fn le_chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    data.chunks_exact(N)
+        .map(|c| c.try_into().expect("chunks_exact yields N bytes"))
+}
+
+/// Writes named tensors to `path` atomically: a temporary file in the same folder, renamed at the end, so a
+/// failure never leaves a half-written file. `metadata` goes into `__metadata__`.
+pub fn write(
+    path: impl AsRef<Path>,
+    tensors: &BTreeMap<String, HostTensor>,
+    metadata: Option<&std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let p = path.display().to_string();
+    let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in tensors {
+        let (dtype, shape, bytes): (Dtype, Vec<usize>, Vec<u8>) = match t {
+            HostTensor::F32(s, v) => (
+                Dtype::F32,
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            HostTensor::I32(s, v) => (
+                Dtype::I32,
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+        };
+        if shape.iter().product::<usize>() * 4 != bytes.len() {
+            return Err(Error::shape(format!(
+                "tensor '{name}' has shape {shape:?} but {} elements",
+                bytes.len() / 4
+            )));
+        }
+        bufs.push((name.clone(), dtype, shape, bytes));
+    }
+    let views: Vec<(String, TensorView<'_>)> = bufs
+        .iter()
+        .map(|(n, d, s, b)| {
+            TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| format_err(&p, e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, metadata.cloned())
+        .map_err(|e| format_err(&p, e.to_string()))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary sibling of `path`, then renames it into place.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let p = path.display().to_string();
+    let io = |source| Error::Io {
+        path: p.clone(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{p} is not a file path")))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}

@@ -1,0 +1,77 @@
+//! safetensors reading (with dtype conversion) and atomic writing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use calibseg::io::safetensors::{write, HostTensor, TensorFile};
+use calibseg::Error;
+
+fn fixture(name: &str) -> String {
+    format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn round_trip_with_metadata() {
+    let dir = std::env::temp_dir().join(format!("calibseg-io-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.safetensors");
+    let mut m = BTreeMap::new();
+    m.insert(
+        "a".to_string(),
+        HostTensor::F32(vec![2, 3], vec![1.5, -2.0, 0.0, 3.25, 1e-9, 7.0]),
+    );
+    m.insert(
+        "b".to_string(),
+        HostTensor::I32(vec![4], vec![0, -1, 2, i32::MAX]),
+    );
+    let meta = HashMap::from([("num_bins".to_string(), "20".to_string())]);
+    write(&path, &m, Some(&meta)).unwrap();
+    let f = TensorFile::open(&path).unwrap();
+    assert_eq!(f.names(), vec!["a", "b"]);
+    assert_eq!(f.metadata("num_bins").as_deref(), Some("20"));
+    assert_eq!(
+        f.f32("a").unwrap(),
+        (vec![2, 3], vec![1.5, -2.0, 0.0, 3.25, 1e-9, 7.0])
+    );
+    assert_eq!(
+        f.integers("b").unwrap(),
+        (vec![4], vec![0, -1, 2, i32::MAX as i64])
+    );
+    assert!(matches!(f.integers("a"), Err(Error::Format { .. })));
+    assert!(matches!(f.f32("b"), Err(Error::Format { .. })));
+    let missing = f.f32("nope").unwrap_err().to_string();
+    assert!(missing.contains("no tensor named 'nope'"), "{missing}");
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reads_the_fixtures() {
+    let f = TensorFile::open(fixture("loss_b2_c4_8x8x8.safetensors")).unwrap();
+    let (shape, logits) = f.f32("logits").unwrap();
+    assert_eq!(shape, vec![2, 4, 8, 8, 8]);
+    assert_eq!(logits.len(), 2 * 4 * 512);
+    let (lshape, labels) = f.integers("labels").unwrap();
+    assert_eq!(lshape, vec![2, 1, 8, 8, 8]);
+    assert!(labels.iter().all(|&l| (0..4).contains(&l)));
+    assert_eq!(f.metadata("num_bins").as_deref(), Some("20"));
+}
+
+#[test]
+fn unreadable_files_are_typed_errors() {
+    assert!(matches!(
+        TensorFile::open("/no/such/file.safetensors"),
+        Err(Error::Io { .. })
+    ));
+    let p = std::env::temp_dir().join(format!(
+        "calibseg-garbage-{}.safetensors",
+        std::process::id()
+    ));
+    std::fs::write(&p, b"not a safetensors file").unwrap();
+    assert!(matches!(TensorFile::open(&p), Err(Error::Format { .. })));
+    std::fs::remove_file(&p).unwrap();
+}
