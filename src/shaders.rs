@@ -44,5 +44,34 @@ pub const PROBE: Shader = Shader {
     trusted: false,
 };
 
+/// Preludes of the per-voxel loss kernels: input precision (f32/f16) x label form (indices/one-hot).
+pub const LOSS_PRELUDES: [&str; 4] = [
+    "alias logit_t = f32;\nalias label_t = u32;\nconst ONEHOT: bool = false;",
+    "alias logit_t = f32;\nalias label_t = f32;\nconst ONEHOT: bool = true;",
+    "enable f16;\nalias logit_t = f16;\nalias label_t = u32;\nconst ONEHOT: bool = false;",
+    "enable f16;\nalias logit_t = f16;\nalias label_t = f32;\nconst ONEHOT: bool = true;",
+];
+
+/// The prelude of [`LOSS_PRELUDES`] for an input precision and label form.
+pub fn loss_prelude(f16: bool, onehot: bool) -> &'static str {
+    LOSS_PRELUDES[usize::from(f16) * 2 + usize::from(onehot)]
+}
+
+/// mL1-ACE per-voxel passes: binning statistics and the gradient.
+pub const ACE: Shader = Shader {
+    name: "ace.wgsl",
+    source: include_str!("../shaders/ace.wgsl"),
+    preludes: &LOSS_PRELUDES,
+    trusted: false,
+};
+
+/// mL1-ACE small passes: fixed-order reduction of partials, per-bin coefficients and the loss.
+pub const ACE_REDUCE: Shader = Shader {
+    name: "ace_reduce.wgsl",
+    source: include_str!("../shaders/ace_reduce.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
 /// Every shader the library uses.
-pub const ALL: &[Shader] = &[SOFTMAX, PROBE];
+pub const ALL: &[Shader] = &[SOFTMAX, PROBE, ACE, ACE_REDUCE];

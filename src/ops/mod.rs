@@ -32,34 +32,63 @@ pub fn image_chunks(
     elem_size: u64,
     what: &str,
 ) -> Result<Vec<ImageChunk>> {
-    let align = u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(4);
+    let align = binding_alignment(gpu);
+    Ok(image_runs(gpu, images, bytes_per_image, what)?
+        .into_iter()
+        .map(|(first, count)| window(first, count, bytes_per_image, elem_size, align))
+        .collect())
+}
+
+/// The device's storage-binding offset alignment in bytes.
+pub fn binding_alignment(gpu: &Gpu) -> u64 {
+    u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(4)
+}
+
+/// Splits `images` into runs `(first, count)` such that a window of `count` images of the largest per-image
+/// size, `max_bytes_per_image`, fits one storage binding whatever its alignment slack. Use it when several
+/// tensors of different per-image sizes must be bound for the same images; [`window`] gives each one's window.
+pub fn image_runs(
+    gpu: &Gpu,
+    images: usize,
+    max_bytes_per_image: u64,
+    what: &str,
+) -> Result<Vec<(usize, usize)>> {
+    let align = binding_alignment(gpu);
     let max = gpu.max_binding_bytes();
-    let mut out = Vec::new();
-    let mut first = 0usize;
-    while first < images {
-        let start = first as u64 * bytes_per_image;
-        let byte_offset = start / align * align;
-        let shift = start - byte_offset;
-        let fit = (max.saturating_sub(shift) / bytes_per_image.max(1)) as usize;
-        if fit == 0 {
-            return Err(Error::BufferTooLarge {
-                what: format!("one image of {what}"),
-                bytes: bytes_per_image,
-                limit_name: "max_storage_buffer_binding_size",
-                limit: max,
-            });
-        }
-        let count = fit.min(images - first);
-        out.push(ImageChunk {
-            first,
-            count,
-            byte_offset,
-            byte_len: shift + count as u64 * bytes_per_image,
-            elem_shift: (shift / elem_size) as u32,
+    let per_run = (max.saturating_sub(align) / max_bytes_per_image.max(1)) as usize;
+    if per_run == 0 {
+        return Err(Error::BufferTooLarge {
+            what: format!("one image of {what}"),
+            bytes: max_bytes_per_image,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: max,
         });
-        first += count;
     }
-    Ok(out)
+    Ok((0..images)
+        .step_by(per_run)
+        .map(|first| (first, per_run.min(images - first)))
+        .collect())
+}
+
+/// The aligned binding window holding images `first..first + count` of a tensor with `bytes_per_image` bytes
+/// per image.
+pub fn window(
+    first: usize,
+    count: usize,
+    bytes_per_image: u64,
+    elem_size: u64,
+    align: u64,
+) -> ImageChunk {
+    let start = first as u64 * bytes_per_image;
+    let byte_offset = start / align * align;
+    let shift = start - byte_offset;
+    ImageChunk {
+        first,
+        count,
+        byte_offset,
+        byte_len: shift + count as u64 * bytes_per_image,
+        elem_shift: (shift / elem_size) as u32,
+    }
 }
 
 /// `[N, C, spatial...]` → (N, C, voxels); rank must be at least 2.

@@ -82,3 +82,54 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
 pub fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
+
+/// Path of a golden fixture in `../shared/fixtures`.
+pub fn fixture_path(name: &str) -> String {
+    format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Opens a golden fixture.
+pub fn fixture(name: &str) -> calibseg::io::safetensors::TensorFile {
+    calibseg::io::safetensors::TensorFile::open(fixture_path(name))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// The `loss_*` fixture files.
+pub const LOSS_FIXTURES: [&str; 4] = [
+    "loss_b2_c4_8x8x8.safetensors",
+    "loss_b2_c3_empty_class.safetensors",
+    "loss_b3_c3_2d_bins7.safetensors",
+    "loss_b1_c2_saturated.safetensors",
+];
+
+/// Asserts |got - want| <= rel * |want| + abs elementwise.
+pub fn assert_rel(got: &[f32], want: &[f32], rel: f64, abs: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g as f64, w as f64);
+        assert!(
+            (g - w).abs() <= rel * w.abs() + abs,
+            "{what}[{i}]: got {g}, want {w} (rel {rel:e}, abs {abs:e})"
+        );
+    }
+}
+
+/// Asserts every element is within `frac` of the largest |want| entry (the gradient tolerance).
+pub fn assert_grad(got: &[f32], want: &[f32], frac: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    let tol = frac * scale.max(1e-30);
+    let mut worst = (0, 0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g as f64 - w as f64).abs();
+        assert!(!d.is_nan(), "{what}[{i}]: got {g}, want {w}");
+        if d > worst.1 {
+            worst = (i, d);
+        }
+    }
+    assert!(
+        worst.1 <= tol,
+        "{what}: worst error {:e} at [{}] (got {}, want {}), tolerance {tol:e} = {frac:e} x max |grad| {scale:e}",
+        worst.1, worst.0, got[worst.0], want[worst.0]
+    );
+}

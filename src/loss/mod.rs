@@ -1,0 +1,41 @@
+//! Segmentation losses with analytic backward passes on the GPU: mL1-ACE (hard and soft binning).
+//!
+//! Option names follow MONAI's loss signatures (`include_background`, `num_bins`, `reduction`, ...).
+
+pub mod ace;
+mod labels;
+
+pub use ace::{AceForward, AceLoss, Binning};
+pub use labels::Labels;
+
+/// How per-(image, class) values become the loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reduction {
+    /// Mean over all images x classes (absent classes count as zeros in the denominator).
+    #[default]
+    Mean,
+    /// Sum over all images x classes.
+    Sum,
+    /// No reduction: the loss is `[B, C']`.
+    None,
+}
+
+impl Reduction {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Reduction::Mean => 0,
+            Reduction::Sum => 1,
+            Reduction::None => 2,
+        }
+    }
+}
+
+/// What the loss input holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    /// Logits: softmax over channels is applied inside the loss (and in its backward). The default.
+    #[default]
+    Softmax,
+    /// Probabilities already normalised over channels: used as they are.
+    Probabilities,
+}
