@@ -27,7 +27,11 @@ fn case(shape: &[usize], scale: f64, seed: u64) -> Case {
 
 impl Case {
     fn dims(&self) -> (usize, usize, usize) {
-        (self.shape[0], self.shape[1], self.shape[2..].iter().product())
+        (
+            self.shape[0],
+            self.shape[1],
+            self.shape[2..].iter().product(),
+        )
     }
     fn upload(&self, gpu: &calibseg::Gpu) -> (Tensor, Labels) {
         let mut lshape = self.shape.clone();
@@ -57,23 +61,46 @@ fn check_finite_differences(loss: AceLoss, shape: &[usize], seed: u64) {
     let c = case(shape, 1.5, seed);
     let (n, ch, v) = c.dims();
     let (input, labels) = c.upload(&gpu);
-    let grad = loss.forward(&input, &labels).unwrap().backward().unwrap().to_vec_f32().unwrap();
+    let grad = loss
+        .forward(&input, &labels)
+        .unwrap()
+        .backward()
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     let fd = ace_ref::finite_differences(&c.z64(), &c.labels, n, ch, v, &cfg(&loss), 1e-5);
     let scale = common::max_abs(&fd);
     assert!(scale > 0.0, "degenerate case: zero gradient");
-    assert_close(&grad, &fd, 2e-4 * scale, &format!("{loss:?} gradient vs finite differences"));
+    assert_close(
+        &grad,
+        &fd,
+        2e-4 * scale,
+        &format!("{loss:?} gradient vs finite differences"),
+    );
 }
 
 #[test]
 fn soft_gradient_matches_finite_differences() {
     check_finite_differences(AceLoss::soft(), &[2, 3, 4, 5], 11);
-    check_finite_differences(AceLoss::soft().with_include_background(false).with_num_bins(7), &[2, 4, 3, 7], 12);
+    check_finite_differences(
+        AceLoss::soft()
+            .with_include_background(false)
+            .with_num_bins(7),
+        &[2, 4, 3, 7],
+        12,
+    );
 }
 
 #[test]
 fn hard_gradient_matches_finite_differences_with_membership_fixed() {
     check_finite_differences(AceLoss::hard(), &[2, 3, 4, 5], 13);
-    check_finite_differences(AceLoss::hard().with_include_background(false).with_num_bins(5), &[1, 4, 6, 5], 14);
+    check_finite_differences(
+        AceLoss::hard()
+            .with_include_background(false)
+            .with_num_bins(5),
+        &[1, 4, 6, 5],
+        14,
+    );
 }
 
 #[test]
@@ -87,14 +114,27 @@ fn probabilities_input_gradient_matches_finite_differences() {
     let input = Tensor::from_f32(&gpu, &[n, ch, v], &probs).unwrap();
     let lab = Labels::from_indices(&gpu, &[n, 1, v], &labels, ch).unwrap();
     for loss in [AceLoss::soft(), AceLoss::hard()] {
-        let loss = loss.with_activation(Activation::Probabilities).with_num_bins(6);
+        let loss = loss
+            .with_activation(Activation::Probabilities)
+            .with_num_bins(6);
         let out = loss.forward(&input, &lab).unwrap();
         let z: Vec<f64> = probs.iter().map(|&x| x as f64).collect();
         let r = ace_ref::ace(&z, &labels, n, ch, v, &cfg(&loss), None);
-        assert_rel(&out.loss.to_vec_f32().unwrap(), &[r.loss as f32], 1e-5, 1e-7, "loss");
+        assert_rel(
+            &out.loss.to_vec_f32().unwrap(),
+            &[r.loss as f32],
+            1e-5,
+            1e-7,
+            "loss",
+        );
         let grad = out.backward().unwrap().to_vec_f32().unwrap();
         let fd = ace_ref::finite_differences(&z, &labels, n, ch, v, &cfg(&loss), 1e-6);
-        assert_close(&grad, &fd, 2e-4 * common::max_abs(&fd), "probabilities gradient");
+        assert_close(
+            &grad,
+            &fd,
+            2e-4 * common::max_abs(&fd),
+            "probabilities gradient",
+        );
     }
 }
 
@@ -105,15 +145,51 @@ fn forward_matches_the_f64_reference_on_random_volumes() {
     let c = case(&[2, 5, 9, 10, 31], 2.0, 21);
     let (n, ch, v) = c.dims();
     let (input, labels) = c.upload(&gpu);
-    for loss in [AceLoss::hard(), AceLoss::soft(), AceLoss::soft().with_num_bins(13).with_include_background(false)] {
+    for loss in [
+        AceLoss::hard(),
+        AceLoss::soft(),
+        AceLoss::soft()
+            .with_num_bins(13)
+            .with_include_background(false),
+    ] {
         let out = loss.forward(&input, &labels).unwrap();
         let r = ace_ref::ace(&c.z64(), &c.labels, n, ch, v, &cfg(&loss), None);
         let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-        assert_rel(&out.loss.to_vec_f32().unwrap(), &[r.loss as f32], 1e-5, 1e-7, "loss");
-        assert_rel(&out.per_image_class.to_vec_f32().unwrap(), &f(&r.per_image_class), 1e-5, 1e-7, "per_image_class");
-        assert_rel(&out.bin_weight.to_vec_f32().unwrap(), &f(&r.bin_weight), 1e-5, 1e-5, "bin_weight");
-        assert_rel(&out.bin_sum_p.to_vec_f32().unwrap(), &f(&r.bin_sum_p), 1e-5, 1e-5, "bin_sum_p");
-        assert_rel(&out.bin_sum_y.to_vec_f32().unwrap(), &f(&r.bin_sum_y), 1e-5, 1e-5, "bin_sum_y");
+        assert_rel(
+            &out.loss.to_vec_f32().unwrap(),
+            &[r.loss as f32],
+            1e-5,
+            1e-7,
+            "loss",
+        );
+        assert_rel(
+            &out.per_image_class.to_vec_f32().unwrap(),
+            &f(&r.per_image_class),
+            1e-5,
+            1e-7,
+            "per_image_class",
+        );
+        assert_rel(
+            &out.bin_weight.to_vec_f32().unwrap(),
+            &f(&r.bin_weight),
+            1e-5,
+            1e-5,
+            "bin_weight",
+        );
+        assert_rel(
+            &out.bin_sum_p.to_vec_f32().unwrap(),
+            &f(&r.bin_sum_p),
+            1e-5,
+            1e-5,
+            "bin_sum_p",
+        );
+        assert_rel(
+            &out.bin_sum_y.to_vec_f32().unwrap(),
+            &f(&r.bin_sum_y),
+            1e-5,
+            1e-5,
+            "bin_sum_y",
+        );
     }
 }
 
@@ -125,12 +201,24 @@ fn soft_weights_and_hard_counts_sum_to_the_voxel_count() {
     let (input, labels) = c.upload(&gpu);
     for loss in [AceLoss::hard(), AceLoss::soft()] {
         let m = loss.num_bins;
-        let w = loss.forward(&input, &labels).unwrap().bin_weight.to_vec_f32().unwrap();
+        let w = loss
+            .forward(&input, &labels)
+            .unwrap()
+            .bin_weight
+            .to_vec_f32()
+            .unwrap();
         for (i, row) in w.chunks(m).enumerate() {
             let s: f64 = row.iter().map(|&x| x as f64).sum();
-            assert!((s - v as f64).abs() < 1e-3, "{:?} row {i}: weights sum to {s}, not {v}", loss.binning);
+            assert!(
+                (s - v as f64).abs() < 1e-3,
+                "{:?} row {i}: weights sum to {s}, not {v}",
+                loss.binning
+            );
             if loss.binning == calibseg::loss::Binning::Hard {
-                assert!(row.iter().all(|&x| x.fract() == 0.0), "hard counts are integers");
+                assert!(
+                    row.iter().all(|&x| x.fract() == 0.0),
+                    "hard counts are integers"
+                );
             }
         }
     }
@@ -145,7 +233,11 @@ fn two_runs_give_identical_bits() {
         let run = || {
             let out = loss.forward(&input, &labels).unwrap();
             let g = out.backward().unwrap().to_vec_f32().unwrap();
-            (out.loss.to_vec_f32().unwrap(), out.bin_sum_p.to_vec_f32().unwrap(), g)
+            (
+                out.loss.to_vec_f32().unwrap(),
+                out.bin_sum_p.to_vec_f32().unwrap(),
+                g,
+            )
         };
         let (a, b) = (run(), run());
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -168,11 +260,17 @@ fn one_hot_labels_match_index_labels() {
         }
     }
     let oh = Labels::one_hot(Tensor::from_f32(&gpu, &c.shape, &onehot).unwrap()).unwrap();
-    for loss in [AceLoss::hard(), AceLoss::soft().with_include_background(false)] {
+    for loss in [
+        AceLoss::hard(),
+        AceLoss::soft().with_include_background(false),
+    ] {
         let a = loss.forward(&input, &labels).unwrap();
         let b = loss.forward(&input, &oh).unwrap();
         assert_eq!(a.loss.to_vec_f32().unwrap(), b.loss.to_vec_f32().unwrap());
-        assert_eq!(a.backward().unwrap().to_vec_f32().unwrap(), b.backward().unwrap().to_vec_f32().unwrap());
+        assert_eq!(
+            a.backward().unwrap().to_vec_f32().unwrap(),
+            b.backward().unwrap().to_vec_f32().unwrap()
+        );
     }
 }
 
@@ -184,16 +282,37 @@ fn reductions_class_weights_and_upstream_gradients() {
     let mean = AceLoss::soft().forward(&input, &labels).unwrap();
     let per = mean.per_image_class.to_vec_f32().unwrap();
     let m = mean.loss.to_vec_f32().unwrap()[0];
-    let sum = AceLoss::soft().with_reduction(Reduction::Sum).forward(&input, &labels).unwrap();
-    assert_rel(&sum.loss.to_vec_f32().unwrap(), &[m * 6.0], 1e-6, 0.0, "sum = 6 x mean");
-    let none = AceLoss::soft().with_reduction(Reduction::None).forward(&input, &labels).unwrap();
+    let sum = AceLoss::soft()
+        .with_reduction(Reduction::Sum)
+        .forward(&input, &labels)
+        .unwrap();
+    assert_rel(
+        &sum.loss.to_vec_f32().unwrap(),
+        &[m * 6.0],
+        1e-6,
+        0.0,
+        "sum = 6 x mean",
+    );
+    let none = AceLoss::soft()
+        .with_reduction(Reduction::None)
+        .forward(&input, &labels)
+        .unwrap();
     assert_eq!(none.loss.shape(), &[2, 3]);
     assert_eq!(none.loss.to_vec_f32().unwrap(), per);
     // Weighted: each (image, class) value scales by its class weight.
     let w = [0.5f32, 2.0, 3.0];
-    let weighted = AceLoss::soft().with_class_weights(w.to_vec()).forward(&input, &labels).unwrap();
+    let weighted = AceLoss::soft()
+        .with_class_weights(w.to_vec())
+        .forward(&input, &labels)
+        .unwrap();
     let want: Vec<f32> = per.iter().enumerate().map(|(i, &x)| x * w[i % 3]).collect();
-    assert_rel(&weighted.per_image_class.to_vec_f32().unwrap(), &want, 1e-6, 1e-9, "weighted");
+    assert_rel(
+        &weighted.per_image_class.to_vec_f32().unwrap(),
+        &want,
+        1e-6,
+        1e-9,
+        "weighted",
+    );
     // Gradients scale with the reduction and the upstream gradient.
     let g_mean = mean.backward().unwrap().to_vec_f32().unwrap();
     let g_sum = sum.backward_scaled(0.5).unwrap().to_vec_f32().unwrap();
@@ -204,7 +323,10 @@ fn reductions_class_weights_and_upstream_gradients() {
     let g_none = none.backward_with(&up).unwrap().to_vec_f32().unwrap();
     assert_rel(&g_none, &g_mean, 1e-5, 1e-9, "none with upstream 1/6");
     let bad = Tensor::from_f32(&gpu, &[4], &[1.0; 4]).unwrap();
-    assert!(matches!(none.backward_with(&bad), Err(Error::ShapeMismatch(_))));
+    assert!(matches!(
+        none.backward_with(&bad),
+        Err(Error::ShapeMismatch(_))
+    ));
 }
 
 #[test]
@@ -217,9 +339,17 @@ fn absent_class_counts_as_zero_unless_masking_is_off() {
         }
     }
     let (input, labels) = c.upload(&gpu);
-    let per = AceLoss::hard().forward(&input, &labels).unwrap().per_image_class.to_vec_f32().unwrap();
+    let per = AceLoss::hard()
+        .forward(&input, &labels)
+        .unwrap()
+        .per_image_class
+        .to_vec_f32()
+        .unwrap();
     assert_eq!(per[5], 0.0);
-    let unmasked = AceLoss::hard().with_ignore_empty_classes(false).forward(&input, &labels).unwrap();
+    let unmasked = AceLoss::hard()
+        .with_ignore_empty_classes(false)
+        .forward(&input, &labels)
+        .unwrap();
     let per2 = unmasked.per_image_class.to_vec_f32().unwrap();
     assert!(per2[5] > 0.0);
     assert_eq!(&per[..5], &per2[..5]);
@@ -236,7 +366,10 @@ fn f16_logits_give_the_loss_of_their_f32_upcast() {
     let labels = Labels::from_indices(&gpu, &lshape, &c.labels, 4).unwrap();
     let t16 = Tensor::from_slice(&gpu, &c.shape, &h).unwrap();
     if !gpu.has_f16() {
-        assert!(matches!(AceLoss::hard().forward(&t16, &labels), Err(Error::MissingFeature { .. })));
+        assert!(matches!(
+            AceLoss::hard().forward(&t16, &labels),
+            Err(Error::MissingFeature { .. })
+        ));
         return;
     }
     let t32 = Tensor::from_f32(&gpu, &c.shape, &up).unwrap();
@@ -252,7 +385,10 @@ fn f16_logits_give_the_loss_of_their_f32_upcast() {
         let g16 = g16.to_vec_f32().unwrap();
         for (i, (x, y)) in g16.iter().zip(&g32).enumerate() {
             // f16 has an 11-bit significand: the gradient is stored rounded.
-            assert!((x - y).abs() <= 1e-3 * y.abs() + 1e-3 * scale, "grad[{i}]: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-3 * y.abs() + 1e-3 * scale,
+                "grad[{i}]: {x} vs {y}"
+            );
         }
     }
 }
@@ -278,10 +414,19 @@ fn more_than_2_pow_26_elements() {
     let loss = AceLoss::hard();
     let per = out.per_image_class.to_vec_f32().unwrap();
     for b in [0, n - 1] {
-        let z: Vec<f64> = logits[b * ch * v..(b + 1) * ch * v].iter().map(|&x| x as f64).collect();
+        let z: Vec<f64> = logits[b * ch * v..(b + 1) * ch * v]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
         let r = ace_ref::ace(&z, &labels[b * v..(b + 1) * v], 1, ch, v, &cfg(&loss), None);
         let want: Vec<f32> = r.per_image_class.iter().map(|&x| x as f32).collect();
-        assert_rel(&per[b * ch..(b + 1) * ch], &want, 1e-4, 1e-6, &format!("image {b}"));
+        assert_rel(
+            &per[b * ch..(b + 1) * ch],
+            &want,
+            1e-4,
+            1e-6,
+            &format!("image {b}"),
+        );
     }
     let g = out.backward().unwrap();
     assert_eq!(g.shape(), input.shape());
@@ -301,23 +446,57 @@ fn bad_input_is_a_typed_error() {
     let Some(gpu) = gpu() else { return };
     let x = Tensor::zeros(&gpu, &[2, 3, 4], DType::F32).unwrap();
     let err = Labels::from_indices(&gpu, &[2, 1, 4], &[0i32, 1, 2, 3, 0, 0, 0, 0], 3).unwrap_err();
-    assert!(matches!(err, Error::LabelOutOfRange { label: 3, classes: 3, index: 3 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::LabelOutOfRange {
+                label: 3,
+                classes: 3,
+                index: 3
+            }
+        ),
+        "{err}"
+    );
     let err = Labels::from_indices(&gpu, &[2, 1, 4], &[0i64, 1, -1, 0, 0, 0, 0, 0], 3).unwrap_err();
-    assert!(matches!(err, Error::LabelOutOfRange { label: -1, .. }), "{err}");
+    assert!(
+        matches!(err, Error::LabelOutOfRange { label: -1, .. }),
+        "{err}"
+    );
     let labels = Labels::from_indices(&gpu, &[2, 1, 4], &[0u8; 8], 3).unwrap();
     for m in [0, 257] {
-        let err = AceLoss::hard().with_num_bins(m).forward(&x, &labels).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)) && err.to_string().contains("num_bins"), "{err}");
+        let err = AceLoss::hard()
+            .with_num_bins(m)
+            .forward(&x, &labels)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument(_)) && err.to_string().contains("num_bins"),
+            "{err}"
+        );
     }
     let other = Labels::from_indices(&gpu, &[2, 1, 5], &[0u8; 10], 3).unwrap();
-    assert!(matches!(AceLoss::hard().forward(&x, &other), Err(Error::ShapeMismatch(_))));
-    let err = AceLoss::hard().with_class_weights(vec![1.0; 2]).forward(&x, &labels).unwrap_err();
+    assert!(matches!(
+        AceLoss::hard().forward(&x, &other),
+        Err(Error::ShapeMismatch(_))
+    ));
+    let err = AceLoss::hard()
+        .with_class_weights(vec![1.0; 2])
+        .forward(&x, &labels)
+        .unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch(_)), "{err}");
-    let err = AceLoss::soft().with_empty_weight(f32::NAN).forward(&x, &labels).unwrap_err();
+    let err = AceLoss::soft()
+        .with_empty_weight(f32::NAN)
+        .forward(&x, &labels)
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
     let ints = Tensor::zeros(&gpu, &[2, 3, 4], DType::I32).unwrap();
-    assert!(matches!(AceLoss::hard().forward(&ints, &labels), Err(Error::WrongDType(_))));
+    assert!(matches!(
+        AceLoss::hard().forward(&ints, &labels),
+        Err(Error::WrongDType(_))
+    ));
     let wide = Tensor::zeros(&gpu, &[1, 33, 4], DType::F32).unwrap();
     let l1 = Labels::from_indices(&gpu, &[1, 1, 4], &[0u8; 4], 33).unwrap();
-    assert!(matches!(AceLoss::hard().forward(&wide, &l1), Err(Error::InvalidShape(_))));
+    assert!(matches!(
+        AceLoss::hard().forward(&wide, &l1),
+        Err(Error::InvalidShape(_))
+    ));
 }

@@ -2,7 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+use calibseg::loss::file::{LossFileOptions, LossKind};
+use calibseg::loss::Binning;
 
 /// Calibrated segmentation on any GPU (wgpu).
 #[derive(Parser)]
@@ -16,6 +20,71 @@ struct Cli {
 enum Command {
     /// List the GPU adapters wgpu can see and which one calibseg would use.
     Devices,
+    /// Compute a loss and its gradient for the logits and labels in a safetensors file.
+    Loss(LossArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LossArg {
+    /// mL1-ACE.
+    Ace,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BinningArg {
+    Hard,
+    Soft,
+}
+
+#[derive(clap::Args)]
+struct LossArgs {
+    /// safetensors file with `logits` (f32 [B, C, spatial...]) and `labels` (integer [B, 1, spatial...]).
+    #[arg(long)]
+    input: PathBuf,
+    /// safetensors file to write: loss, grad, per_image_class, bin_weight, bin_sum_p, bin_sum_y.
+    #[arg(long)]
+    output: PathBuf,
+    /// The loss.
+    #[arg(long, value_enum)]
+    loss: LossArg,
+    /// Hard (square) or soft (triangular) binning.
+    #[arg(long, value_enum, default_value = "hard")]
+    binning: BinningArg,
+    /// Number of bins.
+    #[arg(long, default_value_t = 20)]
+    num_bins: usize,
+    /// Leave the background channel (0) out of the loss.
+    #[arg(long)]
+    no_background: bool,
+    /// Soft binning: bins with less total weight are dropped.
+    #[arg(long, default_value_t = 0.01)]
+    empty_weight: f32,
+}
+
+fn loss(args: &LossArgs) -> calibseg::Result<()> {
+    let opts = LossFileOptions {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        loss: match args.loss {
+            LossArg::Ace => LossKind::Ace,
+        },
+        binning: match args.binning {
+            BinningArg::Hard => Binning::Hard,
+            BinningArg::Soft => Binning::Soft,
+        },
+        num_bins: args.num_bins,
+        include_background: !args.no_background,
+        empty_weight: args.empty_weight,
+    };
+    let gpu = calibseg::Gpu::new()?;
+    let report = calibseg::loss::file::run(&gpu, &opts)?;
+    println!(
+        "loss = {} for logits {:?}; wrote {}",
+        report.loss,
+        report.shape,
+        opts.output.display()
+    );
+    Ok(())
 }
 
 fn devices() -> calibseg::Result<()> {
@@ -39,6 +108,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => devices(),
+        Command::Loss(args) => loss(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

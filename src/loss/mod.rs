@@ -3,6 +3,7 @@
 //! Option names follow MONAI's loss signatures (`include_background`, `num_bins`, `reduction`, ...).
 
 pub mod ace;
+pub mod file;
 mod labels;
 
 pub use ace::{AceForward, AceLoss, Binning};

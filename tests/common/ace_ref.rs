@@ -42,19 +42,36 @@ pub fn soft_weights(p: f64, m: usize) -> Vec<f64> {
     let delta = (1.0 + EPS) / m as f64;
     let centre = |k: usize| (2 * k + 1) as f64 * (1.0 + EPS) / (2 * m) as f64;
     let pc = p.clamp(centre(0), centre(m - 1));
-    (0..m).map(|k| (1.0 - (pc - centre(k)).abs() / delta).max(0.0)).collect()
+    (0..m)
+        .map(|k| (1.0 - (pc - centre(k)).abs() / delta).max(0.0))
+        .collect()
 }
 
 /// Hard bin: number of inner edges k (1+eps)/M strictly below p, at most M - 1.
 pub fn hard_bin(p: f64, m: usize) -> usize {
-    (1..=m).filter(|&k| (k as f64) * (1.0 + EPS) / (m as f64) < p).count().min(m - 1)
+    (1..=m)
+        .filter(|&k| (k as f64) * (1.0 + EPS) / (m as f64) < p)
+        .count()
+        .min(m - 1)
 }
 
 /// The loss of `z` (`[n, c, v]`, logits or probabilities) against class indices `labels` (`[n, v]`).
 /// With `fixed_bins`, hard bins are taken from it instead of from p (membership held fixed).
-pub fn ace(z: &[f64], labels: &[i64], n: usize, c: usize, v: usize, cfg: &AceCfg, fixed_bins: Option<&[usize]>) -> AceRef {
+pub fn ace(
+    z: &[f64],
+    labels: &[i64],
+    n: usize,
+    c: usize,
+    v: usize,
+    cfg: &AceCfg,
+    fixed_bins: Option<&[usize]>,
+) -> AceRef {
     let m = cfg.num_bins;
-    let p = if cfg.softmax && c > 1 { softmax(z, n, c, v) } else { z.to_vec() };
+    let p = if cfg.softmax && c > 1 {
+        softmax(z, n, c, v)
+    } else {
+        z.to_vec()
+    };
     let start = usize::from(!cfg.include_background && c > 1);
     let cp = c - start;
     let mut r = AceRef {
@@ -72,7 +89,11 @@ pub fn ace(z: &[f64], labels: &[i64], n: usize, c: usize, v: usize, cfg: &AceCfg
             let mut any_y = false;
             for i in 0..v {
                 let pi = p[(b * c + cls) * v + i];
-                let yi = if labels[b * v + i] == cls as i64 { 1.0 } else { 0.0 };
+                let yi = if labels[b * v + i] == cls as i64 {
+                    1.0
+                } else {
+                    0.0
+                };
                 any_y |= yi > 0.0;
                 if cfg.soft {
                     for (k, w) in soft_weights(pi, m).into_iter().enumerate() {
@@ -100,7 +121,11 @@ pub fn ace(z: &[f64], labels: &[i64], n: usize, c: usize, v: usize, cfg: &AceCfg
                     gaps += (r.bin_sum_p[row + k] / w - r.bin_sum_y[row + k] / w).abs();
                 }
             }
-            let ace = if any_y { gaps / kept.max(1) as f64 } else { 0.0 };
+            let ace = if any_y {
+                gaps / kept.max(1) as f64
+            } else {
+                0.0
+            };
             r.per_image_class[b * cp + co] = ace;
         }
     }
@@ -109,16 +134,30 @@ pub fn ace(z: &[f64], labels: &[i64], n: usize, c: usize, v: usize, cfg: &AceCfg
 }
 
 /// Central finite differences of the reference loss with respect to every input element.
-pub fn finite_differences(z: &[f64], labels: &[i64], n: usize, c: usize, v: usize, cfg: &AceCfg, h: f64) -> Vec<f64> {
+pub fn finite_differences(
+    z: &[f64],
+    labels: &[i64],
+    n: usize,
+    c: usize,
+    v: usize,
+    cfg: &AceCfg,
+    h: f64,
+) -> Vec<f64> {
     let fixed = ace(z, labels, n, c, v, cfg, None).hard_bins;
-    let fixed = if cfg.soft { None } else { Some(fixed.as_slice()) };
+    let fixed = if cfg.soft {
+        None
+    } else {
+        Some(fixed.as_slice())
+    };
     (0..z.len())
         .map(|i| {
             let mut zp = z.to_vec();
             let mut zm = z.to_vec();
             zp[i] += h;
             zm[i] -= h;
-            (ace(&zp, labels, n, c, v, cfg, fixed).loss - ace(&zm, labels, n, c, v, cfg, fixed).loss) / (2.0 * h)
+            (ace(&zp, labels, n, c, v, cfg, fixed).loss
+                - ace(&zm, labels, n, c, v, cfg, fixed).loss)
+                / (2.0 * h)
         })
         .collect()
 }

@@ -1,0 +1,111 @@
+//! Losses on files: what `calibseg loss` runs. Reads logits and labels from a safetensors file, computes the
+//! loss and its gradient on the GPU, and writes them (atomically) to another safetensors file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{AceLoss, Binning, Labels};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::io::safetensors::{write, HostTensor, TensorFile};
+use crate::tensor::Tensor;
+
+/// Which loss to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    /// mL1-ACE.
+    Ace,
+}
+
+/// Options of `calibseg loss`.
+#[derive(Clone, Debug)]
+pub struct LossFileOptions {
+    /// Input file with `logits` (f32 `[B, C, spatial...]`) and `labels` (integer `[B, 1, spatial...]`).
+    pub input: PathBuf,
+    /// Output file.
+    pub output: PathBuf,
+    /// The loss.
+    pub loss: LossKind,
+    /// Hard or soft binning (ACE).
+    pub binning: Binning,
+    /// Number of bins (ACE).
+    pub num_bins: usize,
+    /// Keep the background channel.
+    pub include_background: bool,
+    /// Soft-binning empty-bin threshold.
+    pub empty_weight: f32,
+}
+
+/// What was computed, for a one-line summary.
+#[derive(Clone, Debug)]
+pub struct LossFileReport {
+    /// The loss value.
+    pub loss: f32,
+    /// Shape of the logits.
+    pub shape: Vec<usize>,
+}
+
+fn host(shape: &[usize], t: &Tensor) -> Result<HostTensor> {
+    Ok(HostTensor::F32(shape.to_vec(), t.to_vec_f32()?))
+}
+
+/// Runs `calibseg loss`: nothing is written unless everything succeeded.
+pub fn run(gpu: &Gpu, opts: &LossFileOptions) -> Result<LossFileReport> {
+    let file = TensorFile::open(&opts.input)?;
+    let path = file.path().to_string();
+    let format = |message: String| Error::Format {
+        path: path.clone(),
+        message,
+    };
+    if !file.contains("logits") {
+        return Err(format("no tensor named 'logits'".into()));
+    }
+    if !file.contains("labels") {
+        return Err(format("no tensor named 'labels'".into()));
+    }
+    let (shape, logits) = file.f32("logits")?;
+    if !(3..=5).contains(&shape.len()) {
+        return Err(format(format!(
+            "'logits' must be [B, C, spatial...] with 1 to 3 spatial dims, got {shape:?}"
+        )));
+    }
+    let (lshape, labels) = file.integers("labels")?;
+    let mut want = shape.clone();
+    want[1] = 1;
+    if lshape != want {
+        return Err(Error::shape(format!(
+            "'labels' is {lshape:?} but 'logits' {shape:?} needs {want:?}"
+        )));
+    }
+    let input = Tensor::from_f32(gpu, &shape, &logits)?;
+    let labels = Labels::from_indices(gpu, &lshape, &labels, shape[1])?;
+    let mut out = BTreeMap::new();
+    let loss = match opts.loss {
+        LossKind::Ace => {
+            let ace = AceLoss {
+                binning: opts.binning,
+                num_bins: opts.num_bins,
+                include_background: opts.include_background,
+                empty_weight: opts.empty_weight,
+                ..AceLoss::default()
+            };
+            let f = ace.forward(&input, &labels)?;
+            out.insert("grad".into(), host(&shape, &f.backward()?)?);
+            out.insert(
+                "per_image_class".into(),
+                host(f.per_image_class.shape(), &f.per_image_class)?,
+            );
+            for (name, t) in [
+                ("bin_weight", &f.bin_weight),
+                ("bin_sum_p", &f.bin_sum_p),
+                ("bin_sum_y", &f.bin_sum_y),
+            ] {
+                out.insert(name.into(), host(t.shape(), t)?);
+            }
+            f.loss.to_vec_f32()?[0]
+        }
+    };
+    out.insert("loss".into(), HostTensor::F32(vec![1], vec![loss]));
+    write(&opts.output, &out, None)?;
+    Ok(LossFileReport { loss, shape })
+}
