@@ -10,7 +10,7 @@ struct Params {
     class_start: u32,   // 0, or 1 when the background channel is left out
     classes_out: u32,   // C' = C - class_start
     group_start: u32,   // stats: first output class of this dispatch's class group
-    group_size: u32,    // stats: classes in the group (<= CG)
+    group_size: u32,    // stats: classes in the group
     wg_per_image: u32,  // stats: workgroups per image
     images: u32,        // images in this dispatch (a window of the tensors)
     first_image: u32,   // absolute index of the window's first image
@@ -18,12 +18,12 @@ struct Params {
     label_shift: u32,   // same for the labels window
     soft: u32,          // 1: soft (triangular) binning
     softmax: u32,       // 1: input holds logits; 0: probabilities
-    iters: u32,         // stats: tiles of WG voxels per workgroup
+    iters: u32,         // stats: voxels per invocation (SWG apart)
     up_stride: u32,     // grad: 0 for a scalar upstream gradient, 1 for one per (image, class)
     delta: f32,         // soft: kernel half-width (1 + eps) / M
+    bin_start: u32,     // stats: first bin of this dispatch's range
+    bin_count: u32,     // stats: bins in the range (group_size x bin_count <= SLOTS)
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -38,14 +38,13 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> grad_out: array<logit_t>;
 
 const WG: u32 = 256u;
-const CG: u32 = 4u;          // classes binned together by one stats workgroup
 const MAXC: u32 = 32u;       // most channels (private arrays)
-const NONE: u32 = 0xffffffffu;
 const CLAMPED: u32 = 0x10000u; // soft: all weight to one end bin
 
-var<workgroup> sh_code: array<u32, 1024>; // CG * WG: bin code per (group class, tile voxel)
-var<workgroup> sh_p: array<f32, 1024>;
-var<workgroup> sh_y: array<f32, 1024>;
+const SWG: u32 = 64u;         // stats workgroup size
+const SLOTS: u32 = 128u;      // private histogram slots: classes in the group x bins in the range
+const ROUND: u32 = 16u;       // slots combined per round through workgroup memory
+var<workgroup> red: array<vec4<f32>, 1024>; // ROUND x SWG
 
 // Probabilities of all C channels of one voxel; `base` indexes channel 0.
 fn load_probs(base: u32, p: ptr<function, array<f32, 32>>) {
@@ -115,41 +114,30 @@ fn soft_code(p: f32) -> u32 {
     return k;
 }
 
-// Kernel weight w_k(p) and its derivative, for a voxel with soft code `code`, in bin k.
-fn soft_weight(code: u32, p: f32, k: u32) -> vec2<f32> {
+// The two bins a voxel with soft code `code` touches, (k0, k1), and its kernel weights and their derivatives
+// there, (w0, w1, dw0, dw1). A clamped voxel has all its weight in k0 (k1 = k0 with weight 0).
+struct SoftPair {
+    k0: u32,
+    k1: u32,
+    w: vec4<f32>,
+}
+
+fn soft_pair(code: u32, p: f32) -> SoftPair {
     let k0 = code & 0xffffu;
     if ((code & CLAMPED) != 0u) {
-        return select(vec2<f32>(0.0), vec2<f32>(1.0, 0.0), k == k0);
+        return SoftPair(k0, k0, vec4<f32>(1.0, 0.0, 0.0, 0.0));
     }
-    if (k == k0) {
-        return vec2<f32>(max(0.0, 1.0 - (p - edges[k0]) / P.delta), -1.0 / P.delta);
-    }
-    if (k == k0 + 1u) {
-        return vec2<f32>(max(0.0, 1.0 - (edges[k0 + 1u] - p) / P.delta), 1.0 / P.delta);
-    }
-    return vec2<f32>(0.0);
+    let inv = 1.0 / P.delta;
+    let w0 = max(0.0, 1.0 - (p - edges[k0]) * inv);
+    let w1 = max(0.0, 1.0 - (edges[k0 + 1u] - p) * inv);
+    return SoftPair(k0, k0 + 1u, vec4<f32>(w0, w1, -inv, inv));
 }
 
-// What tile entry `e` adds to bin k: (weight, weight * p, weight * y).
-fn contribution(e: u32, k: u32) -> vec3<f32> {
-    let code = sh_code[e];
-    if (code == NONE) {
-        return vec3<f32>(0.0);
-    }
-    let p = sh_p[e];
-    var w = 0.0;
-    if (P.soft == 0u) {
-        w = select(0.0, 1.0, code == k);
-    } else {
-        w = soft_weight(code, p, k).x;
-    }
-    return vec3<f32>(w, w * p, w * sh_y[e]);
-}
-
-// Pass 1. Each workgroup takes `iters` tiles of WG voxels of one image. Per tile, every invocation bins its
-// voxel for the group's classes into workgroup memory; then each (class, bin) slot is owned by R invocations
-// that each sum a fixed segment of the tile, so sums need no atomics and are the same bits on every run.
-@compute @workgroup_size(256)
+// Pass 1. Each workgroup takes `iters` x SWG voxels of one image; every invocation accumulates its own
+// voxels' (weight, weight * p, weight * y) into a private histogram over the group's classes and the bins
+// [bin_start, bin_start + bin_count); the workgroup then sums the histograms with a fixed-shape tree and
+// writes one partial per slot. No atomics: the same input gives the same bits on every run.
+@compute @workgroup_size(64)
 fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let wg = wid.y * nwg.x + wid.x;
@@ -161,94 +149,67 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let V = P.voxels;
     let M = P.num_bins;
     let G = P.group_size;
-    let slots = G * M;
-    // R invocations per slot when the slots fit the workgroup, else up to 4 slots per invocation.
-    var R = 1u;
-    if (slots <= WG) {
-        R = WG / slots;
-    }
-    let seg_len = (WG + R - 1u) / R;
-    var acc: array<vec3<f32>, 4>;
-    for (var q = 0u; q < 4u; q++) {
-        acc[q] = vec3<f32>(0.0);
-    }
-
+    let NB = P.bin_count;
+    let B0 = P.bin_start;
+    var acc: array<vec4<f32>, 128>;
     for (var it = 0u; it < P.iters; it++) {
-        let v = (tile * P.iters + it) * WG + lid;
+        let v = (tile * P.iters + it) * SWG + lid;
         if (v < V) {
             var p: array<f32, 32>;
             load_probs(P.input_shift + b * P.channels * V + v, &p);
             for (var g = 0u; g < G; g++) {
                 let c = P.class_start + P.group_start + g;
                 let pc = p[c];
-                var code = 0u;
+                let y = label_y(b, c, v);
                 if (P.soft == 0u) {
-                    code = hard_bin(pc);
+                    let k = hard_bin(pc) - B0;
+                    if (k < NB) {
+                        acc[g * NB + k] += vec4<f32>(1.0, pc, y, 0.0);
+                    }
                 } else {
-                    code = soft_code(pc);
-                }
-                sh_code[g * WG + lid] = code;
-                sh_p[g * WG + lid] = pc;
-                sh_y[g * WG + lid] = label_y(b, c, v);
-            }
-        } else {
-            for (var g = 0u; g < G; g++) {
-                sh_code[g * WG + lid] = NONE;
-            }
-        }
-        workgroupBarrier();
-        if (slots <= WG) {
-            if (lid < slots * R) {
-                let s = lid / R;
-                let e0 = (lid - s * R) * seg_len;
-                let e1 = min(e0 + seg_len, WG);
-                let g = s / M;
-                let k = s - g * M;
-                for (var e = e0; e < e1; e++) {
-                    acc[0] += contribution(g * WG + e, k);
-                }
-            }
-        } else {
-            for (var q = 0u; q < 4u; q++) {
-                let s = lid + q * WG;
-                if (s < slots) {
-                    let g = s / M;
-                    let k = s - g * M;
-                    for (var e = 0u; e < WG; e++) {
-                        acc[q] += contribution(g * WG + e, k);
+                    let sp = soft_pair(soft_code(pc), pc);
+                    let k0 = sp.k0 - B0;
+                    let k1 = sp.k1 - B0;
+                    if (k0 < NB) {
+                        acc[g * NB + k0] += vec4<f32>(sp.w.x, sp.w.x * pc, sp.w.x * y, 0.0);
+                    }
+                    if (k1 < NB) {
+                        acc[g * NB + k1] += vec4<f32>(sp.w.y, sp.w.y * pc, sp.w.y * y, 0.0);
                     }
                 }
             }
         }
-        workgroupBarrier();
     }
-
+    let slots = G * NB;
     let row = (P.first_image + b) * P.wg_per_image + tile;
-    if (slots <= WG) {
-        // Combine each slot's R segment sums in a fixed order.
-        sh_p[lid] = acc[0].x;
-        sh_y[lid] = acc[0].y;
-        sh_code[lid] = bitcast<u32>(acc[0].z);
+    for (var r = 0u; r < slots; r += ROUND) {
+        for (var j = 0u; j < ROUND; j++) {
+            var a = vec4<f32>(0.0);
+            if (r + j < slots) {
+                a = acc[r + j];
+            }
+            red[j * SWG + lid] = a;
+        }
         workgroupBarrier();
-        if (lid < slots) {
-            var t = vec3<f32>(0.0);
-            for (var r = 0u; r < R; r++) {
-                let i = lid * R + r;
-                t += vec3<f32>(sh_p[i], sh_y[i], bitcast<f32>(sh_code[i]));
-            }
-            let g = lid / M;
-            let k = lid - g * M;
-            table[(row * P.classes_out + P.group_start + g) * M + k] = vec4<f32>(t, 0.0);
+        // Two fixed-order steps: 64 invocations each sum a quarter of one slot's 64 values, then 16 sum the
+        // quarters (fewer barriers than a binary tree).
+        let q = lid & 3u;
+        let j = lid >> 2u;
+        var part = vec4<f32>(0.0);
+        for (var i = 0u; i < SWG / 4u; i++) {
+            part += red[j * SWG + q * (SWG / 4u) + i];
         }
-    } else {
-        for (var q = 0u; q < 4u; q++) {
-            let s = lid + q * WG;
-            if (s < slots) {
-                let g = s / M;
-                let k = s - g * M;
-                table[(row * P.classes_out + P.group_start + g) * M + k] = vec4<f32>(acc[q], 0.0);
-            }
+        workgroupBarrier();
+        red[lid] = part;
+        workgroupBarrier();
+        let s = r + lid;
+        if (lid < ROUND && s < slots) {
+            let total = red[4u * lid] + red[4u * lid + 1u] + red[4u * lid + 2u] + red[4u * lid + 3u];
+            let g = s / NB;
+            let k = B0 + s - g * NB;
+            table[(row * P.classes_out + P.group_start + g) * M + k] = total;
         }
+        workgroupBarrier();
     }
 }
 
@@ -280,14 +241,11 @@ fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             if (P.soft == 0u) {
                 gc = table[row + hard_bin(pc)].x;
             } else {
-                let code = soft_code(pc);
-                let k0 = code & 0xffffu;
-                let y = label_y(b, c, v);
-                for (var k = k0; k < min(k0 + 2u, M); k++) {
-                    let w = soft_weight(code, pc, k);
-                    let coef = table[row + k];
-                    gc += coef.x * (w.x + w.y * ((pc - y) - coef.y));
-                }
+                let sp = soft_pair(soft_code(pc), pc);
+                let r = pc - label_y(b, c, v);
+                let c0 = table[row + sp.k0];
+                let c1 = table[row + sp.k1];
+                gc = c0.x * (sp.w.x + sp.w.z * (r - c0.y)) + c1.x * (sp.w.y + sp.w.w * (r - c1.y));
             }
             gc *= upstream[bc * P.up_stride];
         }

@@ -45,3 +45,42 @@ fn fma_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     dst[i % arrayLength(&dst)] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
 }
+
+@group(0) @binding(3) var<storage, read> src_b: array<vec4<f32>>;
+
+// Streams that read two inputs (`src` fully, `src_b` fully: it may be shorter) and either write one vec4 per
+// workgroup (`read2`) or the whole `src`-sized output (`read2_write`): the memory traffic of a loss's
+// statistics pass and of its gradient pass.
+var<workgroup> wg_sum: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(256)
+fn read2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    var s = vec4<f32>(0.0);
+    if (i < params.n) {
+        s = src[i];
+    }
+    if (i < arrayLength(&src_b)) {
+        s += src_b[i];
+    }
+    wg_sum[lid] = s;
+    workgroupBarrier();
+    if (lid == 0u) {
+        dst[(wid.y * nwg.x + wid.x) % arrayLength(&dst)] = wg_sum[0] + wg_sum[255];
+    }
+}
+
+@compute @workgroup_size(256)
+fn read2_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= params.n) {
+        return;
+    }
+    var s = src[i];
+    if (i < arrayLength(&src_b)) {
+        s += src_b[i];
+    }
+    dst[i] = s;
+}

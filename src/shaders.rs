@@ -62,7 +62,7 @@ pub const ACE: Shader = Shader {
     name: "ace.wgsl",
     source: include_str!("../shaders/ace.wgsl"),
     preludes: &LOSS_PRELUDES,
-    trusted: false,
+    trusted: true,
 };
 
 /// mL1-ACE small passes: fixed-order reduction of partials, per-bin coefficients and the loss.

@@ -58,6 +58,47 @@ pub fn record_copy(
     )
 }
 
+/// Seconds (best of `reps`) of the pure memory traffic of a two-pass loss over `a` (e.g. logits) and `b`
+/// (e.g. labels): one pass reading both, one pass reading both and writing an `a`-sized output.
+pub fn loss_traffic_time(gpu: &Gpu, a: &Tensor, b: &Tensor, reps: usize) -> Result<f64> {
+    let read2 = gpu.kernel(&shaders::PROBE, "", "read2", &[])?;
+    let read2_write = gpu.kernel(&shaders::PROBE, "", "read2_write", &[])?;
+    let n = (a.byte_len() / 16) as u32;
+    let groups = n.div_ceil(WORKGROUP_SIZE);
+    let out = Tensor::uninit(gpu, &[(n as usize) * 4], DType::F32)?;
+    let small = Tensor::uninit(gpu, &[4 * 1024], DType::F32)?;
+    let p = Params {
+        n,
+        iters: 0,
+        _pad: [0; 2],
+    };
+    let (a16, b16) = (a.byte_len() / 16 * 16, (b.byte_len() / 16 * 16).max(16));
+    best_of(gpu, reps, || {
+        let mut batch = gpu.batch("probe loss traffic");
+        batch.dispatch(
+            &read2,
+            bytemuck::bytes_of(&p),
+            &[
+                Arg::window(a, 0, a16),
+                Arg::whole(&small),
+                Arg::window(b, 0, b16),
+            ],
+            groups,
+        )?;
+        batch.dispatch(
+            &read2_write,
+            bytemuck::bytes_of(&p),
+            &[
+                Arg::window(a, 0, a16),
+                Arg::window(&out, 0, a16),
+                Arg::window(b, 0, b16),
+            ],
+            groups,
+        )?;
+        batch.submit().map(|_| ())
+    })
+}
+
 /// Copy bandwidth over a buffer of `bytes` bytes (read once, written once), best of `reps`.
 pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, reps: usize) -> Result<f64> {
     let bytes = (bytes / 16).max(1) * 16;

@@ -23,8 +23,12 @@ use crate::tensor::{DType, Tensor};
 /// Most channels the fused loss kernels handle (their per-voxel arrays are private).
 pub const MAX_CHANNELS: usize = 32;
 
-/// Classes binned together by one workgroup of the stats pass (`CG` in `ace.wgsl`).
+/// Most classes binned together by one workgroup of the stats pass.
 const CLASS_GROUP: usize = 4;
+/// Private histogram slots per invocation of the stats pass (`SLOTS` in `ace.wgsl`).
+const SLOTS: usize = 128;
+/// Invocations per stats workgroup (`SWG` in `ace.wgsl`).
+const STATS_WG: usize = 64;
 
 /// How voxels are assigned to confidence bins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,7 +131,9 @@ struct VoxelParams {
     iters: u32,
     up_stride: u32,
     delta: f32,
-    _pad: [u32; 3],
+    bin_start: u32,
+    bin_count: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -287,11 +293,10 @@ impl AceLoss {
         let weights = self.class_weights.clone().unwrap_or_else(|| vec![1.0; cp]);
         let weights = Tensor::from_f32(gpu, &[cp], &weights)?;
 
-        // Enough tiles per workgroup that the partials fit one binding.
-        let tile = WORKGROUP_SIZE as usize;
-        let mut iters = 8usize;
-        let rows = |iters: usize| v.div_ceil(tile * iters);
-        while iters < 64 && (b * rows(iters) * cp * m * 16) as u64 > gpu.max_binding_bytes() {
+        // Voxels per invocation: enough that the partials fit one binding.
+        let mut iters = 32usize;
+        let rows = |iters: usize| v.div_ceil(STATS_WG * iters);
+        while iters < 256 && (b * rows(iters) * cp * m * 16) as u64 > gpu.max_binding_bytes() {
             iters *= 2;
         }
         let wg_per_image = rows(iters);
@@ -308,19 +313,28 @@ impl AceLoss {
         let stats_kernel = gpu.kernel(&shaders::ACE, prelude, "stats", &[])?;
         let mut batch = gpu.batch("mL1-ACE forward");
         for_each_window(gpu, &plan, input, labels, |first, count, win| {
-            for group_start in (0..cp).step_by(CLASS_GROUP) {
-                let p = plan.voxel_params(first, count, win, iters, wg_per_image, group_start, 0);
-                batch.dispatch(
-                    &stats_kernel,
-                    bytemuck::bytes_of(&p),
-                    &[
-                        win.input,
-                        win.labels,
-                        Arg::whole(&edges),
-                        Arg::whole(&partials),
-                    ],
-                    (count * wg_per_image) as u32,
-                )?;
+            // Each dispatch bins a group of classes over a range of bins that fits the private histogram.
+            let group = CLASS_GROUP.min((SLOTS / m).max(1));
+            let bins_per_pass = m.min(SLOTS / group);
+            for group_start in (0..cp).step_by(group) {
+                for bin_start in (0..m).step_by(bins_per_pass) {
+                    let mut p =
+                        plan.voxel_params(first, count, win, iters, wg_per_image, group_start, 0);
+                    p.group_size = group.min(cp - group_start) as u32;
+                    p.bin_start = bin_start as u32;
+                    p.bin_count = bins_per_pass.min(m - bin_start) as u32;
+                    batch.dispatch(
+                        &stats_kernel,
+                        bytemuck::bytes_of(&p),
+                        &[
+                            win.input,
+                            win.labels,
+                            Arg::whole(&edges),
+                            Arg::whole(&partials),
+                        ],
+                        (count * wg_per_image) as u32,
+                    )?;
+                }
             }
             Ok(())
         })?;
@@ -433,7 +447,7 @@ impl Plan {
             class_start: self.class_start as u32,
             classes_out: self.classes_out as u32,
             group_start: group_start as u32,
-            group_size: CLASS_GROUP.min(self.classes_out - group_start) as u32,
+            group_size: 0,
             wg_per_image: wg_per_image as u32,
             images: count as u32,
             first_image: first as u32,
@@ -444,7 +458,9 @@ impl Plan {
             iters: iters as u32,
             up_stride,
             delta: self.delta,
-            _pad: [0; 3],
+            bin_start: 0,
+            bin_count: 0,
+            _pad: 0,
         }
     }
 }
