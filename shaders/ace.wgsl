@@ -46,6 +46,33 @@ const SLOTS: u32 = 128u;      // private histogram slots: classes in the group x
 const ROUND: u32 = 16u;       // slots combined per round through workgroup memory
 var<workgroup> red: array<vec4<f32>, 1024>; // ROUND x SWG
 
+// Softmax statistics of one voxel (max and 1 / sum of exp), so p_c = exp(z_c - max) / sum; `base` indexes
+// channel 0. For probability input, (0, 1) so that p_c = z_c... handled by prob_of.
+fn softmax_stats(base: u32) -> vec2<f32> {
+    if (P.softmax == 0u) {
+        return vec2<f32>(0.0, 1.0);
+    }
+    let C = P.channels;
+    let V = P.voxels;
+    var m = -3.40282347e38;
+    for (var c = 0u; c < C; c++) {
+        m = max(m, f32(input[base + c * V]));
+    }
+    var s = 0.0;
+    for (var c = 0u; c < C; c++) {
+        s += exp(f32(input[base + c * V]) - m);
+    }
+    return vec2<f32>(m, 1.0 / s);
+}
+
+fn prob_of(base: u32, c: u32, st: vec2<f32>) -> f32 {
+    let z = f32(input[base + c * P.voxels]);
+    if (P.softmax == 0u) {
+        return z;
+    }
+    return exp(z - st.x) * st.y;
+}
+
 // Probabilities of all C channels of one voxel; `base` indexes channel 0.
 fn load_probs(base: u32, p: ptr<function, array<f32, 32>>) {
     let C = P.channels;
@@ -151,15 +178,15 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let G = P.group_size;
     let NB = P.bin_count;
     let B0 = P.bin_start;
-    var acc: array<vec4<f32>, 128>;
+    var acc: array<vec4<f32>, SLOTS>;
     for (var it = 0u; it < P.iters; it++) {
         let v = (tile * P.iters + it) * SWG + lid;
         if (v < V) {
-            var p: array<f32, 32>;
-            load_probs(P.input_shift + b * P.channels * V + v, &p);
+            let base = P.input_shift + b * P.channels * V + v;
+            let st = softmax_stats(base);
             for (var g = 0u; g < G; g++) {
                 let c = P.class_start + P.group_start + g;
-                let pc = p[c];
+                let pc = prob_of(base, c, st);
                 let y = label_y(b, c, v);
                 if (P.soft == 0u) {
                     let k = hard_bin(pc) - B0;
