@@ -57,21 +57,29 @@ pub fn loss_prelude(f16: bool, onehot: bool) -> &'static str {
     LOSS_PRELUDES[usize::from(f16) * 2 + usize::from(onehot)]
 }
 
-/// mL1-ACE per-voxel passes: binning statistics and the gradient.
-pub const ACE: Shader = Shader {
-    name: "ace.wgsl",
-    source: include_str!("../shaders/ace.wgsl"),
+/// Fused losses, per-voxel passes: every statistic (ACE bins, Dice and cross-entropy sums), and the gradient.
+pub const LOSS_VOXEL: Shader = Shader {
+    name: "loss_voxel.wgsl",
+    source: include_str!("../shaders/loss_voxel.wgsl"),
     preludes: &LOSS_PRELUDES,
     trusted: true,
 };
 
-/// mL1-ACE small passes: fixed-order reduction of partials, per-bin coefficients and the loss.
-pub const ACE_REDUCE: Shader = Shader {
-    name: "ace_reduce.wgsl",
-    source: include_str!("../shaders/ace_reduce.wgsl"),
+/// Fused losses, small passes: fixed-order reduction of partials, the losses and the gradient coefficients.
+pub const LOSS_REDUCE: Shader = Shader {
+    name: "loss_reduce.wgsl",
+    source: include_str!("../shaders/loss_reduce.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
+/// Nearest-exact resampling of label maps (deep supervision).
+pub const RESAMPLE: Shader = Shader {
+    name: "resample.wgsl",
+    source: include_str!("../shaders/resample.wgsl"),
     preludes: &[""],
     trusted: false,
 };
 
 /// Every shader the library uses.
-pub const ALL: &[Shader] = &[SOFTMAX, PROBE, ACE, ACE_REDUCE];
+pub const ALL: &[Shader] = &[SOFTMAX, PROBE, LOSS_VOXEL, LOSS_REDUCE, RESAMPLE];

@@ -1,12 +1,22 @@
-//! Segmentation losses with analytic backward passes on the GPU: mL1-ACE (hard and soft binning).
+//! Segmentation losses with analytic backward passes on the GPU: mL1-ACE (hard and soft binning), Dice,
+//! cross-entropy, their combinations (fused into one statistics pass and one gradient pass over the
+//! logits), and deep supervision.
 //!
 //! Option names follow MONAI's loss signatures (`include_background`, `num_bins`, `reduction`, ...).
 
 pub mod ace;
+mod combined;
+pub mod deep_supervision;
+mod dice;
 pub mod file;
+mod fused;
 mod labels;
 
 pub use ace::{AceForward, AceLoss, Binning};
+pub use combined::{AceDiceCeLoss, DiceCeLoss, LossOutput};
+pub use deep_supervision::{downsample_labels, DeepSupervision};
+pub use dice::{CrossEntropyLoss, DiceLoss};
+pub use fused::MAX_CHANNELS;
 pub use labels::Labels;
 
 /// How per-(image, class) values become the loss.

@@ -1,0 +1,156 @@
+//! Deep supervision (MONAI `DeepSupervisionLoss`): a loss applied to each of a network's outputs at full,
+//! 1/2, 1/4, 1/8 resolution, against labels downsampled by nearest-exact interpolation, weighted 1, 0.5, 0.25,
+//! 0.125 (`weight_mode="exp"`) and summed.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Labels, LossOutput};
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::shaders;
+use crate::tensor::Tensor;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    planes: u32,
+    input: [u32; 3],
+    output: [u32; 3],
+    _pad: u32,
+}
+
+/// Pads 1 to 3 spatial dims to (D, H, W).
+fn dhw(spatial: &[usize]) -> Result<[u32; 3]> {
+    if spatial.is_empty() || spatial.len() > 3 {
+        return Err(Error::InvalidShape(format!(
+            "1 to 3 spatial dims expected, got {spatial:?}"
+        )));
+    }
+    let mut d = [1u32; 3];
+    for (i, &s) in spatial.iter().enumerate() {
+        d[3 - spatial.len() + i] = s as u32;
+    }
+    Ok(d)
+}
+
+/// Resamples labels (class indices or one-hot maps) to `spatial` with PyTorch's `nearest-exact` rule.
+pub fn downsample_labels(labels: &Labels, spatial: &[usize]) -> Result<Labels> {
+    let t = labels.tensor();
+    let shape = t.shape();
+    if shape.len() != spatial.len() + 2 {
+        return Err(Error::shape(format!(
+            "labels {shape:?} cannot be resampled to spatial size {spatial:?}"
+        )));
+    }
+    if spatial.contains(&0) {
+        return Err(Error::InvalidShape(format!(
+            "cannot resample to an empty size {spatial:?}"
+        )));
+    }
+    if &shape[2..] == spatial {
+        return Ok(labels.clone());
+    }
+    let mut out_shape = shape[..2].to_vec();
+    out_shape.extend_from_slice(spatial);
+    let gpu = t.gpu();
+    let out = Tensor::uninit(gpu, &out_shape, t.dtype())?;
+    let p = Params {
+        planes: (shape[0] * shape[1]) as u32,
+        input: dhw(&shape[2..])?,
+        output: dhw(spatial)?,
+        _pad: 0,
+    };
+    let kernel = gpu.kernel(&shaders::RESAMPLE, "", "nearest_exact", &[])?;
+    let mut batch = gpu.batch("nearest-exact resample");
+    batch.dispatch(
+        &kernel,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(t), Arg::whole(&out)],
+        out.numel().div_ceil(WORKGROUP_SIZE as usize) as u32,
+    )?;
+    batch.submit()?;
+    Ok(match labels {
+        Labels::Indices(_) => Labels::Indices(out),
+        Labels::OneHot(_) => Labels::OneHot(out),
+    })
+}
+
+/// Weights per output level and how the level losses combine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeepSupervision {
+    /// Weight of each level, full resolution first.
+    pub weights: Vec<f32>,
+}
+
+impl DeepSupervision {
+    /// MONAI's `weight_mode="exp"`: `max(0.5^l, 0.0625)` for level l.
+    pub fn exp(levels: usize) -> Self {
+        DeepSupervision {
+            weights: (0..levels.max(1))
+                .map(|l| 0.5f32.powi(l as i32).max(0.0625))
+                .collect(),
+        }
+    }
+
+    /// Applies `loss` to every output against the labels resampled to its size.
+    pub fn forward(
+        &self,
+        outputs: &[Tensor],
+        labels: &Labels,
+        loss: impl Fn(&Tensor, &Labels) -> Result<LossOutput>,
+    ) -> Result<DeepSupervisionOutput> {
+        if outputs.is_empty() || outputs.len() > self.weights.len() {
+            return Err(Error::invalid(format!(
+                "{} outputs for {} deep-supervision weights",
+                outputs.len(),
+                self.weights.len()
+            )));
+        }
+        let levels = outputs
+            .iter()
+            .map(|o| {
+                if o.shape().len() < 3 {
+                    return Err(Error::InvalidShape(format!(
+                        "deep-supervision output {:?} has no spatial dims",
+                        o.shape()
+                    )));
+                }
+                let l = downsample_labels(labels, &o.shape()[2..])?;
+                loss(o, &l)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DeepSupervisionOutput {
+            weights: self.weights[..outputs.len()].to_vec(),
+            levels,
+        })
+    }
+}
+
+/// The per-level losses of a deep-supervision forward pass.
+#[derive(Debug)]
+pub struct DeepSupervisionOutput {
+    /// Weight of each level.
+    pub weights: Vec<f32>,
+    /// Each level's loss.
+    pub levels: Vec<LossOutput>,
+}
+
+impl DeepSupervisionOutput {
+    /// The weighted sum of the level losses (read back from the device).
+    pub fn loss(&self) -> Result<f32> {
+        let mut total = 0.0;
+        for (w, l) in self.weights.iter().zip(&self.levels) {
+            total += w * l.loss.to_vec_f32()?[0];
+        }
+        Ok(total)
+    }
+
+    /// d loss / d output for every output, each level's gradient scaled by its weight.
+    pub fn backward(&self) -> Result<Vec<Tensor>> {
+        self.weights
+            .iter()
+            .zip(&self.levels)
+            .map(|(w, l)| l.backward_scaled(*w))
+            .collect()
+    }
+}

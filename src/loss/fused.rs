@@ -1,0 +1,652 @@
+//! The engine behind every loss: one statistics pass over the input accumulating what each enabled term
+//! (mL1-ACE, Dice, cross-entropy) needs, a fixed-order reduction, a finalize pass computing the losses and
+//! the gradient coefficients, and one gradient pass writing the summed d loss / d input.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{AceLoss, Activation, Binning, CrossEntropyLoss, DiceLoss, Labels, Reduction};
+use crate::binning::{check_num_bins, hard_bin_edges, soft_bin_centres};
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, Gpu, WORKGROUP_SIZE};
+use crate::ops::{binding_alignment, image_runs, window};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// Most channels the fused loss kernels handle (their per-voxel arrays are private).
+pub const MAX_CHANNELS: usize = 32;
+/// Most ACE classes binned together by one workgroup of the stats pass.
+const CLASS_GROUP: usize = 4;
+/// Private slots per invocation of the stats pass (`SLOTS` in `loss_voxel.wgsl`).
+const SLOTS: usize = 128;
+/// Invocations per stats workgroup (`SWG` in `loss_voxel.wgsl`).
+const STATS_WG: usize = 64;
+
+/// The terms of a loss and their weights.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Terms {
+    pub ace: Option<(AceLoss, f32)>,
+    pub dice: Option<(DiceLoss, f32)>,
+    pub ce: Option<(CrossEntropyLoss, f32)>,
+    pub activation: Activation,
+}
+
+/// Shapes, switches and buffer layout shared by the passes.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    images: usize,
+    channels: usize,
+    voxels: usize,
+    f16: bool,
+    softmax: bool,
+    // ACE
+    classes_out: usize,
+    class_start: usize,
+    num_bins: usize,
+    soft: bool,
+    delta: f32,
+    // Dice
+    use_dice: bool,
+    dice_start: usize,
+    dice_batch: bool,
+    dice_values: usize,
+    // cross-entropy
+    use_ce: bool,
+    ignore_index: u32,
+    // edges buffer: bin edges then cross-entropy weights
+    weight_offset: usize,
+    // coefficient table: ACE, then Dice from dice_offset, then cross-entropy at ce_offset
+    dice_offset: usize,
+    ce_offset: usize,
+}
+
+/// Forward results and what backward needs.
+#[derive(Debug)]
+pub(crate) struct Fused {
+    /// (total, ACE, Dice, cross-entropy) losses, each `[1]`.
+    pub losses: [Tensor; 4],
+    /// ACE per (image, class) `[B, C']`.
+    pub ace_values: Tensor,
+    /// Dice per (image, class) `[B, C']`, or per class `[C']` over the batch.
+    pub dice_values: Tensor,
+    pub bin_weight: Tensor,
+    pub bin_sum_p: Tensor,
+    pub bin_sum_y: Tensor,
+    coef: Tensor,
+    edges: Tensor,
+    input: Tensor,
+    labels: Labels,
+    plan: Plan,
+    ace_none: bool,
+    dice_none: bool,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct VoxelParams {
+    channels: u32,
+    voxels: u32,
+    num_bins: u32,
+    class_start: u32,
+    classes_out: u32,
+    group_start: u32,
+    group_size: u32,
+    wg_per_image: u32,
+    images: u32,
+    first_image: u32,
+    input_shift: u32,
+    label_shift: u32,
+    soft: u32,
+    softmax: u32,
+    iters: u32,
+    up_stride: u32,
+    delta: f32,
+    bin_start: u32,
+    bin_count: u32,
+    extra: u32,
+    extra_offset: u32,
+    ce_offset: u32,
+    ignore_index: u32,
+    squared_pred: u32,
+    dice_start: u32,
+    use_dice: u32,
+    use_ce: u32,
+    jaccard: u32,
+    dice_batch: u32,
+    weight_offset: u32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct ReduceParams {
+    images: u32,
+    classes_out: u32,
+    num_bins: u32,
+    partial_rows: u32,
+    per_image: u32,
+    src_offset: u32,
+    dst_offset: u32,
+    soft: u32,
+    ignore_empty: u32,
+    ace_reduction: u32,
+    channels: u32,
+    dice_start: u32,
+    use_dice: u32,
+    use_ce: u32,
+    dice_reduction: u32,
+    dice_batch: u32,
+    jaccard: u32,
+    dice_offset: u32,
+    ce_offset: u32,
+    values_dice: u32,
+    values_loss: u32,
+    weight_offset: u32,
+    empty_weight: f32,
+    smooth_nr: f32,
+    smooth_dr: f32,
+    label_smoothing: f32,
+    lambda_ace: f32,
+    lambda_dice: f32,
+    lambda_ce: f32,
+    _pad: [u32; 3],
+}
+
+fn finite(x: f32, what: &str) -> Result<()> {
+    if x.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{what} = {x}; must be finite")))
+    }
+}
+
+impl Terms {
+    fn plan(&self, input: &Tensor, labels: &Labels) -> Result<Plan> {
+        let gpu = input.gpu();
+        let f16 = match input.dtype() {
+            DType::F32 => false,
+            DType::F16 => {
+                gpu.require_f16()?;
+                true
+            }
+            d => {
+                return Err(Error::WrongDType(format!(
+                    "loss input must be f32 or f16, got {d}"
+                )))
+            }
+        };
+        let shape = input.shape();
+        if shape.len() < 2 {
+            return Err(Error::InvalidShape(format!(
+                "loss input must be [B, C, spatial...], got {shape:?}"
+            )));
+        }
+        let (images, channels) = (shape[0], shape[1]);
+        let voxels: usize = shape[2..].iter().product();
+        if channels == 0 || channels > MAX_CHANNELS {
+            return Err(Error::InvalidShape(format!(
+                "loss input has {channels} channels; supported: 1..={MAX_CHANNELS}"
+            )));
+        }
+        if images == 0 || voxels == 0 {
+            return Err(Error::InvalidShape(format!(
+                "loss input {shape:?} has no voxels"
+            )));
+        }
+        if u32::try_from(images * channels * voxels).is_err() {
+            return Err(Error::InvalidShape(format!(
+                "{shape:?} has more than 2^32 elements"
+            )));
+        }
+        labels.check_against(shape)?;
+        let mut plan = Plan {
+            images,
+            channels,
+            voxels,
+            f16,
+            // As the reference: a single channel gets no softmax.
+            softmax: self.activation == Activation::Softmax && channels > 1,
+            classes_out: 0,
+            class_start: 0,
+            num_bins: 1,
+            soft: false,
+            delta: 1.0,
+            use_dice: false,
+            dice_start: 0,
+            dice_batch: false,
+            dice_values: 0,
+            use_ce: false,
+            ignore_index: u32::MAX,
+            weight_offset: 0,
+            dice_offset: 0,
+            ce_offset: 0,
+        };
+        if let Some((ace, lambda)) = &self.ace {
+            finite(*lambda, "lambda_ace")?;
+            check_num_bins(ace.num_bins)?;
+            if !(ace.empty_weight >= 0.0 && ace.empty_weight.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "empty_weight = {}; must be finite and >= 0",
+                    ace.empty_weight
+                )));
+            }
+            // As the reference: background is dropped only when there is more than one channel.
+            plan.class_start = usize::from(!ace.include_background && channels > 1);
+            plan.classes_out = channels - plan.class_start;
+            plan.num_bins = ace.num_bins;
+            plan.soft = ace.binning == Binning::Soft;
+            plan.delta = soft_bin_centres(ace.num_bins).1;
+            if let Some(w) = &ace.class_weights {
+                if w.len() != plan.classes_out {
+                    return Err(Error::shape(format!(
+                        "{} ACE class weights given for {} classes",
+                        w.len(),
+                        plan.classes_out
+                    )));
+                }
+            }
+        }
+        if let Some((dice, lambda)) = &self.dice {
+            finite(*lambda, "lambda_dice")?;
+            finite(dice.smooth_nr, "smooth_nr")?;
+            finite(dice.smooth_dr, "smooth_dr")?;
+            plan.use_dice = true;
+            plan.dice_start = usize::from(!dice.include_background && channels > 1);
+            plan.dice_batch = dice.batch;
+            let cd = channels - plan.dice_start;
+            plan.dice_values = if dice.batch { cd } else { images * cd };
+        }
+        if let Some((ce, lambda)) = &self.ce {
+            finite(*lambda, "lambda_ce")?;
+            if !plan.softmax {
+                return Err(Error::invalid(
+                    "cross-entropy needs logits with at least 2 channels (activation Softmax)",
+                ));
+            }
+            if !(0.0..=1.0).contains(&ce.label_smoothing) {
+                return Err(Error::invalid(format!(
+                    "label_smoothing = {}; must be in [0, 1]",
+                    ce.label_smoothing
+                )));
+            }
+            if let Some(w) = &ce.weight {
+                if w.len() != channels {
+                    return Err(Error::shape(format!(
+                        "{} cross-entropy class weights given for {channels} classes",
+                        w.len()
+                    )));
+                }
+                if w.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::invalid("cross-entropy class weights must be finite"));
+                }
+            }
+            if labels.is_one_hot() && ce.ignore_index.is_some() {
+                return Err(Error::invalid(
+                    "ignore_index needs class-index labels, not one-hot ones",
+                ));
+            }
+            plan.use_ce = true;
+            plan.ignore_index = ce.ignore_index.map_or(u32::MAX, |i| i as u32);
+        }
+        if plan.classes_out == 0 && !plan.use_dice && !plan.use_ce {
+            return Err(Error::invalid("the loss has no terms"));
+        }
+        let ace_bins = images * plan.classes_out * plan.num_bins;
+        plan.dice_offset = ace_bins;
+        plan.ce_offset = ace_bins + if plan.dice_batch { 1 } else { images } * channels;
+        plan.weight_offset = if plan.soft {
+            plan.num_bins
+        } else {
+            plan.num_bins + 1
+        };
+        Ok(plan)
+    }
+
+    /// Runs the forward passes.
+    pub fn forward(&self, input: &Tensor, labels: &Labels) -> Result<Fused> {
+        let plan = self.plan(input, labels)?;
+        let gpu = input.gpu();
+        let (b, c, v) = (plan.images, plan.channels, plan.voxels);
+        let (cp, m) = (plan.classes_out, plan.num_bins);
+        let ace = self.ace.as_ref().map(|(a, _)| a);
+        let dice = self.dice.as_ref().map(|(d, _)| d);
+        let ce = self.ce.as_ref().map(|(e, _)| e);
+        let ce_weights = ce
+            .and_then(|e| e.weight.clone())
+            .unwrap_or_else(|| vec![1.0; c]);
+
+        let mut edges = if plan.soft {
+            soft_bin_centres(m).0
+        } else {
+            hard_bin_edges(m)
+        };
+        edges.extend_from_slice(&ce_weights);
+        let edges = Tensor::from_f32(gpu, &[edges.len()], &edges)?;
+        let mut weights = ace
+            .and_then(|a| a.class_weights.clone())
+            .unwrap_or_else(|| vec![1.0; cp]);
+        weights.extend_from_slice(&ce_weights);
+        let weights = Tensor::from_f32(gpu, &[weights.len()], &weights)?;
+
+        // Stats dispatches: ACE class groups x bin ranges; the first also sums the Dice / CE statistics.
+        let extra_slots = if plan.use_dice || plan.use_ce {
+            c + 1
+        } else {
+            0
+        };
+        let budget = SLOTS - extra_slots;
+        let group = CLASS_GROUP.min((budget / m).max(1));
+        let bins_per_pass = m.min(budget / group);
+        let mut dispatches = Vec::new(); // (group_start, group_size, bin_start, bin_count, extra)
+        for group_start in (0..cp).step_by(group) {
+            for bin_start in (0..m).step_by(bins_per_pass) {
+                let gs = group.min(cp - group_start);
+                let bc = bins_per_pass.min(m - bin_start);
+                dispatches.push((group_start, gs, bin_start, bc, false));
+            }
+        }
+        if extra_slots > 0 {
+            match dispatches.first_mut() {
+                Some(d) => d.4 = true,
+                None => dispatches.push((0, 0, 0, 0, true)),
+            }
+        }
+        let per_image_slots = cp * m + extra_slots;
+
+        // Voxels per invocation: enough that the partials fit one binding.
+        let mut iters = 32usize;
+        let rows = |iters: usize| v.div_ceil(STATS_WG * iters);
+        while iters < 256
+            && (b * rows(iters) * per_image_slots * 16) as u64 > gpu.max_binding_bytes()
+        {
+            iters *= 2;
+        }
+        let wg_per_image = rows(iters);
+        let ace_partials = b * wg_per_image * cp * m;
+        let partials = Tensor::uninit(
+            gpu,
+            &[(ace_partials + b * wg_per_image * extra_slots).max(1), 4],
+            DType::F32,
+        )?;
+        let ace_sums = b * cp * m;
+        let sums = Tensor::uninit(gpu, &[(ace_sums + b * extra_slots).max(1), 4], DType::F32)?;
+        let coef = Tensor::uninit(gpu, &[plan.ce_offset + 1, 4], DType::F32)?;
+        let n_ace = b * cp;
+        let values = Tensor::uninit(gpu, &[n_ace + plan.dice_values + 4], DType::F32)?;
+        let bins = [b, cp, m];
+        let bin_weight = Tensor::uninit(gpu, &bins, DType::F32)?;
+        let bin_sum_p = Tensor::uninit(gpu, &bins, DType::F32)?;
+        let bin_sum_y = Tensor::uninit(gpu, &bins, DType::F32)?;
+
+        let prelude = shaders::loss_prelude(plan.f16, labels.is_one_hot());
+        let stats_kernel = gpu.kernel(&shaders::LOSS_VOXEL, prelude, "stats", &[])?;
+        let mut batch = gpu.batch("loss forward");
+        for_each_window(gpu, &plan, input, labels, |first, count, win| {
+            for &(group_start, group_size, bin_start, bin_count, extra) in &dispatches {
+                let mut p = plan.voxel_params(self, first, count, win);
+                p.iters = iters as u32;
+                p.wg_per_image = wg_per_image as u32;
+                p.group_start = group_start as u32;
+                p.group_size = group_size as u32;
+                p.bin_start = bin_start as u32;
+                p.bin_count = bin_count as u32;
+                p.extra = extra as u32;
+                p.extra_offset = ace_partials as u32;
+                batch.dispatch(
+                    &stats_kernel,
+                    bytemuck::bytes_of(&p),
+                    &[
+                        win.input,
+                        win.labels,
+                        Arg::whole(&edges),
+                        Arg::whole(&partials),
+                    ],
+                    (count * wg_per_image) as u32,
+                )?;
+            }
+            Ok(())
+        })?;
+
+        let mut rp = ReduceParams {
+            images: b as u32,
+            classes_out: cp as u32,
+            num_bins: m as u32,
+            partial_rows: wg_per_image as u32,
+            soft: plan.soft as u32,
+            ignore_empty: ace.is_none_or(|a| a.ignore_empty_classes) as u32,
+            ace_reduction: ace.map_or(0, |a| a.reduction.code()),
+            channels: c as u32,
+            dice_start: plan.dice_start as u32,
+            use_dice: plan.use_dice as u32,
+            use_ce: plan.use_ce as u32,
+            dice_reduction: dice.map_or(0, |d| d.reduction.code()),
+            dice_batch: plan.dice_batch as u32,
+            jaccard: dice.is_some_and(|d| d.jaccard) as u32,
+            dice_offset: plan.dice_offset as u32,
+            ce_offset: plan.ce_offset as u32,
+            values_dice: n_ace as u32,
+            values_loss: (n_ace + plan.dice_values) as u32,
+            weight_offset: cp as u32,
+            empty_weight: ace.map_or(0.0, |a| a.empty_weight),
+            smooth_nr: dice.map_or(0.0, |d| d.smooth_nr),
+            smooth_dr: dice.map_or(0.0, |d| d.smooth_dr),
+            label_smoothing: ce.map_or(0.0, |e| e.label_smoothing),
+            lambda_ace: self.ace.as_ref().map_or(0.0, |t| t.1),
+            lambda_dice: self.dice.as_ref().map_or(0.0, |t| t.1),
+            lambda_ce: self.ce.as_ref().map_or(0.0, |t| t.1),
+            ..Default::default()
+        };
+        let reduce = gpu.kernel(&shaders::LOSS_REDUCE, "", "reduce", &[])?;
+        for (per_image, src_offset, dst_offset) in
+            [(cp * m, 0, 0), (extra_slots, ace_partials, ace_sums)]
+        {
+            if per_image == 0 {
+                continue;
+            }
+            rp.per_image = per_image as u32;
+            rp.src_offset = src_offset as u32;
+            rp.dst_offset = dst_offset as u32;
+            batch.dispatch(
+                &reduce,
+                bytemuck::bytes_of(&rp),
+                &[Arg::whole(&partials), Arg::whole(&sums)],
+                (b * per_image) as u32,
+            )?;
+        }
+        rp.src_offset = ace_sums as u32;
+        let finalize = gpu.kernel(&shaders::LOSS_REDUCE, "", "finalize", &[])?;
+        batch.dispatch(
+            &finalize,
+            bytemuck::bytes_of(&rp),
+            &[
+                Arg::whole(&sums),
+                Arg::whole(&coef),
+                Arg::whole(&values),
+                Arg::whole(&bin_weight),
+                Arg::whole(&bin_sum_p),
+                Arg::whole(&bin_sum_y),
+                Arg::whole(&weights),
+            ],
+            1,
+        )?;
+        // Split `values` into tensors of their own.
+        let loss_at = n_ace + plan.dice_values;
+        let losses = [0, 1, 2, 3].map(|i| (loss_at + i, vec![1]));
+        let mut pieces = vec![(0, vec![b, cp]), (n_ace, dice_values_shape(&plan))];
+        pieces.extend(losses);
+        let mut out = Vec::new();
+        for (at, shape) in pieces {
+            let t = Tensor::uninit(gpu, &shape, DType::F32)?;
+            let bytes = t.byte_len();
+            if bytes > 0 {
+                batch.encoder().copy_buffer_to_buffer(
+                    values.buffer(),
+                    at as u64 * 4,
+                    t.buffer(),
+                    0,
+                    bytes,
+                );
+            }
+            out.push(t);
+        }
+        batch.submit()?;
+        let mut out = out.into_iter();
+        let mut next = || out.next().expect("six pieces were made");
+        Ok(Fused {
+            ace_values: next(),
+            dice_values: next(),
+            losses: [next(), next(), next(), next()],
+            bin_weight,
+            bin_sum_p,
+            bin_sum_y,
+            coef,
+            edges,
+            input: input.clone(),
+            labels: labels.clone(),
+            plan,
+            ace_none: ace.is_some_and(|a| a.reduction == Reduction::None),
+            dice_none: dice.is_some_and(|d| d.reduction == Reduction::None),
+        })
+    }
+}
+
+fn dice_values_shape(plan: &Plan) -> Vec<usize> {
+    let cd = plan.channels - plan.dice_start;
+    match (plan.use_dice, plan.dice_batch) {
+        (false, _) => vec![0],
+        (true, true) => vec![cd],
+        (true, false) => vec![plan.images, cd],
+    }
+}
+
+/// The bound windows of one run of images.
+struct Windows<'a> {
+    input: Arg<'a>,
+    labels: Arg<'a>,
+    input_shift: u32,
+    label_shift: u32,
+}
+
+/// Calls `f(first, count, windows)` for runs of images whose input and label windows fit one binding each.
+fn for_each_window<'a>(
+    gpu: &Gpu,
+    plan: &Plan,
+    input: &'a Tensor,
+    labels: &'a Labels,
+    mut f: impl FnMut(usize, usize, &Windows<'a>) -> Result<()>,
+) -> Result<()> {
+    let align = binding_alignment(gpu);
+    let in_elem = if plan.f16 { 2 } else { 4 };
+    let in_bytes = (plan.channels * plan.voxels * in_elem) as u64;
+    let label_bytes = labels.tensor().shape()[1..].iter().product::<usize>() as u64 * 4;
+    for (first, count) in image_runs(
+        gpu,
+        plan.images,
+        in_bytes.max(label_bytes),
+        "the loss input",
+    )? {
+        let wi = window(first, count, in_bytes, in_elem as u64, align);
+        let wl = window(first, count, label_bytes, 4, align);
+        let win = Windows {
+            input: Arg::window(input, wi.byte_offset, wi.byte_len),
+            labels: Arg::window(labels.tensor(), wl.byte_offset, wl.byte_len),
+            input_shift: wi.elem_shift,
+            label_shift: wl.elem_shift,
+        };
+        f(first, count, &win)?;
+    }
+    Ok(())
+}
+
+impl Plan {
+    fn voxel_params(
+        &self,
+        terms: &Terms,
+        first: usize,
+        count: usize,
+        win: &Windows<'_>,
+    ) -> VoxelParams {
+        let dice = terms.dice.as_ref().map(|(d, _)| d);
+        VoxelParams {
+            channels: self.channels as u32,
+            voxels: self.voxels as u32,
+            num_bins: self.num_bins as u32,
+            class_start: self.class_start as u32,
+            classes_out: self.classes_out as u32,
+            images: count as u32,
+            first_image: first as u32,
+            input_shift: win.input_shift,
+            label_shift: win.label_shift,
+            soft: self.soft as u32,
+            softmax: self.softmax as u32,
+            delta: self.delta,
+            ignore_index: self.ignore_index,
+            squared_pred: dice.is_some_and(|d| d.squared_pred) as u32,
+            dice_start: self.dice_start as u32,
+            use_dice: self.use_dice as u32,
+            use_ce: self.use_ce as u32,
+            jaccard: dice.is_some_and(|d| d.jaccard) as u32,
+            dice_batch: self.dice_batch as u32,
+            weight_offset: self.weight_offset as u32,
+            ..Default::default()
+        }
+    }
+}
+
+impl Fused {
+    /// Backward with the upstream gradient on the GPU: `[1]`, or `[B, C']` for an unreduced ACE loss.
+    pub fn backward_with(&self, terms: &Terms, upstream: &Tensor) -> Result<Tensor> {
+        let plan = &self.plan;
+        upstream.expect_dtype(DType::F32, "upstream gradient")?;
+        if self.dice_none {
+            return Err(Error::invalid(
+                "backward of a Dice loss with reduction None is not supported; use Mean or Sum",
+            ));
+        }
+        let per_pair = [plan.images, plan.classes_out];
+        let up_stride = if upstream.numel() == 1 {
+            0
+        } else if self.ace_none && !plan.use_dice && !plan.use_ce && upstream.shape() == per_pair {
+            1
+        } else {
+            return Err(Error::shape(format!(
+                "upstream gradient {:?}: expected [1]{}",
+                upstream.shape(),
+                if self.ace_none {
+                    format!(" or {per_pair:?}")
+                } else {
+                    String::new()
+                }
+            )));
+        };
+        let gpu = self.input.gpu();
+        let out = Tensor::uninit(gpu, self.input.shape(), self.input.dtype())?;
+        let prelude = shaders::loss_prelude(plan.f16, self.labels.is_one_hot());
+        let kernel = gpu.kernel(&shaders::LOSS_VOXEL, prelude, "grad", &[])?;
+        let align = binding_alignment(gpu);
+        let in_elem = if plan.f16 { 2u64 } else { 4 };
+        let in_bytes = plan.channels as u64 * plan.voxels as u64 * in_elem;
+        let mut batch = gpu.batch("loss backward");
+        for_each_window(gpu, plan, &self.input, &self.labels, |first, count, win| {
+            let wo = window(first, count, in_bytes, in_elem, align);
+            let mut p = plan.voxel_params(terms, first, count, win);
+            p.up_stride = up_stride;
+            p.extra_offset = plan.dice_offset as u32;
+            p.ce_offset = plan.ce_offset as u32;
+            batch.dispatch(
+                &kernel,
+                bytemuck::bytes_of(&p),
+                &[
+                    win.input,
+                    win.labels,
+                    Arg::whole(&self.edges),
+                    Arg::whole(&self.coef),
+                    Arg::whole(upstream),
+                    Arg::window(&out, wo.byte_offset, wo.byte_len),
+                ],
+                (count * plan.voxels).div_ceil(WORKGROUP_SIZE as usize) as u32,
+            )
+        })?;
+        batch.submit()?;
+        Ok(out)
+    }
+}
