@@ -68,8 +68,9 @@ impl DiceLoss {
 pub struct CrossEntropyLoss {
     /// Per-class weights (`C` of them).
     pub weight: Option<Vec<f32>>,
-    /// Voxels with this label count for nothing (class-index labels only).
-    pub ignore_index: Option<u32>,
+    /// Voxels with this label count for nothing (class-index labels only; PyTorch's default is -100).
+    /// Upload such labels with [`Labels::from_indices_ignoring`].
+    pub ignore_index: Option<i64>,
     /// Mixes the target with the uniform distribution: `(1 - s) y + s / C` (default 0).
     pub label_smoothing: f32,
 }

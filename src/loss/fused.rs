@@ -285,7 +285,7 @@ impl Terms {
                 ));
             }
             plan.use_ce = true;
-            plan.ignore_index = ce.ignore_index.map_or(u32::MAX, |i| i as u32);
+            plan.ignore_index = ce.ignore_index.map_or(u32::MAX, super::labels::ignore_code);
         }
         if plan.classes_out == 0 && !plan.use_dice && !plan.use_ce {
             return Err(Error::invalid("the loss has no terms"));

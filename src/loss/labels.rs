@@ -4,6 +4,11 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::{DType, Tensor};
 
+/// How an ignore index is stored on the GPU: as itself when it fits a u32, else as u32::MAX.
+pub(crate) fn ignore_code(ignore_index: i64) -> u32 {
+    u32::try_from(ignore_index).unwrap_or(u32::MAX)
+}
+
 /// A segmentation target on the GPU.
 #[derive(Clone, Debug)]
 pub enum Labels {
@@ -22,15 +27,50 @@ impl Labels {
         data: &[T],
         num_classes: usize,
     ) -> Result<Self> {
+        let data: Vec<i64> = data.iter().map(|&l| l.into()).collect();
+        Self::upload(gpu, shape, &data, num_classes, None)
+    }
+
+    /// Like [`Labels::from_indices`], but labels equal to `ignore_index` are accepted (and stored so that
+    /// [`crate::loss::CrossEntropyLoss`] with the same `ignore_index` skips them; other losses see them as
+    /// belonging to no class).
+    pub fn from_indices_ignoring<T: Copy + Into<i64>>(
+        gpu: &Gpu,
+        shape: &[usize],
+        data: &[T],
+        num_classes: usize,
+        ignore_index: i64,
+    ) -> Result<Self> {
+        let code = ignore_code(ignore_index) as i64;
+        let mapped: Vec<i64> = data
+            .iter()
+            .map(|&l| {
+                let l: i64 = l.into();
+                if l == ignore_index {
+                    code
+                } else {
+                    l
+                }
+            })
+            .collect();
+        Self::upload(gpu, shape, &mapped, num_classes, Some(code))
+    }
+
+    fn upload(
+        gpu: &Gpu,
+        shape: &[usize],
+        data: &[i64],
+        num_classes: usize,
+        ignore: Option<i64>,
+    ) -> Result<Self> {
         if shape.len() < 2 || shape[1] != 1 {
             return Err(Error::InvalidShape(format!(
                 "class-index labels must be [B, 1, spatial...], got {shape:?}"
             )));
         }
         let mut out = Vec::with_capacity(data.len());
-        for (index, &l) in data.iter().enumerate() {
-            let label: i64 = l.into();
-            if label < 0 || label >= num_classes as i64 {
+        for (index, &label) in data.iter().enumerate() {
+            if (label < 0 || label >= num_classes as i64) && Some(label) != ignore {
                 return Err(Error::LabelOutOfRange {
                     label,
                     classes: num_classes,
