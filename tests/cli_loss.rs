@@ -69,6 +69,67 @@ fn reproduces_every_ace_fixture() {
     }
 }
 
+#[test]
+fn reproduces_the_dice_ce_and_combined_fixtures() {
+    if gpu().is_none() {
+        return;
+    }
+    for name in LOSS_FIXTURES {
+        let f = fixture(name);
+        let bins = f.metadata("num_bins").unwrap();
+        let input = fixture_path(name);
+        let cases: [(&str, &[&str], &str); 7] = [
+            ("dice", &[], "dice.bg"),
+            ("dice", &["--no-background"], "dice.nobg"),
+            ("ce", &[], "ce"),
+            ("dice-ce", &[], "dice_ce"),
+            ("dice-ce", &["--weights", "1,1"], "dice_ce"),
+            ("ace-dice-ce", &["--binning", "hard"], "ace_dice_ce.hard"),
+            (
+                "ace-dice-ce",
+                &["--binning", "soft", "--weights", "0.33,0.33,0.33"],
+                "ace_dice_ce.soft",
+            ),
+        ];
+        for (loss, extra, key) in cases {
+            let out = tmp(&format!("{name}.{key}.{}.out.safetensors", extra.len()));
+            let mut args = vec![
+                "loss",
+                "--input",
+                &input,
+                "--output",
+                out.to_str().unwrap(),
+                "--loss",
+                loss,
+            ];
+            args.extend(["--num-bins", &bins]);
+            args.extend_from_slice(extra);
+            let o = run(&args);
+            assert!(
+                o.status.success(),
+                "{key}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let got = TensorFile::open(&out).unwrap();
+            assert_rel(
+                &got.f32("loss").unwrap().1,
+                &f.f32(&format!("{key}.loss")).unwrap().1,
+                1e-5,
+                1e-6,
+                &format!("{name} {key} loss"),
+            );
+            let (gs, g) = got.f32("grad").unwrap();
+            assert_eq!(gs, f.shape("logits").unwrap());
+            assert_grad(
+                &g,
+                &f.f32(&format!("{key}.grad")).unwrap().1,
+                1e-4,
+                &format!("{name} {key} grad"),
+            );
+        }
+    }
+}
+
 fn expect_failure(input: &Path, extra: &[&str], needle: &str) {
     let out = tmp("never-written.safetensors");
     let mut args = vec![
@@ -151,4 +212,17 @@ fn bad_input_fails_cleanly() {
     );
     expect_failure(&p, &[], "integer");
     expect_failure(Path::new("/no/such/input.safetensors"), &[], "No such file");
+    expect_failure(&good, &["--weights", "1,2"], "--weights");
+    let o = run(&[
+        "loss",
+        "--input",
+        good.to_str().unwrap(),
+        "--output",
+        tmp("w.safetensors").to_str().unwrap(),
+        "--loss",
+        "ace-dice-ce",
+        "--weights",
+        "1,2",
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("needs 3"));
 }

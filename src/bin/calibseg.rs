@@ -26,8 +26,16 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LossArg {
-    /// mL1-ACE.
+    /// mL1-ACE (hard or soft binning).
     Ace,
+    /// Dice (MONAI: softmax, squared_pred, smooth_dr 1e-5).
+    Dice,
+    /// Cross-entropy.
+    Ce,
+    /// Dice + cross-entropy (weights default 1,1).
+    DiceCe,
+    /// Dice + cross-entropy + mL1-ACE (weights default 0.33,0.33,0.33).
+    AceDiceCe,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -59,6 +67,9 @@ struct LossArgs {
     /// Soft binning: bins with less total weight are dropped.
     #[arg(long, default_value_t = 0.01)]
     empty_weight: f32,
+    /// Term weights DICE,CE[,ACE] for dice-ce and ace-dice-ce.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    weights: Option<Vec<f32>>,
 }
 
 fn loss(args: &LossArgs) -> calibseg::Result<()> {
@@ -67,6 +78,10 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
         output: args.output.clone(),
         loss: match args.loss {
             LossArg::Ace => LossKind::Ace,
+            LossArg::Dice => LossKind::Dice,
+            LossArg::Ce => LossKind::Ce,
+            LossArg::DiceCe => LossKind::DiceCe,
+            LossArg::AceDiceCe => LossKind::AceDiceCe,
         },
         binning: match args.binning {
             BinningArg::Hard => Binning::Hard,
@@ -75,6 +90,7 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
         num_bins: args.num_bins,
         include_background: !args.no_background,
         empty_weight: args.empty_weight,
+        weights: args.weights.clone(),
     };
     let gpu = calibseg::Gpu::new()?;
     let report = calibseg::loss::file::run(&gpu, &opts)?;

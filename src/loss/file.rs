@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{AceLoss, Binning, Labels};
+use super::{
+    AceDiceCeLoss, AceLoss, Binning, CrossEntropyLoss, DiceCeLoss, DiceLoss, Labels, LossOutput,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::safetensors::{write, HostTensor, TensorFile};
@@ -15,6 +17,14 @@ use crate::tensor::Tensor;
 pub enum LossKind {
     /// mL1-ACE.
     Ace,
+    /// Dice (MONAI, squared_pred, smooth_dr 1e-5).
+    Dice,
+    /// Cross-entropy.
+    Ce,
+    /// lambda_dice Dice + lambda_ce CE (default 1, 1).
+    DiceCe,
+    /// lambda_dice Dice + lambda_ce CE + lambda_ace mL1-ACE (default 0.33 each).
+    AceDiceCe,
 }
 
 /// Options of `calibseg loss`.
@@ -34,6 +44,8 @@ pub struct LossFileOptions {
     pub include_background: bool,
     /// Soft-binning empty-bin threshold.
     pub empty_weight: f32,
+    /// Term weights (Dice, CE, ACE) for the combined losses; `None` for the defaults.
+    pub weights: Option<Vec<f32>>,
 }
 
 /// What was computed, for a one-line summary.
@@ -80,15 +92,33 @@ pub fn run(gpu: &Gpu, opts: &LossFileOptions) -> Result<LossFileReport> {
     let input = Tensor::from_f32(gpu, &shape, &logits)?;
     let labels = Labels::from_indices(gpu, &lshape, &labels, shape[1])?;
     let mut out = BTreeMap::new();
-    let loss = match opts.loss {
+    let ace = AceLoss {
+        binning: opts.binning,
+        num_bins: opts.num_bins,
+        include_background: opts.include_background,
+        empty_weight: opts.empty_weight,
+        ..AceLoss::default()
+    };
+    let dice = DiceLoss {
+        include_background: opts.include_background,
+        ..DiceLoss::default()
+    };
+    let weights = |n: usize, default: &[f32]| -> Result<Vec<f32>> {
+        match &opts.weights {
+            None => Ok(default.to_vec()),
+            Some(w) if w.len() == n && w.iter().all(|x| x.is_finite()) => Ok(w.clone()),
+            Some(w) => Err(Error::invalid(format!(
+                "--weights needs {n} finite numbers for this loss, got {w:?}"
+            ))),
+        }
+    };
+    if opts.weights.is_some() && !matches!(opts.loss, LossKind::DiceCe | LossKind::AceDiceCe) {
+        return Err(Error::invalid(
+            "--weights applies to dice-ce and ace-dice-ce only",
+        ));
+    }
+    let output: LossOutput = match opts.loss {
         LossKind::Ace => {
-            let ace = AceLoss {
-                binning: opts.binning,
-                num_bins: opts.num_bins,
-                include_background: opts.include_background,
-                empty_weight: opts.empty_weight,
-                ..AceLoss::default()
-            };
             let f = ace.forward(&input, &labels)?;
             out.insert("grad".into(), host(&shape, &f.backward()?)?);
             out.insert(
@@ -102,9 +132,38 @@ pub fn run(gpu: &Gpu, opts: &LossFileOptions) -> Result<LossFileReport> {
             ] {
                 out.insert(name.into(), host(t.shape(), t)?);
             }
-            f.loss.to_vec_f32()?[0]
+            let loss = f.loss.to_vec_f32()?[0];
+            out.insert("loss".into(), HostTensor::F32(vec![1], vec![loss]));
+            write(&opts.output, &out, None)?;
+            return Ok(LossFileReport { loss, shape });
+        }
+        LossKind::Dice => dice.forward(&input, &labels)?,
+        LossKind::Ce => CrossEntropyLoss::default().forward(&input, &labels)?,
+        LossKind::DiceCe => {
+            let w = weights(2, &[1.0, 1.0])?;
+            DiceCeLoss {
+                dice,
+                lambda_dice: w[0],
+                lambda_ce: w[1],
+                ..DiceCeLoss::default()
+            }
+            .forward(&input, &labels)?
+        }
+        LossKind::AceDiceCe => {
+            let w = weights(3, &[0.33, 0.33, 0.33])?;
+            AceDiceCeLoss {
+                ace,
+                dice,
+                lambda_dice: w[0],
+                lambda_ce: w[1],
+                lambda_ace: w[2],
+                ..AceDiceCeLoss::new(opts.binning)
+            }
+            .forward(&input, &labels)?
         }
     };
+    out.insert("grad".into(), host(&shape, &output.backward()?)?);
+    let loss = output.loss.to_vec_f32()?[0];
     out.insert("loss".into(), HostTensor::F32(vec![1], vec![loss]));
     write(&opts.output, &out, None)?;
     Ok(LossFileReport { loss, shape })
