@@ -1,12 +1,15 @@
-//! mL1-ACE forward + backward (hard and soft) at [2, 4, 64, 64, 64] and [2, 4, 96, 96, 96], next to a plain
-//! streaming kernel that moves the same bytes (logits and labels read twice, the gradient written once).
-//! Prints, after criterion's figures, the fused time as a multiple of that copy time and the achieved
-//! fraction of the adapter's copy bandwidth, so the numbers compare across vendors.
+//! mL1-ACE forward + backward (hard and soft) at [2, 4, 64, 64, 64] and [2, 4, 96, 96, 96], the fused
+//! 0.33 (Dice + CE + mL1-ACE) training loss next to the same three losses run one after the other, and a
+//! plain streaming kernel that moves the same bytes (logits and labels read twice, the gradient written
+//! once). Prints, after criterion's figures, each time as a multiple of that copy time and of ACE alone, and
+//! the achieved fraction of the adapter's copy bandwidth, so the numbers compare across vendors.
+
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use calibseg::gpu::probe;
-use calibseg::loss::{AceLoss, Labels};
+use calibseg::loss::{AceDiceCeLoss, AceLoss, Binning, Labels};
 use calibseg::{Gpu, Tensor};
 
 const SHAPES: [[usize; 5]; 2] = [[2, 4, 64, 64, 64], [2, 4, 96, 96, 96]];
@@ -35,10 +38,35 @@ fn inputs(gpu: &Gpu, shape: [usize; 5]) -> Inputs {
     }
 }
 
-fn fused(gpu: &Gpu, loss: &AceLoss, x: &Inputs) {
+fn ace_only(gpu: &Gpu, loss: &AceLoss, x: &Inputs) {
     let f = loss.forward(&x.logits, &x.labels).unwrap();
     f.backward().unwrap();
     gpu.synchronize().unwrap();
+}
+
+fn fused(gpu: &Gpu, loss: &AceDiceCeLoss, x: &Inputs) {
+    let f = loss.forward(&x.logits, &x.labels).unwrap();
+    f.backward().unwrap();
+    gpu.synchronize().unwrap();
+}
+
+/// The three terms as separate losses, each with its own passes over the logits.
+fn separate(gpu: &Gpu, loss: &AceDiceCeLoss, x: &Inputs) {
+    let a = loss.ace.forward(&x.logits, &x.labels).unwrap();
+    a.backward_scaled(loss.lambda_ace).unwrap();
+    let d = loss.dice.forward(&x.logits, &x.labels).unwrap();
+    d.backward_scaled(loss.lambda_dice).unwrap();
+    let c = loss.ce.forward(&x.logits, &x.labels).unwrap();
+    c.backward_scaled(loss.lambda_ce).unwrap();
+    gpu.synchronize().unwrap();
+}
+
+fn best(gpu: &Gpu, f: &dyn Fn()) -> f64 {
+    probe::best_of(gpu, 5, || {
+        f();
+        Ok(())
+    })
+    .unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -49,7 +77,6 @@ fn bench(c: &mut Criterion) {
             return;
         }
     };
-    let name = gpu.info().name.clone();
     let peak = probe::measure(&gpu).unwrap();
     let mut summary = Vec::new();
     for shape in SHAPES {
@@ -59,13 +86,23 @@ fn bench(c: &mut Criterion) {
             shape[0], shape[1], shape[2], shape[3], shape[4]
         );
         let mut group = c.benchmark_group(format!("ace/{label}"));
-        group
-            .sample_size(10)
-            .warm_up_time(std::time::Duration::from_secs(1));
-        group.measurement_time(std::time::Duration::from_secs(4));
-        for (bname, loss) in [("hard", AceLoss::hard()), ("soft", AceLoss::soft())] {
-            group.bench_function(format!("{bname} forward+backward"), |b| {
-                b.iter(|| fused(&gpu, &loss, &x))
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(3));
+        for (name, binning) in [("hard", Binning::Hard), ("soft", Binning::Soft)] {
+            let ace = AceLoss {
+                binning,
+                ..AceLoss::default()
+            };
+            let combined = AceDiceCeLoss::new(binning);
+            group.bench_function(format!("ace {name} forward+backward"), |b| {
+                b.iter(|| ace_only(&gpu, &ace, &x))
+            });
+            group.bench_function(format!("ace-dice-ce {name} fused"), |b| {
+                b.iter(|| fused(&gpu, &combined, &x))
+            });
+            group.bench_function(format!("ace+dice+ce {name} separate"), |b| {
+                b.iter(|| separate(&gpu, &combined, &x))
             });
         }
         group.bench_function("copy (same bytes)", |b| {
@@ -74,29 +111,38 @@ fn bench(c: &mut Criterion) {
         group.finish();
 
         let copy = probe::loss_traffic_time(&gpu, &x.logits, x.labels.tensor(), 5).unwrap();
-        let bytes = 2.0 * x.logits.byte_len() as f64
-            + 2.0 * x.labels.tensor().byte_len() as f64
-            + x.logits.byte_len() as f64;
-        for (bname, loss) in [("hard", AceLoss::hard()), ("soft", AceLoss::soft())] {
-            let t = probe::best_of(&gpu, 5, || {
-                fused(&gpu, &loss, &x);
-                Ok(())
-            })
-            .unwrap();
+        let bytes = 3.0 * x.logits.byte_len() as f64 + 2.0 * x.labels.tensor().byte_len() as f64;
+        for (name, binning) in [("hard", Binning::Hard), ("soft", Binning::Soft)] {
+            let ace = AceLoss {
+                binning,
+                ..AceLoss::default()
+            };
+            let combined = AceDiceCeLoss::new(binning);
+            let t_ace = best(&gpu, &|| ace_only(&gpu, &ace, &x));
+            let t_fused = best(&gpu, &|| fused(&gpu, &combined, &x));
+            let t_sep = best(&gpu, &|| separate(&gpu, &combined, &x));
             summary.push(format!(
-                "{label} {bname}: fused fwd+bwd {:.2} ms, copy of the same bytes {:.2} ms, ratio {:.2}x; \
-                 {:.1} GB/s = {:.0}% of the adapter's copy bandwidth",
-                t * 1e3,
+                "{label} {name}: copy of the same bytes {:.2} ms | ACE fwd+bwd {:.2} ms = {:.2}x copy, \
+                 {:.0}% of copy bandwidth | fused ace-dice-ce {:.2} ms = {:.2}x copy = {:.2}x ACE alone | \
+                 separate ace+dice+ce {:.2} ms = {:.2}x fused",
                 copy * 1e3,
-                t / copy,
-                bytes / t / 1e9,
-                100.0 * bytes / t / 1e9 / peak.copy_gb_per_s
+                t_ace * 1e3,
+                t_ace / copy,
+                100.0 * bytes / t_ace / 1e9 / peak.copy_gb_per_s,
+                t_fused * 1e3,
+                t_fused / copy,
+                t_fused / t_ace,
+                t_sep * 1e3,
+                t_sep / t_fused
             ));
         }
     }
     println!(
-        "\nadapter: {name}; copy {:.1} GB/s, FMA {:.1} GFLOP/s",
-        peak.copy_gb_per_s, peak.fma_gflop_per_s
+        "\nadapter: {} ({:?}); copy {:.1} GB/s, FMA {:.1} GFLOP/s",
+        gpu.info().name,
+        gpu.info().backend,
+        peak.copy_gb_per_s,
+        peak.fma_gflop_per_s
     );
     for s in summary {
         println!("{s}");
