@@ -58,10 +58,22 @@ struct Params {
 const WG: u32 = 256u;
 const CLAMPED: u32 = 0x10000u; // soft: all weight to one end bin
 
-const SWG: u32 = 64u;         // stats workgroup size
-const SLOTS: u32 = 128u;      // private slots: ACE (classes x bins), then Dice (C), then cross-entropy (1)
-const ROUND: u32 = 16u;       // slots combined per round through workgroup memory
-var<workgroup> red: array<vec4<f32>, 1024>; // ROUND x SWG
+// Stats: each invocation owns SLOTS histogram slots in workgroup memory (ACE classes x bins, then Dice (C),
+// then cross-entropy (1)), slot s of invocation i at s * SWG + i. Workgroup memory rather than a private
+// array: dynamically indexed private arrays compile to huge if-ladders on some GL drivers (minutes on
+// llvmpipe), and 3 x SLOTS x SWG x 4 bytes = 16,320 fits the 16 KiB every WebGPU device has.
+const SWG: u32 = 16u;
+const SLOTS: u32 = 85u;
+var<workgroup> h_w: array<f32, 1360>; // SLOTS x SWG: weight (count), or the first of 3 Dice / CE sums
+var<workgroup> h_p: array<f32, 1360>; // weight * p
+var<workgroup> h_y: array<f32, 1360>; // weight * y
+
+fn slot_add(s: u32, lid: u32, a: vec3<f32>) {
+    let i = s * SWG + lid;
+    h_w[i] += a.x;
+    h_p[i] += a.y;
+    h_y[i] += a.z;
+}
 
 // Softmax statistics of one voxel: (max, 1 / sum exp(z - max), log sum exp(z - max)); `base` indexes channel 0.
 fn softmax_stats(base: u32) -> vec3<f32> {
@@ -160,10 +172,10 @@ fn ce_weight(c: u32) -> f32 {
 }
 
 // Pass 1. Each workgroup takes `iters` x SWG voxels of one image; every invocation accumulates its own voxels
-// into private slots (ACE bins of the group's classes over [bin_start, bin_start + bin_count), then with
-// `extra` the Dice and cross-entropy sums); the workgroup then sums the slots with fixed-shape steps and
-// writes one partial per slot. No atomics: the same input gives the same bits on every run.
-@compute @workgroup_size(64)
+// into its own slots (ACE bins of the group's classes over [bin_start, bin_start + bin_count), then with
+// `extra` the Dice and cross-entropy sums); the workgroup then sums each slot over its invocations in a
+// fixed order and writes one partial per slot. No atomics: the same input gives the same bits on every run.
+@compute @workgroup_size(16)
 fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let wg = wid.y * nwg.x + wid.x;
@@ -179,7 +191,16 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let NB = P.bin_count;
     let B0 = P.bin_start;
     let ace_slots = G * NB;
-    var acc: array<vec4<f32>, SLOTS>;
+    var slots = ace_slots;
+    if (P.extra == 1u) {
+        slots = ace_slots + C + 1u;
+    }
+    for (var s = 0u; s < slots; s++) {
+        let i = s * SWG + lid;
+        h_w[i] = 0.0;
+        h_p[i] = 0.0;
+        h_y[i] = 0.0;
+    }
     for (var it = 0u; it < P.iters; it++) {
         let v = (tile * P.iters + it) * SWG + lid;
         if (v >= V) {
@@ -194,17 +215,17 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             if (P.soft == 0u) {
                 let k = hard_bin(pc) - B0;
                 if (k < NB) {
-                    acc[g * NB + k] += vec4<f32>(1.0, pc, y, 0.0);
+                    slot_add(g * NB + k, lid, vec3<f32>(1.0, pc, y));
                 }
             } else {
                 let sp = soft_pair(soft_code(pc), pc);
                 let k0 = sp.k0 - B0;
                 let k1 = sp.k1 - B0;
                 if (k0 < NB) {
-                    acc[g * NB + k0] += vec4<f32>(sp.w.x, sp.w.x * pc, sp.w.x * y, 0.0);
+                    slot_add(g * NB + k0, lid, vec3<f32>(sp.w.x, sp.w.x * pc, sp.w.x * y));
                 }
                 if (k1 < NB) {
-                    acc[g * NB + k1] += vec4<f32>(sp.w.y, sp.w.y * pc, sp.w.y * y, 0.0);
+                    slot_add(g * NB + k1, lid, vec3<f32>(sp.w.y, sp.w.y * pc, sp.w.y * y));
                 }
             }
         }
@@ -213,20 +234,20 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 for (var c = P.dice_start; c < C; c++) {
                     let pc = prob_of(base, c, st);
                     let y = label_y(b, c, v);
-                    var d = vec4<f32>(pc * y, y, pc, 0.0);
+                    var d = vec3<f32>(pc * y, y, pc);
                     if (P.squared_pred == 1u) {
-                        d = vec4<f32>(pc * y, y * y, pc * pc, 0.0);
+                        d = vec3<f32>(pc * y, y * y, pc * pc);
                     }
-                    acc[ace_slots + c] += d;
+                    slot_add(ace_slots + c, lid, d);
                 }
             }
             if (P.use_ce == 1u) {
-                // (weighted nll, smoothing term sum_c w_c (-log p_c), weight, 0)
-                var e = vec4<f32>(0.0);
+                // (weighted nll, smoothing term sum_c w_c (-log p_c), weight)
+                var e = vec3<f32>(0.0);
                 if (ONEHOT) {
                     for (var c = 0u; c < C; c++) {
                         let nl = -log_prob_of(base, c, st) * ce_weight(c);
-                        e += vec4<f32>(nl * label_y(b, c, v), nl, 0.0, 0.0);
+                        e += vec3<f32>(nl * label_y(b, c, v), nl, 0.0);
                     }
                     e.z = 1.0;
                 } else {
@@ -237,51 +258,30 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                             smoothing -= log_prob_of(base, c, st) * ce_weight(c);
                         }
                         let w = ce_weight(l);
-                        e = vec4<f32>(-log_prob_of(base, l, st) * w, smoothing, w, 0.0);
+                        e = vec3<f32>(-log_prob_of(base, l, st) * w, smoothing, w);
                     }
                 }
-                acc[ace_slots + C] += e;
+                slot_add(ace_slots + C, lid, e);
             }
         }
     }
 
-    // Combine: ROUND slots at a time, 64 invocations each sum a quarter of one slot's values, then 16 sum
-    // the quarters (fewer barriers than a binary tree).
-    var slots = ace_slots;
-    if (P.extra == 1u) {
-        slots = ace_slots + C + 1u;
-    }
+    // Combine: invocation i sums slots i, i + SWG, ... over the workgroup's invocations in a fixed order.
+    workgroupBarrier();
     let row = (P.first_image + b) * P.wg_per_image + tile;
-    for (var r = 0u; r < slots; r += ROUND) {
-        for (var j = 0u; j < ROUND; j++) {
-            var a = vec4<f32>(0.0);
-            if (r + j < slots) {
-                a = acc[r + j];
-            }
-            red[j * SWG + lid] = a;
+    for (var s = lid; s < slots; s += SWG) {
+        var total = vec4<f32>(0.0);
+        for (var j = 0u; j < SWG; j++) {
+            let i = s * SWG + j;
+            total += vec4<f32>(h_w[i], h_p[i], h_y[i], 0.0);
         }
-        workgroupBarrier();
-        let q = lid & 3u;
-        let j = lid >> 2u;
-        var part = vec4<f32>(0.0);
-        for (var i = 0u; i < SWG / 4u; i++) {
-            part += red[j * SWG + q * (SWG / 4u) + i];
+        if (s < ace_slots) {
+            let g = s / NB;
+            let k = B0 + s - g * NB;
+            table[(row * P.classes_out + P.group_start + g) * M + k] = total;
+        } else {
+            table[P.extra_offset + row * (C + 1u) + (s - ace_slots)] = total;
         }
-        workgroupBarrier();
-        red[lid] = part;
-        workgroupBarrier();
-        let s = r + lid;
-        if (lid < ROUND && s < slots) {
-            let total = red[4u * lid] + red[4u * lid + 1u] + red[4u * lid + 2u] + red[4u * lid + 3u];
-            if (s < ace_slots) {
-                let g = s / NB;
-                let k = B0 + s - g * NB;
-                table[(row * P.classes_out + P.group_start + g) * M + k] = total;
-            } else {
-                table[P.extra_offset + row * (C + 1u) + (s - ace_slots)] = total;
-            }
-        }
-        workgroupBarrier();
     }
 }
 

@@ -15,6 +15,10 @@ pub struct Shader {
     /// Compiled without wgpu's injected bounds checks (about 2x faster in loop-heavy kernels). Only for
     /// files whose kernels guard every index themselves, as their tests prove on small odd shapes.
     pub trusted: bool,
+    /// Whether wgpu zero-fills workgroup memory before each dispatch (WGSL's default). Files whose kernels
+    /// write every workgroup variable before reading it set this to false: on GL the zero-fill becomes one
+    /// huge array constructor per variable that llvmpipe takes minutes to compile.
+    pub zero_workgroup_memory: bool,
 }
 
 impl Shader {
@@ -34,6 +38,7 @@ pub const SOFTMAX: Shader = Shader {
     source: include_str!("../shaders/softmax.wgsl"),
     preludes: &[""],
     trusted: false,
+    zero_workgroup_memory: true,
 };
 
 /// Micro-kernels that measure what the adapter can do: copy bandwidth and FMA rate.
@@ -42,6 +47,7 @@ pub const PROBE: Shader = Shader {
     source: include_str!("../shaders/probe.wgsl"),
     preludes: &[""],
     trusted: false,
+    zero_workgroup_memory: true,
 };
 
 /// Preludes of the per-voxel loss kernels: input precision (f32/f16) x label form (indices/one-hot).
@@ -63,6 +69,7 @@ pub const LOSS_VOXEL: Shader = Shader {
     source: include_str!("../shaders/loss_voxel.wgsl"),
     preludes: &LOSS_PRELUDES,
     trusted: true,
+    zero_workgroup_memory: false,
 };
 
 /// Fused losses, small passes: fixed-order reduction of partials, the losses and the gradient coefficients.
@@ -71,6 +78,7 @@ pub const LOSS_REDUCE: Shader = Shader {
     source: include_str!("../shaders/loss_reduce.wgsl"),
     preludes: &[""],
     trusted: false,
+    zero_workgroup_memory: false,
 };
 
 /// Nearest-exact resampling of label maps (deep supervision).
@@ -79,6 +87,7 @@ pub const RESAMPLE: Shader = Shader {
     source: include_str!("../shaders/resample.wgsl"),
     preludes: &[""],
     trusted: false,
+    zero_workgroup_memory: true,
 };
 
 /// Every shader the library uses.

@@ -119,6 +119,7 @@ fn a_broken_shader_is_caught() {
         source: "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
         preludes: &[""],
         trusted: false,
+        zero_workgroup_memory: true,
     };
     let err = check(&broken, "").unwrap_err();
     assert!(err.contains("broken.wgsl"), "{err}");

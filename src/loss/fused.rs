@@ -16,10 +16,10 @@ use crate::tensor::{DType, Tensor};
 pub const MAX_CHANNELS: usize = 32;
 /// Most ACE classes binned together by one workgroup of the stats pass.
 const CLASS_GROUP: usize = 4;
-/// Private slots per invocation of the stats pass (`SLOTS` in `loss_voxel.wgsl`).
-const SLOTS: usize = 128;
+/// Histogram slots per invocation of the stats pass (`SLOTS` in `loss_voxel.wgsl`).
+const SLOTS: usize = 85;
 /// Invocations per stats workgroup (`SWG` in `loss_voxel.wgsl`).
-const STATS_WG: usize = 64;
+const STATS_WG: usize = 16;
 
 /// The terms of a loss and their weights.
 #[derive(Clone, Debug, Default)]
@@ -353,7 +353,7 @@ impl Terms {
         let per_image_slots = cp * m + extra_slots;
 
         // Voxels per invocation: enough that the partials fit one binding.
-        let mut iters = 32usize;
+        let mut iters = 128usize;
         let rows = |iters: usize| v.div_ceil(STATS_WG * iters);
         while iters < 256
             && (b * rows(iters) * per_image_slots * 16) as u64 > gpu.max_binding_bytes()
