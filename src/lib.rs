@@ -19,6 +19,7 @@ pub mod binning;
 pub mod error;
 pub mod gpu;
 pub mod io;
+pub mod metrics;
 pub mod ops;
 pub mod shaders;
 pub mod tensor;

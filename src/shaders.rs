@@ -44,5 +44,22 @@ pub const PROBE: Shader = Shader {
     trusted: false,
 };
 
+/// Hard binning of probabilities per (image, class) for the calibration metrics and the Dice counts:
+/// per-workgroup partials, then a fixed-order pass.
+pub const CALIBRATION: Shader = Shader {
+    name: "calibration.wgsl",
+    source: include_str!("../shaders/calibration.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
+/// Temperature scaling: NLL and its derivatives in 1/T as per-workgroup partials, and logit scaling.
+pub const TEMPERATURE: Shader = Shader {
+    name: "temperature.wgsl",
+    source: include_str!("../shaders/temperature.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
 /// Every shader the library uses.
-pub const ALL: &[Shader] = &[SOFTMAX, PROBE];
+pub const ALL: &[Shader] = &[SOFTMAX, PROBE, CALIBRATION, TEMPERATURE];
