@@ -120,6 +120,8 @@ fn histogram<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(225, 225, 225))
         .x_labels(6)
         .y_labels(if log {
             ((hi - lo).ceil() as usize + 1).min(8)
@@ -183,8 +185,8 @@ fn reliability_panel<DB: DrawingBackend>(
         .configure_mesh()
         .x_labels(6)
         .y_labels(6)
-        .light_line_style(RGBColor(235, 235, 235))
-        .bold_line_style(RGBColor(215, 215, 215))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(225, 225, 225))
         .x_desc("Mean predicted foreground probability (per bin)")
         .y_desc("Mean empirical foreground frequency")
         .label_style((FONT, 12))
@@ -237,20 +239,44 @@ fn reliability_panel<DB: DrawingBackend>(
         .label("Frequency")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(3)));
     if let Some(k) = worst {
+        // An arrow to the worst bin with "MCE=..." at its tail: above the bar, below it, or beside it.
         let x = (k as f64 + 0.5) * w;
-        let top = mean_p[k].max(mean_y[k]);
-        let y = (top + 0.08).min(0.95);
-        let tx = if x > 0.6 { x - 0.28 } else { x + 0.02 };
+        let (lo, hi) = (mean_p[k].min(mean_y[k]), mean_p[k].max(mean_y[k]));
+        let (tail, head, text_at) = if hi + 0.14 <= 1.0 {
+            ((x, hi + 0.1), (x, hi + 0.01), (x, hi + 0.145))
+        } else if lo >= 0.16 {
+            ((x, lo - 0.1), (x, lo - 0.01), (x, lo - 0.115))
+        } else {
+            let dir = if x > 0.5 { -1.0 } else { 1.0 };
+            let y = (lo + hi) / 2.0;
+            (
+                (x + dir * 0.15, y),
+                (x + dir * 0.6 * w, y),
+                (x + dir * 0.16, y + 0.035),
+            )
+        };
+        let (dx, dy) = (head.0 - tail.0, head.1 - tail.1);
+        let len = (dx * dx + dy * dy).sqrt().max(1e-9);
+        let (ux, uy) = (dx / len * 0.025, dy / len * 0.025);
         chart
             .draw_series([
-                PathElement::new(vec![(x, y), (x, top + 0.01)], BLACK.stroke_width(1)),
-                PathElement::new(vec![(tx, y), (tx + 0.26, y)], BLACK.stroke_width(0)),
+                PathElement::new(vec![tail, head], BLACK.stroke_width(1)),
+                PathElement::new(
+                    vec![
+                        (head.0 - ux - uy * 0.5, head.1 - uy + ux * 0.5),
+                        head,
+                        (head.0 - ux + uy * 0.5, head.1 - uy - ux * 0.5),
+                    ],
+                    BLACK.stroke_width(1),
+                ),
             ])
             .map_err(s)?;
+        // The label centred on the arrow tail, kept inside the panel.
+        let tx = (text_at.0 - 0.1).clamp(0.01, 0.78);
         chart
             .draw_series(std::iter::once(Text::new(
                 format!("MCE={}", sci(errors.2)),
-                (tx, y + 0.045),
+                (tx, text_at.1.clamp(0.05, 0.99)),
                 (FONT, 13).into_font(),
             )))
             .map_err(s)?;
