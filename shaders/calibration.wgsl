@@ -1,8 +1,10 @@
 // Hard binning of probabilities per (image, class) for the calibration metrics, plus the counts the Dice
-// score needs. Deterministic: no float atomics. Pass 1 (`partials`) gives every workgroup a chunk of
-// 256 x 64 voxels of one (image, class) row; each invocation accumulates private per-bin sums, then a
-// workgroup tree reduction (fixed order) writes one partial record per workgroup. Pass 2 (`finish`) sums
-// the partials of each row in chunk order.
+// score needs. Deterministic without float atomics: pass 1 (`partials`) gives every workgroup a chunk of
+// 256 x 64 voxels of one (image, class) row and accumulates that chunk's histogram in workgroup memory with
+// *integer* atomics only (exact, so the order does not matter): per bin `count | (sum_y << 16)` in one u32,
+// and the sum of p as 64-bit fixed point (p * 2^49 split into two u32 words, with carry). Pass 2 (`finish`)
+// sums the per-workgroup partials of each row in chunk order. (An earlier version kept private per-bin arrays
+// per invocation; GL drivers lower dynamically indexed private arrays into code that takes minutes to compile.)
 //
 // Bin k is (e_k, e_{k+1}] with the f32 edges `linspace(0, 1 + eps, M + 1)` passed in `edges` (bucketize with
 // right=False); bin 0 also holds p <= 0. Values outside [0, 1] are clamped (value and bin) and counted;
@@ -27,11 +29,18 @@ struct Params {
 const WG: u32 = 256u;
 const PER_THREAD: u32 = 64u;
 const NSCALAR: u32 = 6u;
-const LANES: u32 = 16u; // values reduced together per round of the tree
+const MAXB: u32 = 256u;
+// Fixed point for the sum of p: hi word in units of 2^-17, lo word in units of 2^-49. A chunk sums at most
+// 2^14 values <= 1, so the total stays below 2^63.
+const HI_SCALE: f32 = 131072.0;     // 2^17
+const LO_SCALE: f32 = 4294967296.0; // 2^32
 
 @group(0) @binding(0) var<uniform> params: Params;
 
-var<workgroup> red: array<u32, 4096>; // LANES x WG
+var<workgroup> wg_packed: array<atomic<u32>, 256>;
+var<workgroup> wg_hi: array<atomic<u32>, 256>;
+var<workgroup> wg_lo: array<atomic<u32>, 256>;
+var<workgroup> wg_scalar: array<atomic<u32>, 6>;
 
 fn group_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
@@ -48,7 +57,7 @@ fn group_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 // The hard bin of q in [0, 1]: a guess from q * M (off by at most one), corrected against the exact edges.
 fn bin_of(q: f32, m: u32) -> u32 {
-    var k = u32(clamp(q * f32(m), 0.0, f32(m - 1u)));
+    var k = min(u32(clamp(q * f32(m), 0.0, f32(m - 1u))), m - 1u);
     for (var i = 0u; i < 2u; i++) {
         if (k > 0u && q <= edges[k]) {
             k -= 1u;
@@ -62,32 +71,6 @@ fn bin_of(q: f32, m: u32) -> u32 {
     return k;
 }
 
-fn tree_u(lid: u32) {
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        workgroupBarrier();
-        if (lid < s) {
-            for (var j = 0u; j < LANES; j++) {
-                red[j * WG + lid] += red[j * WG + lid + s];
-            }
-        }
-    }
-    workgroupBarrier();
-}
-
-fn tree_f(lid: u32) {
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        workgroupBarrier();
-        if (lid < s) {
-            for (var j = 0u; j < LANES; j++) {
-                let a = bitcast<f32>(red[j * WG + lid]);
-                let b = bitcast<f32>(red[j * WG + lid + s]);
-                red[j * WG + lid] = bitcast<u32>(a + b);
-            }
-        }
-    }
-    workgroupBarrier();
-}
-
 @compute @workgroup_size(256)
 fn partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -95,7 +78,7 @@ fn partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (g >= params.groups) {
         return;
     }
-    let m = params.bins;
+    let m = min(params.bins, MAXB);
     let row = g / params.chunks;
     let chunk = g - row * params.chunks;
     let n = row / params.classes;
@@ -104,17 +87,20 @@ fn partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let pbase = (n * params.channels + c) * nv;
     let lbase = n * nv;
 
-    var packed: array<u32, 256>;
-    var sump: array<f32, 256>;
-    for (var k = 0u; k < m; k++) {
-        packed[k] = 0u;
-        sump[k] = 0.0;
+    atomicStore(&wg_packed[lid], 0u);
+    atomicStore(&wg_hi[lid], 0u);
+    atomicStore(&wg_lo[lid], 0u);
+    if (lid < NSCALAR) {
+        atomicStore(&wg_scalar[lid], 0u);
     }
-    var sc: array<u32, 6>; // tp, pred, truth, clamped, nonfinite, bad_label
-    for (var j = 0u; j < NSCALAR; j++) {
-        sc[j] = 0u;
-    }
+    workgroupBarrier();
 
+    var tp = 0u;
+    var pred = 0u;
+    var truth = 0u;
+    var clamped = 0u;
+    var nonfinite = 0u;
+    var bad = 0u;
     let start = chunk * WG * PER_THREAD;
     for (var i = 0u; i < PER_THREAD; i++) {
         let v = start + i * WG + lid;
@@ -122,54 +108,52 @@ fn partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             let p = probs[pbase + v];
             let lab = labels[lbase + v];
             if (lab < 0 || u32(lab) >= params.channels) {
-                sc[5] += 1u;
+                bad += 1u;
             }
             let y = select(0u, 1u, lab >= 0 && u32(lab) == c);
             if ((bitcast<u32>(p) & 0x7f800000u) == 0x7f800000u) {
-                sc[4] += 1u;
+                nonfinite += 1u;
                 continue;
             }
             if (p < 0.0 || p > 1.0) {
-                sc[3] += 1u;
+                clamped += 1u;
             }
             let q = clamp(p, 0.0, 1.0);
             let k = bin_of(q, m);
-            packed[k] += 1u + (y << 16u);
-            sump[k] += q;
+            atomicAdd(&wg_packed[k], 1u + (y << 16u));
+            // q * 2^49 = hi * 2^32 + lo, both exact for q >= 2^-26 (truncated below 2^-49 otherwise).
+            let scaled = q * HI_SCALE;
+            let whole = floor(scaled);
+            let hi = u32(whole);
+            let lo = u32((scaled - whole) * LO_SCALE);
+            let old = atomicAdd(&wg_lo[k], lo);
+            let carry = select(0u, 1u, old > 0xffffffffu - lo);
+            if (hi + carry != 0u) {
+                atomicAdd(&wg_hi[k], hi + carry);
+            }
             let hit = select(0u, 1u, p >= 0.5);
-            sc[0] += hit * y;
-            sc[1] += hit;
-            sc[2] += y;
+            tp += hit * y;
+            pred += hit;
+            truth += y;
         }
     }
+    atomicAdd(&wg_scalar[0], tp);
+    atomicAdd(&wg_scalar[1], pred);
+    atomicAdd(&wg_scalar[2], truth);
+    atomicAdd(&wg_scalar[3], clamped);
+    atomicAdd(&wg_scalar[4], nonfinite);
+    atomicAdd(&wg_scalar[5], bad);
+    workgroupBarrier();
 
     let stride_u = m + NSCALAR;
-    for (var k0 = 0u; k0 < m; k0 += LANES) {
-        for (var j = 0u; j < LANES; j++) {
-            let k = k0 + j;
-            red[j * WG + lid] = select(0u, packed[min(k, 255u)], k < m);
-        }
-        tree_u(lid);
-        if (lid < LANES && k0 + lid < m) {
-            part_u[g * stride_u + k0 + lid] = red[lid * WG];
-        }
-        workgroupBarrier(); // the results are read before the next round overwrites them
-        for (var j = 0u; j < LANES; j++) {
-            let k = k0 + j;
-            red[j * WG + lid] = bitcast<u32>(select(0.0, sump[min(k, 255u)], k < m));
-        }
-        tree_f(lid);
-        if (lid < LANES && k0 + lid < m) {
-            part_f[g * m + k0 + lid] = bitcast<f32>(red[lid * WG]);
-        }
-        workgroupBarrier();
+    if (lid < m) {
+        part_u[g * stride_u + lid] = atomicLoad(&wg_packed[lid]);
+        let hi = f32(atomicLoad(&wg_hi[lid]));
+        let lo = f32(atomicLoad(&wg_lo[lid]));
+        part_f[g * m + lid] = hi / HI_SCALE + lo / (HI_SCALE * LO_SCALE);
     }
-    for (var j = 0u; j < LANES; j++) {
-        red[j * WG + lid] = select(0u, sc[min(j, NSCALAR - 1u)], j < NSCALAR);
-    }
-    tree_u(lid);
     if (lid < NSCALAR) {
-        part_u[g * stride_u + m + lid] = red[lid * WG];
+        part_u[g * stride_u + m + lid] = atomicLoad(&wg_scalar[lid]);
     }
 }
 
