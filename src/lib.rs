@@ -20,6 +20,7 @@ pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod loss;
+pub mod metrics;
 pub mod ops;
 pub mod shaders;
 pub mod tensor;

@@ -90,5 +90,32 @@ pub const RESAMPLE: Shader = Shader {
     zero_workgroup_memory: true,
 };
 
+/// Hard binning of probabilities per (image, class) for the calibration metrics and the Dice counts:
+/// per-workgroup partials, then a fixed-order pass.
+pub const CALIBRATION: Shader = Shader {
+    name: "calibration.wgsl",
+    source: include_str!("../shaders/calibration.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
+/// Temperature scaling: NLL and its derivatives in 1/T as per-workgroup partials, and logit scaling.
+pub const TEMPERATURE: Shader = Shader {
+    name: "temperature.wgsl",
+    source: include_str!("../shaders/temperature.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
 /// Every shader the library uses.
-pub const ALL: &[Shader] = &[SOFTMAX, PROBE, LOSS_VOXEL, LOSS_REDUCE, RESAMPLE];
+pub const ALL: &[Shader] = &[
+    SOFTMAX,
+    PROBE,
+    LOSS_VOXEL,
+    LOSS_REDUCE,
+    RESAMPLE,
+    CALIBRATION,
+    TEMPERATURE,
+];

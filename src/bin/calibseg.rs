@@ -1,9 +1,9 @@
 //! The `calibseg` command: a thin layer that parses arguments and calls the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
 
 use calibseg::loss::file::{LossFileOptions, LossKind};
 use calibseg::loss::Binning;
@@ -22,6 +22,8 @@ enum Command {
     Devices,
     /// Compute a loss and its gradient for the logits and labels in a safetensors file.
     Loss(LossArgs),
+    /// Calibration metrics (ECE, ACE, MCE), Dice and reliability pictures of predictions on a test set.
+    Eval(EvalArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,6 +105,73 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
     Ok(())
 }
 
+/// `calibseg eval` flags.
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Probabilities: a safetensors file (`probs` [N, C, spatial...], or `logits` with --logits) or a
+    /// folder of NIfTI images (one per case, classes last).
+    #[arg(long)]
+    probs: PathBuf,
+    /// Labels: a safetensors file (`labels` [N, 1, spatial...] class indices; may be the --probs file) or a
+    /// folder of NIfTI label maps matched to the probabilities by file name.
+    #[arg(long)]
+    labels: PathBuf,
+    /// Output folder (metrics.csv, summary.json, calibration.safetensors, pictures).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of confidence bins.
+    #[arg(long, default_value_t = 20)]
+    num_bins: usize,
+    /// Keep the background channel 0 in the metrics.
+    #[arg(long)]
+    include_background: bool,
+    /// The inputs are logits: softmax over channels first.
+    #[arg(long)]
+    logits: bool,
+    /// With --logits: fit a temperature on this safetensors file of validation `logits` and `labels`, and
+    /// report the metrics before and after temperature scaling.
+    #[arg(long, value_name = "FILE")]
+    fit_temperature: Option<PathBuf>,
+    /// Skip the pictures.
+    #[arg(long)]
+    no_pictures: bool,
+}
+
+fn eval(a: EvalArgs) -> calibseg::Result<()> {
+    let gpu = calibseg::Gpu::new()?;
+    let mut o = calibseg::metrics::EvalOptions::new(a.probs, a.labels, a.out);
+    o.num_bins = a.num_bins;
+    o.include_background = a.include_background;
+    o.logits = a.logits;
+    o.fit_temperature = a.fit_temperature;
+    o.pictures = !a.no_pictures;
+    let r = calibseg::metrics::eval(&gpu, &o)?;
+    let s = &r.summary;
+    if r.clamped > 0 {
+        eprintln!(
+            "calibseg: warning: {} probabilities outside [0, 1] were clamped into the first/last bin",
+            r.clamped
+        );
+    }
+    if o.pictures && !r.pictures {
+        eprintln!("calibseg: warning: no sans-serif font found (install fonts-dejavu-core); pictures skipped");
+    }
+    if let Some((fit, before)) = &r.temperature {
+        println!(
+            "temperature {:.4} (NLL {:.5} -> {:.5}); before scaling: ACE {:.4} ECE {:.3e} MCE {:.4}",
+            fit.temperature, fit.nll_before, fit.nll_after, before.ace.mean, before.ece.mean, before.mce.mean
+        );
+    }
+    let micro = s.micro_mean(false);
+    println!(
+        "{} images, classes {:?}: DSC {:.4} ± {:.4}, ACE {:.4} ± {:.4}, ECE {:.3e} ± {:.3e}, MCE {:.4} ± {:.4} (macro); micro ACE {:.4} ECE {:.3e} MCE {:.4}",
+        r.images.len(), r.classes, s.dsc.mean, s.dsc.std, s.ace.mean, s.ace.std, s.ece.mean, s.ece.std,
+        s.mce.mean, s.mce.std, micro.ace, micro.ece, micro.mce
+    );
+    println!("wrote {}", r.out.display());
+    Ok(())
+}
+
 fn devices() -> calibseg::Result<()> {
     let options = calibseg::GpuOptions::from_env();
     let all = calibseg::Gpu::adapters(options.backends);
@@ -125,6 +194,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Devices => devices(),
         Command::Loss(args) => loss(&args),
+        Command::Eval(a) => eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

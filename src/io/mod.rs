@@ -1,3 +1,4 @@
 //! Reading and writing files: safetensors (tensors by name) and NIfTI images.
 
+pub mod nifti;
 pub mod safetensors;

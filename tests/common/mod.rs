@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod ace_ref;
+pub mod metrics_ref;
 pub mod reference;
 pub mod seg_ref;
 

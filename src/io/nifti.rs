@@ -1,0 +1,315 @@
+//! NIfTI-1 images (`.nii`, and `.nii.gz` through flate2): reading 3D/4D volumes as f32 or integers, writing
+//! f32 and i32 volumes. Voxel order is the file's: x fastest, then y, z, and the 4th dimension slowest, so a
+//! 4D probability image `(X, Y, Z, C)` is channel-major (`[C, Z, Y, X]` row-major), the layout of
+//! `[N, C, spatial...]` tensors.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::write_atomically;
+
+const HEADER: usize = 348;
+const VOX_OFFSET: usize = 352;
+
+fn fmt_err(path: &Path, message: impl Into<String>) -> Error {
+    Error::Format {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Whether the path names a NIfTI file (`.nii` or `.nii.gz`).
+pub fn is_nifti(path: &Path) -> bool {
+    let n = path.file_name().map(|s| s.to_string_lossy().to_lowercase());
+    matches!(n, Some(n) if n.ends_with(".nii") || n.ends_with(".nii.gz"))
+}
+
+/// The file name without `.nii` / `.nii.gz` (the case name images and labels are matched by).
+pub fn case_name(path: &Path) -> String {
+    let n = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let lower = n.to_lowercase();
+    for ext in [".nii.gz", ".nii"] {
+        if lower.ends_with(ext) {
+            return n[..n.len() - ext.len()].to_string();
+        }
+    }
+    n
+}
+
+/// A decoded image: dimensions (x, y, z, ...), voxel sizes, and the raw data with its NIfTI type code.
+struct Raw {
+    dims: Vec<usize>,
+    datatype: i16,
+    slope: f32,
+    inter: f32,
+    data: Vec<u8>,
+    big_endian: bool,
+}
+
+fn read_raw(path: &Path) -> Result<Raw> {
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::read(path).map_err(io)?;
+    let bytes = if file.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&file[..])
+            .read_to_end(&mut out)
+            .map_err(|e| fmt_err(path, format!("bad gzip data: {e}")))?;
+        out
+    } else {
+        file
+    };
+    if bytes.len() < HEADER {
+        return Err(fmt_err(path, "shorter than a NIfTI-1 header"));
+    }
+    let le = i32::from_le_bytes(bytes[0..4].try_into().unwrap());
+    let be = i32::from_be_bytes(bytes[0..4].try_into().unwrap());
+    let big_endian = match (le, be) {
+        (348, _) => false,
+        (_, 348) => true,
+        _ => {
+            return Err(fmt_err(
+                path,
+                "not a NIfTI-1 file (sizeof_hdr is not 348; NIfTI-2 is not supported)",
+            ))
+        }
+    };
+    if &bytes[344..347] != b"n+1" {
+        return Err(fmt_err(
+            path,
+            "not a single-file NIfTI-1 image (magic is not n+1)",
+        ));
+    }
+    let i16_at = |o: usize| {
+        let b: [u8; 2] = bytes[o..o + 2].try_into().unwrap();
+        if big_endian {
+            i16::from_be_bytes(b)
+        } else {
+            i16::from_le_bytes(b)
+        }
+    };
+    let f32_at = |o: usize| {
+        let b: [u8; 4] = bytes[o..o + 4].try_into().unwrap();
+        if big_endian {
+            f32::from_be_bytes(b)
+        } else {
+            f32::from_le_bytes(b)
+        }
+    };
+    let ndim = i16_at(40);
+    if !(1..=7).contains(&ndim) {
+        return Err(fmt_err(path, format!("dim[0] = {ndim} is not in 1..=7")));
+    }
+    let mut dims = Vec::new();
+    for d in 0..ndim as usize {
+        let v = i16_at(42 + 2 * d);
+        if v < 1 {
+            return Err(fmt_err(
+                path,
+                format!("dim[{}] = {v} is not positive", d + 1),
+            ));
+        }
+        dims.push(v as usize);
+    }
+    let datatype = i16_at(70);
+    let size = elem_size(datatype)
+        .ok_or_else(|| fmt_err(path, format!("unsupported NIfTI datatype {datatype}")))?;
+    let offset = f32_at(108);
+    if offset.is_nan() || offset < HEADER as f32 {
+        return Err(fmt_err(
+            path,
+            format!("vox_offset {offset} is inside the header"),
+        ));
+    }
+    let offset = offset as usize;
+    let count: usize = dims.iter().product();
+    let need = offset + count * size;
+    if bytes.len() < need {
+        return Err(fmt_err(
+            path,
+            format!(
+                "holds {} bytes but dims {dims:?} of datatype {datatype} need {need}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(Raw {
+        dims,
+        datatype,
+        slope: f32_at(112),
+        inter: f32_at(116),
+        data: bytes[offset..need].to_vec(),
+        big_endian,
+    })
+}
+
+fn elem_size(datatype: i16) -> Option<usize> {
+    Some(match datatype {
+        2 | 256 => 1,
+        4 | 512 => 2,
+        8 | 16 | 768 => 4,
+        64 | 1024 | 1280 => 8,
+        _ => return None,
+    })
+}
+
+fn values(raw: &Raw) -> Vec<f64> {
+    let be = raw.big_endian;
+    macro_rules! conv {
+        ($t:ty, $n:expr) => {
+            raw.data
+                .chunks_exact($n)
+                .map(|c| {
+                    let b: [u8; $n] = c.try_into().unwrap();
+                    (if be {
+                        <$t>::from_be_bytes(b)
+                    } else {
+                        <$t>::from_le_bytes(b)
+                    }) as f64
+                })
+                .collect()
+        };
+    }
+    match raw.datatype {
+        2 => raw.data.iter().map(|&b| b as f64).collect(),
+        256 => raw.data.iter().map(|&b| b as i8 as f64).collect(),
+        4 => conv!(i16, 2),
+        512 => conv!(u16, 2),
+        8 => conv!(i32, 4),
+        768 => conv!(u32, 4),
+        16 => conv!(f32, 4),
+        64 => conv!(f64, 8),
+        1024 => conv!(i64, 8),
+        1280 => conv!(u64, 8),
+        _ => unreachable!("checked in read_raw"),
+    }
+}
+
+fn scaled(raw: &Raw) -> Vec<f64> {
+    let v = values(raw);
+    // NIfTI: scl_slope == 0 means no scaling.
+    if raw.slope != 0.0 && raw.slope.is_finite() && (raw.slope != 1.0 || raw.inter != 0.0) {
+        let (s, i) = (raw.slope as f64, raw.inter as f64);
+        v.into_iter().map(|x| x * s + i).collect()
+    } else {
+        v
+    }
+}
+
+/// Reads an image as f32 (any datatype, `scl_slope`/`scl_inter` applied). Returns the dimensions
+/// (x, y, z, ...) and the voxels, x fastest.
+pub fn read_f32(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f32>)> {
+    let raw = read_raw(path.as_ref())?;
+    let v = scaled(&raw).into_iter().map(|x| x as f32).collect();
+    Ok((raw.dims, v))
+}
+
+/// Reads an integer image (a label map). Float data is accepted only when every value is integral.
+pub fn read_integers(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<i64>)> {
+    let path = path.as_ref();
+    let raw = read_raw(path)?;
+    let v = scaled(&raw);
+    let mut out = Vec::with_capacity(v.len());
+    for (i, x) in v.into_iter().enumerate() {
+        if x.fract() != 0.0 || !x.is_finite() {
+            return Err(fmt_err(
+                path,
+                format!("voxel {i} holds {x}, not an integer label"),
+            ));
+        }
+        out.push(x as i64);
+    }
+    Ok((raw.dims, out))
+}
+
+fn write(path: &Path, dims: &[usize], spacing: &[f32], datatype: i16, data: &[u8]) -> Result<()> {
+    if dims.is_empty() || dims.len() > 7 || dims.iter().any(|&d| d == 0 || d > i16::MAX as usize) {
+        return Err(Error::InvalidShape(format!(
+            "NIfTI-1 needs 1 to 7 dimensions in 1..=32767, got {dims:?}"
+        )));
+    }
+    let mut h = vec![0u8; VOX_OFFSET];
+    let put_i16 = |h: &mut Vec<u8>, o: usize, v: i16| h[o..o + 2].copy_from_slice(&v.to_le_bytes());
+    let put_f32 = |h: &mut Vec<u8>, o: usize, v: f32| h[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    put_i16(&mut h, 40, dims.len() as i16);
+    for (d, &v) in dims.iter().enumerate() {
+        put_i16(&mut h, 42 + 2 * d, v as i16);
+    }
+    for d in dims.len()..7 {
+        put_i16(&mut h, 42 + 2 * d, 1);
+    }
+    put_i16(&mut h, 70, datatype);
+    put_i16(&mut h, 72, (elem_size(datatype).unwrap() * 8) as i16);
+    put_f32(&mut h, 76, 1.0); // qfac
+    for d in 0..7 {
+        put_f32(&mut h, 80 + 4 * d, spacing.get(d).copied().unwrap_or(1.0));
+    }
+    put_f32(&mut h, 108, VOX_OFFSET as f32);
+    put_f32(&mut h, 112, 1.0); // scl_slope
+    h[123] = 2; // xyzt_units: mm
+    let descrip = b"calibseg";
+    h[148..148 + descrip.len()].copy_from_slice(descrip);
+    // sform: a diagonal affine from the spacing.
+    put_i16(&mut h, 254, 1);
+    for r in 0..3 {
+        put_f32(
+            &mut h,
+            280 + 16 * r + 4 * r,
+            spacing.get(r).copied().unwrap_or(1.0),
+        );
+    }
+    h[344..348].copy_from_slice(b"n+1\0");
+    h.extend_from_slice(data);
+    let name = path.display().to_string();
+    let bytes = if name.to_lowercase().ends_with(".gz") {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&h)
+            .and_then(|_| enc.finish())
+            .map_err(|source| Error::Io { path: name, source })?
+    } else {
+        h
+    };
+    write_atomically(path, &bytes)
+}
+
+fn check_len(dims: &[usize], len: usize) -> Result<()> {
+    let n: usize = dims.iter().product();
+    if n != len {
+        return Err(Error::shape(format!(
+            "dims {dims:?} hold {n} voxels but {len} were given"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes an f32 image (datatype FLOAT32) atomically; `.gz` in the name compresses it. `spacing` gives the
+/// voxel sizes in mm (missing entries are 1).
+pub fn write_f32(
+    path: impl AsRef<Path>,
+    dims: &[usize],
+    spacing: &[f32],
+    data: &[f32],
+) -> Result<()> {
+    check_len(dims, data.len())?;
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write(path.as_ref(), dims, spacing, 16, &bytes)
+}
+
+/// Writes an i32 image (datatype INT32) atomically; `.gz` in the name compresses it.
+pub fn write_i32(
+    path: impl AsRef<Path>,
+    dims: &[usize],
+    spacing: &[f32],
+    data: &[i32],
+) -> Result<()> {
+    check_len(dims, data.len())?;
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write(path.as_ref(), dims, spacing, 8, &bytes)
+}

@@ -1,0 +1,220 @@
+//! Post-hoc temperature scaling (Guo et al. 2017): one temperature T for a whole model, fitted on validation
+//! logits by minimising the mean negative log-likelihood of `softmax(z / T)`, then applied to test logits.
+//!
+//! The GPU computes the NLL and its first two derivatives in beta = 1/T (the NLL is convex in beta); the host
+//! runs a Newton iteration kept inside a shrinking bracket, so it always converges.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::ops::{ncv, softmax};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+const PER_THREAD: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    voxels: u32,
+    channels: u32,
+    total: u32,
+    groups: u32,
+    beta: f32,
+    _pad: [u32; 3],
+}
+
+/// Mean NLL of `softmax(beta * z)` over all voxels and its first and second derivatives in beta.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NllAt {
+    /// The inverse temperature evaluated.
+    pub beta: f64,
+    /// Mean negative log-likelihood per voxel.
+    pub nll: f64,
+    /// d NLL / d beta.
+    pub grad: f64,
+    /// d² NLL / d beta² (>= 0).
+    pub curvature: f64,
+}
+
+/// Result of [`fit_temperature`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TemperatureFit {
+    /// The fitted temperature T (divide logits by it).
+    pub temperature: f64,
+    /// Mean NLL at T = 1.
+    pub nll_before: f64,
+    /// Mean NLL at the fitted T.
+    pub nll_after: f64,
+    /// Newton/bisection steps taken.
+    pub iterations: usize,
+}
+
+fn check(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize, usize)> {
+    logits.expect_dtype(DType::F32, "logits")?;
+    labels.expect_dtype(DType::I32, "labels")?;
+    let (n, c, v) = ncv(logits, "logits")?;
+    let (ln, lc, _) = ncv(labels, "labels")?;
+    if ln != n || lc != 1 || labels.shape()[2..] != logits.shape()[2..] {
+        return Err(Error::shape(format!(
+            "labels must be [N, 1, spatial...] matching logits {:?}, got {:?}",
+            logits.shape(),
+            labels.shape()
+        )));
+    }
+    if n * v == 0 || c < 2 {
+        return Err(Error::InvalidShape(format!(
+            "temperature scaling needs voxels and at least 2 classes, got logits {:?}",
+            logits.shape()
+        )));
+    }
+    if n * c * v > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!(
+            "logits {:?} are too large for one launch",
+            logits.shape()
+        )));
+    }
+    Ok((n, c, v))
+}
+
+/// Evaluates the mean NLL and its derivatives at `beta` on the GPU (per-workgroup partials added in a
+/// fixed order, so the result is deterministic).
+pub fn nll_at(logits: &Tensor, labels: &Tensor, beta: f64) -> Result<NllAt> {
+    let (n, c, v) = check(logits, labels)?;
+    let gpu = logits.gpu();
+    let total = n * v;
+    let groups = total.div_ceil(WORKGROUP_SIZE as usize * PER_THREAD);
+    let partials = Tensor::uninit(gpu, &[groups, 4], DType::F32)?;
+    let kernel = gpu.kernel(&shaders::TEMPERATURE, "", "nll", &[])?;
+    let p = Params {
+        voxels: v as u32,
+        channels: c as u32,
+        total: total as u32,
+        groups: groups as u32,
+        beta: beta as f32,
+        _pad: [0; 3],
+    };
+    let mut batch = gpu.batch("temperature nll");
+    batch.dispatch(
+        &kernel,
+        bytemuck::bytes_of(&p),
+        &[
+            Arg::whole(logits),
+            Arg::whole(labels),
+            Arg::whole(&partials),
+        ],
+        groups as u32,
+    )?;
+    batch.submit()?;
+    let part = partials.to_vec::<f32>()?;
+    let mut s = [0f64; 4];
+    for rec in part.chunks_exact(4) {
+        for j in 0..4 {
+            s[j] += rec[j] as f64;
+        }
+    }
+    if s[3] > 0.0 {
+        return Err(Error::invalid(format!(
+            "{} labels are outside 0..{c}",
+            s[3] as u64
+        )));
+    }
+    let t = total as f64;
+    Ok(NllAt {
+        beta,
+        nll: s[0] / t,
+        grad: s[1] / t,
+        curvature: s[2] / t,
+    })
+}
+
+/// Fits one temperature on validation `logits` (`[N, C, spatial...]`, f32) and `labels`
+/// (`[N, 1, spatial...]`, i32) by minimising the mean NLL. Errors if the logits carry no information
+/// (the NLL does not decrease for any T > 0 within `[1e-3, 1e3]`).
+pub fn fit_temperature(logits: &Tensor, labels: &Tensor) -> Result<TemperatureFit> {
+    const BETA_MIN: f64 = 1e-3;
+    const BETA_MAX: f64 = 1e3;
+    let start = nll_at(logits, labels, 1.0)?;
+    let (mut lo, mut hi) = (BETA_MIN, BETA_MAX);
+    let mut cur = start;
+    let mut iterations = 0;
+    for _ in 0..100 {
+        iterations += 1;
+        if cur.grad > 0.0 {
+            hi = cur.beta;
+        } else {
+            lo = cur.beta;
+        }
+        let newton = cur.beta - cur.grad / cur.curvature.max(1e-30);
+        let next = if newton.is_finite() && newton > lo && newton < hi {
+            newton
+        } else {
+            (lo * hi).sqrt()
+        };
+        if (next - cur.beta).abs() <= 1e-7 * cur.beta || hi / lo < 1.0 + 1e-9 {
+            cur = nll_at(logits, labels, next)?;
+            break;
+        }
+        cur = nll_at(logits, labels, next)?;
+    }
+    if cur.beta <= BETA_MIN * 1.001 || cur.beta >= BETA_MAX * 0.999 {
+        return Err(Error::invalid(format!(
+            "temperature scaling did not converge inside T in [{}, {}] (beta = {})",
+            1.0 / BETA_MAX,
+            1.0 / BETA_MIN,
+            cur.beta
+        )));
+    }
+    Ok(TemperatureFit {
+        temperature: 1.0 / cur.beta,
+        nll_before: start.nll,
+        nll_after: cur.nll,
+        iterations,
+    })
+}
+
+/// `logits / temperature` on the GPU.
+pub fn scale_logits(logits: &Tensor, temperature: f64) -> Result<Tensor> {
+    logits.expect_dtype(DType::F32, "logits")?;
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::invalid(format!(
+            "temperature must be positive and finite, got {temperature}"
+        )));
+    }
+    let gpu = logits.gpu();
+    let total = logits.numel();
+    if total > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!(
+            "logits {:?} are too large for one launch",
+            logits.shape()
+        )));
+    }
+    let out = Tensor::uninit(gpu, logits.shape(), DType::F32)?;
+    if total == 0 {
+        return Ok(out);
+    }
+    let kernel = gpu.kernel(&shaders::TEMPERATURE, "", "scale", &[])?;
+    let p = Params {
+        voxels: 0,
+        channels: 0,
+        total: total as u32,
+        groups: 0,
+        beta: (1.0 / temperature) as f32,
+        _pad: [0; 3],
+    };
+    let mut batch = gpu.batch("temperature scale");
+    batch.dispatch(
+        &kernel,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(logits), Arg::whole(&out)],
+        total.div_ceil(WORKGROUP_SIZE as usize) as u32,
+    )?;
+    batch.submit()?;
+    Ok(out)
+}
+
+/// Calibrated probabilities `softmax(logits / temperature)` over channels.
+pub fn apply_temperature(logits: &Tensor, temperature: f64) -> Result<Tensor> {
+    softmax(&scale_logits(logits, temperature)?)
+}
