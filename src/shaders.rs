@@ -44,5 +44,62 @@ pub const PROBE: Shader = Shader {
     trusted: false,
 };
 
+/// 3D/2D convolution: forward, input-gradient and weight-gradient gather kernels (register-tiled).
+pub const CONV: Shader = Shader {
+    name: "conv.wgsl",
+    source: include_str!("../shaders/conv.wgsl"),
+    preludes: &[""],
+    trusted: true,
+};
+
+/// Deterministic two-pass row reductions (norm statistics, bias and affine gradients, split-K sums).
+pub const REDUCE: Shader = Shader {
+    name: "reduce.wgsl",
+    source: include_str!("../shaders/reduce.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
+/// Group / instance normalisation with affine, forward and backward.
+pub const NORM: Shader = Shader {
+    name: "norm.wgsl",
+    source: include_str!("../shaders/norm.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
+/// ReLU, its backward, and element-wise add.
+pub const ELEMENTWISE: Shader = Shader {
+    name: "elementwise.wgsl",
+    source: include_str!("../shaders/elementwise.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
+/// Trilinear / bilinear upsampling (align_corners = false) and its gather backward.
+pub const UPSAMPLE: Shader = Shader {
+    name: "upsample.wgsl",
+    source: include_str!("../shaders/upsample.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
+/// The AdamW optimiser step.
+pub const ADAMW: Shader = Shader {
+    name: "adamw.wgsl",
+    source: include_str!("../shaders/adamw.wgsl"),
+    preludes: &[""],
+    trusted: false,
+};
+
 /// Every shader the library uses.
-pub const ALL: &[Shader] = &[SOFTMAX, PROBE];
+pub const ALL: &[Shader] = &[
+    SOFTMAX,
+    PROBE,
+    CONV,
+    REDUCE,
+    NORM,
+    ELEMENTWISE,
+    UPSAMPLE,
+    ADAMW,
+];

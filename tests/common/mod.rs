@@ -1,6 +1,7 @@
 //! Shared test helpers: the device, a seeded random generator, comparisons, and the f64 CPU reference.
 #![allow(dead_code)]
 
+pub mod nn_ref;
 pub mod reference;
 
 use std::sync::OnceLock;
