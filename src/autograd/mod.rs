@@ -153,6 +153,11 @@ impl Grads {
         self.map.remove(&v.id)
     }
 
+    /// Sets the gradient of `v` (adding to one already there is the caller's business).
+    pub fn insert(&mut self, v: &Var, grad: Tensor) {
+        self.map.insert(v.id, grad);
+    }
+
     /// Number of gradients held.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -13,7 +13,7 @@ use crate::tensor::{DType, Tensor};
 
 /// Result channels and columns one workgroup owns.
 const TILE_M: usize = 16;
-const TILE_COLS: usize = 256;
+const TILE_COLS: usize = 512;
 /// (channel, tap) pairs staged in workgroup memory per chunk.
 const STAGE: usize = 216;
 /// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
