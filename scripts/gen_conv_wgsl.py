@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-# Generates shaders/conv.wgsl: the register-tiled convolution kernels, unrolled for a tile of TN columns x
-# 4Q channels per invocation (WGSL has no macros, and lavapipe/LLVM only keeps unrolled accumulators in
-# registers). Usage: python3 scripts/gen_conv_wgsl.py TN Q shaders/conv.wgsl (then set TILE_M = 4Q and
-# TILE_COLS = 64 TN in src/ops/conv.rs).
+# Generates shaders/conv.wgsl: the portable register-tiled convolution kernels, unrolled for a tile of TN
+# columns x 4Q channels per invocation (WGSL has no macros, and LLVM-based drivers only keep unrolled
+# accumulators in registers). Usage: python3 scripts/gen_conv_wgsl.py 4 4 shaders/conv.wgsl
+# (TILE_M = 4Q and TILE_COLS = 64 TN in src/ops/conv.rs must match).
 import sys
 TN=int(sys.argv[1]); Q=int(sys.argv[2]); out=sys.argv[3]
 M=4*Q

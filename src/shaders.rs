@@ -12,8 +12,11 @@ pub struct Shader {
     pub source: &'static str,
     /// Preludes it is compiled with (at least one; `""` for none).
     pub preludes: &'static [&'static str],
-    /// Compiled without wgpu's injected bounds checks (about 2x faster in loop-heavy kernels). Only for
-    /// files whose kernels guard every index themselves, as their tests prove on small odd shapes.
+    /// Compiled without wgpu's injected bounds checks (about 2x faster in loop-heavy kernels) and without
+    /// zero-initialised workgroup memory (which the GL back end emulates with code slow enough to compile
+    /// that a kernel with a few KiB of workgroup memory takes many seconds). Only for files whose kernels
+    /// guard every index themselves and write workgroup memory before reading it, as their tests prove on
+    /// small odd shapes.
     pub trusted: bool,
 }
 
@@ -48,6 +51,15 @@ pub const PROBE: Shader = Shader {
 pub const CONV: Shader = Shader {
     name: "conv.wgsl",
     source: include_str!("../shaders/conv.wgsl"),
+    preludes: &[""],
+    trusted: true,
+};
+
+/// The convolution kernels with subgroup broadcasts of the shared operand (adapters with subgroups of at
+/// least 8 invocations).
+pub const CONV_SUBGROUP: Shader = Shader {
+    name: "conv_subgroup.wgsl",
+    source: include_str!("../shaders/conv_subgroup.wgsl"),
     preludes: &[""],
     trusted: true,
 };
@@ -97,6 +109,7 @@ pub const ALL: &[Shader] = &[
     SOFTMAX,
     PROBE,
     CONV,
+    CONV_SUBGROUP,
     REDUCE,
     NORM,
     ELEMENTWISE,

@@ -88,7 +88,7 @@ impl Gpu {
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants,
-                zero_initialize_workgroup_memory: true,
+                zero_initialize_workgroup_memory: !shader.trusted,
             },
             cache: None,
         });

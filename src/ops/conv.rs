@@ -11,9 +11,10 @@ use crate::gpu::{Arg, Gpu};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
-/// Result channels and columns one workgroup owns.
+/// Result channels one workgroup owns (both kernel files).
 const TILE_M: usize = 16;
-const TILE_COLS: usize = 512;
+/// Columns one workgroup owns: 64 invocations x 4 columns (both kernel files).
+const TILE_COLS: usize = 256;
 /// (channel, tap) pairs staged in workgroup memory per chunk.
 const STAGE: usize = 216;
 /// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
@@ -216,8 +217,16 @@ impl ConvGeometry {
     }
 }
 
+fn subgroup_path(gpu: &Gpu) -> bool {
+    gpu.features().contains(wgpu::Features::SUBGROUP) && gpu.info().subgroup_min_size >= 8
+}
+
+fn tile_cols(_gpu: &Gpu) -> usize {
+    TILE_COLS
+}
+
 fn col_grid(gpu: &Gpu, columns: usize, m: usize) -> Result<[u32; 3]> {
-    let tiles = columns.div_ceil(TILE_COLS);
+    let tiles = columns.div_ceil(tile_cols(gpu));
     if tiles > u32::MAX as usize {
         return Err(Error::InvalidShape(format!("{columns} voxels is too many")));
     }
@@ -227,6 +236,16 @@ fn col_grid(gpu: &Gpu, columns: usize, m: usize) -> Result<[u32; 3]> {
         return Err(Error::InvalidShape(format!("{m} channels is too many")));
     }
     Ok([g[0], mt as u32, g[1]])
+}
+
+/// The convolution kernels for this device: the subgroup variant where subgroups of at least 8 invocations
+/// are available (it broadcasts the shared operand from 8 lanes), the portable one otherwise.
+pub fn kernels_for(gpu: &Gpu) -> &'static shaders::Shader {
+    if subgroup_path(gpu) {
+        &shaders::CONV_SUBGROUP
+    } else {
+        &shaders::CONV
+    }
 }
 
 fn check_f32(ts: &[(&Tensor, &str)]) -> Result<()> {
@@ -248,7 +267,7 @@ pub(crate) fn record_forward(
     if g.n * g.cout * g.output_voxels() == 0 {
         return Ok(());
     }
-    let k = gpu.kernel(&shaders::CONV, "", "forward", &[])?;
+    let k = gpu.kernel(kernels_for(gpu), "", "forward", &[])?;
     let p = g.params(0, bias.is_some());
     let mut b = gpu.batch("conv forward");
     b.dispatch_grid(
@@ -277,7 +296,7 @@ pub(crate) fn record_backward_data(
     if g.n * g.cin * g.input_voxels() == 0 {
         return Ok(());
     }
-    let k = gpu.kernel(&shaders::CONV, "", "backward_data", &[])?;
+    let k = gpu.kernel(kernels_for(gpu), "", "backward_data", &[])?;
     let p = g.params(0, false);
     let mut b = gpu.batch("conv backward_data");
     b.dispatch_grid(
@@ -313,14 +332,14 @@ pub(crate) fn record_backward_weight(
     let splits = total.div_ceil(split);
     let cols = g.cin * g.taps();
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    let col_tiles = cols.div_ceil(TILE_COLS);
+    let col_tiles = cols.div_ceil(tile_cols(gpu));
     let m_tiles = g.cout.div_ceil(TILE_M);
     if col_tiles > max || m_tiles > max {
         return Err(Error::InvalidShape(format!(
             "convolution weight gradient {g:?} is too large"
         )));
     }
-    let k = gpu.kernel(&shaders::CONV, "", "backward_weight", &[])?;
+    let k = gpu.kernel(kernels_for(gpu), "", "backward_weight", &[])?;
     let p = g.params(split, false);
     let grid = [col_tiles as u32, m_tiles as u32, splits as u32];
     let mut b = gpu.batch("conv backward_weight");
