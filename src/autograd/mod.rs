@@ -7,7 +7,7 @@
 //! to the pool), and an intermediate's gradient is dropped once it has been consumed.
 //!
 //! Ops with their own analytic backward (the fused losses, softmax, anything outside this crate) plug in
-//! through [`Tape::record`]; the built-in layers are in [`ops`](crate::autograd::ops). Inside
+//! through [`Tape::record`]; the built-in layers are in [`ops`]. Inside
 //! [`Tape::no_grad`] nothing is recorded.
 //!
 //! ```no_run

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::ops;
 
 impl Tape {
-    /// Convolution (see [`ops::conv`]) of `x` with weight `w` and optional `bias`.
+    /// Convolution (see [`ops::conv()`]) of `x` with weight `w` and optional `bias`.
     pub fn conv(
         &self,
         x: &Var,
@@ -48,7 +48,7 @@ impl Tape {
         ))
     }
 
-    /// Transposed convolution (see [`ops::conv_transpose`]); `w` is `[C_in, C_out, k...]`.
+    /// Transposed convolution (see [`ops::conv_transpose()`]); `w` is `[C_in, C_out, k...]`.
     #[allow(clippy::too_many_arguments)]
     pub fn conv_transpose(
         &self,
