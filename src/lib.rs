@@ -15,12 +15,14 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod autograd;
 pub mod binning;
 pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod loss;
 pub mod metrics;
+pub mod nn;
 pub mod ops;
 pub mod shaders;
 pub mod tensor;

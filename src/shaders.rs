@@ -109,6 +109,70 @@ pub const TEMPERATURE: Shader = Shader {
     zero_workgroup_memory: true,
 };
 
+/// 3D/2D convolution: forward, input-gradient and weight-gradient gather kernels (register-tiled).
+pub const CONV: Shader = Shader {
+    name: "conv.wgsl",
+    source: include_str!("../shaders/conv.wgsl"),
+    preludes: &[""],
+    trusted: true,
+    zero_workgroup_memory: false,
+};
+
+/// The convolution kernels with subgroup broadcasts of the shared operand (adapters with subgroups of at
+/// least 8 invocations).
+pub const CONV_SUBGROUP: Shader = Shader {
+    name: "conv_subgroup.wgsl",
+    source: include_str!("../shaders/conv_subgroup.wgsl"),
+    preludes: &[""],
+    trusted: true,
+    zero_workgroup_memory: false,
+};
+
+/// Deterministic two-pass row reductions (norm statistics, bias and affine gradients, split-K sums).
+pub const REDUCE: Shader = Shader {
+    name: "reduce.wgsl",
+    source: include_str!("../shaders/reduce.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
+/// Group / instance normalisation with affine, forward and backward.
+pub const NORM: Shader = Shader {
+    name: "norm.wgsl",
+    source: include_str!("../shaders/norm.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
+/// ReLU, its backward, and element-wise add.
+pub const ELEMENTWISE: Shader = Shader {
+    name: "elementwise.wgsl",
+    source: include_str!("../shaders/elementwise.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
+/// Trilinear / bilinear upsampling (align_corners = false) and its gather backward.
+pub const UPSAMPLE: Shader = Shader {
+    name: "upsample.wgsl",
+    source: include_str!("../shaders/upsample.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
+/// The AdamW optimiser step.
+pub const ADAMW: Shader = Shader {
+    name: "adamw.wgsl",
+    source: include_str!("../shaders/adamw.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
 /// Every shader the library uses.
 pub const ALL: &[Shader] = &[
     SOFTMAX,
@@ -118,4 +182,11 @@ pub const ALL: &[Shader] = &[
     RESAMPLE,
     CALIBRATION,
     TEMPERATURE,
+    CONV,
+    CONV_SUBGROUP,
+    REDUCE,
+    NORM,
+    ELEMENTWISE,
+    UPSAMPLE,
+    ADAMW,
 ];

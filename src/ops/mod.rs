@@ -1,8 +1,25 @@
 //! Operations on tensors, one module per op, each with its forward and backward launches.
 
+pub mod add;
+pub mod conv;
+pub mod conv_transpose;
+mod elementwise;
+pub mod norm;
+pub mod reduce;
+pub mod relu;
 pub mod softmax;
+pub mod upsample;
 
+pub use add::add;
+pub use conv::{conv, conv_backward_bias, conv_backward_data, conv_backward_weight, ConvGeometry};
+pub use conv_transpose::{
+    conv_transpose, conv_transpose_backward_data, conv_transpose_backward_weight,
+};
+pub use norm::{group_norm, group_norm_backward, instance_norm, instance_norm_backward, NormGrads};
+pub use reduce::channel_sum;
+pub use relu::{relu, relu_backward};
 pub use softmax::{softmax, softmax_backward};
+pub use upsample::{upsample, upsample_backward};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;

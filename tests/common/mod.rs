@@ -3,6 +3,7 @@
 
 pub mod ace_ref;
 pub mod metrics_ref;
+pub mod nn_ref;
 pub mod reference;
 pub mod seg_ref;
 

@@ -1,0 +1,64 @@
+// Element-wise kernels over flat f32 arrays, one invocation per element.
+
+struct Params {
+    n: u32,
+    voxels: u32,   // bias_add: voxels per channel
+    channels: u32, // bias_add: channels
+    _pad: u32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out2: array<f32>;
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+// out = max(a, 0)
+@compute @workgroup_size(256)
+fn relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i < p.n) {
+        out2[i] = max(a[i], 0.0);
+    }
+}
+
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out3: array<f32>;
+
+// out = a + b
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i < p.n) {
+        out3[i] = a[i] + b[i];
+    }
+}
+
+// ReLU backward: a = the ReLU's output y, b = dL/dy; out = dL/dx = b where y > 0, else 0.
+@compute @workgroup_size(256)
+fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i < p.n) {
+        out3[i] = select(0.0, b[i], a[i] > 0.0);
+    }
+}
+
+@group(0) @binding(1) var<storage, read> bvec: array<f32>;
+@group(0) @binding(2) var<storage, read_write> inout: array<f32>;
+
+// In place: inout[n, c, v] += bvec[c].
+@compute @workgroup_size(256)
+fn bias_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i < p.n) {
+        inout[i] += bvec[(i / p.voxels) % p.channels];
+    }
+}

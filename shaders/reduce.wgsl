@@ -1,0 +1,109 @@
+// Deterministic two-pass row reductions for norm statistics, norm/bias gradients and split-K sums.
+// Pass 1 (`row_partials`): workgroup (row, chunk) sums 4096 elements of one row (16 per invocation, then a
+// fixed tree in workgroup memory) into partials[row * chunks + chunk]. Pass 2 (`row_finish`): one invocation
+// per output row adds its partials in a fixed order, optionally also over an outer axis (images).
+// `sum_splits` adds per-split partial results of the weight gradient in split order.
+
+struct Params {
+    rows: u32,     // pass 1: rows; pass 2: output rows R; sum_splits: elements
+    len: u32,      // pass 1: elements per row; sum_splits: splits
+    chunks: u32,   // chunks per row
+    mode: u32,     // 0: sum a; 1: sum (a - mean)^2; 2: sum a * (b - mean) * rstd
+    div: u32,      // pass 1: row / div = statistics index; pass 2: outer count
+    nstat: u32,    // pass 1: statistics count (variance sits at stats[nstat + i]); pass 2: output offset
+    eps: f32,      // pass 1 mode 2: variance epsilon; pass 2: scale
+    _pad: u32,
+}
+
+const WG: u32 = 256u;
+const PER: u32 = 16u;
+const CHUNK: u32 = 4096u; // WG * PER
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<f32>;
+
+var<workgroup> tree: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let w = wid.y * nwg.x + wid.x;
+    let in_range = w < p.rows * p.chunks;
+    let row = w / max(p.chunks, 1u);
+    let chunk = w - row * p.chunks;
+    var s = 0.0;
+    if (in_range) {
+        let si = row / p.div;
+        var mean = 0.0;
+        var rstd = 1.0;
+        if (p.mode != 0u) {
+            mean = stats[si];
+        }
+        if (p.mode == 2u) {
+            rstd = inverseSqrt(stats[p.nstat + si] + p.eps);
+        }
+        let base = row * p.len;
+        let start = chunk * CHUNK + lid;
+        for (var k = 0u; k < PER; k++) {
+            let i = start + k * WG;
+            if (i < p.len) {
+                let x = a[base + i];
+                if (p.mode == 0u) {
+                    s += x;
+                } else if (p.mode == 1u) {
+                    let d = x - mean;
+                    s += d * d;
+                } else {
+                    s += x * (b[base + i] - mean) * rstd;
+                }
+            }
+        }
+    }
+    tree[lid] = s;
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        if (lid < half) {
+            tree[lid] += tree[lid + half];
+        }
+    }
+    if (lid == 0u && in_range) {
+        partials[w] = tree[0];
+    }
+}
+
+@group(0) @binding(1) var<storage, read> parts: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sums: array<f32>;
+
+@compute @workgroup_size(256)
+fn row_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let r = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (r >= p.rows) {
+        return;
+    }
+    var s = 0.0;
+    for (var o = 0u; o < p.div; o++) {
+        let base = (o * p.rows + r) * p.chunks;
+        for (var c = 0u; c < p.chunks; c++) {
+            s += parts[base + c];
+        }
+    }
+    sums[p.nstat + r] = s * p.eps;
+}
+
+@compute @workgroup_size(256)
+fn sum_splits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (e >= p.rows) {
+        return;
+    }
+    var s = 0.0;
+    for (var k = 0u; k < p.len; k++) {
+        s += parts[k * p.rows + e];
+    }
+    sums[e] = s;
+}

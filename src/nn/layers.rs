@@ -1,0 +1,285 @@
+//! Layers: parameters as [`Var`]s plus their settings, with `forward(&tape, &x)`, initialised as PyTorch
+//! does and addressable by the names PyTorch/MONAI state_dicts use (`weight`, `bias`).
+
+use super::init::{kaiming_uniform_bound, SeededRng};
+use super::Var;
+use crate::autograd::Tape;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::ops::norm::DEFAULT_EPS;
+use crate::tensor::Tensor;
+
+/// Something holding named parameters.
+pub trait Parameters {
+    /// Calls `f` with each parameter's full name (`prefix` + `.` + local name) and variable.
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var));
+
+    /// Calls `f` with each parameter mutably (to load weights).
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var));
+
+    /// All parameters with their names.
+    fn named_parameters(&self, prefix: &str) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.visit(prefix, &mut |n, v| out.push((n, v.clone())));
+        out
+    }
+
+    /// All parameters.
+    fn parameters(&self) -> Vec<Var> {
+        self.named_parameters("")
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// Replaces each parameter's value by `lookup(name)`; errors name the first missing parameter.
+    fn load(&mut self, prefix: &str, lookup: &mut dyn FnMut(&str) -> Option<Tensor>) -> Result<()> {
+        let mut err = None;
+        self.visit_mut(prefix, &mut |name, v| {
+            if err.is_some() {
+                return;
+            }
+            match lookup(&name) {
+                Some(t) => {
+                    if let Err(e) = v.set(t) {
+                        err = Some(Error::shape(format!("{name}: {e}")));
+                    }
+                }
+                None => err = Some(Error::invalid(format!("no tensor named {name}"))),
+            }
+        });
+        err.map_or(Ok(()), Err)
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn uniform_param(gpu: &Gpu, shape: &[usize], bound: f64, rng: &mut SeededRng) -> Result<Var> {
+    let n: usize = shape.iter().product();
+    Ok(Var::parameter(Tensor::from_f32(
+        gpu,
+        shape,
+        &rng.uniform_symmetric(n, bound),
+    )?))
+}
+
+/// A convolution layer (`nn.Conv3d` / `nn.Conv2d`).
+#[derive(Clone, Debug)]
+pub struct Conv {
+    /// `[C_out, C_in, k...]`.
+    pub weight: Var,
+    /// `[C_out]`, if the layer has a bias.
+    pub bias: Option<Var>,
+    /// Stride per spatial axis (or one for all).
+    pub stride: Vec<usize>,
+    /// Padding per spatial axis (or one for all).
+    pub padding: Vec<usize>,
+}
+
+impl Conv {
+    /// A layer with PyTorch's default initialisation: `kernel` has one entry per spatial axis (3 for 3D).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        cin: usize,
+        cout: usize,
+        kernel: &[usize],
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
+        let fan_in = cin * kernel.iter().product::<usize>();
+        let mut shape = vec![cout, cin];
+        shape.extend_from_slice(kernel);
+        let weight = uniform_param(gpu, &shape, kaiming_uniform_bound(fan_in, 5f64.sqrt()), rng)?;
+        let bias = if bias {
+            Some(uniform_param(
+                gpu,
+                &[cout],
+                1.0 / (fan_in as f64).sqrt(),
+                rng,
+            )?)
+        } else {
+            None
+        };
+        Ok(Conv {
+            weight,
+            bias,
+            stride: vec![stride],
+            padding: vec![padding],
+        })
+    }
+
+    /// Applies the layer.
+    pub fn forward(&self, tape: &Tape, x: &Var) -> Result<Var> {
+        tape.conv(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            &self.stride,
+            &self.padding,
+        )
+    }
+}
+
+impl Parameters for Conv {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var)) {
+        f(join(prefix, "weight"), &self.weight);
+        if let Some(b) = &self.bias {
+            f(join(prefix, "bias"), b);
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var)) {
+        f(join(prefix, "weight"), &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(join(prefix, "bias"), b);
+        }
+    }
+}
+
+/// A transposed convolution layer (`nn.ConvTranspose3d`), weight `[C_in, C_out, k...]`.
+#[derive(Clone, Debug)]
+pub struct ConvTranspose {
+    /// `[C_in, C_out, k...]`.
+    pub weight: Var,
+    /// `[C_out]`, if the layer has a bias.
+    pub bias: Option<Var>,
+    /// Stride.
+    pub stride: Vec<usize>,
+    /// Padding.
+    pub padding: Vec<usize>,
+    /// Output padding.
+    pub output_padding: Vec<usize>,
+}
+
+impl ConvTranspose {
+    /// A layer with PyTorch's default initialisation (fan-in = C_out x kernel volume, as PyTorch computes it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        cin: usize,
+        cout: usize,
+        kernel: &[usize],
+        stride: usize,
+        padding: usize,
+        output_padding: usize,
+        bias: bool,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
+        let fan_in = cout * kernel.iter().product::<usize>();
+        let mut shape = vec![cin, cout];
+        shape.extend_from_slice(kernel);
+        let weight = uniform_param(gpu, &shape, kaiming_uniform_bound(fan_in, 5f64.sqrt()), rng)?;
+        let bias = if bias {
+            Some(uniform_param(
+                gpu,
+                &[cout],
+                1.0 / (fan_in as f64).sqrt(),
+                rng,
+            )?)
+        } else {
+            None
+        };
+        Ok(ConvTranspose {
+            weight,
+            bias,
+            stride: vec![stride],
+            padding: vec![padding],
+            output_padding: vec![output_padding],
+        })
+    }
+
+    /// Applies the layer.
+    pub fn forward(&self, tape: &Tape, x: &Var) -> Result<Var> {
+        tape.conv_transpose(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            &self.stride,
+            &self.padding,
+            &self.output_padding,
+        )
+    }
+}
+
+impl Parameters for ConvTranspose {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var)) {
+        f(join(prefix, "weight"), &self.weight);
+        if let Some(b) = &self.bias {
+            f(join(prefix, "bias"), b);
+        }
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var)) {
+        f(join(prefix, "weight"), &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(join(prefix, "bias"), b);
+        }
+    }
+}
+
+/// Which normalisation a [`Norm`] layer applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// Per image and channel (`nn.InstanceNorm3d(affine=True)`).
+    Instance,
+    /// Per image and group of channels (`nn.GroupNorm(groups, C)`).
+    Group(usize),
+}
+
+/// A normalisation layer with affine parameters (weight ones, bias zeros at creation).
+#[derive(Clone, Debug)]
+pub struct Norm {
+    /// Instance or group.
+    pub kind: NormKind,
+    /// Scale `[C]`.
+    pub weight: Var,
+    /// Shift `[C]`.
+    pub bias: Var,
+    /// Variance epsilon (1e-5).
+    pub eps: f32,
+}
+
+impl Norm {
+    /// A layer over `channels` channels.
+    pub fn new(gpu: &Gpu, kind: NormKind, channels: usize) -> Result<Self> {
+        if let NormKind::Group(g) = kind {
+            if g == 0 || !channels.is_multiple_of(g) {
+                return Err(Error::invalid(format!(
+                    "{channels} channels do not split into {g} groups"
+                )));
+            }
+        }
+        Ok(Norm {
+            kind,
+            weight: Var::parameter(Tensor::from_f32(gpu, &[channels], &vec![1.0; channels])?),
+            bias: Var::parameter(Tensor::from_f32(gpu, &[channels], &vec![0.0; channels])?),
+            eps: DEFAULT_EPS,
+        })
+    }
+
+    /// Applies the layer.
+    pub fn forward(&self, tape: &Tape, x: &Var) -> Result<Var> {
+        match self.kind {
+            NormKind::Instance => tape.instance_norm(x, &self.weight, &self.bias, self.eps),
+            NormKind::Group(g) => tape.group_norm(x, g, &self.weight, &self.bias, self.eps),
+        }
+    }
+}
+
+impl Parameters for Norm {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var)) {
+        f(join(prefix, "weight"), &self.weight);
+        f(join(prefix, "bias"), &self.bias);
+    }
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var)) {
+        f(join(prefix, "weight"), &mut self.weight);
+        f(join(prefix, "bias"), &mut self.bias);
+    }
+}

@@ -1,0 +1,31 @@
+//! Element-wise addition (its backward passes the gradient to both inputs unchanged) and the in-place
+//! per-channel bias addition used by the transposed convolution.
+
+use super::elementwise::launch;
+use super::{ncv, same_shape};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// `a + b` element-wise (same shape, f32).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.expect_dtype(DType::F32, "add input")?;
+    b.expect_dtype(DType::F32, "add input")?;
+    same_shape(a, b, "add: inputs differ")?;
+    let out = Tensor::uninit(a.gpu(), a.shape(), DType::F32)?;
+    launch("add", &[a, b, &out], a.numel(), 1, 1)?;
+    Ok(out)
+}
+
+/// Adds `bias[c]` to every voxel of channel `c` of `x` (`[N, C, spatial...]`), in place.
+pub fn add_channel_bias_inplace(x: &Tensor, bias: &Tensor) -> Result<()> {
+    x.expect_dtype(DType::F32, "bias_add input")?;
+    bias.expect_dtype(DType::F32, "bias")?;
+    let (_, c, v) = ncv(x, "bias_add input")?;
+    if bias.shape() != [c] {
+        return Err(Error::shape(format!(
+            "bias must be [{c}], got {:?}",
+            bias.shape()
+        )));
+    }
+    launch("bias_add", &[bias, x], x.numel(), v, c)
+}

@@ -1,0 +1,445 @@
+//! Convolution over `[N, C, D, H, W]` (or `[N, C, H, W]`) tensors with any kernel size, stride and padding,
+//! and its two gradients, as register-tiled gather kernels (`shaders/conv.wgsl`, no atomics).
+//!
+//! Weights are laid out as PyTorch's: `[C_out, C_in, kD, kH, kW]` (`[C_out, C_in, kH, kW]` in 2D).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::reduce::sum_splits;
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, Gpu};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// Result channels one workgroup owns (both kernel files).
+const TILE_M: usize = 16;
+/// Columns one workgroup owns: 64 invocations x 4 columns (both kernel files).
+const TILE_COLS: usize = 256;
+/// (channel, tap) pairs staged in workgroup memory per chunk.
+const STAGE: usize = 216;
+/// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
+const MIN_SPLIT: usize = 1024;
+const MAX_SPLITS: usize = 1024;
+
+/// Geometry of one convolution, with 2D mapped to depth 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Images.
+    pub n: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Input depth, height, width.
+    pub input: [usize; 3],
+    /// Output depth, height, width.
+    pub output: [usize; 3],
+    /// Kernel depth, height, width.
+    pub kernel: [usize; 3],
+    /// Stride per axis.
+    pub stride: [usize; 3],
+    /// Zero padding per axis.
+    pub padding: [usize; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    dims: [u32; 4],
+    isz: [u32; 4],
+    osz: [u32; 4],
+    ksz: [u32; 4],
+    stride: [u32; 4],
+    pad: [u32; 4],
+    chunk: [u32; 4],
+}
+
+/// `[N, C, spatial]` with 2 or 3 spatial axes → depth, height, width (depth 1 in 2D).
+pub(crate) fn spatial3(shape: &[usize], what: &str) -> Result<[usize; 3]> {
+    match shape.len() {
+        4 => Ok([1, shape[2], shape[3]]),
+        5 => Ok([shape[2], shape[3], shape[4]]),
+        _ => Err(Error::InvalidShape(format!(
+            "{what} must be [N, C, H, W] or [N, C, D, H, W], got {shape:?}"
+        ))),
+    }
+}
+
+/// Per-axis values given for `rank` spatial axes (one value applies to all) → depth, height, width.
+pub(crate) fn per_axis(v: &[usize], rank: usize, fill: usize, what: &str) -> Result<[usize; 3]> {
+    let full: Vec<usize> = match v.len() {
+        1 => vec![v[0]; rank],
+        n if n == rank => v.to_vec(),
+        _ => {
+            return Err(Error::invalid(format!(
+                "{what} needs 1 or {rank} values, got {v:?}"
+            )))
+        }
+    };
+    Ok(if rank == 2 {
+        [fill, full[0], full[1]]
+    } else {
+        [full[0], full[1], full[2]]
+    })
+}
+
+impl ConvGeometry {
+    /// Geometry of `x` convolved with `w` (`[C_out, C_in, k...]`) at the given stride and padding.
+    pub fn new(x: &Tensor, w: &Tensor, stride: &[usize], padding: &[usize]) -> Result<Self> {
+        Self::from_shapes(x.shape(), w.shape(), stride, padding)
+    }
+
+    /// As [`ConvGeometry::new`], from shapes.
+    pub fn from_shapes(
+        x: &[usize],
+        w: &[usize],
+        stride: &[usize],
+        padding: &[usize],
+    ) -> Result<Self> {
+        let input = spatial3(x, "convolution input")?;
+        let rank = x.len() - 2;
+        if w.len() != x.len() {
+            return Err(Error::shape(format!(
+                "convolution weight {w:?} does not match input {x:?} (need [C_out, C_in, k...])"
+            )));
+        }
+        if w[1] != x[1] {
+            return Err(Error::shape(format!(
+                "convolution weight {w:?} expects {} input channels, input {x:?} has {}",
+                w[1], x[1]
+            )));
+        }
+        let kernel = spatial3(w, "convolution weight")?;
+        let stride = per_axis(stride, rank, 1, "stride")?;
+        let padding = per_axis(padding, rank, 0, "padding")?;
+        let mut output = [0; 3];
+        for a in 0..3 {
+            if stride[a] == 0 || kernel[a] == 0 {
+                return Err(Error::invalid(format!(
+                    "stride {stride:?} and kernel {kernel:?} must be positive"
+                )));
+            }
+            if input[a] + 2 * padding[a] < kernel[a] {
+                return Err(Error::InvalidShape(format!(
+                    "kernel {kernel:?} is larger than the padded input {input:?} (padding {padding:?})"
+                )));
+            }
+            output[a] = (input[a] + 2 * padding[a] - kernel[a]) / stride[a] + 1;
+        }
+        let g = ConvGeometry {
+            n: x[0],
+            cin: x[1],
+            cout: w[0],
+            input,
+            output,
+            kernel,
+            stride,
+            padding,
+        };
+        g.check_size()?;
+        Ok(g)
+    }
+
+    fn check_size(&self) -> Result<()> {
+        let lim = i32::MAX as usize;
+        let big = [
+            self.n * self.cin * self.input_voxels(),
+            self.n * self.cout * self.output_voxels(),
+            self.cout * self.cin * self.taps(),
+        ];
+        if big.iter().any(|&e| e >= lim) {
+            return Err(Error::InvalidShape(format!(
+                "convolution {self:?} has tensors of 2^31 or more elements"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Voxels per input image.
+    pub fn input_voxels(&self) -> usize {
+        self.input.iter().product()
+    }
+
+    /// Voxels per output image.
+    pub fn output_voxels(&self) -> usize {
+        self.output.iter().product()
+    }
+
+    /// Kernel taps.
+    pub fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    /// Multiply-adds x 2 of the forward pass.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.cin * self.cout * self.taps() * self.output_voxels()) as f64
+    }
+
+    /// Output shape, in the input's rank.
+    pub fn output_shape(&self, rank: usize) -> Vec<usize> {
+        let mut s = vec![self.n, self.cout];
+        if rank == 5 {
+            s.push(self.output[0]);
+        }
+        s.extend_from_slice(&self.output[1..]);
+        s
+    }
+
+    /// Input shape, in the given rank.
+    pub fn input_shape(&self, rank: usize) -> Vec<usize> {
+        let mut s = vec![self.n, self.cin];
+        if rank == 5 {
+            s.push(self.input[0]);
+        }
+        s.extend_from_slice(&self.input[1..]);
+        s
+    }
+
+    fn params(&self, chunk_z: usize, has_bias: bool) -> Params {
+        let taps = self.taps();
+        let tn = taps.min(STAGE);
+        let chn = (STAGE / tn).max(1);
+        let u = |v: [usize; 3], w: usize| [v[0] as u32, v[1] as u32, v[2] as u32, w as u32];
+        Params {
+            dims: [
+                self.n as u32,
+                self.cin as u32,
+                self.cout as u32,
+                has_bias as u32,
+            ],
+            isz: u(self.input, self.input_voxels()),
+            osz: u(self.output, self.output_voxels()),
+            ksz: u(self.kernel, taps),
+            stride: u(self.stride, 0),
+            pad: u(self.padding, 0),
+            chunk: [chn as u32, tn as u32, chunk_z as u32, 0],
+        }
+    }
+}
+
+fn subgroup_path(gpu: &Gpu) -> bool {
+    gpu.features().contains(wgpu::Features::SUBGROUP) && gpu.info().subgroup_min_size >= 8
+}
+
+fn tile_cols(_gpu: &Gpu) -> usize {
+    TILE_COLS
+}
+
+fn col_grid(gpu: &Gpu, columns: usize, m: usize) -> Result<[u32; 3]> {
+    let tiles = columns.div_ceil(tile_cols(gpu));
+    if tiles > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!("{columns} voxels is too many")));
+    }
+    let g = gpu.grid(tiles as u32)?;
+    let mt = m.div_ceil(TILE_M);
+    if mt > gpu.limits().max_compute_workgroups_per_dimension as usize {
+        return Err(Error::InvalidShape(format!("{m} channels is too many")));
+    }
+    Ok([g[0], mt as u32, g[1]])
+}
+
+/// The convolution kernels for this device: the subgroup variant where subgroups of at least 8 invocations
+/// are available (it broadcasts the shared operand from 8 lanes), the portable one otherwise.
+pub fn kernels_for(gpu: &Gpu) -> &'static shaders::Shader {
+    if subgroup_path(gpu) {
+        &shaders::CONV_SUBGROUP
+    } else {
+        &shaders::CONV
+    }
+}
+
+fn check_f32(ts: &[(&Tensor, &str)]) -> Result<()> {
+    for (t, what) in ts {
+        t.expect_dtype(DType::F32, what)?;
+    }
+    Ok(())
+}
+
+/// Records the forward convolution of `x` with `w` (+ `bias`) into `out` (shapes as `g`).
+pub(crate) fn record_forward(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    out: &Tensor,
+) -> Result<()> {
+    if g.n * g.cout * g.output_voxels() == 0 {
+        return Ok(());
+    }
+    let k = gpu.kernel(kernels_for(gpu), "", "forward", &[])?;
+    let p = g.params(0, bias.is_some());
+    let mut b = gpu.batch("conv forward");
+    b.dispatch_grid(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[
+            Arg::whole(x),
+            Arg::whole(w),
+            Arg::whole(bias.unwrap_or(w)),
+            Arg::whole(out),
+        ],
+        col_grid(gpu, g.n * g.output_voxels(), g.cout)?,
+    )?;
+    b.submit()?;
+    Ok(())
+}
+
+/// Records the input gradient (`dy` over the output, `w`) into `dx` (the input's shape).
+pub(crate) fn record_backward_data(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+) -> Result<()> {
+    if g.n * g.cin * g.input_voxels() == 0 {
+        return Ok(());
+    }
+    let k = gpu.kernel(kernels_for(gpu), "", "backward_data", &[])?;
+    let p = g.params(0, false);
+    let mut b = gpu.batch("conv backward_data");
+    b.dispatch_grid(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(dy), Arg::whole(w), Arg::whole(dx)],
+        col_grid(gpu, g.n * g.input_voxels(), g.cin)?,
+    )?;
+    b.submit()?;
+    Ok(())
+}
+
+/// Records the weight gradient (input `x`, output gradient `dy`) into `dw` (`[C_out, C_in, k...]`).
+pub(crate) fn record_backward_weight(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+) -> Result<()> {
+    let elems = g.cout * g.cin * g.taps();
+    let total = g.n * g.output_voxels();
+    if elems == 0 {
+        return Ok(());
+    }
+    if total == 0 {
+        let mut b = gpu.batch("conv backward_weight (empty)");
+        b.encoder().clear_buffer(dw.buffer(), 0, None);
+        b.submit()?;
+        return Ok(());
+    }
+    let split = MIN_SPLIT.max(total.div_ceil(MAX_SPLITS).next_multiple_of(128));
+    let splits = total.div_ceil(split);
+    let cols = g.cin * g.taps();
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let col_tiles = cols.div_ceil(tile_cols(gpu));
+    let m_tiles = g.cout.div_ceil(TILE_M);
+    if col_tiles > max || m_tiles > max {
+        return Err(Error::InvalidShape(format!(
+            "convolution weight gradient {g:?} is too large"
+        )));
+    }
+    let k = gpu.kernel(kernels_for(gpu), "", "backward_weight", &[])?;
+    let p = g.params(split, false);
+    let grid = [col_tiles as u32, m_tiles as u32, splits as u32];
+    let mut b = gpu.batch("conv backward_weight");
+    let parts = if splits == 1 {
+        None
+    } else {
+        Some(Tensor::uninit(gpu, &[splits * elems], DType::F32)?)
+    };
+    let target = parts.as_ref().unwrap_or(dw);
+    b.dispatch_grid(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
+        grid,
+    )?;
+    if let Some(parts) = &parts {
+        sum_splits(&mut b, parts, splits, elems, dw)?;
+    }
+    b.submit()?;
+    drop(parts);
+    Ok(())
+}
+
+/// Convolution of `x` (`[N, C_in, D, H, W]` or `[N, C_in, H, W]`, f32) with `w` (`[C_out, C_in, k...]`)
+/// plus an optional `bias` (`[C_out]`). `stride` and `padding` give one value per spatial axis or one for all.
+pub fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: &[usize],
+    padding: &[usize],
+) -> Result<Tensor> {
+    check_f32(&[(x, "convolution input"), (w, "convolution weight")])?;
+    let g = ConvGeometry::new(x, w, stride, padding)?;
+    if let Some(b) = bias {
+        b.expect_dtype(DType::F32, "convolution bias")?;
+        if b.shape() != [g.cout] {
+            return Err(Error::shape(format!(
+                "convolution bias must be [{}], got {:?}",
+                g.cout,
+                b.shape()
+            )));
+        }
+    }
+    let out = Tensor::uninit(x.gpu(), &g.output_shape(x.shape().len()), DType::F32)?;
+    record_forward(x.gpu(), &g, x, w, bias, &out)?;
+    Ok(out)
+}
+
+/// Gradient of [`conv`] with respect to its input: `dy` is dL/d(output), `input_shape` the input's shape.
+pub fn conv_backward_data(
+    dy: &Tensor,
+    w: &Tensor,
+    input_shape: &[usize],
+    stride: &[usize],
+    padding: &[usize],
+) -> Result<Tensor> {
+    check_f32(&[
+        (dy, "convolution output gradient"),
+        (w, "convolution weight"),
+    ])?;
+    let g = ConvGeometry::from_shapes(input_shape, w.shape(), stride, padding)?;
+    let want = g.output_shape(input_shape.len());
+    if dy.shape() != want.as_slice() {
+        return Err(Error::shape(format!(
+            "convolution output gradient must be {want:?}, got {:?}",
+            dy.shape()
+        )));
+    }
+    let dx = Tensor::uninit(dy.gpu(), input_shape, DType::F32)?;
+    record_backward_data(dy.gpu(), &g, dy, w, &dx)?;
+    Ok(dx)
+}
+
+/// Gradient of [`conv`] with respect to its weight (shape `weight_shape`), from the input `x` and `dy`.
+pub fn conv_backward_weight(
+    x: &Tensor,
+    dy: &Tensor,
+    weight_shape: &[usize],
+    stride: &[usize],
+    padding: &[usize],
+) -> Result<Tensor> {
+    check_f32(&[
+        (x, "convolution input"),
+        (dy, "convolution output gradient"),
+    ])?;
+    let g = ConvGeometry::from_shapes(x.shape(), weight_shape, stride, padding)?;
+    let want = g.output_shape(x.shape().len());
+    if dy.shape() != want.as_slice() {
+        return Err(Error::shape(format!(
+            "convolution output gradient must be {want:?}, got {:?}",
+            dy.shape()
+        )));
+    }
+    let dw = Tensor::uninit(x.gpu(), weight_shape, DType::F32)?;
+    record_backward_weight(x.gpu(), &g, x, dy, &dw)?;
+    Ok(dw)
+}
+
+/// Gradient of [`conv`] with respect to its bias: `dy` summed over images and voxels.
+pub fn conv_backward_bias(dy: &Tensor) -> Result<Tensor> {
+    super::reduce::channel_sum(dy)
+}

@@ -1,0 +1,53 @@
+//! Launch helper shared by the element-wise ops (`shaders/elementwise.wgsl`).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::shaders;
+use crate::tensor::Tensor;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    voxels: u32,
+    channels: u32,
+    _pad: u32,
+}
+
+/// Runs `entry` over `n` elements with `args` bound in order after the params.
+pub(crate) fn launch(
+    entry: &'static str,
+    args: &[&Tensor],
+    n: usize,
+    voxels: usize,
+    channels: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    if n > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!(
+            "{entry}: {n} elements is too many"
+        )));
+    }
+    let gpu = args[0].gpu();
+    let k = gpu.kernel(&shaders::ELEMENTWISE, "", entry, &[])?;
+    let p = Params {
+        n: n as u32,
+        voxels: voxels.max(1) as u32,
+        channels: channels.max(1) as u32,
+        _pad: 0,
+    };
+    let binds: Vec<Arg<'_>> = args.iter().map(|t| Arg::whole(t)).collect();
+    let mut b = gpu.batch(entry);
+    b.dispatch(
+        &k,
+        bytemuck::bytes_of(&p),
+        &binds,
+        n.div_ceil(WORKGROUP_SIZE as usize) as u32,
+    )?;
+    b.submit()?;
+    Ok(())
+}

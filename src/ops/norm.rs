@@ -1,0 +1,249 @@
+//! Group normalisation with a per-channel affine (PyTorch's `GroupNorm`), and instance normalisation with
+//! affine (`InstanceNorm3d(affine=True)`, which is group norm with one channel per group). Statistics are
+//! the biased variance, computed in two deterministic passes (mean, then mean squared deviation).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::ncv;
+use super::reduce::{row_finish, row_partials, Summand};
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// PyTorch's default epsilon for both norms.
+pub const DEFAULT_EPS: f32 = 1e-5;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    channels: u32,
+    voxels: u32,
+    cg: u32,
+    ng: u32,
+    total: u32,
+    images: u32,
+    eps: f32,
+    inv_len: f32,
+}
+
+/// Gradients of a norm: input, scale (`gamma`) and shift (`beta`).
+#[derive(Clone, Debug)]
+pub struct NormGrads {
+    /// dL/dx, shaped as x.
+    pub dx: Tensor,
+    /// dL/dgamma, `[C]`.
+    pub dgamma: Tensor,
+    /// dL/dbeta, `[C]`.
+    pub dbeta: Tensor,
+}
+
+struct Dims {
+    n: usize,
+    c: usize,
+    v: usize,
+    groups: usize,
+}
+
+impl Dims {
+    fn params(&self, eps: f32) -> Result<Params> {
+        let total = self.n * self.c * self.v;
+        if total > u32::MAX as usize {
+            return Err(Error::InvalidShape(format!(
+                "norm over {total} elements is too large"
+            )));
+        }
+        let cg = self.c / self.groups;
+        Ok(Params {
+            channels: self.c as u32,
+            voxels: self.v as u32,
+            cg: cg as u32,
+            ng: (self.n * self.groups) as u32,
+            total: total as u32,
+            images: self.n as u32,
+            eps,
+            inv_len: 1.0 / (cg * self.v) as f32,
+        })
+    }
+}
+
+fn check(x: &Tensor, groups: usize, gamma: &Tensor, what: &str) -> Result<Dims> {
+    x.expect_dtype(DType::F32, what)?;
+    gamma.expect_dtype(DType::F32, "norm weight")?;
+    let (n, c, v) = ncv(x, what)?;
+    if groups == 0 || !c.is_multiple_of(groups) {
+        return Err(Error::invalid(format!(
+            "{what}: {c} channels do not split into {groups} groups"
+        )));
+    }
+    if v == 0 || c == 0 {
+        return Err(Error::InvalidShape(format!(
+            "{what} {:?} has no voxels",
+            x.shape()
+        )));
+    }
+    if gamma.shape() != [c] {
+        return Err(Error::shape(format!(
+            "norm weight must be [{c}], got {:?}",
+            gamma.shape()
+        )));
+    }
+    Ok(Dims { n, c, v, groups })
+}
+
+/// Group norm of `x` (`[N, C, spatial...]`) with `groups` groups, then `* gamma[c] + beta[c]`.
+/// Returns the output and the statistics `[2, N * groups]` (means, then biased variances) for the backward.
+pub fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let d = check(x, groups, gamma, "group norm input")?;
+    beta.expect_dtype(DType::F32, "norm bias")?;
+    if beta.shape() != gamma.shape() {
+        return Err(Error::shape(format!(
+            "norm bias must be [{}], got {:?}",
+            d.c,
+            beta.shape()
+        )));
+    }
+    let gpu = x.gpu();
+    let p = d.params(eps)?;
+    let ng = d.n * groups;
+    let len = d.c / groups * d.v;
+    let stats = Tensor::uninit(gpu, &[2, ng], DType::F32)?;
+    let y = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let mut b = gpu.batch("group norm forward");
+    let (p1, chunks) = row_partials(&mut b, x, ng, len, Summand::Plain)?;
+    row_finish(&mut b, &p1, chunks, ng, 1, p.inv_len, &stats, 0)?;
+    let (p2, chunks) = row_partials(
+        &mut b,
+        x,
+        ng,
+        len,
+        Summand::SquaredDeviation {
+            stats: &stats,
+            div: 1,
+        },
+    )?;
+    row_finish(&mut b, &p2, chunks, ng, 1, p.inv_len, &stats, ng)?;
+    let k = gpu.kernel(&shaders::NORM, "", "forward", &[])?;
+    b.dispatch(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[
+            Arg::whole(x),
+            Arg::whole(&stats),
+            Arg::whole(gamma),
+            Arg::whole(beta),
+            Arg::whole(&y),
+        ],
+        p.total.div_ceil(WORKGROUP_SIZE),
+    )?;
+    b.submit()?;
+    drop((p1, p2));
+    Ok((y, stats))
+}
+
+/// Backward of [`group_norm`] from the input `x`, the output gradient `dy` and the saved `stats`.
+pub fn group_norm_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    stats: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    eps: f32,
+) -> Result<NormGrads> {
+    let d = check(x, groups, gamma, "group norm input")?;
+    dy.expect_dtype(DType::F32, "group norm output gradient")?;
+    super::same_shape(x, dy, "group norm backward: input and gradient differ")?;
+    let ng = d.n * groups;
+    if stats.shape() != [2, ng] {
+        return Err(Error::shape(format!(
+            "group norm statistics must be [2, {ng}], got {:?}",
+            stats.shape()
+        )));
+    }
+    let gpu = x.gpu();
+    let p = d.params(eps)?;
+    let rows = d.n * d.c;
+    let sdy = Tensor::uninit(gpu, &[rows], DType::F32)?;
+    let sdyx = Tensor::uninit(gpu, &[rows], DType::F32)?;
+    let dgamma = Tensor::uninit(gpu, &[d.c], DType::F32)?;
+    let dbeta = Tensor::uninit(gpu, &[d.c], DType::F32)?;
+    let coef = Tensor::uninit(gpu, &[2, ng], DType::F32)?;
+    let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
+    let mut b = gpu.batch("group norm backward");
+    let (pdy, chunks) = row_partials(&mut b, dy, rows, d.v, Summand::Plain)?;
+    let (pdyx, _) = row_partials(
+        &mut b,
+        dy,
+        rows,
+        d.v,
+        Summand::TimesNormalised {
+            b: x,
+            stats,
+            div: d.c / groups,
+            nstat: ng,
+            eps,
+        },
+    )?;
+    row_finish(&mut b, &pdy, chunks, rows, 1, 1.0, &sdy, 0)?;
+    row_finish(&mut b, &pdyx, chunks, rows, 1, 1.0, &sdyx, 0)?;
+    row_finish(&mut b, &pdy, chunks, d.c, d.n, 1.0, &dbeta, 0)?;
+    row_finish(&mut b, &pdyx, chunks, d.c, d.n, 1.0, &dgamma, 0)?;
+    let kc = gpu.kernel(&shaders::NORM, "", "group_coef", &[])?;
+    b.dispatch(
+        &kc,
+        bytemuck::bytes_of(&p),
+        &[
+            Arg::whole(&sdy),
+            Arg::whole(&sdyx),
+            Arg::whole(gamma),
+            Arg::whole(&coef),
+        ],
+        ng.div_ceil(WORKGROUP_SIZE as usize) as u32,
+    )?;
+    let kb = gpu.kernel(&shaders::NORM, "", "backward", &[])?;
+    b.dispatch(
+        &kb,
+        bytemuck::bytes_of(&p),
+        &[
+            Arg::whole(x),
+            Arg::whole(dy),
+            Arg::whole(stats),
+            Arg::whole(gamma),
+            Arg::whole(&coef),
+            Arg::whole(&dx),
+        ],
+        p.total.div_ceil(WORKGROUP_SIZE),
+    )?;
+    b.submit()?;
+    drop((pdy, pdyx, sdy, sdyx, coef));
+    Ok(NormGrads { dx, dgamma, dbeta })
+}
+
+/// Instance norm with affine: [`group_norm`] with one group per channel.
+pub fn instance_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (_, c, _) = ncv(x, "instance norm input")?;
+    group_norm(x, c, gamma, beta, eps)
+}
+
+/// Backward of [`instance_norm`].
+pub fn instance_norm_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    stats: &Tensor,
+    gamma: &Tensor,
+    eps: f32,
+) -> Result<NormGrads> {
+    let (_, c, _) = ncv(x, "instance norm input")?;
+    group_norm_backward(x, dy, stats, c, gamma, eps)
+}

@@ -1,0 +1,170 @@
+//! Deterministic two-pass row sums shared by the norm and convolution gradients (`shaders/reduce.wgsl`).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, Batch, WORKGROUP_SIZE};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// Elements one pass-1 workgroup sums (256 invocations x 16).
+const CHUNK: usize = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    len: u32,
+    chunks: u32,
+    mode: u32,
+    div: u32,
+    nstat: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+/// What pass 1 sums over each row.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Summand<'a> {
+    /// The row itself.
+    Plain,
+    /// `(a - mean)^2` with `stats[row / div]` the mean.
+    SquaredDeviation { stats: &'a Tensor, div: usize },
+    /// `a * (b - mean) * rstd` with mean and variance from `stats` (mean, then variance after `nstat`).
+    TimesNormalised {
+        b: &'a Tensor,
+        stats: &'a Tensor,
+        div: usize,
+        nstat: usize,
+        eps: f32,
+    },
+}
+
+/// Per-chunk partial sums of `rows` rows of `len` elements of `a`; returns the partials and chunks per row.
+pub(crate) fn row_partials(
+    batch: &mut Batch<'_>,
+    a: &Tensor,
+    rows: usize,
+    len: usize,
+    what: Summand<'_>,
+) -> Result<(Tensor, usize)> {
+    let gpu = batch.gpu().clone();
+    let chunks = len.div_ceil(CHUNK).max(1);
+    let parts = Tensor::uninit(&gpu, &[rows * chunks], DType::F32)?;
+    if rows * len > u32::MAX as usize || rows * chunks > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!(
+            "a reduction over {rows} rows of {len} elements is too large"
+        )));
+    }
+    let (mode, b, stats, div, nstat, eps) = match what {
+        Summand::Plain => (0, a, a, 1, 0, 0.0),
+        Summand::SquaredDeviation { stats, div } => (1, a, stats, div, 0, 0.0),
+        Summand::TimesNormalised {
+            b,
+            stats,
+            div,
+            nstat,
+            eps,
+        } => (2, b, stats, div, nstat, eps),
+    };
+    let p = Params {
+        rows: rows as u32,
+        len: len as u32,
+        chunks: chunks as u32,
+        mode,
+        div: div as u32,
+        nstat: nstat as u32,
+        eps,
+        _pad: 0,
+    };
+    let k = gpu.kernel(&shaders::REDUCE, "", "row_partials", &[])?;
+    batch.dispatch(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[
+            Arg::whole(a),
+            Arg::whole(b),
+            Arg::whole(stats),
+            Arg::whole(&parts),
+        ],
+        (rows * chunks) as u32,
+    )?;
+    Ok((parts, chunks))
+}
+
+/// `out[offset + r] = scale * sum_{o < outer} sum_c parts[(o * rows + r) * chunks + c]`, in a fixed order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn row_finish(
+    batch: &mut Batch<'_>,
+    parts: &Tensor,
+    chunks: usize,
+    rows: usize,
+    outer: usize,
+    scale: f32,
+    out: &Tensor,
+    offset: usize,
+) -> Result<()> {
+    let gpu = batch.gpu().clone();
+    let p = Params {
+        rows: rows as u32,
+        len: 0,
+        chunks: chunks as u32,
+        mode: 0,
+        div: outer as u32,
+        nstat: offset as u32,
+        eps: scale,
+        _pad: 0,
+    };
+    let k = gpu.kernel(&shaders::REDUCE, "", "row_finish", &[])?;
+    batch.dispatch(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(parts), Arg::whole(out)],
+        rows.div_ceil(WORKGROUP_SIZE as usize) as u32,
+    )
+}
+
+/// `out[e] = sum_{k < splits} parts[k * elems + e]` in split order.
+pub(crate) fn sum_splits(
+    batch: &mut Batch<'_>,
+    parts: &Tensor,
+    splits: usize,
+    elems: usize,
+    out: &Tensor,
+) -> Result<()> {
+    let gpu = batch.gpu().clone();
+    let p = Params {
+        rows: elems as u32,
+        len: splits as u32,
+        chunks: 0,
+        mode: 0,
+        div: 0,
+        nstat: 0,
+        eps: 0.0,
+        _pad: 0,
+    };
+    let k = gpu.kernel(&shaders::REDUCE, "", "sum_splits", &[])?;
+    batch.dispatch(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(parts), Arg::whole(out)],
+        elems.div_ceil(WORKGROUP_SIZE as usize) as u32,
+    )
+}
+
+/// Sum of `x` (`[N, C, spatial...]`) over images and voxels: `[C]` (a convolution's bias gradient).
+pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
+    x.expect_dtype(DType::F32, "channel_sum input")?;
+    let (n, c, v) = super::ncv(x, "channel_sum input")?;
+    let gpu = x.gpu();
+    let out = Tensor::zeros(gpu, &[c], DType::F32)?;
+    if n * c * v == 0 {
+        return Ok(out);
+    }
+    let mut b = gpu.batch("channel_sum");
+    let (parts, chunks) = row_partials(&mut b, x, n * c, v, Summand::Plain)?;
+    row_finish(&mut b, &parts, chunks, c, n, 1.0, &out, 0)?;
+    b.submit()?;
+    drop(parts);
+    Ok(out)
+}

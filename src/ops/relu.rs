@@ -1,0 +1,24 @@
+//! ReLU and its backward pass.
+
+use super::elementwise::launch;
+use super::same_shape;
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+/// `max(x, 0)` element-wise (f32, any shape).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.expect_dtype(DType::F32, "relu input")?;
+    let out = Tensor::uninit(x.gpu(), x.shape(), DType::F32)?;
+    launch("relu", &[x, &out], x.numel(), 1, 1)?;
+    Ok(out)
+}
+
+/// Input gradient of [`relu`] from its output `y` and the output gradient `dy`: `dy` where `y > 0`, else 0.
+pub fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    y.expect_dtype(DType::F32, "relu output")?;
+    dy.expect_dtype(DType::F32, "relu output gradient")?;
+    same_shape(y, dy, "relu backward: output and gradient differ")?;
+    let out = Tensor::uninit(y.gpu(), y.shape(), DType::F32)?;
+    launch("relu_backward", &[y, dy, &out], y.numel(), 1, 1)?;
+    Ok(out)
+}
