@@ -1,20 +1,7 @@
-//! Development helper (not part of the docs): CPU time of the loss passes vs a copy of the same bytes.
+//! Development helper: wall time of the loss passes vs a copy of the same bytes (best of 7).
 use calibseg::gpu::probe;
-use calibseg::loss::{AceDiceCeLoss, AceLoss, Binning, Labels};
+use calibseg::loss::{AceLoss, Binning, Labels};
 use calibseg::{Gpu, Tensor};
-fn cpu() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-fn cpu_time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let t = cpu();
-    for _ in 0..reps {
-        f();
-    }
-    (cpu() - t) / reps as f64
-}
 fn main() {
     let gpu = Gpu::new().unwrap();
     let s: usize = std::env::args()
@@ -34,30 +21,22 @@ fn main() {
         .collect();
     let x = Tensor::from_f32(&gpu, &shape, &logits).unwrap();
     let l = Labels::from_indices(&gpu, &[2, 1, s, s, s], &labels, 4).unwrap();
-    let reps = 10;
-    let copy = cpu_time(reps, || {
-        probe::loss_traffic_time(&gpu, &x, l.tensor(), 1).unwrap();
-    });
-    println!("copy cpu {:.1} ms", copy * 1e3);
+    let copy = probe::loss_traffic_time(&gpu, &x, l.tensor(), 7).unwrap();
+    let softmax = probe::best_of(&gpu, 7, || calibseg::ops::softmax(&x).map(|_| ())).unwrap();
+    println!("copy {:.1} ms, softmax {:.1} ms", copy * 1e3, softmax * 1e3);
     for b in [Binning::Hard, Binning::Soft] {
         let loss = AceLoss {
             binning: b,
             ..AceLoss::default()
         };
         let f = loss.forward(&x, &l).unwrap();
-        let tf = cpu_time(reps, || {
-            loss.forward(&x, &l).unwrap();
-            gpu.synchronize().unwrap();
-        });
-        let tb = cpu_time(reps, || {
-            f.backward().unwrap();
-            gpu.synchronize().unwrap();
-        });
-        let c = AceDiceCeLoss::new(b);
-        let tc = cpu_time(reps, || {
-            c.forward(&x, &l).unwrap().backward().unwrap();
-            gpu.synchronize().unwrap();
-        });
-        println!("{b:?}: ace forward {:.1} ms backward {:.1} ms ratio {:.2} | fused ace-dice-ce {:.1} ms = {:.2}x ace", tf * 1e3, tb * 1e3, (tf + tb) / copy, tc * 1e3, tc / (tf + tb));
+        let tf = probe::best_of(&gpu, 7, || loss.forward(&x, &l).map(|_| ())).unwrap();
+        let tb = probe::best_of(&gpu, 7, || f.backward().map(|_| ())).unwrap();
+        println!(
+            "{b:?}: forward {:.1} ms backward {:.1} ms ratio {:.2}",
+            tf * 1e3,
+            tb * 1e3,
+            (tf + tb) / copy
+        );
     }
 }

@@ -82,13 +82,17 @@ fn softmax_stats(base: u32) -> vec3<f32> {
     }
     let C = P.channels;
     let V = P.voxels;
-    var m = -3.40282347e38;
-    for (var c = 0u; c < C; c++) {
-        m = max(m, f32(input[base + c * V]));
-    }
-    var s = 0.0;
-    for (var c = 0u; c < C; c++) {
-        s += exp(f32(input[base + c * V]) - m);
+    // One sweep: a running max and a sum rescaled whenever the max grows (online softmax).
+    var m = f32(input[base]);
+    var s = 1.0;
+    for (var c = 1u; c < C; c++) {
+        let z = f32(input[base + c * V]);
+        if (z > m) {
+            s = s * exp(m - z) + 1.0;
+            m = z;
+        } else {
+            s += exp(z - m);
+        }
     }
     return vec3<f32>(m, 1.0 / s, log(s));
 }
@@ -118,13 +122,11 @@ fn label_y(b: u32, c: u32, v: u32) -> f32 {
 // Hard bin: the number of inner edges e_1..e_M strictly below p (torch.bucketize, right=False), at most M - 1.
 fn hard_bin(p: f32) -> u32 {
     let M = P.num_bins;
+    // p * M is within one bin of the answer (the edges are k (1 + eps) / M rounded to f32): one branch-free
+    // correction step each way against the exact edges.
     var k = min(u32(max(p * f32(M), 0.0)), M - 1u);
-    loop {
-        if (k > 0u && p <= edges[k]) { k -= 1u; } else { break; }
-    }
-    loop {
-        if (k + 1u < M && p > edges[k + 1u]) { k += 1u; } else { break; }
-    }
+    k -= select(0u, 1u, k > 0u && p <= edges[k]);
+    k += select(0u, 1u, k + 1u < M && p > edges[k + 1u]);
     return k;
 }
 
@@ -137,13 +139,10 @@ fn soft_code(p: f32) -> u32 {
     if (p > edges[M - 1u]) {
         return (M - 1u) | CLAMPED;
     }
+    // As for hard bins: the estimate is within one segment; one correction step each way.
     var k = min(u32(max((p - edges[0]) / P.delta, 0.0)), M - 2u);
-    loop {
-        if (k > 0u && p <= edges[k]) { k -= 1u; } else { break; }
-    }
-    loop {
-        if (k + 2u < M && p > edges[k + 1u]) { k += 1u; } else { break; }
-    }
+    k -= select(0u, 1u, k > 0u && p <= edges[k]);
+    k += select(0u, 1u, k + 2u < M && p > edges[k + 1u]);
     return k;
 }
 

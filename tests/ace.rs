@@ -500,3 +500,50 @@ fn bad_input_is_a_typed_error() {
         Err(Error::InvalidShape(_))
     ));
 }
+
+/// Values exactly on the f32 bin edges (and one ulp either side) land where torch.bucketize(right=False)
+/// puts them: bin k = (e_k, e_{k+1}], with the edges computed as float32 linspace(0, 1 + eps, M + 1).
+#[test]
+fn values_on_bin_edges_follow_the_left_open_rule() {
+    let Some(gpu) = gpu() else { return };
+    for m in [20usize, 7, 13] {
+        // torch.linspace in float32: the first half counts up from 0, the second half down from the end.
+        let end = 1.0f32 + f32::EPSILON;
+        let step = end / m as f32;
+        let edges: Vec<f32> = (0..=m)
+            .map(|i| {
+                if i < (m + 1) / 2 {
+                    step * i as f32
+                } else {
+                    end - step * (m - i) as f32
+                }
+            })
+            .collect();
+        let mut values = vec![0.0f32, 0.05, 0.5, 0.95, 1.0];
+        for &e in &edges[1..m] {
+            values.extend([
+                e,
+                f32::from_bits(e.to_bits() - 1),
+                f32::from_bits(e.to_bits() + 1),
+            ]);
+        }
+        let n = values.len();
+        let input = Tensor::from_f32(&gpu, &[1, 1, n], &values).unwrap();
+        let labels = Labels::from_indices(&gpu, &[1, 1, n], &vec![0u8; n], 1).unwrap();
+        let loss = AceLoss::hard()
+            .with_num_bins(m)
+            .with_activation(Activation::Probabilities);
+        let counts = loss
+            .forward(&input, &labels)
+            .unwrap()
+            .bin_weight
+            .to_vec_f32()
+            .unwrap();
+        let mut want = vec![0f32; m];
+        for &p in &values {
+            let k = edges[1..=m].iter().filter(|&&e| e < p).count().min(m - 1);
+            want[k] += 1.0;
+        }
+        assert_eq!(counts, want, "M = {m}");
+    }
+}
