@@ -512,7 +512,7 @@ fn values_on_bin_edges_follow_the_left_open_rule() {
         let step = end / m as f32;
         let edges: Vec<f32> = (0..=m)
             .map(|i| {
-                if i < (m + 1) / 2 {
+                if i < m.div_ceil(2) {
                     step * i as f32
                 } else {
                     end - step * (m - i) as f32
