@@ -36,7 +36,7 @@ struct Params {
     jaccard: u32,       // Dice: 1 for the Jaccard (IoU) form
     dice_batch: u32,    // Dice: 1 when sums run over the whole batch (one coefficient per class)
     weight_offset: u32, // cross-entropy: where the C class weights start in `edges`
-    _pad1: u32,
+    ce_smoothing: u32,  // cross-entropy: 1 if label smoothing is on (the smoothing sum is needed)
     _pad2: u32,
 }
 
@@ -253,8 +253,10 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                     let l = u32(labels[P.label_shift + b * V + v]);
                     if (l != P.ignore_index && l < C) {
                         var smoothing = 0.0;
-                        for (var c = 0u; c < C; c++) {
-                            smoothing -= log_prob_of(base, c, st) * ce_weight(c);
+                        if (P.ce_smoothing == 1u) {
+                            for (var c = 0u; c < C; c++) {
+                                smoothing -= log_prob_of(base, c, st) * ce_weight(c);
+                            }
                         }
                         let w = ce_weight(l);
                         e = vec3<f32>(-log_prob_of(base, l, st) * w, smoothing, w);

@@ -113,7 +113,8 @@ struct VoxelParams {
     jaccard: u32,
     dice_batch: u32,
     weight_offset: u32,
-    _pad: [u32; 2],
+    ce_smoothing: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -587,6 +588,10 @@ impl Plan {
             jaccard: dice.is_some_and(|d| d.jaccard) as u32,
             dice_batch: self.dice_batch as u32,
             weight_offset: self.weight_offset as u32,
+            ce_smoothing: terms
+                .ce
+                .as_ref()
+                .is_some_and(|(e, _)| e.label_smoothing > 0.0) as u32,
             ..Default::default()
         }
     }
