@@ -1,22 +1,10 @@
 //! f64 CPU reference implementations of what the kernels compute. Written from the maths in
 //! ../shared/spec/mL1-ACE-reference.md, independently of the shaders.
 
-/// Softmax over axis 1 of an `[n, c, v]` array.
+/// Softmax over axis 1 of an `[n, c, v]` array of f32 values, in f64.
 pub fn softmax(x: &[f32], n: usize, c: usize, v: usize) -> Vec<f64> {
-    let mut out = vec![0.0; x.len()];
-    for b in 0..n {
-        for i in 0..v {
-            let at = |k: usize| (b * c + k) * v + i;
-            let m = (0..c)
-                .map(|k| x[at(k)] as f64)
-                .fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = (0..c).map(|k| (x[at(k)] as f64 - m).exp()).sum();
-            for k in 0..c {
-                out[at(k)] = (x[at(k)] as f64 - m).exp() / s;
-            }
-        }
-    }
-    out
+    let x: Vec<f64> = x.iter().map(|&z| z as f64).collect();
+    super::ace_ref::softmax(&x, n, c, v)
 }
 
 /// dL/dz = p (g - sum_c p_c g_c) over axis 1 of `[n, c, v]`.
