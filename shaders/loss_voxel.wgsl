@@ -165,6 +165,15 @@ fn soft_pair(code: u32, p: f32) -> SoftPair {
     return SoftPair(k0, k0 + 1u, vec4<f32>(w0, w1, -inv, inv));
 }
 
+// Adds one voxel's Dice sums of class c to its slot (after the ACE slots).
+fn dice_add(c: u32, pc: f32, y: f32, ace_slots: u32, lid: u32) {
+    var d = vec3<f32>(pc * y, y, pc);
+    if (P.squared_pred == 1u) {
+        d = vec3<f32>(pc * y, y * y, pc * pc);
+    }
+    slot_add(ace_slots + c, lid, d);
+}
+
 // Cross-entropy class weight w_c (1 without weights), stored after the bin edges.
 fn ce_weight(c: u32) -> f32 {
     return edges[P.weight_offset + c];
@@ -207,10 +216,16 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         }
         let base = P.input_shift + b * C * V + v;
         let st = softmax_stats(base);
+        // Dice sums of the classes this dispatch bins for ACE reuse their p and y.
+        let dice_here = P.extra == 1u && P.use_dice == 1u;
+        let g0 = P.class_start + P.group_start;
         for (var g = 0u; g < G; g++) {
             let c = P.class_start + P.group_start + g;
             let pc = prob_of(base, c, st);
             let y = label_y(b, c, v);
+            if (dice_here && c >= P.dice_start) {
+                dice_add(c, pc, y, ace_slots, lid);
+            }
             if (P.soft == 0u) {
                 let k = hard_bin(pc) - B0;
                 if (k < NB) {
@@ -231,13 +246,10 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         if (P.extra == 1u) {
             if (P.use_dice == 1u) {
                 for (var c = P.dice_start; c < C; c++) {
-                    let pc = prob_of(base, c, st);
-                    let y = label_y(b, c, v);
-                    var d = vec3<f32>(pc * y, y, pc);
-                    if (P.squared_pred == 1u) {
-                        d = vec3<f32>(pc * y, y * y, pc * pc);
+                    if (c >= g0 && c < g0 + G) {
+                        continue;
                     }
-                    slot_add(ace_slots + c, lid, d);
+                    dice_add(c, prob_of(base, c, st), label_y(b, c, v), ace_slots, lid);
                 }
             }
             if (P.use_ce == 1u) {
