@@ -94,7 +94,11 @@ fn softmax_stats(base: u32) -> vec3<f32> {
             s += exp(z - m);
         }
     }
-    return vec3<f32>(m, 1.0 / s, log(s));
+    var lse = 0.0;
+    if (P.use_ce == 1u) {
+        lse = log(s);
+    }
+    return vec3<f32>(m, 1.0 / s, lse);
 }
 
 // p_c of one voxel from its softmax statistics (the input itself for probability input).
