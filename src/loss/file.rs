@@ -117,53 +117,52 @@ pub fn run(gpu: &Gpu, opts: &LossFileOptions) -> Result<LossFileReport> {
             "--weights applies to dice-ce and ace-dice-ce only",
         ));
     }
-    let output: LossOutput = match opts.loss {
+    // Each loss gives its gradient and loss; ACE also writes its per-(image, class) values and bin statistics.
+    let (grad, loss_tensor) = match opts.loss {
         LossKind::Ace => {
             let f = ace.forward(&input, &labels)?;
-            out.insert("grad".into(), host(&shape, &f.backward()?)?);
-            out.insert(
-                "per_image_class".into(),
-                host(f.per_image_class.shape(), &f.per_image_class)?,
-            );
             for (name, t) in [
+                ("per_image_class", &f.per_image_class),
                 ("bin_weight", &f.bin_weight),
                 ("bin_sum_p", &f.bin_sum_p),
                 ("bin_sum_y", &f.bin_sum_y),
             ] {
                 out.insert(name.into(), host(t.shape(), t)?);
             }
-            let loss = f.loss.to_vec_f32()?[0];
-            out.insert("loss".into(), HostTensor::F32(vec![1], vec![loss]));
-            write(&opts.output, &out, None)?;
-            return Ok(LossFileReport { loss, shape });
+            (f.backward()?, f.loss)
         }
-        LossKind::Dice => dice.forward(&input, &labels)?,
-        LossKind::Ce => CrossEntropyLoss::default().forward(&input, &labels)?,
-        LossKind::DiceCe => {
-            let w = weights(2, &[1.0, 1.0])?;
-            DiceCeLoss {
-                dice,
-                lambda_dice: w[0],
-                lambda_ce: w[1],
-                ..DiceCeLoss::default()
-            }
-            .forward(&input, &labels)?
-        }
-        LossKind::AceDiceCe => {
-            let w = weights(3, &[0.33, 0.33, 0.33])?;
-            AceDiceCeLoss {
-                ace,
-                dice,
-                lambda_dice: w[0],
-                lambda_ce: w[1],
-                lambda_ace: w[2],
-                ..AceDiceCeLoss::new(opts.binning)
-            }
-            .forward(&input, &labels)?
+        other => {
+            let output: LossOutput = match other {
+                LossKind::Dice => dice.forward(&input, &labels)?,
+                LossKind::Ce => CrossEntropyLoss::default().forward(&input, &labels)?,
+                LossKind::DiceCe => {
+                    let w = weights(2, &[1.0, 1.0])?;
+                    DiceCeLoss {
+                        dice,
+                        lambda_dice: w[0],
+                        lambda_ce: w[1],
+                        ..DiceCeLoss::default()
+                    }
+                    .forward(&input, &labels)?
+                }
+                _ => {
+                    let w = weights(3, &[0.33, 0.33, 0.33])?;
+                    AceDiceCeLoss {
+                        ace,
+                        dice,
+                        lambda_dice: w[0],
+                        lambda_ce: w[1],
+                        lambda_ace: w[2],
+                        ..AceDiceCeLoss::new(opts.binning)
+                    }
+                    .forward(&input, &labels)?
+                }
+            };
+            (output.backward()?, output.loss)
         }
     };
-    out.insert("grad".into(), host(&shape, &output.backward()?)?);
-    let loss = output.loss.to_vec_f32()?[0];
+    out.insert("grad".into(), host(&shape, &grad)?);
+    let loss = loss_tensor.to_vec_f32()?[0];
     out.insert("loss".into(), HostTensor::F32(vec![1], vec![loss]));
     write(&opts.output, &out, None)?;
     Ok(LossFileReport { loss, shape })
