@@ -69,6 +69,54 @@ fn uniform_param(gpu: &Gpu, shape: &[usize], bound: f64, rng: &mut SeededRng) ->
     )?))
 }
 
+/// A weight of `shape` and an optional `[cout]` bias, initialised as PyTorch's conv layers do
+/// (kaiming-uniform with a = sqrt(5), bias U(+-1/sqrt(fan_in))).
+fn weight_and_bias(
+    gpu: &Gpu,
+    shape: &[usize],
+    fan_in: usize,
+    cout: usize,
+    bias: bool,
+    rng: &mut SeededRng,
+) -> Result<(Var, Option<Var>)> {
+    let weight = uniform_param(gpu, shape, kaiming_uniform_bound(fan_in, 5f64.sqrt()), rng)?;
+    let bias = if bias {
+        Some(uniform_param(
+            gpu,
+            &[cout],
+            1.0 / (fan_in as f64).sqrt(),
+            rng,
+        )?)
+    } else {
+        None
+    };
+    Ok((weight, bias))
+}
+
+fn visit_weight_bias(
+    prefix: &str,
+    weight: &Var,
+    bias: Option<&Var>,
+    f: &mut dyn FnMut(String, &Var),
+) {
+    f(join(prefix, "weight"), weight);
+    if let Some(b) = bias {
+        f(join(prefix, "bias"), b);
+    }
+}
+
+fn visit_weight_bias_mut(
+    prefix: &str,
+    weight: &mut Var,
+    bias: Option<&mut Var>,
+    f: &mut dyn FnMut(String, &mut Var),
+) {
+    f(join(prefix, "weight"), weight);
+    if let Some(b) = bias {
+        f(join(prefix, "bias"), b);
+    }
+}
+
 /// A convolution layer (`nn.Conv3d` / `nn.Conv2d`).
 #[derive(Clone, Debug)]
 pub struct Conv {
@@ -98,17 +146,7 @@ impl Conv {
         let fan_in = cin * kernel.iter().product::<usize>();
         let mut shape = vec![cout, cin];
         shape.extend_from_slice(kernel);
-        let weight = uniform_param(gpu, &shape, kaiming_uniform_bound(fan_in, 5f64.sqrt()), rng)?;
-        let bias = if bias {
-            Some(uniform_param(
-                gpu,
-                &[cout],
-                1.0 / (fan_in as f64).sqrt(),
-                rng,
-            )?)
-        } else {
-            None
-        };
+        let (weight, bias) = weight_and_bias(gpu, &shape, fan_in, cout, bias, rng)?;
         Ok(Conv {
             weight,
             bias,
@@ -131,16 +169,10 @@ impl Conv {
 
 impl Parameters for Conv {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var)) {
-        f(join(prefix, "weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(join(prefix, "bias"), b);
-        }
+        visit_weight_bias(prefix, &self.weight, self.bias.as_ref(), f);
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var)) {
-        f(join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(join(prefix, "bias"), b);
-        }
+        visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
     }
 }
 
@@ -176,17 +208,7 @@ impl ConvTranspose {
         let fan_in = cout * kernel.iter().product::<usize>();
         let mut shape = vec![cin, cout];
         shape.extend_from_slice(kernel);
-        let weight = uniform_param(gpu, &shape, kaiming_uniform_bound(fan_in, 5f64.sqrt()), rng)?;
-        let bias = if bias {
-            Some(uniform_param(
-                gpu,
-                &[cout],
-                1.0 / (fan_in as f64).sqrt(),
-                rng,
-            )?)
-        } else {
-            None
-        };
+        let (weight, bias) = weight_and_bias(gpu, &shape, fan_in, cout, bias, rng)?;
         Ok(ConvTranspose {
             weight,
             bias,
@@ -211,16 +233,10 @@ impl ConvTranspose {
 
 impl Parameters for ConvTranspose {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var)) {
-        f(join(prefix, "weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(join(prefix, "bias"), b);
-        }
+        visit_weight_bias(prefix, &self.weight, self.bias.as_ref(), f);
     }
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var)) {
-        f(join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(join(prefix, "bias"), b);
-        }
+        visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
     }
 }
 
