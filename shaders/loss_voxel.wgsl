@@ -4,39 +4,46 @@
 // coefficients that `loss_reduce.wgsl:finalize` derived from those statistics.
 // Layout: input [images, C, V] (logits or probabilities), labels [images, V] (class indices) or [images, C, V]
 // (one-hot). The prelude defines `logit_t` (f32 or f16), `label_t` and `ONEHOT`.
+//
+// The shape of the problem is fixed per pipeline (override constants): the class loops unroll, a voxel's
+// channels live in registers, each input value and label is loaded once, and switched-off terms compile away.
+
+override CH: u32 = 4u;           // channels C, 1..=MAXC
+override GROUP: u32 = 4u;        // stats: ACE classes binned by this dispatch (0: none)
+override SOFT: bool = false;     // soft (triangular) binning
+override SOFTMAX: bool = true;   // the input holds logits (false: probabilities)
+override USE_DICE: bool = false;
+override USE_CE: bool = false;
+override EXTRA: bool = false;    // stats: this dispatch also sums the Dice and cross-entropy statistics
 
 struct Params {
-    channels: u32,      // C
     voxels: u32,        // V
     num_bins: u32,      // M
     class_start: u32,   // ACE: 0, or 1 when the background channel is left out
     classes_out: u32,   // ACE: C' = C - class_start (0 when ACE is off)
     group_start: u32,   // stats: first ACE class of this dispatch's class group
-    group_size: u32,    // stats: ACE classes in the group (0: none)
-    wg_per_image: u32,  // stats: workgroups per image
+    wg_per_image: u32,  // workgroups per image
     images: u32,        // images in this dispatch (a window of the tensors)
     first_image: u32,   // absolute index of the window's first image
     input_shift: u32,   // elements between the input window's start and its first image
     label_shift: u32,   // same for the labels window
-    soft: u32,          // 1: soft (triangular) binning
-    softmax: u32,       // 1: input holds logits; 0: probabilities
     iters: u32,         // stats: voxels per invocation (SWG apart)
     up_stride: u32,     // grad: 0 for a scalar upstream gradient, 1 for one per (image, class)
     delta: f32,         // soft: kernel half-width (1 + eps) / M
+    half_step: f32,     // soft: (1 + eps) / (2 M), the step of the grid the centres are taken from
     bin_start: u32,     // stats: first bin of this dispatch's range
     bin_count: u32,     // stats: bins in the range
-    extra: u32,         // stats: 1 if this dispatch also sums the Dice and cross-entropy statistics
     extra_offset: u32,  // stats: where the extra partials start in `table`; grad: the Dice coefficients
     ce_offset: u32,     // grad: where the cross-entropy coefficients start in `table`
     ignore_index: u32,  // cross-entropy: voxels with this label count for nothing
     squared_pred: u32,  // Dice: 1 for sums of p^2 and y^2, 0 for sums of p and y
     dice_start: u32,    // Dice: 0, or 1 when the background channel is left out
-    use_dice: u32,
-    use_ce: u32,
     jaccard: u32,       // Dice: 1 for the Jaccard (IoU) form
     dice_batch: u32,    // Dice: 1 when sums run over the whole batch (one coefficient per class)
     weight_offset: u32, // cross-entropy: where the C class weights start in `edges`
     ce_smoothing: u32,  // cross-entropy: 1 if label smoothing is on (the smoothing sum is needed)
+    _pad0: u32,
+    _pad1: u32,
     _pad2: u32,
 }
 
@@ -56,7 +63,15 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> grad_out: array<logit_t>;
 
 const WG: u32 = 256u;
+const MAXC: u32 = 32u;
 const CLAMPED: u32 = 0x10000u; // soft: all weight to one end bin
+const TOP: f32 = 1.00000011920928955; // 1 + eps, the last edge
+// Hard bins: floor(p M) is the bin unless p M lies this close to an integer (the edges k (1 + eps) / M, rounded
+// to f32, sit within 1e-4 of k / M for M <= 256); only then are the exact edges read.
+const NEAR_EDGE: f32 = 0.0009765625;
+// Hard bins with class-index labels keep the count and the label count in one slot: count + PACK * count_y,
+// exact in f32 while counts stay below PACK (at most 256 voxels per invocation).
+const PACK: f32 = 4096.0;
 
 // Stats: each invocation owns SLOTS histogram slots in workgroup memory (ACE classes x bins, then Dice (C),
 // then cross-entropy (1)), slot s of invocation i at s * SWG + i. Workgroup memory rather than a private
@@ -68,85 +83,99 @@ var<workgroup> h_w: array<f32, 1360>; // SLOTS x SWG: weight (count), or the fir
 var<workgroup> h_p: array<f32, 1360>; // weight * p
 var<workgroup> h_y: array<f32, 1360>; // weight * y
 
-fn slot_add(s: u32, lid: u32, a: vec3<f32>) {
-    let i = s * SWG + lid;
-    h_w[i] += a.x;
-    h_p[i] += a.y;
-    h_y[i] += a.z;
+// Hard bins with index labels pack the label count into h_w (see PACK).
+fn packed() -> bool {
+    return !SOFT && !ONEHOT;
 }
 
-// Softmax statistics of one voxel: (max, 1 / sum exp(z - max), log sum exp(z - max)); `base` indexes channel 0.
-fn softmax_stats(base: u32) -> vec3<f32> {
-    if (P.softmax == 0u) {
-        return vec3<f32>(0.0, 1.0, 0.0);
-    }
-    let C = P.channels;
+// One voxel: its class probabilities (or the input itself for probability input), its log-probabilities
+// (logits only) and its label values.
+struct Voxel {
+    p: array<f32, MAXC>,
+    logp: array<f32, MAXC>,
+    y: array<f32, MAXC>,
+    label: u32, // index labels: the class (one-hot: unused)
+}
+
+// `b` and `v` are window-relative; `base` indexes channel 0 of the voxel in `input`.
+fn load_voxel(b: u32, v: u32, base: u32, want_logp: bool) -> Voxel {
     let V = P.voxels;
-    // One sweep: a running max and a sum rescaled whenever the max grows (online softmax).
-    var m = f32(input[base]);
-    var s = 1.0;
-    for (var c = 1u; c < C; c++) {
-        let z = f32(input[base + c * V]);
-        if (z > m) {
-            s = s * exp(m - z) + 1.0;
-            m = z;
-        } else {
-            s += exp(z - m);
+    var x: Voxel;
+    for (var c = 0u; c < CH; c++) {
+        x.p[c] = f32(input[base + c * V]);
+    }
+    if (SOFTMAX) {
+        var m = x.p[0];
+        for (var c = 1u; c < CH; c++) {
+            m = max(m, x.p[c]);
+        }
+        var s = 0.0;
+        for (var c = 0u; c < CH; c++) {
+            let d = x.p[c] - m;
+            x.logp[c] = d;
+            let e = exp(d);
+            x.p[c] = e;
+            s += e;
+        }
+        let inv = 1.0 / s;
+        for (var c = 0u; c < CH; c++) {
+            x.p[c] *= inv;
+        }
+        if (want_logp) {
+            let lse = log(s);
+            for (var c = 0u; c < CH; c++) {
+                x.logp[c] -= lse;
+            }
         }
     }
-    var lse = 0.0;
-    if (P.use_ce == 1u) {
-        lse = log(s);
-    }
-    return vec3<f32>(m, 1.0 / s, lse);
-}
-
-// p_c of one voxel from its softmax statistics (the input itself for probability input).
-fn prob_of(base: u32, c: u32, st: vec3<f32>) -> f32 {
-    let z = f32(input[base + c * P.voxels]);
-    if (P.softmax == 0u) {
-        return z;
-    }
-    return exp(z - st.x) * st.y;
-}
-
-// log p_c (log-softmax), for logits only.
-fn log_prob_of(base: u32, c: u32, st: vec3<f32>) -> f32 {
-    return f32(input[base + c * P.voxels]) - st.x - st.z;
-}
-
-// Label value y of class c (0 or 1, or a soft one-hot value); `b` and `v` are window-relative.
-fn label_y(b: u32, c: u32, v: u32) -> f32 {
     if (ONEHOT) {
-        return f32(labels[P.label_shift + (b * P.channels + c) * P.voxels + v]);
+        for (var c = 0u; c < CH; c++) {
+            x.y[c] = f32(labels[P.label_shift + (b * CH + c) * V + v]);
+        }
+    } else {
+        x.label = u32(labels[P.label_shift + b * V + v]);
+        for (var c = 0u; c < CH; c++) {
+            x.y[c] = select(0.0, 1.0, x.label == c);
+        }
     }
-    return select(0.0, 1.0, u32(labels[P.label_shift + b * P.voxels + v]) == c);
+    return x;
 }
 
 // Hard bin: the number of inner edges e_1..e_M strictly below p (torch.bucketize, right=False), at most M - 1.
 fn hard_bin(p: f32) -> u32 {
     let M = P.num_bins;
-    // p * M is within one bin of the answer (the edges are k (1 + eps) / M rounded to f32): one branch-free
-    // correction step each way against the exact edges.
-    var k = min(u32(max(p * f32(M), 0.0)), M - 1u);
-    k -= select(0u, 1u, k > 0u && p <= edges[k]);
-    k += select(0u, 1u, k + 1u < M && p > edges[k + 1u]);
+    let t = p * f32(M);
+    var k = min(u32(max(t, 0.0)), M - 1u);
+    let f = fract(t);
+    if (f < NEAR_EDGE || f > 1.0 - NEAR_EDGE) {
+        // Near an edge (also p <= 0 and p >= 1): one correction step each way against the exact edges.
+        k -= select(0u, 1u, k > 0u && p <= edges[k]);
+        k += select(0u, 1u, k + 1u < M && p > edges[k + 1u]);
+    }
     return k;
+}
+
+// Soft-binning centre k, computed as the reference's grid linspace(0, 1 + eps, 2M + 1) computes its entry
+// 2k + 1 (its first half counts up from 0, its second half down from 1 + eps).
+fn centre(k: u32) -> f32 {
+    let j = 2u * k + 1u;
+    let M = P.num_bins;
+    return select(TOP - P.half_step * f32(2u * M - j), P.half_step * f32(j), j < M);
 }
 
 // Soft bin code: k with c_k < p <= c_{k+1} (weight split between k and k + 1), or an end bin | CLAMPED.
 fn soft_code(p: f32) -> u32 {
     let M = P.num_bins;
-    if (M == 1u || !(p > edges[0])) {
+    if (M == 1u || !(p > centre(0u))) {
         return CLAMPED;
     }
-    if (p > edges[M - 1u]) {
+    if (p > centre(M - 1u)) {
         return (M - 1u) | CLAMPED;
     }
-    // As for hard bins: the estimate is within one segment; one correction step each way.
-    var k = min(u32(max((p - edges[0]) / P.delta, 0.0)), M - 2u);
-    k -= select(0u, 1u, k > 0u && p <= edges[k]);
-    k += select(0u, 1u, k + 2u < M && p > edges[k + 1u]);
+    // The estimate is within one segment; one correction step each way.
+    var k = min(u32(max((p - centre(0u)) / P.delta, 0.0)), M - 2u);
+    k -= select(0u, 1u, k > 0u && p <= centre(k));
+    k += select(0u, 1u, k + 2u < M && p > centre(k + 1u));
     return k;
 }
 
@@ -158,24 +187,16 @@ struct SoftPair {
     w: vec4<f32>,
 }
 
-fn soft_pair(code: u32, p: f32) -> SoftPair {
+fn soft_pair(p: f32) -> SoftPair {
+    let code = soft_code(p);
     let k0 = code & 0xffffu;
     if ((code & CLAMPED) != 0u) {
         return SoftPair(k0, k0, vec4<f32>(1.0, 0.0, 0.0, 0.0));
     }
     let inv = 1.0 / P.delta;
-    let w0 = max(0.0, 1.0 - (p - edges[k0]) * inv);
-    let w1 = max(0.0, 1.0 - (edges[k0 + 1u] - p) * inv);
+    let w0 = max(0.0, 1.0 - (p - centre(k0)) * inv);
+    let w1 = max(0.0, 1.0 - (centre(k0 + 1u) - p) * inv);
     return SoftPair(k0, k0 + 1u, vec4<f32>(w0, w1, -inv, inv));
-}
-
-// Adds one voxel's Dice sums of class c to its slot (after the ACE slots).
-fn dice_add(c: u32, pc: f32, y: f32, ace_slots: u32, lid: u32) {
-    var d = vec3<f32>(pc * y, y, pc);
-    if (P.squared_pred == 1u) {
-        d = vec3<f32>(pc * y, y * y, pc * pc);
-    }
-    slot_add(ace_slots + c, lid, d);
 }
 
 // Cross-entropy class weight w_c (1 without weights), stored after the bin edges.
@@ -183,10 +204,17 @@ fn ce_weight(c: u32) -> f32 {
     return edges[P.weight_offset + c];
 }
 
+fn slot_add(s: u32, lid: u32, a: vec3<f32>) {
+    let i = s * SWG + lid;
+    h_w[i] += a.x;
+    h_p[i] += a.y;
+    h_y[i] += a.z;
+}
+
 // Pass 1. Each workgroup takes `iters` x SWG voxels of one image; every invocation accumulates its own voxels
-// into its own slots (ACE bins of the group's classes over [bin_start, bin_start + bin_count), then with
-// `extra` the Dice and cross-entropy sums); the workgroup then sums each slot over its invocations in a
-// fixed order and writes one partial per slot. No atomics: the same input gives the same bits on every run.
+// into its own slots (ACE bins of the group's classes over [bin_start, bin_start + bin_count)) and, with
+// EXTRA, the Dice and cross-entropy sums in registers; the workgroup then sums each slot over its invocations
+// in a fixed order and writes one partial per slot. No atomics: the same input gives the same bits every run.
 @compute @workgroup_size(16)
 fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
@@ -197,90 +225,108 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let b = wg / P.wg_per_image;
     let tile = wg - b * P.wg_per_image;
     let V = P.voxels;
-    let C = P.channels;
     let M = P.num_bins;
-    let G = P.group_size;
     let NB = P.bin_count;
     let B0 = P.bin_start;
-    let ace_slots = G * NB;
-    var slots = ace_slots;
-    if (P.extra == 1u) {
-        slots = ace_slots + C + 1u;
-    }
-    for (var s = 0u; s < slots; s++) {
+    let g0 = P.class_start + P.group_start;
+    let ace_slots = GROUP * NB;
+    for (var s = 0u; s < ace_slots; s++) {
         let i = s * SWG + lid;
         h_w[i] = 0.0;
         h_p[i] = 0.0;
         h_y[i] = 0.0;
     }
+    var dice: array<vec3<f32>, MAXC>;
+    var ce = vec3<f32>(0.0);
     for (var it = 0u; it < P.iters; it++) {
         let v = (tile * P.iters + it) * SWG + lid;
         if (v >= V) {
-            continue;
+            break;
         }
-        let base = P.input_shift + b * C * V + v;
-        let st = softmax_stats(base);
-        // Dice sums of the classes this dispatch bins for ACE reuse their p and y.
-        let dice_here = P.extra == 1u && P.use_dice == 1u;
-        let g0 = P.class_start + P.group_start;
-        for (var g = 0u; g < G; g++) {
-            let c = P.class_start + P.group_start + g;
-            let pc = prob_of(base, c, st);
-            let y = label_y(b, c, v);
-            if (dice_here && c >= P.dice_start) {
-                dice_add(c, pc, y, ace_slots, lid);
+        let x = load_voxel(b, v, P.input_shift + b * CH * V + v, EXTRA && USE_CE);
+        for (var c = 0u; c < CH; c++) {
+            if (c < g0 || c >= g0 + GROUP) {
+                continue;
             }
-            if (P.soft == 0u) {
+            let g = c - g0;
+            let pc = x.p[c];
+            let y = x.y[c];
+            if (!SOFT) {
                 let k = hard_bin(pc) - B0;
                 if (k < NB) {
-                    slot_add(g * NB + k, lid, vec3<f32>(1.0, pc, y));
+                    let i = (g * NB + k) * SWG + lid;
+                    if (packed()) {
+                        h_w[i] += 1.0 + PACK * y;
+                        h_p[i] += pc;
+                    } else {
+                        h_w[i] += 1.0;
+                        h_p[i] += pc;
+                        h_y[i] += y;
+                    }
                 }
             } else {
-                let sp = soft_pair(soft_code(pc), pc);
+                let sp = soft_pair(pc);
                 let k0 = sp.k0 - B0;
                 let k1 = sp.k1 - B0;
                 if (k0 < NB) {
-                    slot_add(g * NB + k0, lid, vec3<f32>(sp.w.x, sp.w.x * pc, sp.w.x * y));
+                    slot_add(g * NB + k0, lid, sp.w.x * vec3<f32>(1.0, pc, y));
                 }
                 if (k1 < NB) {
-                    slot_add(g * NB + k1, lid, vec3<f32>(sp.w.y, sp.w.y * pc, sp.w.y * y));
+                    slot_add(g * NB + k1, lid, sp.w.y * vec3<f32>(1.0, pc, y));
                 }
             }
         }
-        if (P.extra == 1u) {
-            if (P.use_dice == 1u) {
-                for (var c = P.dice_start; c < C; c++) {
-                    if (c >= g0 && c < g0 + G) {
-                        continue;
-                    }
-                    dice_add(c, prob_of(base, c, st), label_y(b, c, v), ace_slots, lid);
-                }
-            }
-            if (P.use_ce == 1u) {
-                // (weighted nll, smoothing term sum_c w_c (-log p_c), weight)
-                var e = vec3<f32>(0.0);
-                if (ONEHOT) {
-                    for (var c = 0u; c < C; c++) {
-                        let nl = -log_prob_of(base, c, st) * ce_weight(c);
-                        e += vec3<f32>(nl * label_y(b, c, v), nl, 0.0);
-                    }
-                    e.z = 1.0;
+        if (EXTRA && USE_DICE) {
+            for (var c = 0u; c < CH; c++) {
+                let pc = x.p[c];
+                let y = x.y[c];
+                if (P.squared_pred == 1u) {
+                    dice[c] += vec3<f32>(pc * y, y * y, pc * pc);
                 } else {
-                    let l = u32(labels[P.label_shift + b * V + v]);
-                    if (l != P.ignore_index && l < C) {
-                        var smoothing = 0.0;
-                        if (P.ce_smoothing == 1u) {
-                            for (var c = 0u; c < C; c++) {
-                                smoothing -= log_prob_of(base, c, st) * ce_weight(c);
-                            }
-                        }
-                        let w = ce_weight(l);
-                        e = vec3<f32>(-log_prob_of(base, l, st) * w, smoothing, w);
-                    }
+                    dice[c] += vec3<f32>(pc * y, y, pc);
                 }
-                slot_add(ace_slots + C, lid, e);
             }
         }
+        if (EXTRA && USE_CE) {
+            // (weighted nll, smoothing term sum_c w_c (-log p_c), weight)
+            if (ONEHOT) {
+                for (var c = 0u; c < CH; c++) {
+                    let nl = -x.logp[c] * ce_weight(c);
+                    ce += vec3<f32>(nl * x.y[c], nl, 0.0);
+                }
+                ce.z += 1.0;
+            } else if (x.label != P.ignore_index && x.label < CH) {
+                var smoothing = 0.0;
+                var nll = 0.0;
+                var w = 0.0;
+                for (var c = 0u; c < CH; c++) {
+                    let wc = ce_weight(c);
+                    if (P.ce_smoothing == 1u) {
+                        smoothing -= x.logp[c] * wc;
+                    }
+                    if (x.label == c) {
+                        nll = -x.logp[c] * wc;
+                        w = wc;
+                    }
+                }
+                ce += vec3<f32>(nll, smoothing, w);
+            }
+        }
+    }
+    var slots = ace_slots;
+    if (EXTRA) {
+        slots = ace_slots + CH + 1u;
+        for (var c = 0u; c < CH; c++) {
+            let i = (ace_slots + c) * SWG + lid;
+            let d = select(vec3<f32>(0.0), dice[c], USE_DICE && c >= P.dice_start);
+            h_w[i] = d.x;
+            h_p[i] = d.y;
+            h_y[i] = d.z;
+        }
+        let i = (ace_slots + CH) * SWG + lid;
+        h_w[i] = ce.x;
+        h_p[i] = ce.y;
+        h_y[i] = ce.z;
     }
 
     // Combine: invocation i sums slots i, i + SWG, ... over the workgroup's invocations in a fixed order.
@@ -290,65 +336,68 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         var total = vec4<f32>(0.0);
         for (var j = 0u; j < SWG; j++) {
             let i = s * SWG + j;
-            total += vec4<f32>(h_w[i], h_p[i], h_y[i], 0.0);
+            if (packed() && s < ace_slots) {
+                let ny = floor(h_w[i] / PACK);
+                total += vec4<f32>(h_w[i] - PACK * ny, h_p[i], ny, 0.0);
+            } else {
+                total += vec4<f32>(h_w[i], h_p[i], h_y[i], 0.0);
+            }
         }
         if (s < ace_slots) {
             let g = s / NB;
             let k = B0 + s - g * NB;
             table[(row * P.classes_out + P.group_start + g) * M + k] = total;
         } else {
-            table[P.extra_offset + row * (C + 1u) + (s - ace_slots)] = total;
+            table[P.extra_offset + row * (CH + 1u) + (s - ace_slots)] = total;
         }
     }
 }
 
 // Pass 3: d loss / d p from the coefficients (ACE bins, Dice sums), chained through the softmax Jacobian when
 // the input is logits, dz_j = p_j (g_j - sum_c p_c g_c), plus the cross-entropy gradient, which is already
-// with respect to the logits. One invocation per voxel.
+// with respect to the logits. One invocation per voxel; a workgroup's voxels belong to one image, so the
+// per-image coefficients are read at workgroup-uniform addresses.
 @compute @workgroup_size(256)
 fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.y * nwg.x + wid.x) * WG + lid;
+    let wg = wid.y * nwg.x + wid.x;
+    let b = wg / P.wg_per_image;
     let V = P.voxels;
-    let C = P.channels;
     let M = P.num_bins;
-    if (t >= P.images * V) {
+    let v = (wg - b * P.wg_per_image) * WG + lid;
+    if (b >= P.images || v >= V) {
         return;
     }
-    let b = t / V;
-    let v = t - b * V;
     let ab = P.first_image + b;
-    let base = P.input_shift + b * C * V + v;
-    let st = softmax_stats(base);
-    var p: array<f32, 32>;
-    var g: array<f32, 32>;
-    var dot = 0.0;
-    var dice_row = ab * C;
+    let base = P.input_shift + b * CH * V + v;
+    let x = load_voxel(b, v, base, false);
+    var dice_row = ab * CH;
     if (P.dice_batch == 1u) {
         dice_row = 0u;
     }
-    for (var c = 0u; c < C; c++) {
-        let pc = prob_of(base, c, st);
-        p[c] = pc;
+    var g: array<f32, MAXC>;
+    var dot = 0.0;
+    for (var c = 0u; c < CH; c++) {
+        let pc = x.p[c];
         var gc = 0.0;
         if (P.classes_out > 0u && c >= P.class_start) {
             let bc = ab * P.classes_out + (c - P.class_start);
             let row = bc * M;
             var ga = 0.0;
-            if (P.soft == 0u) {
+            if (!SOFT) {
                 ga = table[row + hard_bin(pc)].x;
             } else {
-                let sp = soft_pair(soft_code(pc), pc);
-                let r = pc - label_y(b, c, v);
+                let sp = soft_pair(pc);
+                let r = pc - x.y[c];
                 let c0 = table[row + sp.k0];
                 let c1 = table[row + sp.k1];
                 ga = c0.x * (sp.w.x + sp.w.z * (r - c0.y)) + c1.x * (sp.w.y + sp.w.w * (r - c1.y));
             }
             gc = ga * upstream[bc * P.up_stride];
         }
-        if (P.use_dice == 1u && c >= P.dice_start) {
+        if (USE_DICE && c >= P.dice_start) {
             let k = table[P.extra_offset + dice_row + c];
-            let y = label_y(b, c, v);
+            let y = x.y[c];
             var dden = 1.0;
             if (P.squared_pred == 1u) {
                 dden = 2.0 * pc;
@@ -362,37 +411,37 @@ fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         dot += pc * gc;
     }
     var ce = vec4<f32>(0.0);
-    var label = 0xffffffffu;
-    if (P.use_ce == 1u) {
+    var w_label = 0.0; // index labels: w_y
+    var wq = 0.0;      // one-hot: sum_c w_c q_c
+    if (USE_CE) {
         ce = table[P.ce_offset];
         ce.x *= upstream[0];
-        if (!ONEHOT) {
-            label = u32(labels[P.label_shift + b * V + v]);
-            if (label == P.ignore_index || label >= C) {
+        if (ONEHOT) {
+            for (var c = 0u; c < CH; c++) {
+                wq += ce_weight(c) * (ce.y * x.y[c] + ce.z);
+            }
+        } else {
+            if (x.label == P.ignore_index || x.label >= CH) {
                 ce.x = 0.0;
+            }
+            for (var c = 0u; c < CH; c++) {
+                w_label = select(w_label, ce_weight(c), x.label == c);
             }
         }
     }
-    var wq = 0.0; // onehot: sum_c w_c q_c
-    if (P.use_ce == 1u && ONEHOT) {
-        for (var c = 0u; c < C; c++) {
-            wq += ce_weight(c) * (ce.y * label_y(b, c, v) + ce.z);
-        }
-    }
-    for (var c = 0u; c < C; c++) {
+    for (var c = 0u; c < CH; c++) {
         var d = g[c];
-        if (P.softmax == 1u) {
-            d = p[c] * (g[c] - dot);
+        if (SOFTMAX) {
+            d = x.p[c] * (g[c] - dot);
         }
-        if (ce.x != 0.0) {
+        if (USE_CE) {
             // index labels: (1 - s) w_y (p_j - [j = y]) + (s / C)(p_j sum_c w_c - w_j)
             // one-hot: p_j sum_c w_c q_c - w_j q_j, with q = (1 - s) y + s / C
             var dc = 0.0;
             if (ONEHOT) {
-                dc = p[c] * wq - ce_weight(c) * (ce.y * label_y(b, c, v) + ce.z);
+                dc = x.p[c] * wq - ce_weight(c) * (ce.y * x.y[c] + ce.z);
             } else {
-                dc = ce.y * ce_weight(label) * (p[c] - select(0.0, 1.0, c == label))
-                    + ce.z * (p[c] * ce.w - ce_weight(c));
+                dc = ce.y * w_label * (x.p[c] - x.y[c]) + ce.z * (x.p[c] * ce.w - ce_weight(c));
             }
             d += ce.x * dc;
         }

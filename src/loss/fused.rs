@@ -83,38 +83,32 @@ pub(crate) struct Fused {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default)]
 struct VoxelParams {
-    channels: u32,
     voxels: u32,
     num_bins: u32,
     class_start: u32,
     classes_out: u32,
     group_start: u32,
-    group_size: u32,
     wg_per_image: u32,
     images: u32,
     first_image: u32,
     input_shift: u32,
     label_shift: u32,
-    soft: u32,
-    softmax: u32,
     iters: u32,
     up_stride: u32,
     delta: f32,
+    half_step: f32,
     bin_start: u32,
     bin_count: u32,
-    extra: u32,
     extra_offset: u32,
     ce_offset: u32,
     ignore_index: u32,
     squared_pred: u32,
     dice_start: u32,
-    use_dice: u32,
-    use_ce: u32,
     jaccard: u32,
     dice_batch: u32,
     weight_offset: u32,
     ce_smoothing: u32,
-    _pad: u32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -379,18 +373,21 @@ impl Terms {
         let bin_sum_y = Tensor::uninit(gpu, &bins, DType::F32)?;
 
         let prelude = shaders::loss_prelude(plan.f16, labels.is_one_hot());
-        let stats_kernel = gpu.kernel(&shaders::LOSS_VOXEL, prelude, "stats", &[])?;
         let mut batch = gpu.batch("loss forward");
         for_each_window(gpu, &plan, input, labels, |first, count, win| {
             for &(group_start, group_size, bin_start, bin_count, extra) in &dispatches {
+                let stats_kernel = gpu.kernel(
+                    &shaders::LOSS_VOXEL,
+                    prelude,
+                    "stats",
+                    &plan.constants(group_size, extra),
+                )?;
                 let mut p = plan.voxel_params(self, first, count, win);
                 p.iters = iters as u32;
                 p.wg_per_image = wg_per_image as u32;
                 p.group_start = group_start as u32;
-                p.group_size = group_size as u32;
                 p.bin_start = bin_start as u32;
                 p.bin_count = bin_count as u32;
-                p.extra = extra as u32;
                 p.extra_offset = ace_partials as u32;
                 batch.dispatch(
                     &stats_kernel,
@@ -559,6 +556,21 @@ fn for_each_window<'a>(
 }
 
 impl Plan {
+    /// The override constants of `loss_voxel.wgsl` for this problem; `group` ACE classes binned and `extra`
+    /// (Dice and cross-entropy sums) matter to the stats pass only.
+    fn constants(&self, group: usize, extra: bool) -> [(&'static str, f64); 7] {
+        let flag = |b: bool| f64::from(u8::from(b));
+        [
+            ("CH", self.channels as f64),
+            ("GROUP", group as f64),
+            ("SOFT", flag(self.soft)),
+            ("SOFTMAX", flag(self.softmax)),
+            ("USE_DICE", flag(self.use_dice)),
+            ("USE_CE", flag(self.use_ce)),
+            ("EXTRA", flag(extra)),
+        ]
+    }
+
     fn voxel_params(
         &self,
         terms: &Terms,
@@ -568,7 +580,6 @@ impl Plan {
     ) -> VoxelParams {
         let dice = terms.dice.as_ref().map(|(d, _)| d);
         VoxelParams {
-            channels: self.channels as u32,
             voxels: self.voxels as u32,
             num_bins: self.num_bins as u32,
             class_start: self.class_start as u32,
@@ -577,14 +588,11 @@ impl Plan {
             first_image: first as u32,
             input_shift: win.input_shift,
             label_shift: win.label_shift,
-            soft: self.soft as u32,
-            softmax: self.softmax as u32,
             delta: self.delta,
+            half_step: self.delta / 2.0,
             ignore_index: self.ignore_index,
             squared_pred: dice.is_some_and(|d| d.squared_pred) as u32,
             dice_start: self.dice_start as u32,
-            use_dice: self.use_dice as u32,
-            use_ce: self.use_ce as u32,
             jaccard: dice.is_some_and(|d| d.jaccard) as u32,
             dice_batch: self.dice_batch as u32,
             weight_offset: self.weight_offset as u32,
@@ -626,7 +634,13 @@ impl Fused {
         let gpu = self.input.gpu();
         let out = Tensor::uninit(gpu, self.input.shape(), self.input.dtype())?;
         let prelude = shaders::loss_prelude(plan.f16, self.labels.is_one_hot());
-        let kernel = gpu.kernel(&shaders::LOSS_VOXEL, prelude, "grad", &[])?;
+        let kernel = gpu.kernel(
+            &shaders::LOSS_VOXEL,
+            prelude,
+            "grad",
+            &plan.constants(0, false),
+        )?;
+        let wg_per_image = plan.voxels.div_ceil(WORKGROUP_SIZE as usize);
         let align = binding_alignment(gpu);
         let in_elem = if plan.f16 { 2u64 } else { 4 };
         let in_bytes = plan.channels as u64 * plan.voxels as u64 * in_elem;
@@ -635,6 +649,7 @@ impl Fused {
             let wo = window(first, count, in_bytes, in_elem, align);
             let mut p = plan.voxel_params(terms, first, count, win);
             p.up_stride = up_stride;
+            p.wg_per_image = wg_per_image as u32;
             p.extra_offset = plan.dice_offset as u32;
             p.ce_offset = plan.ce_offset as u32;
             batch.dispatch(
@@ -648,7 +663,7 @@ impl Fused {
                     Arg::whole(upstream),
                     Arg::window(&out, wo.byte_offset, wo.byte_len),
                 ],
-                (count * plan.voxels).div_ceil(WORKGROUP_SIZE as usize) as u32,
+                (count * wg_per_image) as u32,
             )
         })?;
         batch.submit()?;
