@@ -144,15 +144,22 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         values[bc] = ace;
         total.x += ace;
         let scale = P.lambda_ace * ace_scale * weight / f32(max(kept, 1u));
+        // Entry k holds bin k's (a_k, d_k) and bin k + 1's (0 past the last bin): a soft-binned voxel touches
+        // bins k and k + 1 and reads both in one load.
+        var prev = vec2<f32>(0.0);
         for (var k = 0u; k < M; k++) {
             let s = src[row + k];
-            var coef = vec4<f32>(0.0);
+            var coef = vec2<f32>(0.0);
             if (ace_keep(s)) {
                 let d = s.y / s.x - s.z / s.x;
-                coef = vec4<f32>(scale * sign(d) / s.x, d, 0.0, 0.0);
+                coef = vec2<f32>(scale * sign(d) / s.x, d);
             }
-            dst[row + k] = coef;
+            if (k > 0u) {
+                dst[row + k - 1u] = vec4<f32>(prev, coef);
+            }
+            prev = coef;
         }
+        dst[row + M - 1u] = vec4<f32>(prev, 0.0, 0.0);
     }
 
     // Dice per (image, class), or per class over the batch.

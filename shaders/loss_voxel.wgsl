@@ -55,16 +55,15 @@ struct Params {
 // stats: per-workgroup partials: ACE [image, workgroup, C', M] of (weight, weight * p, weight * y, 0), then
 // from `extra_offset` [image, workgroup, C + 1]: per channel the Dice sums (sum p y, sum y^2, sum p^2, 0), and
 // the cross-entropy sums (weighted nll, smoothing term, weight, 0).
-// grad: ACE coefficients [image, C', M] of (a_k, mean_p - mean_y, 0, 0); Dice coefficients from `extra_offset`,
-// [image or 1, C] of (A, B, 0, 0) with d Dice / d p = A y + B d(den)/dp; cross-entropy from `ce_offset`:
-// (scale, 1 - smoothing, smoothing / C, sum of class weights).
+// grad: ACE coefficients [image, C', M] of (a_k, d_k, a_{k+1}, d_{k+1}), d_k = mean_p - mean_y; Dice
+// coefficients from `extra_offset`, [image or 1, C] of (A, B, 0, 0) with d Dice / d p = A y + B d(den)/dp;
+// cross-entropy from `ce_offset`: (scale, 1 - smoothing, smoothing / C, sum of class weights).
 @group(0) @binding(4) var<storage, read_write> table: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> upstream: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad_out: array<logit_t>;
 
 const WG: u32 = 256u;
 const MAXC: u32 = 32u;
-const CLAMPED: u32 = 0x10000u; // soft: all weight to one end bin
 const TOP: f32 = 1.00000011920928955; // 1 + eps, the last edge
 // Hard bins: floor(p M) is the bin unless p M lies this close to an integer (the edges k (1 + eps) / M, rounded
 // to f32, sit within 1e-4 of k / M for M <= 256); only then are the exact edges read.
@@ -79,9 +78,8 @@ const PACK: f32 = 4096.0;
 // llvmpipe), and 3 x SLOTS x SWG x 4 bytes = 16,320 fits the 16 KiB every WebGPU device has.
 const SWG: u32 = 16u;
 const SLOTS: u32 = 85u;
-var<workgroup> h_w: array<f32, 1360>; // SLOTS x SWG: weight (count), or the first of 3 Dice / CE sums
-var<workgroup> h_p: array<f32, 1360>; // weight * p
-var<workgroup> h_y: array<f32, 1360>; // weight * y
+var<workgroup> h_wp: array<vec2<f32>, 1360>; // SLOTS x SWG: (weight (count), weight * p), or 2 Dice / CE sums
+var<workgroup> h_y: array<f32, 1360>;        // weight * y, or the third Dice / CE sum
 
 // Hard bins with index labels pack the label count into h_w (see PACK).
 fn packed() -> bool {
@@ -163,24 +161,10 @@ fn centre(k: u32) -> f32 {
     return select(TOP - P.half_step * f32(2u * M - j), P.half_step * f32(j), j < M);
 }
 
-// Soft bin code: k with c_k < p <= c_{k+1} (weight split between k and k + 1), or an end bin | CLAMPED.
-fn soft_code(p: f32) -> u32 {
-    let M = P.num_bins;
-    if (M == 1u || !(p > centre(0u))) {
-        return CLAMPED;
-    }
-    if (p > centre(M - 1u)) {
-        return (M - 1u) | CLAMPED;
-    }
-    // The estimate is within one segment; one correction step each way.
-    var k = min(u32(max((p - centre(0u)) / P.delta, 0.0)), M - 2u);
-    k -= select(0u, 1u, k > 0u && p <= centre(k));
-    k += select(0u, 1u, k + 2u < M && p > centre(k + 1u));
-    return k;
-}
-
-// The two bins a voxel with soft code `code` touches, (k0, k1), and its kernel weights and their derivatives
-// there, (w0, w1, dw0, dw1). A clamped voxel has all its weight in k0 (k1 = k0 with weight 0).
+// The two bins a soft-binned p touches, k0 and k1 = k0 + 1 (c_k0 < p <= c_k1), and its kernel weights and their
+// derivatives there, (w0, w1, dw0, dw1). At or below the first centre all weight goes to bin 0 (w = (1, 0)),
+// above the last to bin M - 1 (k0 = M - 2, w = (0, 1)), with derivatives 0. Branch-free: per-lane branches
+// cost both sides on SIMD hardware anyway.
 struct SoftPair {
     k0: u32,
     k1: u32,
@@ -188,15 +172,21 @@ struct SoftPair {
 }
 
 fn soft_pair(p: f32) -> SoftPair {
-    let code = soft_code(p);
-    let k0 = code & 0xffffu;
-    if ((code & CLAMPED) != 0u) {
-        return SoftPair(k0, k0, vec4<f32>(1.0, 0.0, 0.0, 0.0));
+    let M = P.num_bins;
+    if (M == 1u) {
+        return SoftPair(0u, 0u, vec4<f32>(1.0, 0.0, 0.0, 0.0));
     }
     let inv = 1.0 / P.delta;
-    let w0 = max(0.0, 1.0 - (p - centre(k0)) * inv);
-    let w1 = max(0.0, 1.0 - (centre(k0 + 1u) - p) * inv);
-    return SoftPair(k0, k0 + 1u, vec4<f32>(w0, w1, -inv, inv));
+    let first = centre(0u);
+    // The estimate is within one segment; one correction step each way.
+    var k = min(u32(max((p - first) * inv, 0.0)), M - 2u);
+    k -= select(0u, 1u, k > 0u && p <= centre(k));
+    k += select(0u, 1u, k + 2u < M && p > centre(k + 1u));
+    var w = vec4<f32>(max(0.0, 1.0 - (p - centre(k)) * inv), max(0.0, 1.0 - (centre(k + 1u) - p) * inv),
+                      -inv, inv);
+    w = select(w, vec4<f32>(1.0, 0.0, 0.0, 0.0), !(p > first));
+    w = select(w, vec4<f32>(0.0, 1.0, 0.0, 0.0), p > centre(M - 1u));
+    return SoftPair(k, k + 1u, w);
 }
 
 // Cross-entropy class weight w_c (1 without weights), stored after the bin edges.
@@ -206,8 +196,7 @@ fn ce_weight(c: u32) -> f32 {
 
 fn slot_add(s: u32, lid: u32, a: vec3<f32>) {
     let i = s * SWG + lid;
-    h_w[i] += a.x;
-    h_p[i] += a.y;
+    h_wp[i] += a.xy;
     h_y[i] += a.z;
 }
 
@@ -232,8 +221,7 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let ace_slots = GROUP * NB;
     for (var s = 0u; s < ace_slots; s++) {
         let i = s * SWG + lid;
-        h_w[i] = 0.0;
-        h_p[i] = 0.0;
+        h_wp[i] = vec2<f32>(0.0);
         h_y[i] = 0.0;
     }
     var dice: array<vec3<f32>, MAXC>;
@@ -256,11 +244,9 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 if (k < NB) {
                     let i = (g * NB + k) * SWG + lid;
                     if (packed()) {
-                        h_w[i] += 1.0 + PACK * y;
-                        h_p[i] += pc;
+                        h_wp[i] += vec2<f32>(1.0 + PACK * y, pc);
                     } else {
-                        h_w[i] += 1.0;
-                        h_p[i] += pc;
+                        h_wp[i] += vec2<f32>(1.0, pc);
                         h_y[i] += y;
                     }
                 }
@@ -319,13 +305,11 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         for (var c = 0u; c < CH; c++) {
             let i = (ace_slots + c) * SWG + lid;
             let d = select(vec3<f32>(0.0), dice[c], USE_DICE && c >= P.dice_start);
-            h_w[i] = d.x;
-            h_p[i] = d.y;
+            h_wp[i] = d.xy;
             h_y[i] = d.z;
         }
         let i = (ace_slots + CH) * SWG + lid;
-        h_w[i] = ce.x;
-        h_p[i] = ce.y;
+        h_wp[i] = ce.xy;
         h_y[i] = ce.z;
     }
 
@@ -336,11 +320,12 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         var total = vec4<f32>(0.0);
         for (var j = 0u; j < SWG; j++) {
             let i = s * SWG + j;
+            let a = h_wp[i];
             if (packed() && s < ace_slots) {
-                let ny = floor(h_w[i] / PACK);
-                total += vec4<f32>(h_w[i] - PACK * ny, h_p[i], ny, 0.0);
+                let ny = floor(a.x / PACK);
+                total += vec4<f32>(a.x - PACK * ny, a.y, ny, 0.0);
             } else {
-                total += vec4<f32>(h_w[i], h_p[i], h_y[i], 0.0);
+                total += vec4<f32>(a, h_y[i], 0.0);
             }
         }
         if (s < ace_slots) {
@@ -389,9 +374,9 @@ fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             } else {
                 let sp = soft_pair(pc);
                 let r = pc - x.y[c];
-                let c0 = table[row + sp.k0];
-                let c1 = table[row + sp.k1];
-                ga = c0.x * (sp.w.x + sp.w.z * (r - c0.y)) + c1.x * (sp.w.y + sp.w.w * (r - c1.y));
+                // Bins k0 and k0 + 1 in one entry (for M = 1 the second is 0 and so is w1).
+                let q = table[row + sp.k0];
+                ga = q.x * (sp.w.x + sp.w.z * (r - q.y)) + q.z * (sp.w.y + sp.w.w * (r - q.w));
             }
             gc = ga * upstream[bc * P.up_stride];
         }
