@@ -15,6 +15,8 @@ override SOFTMAX: bool = true;   // the input holds logits (false: probabilities
 override USE_DICE: bool = false;
 override USE_CE: bool = false;
 override EXTRA: bool = false;    // stats: this dispatch also sums the Dice and cross-entropy statistics
+override SWG: u32 = 16u;         // stats: invocations per workgroup
+override HIST: u32 = 1360u;      // stats: SLOTS x SWG, the histogram entries in workgroup memory
 
 struct Params {
     voxels: u32,        // V
@@ -72,16 +74,20 @@ const NEAR_EDGE: f32 = 0.0009765625;
 // exact in f32 while counts stay below PACK (at most 256 voxels per invocation).
 const PACK: f32 = 4096.0;
 
-// Stats: each invocation owns SLOTS histogram slots in workgroup memory (ACE classes x bins, then Dice (C),
-// then cross-entropy (1)), slot s of invocation i at s * SWG + i. Workgroup memory rather than a private
-// array: dynamically indexed private arrays compile to huge if-ladders on some GL drivers (minutes on
-// llvmpipe), and 3 x SLOTS x SWG x 4 bytes = 16,320 fits the 16 KiB every WebGPU device has.
-const SWG: u32 = 16u;
+// Stats: each invocation owns SLOTS histogram slots in workgroup memory, slot s of invocation i at s * SWG + i
+// (no two invocations touch the same entry; no atomics). A slot holds, for
+//   hard bins, index labels: h_b = (count + PACK * label count, sum p)
+//   hard bins, one-hot labels: h_a = (count, sum p, sum y, 0)
+//   soft bins: one segment k (voxels with c_k < p <= c_{k+1}, which touch bins k and k + 1):
+//     h_a = (sum w0, sum w0 p, sum w1, sum w1 p), h_b = (sum w0 y, sum w1 y); bin k = segment k's first
+//     halves + segment k - 1's second halves, so a voxel updates one slot, not two.
+// Workgroup memory rather than private arrays: dynamically indexed private arrays compile to huge if-ladders
+// on some GL drivers (minutes on llvmpipe). The host picks SWG so that HIST x 24 bytes fits the adapter.
 const SLOTS: u32 = 85u;
-var<workgroup> h_wp: array<vec2<f32>, 1360>; // SLOTS x SWG: (weight (count), weight * p), or 2 Dice / CE sums
-var<workgroup> h_y: array<f32, 1360>;        // weight * y, or the third Dice / CE sum
+var<workgroup> h_a: array<vec4<f32>, HIST>;
+var<workgroup> h_b: array<vec2<f32>, HIST>;
 
-// Hard bins with index labels pack the label count into h_w (see PACK).
+// Hard bins with index labels pack the label count into the count (see PACK).
 fn packed() -> bool {
     return !SOFT && !ONEHOT;
 }
@@ -194,17 +200,11 @@ fn ce_weight(c: u32) -> f32 {
     return edges[P.weight_offset + c];
 }
 
-fn slot_add(s: u32, lid: u32, a: vec3<f32>) {
-    let i = s * SWG + lid;
-    h_wp[i] += a.xy;
-    h_y[i] += a.z;
-}
-
 // Pass 1. Each workgroup takes `iters` x SWG voxels of one image; every invocation accumulates its own voxels
 // into its own slots (ACE bins of the group's classes over [bin_start, bin_start + bin_count)) and, with
 // EXTRA, the Dice and cross-entropy sums in registers; the workgroup then sums each slot over its invocations
 // in a fixed order and writes one partial per slot. No atomics: the same input gives the same bits every run.
-@compute @workgroup_size(16)
+@compute @workgroup_size(SWG)
 fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let wg = wid.y * nwg.x + wid.x;
@@ -218,11 +218,12 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let NB = P.bin_count;
     let B0 = P.bin_start;
     let g0 = P.class_start + P.group_start;
-    let ace_slots = GROUP * NB;
-    for (var s = 0u; s < ace_slots; s++) {
+    // Slots per class: the bins, or for soft bins the segments B0 - 1 .. B0 + NB - 1.
+    let per_class = NB + select(0u, 1u, SOFT);
+    for (var s = 0u; s < GROUP * per_class; s++) {
         let i = s * SWG + lid;
-        h_wp[i] = vec2<f32>(0.0);
-        h_y[i] = 0.0;
+        h_a[i] = vec4<f32>(0.0);
+        h_b[i] = vec2<f32>(0.0);
     }
     var dice: array<vec3<f32>, MAXC>;
     var ce = vec3<f32>(0.0);
@@ -244,21 +245,18 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 if (k < NB) {
                     let i = (g * NB + k) * SWG + lid;
                     if (packed()) {
-                        h_wp[i] += vec2<f32>(1.0 + PACK * y, pc);
+                        h_b[i] += vec2<f32>(1.0 + PACK * y, pc);
                     } else {
-                        h_wp[i] += vec2<f32>(1.0, pc);
-                        h_y[i] += y;
+                        h_a[i] += vec4<f32>(1.0, pc, y, 0.0);
                     }
                 }
             } else {
                 let sp = soft_pair(pc);
-                let k0 = sp.k0 - B0;
-                let k1 = sp.k1 - B0;
-                if (k0 < NB) {
-                    slot_add(g * NB + k0, lid, sp.w.x * vec3<f32>(1.0, pc, y));
-                }
-                if (k1 < NB) {
-                    slot_add(g * NB + k1, lid, sp.w.y * vec3<f32>(1.0, pc, y));
+                let k = sp.k0 + 1u - B0;
+                if (k <= NB) {
+                    let i = (g * per_class + k) * SWG + lid;
+                    h_a[i] += vec4<f32>(sp.w.x, sp.w.x * pc, sp.w.y, sp.w.y * pc);
+                    h_b[i] += vec2<f32>(sp.w.x * y, sp.w.y * y);
                 }
             }
         }
@@ -299,41 +297,48 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             }
         }
     }
-    var slots = ace_slots;
-    if (EXTRA) {
-        slots = ace_slots + CH + 1u;
-        for (var c = 0u; c < CH; c++) {
-            let i = (ace_slots + c) * SWG + lid;
-            let d = select(vec3<f32>(0.0), dice[c], USE_DICE && c >= P.dice_start);
-            h_wp[i] = d.xy;
-            h_y[i] = d.z;
-        }
-        let i = (ace_slots + CH) * SWG + lid;
-        h_wp[i] = ce.xy;
-        h_y[i] = ce.z;
-    }
 
-    // Combine: invocation i sums slots i, i + SWG, ... over the workgroup's invocations in a fixed order.
+    // Combine: invocation i sums output slots i, i + SWG, ... over the workgroup's invocations in a fixed order.
     workgroupBarrier();
     let row = (P.first_image + b) * P.wg_per_image + tile;
-    for (var s = lid; s < slots; s += SWG) {
+    for (var s = lid; s < GROUP * NB; s += SWG) {
+        let g = s / NB;
+        let k = s - g * NB;
         var total = vec4<f32>(0.0);
         for (var j = 0u; j < SWG; j++) {
-            let i = s * SWG + j;
-            let a = h_wp[i];
-            if (packed() && s < ace_slots) {
-                let ny = floor(a.x / PACK);
-                total += vec4<f32>(a.x - PACK * ny, a.y, ny, 0.0);
+            if (!SOFT) {
+                let i = s * SWG + j;
+                if (packed()) {
+                    let a = h_b[i];
+                    let ny = floor(a.x / PACK);
+                    total += vec4<f32>(a.x - PACK * ny, a.y, ny, 0.0);
+                } else {
+                    total += h_a[i];
+                }
             } else {
-                total += vec4<f32>(a, h_y[i], 0.0);
+                let first = (g * per_class + k + 1u) * SWG + j;
+                let second = (g * per_class + k) * SWG + j;
+                total += vec4<f32>(h_a[first].xy, h_b[first].x, 0.0);
+                total += vec4<f32>(h_a[second].zw, h_b[second].y, 0.0);
             }
         }
-        if (s < ace_slots) {
-            let g = s / NB;
-            let k = B0 + s - g * NB;
-            table[(row * P.classes_out + P.group_start + g) * M + k] = total;
-        } else {
-            table[P.extra_offset + row * (CH + 1u) + (s - ace_slots)] = total;
+        table[(row * P.classes_out + P.group_start + g) * M + B0 + k] = total;
+    }
+    if (EXTRA) {
+        // The Dice and cross-entropy sums reuse the histogram memory once the bins are out.
+        workgroupBarrier();
+        for (var c = 0u; c < CH; c++) {
+            let d = select(vec3<f32>(0.0), dice[c], USE_DICE && c >= P.dice_start);
+            h_a[c * SWG + lid] = vec4<f32>(d, 0.0);
+        }
+        h_a[CH * SWG + lid] = vec4<f32>(ce, 0.0);
+        workgroupBarrier();
+        for (var s = lid; s <= CH; s += SWG) {
+            var total = vec4<f32>(0.0);
+            for (var j = 0u; j < SWG; j++) {
+                total += h_a[s * SWG + j];
+            }
+            table[P.extra_offset + row * (CH + 1u) + s] = total;
         }
     }
 }

@@ -18,8 +18,18 @@ pub const MAX_CHANNELS: usize = 32;
 const CLASS_GROUP: usize = 4;
 /// Histogram slots per invocation of the stats pass (`SLOTS` in `loss_voxel.wgsl`).
 const SLOTS: usize = 85;
-/// Invocations per stats workgroup (`SWG` in `loss_voxel.wgsl`).
-const STATS_WG: usize = 16;
+/// Bytes of workgroup memory per histogram slot and invocation (a vec4 and a vec2 of f32).
+const SLOT_BYTES: usize = 24;
+
+/// Invocations per stats workgroup: the most (of 32, 16, 8) whose histograms fit the adapter's workgroup
+/// memory (8 always fits WebGPU's minimum of 16 KiB).
+fn stats_workgroup(gpu: &Gpu) -> usize {
+    let storage = gpu.limits().max_compute_workgroup_storage_size as usize;
+    [32, 16]
+        .into_iter()
+        .find(|&n| n * SLOTS * SLOT_BYTES <= storage)
+        .unwrap_or(8)
+}
 
 /// The terms of a loss and their weights.
 #[derive(Clone, Debug, Default)]
@@ -328,9 +338,10 @@ impl Terms {
         } else {
             0
         };
-        let budget = SLOTS - extra_slots;
-        let group = CLASS_GROUP.min((budget / m).max(1));
-        let bins_per_pass = m.min(budget / group);
+        // Soft bins take one slot per segment between centres: one more than the bins of a range.
+        let seg = usize::from(plan.soft);
+        let group = CLASS_GROUP.min((SLOTS / (m + seg)).max(1));
+        let bins_per_pass = m.min(SLOTS / group - seg);
         let mut dispatches = Vec::new(); // (group_start, group_size, bin_start, bin_count, extra)
         for group_start in (0..cp).step_by(group) {
             for bin_start in (0..m).step_by(bins_per_pass) {
@@ -349,7 +360,8 @@ impl Terms {
 
         // Voxels per invocation: enough that the partials fit one binding.
         let mut iters = 128usize;
-        let rows = |iters: usize| v.div_ceil(STATS_WG * iters);
+        let swg = stats_workgroup(gpu);
+        let rows = |iters: usize| v.div_ceil(swg * iters);
         while iters < 256
             && (b * rows(iters) * per_image_slots * 16) as u64 > gpu.max_binding_bytes()
         {
@@ -380,7 +392,7 @@ impl Terms {
                     &shaders::LOSS_VOXEL,
                     prelude,
                     "stats",
-                    &plan.constants(group_size, extra),
+                    &plan.constants(group_size, extra, swg),
                 )?;
                 let mut p = plan.voxel_params(self, first, count, win);
                 p.iters = iters as u32;
@@ -556,11 +568,13 @@ fn for_each_window<'a>(
 }
 
 impl Plan {
-    /// The override constants of `loss_voxel.wgsl` for this problem; `group` ACE classes binned and `extra`
-    /// (Dice and cross-entropy sums) matter to the stats pass only.
-    fn constants(&self, group: usize, extra: bool) -> [(&'static str, f64); 7] {
+    /// The override constants of `loss_voxel.wgsl` for this problem; `group` ACE classes binned, `extra`
+    /// (Dice and cross-entropy sums) and `swg` invocations per workgroup matter to the stats pass only.
+    fn constants(&self, group: usize, extra: bool, swg: usize) -> [(&'static str, f64); 9] {
         let flag = |b: bool| f64::from(u8::from(b));
         [
+            ("SWG", swg as f64),
+            ("HIST", (SLOTS * swg) as f64),
             ("CH", self.channels as f64),
             ("GROUP", group as f64),
             ("SOFT", flag(self.soft)),
@@ -638,7 +652,7 @@ impl Fused {
             &shaders::LOSS_VOXEL,
             prelude,
             "grad",
-            &plan.constants(0, false),
+            &plan.constants(0, false, 8),
         )?;
         let wg_per_image = plan.voxels.div_ceil(WORKGROUP_SIZE as usize);
         let align = binding_alignment(gpu);
