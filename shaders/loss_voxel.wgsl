@@ -169,8 +169,7 @@ fn centre(k: u32) -> f32 {
 
 // The two bins a soft-binned p touches, k0 and k1 = k0 + 1 (c_k0 < p <= c_k1), and its kernel weights and their
 // derivatives there, (w0, w1, dw0, dw1). At or below the first centre all weight goes to bin 0 (w = (1, 0)),
-// above the last to bin M - 1 (k0 = M - 2, w = (0, 1)), with derivatives 0. Branch-free: per-lane branches
-// cost both sides on SIMD hardware anyway.
+// above the last to bin M - 1 (k0 = M - 2, w = (0, 1)), with derivatives 0.
 struct SoftPair {
     k0: u32,
     k1: u32,
@@ -184,10 +183,15 @@ fn soft_pair(p: f32) -> SoftPair {
     }
     let inv = 1.0 / P.delta;
     let first = centre(0u);
-    // The estimate is within one segment; one correction step each way.
-    var k = min(u32(max((p - first) * inv, 0.0)), M - 2u);
-    k -= select(0u, 1u, k > 0u && p <= centre(k));
-    k += select(0u, 1u, k + 2u < M && p > centre(k + 1u));
+    // floor(t) is the segment unless t lies near an integer (the centres sit within a few ulp of
+    // first + k delta); only then one correction step each way against the centres themselves.
+    let t = max((p - first) * inv, 0.0);
+    var k = min(u32(t), M - 2u);
+    let f = fract(t);
+    if (f < NEAR_EDGE || f > 1.0 - NEAR_EDGE) {
+        k -= select(0u, 1u, k > 0u && p <= centre(k));
+        k += select(0u, 1u, k + 2u < M && p > centre(k + 1u));
+    }
     var w = vec4<f32>(max(0.0, 1.0 - (p - centre(k)) * inv), max(0.0, 1.0 - (centre(k + 1u) - p) * inv),
                       -inv, inv);
     w = select(w, vec4<f32>(1.0, 0.0, 0.0, 0.0), !(p > first));
