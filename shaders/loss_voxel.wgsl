@@ -349,96 +349,124 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 
 // Pass 3: d loss / d p from the coefficients (ACE bins, Dice sums), chained through the softmax Jacobian when
 // the input is logits, dz_j = p_j (g_j - sum_c p_c g_c), plus the cross-entropy gradient, which is already
-// with respect to the logits. One invocation per voxel; a workgroup's voxels belong to one image, so the
-// per-image coefficients are read at workgroup-uniform addresses.
+// with respect to the logits. Each invocation takes GV voxels, WG apart, of one image; the per-image
+// coefficients are read once, before them.
+const GV: u32 = 4u;
+
 @compute @workgroup_size(256)
 fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let wg = wid.y * nwg.x + wid.x;
     let b = wg / P.wg_per_image;
-    let V = P.voxels;
-    let M = P.num_bins;
-    let v = (wg - b * P.wg_per_image) * WG + lid;
-    if (b >= P.images || v >= V) {
+    if (b >= P.images) {
         return;
     }
+    let tile = wg - b * P.wg_per_image;
+    let V = P.voxels;
+    let M = P.num_bins;
     let ab = P.first_image + b;
-    let base = P.input_shift + b * CH * V + v;
-    let x = load_voxel(b, v, base, false);
     var dice_row = ab * CH;
     if (P.dice_batch == 1u) {
         dice_row = 0u;
     }
-    var g: array<f32, MAXC>;
-    var dot = 0.0;
+    // Per class: the ACE coefficient row and upstream gradient, the Dice coefficients (A, B) scaled by the
+    // upstream gradient, the cross-entropy weight.
+    var ace_row: array<u32, MAXC>;
+    var ace_up: array<f32, MAXC>;
+    var dice_k: array<vec2<f32>, MAXC>;
+    var cw: array<f32, MAXC>;
+    var ce = vec4<f32>(0.0);
     for (var c = 0u; c < CH; c++) {
-        let pc = x.p[c];
-        var gc = 0.0;
         if (P.classes_out > 0u && c >= P.class_start) {
             let bc = ab * P.classes_out + (c - P.class_start);
-            let row = bc * M;
-            var ga = 0.0;
-            if (!SOFT) {
-                ga = table[row + hard_bin(pc)].x;
-            } else {
-                let sp = soft_pair(pc);
-                let r = pc - x.y[c];
-                // Bins k0 and k0 + 1 in one entry (for M = 1 the second is 0 and so is w1).
-                let q = table[row + sp.k0];
-                ga = q.x * (sp.w.x + sp.w.z * (r - q.y)) + q.z * (sp.w.y + sp.w.w * (r - q.w));
-            }
-            gc = ga * upstream[bc * P.up_stride];
+            ace_row[c] = bc * M;
+            ace_up[c] = upstream[bc * P.up_stride];
         }
         if (USE_DICE && c >= P.dice_start) {
-            let k = table[P.extra_offset + dice_row + c];
-            let y = x.y[c];
-            var dden = 1.0;
-            if (P.squared_pred == 1u) {
-                dden = 2.0 * pc;
-            }
-            if (P.jaccard == 1u) {
-                dden = 2.0 * (dden - y);
-            }
-            gc += (k.x * y + k.y * dden) * upstream[0];
+            dice_k[c] = table[P.extra_offset + dice_row + c].xy * upstream[0];
         }
-        g[c] = gc;
-        dot += pc * gc;
+        if (USE_CE) {
+            cw[c] = ce_weight(c);
+        }
     }
-    var ce = vec4<f32>(0.0);
-    var w_label = 0.0; // index labels: w_y
-    var wq = 0.0;      // one-hot: sum_c w_c q_c
     if (USE_CE) {
         ce = table[P.ce_offset];
         ce.x *= upstream[0];
-        if (ONEHOT) {
-            for (var c = 0u; c < CH; c++) {
-                wq += ce_weight(c) * (ce.y * x.y[c] + ce.z);
-            }
-        } else {
-            if (x.label == P.ignore_index || x.label >= CH) {
-                ce.x = 0.0;
-            }
-            for (var c = 0u; c < CH; c++) {
-                w_label = select(w_label, ce_weight(c), x.label == c);
-            }
-        }
     }
-    for (var c = 0u; c < CH; c++) {
-        var d = g[c];
-        if (SOFTMAX) {
-            d = x.p[c] * (g[c] - dot);
+    for (var i = 0u; i < GV; i++) {
+        let v = (tile * GV + i) * WG + lid;
+        if (v >= V) {
+            break;
         }
-        if (USE_CE) {
-            // index labels: (1 - s) w_y (p_j - [j = y]) + (s / C)(p_j sum_c w_c - w_j)
-            // one-hot: p_j sum_c w_c q_c - w_j q_j, with q = (1 - s) y + s / C
-            var dc = 0.0;
-            if (ONEHOT) {
-                dc = x.p[c] * wq - ce_weight(c) * (ce.y * x.y[c] + ce.z);
-            } else {
-                dc = ce.y * w_label * (x.p[c] - x.y[c]) + ce.z * (x.p[c] * ce.w - ce_weight(c));
+        let base = P.input_shift + b * CH * V + v;
+        let x = load_voxel(b, v, base, false);
+        var g: array<f32, MAXC>;
+        var dot = 0.0;
+        for (var c = 0u; c < CH; c++) {
+            let pc = x.p[c];
+            var gc = 0.0;
+            if (P.classes_out > 0u && c >= P.class_start) {
+                let row = ace_row[c];
+                var ga = 0.0;
+                if (!SOFT) {
+                    ga = table[row + hard_bin(pc)].x;
+                } else {
+                    let sp = soft_pair(pc);
+                    let r = pc - x.y[c];
+                    // Bins k0 and k0 + 1 in one entry (for M = 1 the second is 0 and so is w1).
+                    let q = table[row + sp.k0];
+                    ga = q.x * (sp.w.x + sp.w.z * (r - q.y)) + q.z * (sp.w.y + sp.w.w * (r - q.w));
+                }
+                gc = ga * ace_up[c];
             }
-            d += ce.x * dc;
+            if (USE_DICE && c >= P.dice_start) {
+                let y = x.y[c];
+                var dden = 1.0;
+                if (P.squared_pred == 1u) {
+                    dden = 2.0 * pc;
+                }
+                if (P.jaccard == 1u) {
+                    dden = 2.0 * (dden - y);
+                }
+                gc += dice_k[c].x * y + dice_k[c].y * dden;
+            }
+            g[c] = gc;
+            dot += pc * gc;
         }
-        grad_out[base + c * V] = logit_t(d);
+        var ce_scale = ce.x;
+        var w_label = 0.0; // index labels: w_y
+        var wq = 0.0;      // one-hot: sum_c w_c q_c
+        if (USE_CE) {
+            if (ONEHOT) {
+                for (var c = 0u; c < CH; c++) {
+                    wq += cw[c] * (ce.y * x.y[c] + ce.z);
+                }
+            } else {
+                if (x.label == P.ignore_index || x.label >= CH) {
+                    ce_scale = 0.0;
+                }
+                for (var c = 0u; c < CH; c++) {
+                    w_label = select(w_label, cw[c], x.label == c);
+                }
+            }
+        }
+        for (var c = 0u; c < CH; c++) {
+            var d = g[c];
+            if (SOFTMAX) {
+                d = x.p[c] * (g[c] - dot);
+            }
+            if (USE_CE) {
+                // index labels: (1 - s) w_y (p_j - [j = y]) + (s / C)(p_j sum_c w_c - w_j)
+                // one-hot: p_j sum_c w_c q_c - w_j q_j, with q = (1 - s) y + s / C
+                var dc = 0.0;
+                if (ONEHOT) {
+                    dc = x.p[c] * wq - cw[c] * (ce.y * x.y[c] + ce.z);
+                } else {
+                    dc = ce.y * w_label * (x.p[c] - x.y[c]) + ce.z * (x.p[c] * ce.w - cw[c]);
+                }
+                d += ce_scale * dc;
+            }
+            grad_out[base + c * V] = logit_t(d);
+        }
     }
 }

@@ -199,6 +199,51 @@ fn forward_matches_the_f64_reference_on_random_volumes() {
 }
 
 #[test]
+fn gradient_matches_directional_derivatives_on_a_volume_of_many_workgroups() {
+    // 2790 voxels per image: several stats and gradient workgroups per image, the last one partial. The
+    // gradient's projection on random directions against central differences of the f64 reference (hard
+    // bins with membership held fixed).
+    let Some(gpu) = gpu() else { return };
+    let c = case(&[2, 4, 9, 10, 31], 2.0, 23);
+    let (n, ch, v) = c.dims();
+    let (input, labels) = c.upload(&gpu);
+    let z = c.z64();
+    let mut rng = Rng::new(24);
+    for loss in [
+        AceLoss::hard(),
+        AceLoss::soft(),
+        AceLoss::soft()
+            .with_num_bins(7)
+            .with_include_background(false),
+    ] {
+        let cfg = cfg(&loss);
+        let grad = loss
+            .forward(&input, &labels)
+            .unwrap()
+            .backward()
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let bins = ace_ref::ace(&z, &c.labels, n, ch, v, &cfg, None).hard_bins;
+        let fixed = (!cfg.soft).then_some(bins.as_slice());
+        for _ in 0..3 {
+            let u: Vec<f64> = (0..z.len()).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+            let at = |s: f64| {
+                let zs: Vec<f64> = z.iter().zip(&u).map(|(a, b)| a + s * b).collect();
+                ace_ref::ace(&zs, &c.labels, n, ch, v, &cfg, fixed).loss
+            };
+            let h = 1e-6;
+            let want = (at(h) - at(-h)) / (2.0 * h);
+            let got: f64 = grad.iter().zip(&u).map(|(g, b)| f64::from(*g) * b).sum();
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs() + 1e-7,
+                "{loss:?}: directional derivative {got} vs reference {want}"
+            );
+        }
+    }
+}
+
+#[test]
 fn soft_weights_and_hard_counts_sum_to_the_voxel_count() {
     let Some(gpu) = gpu() else { return };
     let c = case(&[3, 4, 7, 11, 13], 3.0, 22);

@@ -250,6 +250,75 @@ fn fused_losses_equal_the_sum_of_their_terms() {
 }
 
 #[test]
+fn dice_and_cross_entropy_gradients_on_a_volume_of_many_workgroups() {
+    // 1320 voxels per image: several stats and gradient workgroups per image, the last one partial. The
+    // gradient's projection on random directions against central differences of the f64 references.
+    let Some(gpu) = gpu() else { return };
+    let (n, c, v) = (2, 3, 1320);
+    let mut rng = Rng::new(46);
+    let z = rng.normals(n * c * v, 2.0);
+    let mut labels: Vec<i64> = (0..n * v).map(|_| rng.below(c as u64) as i64).collect();
+    for i in (0..n * v).step_by(97) {
+        labels[i] = -100;
+    }
+    let x = Tensor::from_f32(&gpu, &[n, c, 10, 11, 12], &z).unwrap();
+    let l = Labels::from_indices_ignoring(&gpu, &[n, 1, 10, 11, 12], &labels, c, -100).unwrap();
+    // Dice sees an ignored voxel as belonging to no class.
+    let mut y = vec![0.0; n * c * v];
+    for (i, &k) in labels.iter().enumerate() {
+        if k >= 0 {
+            y[((i / v) * c + k as usize) * v + i % v] = 1.0;
+        }
+    }
+    let w = vec![0.4f32, 1.2, 0.9];
+    let dice = DiceLoss {
+        include_background: false,
+        ..DiceLoss::default()
+    };
+    let ce = CrossEntropyLoss {
+        ignore_index: Some(-100),
+        weight: Some(w.clone()),
+        label_smoothing: 0.1,
+    };
+    let dice_cfg = DiceCfg {
+        include_background: false,
+        ..DiceCfg::default()
+    };
+    let ce_cfg = CeCfg {
+        ignore_index: Some(-100),
+        weight: Some(z64(&w)),
+        label_smoothing: 0.1,
+    };
+    let reference = |z: &[f64]| {
+        0.6 * seg_ref::dice(z, &y, n, c, v, &dice_cfg)
+            + 1.1 * seg_ref::ce(z, &labels, n, c, v, &ce_cfg)
+    };
+    let d = dice.forward(&x, &l).unwrap();
+    let e = ce.forward(&x, &l).unwrap();
+    let (gd, ge) = (
+        d.backward().unwrap().to_vec_f32().unwrap(),
+        e.backward().unwrap().to_vec_f32().unwrap(),
+    );
+    let z0 = z64(&z);
+    for _ in 0..3 {
+        let u: Vec<f64> = (0..z0.len()).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+        let at = |s: f64| {
+            let zs: Vec<f64> = z0.iter().zip(&u).map(|(a, b)| a + s * b).collect();
+            reference(&zs)
+        };
+        let h = 1e-6;
+        let want = (at(h) - at(-h)) / (2.0 * h);
+        let got: f64 = (0..u.len())
+            .map(|i| (0.6 * f64::from(gd[i]) + 1.1 * f64::from(ge[i])) * u[i])
+            .sum();
+        assert!(
+            (got - want).abs() <= 1e-3 * want.abs() + 1e-7,
+            "directional derivative {got} vs reference {want}"
+        );
+    }
+}
+
+#[test]
 fn bad_options_are_typed_errors() {
     let Some(gpu) = gpu() else { return };
     let (z, labels) = inputs(45);

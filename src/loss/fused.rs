@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{AceLoss, Activation, Binning, CrossEntropyLoss, DiceLoss, Labels, Reduction};
 use crate::binning::{check_num_bins, hard_bin_edges, soft_bin_centres};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, Gpu, WORKGROUP_SIZE};
+use crate::gpu::{Arg, Gpu};
 use crate::ops::{binding_alignment, image_runs, window};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
@@ -18,6 +18,8 @@ pub const MAX_CHANNELS: usize = 32;
 const CLASS_GROUP: usize = 4;
 /// Histogram slots per invocation of the stats pass (`SLOTS` in `loss_voxel.wgsl`).
 const SLOTS: usize = 85;
+/// Voxels per gradient workgroup (`WG x GV` in `loss_voxel.wgsl`).
+const GRAD_VOXELS: usize = 1024;
 /// Bytes of workgroup memory per histogram slot and invocation (a vec4 and a vec2 of f32).
 const SLOT_BYTES: usize = 24;
 
@@ -654,7 +656,7 @@ impl Fused {
             "grad",
             &plan.constants(0, false, 8),
         )?;
-        let wg_per_image = plan.voxels.div_ceil(WORKGROUP_SIZE as usize);
+        let wg_per_image = plan.voxels.div_ceil(GRAD_VOXELS);
         let align = binding_alignment(gpu);
         let in_elem = if plan.f16 { 2u64 } else { 4 };
         let in_bytes = plan.channels as u64 * plan.voxels as u64 * in_elem;
