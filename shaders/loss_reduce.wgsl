@@ -54,31 +54,29 @@ struct Params {
 const WG: u32 = 256u;
 var<workgroup> sh: array<vec4<f32>, 256>;
 
-// One workgroup per output slot: invocation i sums rows i, i + WG, ..., then a tree in fixed order.
-@compute @workgroup_size(256)
+// One invocation per output slot: the slot's rows summed in a fixed order, in blocks of RB rows whose sums
+// are then added (rounding error grows with RB + rows / RB, not with rows). No barriers, no atomics.
+const RB: u32 = 32u;
+
+@compute @workgroup_size(64)
 fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let o = wid.y * nwg.x + wid.x;
+    let o = (wid.y * nwg.x + wid.x) * 64u + lid;
     if (o >= P.images * P.per_image) {
         return;
     }
     let b = o / P.per_image;
     let slot = o - b * P.per_image;
-    var s = vec4<f32>(0.0);
-    for (var r = lid; r < P.partial_rows; r += WG) {
-        s += src[P.src_offset + (b * P.partial_rows + r) * P.per_image + slot];
-    }
-    sh[lid] = s;
-    workgroupBarrier();
-    for (var n = WG / 2u; n > 0u; n /= 2u) {
-        if (lid < n) {
-            sh[lid] += sh[lid + n];
+    let first = P.src_offset + b * P.partial_rows * P.per_image + slot;
+    var total = vec4<f32>(0.0);
+    for (var r0 = 0u; r0 < P.partial_rows; r0 += RB) {
+        var block = vec4<f32>(0.0);
+        for (var r = r0; r < min(r0 + RB, P.partial_rows); r++) {
+            block += src[first + r * P.per_image];
         }
-        workgroupBarrier();
+        total += block;
     }
-    if (lid == 0u) {
-        dst[P.dst_offset + o] = sh[0];
-    }
+    dst[P.dst_offset + o] = total;
 }
 
 fn reduction_scale(reduction: u32, n: u32) -> f32 {

@@ -461,7 +461,7 @@ impl Terms {
                 &reduce,
                 bytemuck::bytes_of(&rp),
                 &[Arg::whole(&partials), Arg::whole(&sums)],
-                (b * per_image) as u32,
+                (b * per_image).div_ceil(64) as u32,
             )?;
         }
         rp.src_offset = ace_sums as u32;
