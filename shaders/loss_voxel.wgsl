@@ -16,7 +16,7 @@ override USE_DICE: bool = false;
 override USE_CE: bool = false;
 override EXTRA: bool = false;    // stats: this dispatch also sums the Dice and cross-entropy statistics
 override SWG: u32 = 16u;         // stats: invocations per workgroup
-override HIST: u32 = 1360u;      // stats: SLOTS x SWG, the histogram entries in workgroup memory
+override HIST: u32 = 2048u;      // stats: slots per invocation x SWG, the vec4 entries of `hist`
 
 struct Params {
     voxels: u32,        // V
@@ -74,18 +74,16 @@ const NEAR_EDGE: f32 = 0.0009765625;
 // exact in f32 while counts stay below PACK (at most 256 voxels per invocation).
 const PACK: f32 = 4096.0;
 
-// Stats: each invocation owns SLOTS histogram slots in workgroup memory, slot s of invocation i at s * SWG + i
-// (no two invocations touch the same entry; no atomics). A slot holds, for
-//   hard bins, index labels: h_b = (count + PACK * label count, sum p)
-//   hard bins, one-hot labels: h_a = (count, sum p, sum y, 0)
-//   soft bins: one segment k (voxels with c_k < p <= c_{k+1}, which touch bins k and k + 1):
-//     h_a = (sum w0, sum w0 p, sum w1, sum w1 p), h_b = (sum w0 y, sum w1 y); bin k = segment k's first
-//     halves + segment k - 1's second halves, so a voxel updates one slot, not two.
+// Stats: each invocation owns HIST / SWG histogram slots (vec4) in workgroup memory, slot s of invocation i
+// at s * SWG + i (no two invocations touch the same entry; no atomics). Per bin or segment:
+//   hard bins: one slot, (count, sum p, sum y, 0); with index labels (count + PACK * label count, sum p, -, -)
+//   soft bins: one segment k (voxels with c_k < p <= c_{k+1}, which touch bins k and k + 1) takes two slots:
+//     index labels: (sum w0, sum w0 p, sum w1, sum w1 p) over the voxels with label value 0, then over those
+//     with 1 (a voxel updates one slot of 4 values); one-hot: that over all voxels, then (sum w0 y, sum w1 y).
+//   Bin k = segment k's first halves + segment k - 1's second halves.
 // Workgroup memory rather than private arrays: dynamically indexed private arrays compile to huge if-ladders
-// on some GL drivers (minutes on llvmpipe). The host picks SWG so that HIST x 24 bytes fits the adapter.
-const SLOTS: u32 = 85u;
-var<workgroup> h_a: array<vec4<f32>, HIST>;
-var<workgroup> h_b: array<vec2<f32>, HIST>;
+// on some GL drivers (minutes on llvmpipe). The host sizes HIST and SWG to the adapter's workgroup memory.
+var<workgroup> hist: array<vec4<f32>, HIST>;
 
 // Hard bins with index labels pack the label count into the count (see PACK).
 fn packed() -> bool {
@@ -223,11 +221,9 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let B0 = P.bin_start;
     let g0 = P.class_start + P.group_start;
     // Slots per class: the bins, or for soft bins the segments B0 - 1 .. B0 + NB - 1.
-    let per_class = NB + select(0u, 1u, SOFT);
+    let per_class = select(NB, 2u * (NB + 1u), SOFT);
     for (var s = 0u; s < GROUP * per_class; s++) {
-        let i = s * SWG + lid;
-        h_a[i] = vec4<f32>(0.0);
-        h_b[i] = vec2<f32>(0.0);
+        hist[s * SWG + lid] = vec4<f32>(0.0);
     }
     var dice: array<vec3<f32>, MAXC>;
     var ce = vec3<f32>(0.0);
@@ -249,18 +245,25 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 if (k < NB) {
                     let i = (g * NB + k) * SWG + lid;
                     if (packed()) {
-                        h_b[i] += vec2<f32>(1.0 + PACK * y, pc);
+                        hist[i].x += 1.0 + PACK * y;
+                        hist[i].y += pc;
                     } else {
-                        h_a[i] += vec4<f32>(1.0, pc, y, 0.0);
+                        hist[i] += vec4<f32>(1.0, pc, y, 0.0);
                     }
                 }
             } else {
                 let sp = soft_pair(pc);
                 let k = sp.k0 + 1u - B0;
                 if (k <= NB) {
-                    let i = (g * per_class + k) * SWG + lid;
-                    h_a[i] += vec4<f32>(sp.w.x, sp.w.x * pc, sp.w.y, sp.w.y * pc);
-                    h_b[i] += vec2<f32>(sp.w.x * y, sp.w.y * y);
+                    let halves = vec4<f32>(sp.w.x, sp.w.x * pc, sp.w.y, sp.w.y * pc);
+                    let i = (g * per_class + 2u * k) * SWG + lid;
+                    if (ONEHOT) {
+                        hist[i] += halves;
+                        hist[i + SWG].x += sp.w.x * y;
+                        hist[i + SWG].y += sp.w.y * y;
+                    } else {
+                        hist[i + select(0u, SWG, y != 0.0)] += halves;
+                    }
                 }
             }
         }
@@ -312,18 +315,26 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         for (var j = 0u; j < SWG; j++) {
             if (!SOFT) {
                 let i = s * SWG + j;
+                let a = hist[i];
                 if (packed()) {
-                    let a = h_b[i];
                     let ny = floor(a.x / PACK);
                     total += vec4<f32>(a.x - PACK * ny, a.y, ny, 0.0);
                 } else {
-                    total += h_a[i];
+                    total += vec4<f32>(a.xyz, 0.0);
                 }
             } else {
-                let first = (g * per_class + k + 1u) * SWG + j;
-                let second = (g * per_class + k) * SWG + j;
-                total += vec4<f32>(h_a[first].xy, h_b[first].x, 0.0);
-                total += vec4<f32>(h_a[second].zw, h_b[second].y, 0.0);
+                // Segment k's first halves and segment k - 1's second halves (slot pairs k + 1 and k).
+                let first = (g * per_class + 2u * (k + 1u)) * SWG + j;
+                let second = (g * per_class + 2u * k) * SWG + j;
+                let f0 = hist[first];
+                let f1 = hist[first + SWG];
+                let s0 = hist[second];
+                let s1 = hist[second + SWG];
+                if (ONEHOT) {
+                    total += vec4<f32>(f0.x + s0.z, f0.y + s0.w, f1.x + s1.y, 0.0);
+                } else {
+                    total += vec4<f32>(f0.x + f1.x + s0.z + s1.z, f0.y + f1.y + s0.w + s1.w, f1.x + s1.z, 0.0);
+                }
             }
         }
         table[(row * P.classes_out + P.group_start + g) * M + B0 + k] = total;
@@ -333,14 +344,14 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         workgroupBarrier();
         for (var c = 0u; c < CH; c++) {
             let d = select(vec3<f32>(0.0), dice[c], USE_DICE && c >= P.dice_start);
-            h_a[c * SWG + lid] = vec4<f32>(d, 0.0);
+            hist[c * SWG + lid] = vec4<f32>(d, 0.0);
         }
-        h_a[CH * SWG + lid] = vec4<f32>(ce, 0.0);
+        hist[CH * SWG + lid] = vec4<f32>(ce, 0.0);
         workgroupBarrier();
         for (var s = lid; s <= CH; s += SWG) {
             var total = vec4<f32>(0.0);
             for (var j = 0u; j < SWG; j++) {
-                total += h_a[s * SWG + j];
+                total += hist[s * SWG + j];
             }
             table[P.extra_offset + row * (CH + 1u) + s] = total;
         }

@@ -16,21 +16,34 @@ use crate::tensor::{DType, Tensor};
 pub const MAX_CHANNELS: usize = 32;
 /// Most ACE classes binned together by one workgroup of the stats pass.
 const CLASS_GROUP: usize = 4;
-/// Histogram slots per invocation of the stats pass (`SLOTS` in `loss_voxel.wgsl`).
-const SLOTS: usize = 85;
 /// Voxels per gradient workgroup (`WG x GV` in `loss_voxel.wgsl`).
 const GRAD_VOXELS: usize = 1024;
-/// Bytes of workgroup memory per histogram slot and invocation (a vec4 and a vec2 of f32).
-const SLOT_BYTES: usize = 24;
+/// Bytes of one histogram slot of the stats pass (a vec4 of f32).
+const SLOT_BYTES: usize = 16;
 
-/// Invocations per stats workgroup: the most (of 32, 16, 8) whose histograms fit the adapter's workgroup
-/// memory (8 always fits WebGPU's minimum of 16 KiB).
-fn stats_workgroup(gpu: &Gpu) -> usize {
-    let storage = gpu.limits().max_compute_workgroup_storage_size as usize;
-    [32, 16]
-        .into_iter()
-        .find(|&n| n * SLOTS * SLOT_BYTES <= storage)
-        .unwrap_or(8)
+/// The stats pass's workgroup shape: invocations per workgroup and histogram slots per invocation.
+#[derive(Clone, Copy, Debug)]
+struct StatsShape {
+    swg: usize,
+    slots: usize,
+}
+
+impl StatsShape {
+    /// The most invocations (of 32, 16, 8) whose slots for `need` still fit the adapter's workgroup memory;
+    /// with 8 (always at least 128 slots within WebGPU's minimum of 16 KiB) the classes and bins may have
+    /// to be split over several dispatches.
+    fn pick(gpu: &Gpu, need: usize) -> StatsShape {
+        let storage = gpu.limits().max_compute_workgroup_storage_size as usize;
+        let shape = |swg: usize| StatsShape {
+            swg,
+            slots: storage / (SLOT_BYTES * swg),
+        };
+        [32, 16]
+            .into_iter()
+            .map(shape)
+            .find(|s| need <= s.slots)
+            .unwrap_or_else(|| shape(8))
+    }
 }
 
 /// The terms of a loss and their weights.
@@ -340,10 +353,14 @@ impl Terms {
         } else {
             0
         };
-        // Soft bins take one slot per segment between centres: one more than the bins of a range.
-        let seg = usize::from(plan.soft);
-        let group = CLASS_GROUP.min((SLOTS / (m + seg)).max(1));
-        let bins_per_pass = m.min(SLOTS / group - seg);
+        // Soft bins take two slots per segment between centres, and a range of bins one more segment.
+        let (seg, split) = if plan.soft { (1, 2) } else { (0, 1) };
+        let shape = StatsShape::pick(
+            gpu,
+            (CLASS_GROUP.min(cp) * (m + seg) * split).max(extra_slots),
+        );
+        let group = CLASS_GROUP.min((shape.slots / ((m + seg) * split)).max(1));
+        let bins_per_pass = m.min(shape.slots / (group * split) - seg);
         let mut dispatches = Vec::new(); // (group_start, group_size, bin_start, bin_count, extra)
         for group_start in (0..cp).step_by(group) {
             for bin_start in (0..m).step_by(bins_per_pass) {
@@ -362,7 +379,7 @@ impl Terms {
 
         // Voxels per invocation: enough that the partials fit one binding.
         let mut iters = 128usize;
-        let swg = stats_workgroup(gpu);
+        let swg = shape.swg;
         let rows = |iters: usize| v.div_ceil(swg * iters);
         while iters < 256
             && (b * rows(iters) * per_image_slots * 16) as u64 > gpu.max_binding_bytes()
@@ -394,7 +411,7 @@ impl Terms {
                     &shaders::LOSS_VOXEL,
                     prelude,
                     "stats",
-                    &plan.constants(group_size, extra, swg),
+                    &plan.constants(group_size, extra, shape),
                 )?;
                 let mut p = plan.voxel_params(self, first, count, win);
                 p.iters = iters as u32;
@@ -571,12 +588,12 @@ fn for_each_window<'a>(
 
 impl Plan {
     /// The override constants of `loss_voxel.wgsl` for this problem; `group` ACE classes binned, `extra`
-    /// (Dice and cross-entropy sums) and `swg` invocations per workgroup matter to the stats pass only.
-    fn constants(&self, group: usize, extra: bool, swg: usize) -> [(&'static str, f64); 9] {
+    /// (Dice and cross-entropy sums) and the workgroup shape matter to the stats pass only.
+    fn constants(&self, group: usize, extra: bool, stats: StatsShape) -> [(&'static str, f64); 9] {
         let flag = |b: bool| f64::from(u8::from(b));
         [
-            ("SWG", swg as f64),
-            ("HIST", (SLOTS * swg) as f64),
+            ("SWG", stats.swg as f64),
+            ("HIST", (stats.slots * stats.swg) as f64),
             ("CH", self.channels as f64),
             ("GROUP", group as f64),
             ("SOFT", flag(self.soft)),
@@ -654,7 +671,7 @@ impl Fused {
             &shaders::LOSS_VOXEL,
             prelude,
             "grad",
-            &plan.constants(0, false, 8),
+            &plan.constants(0, false, StatsShape { swg: 8, slots: 1 }),
         )?;
         let wg_per_image = plan.voxels.div_ceil(GRAD_VOXELS);
         let align = binding_alignment(gpu);
