@@ -227,6 +227,12 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
     var dice: array<vec3<f32>, MAXC>;
     var ce = vec3<f32>(0.0);
+    var cw: array<f32, MAXC>; // cross-entropy class weights, read once
+    if (EXTRA && USE_CE) {
+        for (var c = 0u; c < CH; c++) {
+            cw[c] = ce_weight(c);
+        }
+    }
     for (var it = 0u; it < P.iters; it++) {
         let v = (tile * P.iters + it) * SWG + lid;
         if (v >= V) {
@@ -245,8 +251,7 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 if (k < NB) {
                     let i = (g * NB + k) * SWG + lid;
                     if (packed()) {
-                        hist[i].x += 1.0 + PACK * y;
-                        hist[i].y += pc;
+                        hist[i] += vec4<f32>(1.0 + PACK * y, pc, 0.0, 0.0);
                     } else {
                         hist[i] += vec4<f32>(1.0, pc, y, 0.0);
                     }
@@ -282,7 +287,7 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             // (weighted nll, smoothing term sum_c w_c (-log p_c), weight)
             if (ONEHOT) {
                 for (var c = 0u; c < CH; c++) {
-                    let nl = -x.logp[c] * ce_weight(c);
+                    let nl = -x.logp[c] * cw[c];
                     ce += vec3<f32>(nl * x.y[c], nl, 0.0);
                 }
                 ce.z += 1.0;
@@ -291,7 +296,7 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 var nll = 0.0;
                 var w = 0.0;
                 for (var c = 0u; c < CH; c++) {
-                    let wc = ce_weight(c);
+                    let wc = cw[c];
                     if (P.ce_smoothing == 1u) {
                         smoothing -= x.logp[c] * wc;
                     }
