@@ -79,6 +79,12 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     dst[P.dst_offset + o] = total;
 }
 
+// The soft-binning gradient entry of the segment between bins with coefficients (a_k, d_k) and (a_{k+1},
+// d_{k+1}) (see `finalize`).
+fn soft_entry(lo: vec2<f32>, hi: vec2<f32>) -> vec4<f32> {
+    return vec4<f32>(hi.x, lo.x - hi.x, lo.x * lo.y - hi.x * hi.y, 0.0);
+}
+
 fn reduction_scale(reduction: u32, n: u32) -> f32 {
     if (reduction == 0u) {
         return 1.0 / f32(n);
@@ -142,8 +148,11 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         values[bc] = ace;
         total.x += ace;
         let scale = P.lambda_ace * ace_scale * weight / f32(max(kept, 1u));
-        // Entry k holds bin k's (a_k, d_k) and bin k + 1's (0 past the last bin): a soft-binned voxel touches
-        // bins k and k + 1 and reads both in one load.
+        // Hard: entry k = (a_k, d_k, 0, 0). Soft: a voxel between centres k and k + 1 has
+        //   d ACE / d p = a_k (w0 + dw0 (r - d_k)) + a_{k+1} (w1 + dw1 (r - d_{k+1})), r = p - y,
+        // and as w1 = 1 - w0, dw1 = -dw0 = 1 / delta (0 when clamped to an end bin), that is
+        //   a_{k+1} + (a_k - a_{k+1}) w0 + dw1 ((a_k d_k - a_{k+1} d_{k+1}) - (a_k - a_{k+1}) r):
+        // entry k = (a_{k+1}, a_k - a_{k+1}, a_k d_k - a_{k+1} d_{k+1}, 0), with a_M = d_M = 0.
         var prev = vec2<f32>(0.0);
         for (var k = 0u; k < M; k++) {
             let s = src[row + k];
@@ -152,12 +161,16 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
                 let d = s.y / s.x - s.z / s.x;
                 coef = vec2<f32>(scale * sign(d) / s.x, d);
             }
-            if (k > 0u) {
-                dst[row + k - 1u] = vec4<f32>(prev, coef);
+            if (P.soft == 0u) {
+                dst[row + k] = vec4<f32>(coef, 0.0, 0.0);
+            } else if (k > 0u) {
+                dst[row + k - 1u] = soft_entry(prev, coef);
             }
             prev = coef;
         }
-        dst[row + M - 1u] = vec4<f32>(prev, 0.0, 0.0);
+        if (P.soft == 1u) {
+            dst[row + M - 1u] = soft_entry(prev, vec2<f32>(0.0));
+        }
     }
 
     // Dice per (image, class), or per class over the batch.

@@ -57,7 +57,8 @@ struct Params {
 // stats: per-workgroup partials: ACE [image, workgroup, C', M] of (weight, weight * p, weight * y, 0), then
 // from `extra_offset` [image, workgroup, C + 1]: per channel the Dice sums (sum p y, sum y^2, sum p^2, 0), and
 // the cross-entropy sums (weighted nll, smoothing term, weight, 0).
-// grad: ACE coefficients [image, C', M] of (a_k, d_k, a_{k+1}, d_{k+1}), d_k = mean_p - mean_y; Dice
+// grad: ACE coefficients [image, C', M]: hard (a_k, d_k, 0, 0), d_k = mean_p - mean_y; soft, per segment,
+// (a_{k+1}, a_k - a_{k+1}, a_k d_k - a_{k+1} d_{k+1}, 0) (see `loss_reduce.wgsl:finalize`); Dice
 // coefficients from `extra_offset`, [image or 1, C] of (A, B, 0, 0) with d Dice / d p = A y + B d(den)/dp;
 // cross-entropy from `ce_offset`: (scale, 1 - smoothing, smoothing / C, sum of class weights).
 @group(0) @binding(4) var<storage, read_write> table: array<vec4<f32>>;
@@ -429,9 +430,9 @@ fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 } else {
                     let sp = soft_pair(pc);
                     let r = pc - x.y[c];
-                    // Bins k0 and k0 + 1 in one entry (for M = 1 the second is 0 and so is w1).
-                    let q = table[row + sp.k0];
-                    ga = q.x * (sp.w.x + sp.w.z * (r - q.y)) + q.z * (sp.w.y + sp.w.w * (r - q.w));
+                    // Bins k0 and k0 + 1 from one entry (see `loss_reduce.wgsl:finalize`).
+                    let e = table[row + sp.k0].xyz;
+                    ga = e.x + e.y * sp.w.x + (e.z - e.y * r) * sp.w.w;
                 }
                 gc = ga * ace_up[c];
             }
