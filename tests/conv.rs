@@ -153,9 +153,21 @@ fn conv3d_row_kernels_with_strides_across_rows_and_more_channels_than_a_tile() {
 }
 
 #[test]
+fn conv3d_row_weight_gradient_over_several_splits() {
+    // Output rows of 16: the weight-gradient row kernel, with splits that cross images and kernel rows
+    // (ci, kd, kh) and result channels over one workgroup's worth.
+    check_conv(
+        geo(2, 16, 17, [12, 11, 16], [3; 3], [1; 3], [1; 3]),
+        false,
+        false,
+        13,
+    );
+}
+
+#[test]
 fn conv2d_row_kernels_wide_padding() {
     check_conv(
-        geo(1, 3, 9, [1, 6, 21], [1, 3, 3], [1; 3], [0, 1, 2]),
+        geo(1, 3, 9, [1, 6, 22], [1, 3, 3], [1; 3], [0, 1, 2]),
         false,
         true,
         11,

@@ -20,6 +20,8 @@ const TILE_COLS: usize = 256;
 /// channels per workgroup (`python3 scripts/gen_conv_subgroup_wgsl.py 4 4 shaders/conv_subgroup.wgsl 8 4`).
 const ROW_TN: usize = 8;
 const ROW_M: usize = 16;
+/// Kernel rows (ci, kd, kh) one weight-gradient row-kernel invocation owns (each with its 3 taps along W).
+const ROW_KR: usize = 2;
 /// (channel, tap) pairs staged in workgroup memory per chunk.
 const STAGE: usize = 216;
 /// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
@@ -384,7 +386,15 @@ pub(crate) fn record_backward_weight(
             "convolution weight gradient {g:?} is too large"
         )));
     }
-    let k = gpu.kernel(kernels_for(gpu), "", "backward_weight", &[])?;
+    // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
+    let row = row_path(gpu, g, g.output[2]) && g.output[2].is_multiple_of(8);
+    let (entry, col_tiles) = if row {
+        let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(64 * ROW_KR);
+        ("backward_weight_row", tiles)
+    } else {
+        ("backward_weight", col_tiles)
+    };
+    let k = gpu.kernel(kernels_for(gpu), "", entry, &[])?;
     let p = g.params(split, false);
     let grid = [col_tiles as u32, m_tiles as u32, splits as u32];
     let mut b = gpu.batch("conv backward_weight");
