@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # Generates shaders/conv_subgroup.wgsl: the convolution kernels that share the weights (or, for the weight
 # gradient, the output gradient) across 8 lanes with subgroupBroadcast. Usage:
-# python3 scripts/gen_conv_subgroup_wgsl.py 4 4 shaders/conv_subgroup.wgsl 8 4 2 (the first two tiles as in
+# python3 scripts/gen_conv_subgroup_wgsl.py 4 4 shaders/conv_subgroup.wgsl 8 2 2 (the first two tiles as in
 # gen_conv_wgsl.py; then the row kernels' TNW results along W x 4 QW channels per invocation, and the kernel
 # rows TR per weight-gradient row-kernel invocation: ROW_TN = TNW, ROW_M = 4 QW and ROW_KR = TR in
 # src/ops/conv.rs must match).
@@ -74,7 +74,8 @@ hdr=f'''// Convolution kernels using subgroup operations (compiled only where th
 //
 // forward_row and backward_data_row are the same kernels for stride 1 and 3 taps along W (the host picks
 // them when that holds): an invocation owns {TNW} consecutive results of one row, so the 3 taps along W read
-// a sliding window of {TNW} + 2 gathered values per reduced channel instead of 3 x {TNW}. backward_weight_row
+// a sliding window of {TNW} + 2 gathered values per reduced channel instead of 3 x {TNW}; they step through a
+// group of 8 lanes' weights with subgroupShuffle in a loop (short code). backward_weight_row
 // does the same over the voxels it reduces (output rows a multiple of 8): 8 voxels x 3 taps of a kernel row
 // read 10 gathered values instead of 24.
 
@@ -297,19 +298,20 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 s+=f"            let ok{kw}_{m} = cok && m0 + {m}u < mlim;\n" if kw==0 else ""
                 comps.append(f"select(0.0, wts[select(0u, {widx(m, kw)}, ok0_{m})], ok0_{m})")
             s+=f"            let wl{kw}_{q} = vec4<f32>({', '.join(comps)});\n"
-    for k in range(SG):
-        s+=f"            if (c0 + {k}u < cred) {{\n"
-        s+=f"                let cs = (c0 + {k}u) * RSTRIDE;\n"
-        for i in range(WIN):
-            s+=f"                let xw{i} = select(0.0, src[select(0u, woff{i} + cs, wok{i})], wok{i});\n"
-        for kw in range(KW):
+    # A loop over the 8 lanes' channels with subgroupShuffle (a uniform lane index), not 8 unrolled copies:
+    # drivers compile the unrolled body many times slower (lavapipe: ~20 s cold), and the loop ran faster there.
+    s+=f"            for (var k = 0u; k < min({SG}u, cred - c0); k++) {{\n"
+    s+=f"                let cs = (c0 + k) * RSTRIDE;\n"
+    for i in range(WIN):
+        s+=f"                let xw{i} = select(0.0, src[select(0u, woff{i} + cs, wok{i})], wok{i});\n"
+    for kw in range(KW):
+        for q in WQ:
+            s+=f"                let b{kw}_{q} = subgroupShuffle(wl{kw}_{q}, k);\n"
+    for kw in range(KW):
+        for j in WJ:
             for q in WQ:
-                s+=f"                let b{kw}_{q} = subgroupBroadcast(wl{kw}_{q}, {k}u);\n"
-        for kw in range(KW):
-            for j in WJ:
-                for q in WQ:
-                    s+=f"                acc{j}_{q} = fma(b{kw}_{q}, vec4<f32>(xw{XI(j,kw)}), acc{j}_{q});\n"
-        s+="            }\n"
+                s+=f"                acc{j}_{q} = fma(b{kw}_{q}, vec4<f32>(xw{XI(j,kw)}), acc{j}_{q});\n"
+    s+="            }\n"
     s+="        }\n    }\n"
     s+=storecode_extra
     for j in WJ:

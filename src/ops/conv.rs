@@ -17,9 +17,9 @@ const TILE_M: usize = 16;
 /// Columns one workgroup owns: 64 invocations x 4 columns (both kernel files).
 const TILE_COLS: usize = 256;
 /// Row kernels (stride 1 and 3 taps along W): consecutive results of a row one invocation owns, and result
-/// channels per workgroup (`python3 scripts/gen_conv_subgroup_wgsl.py 4 4 shaders/conv_subgroup.wgsl 8 4`).
+/// channels per workgroup (`python3 scripts/gen_conv_subgroup_wgsl.py 4 4 shaders/conv_subgroup.wgsl 8 2 2`).
 const ROW_TN: usize = 8;
-const ROW_M: usize = 16;
+const ROW_M: usize = 8;
 /// Kernel rows (ci, kd, kh) one weight-gradient row-kernel invocation owns (each with its 3 taps along W).
 const ROW_KR: usize = 2;
 /// (channel, tap) pairs staged in workgroup memory per chunk.
