@@ -1,6 +1,6 @@
 //! Convolution over `[N, C, D, H, W]` (or `[N, C, H, W]`) tensors with any kernel size, stride and padding,
-//! and its two gradients, as register-tiled gather kernels (`shaders/conv.wgsl`, no atomics). With subgroups,
-//! `shaders/conv_subgroup.wgsl`, whose row kernels serve the common stride-1, 3-taps-along-W case.
+//! and its two gradients, as register-tiled gather kernels (`shaders/conv.wgsl`, no atomics; with subgroups,
+//! `shaders/conv_subgroup.wgsl`). Both files have row kernels for the common stride-1, 3-taps-along-W case.
 //!
 //! Weights are laid out as PyTorch's: `[C_out, C_in, kD, kH, kW]` (`[C_out, C_in, kH, kW]` in 2D).
 
@@ -16,12 +16,30 @@ use crate::tensor::{DType, Tensor};
 const TILE_M: usize = 16;
 /// Columns one workgroup owns: 64 invocations x 4 columns (both kernel files).
 const TILE_COLS: usize = 256;
-/// Row kernels (stride 1 and 3 taps along W): consecutive results of a row one invocation owns, and result
-/// channels per workgroup (`python3 scripts/gen_conv_subgroup_wgsl.py 4 4 shaders/conv_subgroup.wgsl 8 2 2`).
-const ROW_TN: usize = 8;
-const ROW_M: usize = 8;
-/// Kernel rows (ci, kd, kh) one weight-gradient row-kernel invocation owns (each with its 3 taps along W).
-const ROW_KR: usize = 2;
+/// Row kernels (stride 1 and 3 taps along W) of each kernel file: consecutive results of a row one invocation
+/// owns, result channels per workgroup, and kernel rows (ci, kd, kh) one weight-gradient invocation owns (each
+/// with its 3 taps along W). Subgroup file: `python3 scripts/gen_conv_subgroup_wgsl.py 4 4
+/// shaders/conv_subgroup.wgsl 8 2 2`; portable file: `python3 scripts/gen_conv_wgsl.py 4 4 shaders/conv.wgsl 4 1`.
+#[derive(Clone, Copy)]
+struct RowTiles {
+    tn: usize,
+    m: usize,
+    kr: usize,
+}
+const ROW_SUBGROUP: RowTiles = RowTiles { tn: 8, m: 8, kr: 2 };
+const ROW_PORTABLE: RowTiles = RowTiles {
+    tn: 4,
+    m: TILE_M,
+    kr: 1,
+};
+
+fn row_tiles(gpu: &Gpu) -> RowTiles {
+    if subgroup_path(gpu) {
+        ROW_SUBGROUP
+    } else {
+        ROW_PORTABLE
+    }
+}
 /// (channel, tap) pairs staged in workgroup memory per chunk.
 const STAGE: usize = 216;
 /// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
@@ -247,24 +265,25 @@ fn col_grid(gpu: &Gpu, columns: usize, m: usize) -> Result<[u32; 3]> {
 
 /// Grid of the row kernels over `[n, d, h, w]` results and `m` channels (64 row segments per workgroup).
 fn row_grid(gpu: &Gpu, n: usize, dhw: [usize; 3], m: usize) -> Result<[u32; 3]> {
-    let segs = n * dhw[0] * dhw[1] * dhw[2].div_ceil(ROW_TN);
+    let rt = row_tiles(gpu);
+    let segs = n * dhw[0] * dhw[1] * dhw[2].div_ceil(rt.tn);
     if segs > u32::MAX as usize {
         return Err(Error::InvalidShape(format!(
             "{segs} row segments is too many"
         )));
     }
     let g = gpu.grid(segs.div_ceil(64) as u32)?;
-    let mt = m.div_ceil(ROW_M);
+    let mt = m.div_ceil(rt.m);
     if mt > gpu.limits().max_compute_workgroups_per_dimension as usize {
         return Err(Error::InvalidShape(format!("{m} channels is too many")));
     }
     Ok([g[0], mt as u32, g[1]])
 }
 
-/// Whether the row kernels (`forward_row`, `backward_data_row`; subgroup kernel file only) apply: stride 1
-/// and 3 taps along W, and rows of results (`width` wide) at least one invocation's segment long.
+/// Whether the row kernels (`forward_row`, `backward_data_row`) apply: stride 1 and 3 taps along W, and rows
+/// of results (`width` wide) at least one invocation's segment long.
 fn row_path(gpu: &Gpu, g: &ConvGeometry, width: usize) -> bool {
-    subgroup_path(gpu) && g.kernel[2] == 3 && g.stride[2] == 1 && width >= ROW_TN
+    g.kernel[2] == 3 && g.stride[2] == 1 && width >= row_tiles(gpu).tn
 }
 
 /// The convolution kernels for this device: the subgroup variant where subgroups of at least 8 invocations
@@ -389,7 +408,7 @@ pub(crate) fn record_backward_weight(
     // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
     let row = row_path(gpu, g, g.output[2]) && g.output[2].is_multiple_of(8);
     let (entry, col_tiles) = if row {
-        let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(64 * ROW_KR);
+        let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(64 * row_tiles(gpu).kr);
         ("backward_weight_row", tiles)
     } else {
         ("backward_weight", col_tiles)
