@@ -142,6 +142,39 @@ fn conv3d_weight_gradient_over_several_splits() {
 }
 
 #[test]
+fn conv3d_row_kernels_with_strides_across_rows_and_more_channels_than_a_tile() {
+    // Stride 1 and 3 taps along W (the row kernels), rows not a multiple of a segment, stride 2 across rows.
+    check_conv(
+        geo(2, 19, 17, [5, 7, 19], [3; 3], [2, 2, 1], [1, 0, 0]),
+        true,
+        false,
+        10,
+    );
+}
+
+#[test]
+fn conv3d_row_weight_gradient_over_several_splits() {
+    // Output rows of 16: the weight-gradient row kernel, with splits that cross images and kernel rows
+    // (ci, kd, kh) and result channels over one workgroup's worth.
+    check_conv(
+        geo(2, 16, 17, [12, 11, 16], [3; 3], [1; 3], [1; 3]),
+        false,
+        false,
+        13,
+    );
+}
+
+#[test]
+fn conv2d_row_kernels_wide_padding() {
+    check_conv(
+        geo(1, 3, 9, [1, 6, 22], [1, 3, 3], [1; 3], [0, 1, 2]),
+        false,
+        true,
+        11,
+    );
+}
+
+#[test]
 fn conv2d_odd_sizes_and_stride3() {
     check_conv(
         geo(2, 5, 7, [1, 11, 10], [1, 3, 3], [1, 3, 3], [0, 0, 1]),
@@ -224,6 +257,16 @@ fn conv_transpose_3x3x3_stride2_pad1_outpad1() {
         [1; 3],
         true,
         8,
+    );
+}
+
+#[test]
+fn conv_transpose_row_kernels() {
+    check_transpose(
+        geo(1, 6, 10, [3, 4, 11], [3; 3], [2, 2, 1], [1; 3]),
+        [1, 0, 0],
+        true,
+        12,
     );
 }
 

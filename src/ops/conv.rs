@@ -1,5 +1,6 @@
 //! Convolution over `[N, C, D, H, W]` (or `[N, C, H, W]`) tensors with any kernel size, stride and padding,
-//! and its two gradients, as register-tiled gather kernels (`shaders/conv.wgsl`, no atomics).
+//! and its two gradients, as register-tiled gather kernels (`shaders/conv.wgsl`, no atomics; with subgroups,
+//! `shaders/conv_subgroup.wgsl`). Both files have row kernels for the common stride-1, 3-taps-along-W case.
 //!
 //! Weights are laid out as PyTorch's: `[C_out, C_in, kD, kH, kW]` (`[C_out, C_in, kH, kW]` in 2D).
 
@@ -15,6 +16,30 @@ use crate::tensor::{DType, Tensor};
 const TILE_M: usize = 16;
 /// Columns one workgroup owns: 64 invocations x 4 columns (both kernel files).
 const TILE_COLS: usize = 256;
+/// Row kernels (stride 1 and 3 taps along W) of each kernel file: consecutive results of a row one invocation
+/// owns, result channels per workgroup, and kernel rows (ci, kd, kh) one weight-gradient invocation owns (each
+/// with its 3 taps along W). Subgroup file: `python3 scripts/gen_conv_subgroup_wgsl.py 4 4
+/// shaders/conv_subgroup.wgsl 8 2 2`; portable file: `python3 scripts/gen_conv_wgsl.py 4 4 shaders/conv.wgsl 4 1`.
+#[derive(Clone, Copy)]
+struct RowTiles {
+    tn: usize,
+    m: usize,
+    kr: usize,
+}
+const ROW_SUBGROUP: RowTiles = RowTiles { tn: 8, m: 8, kr: 2 };
+const ROW_PORTABLE: RowTiles = RowTiles {
+    tn: 4,
+    m: TILE_M,
+    kr: 1,
+};
+
+fn row_tiles(gpu: &Gpu) -> RowTiles {
+    if subgroup_path(gpu) {
+        ROW_SUBGROUP
+    } else {
+        ROW_PORTABLE
+    }
+}
 /// (channel, tap) pairs staged in workgroup memory per chunk.
 const STAGE: usize = 216;
 /// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
@@ -238,6 +263,29 @@ fn col_grid(gpu: &Gpu, columns: usize, m: usize) -> Result<[u32; 3]> {
     Ok([g[0], mt as u32, g[1]])
 }
 
+/// Grid of the row kernels over `[n, d, h, w]` results and `m` channels (64 row segments per workgroup).
+fn row_grid(gpu: &Gpu, n: usize, dhw: [usize; 3], m: usize) -> Result<[u32; 3]> {
+    let rt = row_tiles(gpu);
+    let segs = n * dhw[0] * dhw[1] * dhw[2].div_ceil(rt.tn);
+    if segs > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!(
+            "{segs} row segments is too many"
+        )));
+    }
+    let g = gpu.grid(segs.div_ceil(64) as u32)?;
+    let mt = m.div_ceil(rt.m);
+    if mt > gpu.limits().max_compute_workgroups_per_dimension as usize {
+        return Err(Error::InvalidShape(format!("{m} channels is too many")));
+    }
+    Ok([g[0], mt as u32, g[1]])
+}
+
+/// Whether the row kernels (`forward_row`, `backward_data_row`) apply: stride 1 and 3 taps along W, and rows
+/// of results (`width` wide) at least one invocation's segment long.
+fn row_path(gpu: &Gpu, g: &ConvGeometry, width: usize) -> bool {
+    g.kernel[2] == 3 && g.stride[2] == 1 && width >= row_tiles(gpu).tn
+}
+
 /// The convolution kernels for this device: the subgroup variant where subgroups of at least 8 invocations
 /// are available (it broadcasts the shared operand from 8 lanes), the portable one otherwise.
 pub fn kernels_for(gpu: &Gpu) -> &'static shaders::Shader {
@@ -267,8 +315,15 @@ pub(crate) fn record_forward(
     if g.n * g.cout * g.output_voxels() == 0 {
         return Ok(());
     }
-    let k = gpu.kernel(kernels_for(gpu), "", "forward", &[])?;
+    let row = row_path(gpu, g, g.output[2]);
+    let entry = if row { "forward_row" } else { "forward" };
+    let k = gpu.kernel(kernels_for(gpu), "", entry, &[])?;
     let p = g.params(0, bias.is_some());
+    let grid = if row {
+        row_grid(gpu, g.n, g.output, g.cout)?
+    } else {
+        col_grid(gpu, g.n * g.output_voxels(), g.cout)?
+    };
     let mut b = gpu.batch("conv forward");
     b.dispatch_grid(
         &k,
@@ -279,7 +334,7 @@ pub(crate) fn record_forward(
             Arg::whole(bias.unwrap_or(w)),
             Arg::whole(out),
         ],
-        col_grid(gpu, g.n * g.output_voxels(), g.cout)?,
+        grid,
     )?;
     b.submit()?;
     Ok(())
@@ -296,14 +351,25 @@ pub(crate) fn record_backward_data(
     if g.n * g.cin * g.input_voxels() == 0 {
         return Ok(());
     }
-    let k = gpu.kernel(kernels_for(gpu), "", "backward_data", &[])?;
+    let row = row_path(gpu, g, g.input[2]);
+    let entry = if row {
+        "backward_data_row"
+    } else {
+        "backward_data"
+    };
+    let k = gpu.kernel(kernels_for(gpu), "", entry, &[])?;
     let p = g.params(0, false);
+    let grid = if row {
+        row_grid(gpu, g.n, g.input, g.cin)?
+    } else {
+        col_grid(gpu, g.n * g.input_voxels(), g.cin)?
+    };
     let mut b = gpu.batch("conv backward_data");
     b.dispatch_grid(
         &k,
         bytemuck::bytes_of(&p),
         &[Arg::whole(dy), Arg::whole(w), Arg::whole(dx)],
-        col_grid(gpu, g.n * g.input_voxels(), g.cin)?,
+        grid,
     )?;
     b.submit()?;
     Ok(())
@@ -339,7 +405,15 @@ pub(crate) fn record_backward_weight(
             "convolution weight gradient {g:?} is too large"
         )));
     }
-    let k = gpu.kernel(kernels_for(gpu), "", "backward_weight", &[])?;
+    // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
+    let row = row_path(gpu, g, g.output[2]) && g.output[2].is_multiple_of(8);
+    let (entry, col_tiles) = if row {
+        let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(64 * row_tiles(gpu).kr);
+        ("backward_weight_row", tiles)
+    } else {
+        ("backward_weight", col_tiles)
+    };
+    let k = gpu.kernel(kernels_for(gpu), "", entry, &[])?;
     let p = g.params(split, false);
     let grid = [col_tiles as u32, m_tiles as u32, splits as u32];
     let mut b = gpu.batch("conv backward_weight");
