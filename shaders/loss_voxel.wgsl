@@ -72,7 +72,7 @@ const TOP: f32 = 1.00000011920928955; // 1 + eps, the last edge
 // to f32, sit within 1e-4 of k / M for M <= 256); only then are the exact edges read.
 const NEAR_EDGE: f32 = 0.0009765625;
 // Hard bins with class-index labels keep the count and the label count in one slot: count + PACK * count_y,
-// exact in f32 while counts stay below PACK (at most 256 voxels per invocation).
+// exact in f32 while counts stay below PACK (at most 2048 voxels per invocation: below 2^24 in all).
 const PACK: f32 = 4096.0;
 
 // Stats: each invocation owns HIST / SWG histogram slots (vec4) in workgroup memory, slot s of invocation i

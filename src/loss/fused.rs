@@ -378,10 +378,11 @@ impl Terms {
         let per_image_slots = cp * m + extra_slots;
 
         // Voxels per invocation: enough that the partials fit one binding.
-        let mut iters = 128usize;
+        let mut iters = 256usize;
         let swg = shape.swg;
         let rows = |iters: usize| v.div_ceil(swg * iters);
-        while iters < 256
+        // Up to 2048 voxels per invocation keep the packed hard-bin counts exact (`PACK` in the shader).
+        while iters < 2048
             && (b * rows(iters) * per_image_slots * 16) as u64 > gpu.max_binding_bytes()
         {
             iters *= 2;
