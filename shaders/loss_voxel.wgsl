@@ -368,7 +368,7 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // the input is logits, dz_j = p_j (g_j - sum_c p_c g_c), plus the cross-entropy gradient, which is already
 // with respect to the logits. Each invocation takes GV voxels, WG apart, of one image; the per-image
 // coefficients are read once, before them.
-const GV: u32 = 4u;
+const GV: u32 = 8u;
 
 @compute @workgroup_size(256)
 fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

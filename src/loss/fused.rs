@@ -17,7 +17,7 @@ pub const MAX_CHANNELS: usize = 32;
 /// Most ACE classes binned together by one workgroup of the stats pass.
 const CLASS_GROUP: usize = 4;
 /// Voxels per gradient workgroup (`WG x GV` in `loss_voxel.wgsl`).
-const GRAD_VOXELS: usize = 1024;
+const GRAD_VOXELS: usize = 2048;
 /// Bytes of one histogram slot of the stats pass (a vec4 of f32).
 const SLOT_BYTES: usize = 16;
 
