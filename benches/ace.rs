@@ -2,7 +2,8 @@
 //! 0.33 (Dice + CE + mL1-ACE) training loss next to the same three losses run one after the other, and a
 //! plain streaming kernel that moves the same bytes (logits and labels read twice, the gradient written
 //! once). Prints, after criterion's figures, each time as a multiple of that copy time and of ACE alone, and
-//! the achieved fraction of the adapter's copy bandwidth, so the numbers compare across vendors.
+//! the achieved fraction of the adapter's copy bandwidth, so the numbers compare across vendors (best of 5
+//! interleaved rounds, so that the ratios hold on a shared machine).
 
 use std::time::Duration;
 
@@ -61,12 +62,30 @@ fn separate(gpu: &Gpu, loss: &AceDiceCeLoss, x: &Inputs) {
     gpu.synchronize().unwrap();
 }
 
-fn best(gpu: &Gpu, f: &dyn Fn()) -> f64 {
-    probe::best_of(gpu, 5, || {
+/// Seconds one run of `f` takes on the GPU.
+fn timed(gpu: &Gpu, f: impl FnOnce()) -> f64 {
+    calibseg::gpu::time_gpu(gpu, || {
         f();
         Ok(())
     })
     .unwrap()
+    .as_secs_f64()
+}
+
+/// Best time of each job (each returns the seconds it took) over `reps` rounds that run every job once in
+/// turn, so that a busy spell of a shared machine hits all of them alike rather than one: the ratios between
+/// them are what gets reported.
+fn best_interleaved(reps: usize, jobs: &[&dyn Fn() -> f64]) -> Vec<f64> {
+    for job in jobs {
+        job(); // warm-up: pipeline creation, first-touch allocation
+    }
+    let mut best = vec![f64::INFINITY; jobs.len()];
+    for _ in 0..reps {
+        for (b, job) in best.iter_mut().zip(jobs) {
+            *b = b.min(job());
+        }
+    }
+    best
 }
 
 fn bench(c: &mut Criterion) {
@@ -110,17 +129,31 @@ fn bench(c: &mut Criterion) {
         });
         group.finish();
 
-        let copy = probe::loss_traffic_time(&gpu, &x.logits, x.labels.tensor(), 5).unwrap();
         let bytes = 3.0 * x.logits.byte_len() as f64 + 2.0 * x.labels.tensor().byte_len() as f64;
-        for (name, binning) in [("hard", Binning::Hard), ("soft", Binning::Soft)] {
-            let ace = AceLoss {
-                binning,
-                ..AceLoss::default()
-            };
-            let combined = AceDiceCeLoss::new(binning);
-            let t_ace = best(&gpu, &|| ace_only(&gpu, &ace, &x));
-            let t_fused = best(&gpu, &|| fused(&gpu, &combined, &x));
-            let t_sep = best(&gpu, &|| separate(&gpu, &combined, &x));
+        let losses = [Binning::Hard, Binning::Soft].map(|binning| {
+            (
+                AceLoss {
+                    binning,
+                    ..AceLoss::default()
+                },
+                AceDiceCeLoss::new(binning),
+            )
+        });
+        let [(ace_h, comb_h), (ace_s, comb_s)] = &losses;
+        let jobs: [&dyn Fn() -> f64; 7] = [
+            // The copy's own timer leaves out its set-up (allocating the output).
+            &|| probe::loss_traffic_time(&gpu, &x.logits, x.labels.tensor(), 1).unwrap(),
+            &|| timed(&gpu, || ace_only(&gpu, ace_h, &x)),
+            &|| timed(&gpu, || fused(&gpu, comb_h, &x)),
+            &|| timed(&gpu, || separate(&gpu, comb_h, &x)),
+            &|| timed(&gpu, || ace_only(&gpu, ace_s, &x)),
+            &|| timed(&gpu, || fused(&gpu, comb_s, &x)),
+            &|| timed(&gpu, || separate(&gpu, comb_s, &x)),
+        ];
+        let times = best_interleaved(5, &jobs);
+        let copy = times[0];
+        for (i, name) in ["hard", "soft"].into_iter().enumerate() {
+            let (t_ace, t_fused, t_sep) = (times[1 + 3 * i], times[2 + 3 * i], times[3 + 3 * i]);
             summary.push(format!(
                 "{label} {name}: copy of the same bytes {:.2} ms | ACE fwd+bwd {:.2} ms = {:.2}x copy, \
                  {:.0}% of copy bandwidth | fused ace-dice-ce {:.2} ms = {:.2}x copy = {:.2}x ACE alone | \
