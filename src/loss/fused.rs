@@ -34,9 +34,11 @@ impl StatsShape {
     /// to be split over several dispatches.
     fn pick(gpu: &Gpu, need: usize) -> StatsShape {
         let storage = gpu.limits().max_compute_workgroup_storage_size as usize;
+        // At most 512 slots per invocation: more only helps very many bins (which otherwise split into
+        // ranges), and the cap keeps the shader's array size sane on drivers that report huge limits.
         let shape = |swg: usize| StatsShape {
             swg,
-            slots: storage / (SLOT_BYTES * swg),
+            slots: (storage / (SLOT_BYTES * swg)).min(512),
         };
         [32, 16]
             .into_iter()
