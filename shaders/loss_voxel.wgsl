@@ -52,7 +52,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> input: array<logit_t>;
 @group(0) @binding(2) var<storage, read> labels: array<label_t>;
-// Hard: the M + 1 bin edges. Soft: the M kernel centres. Then, from `weight_offset`, C cross-entropy weights.
+// Hard: the M + 1 bin edges (soft centres are computed), then from `weight_offset` C cross-entropy weights.
 @group(0) @binding(3) var<storage, read> edges: array<f32>;
 // stats: per-workgroup partials: ACE [image, workgroup, C', M] of (weight, weight * p, weight * y, 0), then
 // from `extra_offset` [image, workgroup, C + 1]: per channel the Dice sums (sum p y, sum y^2, sum p^2, 0), and

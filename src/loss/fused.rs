@@ -315,11 +315,8 @@ impl Terms {
         let ace_bins = images * plan.classes_out * plan.num_bins;
         plan.dice_offset = ace_bins;
         plan.ce_offset = ace_bins + if plan.dice_batch { 1 } else { images } * channels;
-        plan.weight_offset = if plan.soft {
-            plan.num_bins
-        } else {
-            plan.num_bins + 1
-        };
+        // Hard bins read their exact edges near an edge; soft centres are computed in the shader.
+        plan.weight_offset = if plan.soft { 0 } else { plan.num_bins + 1 };
         Ok(plan)
     }
 
@@ -337,7 +334,7 @@ impl Terms {
             .unwrap_or_else(|| vec![1.0; c]);
 
         let mut edges = if plan.soft {
-            soft_bin_centres(m).0
+            Vec::new()
         } else {
             hard_bin_edges(m)
         };
