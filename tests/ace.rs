@@ -160,41 +160,20 @@ fn forward_matches_the_f64_reference_on_random_volumes() {
         let out = loss.forward(&input, &labels).unwrap();
         let r = ace_ref::ace(&c.z64(), &c.labels, n, ch, v, &cfg(&loss), None);
         let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-        assert_rel(
-            &out.loss.to_vec_f32().unwrap(),
-            &[r.loss as f32],
-            tol,
-            1e-7,
-            "loss",
-        );
-        assert_rel(
-            &out.per_image_class.to_vec_f32().unwrap(),
-            &f(&r.per_image_class),
-            tol,
-            1e-7,
-            "per_image_class",
-        );
-        assert_rel(
-            &out.bin_weight.to_vec_f32().unwrap(),
-            &f(&r.bin_weight),
-            tol,
-            1e-5,
-            "bin_weight",
-        );
-        assert_rel(
-            &out.bin_sum_p.to_vec_f32().unwrap(),
-            &f(&r.bin_sum_p),
-            tol,
-            1e-5,
-            "bin_sum_p",
-        );
-        assert_rel(
-            &out.bin_sum_y.to_vec_f32().unwrap(),
-            &f(&r.bin_sum_y),
-            tol,
-            1e-5,
-            "bin_sum_y",
-        );
+        for (name, got, want, abs) in [
+            ("loss", &out.loss, vec![r.loss as f32], 1e-7),
+            (
+                "per_image_class",
+                &out.per_image_class,
+                f(&r.per_image_class),
+                1e-7,
+            ),
+            ("bin_weight", &out.bin_weight, f(&r.bin_weight), 1e-5),
+            ("bin_sum_p", &out.bin_sum_p, f(&r.bin_sum_p), 1e-5),
+            ("bin_sum_y", &out.bin_sum_y, f(&r.bin_sum_y), 1e-5),
+        ] {
+            assert_rel(&got.to_vec_f32().unwrap(), &want, tol, abs, name);
+        }
     }
 }
 
