@@ -6,6 +6,7 @@
 # rows TR per weight-gradient row-kernel invocation: ROW_TN = TNW, ROW_M = 4 QW and ROW_KR = TR in
 # src/ops/conv.rs must match).
 import sys
+from conv_gen_common import row_fmas, row_weight_store, row_window_loads
 TN=int(sys.argv[1]); Q=int(sys.argv[2]); out=sys.argv[3]
 TNW=int(sys.argv[4]); QW=int(sys.argv[5]); TR=int(sys.argv[6])
 M=4*Q
@@ -434,28 +435,12 @@ fn backward_weight_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
 {chr(10).join(wq)}
         let vi = subgroupBroadcast(info, 0u);
 """
-for j in RJ:
-    wgtr+=f"        let okr{j} = valid{j} && in_range(vi.x + kd{j}, p.isz.x) && in_range(vi.y + kh{j}, p.isz.y);\n"
-    wgtr+=f"        let rb{j} = vi.w + coff{j};\n"
-    for i in range(RWIN):
-        wgtr+=f"        let ok{j}_{i} = okr{j} && in_range(vi.z + {i}, p.isz.z);\n"
-        wgtr+=f"        let xw{j}_{i} = select(0.0, src[select(0u, u32(rb{j} + {i}), ok{j}_{i})], ok{j}_{i});\n"
+wgtr+=row_window_loads("        ", RJ, RWIN)
 for k in range(SG):
     wgtr+="        {\n"
     for q in QQ: wgtr+=f"            let b{q} = subgroupBroadcast(wl{q}, {k}u);\n"
-    for j in RJ:
-        for kw in range(KW):
-            for q in QQ:
-                wgtr+=f"            acc{j}_{kw}_{q} = fma(b{q}, vec4<f32>(xw{j}_{k+kw}), acc{j}_{kw}_{q});\n"
+    wgtr+=row_fmas("            ", RJ, KW, QQ, k, "b")
     wgtr+="        }\n"
-wgtr+="    }\n    let pbase = wid.z * cout * ecount;\n"
-for j in RJ:
-    wgtr+=f"    if (valid{j}) {{\n        let e = ci{j} * kvol + rr{j} * {KW}u;\n"
-    for kw in range(KW):
-        for q in QQ:
-            for r in range(4):
-                m=q*4+r
-                wgtr+=f"        if (m0 + {m}u < cout) {{ out3[pbase + (m0 + {m}u) * ecount + e + {kw}u] = acc{j}_{kw}_{q}[{r}]; }}\n"
-    wgtr+="    }\n"
-wgtr+="}\n"
+wgtr+="    }\n"
+wgtr+=row_weight_store(RJ, KW, QQ)
 open(out,'w').write(hdr+fwd+bwd+wgt+fwdw+bwdw+wgtr)

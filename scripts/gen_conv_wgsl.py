@@ -6,6 +6,7 @@
 # results along W per invocation and TR kernel rows per weight-gradient row invocation, ROW_PORTABLE there).
 # The row tiles are small on purpose: Mesa's GL driver compiles 8-wide row kernels ~3x slower (~3 s each, cold).
 import sys
+from conv_gen_common import row_fmas, row_weight_store, row_window_loads
 TN=int(sys.argv[1]); Q=int(sys.argv[2]); out=sys.argv[3]
 TNW=int(sys.argv[4]); TR=int(sys.argv[5])
 M=4*Q
@@ -505,28 +506,12 @@ fn backward_weight_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
         for (var k0 = 0u; k0 < vn; k0 += {G}u) {{
             let vi = vbase[k0];
 """
-for j in RJ:
-    wgtr+=f"            let okr{j} = valid{j} && in_range(vi.x + kd{j}, p.isz.x) && in_range(vi.y + kh{j}, p.isz.y);\n"
-    wgtr+=f"            let rb{j} = vi.w + coff{j};\n"
-    for i in range(RWIN):
-        wgtr+=f"            let ok{j}_{i} = okr{j} && in_range(vi.z + {i}, p.isz.z);\n"
-        wgtr+=f"            let xw{j}_{i} = select(0.0, src[select(0u, u32(rb{j} + {i}), ok{j}_{i})], ok{j}_{i});\n"
+wgtr+=row_window_loads("            ", RJ, RWIN)
 for k in range(G):
     wgtr+="            {\n"
     for q in QQ: wgtr+=f"                let g{q} = dytile[(k0 + {k}u) * Q + {q}u];\n"
-    for j in RJ:
-        for kw in range(KW):
-            for q in QQ:
-                wgtr+=f"                acc{j}_{kw}_{q} = fma(g{q}, vec4<f32>(xw{j}_{k+kw}), acc{j}_{kw}_{q});\n"
+    wgtr+=row_fmas("                ", RJ, KW, QQ, k, "g")
     wgtr+="            }\n"
-wgtr+="        }\n    }\n    let pbase = wid.z * cout * ecount;\n"
-for j in RJ:
-    wgtr+=f"    if (valid{j}) {{\n        let e = ci{j} * kvol + rr{j} * {KW}u;\n"
-    for kw in range(KW):
-        for q in QQ:
-            for r in range(4):
-                m=q*4+r
-                wgtr+=f"        if (m0 + {m}u < cout) {{ out3[pbase + (m0 + {m}u) * ecount + e + {kw}u] = acc{j}_{kw}_{q}[{r}]; }}\n"
-    wgtr+="    }\n"
-wgtr+="}\n"
+wgtr+="        }\n    }\n"
+wgtr+=row_weight_store(RJ, KW, QQ)
 open(out,'w').write(hdr+fwd+bwd+wgt+fwdw+bwdw+wgtr)
