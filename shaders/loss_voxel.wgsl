@@ -166,19 +166,18 @@ fn centre(k: u32) -> f32 {
     return select(TOP - P.half_step * f32(2u * M - j), P.half_step * f32(j), j < M);
 }
 
-// The two bins a soft-binned p touches, k0 and k1 = k0 + 1 (c_k0 < p <= c_k1), and its kernel weights and their
-// derivatives there, (w0, w1, dw0, dw1). At or below the first centre all weight goes to bin 0 (w = (1, 0)),
-// above the last to bin M - 1 (k0 = M - 2, w = (0, 1)), with derivatives 0.
+// The segment of a soft-binned p, k with c_k < p <= c_{k+1} (it touches bins k and k + 1), its kernel weights
+// there (w0, w1) and d w1 / d p = -d w0 / d p. At or below the first centre all weight goes to bin 0
+// (w = (1, 0)), above the last to bin M - 1 (k = M - 2, w = (0, 1)), with derivative 0.
 struct SoftPair {
-    k0: u32,
-    k1: u32,
-    w: vec4<f32>,
+    k: u32,
+    w: vec3<f32>,
 }
 
 fn soft_pair(p: f32) -> SoftPair {
     let M = P.num_bins;
     if (M == 1u) {
-        return SoftPair(0u, 0u, vec4<f32>(1.0, 0.0, 0.0, 0.0));
+        return SoftPair(0u, vec3<f32>(1.0, 0.0, 0.0));
     }
     let inv = 1.0 / P.delta;
     let first = centre(0u);
@@ -191,11 +190,10 @@ fn soft_pair(p: f32) -> SoftPair {
         k -= select(0u, 1u, k > 0u && p <= centre(k));
         k += select(0u, 1u, k + 2u < M && p > centre(k + 1u));
     }
-    var w = vec4<f32>(max(0.0, 1.0 - (p - centre(k)) * inv), max(0.0, 1.0 - (centre(k + 1u) - p) * inv),
-                      -inv, inv);
-    w = select(w, vec4<f32>(1.0, 0.0, 0.0, 0.0), !(p > first));
-    w = select(w, vec4<f32>(0.0, 1.0, 0.0, 0.0), p > centre(M - 1u));
-    return SoftPair(k, k + 1u, w);
+    var w = vec3<f32>(max(0.0, 1.0 - (p - centre(k)) * inv), max(0.0, 1.0 - (centre(k + 1u) - p) * inv), inv);
+    w = select(w, vec3<f32>(1.0, 0.0, 0.0), !(p > first));
+    w = select(w, vec3<f32>(0.0, 1.0, 0.0), p > centre(M - 1u));
+    return SoftPair(k, w);
 }
 
 // Cross-entropy class weight w_c (1 without weights), stored after the bin edges.
@@ -259,7 +257,7 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 }
             } else {
                 let sp = soft_pair(pc);
-                let k = sp.k0 + 1u - B0;
+                let k = sp.k + 1u - B0;
                 if (k <= NB) {
                     let halves = vec4<f32>(sp.w.x, sp.w.x * pc, sp.w.y, sp.w.y * pc);
                     let i = (g * per_class + 2u * k) * SWG + lid;
@@ -430,9 +428,9 @@ fn grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 } else {
                     let sp = soft_pair(pc);
                     let r = pc - x.y[c];
-                    // Bins k0 and k0 + 1 from one entry (see `loss_reduce.wgsl:finalize`).
-                    let e = table[row + sp.k0].xyz;
-                    ga = e.x + e.y * sp.w.x + (e.z - e.y * r) * sp.w.w;
+                    // Bins k and k + 1 from one entry (see `loss_reduce.wgsl:finalize`).
+                    let e = table[row + sp.k].xyz;
+                    ga = e.x + e.y * sp.w.x + (e.z - e.y * r) * sp.w.z;
                 }
                 gc = ga * ace_up[c];
             }
