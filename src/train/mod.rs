@@ -1,6 +1,12 @@
-//! Training segmentation networks with the calibration losses: one step ([`train_step`]) and the loop
-//! around it.
+//! Training segmentation networks with the calibration losses: one step ([`train_step`]), the loop around
+//! it ([`Trainer`]) and its configuration ([`TrainConfig`]).
 
+mod config;
 mod step;
+mod trainer;
 
+pub use config::{LossName, TrainConfig, WindowSettings};
 pub use step::{train_step, StepLosses, TrainLoss};
+pub use trainer::{
+    log_csv, parse_log_csv, predict_probs, run_files, summarise, Event, LogRow, Trainer, Validation,
+};

@@ -1,0 +1,298 @@
+//! The training configuration: everything a run depends on, read from TOML (`calibseg train --config`),
+//! written back as the run's `config.toml`.
+
+use serde::{Deserialize, Serialize};
+
+use super::step::TrainLoss;
+use crate::data::SyntheticConfig;
+use crate::error::{Error, Result};
+use crate::loss::Binning;
+use crate::nn::SegResNetDsConfig;
+
+/// Which of the paper's training losses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossName {
+    /// Dice + CE (weights 1, 1).
+    Baseline,
+    /// 0.33 (Dice + CE + hard-binned mL1-ACE).
+    Hard,
+    /// 0.33 (Dice + CE + soft-binned mL1-ACE).
+    Soft,
+}
+
+impl LossName {
+    /// Lower-case name as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossName::Baseline => "baseline",
+            LossName::Hard => "hard",
+            LossName::Soft => "soft",
+        }
+    }
+}
+
+impl std::str::FromStr for LossName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "baseline" => Ok(LossName::Baseline),
+            "hard" => Ok(LossName::Hard),
+            "soft" => Ok(LossName::Soft),
+            _ => Err(Error::invalid(format!(
+                "loss '{s}': expected baseline, hard or soft"
+            ))),
+        }
+    }
+}
+
+/// Sliding-window settings of validation and testing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowSettings {
+    /// Window size `[D, H, W]`; empty: the training patch.
+    pub roi: Vec<usize>,
+    /// Overlap between windows (0.25).
+    pub overlap: f64,
+    /// Windows per network call (2).
+    pub sw_batch_size: usize,
+    /// Gaussian blending (true) or constant.
+    pub gaussian: bool,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        WindowSettings {
+            roi: Vec::new(),
+            overlap: 0.25,
+            sw_batch_size: 2,
+            gaussian: true,
+        }
+    }
+}
+
+/// Everything a training run depends on. Same configuration, same seed, same adapter: the same
+/// checkpoints and logs, bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The loss.
+    pub loss: LossName,
+    /// Weight of the Dice term (baseline 1, ACE losses 0.33).
+    pub lambda_dice: Option<f32>,
+    /// Weight of the cross-entropy term (baseline 1, ACE losses 0.33).
+    pub lambda_ce: Option<f32>,
+    /// Weight of the mL1-ACE term (0.33).
+    pub lambda_ace: Option<f32>,
+    /// Bins of the mL1-ACE loss and of the validation metrics (20).
+    pub num_bins: usize,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Validate every this many steps (and at the last step).
+    pub val_every: usize,
+    /// Training patch `[D, H, W]`.
+    pub patch: [usize; 3],
+    /// Patches per batch.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW's decoupled weight decay (1e-5, the paper's).
+    pub weight_decay: f64,
+    /// Linear warm-up steps from half the learning rate (MONAI's `WarmupCosineSchedule`), then cosine to 0.
+    pub warmup_steps: usize,
+    /// Seed of the weights, the data and the sampling.
+    pub seed: u64,
+    /// Held-out volumes for validation.
+    pub val_volumes: usize,
+    /// Held-out volumes for the final test evaluation.
+    pub test_volumes: usize,
+    /// Sliding-window inference settings.
+    pub window: WindowSettings,
+    /// The network (MONAI's SegResNetDS keyword arguments; `out_channels` must equal the data's classes).
+    pub model: SegResNetDsConfig,
+    /// The synthetic data.
+    pub data: SyntheticConfig,
+}
+
+impl Default for TrainConfig {
+    /// The default run: small enough for a CPU driver (lavapipe) in minutes.
+    fn default() -> Self {
+        let data = SyntheticConfig {
+            shape: [48, 48, 48],
+            volumes: 24,
+            ..SyntheticConfig::default()
+        };
+        TrainConfig {
+            loss: LossName::Baseline,
+            lambda_dice: None,
+            lambda_ce: None,
+            lambda_ace: None,
+            num_bins: 20,
+            steps: 200,
+            val_every: 50,
+            patch: [32, 32, 32],
+            batch: 2,
+            lr: 2e-3,
+            weight_decay: 1e-5,
+            warmup_steps: 10,
+            seed: 12345,
+            val_volumes: 3,
+            test_volumes: 8,
+            window: WindowSettings::default(),
+            model: SegResNetDsConfig {
+                init_filters: 8,
+                in_channels: 1,
+                out_channels: data.foreground_classes + 1,
+                blocks_down: vec![1, 1, 2],
+                dsdepth: 2,
+                ..SegResNetDsConfig::default()
+            },
+            data,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The paper's settings (reference §5) on synthetic data: SegResNetDS init 32, blocks [1, 2, 2, 4, 4],
+    /// dsdepth 4, 128^3 patches, batch 2, lr 2e-4: for real GPUs.
+    pub fn paper() -> Self {
+        let data = SyntheticConfig {
+            shape: [160, 160, 160],
+            volumes: 64,
+            ..SyntheticConfig::default()
+        };
+        TrainConfig {
+            steps: 20_000,
+            val_every: 1000,
+            patch: [128, 128, 128],
+            batch: 2,
+            lr: 2e-4,
+            warmup_steps: 200,
+            val_volumes: 8,
+            test_volumes: 16,
+            window: WindowSettings {
+                sw_batch_size: 1,
+                ..WindowSettings::default()
+            },
+            model: SegResNetDsConfig::paper(1, data.foreground_classes + 1),
+            data,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// Reads TOML; missing keys keep their defaults, unknown keys are an error.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let c: TrainConfig = toml::from_str(text)
+            .map_err(|e| Error::invalid(format!("training configuration: {}", e.message())))?;
+        Ok(c)
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self)
+            .map_err(|e| Error::invalid(format!("training configuration: {e}")))
+    }
+
+    /// The loss with its weights.
+    pub fn train_loss(&self) -> TrainLoss {
+        match self.loss {
+            LossName::Baseline => TrainLoss::Baseline {
+                lambda_dice: self.lambda_dice.unwrap_or(1.0),
+                lambda_ce: self.lambda_ce.unwrap_or(1.0),
+            },
+            LossName::Hard | LossName::Soft => TrainLoss::Ace {
+                binning: if self.loss == LossName::Hard {
+                    Binning::Hard
+                } else {
+                    Binning::Soft
+                },
+                lambda_dice: self.lambda_dice.unwrap_or(0.33),
+                lambda_ce: self.lambda_ce.unwrap_or(0.33),
+                lambda_ace: self.lambda_ace.unwrap_or(0.33),
+                num_bins: self.num_bins,
+            },
+        }
+    }
+
+    /// The sliding window's size.
+    pub fn roi(&self) -> Vec<usize> {
+        if self.window.roi.is_empty() {
+            self.patch.to_vec()
+        } else {
+            self.window.roi.clone()
+        }
+    }
+
+    /// Checks that the parts fit together, naming the first problem.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.data.validate()?;
+        let classes = self.data.foreground_classes + 1;
+        if self.model.out_channels != classes {
+            return Err(Error::invalid(format!(
+                "model.out_channels is {} but the data has {classes} classes",
+                self.model.out_channels
+            )));
+        }
+        if self.model.in_channels != 1 {
+            return Err(Error::invalid(
+                "model.in_channels must be 1 for the synthetic data",
+            ));
+        }
+        if self.model.spatial_dims != 3 {
+            return Err(Error::invalid("model.spatial_dims must be 3"));
+        }
+        let f = 1usize << (self.model.blocks_down.len() - 1);
+        for (what, size) in [("patch", self.patch.to_vec()), ("window.roi", self.roi())] {
+            if size.len() != 3 || size.iter().any(|&s| s == 0 || s % f != 0) {
+                return Err(Error::invalid(format!(
+                    "{what} {size:?} must have 3 sizes divisible by {f} (2^(levels - 1))"
+                )));
+            }
+        }
+        if self.patch.iter().zip(&self.data.shape).any(|(p, s)| p > s) {
+            return Err(Error::invalid(format!(
+                "patch {:?} is larger than the volumes {:?}",
+                self.patch, self.data.shape
+            )));
+        }
+        for (v, name) in [
+            (self.steps, "steps"),
+            (self.val_every, "val_every"),
+            (self.batch, "batch"),
+            (self.val_volumes, "val_volumes"),
+            (self.test_volumes, "test_volumes"),
+            (self.window.sw_batch_size, "window.sw_batch_size"),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid(format!("lr must be positive, got {}", self.lr)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::invalid(format!(
+                "weight_decay must be >= 0, got {}",
+                self.weight_decay
+            )));
+        }
+        if !(0.0..1.0).contains(&self.window.overlap) {
+            return Err(Error::invalid(format!(
+                "window.overlap must be in [0, 1), got {}",
+                self.window.overlap
+            )));
+        }
+        crate::binning::check_num_bins(self.num_bins)?;
+        for (l, name) in [
+            (self.lambda_dice, "lambda_dice"),
+            (self.lambda_ce, "lambda_ce"),
+            (self.lambda_ace, "lambda_ace"),
+        ] {
+            if l.is_some_and(|l| !(l.is_finite() && l >= 0.0)) {
+                return Err(Error::invalid(format!("{name} must be >= 0")));
+            }
+        }
+        Ok(())
+    }
+}

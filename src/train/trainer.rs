@@ -1,0 +1,518 @@
+//! The training loop: SegResNetDS on synthetic volumes with deep supervision, AdamW and MONAI's warm-up +
+//! cosine schedule; validation by sliding-window inference through the calibration accumulator; the
+//! best-DSC and last checkpoints; exact resumption; a CSV log of the curves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::config::TrainConfig;
+use super::step::{train_step, StepLosses};
+use crate::autograd::{Tape, Var};
+use crate::data::{DataRng, SyntheticDataset};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::io::output::write_file_atomically;
+use crate::io::safetensors::{self as st, TensorFile};
+use crate::loss::Labels;
+use crate::metrics::{CalibrationAccumulator, CalibrationMetrics};
+use crate::nn::sliding_window::{sliding_window_inference, BlendMode, SlidingWindowConfig};
+use crate::nn::{AdamW, AdamWConfig, Mode, Network, SegResNetDs, WarmupCosineSchedule};
+use crate::ops::softmax;
+use crate::tensor::Tensor;
+
+/// Salt separating the sampling stream from the weight initialisation (both derive from the seed).
+const SAMPLING_SALT: u64 = 0x5EED_DA7A_0000_0001;
+
+/// Validation (or test) results: macro mean over images of the class-wise values, background excluded.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Validation {
+    /// Mean DSC.
+    pub dsc: f64,
+    /// Mean ECE.
+    pub ece: f64,
+    /// Mean ACE.
+    pub ace: f64,
+    /// Mean MCE.
+    pub mce: f64,
+}
+
+/// One row of `log.csv`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogRow {
+    /// Step after which the row was taken (1-based).
+    pub step: usize,
+    /// Learning rate of that step.
+    pub lr: f64,
+    /// The losses of that step.
+    pub losses: StepLosses,
+    /// Validation after that step, where one ran.
+    pub validation: Option<Validation>,
+}
+
+/// What the loop reports as it goes (for progress display).
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A step finished.
+    Step {
+        /// Steps done.
+        step: usize,
+        /// Total steps.
+        total: usize,
+        /// Its losses.
+        losses: StepLosses,
+        /// Steps per second since the run (or resumption) started.
+        steps_per_second: f64,
+    },
+    /// A validation finished.
+    Validation {
+        /// After this step.
+        step: usize,
+        /// The metrics.
+        metrics: Validation,
+        /// Whether this is the best DSC so far (the best checkpoint was written).
+        best: bool,
+    },
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    config: TrainConfig,
+    gpu: Gpu,
+    net: SegResNetDs,
+    optimizer: AdamW,
+    schedule: WarmupCosineSchedule,
+    data: SyntheticDataset,
+    rng: DataRng,
+    step: usize,
+    best: Option<(f64, usize)>,
+    log: Vec<LogRow>,
+}
+
+impl Trainer {
+    /// A fresh run: weights initialised from the seed, nothing trained.
+    pub fn new(gpu: &Gpu, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        let net = SegResNetDs::new(gpu, config.model.clone(), config.seed)?;
+        let optimizer = AdamW::new(AdamWConfig {
+            lr: config.lr,
+            weight_decay: config.weight_decay,
+            ..AdamWConfig::default()
+        });
+        let schedule = WarmupCosineSchedule::new(config.lr, config.warmup_steps, config.steps)
+            .with_warmup_multiplier(0.5);
+        let data = SyntheticDataset::new(config.data.clone(), config.seed)?;
+        let rng = DataRng::new(config.seed ^ SAMPLING_SALT);
+        Ok(Trainer {
+            config,
+            gpu: gpu.clone(),
+            net,
+            optimizer,
+            schedule,
+            data,
+            rng,
+            step: 0,
+            best: None,
+            log: Vec::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The network.
+    pub fn network(&self) -> &SegResNetDs {
+        &self.net
+    }
+
+    /// Steps done.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// The best validation DSC so far and its step.
+    pub fn best(&self) -> Option<(f64, usize)> {
+        self.best
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> &[LogRow] {
+        &self.log
+    }
+
+    /// One optimisation step on a freshly sampled batch.
+    pub fn step(&mut self) -> Result<StepLosses> {
+        let lr = self.schedule.lr(self.step);
+        self.optimizer.config.lr = lr;
+        let batch = self
+            .data
+            .sample_batch(&mut self.rng, self.config.batch, self.config.patch)?;
+        let x = Tensor::from_f32(&self.gpu, &batch.shape, &batch.image)?;
+        let mut label_shape = batch.shape;
+        label_shape[1] = 1;
+        let labels =
+            Labels::from_indices(&self.gpu, &label_shape, &batch.labels, self.data.num_classes())?;
+        let losses = train_step(
+            &self.net,
+            &mut self.optimizer,
+            &self.config.train_loss(),
+            &x,
+            &labels,
+        )?;
+        self.step += 1;
+        self.log.push(LogRow {
+            step: self.step,
+            lr,
+            losses,
+            validation: None,
+        });
+        Ok(losses)
+    }
+
+    /// Indices of the held-out validation volumes (after the training volumes).
+    pub fn validation_indices(&self) -> Vec<usize> {
+        let start = self.config.data.volumes;
+        (start..start + self.config.val_volumes).collect()
+    }
+
+    /// Indices of the held-out test volumes (after the validation volumes).
+    pub fn test_indices(&self) -> Vec<usize> {
+        let start = self.config.data.volumes + self.config.val_volumes;
+        (start..start + self.config.test_volumes).collect()
+    }
+
+    /// The sliding-window settings of validation and testing.
+    pub fn window(&self) -> SlidingWindowConfig {
+        let w = &self.config.window;
+        SlidingWindowConfig::new(&self.config.roi())
+            .with_overlap(w.overlap)
+            .with_sw_batch_size(w.sw_batch_size)
+            .with_mode(if w.gaussian {
+                BlendMode::Gaussian
+            } else {
+                BlendMode::Constant
+            })
+    }
+
+    /// Probabilities `[1, C, D, H, W]` of one whole volume by sliding-window inference in eval mode.
+    pub fn predict_volume(&self, image: &Tensor) -> Result<Tensor> {
+        predict_probs(&self.net, image, &self.window())
+    }
+
+    /// Runs the volumes `indices` through the network and accumulates the calibration metrics
+    /// (background excluded, `num_bins` bins). Also returns each volume's probabilities and labels when
+    /// `keep` is set.
+    pub fn evaluate(
+        &self,
+        indices: &[usize],
+        keep: bool,
+    ) -> Result<(CalibrationMetrics, Vec<(Vec<usize>, Vec<f32>, Vec<u8>)>)> {
+        let mut acc = CalibrationAccumulator::new(self.config.num_bins, false)?;
+        let mut kept = Vec::new();
+        for &i in indices {
+            let b = self.data.full_batch(&[i])?;
+            let image = Tensor::from_f32(&self.gpu, &b.shape, &b.image)?;
+            let mut label_shape = b.shape;
+            label_shape[1] = 1;
+            let labels =
+                Labels::from_indices(&self.gpu, &label_shape, &b.labels, self.data.num_classes())?;
+            let probs = self.predict_volume(&image)?;
+            acc.update(&probs, &labels)?;
+            if keep {
+                kept.push((probs.shape().to_vec(), probs.to_vec_f32()?, b.labels));
+            }
+        }
+        Ok((acc.aggregate()?, kept))
+    }
+
+    /// Validation on the held-out volumes.
+    pub fn validate(&self) -> Result<Validation> {
+        let (m, _) = self.evaluate(&self.validation_indices(), false)?;
+        Ok(summarise(&m))
+    }
+
+    /// Writes `<dir>/<name>.safetensors` (the weights, MONAI keys) and `<dir>/<name>.optim.safetensors` (AdamW's
+    /// moments, the step, the sampling state, the best DSC and the log so far), each atomically; the
+    /// optimiser file is written first and both carry the step, so a pair that does not match is detected.
+    pub fn save_checkpoint(&self, dir: &Path, name: &str) -> Result<()> {
+        let named = self.net.store().named_vars();
+        let (opt_step, moments) = self.optimizer.export_state(&named)?;
+        let mut meta = HashMap::new();
+        meta.insert("step".to_string(), self.step.to_string());
+        meta.insert("optimizer_step".to_string(), opt_step.to_string());
+        meta.insert("rng_state".to_string(), self.rng.state().to_string());
+        if let Some((dsc, step)) = self.best {
+            meta.insert("best_dsc".to_string(), format!("{dsc:e}"));
+            meta.insert("best_step".to_string(), step.to_string());
+        }
+        meta.insert("log".to_string(), String::from_utf8_lossy(&log_csv(&self.log)?).into_owned());
+        meta.insert("config".to_string(), self.config.to_toml()?);
+        st::write(dir.join(format!("{name}.optim.safetensors")), &moments, Some(&meta))?;
+        let mut wmeta = HashMap::new();
+        wmeta.insert("step".to_string(), self.step.to_string());
+        wmeta.insert("format".to_string(), "pt".to_string());
+        self.net
+            .store()
+            .save_safetensors(dir.join(format!("{name}.safetensors")), Some(&wmeta))
+    }
+
+    /// Continues the run saved as `<dir>/<name>.*` by [`Trainer::save_checkpoint`]. The configuration must be
+    /// the one the run was started with, except `steps` and `val_every`, which may change.
+    pub fn resume(gpu: &Gpu, config: TrainConfig, dir: &Path, name: &str) -> Result<Self> {
+        let mut t = Trainer::new(gpu, config)?;
+        let opt_path = dir.join(format!("{name}.optim.safetensors"));
+        let w_path = dir.join(format!("{name}.safetensors"));
+        let opt = TensorFile::open(&opt_path)?;
+        let weights = TensorFile::open(&w_path)?;
+        let meta = |f: &TensorFile, k: &str| -> Result<String> {
+            f.metadata(k).ok_or_else(|| Error::Format {
+                path: f.path().to_string(),
+                message: format!("not a calibseg checkpoint: no '{k}' in its metadata"),
+            })
+        };
+        let num = |f: &TensorFile, k: &str| -> Result<u64> {
+            meta(f, k)?.parse().map_err(|_| Error::Format {
+                path: f.path().to_string(),
+                message: format!("metadata '{k}' is not a number"),
+            })
+        };
+        let step = num(&opt, "step")?;
+        if num(&weights, "step")? != step {
+            return Err(Error::Format {
+                path: w_path.display().to_string(),
+                message: format!(
+                    "weights are from another step than {} (step {step}): the checkpoint is incomplete",
+                    opt_path.display()
+                ),
+            });
+        }
+        let saved = TrainConfig::from_toml(&meta(&opt, "config")?)?;
+        let mut mine = t.config.clone();
+        mine.steps = saved.steps;
+        mine.val_every = saved.val_every;
+        if mine != saved {
+            return Err(Error::invalid(format!(
+                "{} was trained with another configuration (only steps and val_every may change on resume)",
+                dir.display()
+            )));
+        }
+        t.net.store().load_safetensors(&w_path, None)?;
+        let mut moments = BTreeMap::new();
+        for n in opt.names() {
+            moments.insert(n.clone(), opt.f32(&n)?);
+        }
+        let named = t.net.store().named_vars();
+        t.optimizer
+            .import_state(&named, num(&opt, "optimizer_step")?, &moments)?;
+        t.rng = DataRng::from_state(num(&opt, "rng_state")?);
+        t.step = step as usize;
+        if let (Some(d), Some(s)) = (opt.metadata("best_dsc"), opt.metadata("best_step")) {
+            let dsc: f64 = d.parse().map_err(|_| Error::invalid("bad best_dsc in checkpoint"))?;
+            let s: usize = s.parse().map_err(|_| Error::invalid("bad best_step in checkpoint"))?;
+            t.best = Some((dsc, s));
+        }
+        t.log = parse_log_csv(&meta(&opt, "log")?)?;
+        Ok(t)
+    }
+
+    /// Trains until `config.steps`, validating every `val_every` steps (and at the end), writing
+    /// `best.*` when the validation DSC improves, `last.*` after every validation, and `log.csv`. Stops
+    /// cleanly between steps when `stop` becomes true (Ctrl-C): the last checkpoint is then complete.
+    pub fn run(
+        &mut self,
+        out: &Path,
+        stop: Option<&AtomicBool>,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<()> {
+        let started = Instant::now();
+        let first = self.step;
+        while self.step < self.config.steps {
+            if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                return Err(Error::Interrupted(format!(
+                    "stopped at step {}; {} holds the checkpoint of step {}",
+                    self.step,
+                    out.join("last.safetensors").display(),
+                    self.log
+                        .iter()
+                        .rev()
+                        .find(|r| r.validation.is_some())
+                        .map_or(0, |r| r.step)
+                )));
+            }
+            let losses = self.step()?;
+            let done = self.step - first;
+            on_event(&Event::Step {
+                step: self.step,
+                total: self.config.steps,
+                losses,
+                steps_per_second: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            });
+            if self.step % self.config.val_every == 0 || self.step == self.config.steps {
+                let v = self.validate()?;
+                let best = self.best.is_none_or(|(d, _)| v.dsc > d);
+                if best {
+                    self.best = Some((v.dsc, self.step));
+                }
+                if let Some(row) = self.log.last_mut() {
+                    row.validation = Some(v);
+                }
+                if best {
+                    self.save_checkpoint(out, "best")?;
+                }
+                self.save_checkpoint(out, "last")?;
+                write_file_atomically(out.join("log.csv"), &log_csv(&self.log)?)?;
+                on_event(&Event::Validation {
+                    step: self.step,
+                    metrics: v,
+                    best,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the best checkpoint's weights (or keeps the current ones when there is none).
+    pub fn load_best(&mut self, out: &Path) -> Result<()> {
+        let p = out.join("best.safetensors");
+        if p.exists() {
+            self.net.store().load_safetensors(&p, None)?;
+        }
+        Ok(())
+    }
+
+    /// Predicts the test volumes and writes them with their labels as a safetensors file `probs`
+    /// `[N, C, D, H, W]` + `labels` `[N, 1, D, H, W]` (i32), the input `calibseg eval` reads.
+    pub fn write_test_predictions(&self, path: &Path) -> Result<()> {
+        let (_, kept) = self.evaluate(&self.test_indices(), true)?;
+        let n = kept.len();
+        let mut shape = kept[0].0.clone();
+        shape[0] = n;
+        let mut lshape = shape.clone();
+        lshape[1] = 1;
+        let probs: Vec<f32> = kept.iter().flat_map(|k| k.1.iter().copied()).collect();
+        let labels: Vec<i32> = kept
+            .iter()
+            .flat_map(|k| k.2.iter().map(|&l| l as i32))
+            .collect();
+        let mut t = BTreeMap::new();
+        t.insert("probs".to_string(), st::HostTensor::F32(shape, probs));
+        t.insert("labels".to_string(), st::HostTensor::I32(lshape, labels));
+        st::write(path, &t, None)
+    }
+}
+
+/// Eval-mode sliding-window inference followed by softmax: `[B, C, spatial...]` probabilities.
+pub fn predict_probs(
+    net: &dyn Network,
+    image: &Tensor,
+    window: &SlidingWindowConfig,
+) -> Result<Tensor> {
+    let tape = Tape::new();
+    let _g = tape.no_grad();
+    let logits = sliding_window_inference(image, window, |w| {
+        let mut out = net.forward(&tape, &Var::constant(w.clone()), Mode::Eval)?;
+        Ok(out.remove(0).tensor().clone())
+    })?;
+    softmax(&logits)
+}
+
+/// The summary values the log and the best-checkpoint choice use.
+pub fn summarise(m: &CalibrationMetrics) -> Validation {
+    let s = &m.summary;
+    Validation {
+        dsc: s.dsc.mean,
+        ece: s.ece.mean,
+        ace: s.ace.mean,
+        mce: s.mce.mean,
+    }
+}
+
+const LOG_HEADER: [&str; 10] = [
+    "step", "lr", "loss", "dice", "ce", "ace", "val_dsc", "val_ece", "val_ace", "val_mce",
+];
+
+/// `log.csv`: one row per step; validation columns empty where none ran.
+pub fn log_csv(rows: &[LogRow]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let err = |e: csv::Error| Error::invalid(format!("log.csv: {e}"));
+    w.write_record(LOG_HEADER).map_err(err)?;
+    for r in rows {
+        let v = r.validation;
+        let opt = |f: fn(&Validation) -> f64| v.as_ref().map_or(String::new(), |v| format!("{:e}", f(v)));
+        w.write_record([
+            r.step.to_string(),
+            format!("{:e}", r.lr),
+            format!("{:e}", r.losses.total),
+            format!("{:e}", r.losses.dice),
+            format!("{:e}", r.losses.ce),
+            format!("{:e}", r.losses.ace),
+            opt(|v| v.dsc),
+            opt(|v| v.ece),
+            opt(|v| v.ace),
+            opt(|v| v.mce),
+        ])
+        .map_err(err)?;
+    }
+    w.into_inner()
+        .map_err(|e| Error::invalid(format!("log.csv: {e}")))
+}
+
+/// Reads what [`log_csv`] wrote (exactly: floats are written in shortest round-trip form).
+pub fn parse_log_csv(text: &str) -> Result<Vec<LogRow>> {
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let bad = |m: String| Error::invalid(format!("checkpoint log: {m}"));
+    let mut rows = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| bad(e.to_string()))?;
+        if rec.len() != LOG_HEADER.len() {
+            return Err(bad(format!("{} columns", rec.len())));
+        }
+        let f = |i: usize| -> Result<f64> {
+            rec[i].parse().map_err(|_| bad(format!("'{}' is not a number", &rec[i])))
+        };
+        let f32_at = |i: usize| -> Result<f32> {
+            rec[i].parse().map_err(|_| bad(format!("'{}' is not a number", &rec[i])))
+        };
+        let validation = if rec[6].is_empty() {
+            None
+        } else {
+            Some(Validation {
+                dsc: f(6)?,
+                ece: f(7)?,
+                ace: f(8)?,
+                mce: f(9)?,
+            })
+        };
+        rows.push(LogRow {
+            step: rec[0].parse().map_err(|_| bad("bad step".into()))?,
+            lr: f(1)?,
+            losses: StepLosses {
+                total: f32_at(2)?,
+                dice: f32_at(3)?,
+                ce: f32_at(4)?,
+                ace: f32_at(5)?,
+            },
+            validation,
+        });
+    }
+    Ok(rows)
+}
+
+/// The files a run writes into its output folder.
+pub fn run_files(out: &Path) -> Vec<PathBuf> {
+    [
+        "model.json",
+        "config.toml",
+        "log.csv",
+        "best.safetensors",
+        "best.optim.safetensors",
+        "last.safetensors",
+        "last.optim.safetensors",
+    ]
+    .iter()
+    .map(|n| out.join(n))
+    .collect()
+}
