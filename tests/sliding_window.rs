@@ -205,7 +205,6 @@ fn ref_sliding_window(
 
 /// Runs the GPU inference with a 3x3(x3) convolution (zero padding 1, bias) as the predictor and
 /// compares it with the f64 reference.
-#[allow(clippy::too_many_arguments)]
 fn check_conv_predictor(
     shape: &[usize],
     cout: usize,
@@ -633,4 +632,77 @@ fn identity_predictor_returns_the_input() {
     let y = sliding_window_inference(&xt, &c, |w| Ok(w.clone())).unwrap();
     let want: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     assert_close(&y.to_vec_f32().unwrap(), &want, 1e-5, "identity");
+}
+
+/// Comma-separated numbers from the MONAI fixture's metadata.
+fn meta_list<T: std::str::FromStr>(f: &calibseg::io::safetensors::TensorFile, key: &str) -> Vec<T>
+where
+    T::Err: std::fmt::Debug,
+{
+    f.metadata(key)
+        .unwrap_or_else(|| panic!("metadata {key}"))
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn matches_monai_sliding_window_inference() {
+    // tests/fixtures/sliding_window_monai.safetensors: MONAI's own output with a torch convolution as the
+    // predictor (scripts/sliding_window_monai.py).
+    let Some(gpu) = gpu() else { return };
+    let path = format!(
+        "{}/tests/fixtures/sliding_window_monai.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let f = calibseg::io::safetensors::TensorFile::open(&path).unwrap();
+    let cases = f.names().iter().filter(|n| n.ends_with(".output")).count();
+    assert_eq!(cases, 5);
+    for i in 0..cases {
+        let key = |k: &str| format!("case.{i}.{k}");
+        let tensor = |k: &str| f.f32(&key(k)).unwrap();
+        let ((xs, x), (ws, w), (bs, b), (ys, want)) = (
+            tensor("input"),
+            tensor("weight"),
+            tensor("bias"),
+            tensor("output"),
+        );
+        let config = SlidingWindowConfig::new(&meta_list::<usize>(&f, &key("roi")))
+            .with_overlap_per_axis(&meta_list(&f, &key("overlap")))
+            .with_sigma_scale_per_axis(&meta_list(&f, &key("sigma")))
+            .with_mode(f.metadata(&key("mode")).unwrap().parse().unwrap())
+            .with_sw_batch_size(meta_list::<usize>(&f, &key("sw_batch_size"))[0]);
+        let xt = Tensor::from_f32(&gpu, &xs, &x).unwrap();
+        let wt = Tensor::from_f32(&gpu, &ws, &w).unwrap();
+        let bt = Tensor::from_f32(&gpu, &bs, &b).unwrap();
+        let y = sliding_window_inference(&xt, &config, |win| {
+            ops::conv(win, &wt, Some(&bt), &[1], &[1])
+        })
+        .unwrap();
+        assert_eq!(y.shape(), ys.as_slice());
+        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        // Measured: within 2.4e-7 of the largest entry (the convolutions' rounding).
+        assert_rel(
+            &y.to_vec_f32().unwrap(),
+            &want,
+            2e-6,
+            &format!("MONAI case {i}"),
+        );
+    }
+    let maps = f.names().iter().filter(|n| n.starts_with("imp.")).count();
+    assert_eq!(maps, 5);
+    for j in 0..maps {
+        let roi: Vec<usize> = meta_list(&f, &format!("imp.{j}.roi"));
+        let sigma: Vec<f64> = meta_list(&f, &format!("imp.{j}.sigma"));
+        let (shape, want) = f.f32(&format!("imp.{j}")).unwrap();
+        assert_eq!(shape, roi);
+        let got = importance_map(&roi, BlendMode::Gaussian, &sigma).unwrap();
+        // Equal bits on these sizes with torch 2.x on x86; allow one rounding of exp elsewhere.
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 2.0 * f32::EPSILON * w.abs(),
+                "importance {roi:?}[{k}]: {g} vs MONAI {w}"
+            );
+        }
+    }
 }
