@@ -102,6 +102,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// Weights do not fit a model: every missing, unexpected and mis-shaped tensor, by name.
+    #[error("state dict does not match the model: {0}")]
+    StateDict(String),
 }
 
 impl Error {

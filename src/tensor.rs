@@ -142,6 +142,25 @@ impl Tensor {
         Self::from_slice(gpu, shape, data)
     }
 
+    /// Overwrites the contents with host f32 data in place (the buffer, and so every clone of this tensor,
+    /// sees the new values). The tensor must be f32 with as many elements as `data`.
+    pub fn write_f32(&self, data: &[f32]) -> Result<()> {
+        self.expect_dtype(DType::F32, "tensor written from f32 data")?;
+        if data.len() != self.numel() {
+            return Err(Error::shape(format!(
+                "{} values given for a tensor of shape {:?}",
+                data.len(),
+                self.shape
+            )));
+        }
+        if !data.is_empty() {
+            self.gpu
+                .queue()
+                .write_buffer(self.buffer(), 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
     /// Downloads the elements (the dtype must match `T`).
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         if self.dtype != T::DTYPE {

@@ -1,13 +1,14 @@
 //! AdamW as PyTorch computes it (`torch.optim.AdamW`, default hyper-parameters, decoupled weight decay),
 //! one GPU kernel per parameter tensor per step (`shaders/adamw.wgsl`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::autograd::{Grads, Var};
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::io::safetensors::HostTensor;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -74,6 +75,81 @@ impl AdamW {
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    /// The optimiser's state for checkpoints: the step count and, for each named parameter that has moments,
+    /// `exp_avg.<name>` and `exp_avg_sq.<name>` (PyTorch's names for the two moments).
+    pub fn export_state(
+        &self,
+        params: &[(String, Var)],
+    ) -> Result<(u64, BTreeMap<String, HostTensor>)> {
+        let mut out = BTreeMap::new();
+        for (name, v) in params {
+            if let Some((m, s)) = self.moments.get(&v.id()) {
+                for (key, t) in [("exp_avg", m), ("exp_avg_sq", s)] {
+                    out.insert(
+                        format!("{key}.{name}"),
+                        HostTensor::F32(t.shape().to_vec(), t.to_vec_f32()?),
+                    );
+                }
+            }
+        }
+        Ok((self.step, out))
+    }
+
+    /// Restores what [`AdamW::export_state`] wrote, for the same named parameters. Strict: a moment whose
+    /// parameter is unknown or whose shape differs is an error, and nothing changes unless all of it loads.
+    pub fn import_state(
+        &mut self,
+        params: &[(String, Var)],
+        step: u64,
+        state: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    ) -> Result<()> {
+        let mut moments = HashMap::new();
+        let mut used = 0;
+        for (name, v) in params {
+            let m = state.get(&format!("exp_avg.{name}"));
+            let s = state.get(&format!("exp_avg_sq.{name}"));
+            let (m, s) = match (m, s) {
+                (None, None) => continue,
+                (Some(m), Some(s)) => (m, s),
+                _ => {
+                    return Err(Error::StateDict(format!(
+                        "optimiser state has only one of the two moments of {name}"
+                    )))
+                }
+            };
+            for (key, (shape, _)) in [("exp_avg", m), ("exp_avg_sq", s)] {
+                if shape.as_slice() != v.shape() {
+                    return Err(Error::StateDict(format!(
+                        "optimiser state {key}.{name} is {shape:?}, the parameter {:?}",
+                        v.shape()
+                    )));
+                }
+            }
+            let gpu = v.tensor().gpu();
+            moments.insert(
+                v.id(),
+                (
+                    Tensor::from_f32(gpu, &m.0, &m.1)?,
+                    Tensor::from_f32(gpu, &s.0, &s.1)?,
+                ),
+            );
+            used += 2;
+        }
+        if used != state.len() {
+            let known: std::collections::HashSet<String> = params
+                .iter()
+                .flat_map(|(n, _)| [format!("exp_avg.{n}"), format!("exp_avg_sq.{n}")])
+                .collect();
+            let extra: Vec<&String> = state.keys().filter(|k| !known.contains(*k)).collect();
+            return Err(Error::StateDict(format!(
+                "optimiser state for unknown parameters: {extra:?}"
+            )));
+        }
+        self.moments = moments;
+        self.step = step;
+        Ok(())
     }
 
     /// One step on every parameter in `params` that has a gradient in `grads` (updated in place: the

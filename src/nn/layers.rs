@@ -2,6 +2,7 @@
 //! does and addressable by the names PyTorch/MONAI state_dicts use (`weight`, `bias`).
 
 use super::init::{kaiming_uniform_bound, SeededRng};
+use super::store::{Init, VarBuilder};
 use super::Var;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
@@ -117,6 +118,84 @@ fn visit_weight_bias_mut(
     }
 }
 
+/// Settings of a [`Conv`] or [`ConvTranspose`] layer (burn's `Conv3dConfig` in spirit): the kernel size per
+/// spatial axis and one stride, padding and output padding for every axis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvConfig {
+    /// Kernel size per spatial axis (`[3, 3, 3]` for a 3x3x3 kernel).
+    pub kernel: Vec<usize>,
+    /// Stride (1).
+    pub stride: usize,
+    /// Zero padding on each side (0).
+    pub padding: usize,
+    /// Extra size on one side of a transposed convolution's output (0; ignored by [`Conv`]).
+    pub output_padding: usize,
+    /// Whether the layer has a bias (false).
+    pub bias: bool,
+}
+
+impl ConvConfig {
+    /// A kernel of `size` along each of `spatial_dims` axes, stride 1, no padding, no bias.
+    pub fn new(spatial_dims: usize, size: usize) -> Self {
+        ConvConfig {
+            kernel: vec![size; spatial_dims],
+            stride: 1,
+            padding: 0,
+            output_padding: 0,
+            bias: false,
+        }
+    }
+
+    /// With this stride.
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// With this padding.
+    pub fn padding(mut self, padding: usize) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// With this output padding (transposed convolutions).
+    pub fn output_padding(mut self, output_padding: usize) -> Self {
+        self.output_padding = output_padding;
+        self
+    }
+
+    /// With or without a bias.
+    pub fn bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+}
+
+/// Creates `weight` (and `bias`) under `vb` with PyTorch's conv initialisation for a fan-in.
+fn build_weight_and_bias(
+    vb: &VarBuilder,
+    shape: &[usize],
+    fan_in: usize,
+    cout: usize,
+    bias: bool,
+) -> Result<(Var, Option<Var>)> {
+    let weight = vb.get(
+        "weight",
+        shape,
+        Init::Uniform(kaiming_uniform_bound(fan_in, 5f64.sqrt())),
+    )?;
+    let bias = if bias {
+        Some(vb.get(
+            "bias",
+            &[cout],
+            Init::Uniform(1.0 / (fan_in.max(1) as f64).sqrt()),
+        )?)
+    } else {
+        None
+    };
+    Ok((weight, bias))
+}
+
 /// A convolution layer (`nn.Conv3d` / `nn.Conv2d`).
 #[derive(Clone, Debug)]
 pub struct Conv {
@@ -152,6 +231,21 @@ impl Conv {
             bias,
             stride: vec![stride],
             padding: vec![padding],
+        })
+    }
+
+    /// A layer whose `weight` (and `bias`) are created in `vb`'s store under its prefix, initialised as
+    /// PyTorch does.
+    pub fn build(vb: &VarBuilder, cin: usize, cout: usize, config: &ConvConfig) -> Result<Self> {
+        let fan_in = cin * config.kernel.iter().product::<usize>();
+        let mut shape = vec![cout, cin];
+        shape.extend_from_slice(&config.kernel);
+        let (weight, bias) = build_weight_and_bias(vb, &shape, fan_in, cout, config.bias)?;
+        Ok(Conv {
+            weight,
+            bias,
+            stride: vec![config.stride],
+            padding: vec![config.padding],
         })
     }
 
@@ -218,6 +312,21 @@ impl ConvTranspose {
         })
     }
 
+    /// A layer whose `weight` `[C_in, C_out, k...]` (and `bias`) are created in `vb`'s store.
+    pub fn build(vb: &VarBuilder, cin: usize, cout: usize, config: &ConvConfig) -> Result<Self> {
+        let fan_in = cout * config.kernel.iter().product::<usize>();
+        let mut shape = vec![cin, cout];
+        shape.extend_from_slice(&config.kernel);
+        let (weight, bias) = build_weight_and_bias(vb, &shape, fan_in, cout, config.bias)?;
+        Ok(ConvTranspose {
+            weight,
+            bias,
+            stride: vec![config.stride],
+            padding: vec![config.padding],
+            output_padding: vec![config.output_padding],
+        })
+    }
+
     /// Applies the layer.
     pub fn forward(&self, tape: &Tape, x: &Var) -> Result<Var> {
         tape.conv_transpose(
@@ -249,6 +358,17 @@ pub enum NormKind {
     Group(usize),
 }
 
+fn check_groups(kind: NormKind, channels: usize) -> Result<()> {
+    if let NormKind::Group(g) = kind {
+        if g == 0 || !channels.is_multiple_of(g) {
+            return Err(Error::invalid(format!(
+                "{channels} channels do not split into {g} groups"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A normalisation layer with affine parameters (weight ones, bias zeros at creation).
 #[derive(Clone, Debug)]
 pub struct Norm {
@@ -265,18 +385,23 @@ pub struct Norm {
 impl Norm {
     /// A layer over `channels` channels.
     pub fn new(gpu: &Gpu, kind: NormKind, channels: usize) -> Result<Self> {
-        if let NormKind::Group(g) = kind {
-            if g == 0 || !channels.is_multiple_of(g) {
-                return Err(Error::invalid(format!(
-                    "{channels} channels do not split into {g} groups"
-                )));
-            }
-        }
+        check_groups(kind, channels)?;
         Ok(Norm {
             kind,
             weight: Var::parameter(Tensor::from_f32(gpu, &[channels], &vec![1.0; channels])?),
             bias: Var::parameter(Tensor::from_f32(gpu, &[channels], &vec![0.0; channels])?),
             eps: DEFAULT_EPS,
+        })
+    }
+
+    /// A layer whose `weight` (ones) and `bias` (zeros) are created in `vb`'s store; `eps` as in PyTorch.
+    pub fn build(vb: &VarBuilder, kind: NormKind, channels: usize, eps: f32) -> Result<Self> {
+        check_groups(kind, channels)?;
+        Ok(Norm {
+            kind,
+            weight: vb.get("weight", &[channels], Init::Const(1.0))?,
+            bias: vb.get("bias", &[channels], Init::Const(0.0))?,
+            eps,
         })
     }
 
