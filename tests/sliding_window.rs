@@ -706,3 +706,58 @@ fn matches_monai_sliding_window_inference() {
         }
     }
 }
+
+#[test]
+fn net_sliding_window_small_fixture() {
+    // ../shared/fixtures/net_sliding_window_small.safetensors: MONAI's sliding_window_inference of a
+    // SegResNetDS (eval mode) for each setting in the metadata, within 1e-4 of the largest entry.
+    use calibseg::autograd::{Tape, Var};
+    use calibseg::nn::{Mode, Network, SegResNetDs, SegResNetDsConfig};
+    let Some(gpu) = gpu() else { return };
+    let file = common::fixture("net_sliding_window_small.safetensors");
+    assert_eq!(file.metadata("network").unwrap(), "SegResNetDS");
+    let config = SegResNetDsConfig::from_json(&file.metadata("config").unwrap()).unwrap();
+    let net = SegResNetDs::new(&gpu, config, 1).unwrap();
+    net.store()
+        .load_safetensors(file.path(), Some("param."))
+        .unwrap();
+    let (xs, x) = file.f32("input").unwrap();
+    let xt = Tensor::from_f32(&gpu, &xs, &x).unwrap();
+    let settings: serde_json::Value =
+        serde_json::from_str(&file.metadata("settings").unwrap()).unwrap();
+    let settings = settings.as_array().unwrap();
+    assert_eq!(settings.len(), 2);
+    for (i, s) in settings.iter().enumerate() {
+        let nums = |k: &str| -> Vec<f64> {
+            match &s[k] {
+                serde_json::Value::Array(a) => a.iter().map(|v| v.as_f64().unwrap()).collect(),
+                v => vec![v.as_f64().unwrap()],
+            }
+        };
+        let roi: Vec<usize> = nums("roi").iter().map(|&v| v as usize).collect();
+        let mut config = SlidingWindowConfig::new(&roi)
+            .with_overlap_per_axis(&nums("overlap"))
+            .with_mode(s["mode"].as_str().unwrap().parse().unwrap());
+        if s.get("sigma_scale").is_some() {
+            config = config.with_sigma_scale_per_axis(&nums("sigma_scale"));
+        }
+        if let Some(n) = s.get("sw_batch_size") {
+            config = config.with_sw_batch_size(n.as_u64().unwrap() as usize);
+        }
+        let y = sliding_window_inference(&xt, &config, |win| {
+            let tape = Tape::new();
+            let _g = tape.no_grad();
+            let out = net.forward(&tape, &Var::constant(win.clone()), Mode::Eval)?;
+            Ok(out[0].tensor().clone())
+        })
+        .unwrap();
+        let (ys, want) = file.f32(&format!("sw.{i}.output")).unwrap();
+        assert_eq!(y.shape(), ys.as_slice());
+        common::assert_grad(
+            &y.to_vec_f32().unwrap(),
+            &want,
+            1e-4,
+            &format!("net_sliding_window_small sw.{i}"),
+        );
+    }
+}
