@@ -173,6 +173,16 @@ pub const ADAMW: Shader = Shader {
     zero_workgroup_memory: true,
 };
 
+/// Sliding-window inference: window gathering (zero padding), importance-weighted accumulation in window
+/// order, and the final division with the crop.
+pub const SLIDING_WINDOW: Shader = Shader {
+    name: "sliding_window.wgsl",
+    source: include_str!("../shaders/sliding_window.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
 /// Every shader the library uses.
 pub const ALL: &[Shader] = &[
     SOFTMAX,
@@ -189,4 +199,5 @@ pub const ALL: &[Shader] = &[
     ELEMENTWISE,
     UPSAMPLE,
     ADAMW,
+    SLIDING_WINDOW,
 ];

@@ -1,7 +1,7 @@
 //! Network building blocks on top of the tape: layers holding their parameters as [`Var`]s (addressable
 //! by MONAI/PyTorch state_dict names), a parameter store that the networks, the optimiser and checkpoints
 //! share, MONAI's SegResNetDS and SegResNet, PyTorch's default initialisation with a seeded generator, the
-//! AdamW optimiser (a GPU kernel) and MONAI's `WarmupCosineSchedule`.
+//! AdamW optimiser (a GPU kernel), MONAI's `WarmupCosineSchedule` and MONAI's sliding-window inference.
 
 mod adamw;
 mod init;
@@ -11,6 +11,7 @@ mod network;
 mod schedule;
 mod segresnet;
 mod segresnet_ds;
+pub mod sliding_window;
 mod store;
 
 pub use adamw::{AdamW, AdamWConfig};
@@ -21,6 +22,9 @@ pub use network::{Mode, Network};
 pub use schedule::WarmupCosineSchedule;
 pub use segresnet::{SegResNet, SegResNetConfig};
 pub use segresnet_ds::{SegResNetDs, SegResNetDsConfig};
+pub use sliding_window::{
+    importance_map, sliding_window_inference, BlendMode, SlidingWindowConfig, SlidingWindowPlan,
+};
 pub use store::{Init, ParamStore, VarBuilder};
 
 use crate::autograd::Var;
