@@ -26,6 +26,7 @@ pub mod nn;
 pub mod ops;
 pub mod shaders;
 pub mod tensor;
+pub mod predict;
 pub mod train;
 
 pub use error::{Error, Result};

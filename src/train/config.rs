@@ -189,8 +189,7 @@ impl TrainConfig {
 
     /// The configuration as TOML.
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self)
-            .map_err(|e| Error::invalid(format!("training configuration: {e}")))
+        toml::to_string(self).map_err(|e| Error::invalid(format!("training configuration: {e}")))
     }
 
     /// The loss with its weights.
@@ -269,7 +268,10 @@ impl TrainConfig {
             }
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::invalid(format!("lr must be positive, got {}", self.lr)));
+            return Err(Error::invalid(format!(
+                "lr must be positive, got {}",
+                self.lr
+            )));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(Error::invalid(format!(

@@ -153,8 +153,12 @@ impl Trainer {
         let x = Tensor::from_f32(&self.gpu, &batch.shape, &batch.image)?;
         let mut label_shape = batch.shape;
         label_shape[1] = 1;
-        let labels =
-            Labels::from_indices(&self.gpu, &label_shape, &batch.labels, self.data.num_classes())?;
+        let labels = Labels::from_indices(
+            &self.gpu,
+            &label_shape,
+            &batch.labels,
+            self.data.num_classes(),
+        )?;
         let losses = train_step(
             &self.net,
             &mut self.optimizer,
@@ -248,9 +252,16 @@ impl Trainer {
             meta.insert("best_dsc".to_string(), format!("{dsc:e}"));
             meta.insert("best_step".to_string(), step.to_string());
         }
-        meta.insert("log".to_string(), String::from_utf8_lossy(&log_csv(&self.log)?).into_owned());
+        meta.insert(
+            "log".to_string(),
+            String::from_utf8_lossy(&log_csv(&self.log)?).into_owned(),
+        );
         meta.insert("config".to_string(), self.config.to_toml()?);
-        st::write(dir.join(format!("{name}.optim.safetensors")), &moments, Some(&meta))?;
+        st::write(
+            dir.join(format!("{name}.optim.safetensors")),
+            &moments,
+            Some(&meta),
+        )?;
         let mut wmeta = HashMap::new();
         wmeta.insert("step".to_string(), self.step.to_string());
         wmeta.insert("format".to_string(), "pt".to_string());
@@ -310,8 +321,12 @@ impl Trainer {
         t.rng = DataRng::from_state(num(&opt, "rng_state")?);
         t.step = step as usize;
         if let (Some(d), Some(s)) = (opt.metadata("best_dsc"), opt.metadata("best_step")) {
-            let dsc: f64 = d.parse().map_err(|_| Error::invalid("bad best_dsc in checkpoint"))?;
-            let s: usize = s.parse().map_err(|_| Error::invalid("bad best_step in checkpoint"))?;
+            let dsc: f64 = d
+                .parse()
+                .map_err(|_| Error::invalid("bad best_dsc in checkpoint"))?;
+            let s: usize = s
+                .parse()
+                .map_err(|_| Error::invalid("bad best_step in checkpoint"))?;
             t.best = Some((dsc, s));
         }
         t.log = parse_log_csv(&meta(&opt, "log")?)?;
@@ -441,7 +456,8 @@ pub fn log_csv(rows: &[LogRow]) -> Result<Vec<u8>> {
     w.write_record(LOG_HEADER).map_err(err)?;
     for r in rows {
         let v = r.validation;
-        let opt = |f: fn(&Validation) -> f64| v.as_ref().map_or(String::new(), |v| format!("{:e}", f(v)));
+        let opt =
+            |f: fn(&Validation) -> f64| v.as_ref().map_or(String::new(), |v| format!("{:e}", f(v)));
         w.write_record([
             r.step.to_string(),
             format!("{:e}", r.lr),
@@ -471,10 +487,14 @@ pub fn parse_log_csv(text: &str) -> Result<Vec<LogRow>> {
             return Err(bad(format!("{} columns", rec.len())));
         }
         let f = |i: usize| -> Result<f64> {
-            rec[i].parse().map_err(|_| bad(format!("'{}' is not a number", &rec[i])))
+            rec[i]
+                .parse()
+                .map_err(|_| bad(format!("'{}' is not a number", &rec[i])))
         };
         let f32_at = |i: usize| -> Result<f32> {
-            rec[i].parse().map_err(|_| bad(format!("'{}' is not a number", &rec[i])))
+            rec[i]
+                .parse()
+                .map_err(|_| bad(format!("'{}' is not a number", &rec[i])))
         };
         let validation = if rec[6].is_empty() {
             None

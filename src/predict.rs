@@ -1,0 +1,194 @@
+//! `calibseg predict`: a network from MONAI's keyword arguments and weights, run in eval mode on a volume
+//! (whole, or by sliding-window inference), written as logits and probabilities.
+//!
+//! Inputs: a safetensors file holding `input` `[B, C_in, D, H, W]`, or a NIfTI image (3D single channel, or
+//! 4D with channels last; voxels as the file stores them, x fastest, i.e. `[C, Z, Y, X]` row-major).
+//! Outputs: safetensors `logits` and `probs` (softmax over classes), or, for a `.nii`/`.nii.gz` name, the
+//! probabilities as a 4D NIfTI image (classes last) carrying the input image's geometry (its header's
+//! spacing, qform and sform), which needs a NIfTI input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::io::nifti;
+use crate::io::safetensors::{self as st, HostTensor, TensorFile};
+use crate::nn::sliding_window::{sliding_window_inference, SlidingWindowConfig};
+use crate::nn::{Mode, Network, SegResNet, SegResNetConfig, SegResNetDs, SegResNetDsConfig};
+use crate::ops::softmax;
+use crate::tensor::Tensor;
+
+/// The networks `predict` builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// MONAI's `SegResNetDS`.
+    SegResNetDs,
+    /// MONAI's `SegResNet`.
+    SegResNet,
+}
+
+impl std::str::FromStr for Arch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "segresnetds" => Ok(Arch::SegResNetDs),
+            "segresnet" => Ok(Arch::SegResNet),
+            _ => Err(Error::invalid(format!(
+                "architecture '{s}': expected segresnetds or segresnet"
+            ))),
+        }
+    }
+}
+
+/// Builds the network `arch` from the JSON of MONAI's keyword arguments (weights from `seed`; load real ones
+/// with [`crate::nn::ParamStore::load_safetensors`]).
+pub fn build_network(gpu: &Gpu, arch: Arch, config_json: &str, seed: u64) -> Result<Box<dyn Network>> {
+    Ok(match arch {
+        Arch::SegResNetDs => Box::new(SegResNetDs::new(
+            gpu,
+            SegResNetDsConfig::from_json(config_json)?,
+            seed,
+        )?),
+        Arch::SegResNet => Box::new(SegResNet::new(
+            gpu,
+            SegResNetConfig::from_json(config_json)?,
+            seed,
+        )?),
+    })
+}
+
+/// Eval-mode logits of `input` `[B, C_in, spatial...]`: the whole input at once, or by sliding windows.
+pub fn predict_logits(
+    net: &dyn Network,
+    input: &Tensor,
+    window: Option<&SlidingWindowConfig>,
+) -> Result<Tensor> {
+    let tape = Tape::new();
+    let _g = tape.no_grad();
+    let mut run = |x: &Tensor| -> Result<Tensor> {
+        let mut out = net.forward(&tape, &Var::constant(x.clone()), Mode::Eval)?;
+        Ok(out.remove(0).tensor().clone())
+    };
+    match window {
+        None => run(input),
+        Some(w) => {
+            net.check_input(&{
+                let mut s = input.shape()[..2].to_vec();
+                s.extend_from_slice(&w.roi_size);
+                s
+            })
+            .map_err(|e| Error::invalid(format!("--roi {:?} does not suit the network: {e}", w.roi_size)))?;
+            sliding_window_inference(input, w, run)
+        }
+    }
+}
+
+/// What `calibseg predict` does.
+#[derive(Clone, Debug)]
+pub struct PredictOptions {
+    /// The network.
+    pub arch: Arch,
+    /// MONAI's keyword arguments as JSON text.
+    pub config: String,
+    /// Weights (safetensors, MONAI `state_dict` keys).
+    pub weights: PathBuf,
+    /// Only weights under this prefix, with it removed (`module.` etc. are removed automatically).
+    pub weights_prefix: Option<String>,
+    /// The input file.
+    pub input: PathBuf,
+    /// The output file.
+    pub output: PathBuf,
+    /// Sliding-window inference; `None` runs the whole input at once.
+    pub window: Option<SlidingWindowConfig>,
+}
+
+/// Reads the input volume as `[B, C, D, H, W]`.
+fn read_input(gpu: &Gpu, path: &Path) -> Result<Tensor> {
+    if nifti::is_nifti(path) {
+        let (dims, data) = nifti::read_f32(path)?;
+        let shape = match dims.len() {
+            3 => vec![1, 1, dims[2], dims[1], dims[0]],
+            4 => vec![1, dims[3], dims[2], dims[1], dims[0]],
+            n => {
+                return Err(Error::Format {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "a {n}D image; expected a 3D image or a 4D image with channels last"
+                    ),
+                })
+            }
+        };
+        Tensor::from_f32(gpu, &shape, &data)
+    } else {
+        let f = TensorFile::open(path)?;
+        if !f.contains("input") {
+            return Err(Error::Format {
+                path: path.display().to_string(),
+                message: format!(
+                    "expected a tensor named 'input' [B, C, D, H, W] (or a .nii/.nii.gz image); found {:?}",
+                    f.names()
+                ),
+            });
+        }
+        let (shape, data) = f.f32("input")?;
+        Tensor::from_f32(gpu, &shape, &data)
+    }
+}
+
+/// Runs `calibseg predict`: everything is checked and computed before anything is written, and the output
+/// is written atomically.
+pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
+    let to_nifti = nifti::is_nifti(&o.output);
+    if to_nifti && !nifti::is_nifti(&o.input) {
+        return Err(Error::invalid(format!(
+            "{}: a NIfTI output takes its geometry from a NIfTI input, but the input is {}",
+            o.output.display(),
+            o.input.display()
+        )));
+    }
+    crate::io::output::check_file_target(&o.output)?;
+    let net = build_network(gpu, o.arch, &o.config, 0)?;
+    net.store()
+        .load_safetensors(&o.weights, o.weights_prefix.as_deref())?;
+    let input = read_input(gpu, &o.input)?;
+    net.check_input(input.shape()).or_else(|e| {
+        if o.window.is_some() {
+            // Windows fix divisibility; rank and channels must still match.
+            let s = input.shape();
+            if s.len() == net.spatial_dims() + 2 && s[1] == net.in_channels() {
+                return Ok(());
+            }
+        }
+        Err(e)
+    })?;
+    let logits = predict_logits(net.as_ref(), &input, o.window.as_ref())?;
+    let probs = softmax(&logits)?;
+    let p = probs.to_vec_f32()?;
+    let bad = p.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::invalid(format!(
+            "the network produced {bad} non-finite probabilities (non-finite input or weights?)"
+        )));
+    }
+    if to_nifti {
+        let s = probs.shape();
+        if s[0] != 1 {
+            return Err(Error::invalid(format!(
+                "a NIfTI output holds one image, the input has {}",
+                s[0]
+            )));
+        }
+        // [1, C, Z, Y, X] row-major is a (X, Y, Z, C) image with x fastest.
+        nifti::write_f32_like(&o.output, &o.input, &[s[4], s[3], s[2], s[1]], &p)
+    } else {
+        let mut t = BTreeMap::new();
+        t.insert(
+            "logits".to_string(),
+            HostTensor::F32(logits.shape().to_vec(), logits.to_vec_f32()?),
+        );
+        t.insert("probs".to_string(), HostTensor::F32(probs.shape().to_vec(), p));
+        st::write(&o.output, &t, None)
+    }
+}
