@@ -191,7 +191,7 @@ fn bench(c: &mut Criterion) {
         gpu.info().backend,
         gpu.info().subgroup_min_size,
         gpu.info().subgroup_max_size,
-        ops::conv::kernels_for(&gpu).name
+        ops::conv::tiles_for(&gpu).id()
     );
     let only = std::env::var("CONV_BENCH_ONLY").ok();
     let mut summary = Vec::new();
