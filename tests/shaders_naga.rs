@@ -139,7 +139,7 @@ fn every_selectable_conv_variant_validates_and_translates_to_every_back_end() {
 
 #[test]
 fn portable_conv_variants_fit_their_workgroup_memory() {
-    for t in selectable_tiles().iter().filter(|t| !t.subgroup) {
+    for t in &selectable_tiles() {
         // The largest workgroup array of the generated text matches what the selection budgets for.
         let src = t.source();
         let bytes: usize = src

@@ -13,7 +13,8 @@ use crate::gpu::{Arg, GeneratedModule, Gpu, Kernel};
 use crate::tensor::{DType, Tensor};
 
 use super::conv_gen::{
-    select_tiles, ConvTiles, ROW_TAPS, STAGE, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
+    select_tiles, ConvTiles, POINTWISE_CHANNELS, ROW_TAPS, STAGE, SUBGROUP_LANES, VOXEL_CHUNK,
+    WORKGROUP,
 };
 
 /// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
@@ -332,19 +333,27 @@ pub(crate) fn record_backward_data(
         return Ok(());
     }
     let t = tiles_for(gpu);
-    let row = row_path(&t, g, g.input[2]);
-    let entry = if row {
-        "backward_data_row"
+    let mut p = g.params(0, false);
+    let (entry, grid) = if g.stride.iter().any(|&s| s > 1) {
+        // One sub-pixel phase class per workgroup: only the taps that reach the class's voxels.
+        let classes = g.stride.iter().product::<usize>();
+        let mut largest = 1;
+        for a in 0..3 {
+            largest *= g.input[a].div_ceil(g.stride[a]);
+        }
+        let per_class = (g.n * largest).div_ceil(t.workgroup_cols());
+        p.chunk[3] = per_class as u32;
+        let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
+        ("backward_data_phase", grid)
+    } else if row_path(&t, g, g.input[2]) {
+        ("backward_data_row", row_grid(gpu, &t, g.n, g.input, g.cin)?)
     } else {
-        "backward_data"
+        (
+            "backward_data",
+            col_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?,
+        )
     };
     let k = conv_kernel(gpu, &t, entry)?;
-    let p = g.params(0, false);
-    let grid = if row {
-        row_grid(gpu, &t, g.n, g.input, g.cin)?
-    } else {
-        col_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?
-    };
     let mut b = gpu.batch("conv backward_data");
     b.dispatch_grid(
         &k,
@@ -387,6 +396,9 @@ pub(crate) fn record_backward_weight(
             "convolution weight gradient {g:?} is too large"
         )));
     }
+    if g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3] {
+        return record_backward_weight_pointwise(gpu, &t, g, x, dy, dw);
+    }
     // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
     let row = row_path(&t, g, g.output[2]) && g.output[2].is_multiple_of(SUBGROUP_LANES);
     let (entry, col_tiles) = if row {
@@ -410,6 +422,49 @@ pub(crate) fn record_backward_weight(
         bytemuck::bytes_of(&p),
         &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
         grid,
+    )?;
+    if let Some(parts) = &parts {
+        sum_splits(&mut b, parts, splits, elems, dw)?;
+    }
+    b.submit()?;
+    drop(parts);
+    Ok(())
+}
+
+/// The weight gradient of a 1x1x1 convolution (stride 1, no padding): per-split partials of the channel
+/// product over voxels, then their fixed-order sum.
+fn record_backward_weight_pointwise(
+    gpu: &Gpu,
+    t: &ConvTiles,
+    g: &ConvGeometry,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+) -> Result<()> {
+    let elems = g.cout * g.cin;
+    let total = g.n * g.output_voxels();
+    let split = MIN_SPLIT.max(total.div_ceil(MAX_SPLITS).next_multiple_of(VOXEL_CHUNK));
+    let splits = total.div_ceil(split);
+    let tiles = g.cout.div_ceil(POINTWISE_CHANNELS) * g.cin.div_ceil(POINTWISE_CHANNELS);
+    if tiles > gpu.limits().max_compute_workgroups_per_dimension as usize {
+        return Err(Error::InvalidShape(format!(
+            "convolution weight gradient {g:?} is too large"
+        )));
+    }
+    let k = conv_kernel(gpu, t, "backward_weight_pointwise")?;
+    let p = g.params(split, false);
+    let mut b = gpu.batch("conv backward_weight (1x1x1)");
+    let parts = if splits == 1 {
+        None
+    } else {
+        Some(Tensor::uninit(gpu, &[splits * elems], DType::F32)?)
+    };
+    let target = parts.as_ref().unwrap_or(dw);
+    b.dispatch_grid(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
+        [splits as u32, tiles as u32, 1],
     )?;
     if let Some(parts) = &parts {
         sum_splits(&mut b, parts, splits, elems, dw)?;

@@ -16,6 +16,10 @@ pub const STAGE: usize = 216;
 pub const VOXEL_CHUNK: usize = 128;
 /// Taps along W the row kernels are written for (stride 1).
 pub const ROW_TAPS: usize = 3;
+/// Output x input channels one workgroup of the 1x1x1 weight-gradient kernel owns (4 x 4).
+pub const POINTWISE_CHANNELS: usize = 4;
+/// Lanes of the 1x1x1 weight-gradient kernel (its fixed-order tree sums this many partials).
+const POINTWISE_LANES: usize = 64;
 
 /// Tile sizes of one generated kernel module: everything the generated text and its launcher share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,20 +68,22 @@ impl ConvTiles {
         )
     }
 
-    /// Bytes of workgroup memory the largest entry point of the module uses.
+    /// Bytes of workgroup memory the largest entry point of the module uses: staged weights (the portable
+    /// kernels and, in both modules, the phase kernel), staged voxels (portable weight gradients), or the
+    /// 1x1x1 weight gradient's lane sums.
     pub fn workgroup_bytes(&self) -> usize {
-        if self.subgroup {
+        let weights = STAGE * self.quads * 16;
+        let voxels = if self.subgroup {
             0
         } else {
-            let weights = STAGE * self.quads * 16;
-            let voxels = VOXEL_CHUNK * self.quads * 16 + VOXEL_CHUNK * 16;
-            weights.max(voxels)
-        }
+            VOXEL_CHUNK * self.quads * 16 + VOXEL_CHUNK * 16
+        };
+        weights.max(voxels).max(POINTWISE_LANES * 4 * 16)
     }
 
     /// The WGSL module of these tiles.
     pub fn source(&self) -> String {
-        if self.subgroup {
+        (if self.subgroup {
             subgroup(
                 self.cols,
                 self.quads,
@@ -87,7 +93,8 @@ impl ConvTiles {
             )
         } else {
             portable(self.cols, self.quads, self.row_cols, self.row_kernel_rows)
-        }
+        }) + &phase_data(self.cols, self.quads)
+            + POINTWISE_WEIGHT
     }
 }
 
@@ -113,10 +120,13 @@ pub const PORTABLE_TILES: ConvTiles = ConvTiles {
 };
 
 /// The tiles for an adapter: the subgroup module where subgroups of at least [`SUBGROUP_LANES`] invocations
-/// exist (its lanes broadcast the shared operand, no workgroup memory), otherwise the portable module with
-/// the most result channels per workgroup whose staged operands fit `workgroup_storage` bytes.
+/// exist (its lanes broadcast the shared operand) and its workgroup memory fits, otherwise the portable module
+/// with the most result channels per workgroup whose staged operands fit `workgroup_storage` bytes.
 pub fn select_tiles(subgroups: bool, subgroup_min_size: u32, workgroup_storage: u32) -> ConvTiles {
-    if subgroups && subgroup_min_size as usize >= SUBGROUP_LANES {
+    if subgroups
+        && subgroup_min_size as usize >= SUBGROUP_LANES
+        && SUBGROUP_TILES.workgroup_bytes() <= workgroup_storage as usize
+    {
         return SUBGROUP_TILES;
     }
     let mut t = PORTABLE_TILES;
@@ -1583,3 +1593,215 @@ fn backward_weight_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
     out += &row_weight_store(tr, q);
     out
 }
+
+/// The input gradient for strides over 1 by sub-pixel phase (`backward_data_phase`): the input voxels whose
+/// `(i + pad) % stride` agree on every axis (one phase class) take the same taps, those with
+/// `(i + pad - tap) % stride == 0`, so each workgroup owns columns of one class and loops over that class's
+/// taps only (3x3x3 at stride 2: 1 to 8 of the 27 taps, none masked). Appended to both modules.
+fn phase_data(tn: usize, q: usize) -> String {
+    let m = 4 * q;
+    let ptile = STAGE * q;
+    let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
+    let mut s = format!(
+        "
+// backward_data for strides over 1, one sub-pixel phase class per workgroup: the input voxels i with
+// (i + pad) % stride == r on every axis receive the taps t = r + stride * j only, from output voxel
+// (i + pad - t) / stride. chunk.x is unused, chunk.w the workgroups per class; the grid's first axis
+// enumerates (class, workgroup in class), the second the {m}-channel tiles of the result.
+var<workgroup> ptile: array<vec4<f32>, {ptile}>; // staged weights: (channel in chunk, class tap) x {m} channels
+
+// Kernel tap of the class's u-th tap (class phase r, nt taps per axis).
+fn phase_tap(u: u32, r: vec3<u32>, nt: vec3<u32>) -> u32 {{
+    let jz = u / (nt.y * nt.z);
+    let ju = u - jz * nt.y * nt.z;
+    let jy = ju / nt.z;
+    let jx = ju - jy * nt.z;
+    return ((r.x + p.stride.x * jz) * p.ksz.y + r.y + p.stride.y * jy) * p.ksz.z + r.z + p.stride.z * jx;
+}}
+
+@compute @workgroup_size(64)
+fn backward_data_phase(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {{
+    let cin = p.dims.y;
+    let cout = p.dims.z;
+    let ivox = p.isz.w;
+    let ovox = p.osz.w;
+    let kvol = p.ksz.w;
+    let m0 = wid.y * {m}u;
+    let tile = tile_index(wid, nwg);
+    let cls = tile / p.chunk.w;
+    let ctile = tile - cls * p.chunk.w;
+    let st = p.stride.xyz;
+    let r = vec3<u32>(cls / (st.y * st.z), (cls / st.z) % st.y, cls % st.z);
+    let i0 = (r + st - p.pad.xyz % st) % st;
+    let isz = p.isz.xyz;
+    let cnt = select(vec3<u32>(0u), (isz + st - 1u - i0) / st, i0 < isz);
+    let cb = vec3<i32>((i0 + p.pad.xyz - r) / st);
+    let nt = select(vec3<u32>(0u), (p.ksz.xyz + st - 1u - r) / st, r < p.ksz.xyz);
+    let ntaps = nt.x * nt.y * nt.z;
+    let cvox = max(cnt.x * cnt.y * cnt.z, 1u);
+    let chw = max(cnt.y * cnt.z, 1u);
+    let cw = max(cnt.z, 1u);
+    // Workgroups past the last class (a grid rounded up to fit the device limit) own no columns.
+    let total = select(0u, p.dims.x * cnt.x * cnt.y * cnt.z, cls < st.x * st.y * st.z);
+"
+    );
+    s += &per_j(&|j| {
+        let off = j * WORKGROUP;
+        format!(
+            "    let col{j} = ctile * COLS + lid + {off}u;
+    let valid{j} = col{j} < total;
+    let cc{j} = select(0u, col{j}, valid{j});
+    let n{j} = cc{j} / cvox;
+    let v{j} = cc{j} - n{j} * cvox;
+    let mz{j} = v{j} / chw;
+    let mr{j} = v{j} - mz{j} * chw;
+    let my{j} = mr{j} / cw;
+    let mx{j} = mr{j} - my{j} * cw;
+    let ob{j} = vec3<i32>(vec3<u32>(mz{j}, my{j}, mx{j})) + cb;
+    let yb{j} = i32(n{j} * cout * ovox);
+    let ii{j} = i0 + st * vec3<u32>(mz{j}, my{j}, mx{j});
+    let xo{j} = n{j} * cin * ivox + (ii{j}.x * isz.y + ii{j}.y) * isz.z + ii{j}.z;"
+        )
+    });
+    s += "\n";
+    s += &acc_decl(tn, q);
+    let _ = write!(
+        s,
+        "
+    let tnc = max(min(ntaps, {STAGE}u), 1u);
+    let chn = max({STAGE}u / tnc, 1u);
+    for (var t0 = 0u; t0 < ntaps; t0 += tnc) {{
+        let tcount = min(tnc, ntaps - t0);
+        for (var c0 = 0u; c0 < cout; c0 += chn) {{
+            let cn = min(chn, cout - c0);
+            let entries = cn * tcount;
+            workgroupBarrier();
+            for (var m = 0u; m < {m}u; m++) {{
+                let mm = m0 + m;
+                for (var e = lid; e < entries; e += 64u) {{
+                    let ce = e / tcount;
+                    let t = phase_tap(t0 + e - ce * tcount, r, nt);
+                    var w = 0.0;
+                    if (mm < cin) {{
+                        w = wts[((c0 + ce) * cin + mm) * kvol + t];
+                    }}
+                    ptile[e * {q}u + m / 4u][m % 4u] = w;
+                }}
+            }}
+            workgroupBarrier();
+            for (var tl = 0u; tl < tcount; tl++) {{
+                let u = t0 + tl;
+                let jz = u / (nt.y * nt.z);
+                let ju = u - jz * nt.y * nt.z;
+                let jy = ju / nt.z;
+                let jt = vec3<i32>(vec3<u32>(jz, jy, ju - jy * nt.z));
+"
+    );
+    s += &per_j(&|j| {
+        format!(
+            "                let o{j} = ob{j} - jt;
+                let ok{j} = valid{j} && in_range(o{j}.x, p.osz.x) && in_range(o{j}.y, p.osz.y) && in_range(o{j}.z, p.osz.z);
+                let off{j} = u32(yb{j} + (o{j}.x * i32(p.osz.y) + o{j}.y) * i32(p.osz.z) + o{j}.z) + c0 * ovox;"
+        )
+    });
+    s += "\n                for (var cl = 0u; cl < cn; cl++) {\n                    let co = cl * ovox;\n";
+    for j in 0..tn {
+        let _ = writeln!(
+            s,
+            "                    let xv{j} = select(0.0, src[select(0u, off{j} + co, ok{j})], ok{j});"
+        );
+    }
+    let _ = writeln!(s, "                    let wb = (cl * tcount + tl) * {q}u;");
+    for qq in 0..q {
+        let _ = writeln!(s, "                    let w{qq} = ptile[wb + {qq}u];");
+    }
+    for j in 0..tn {
+        for qq in 0..q {
+            let _ = writeln!(
+                s,
+                "                    acc{j}_{qq} = fma(w{qq}, vec4<f32>(xv{j}), acc{j}_{qq});"
+            );
+        }
+    }
+    s += "                }\n            }\n        }\n    }\n";
+    s += &store(
+        "    ",
+        tn,
+        q,
+        "out3",
+        "cin",
+        &|j| format!("xo{j}"),
+        "ivox",
+        &|_| String::new(),
+    );
+    s + "\n}\n"
+}
+
+/// The weight gradient of 1x1x1 kernels at stride 1 without padding (`backward_weight_pointwise`): a matrix
+/// product over voxels, `dw[co, ci] = sum dy[n, co, v] x[n, ci, v]`. Appended to both modules.
+const POINTWISE_WEIGHT: &str = "
+// backward_weight for 1x1x1 kernels, stride 1, no padding: a workgroup owns 4 output x 4 input channels
+// (wid.y) and the voxels of split wid.x (chunk.z of them, over images); lane l sums voxels l, l + 64, ...,
+// then the 64 lanes' sums are added in a fixed tree and written to the split's partials.
+var<workgroup> pwsum: array<vec4<f32>, 256>; // lane x output channel -> 4 input channels
+
+@compute @workgroup_size(64)
+fn backward_weight_pointwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let cin = p.dims.y;
+    let cout = p.dims.z;
+    let vox = p.osz.w;
+    let total = p.dims.x * vox;
+    let cit = (cin + 3u) / 4u;
+    let co0 = (wid.y / cit) * 4u;
+    let ci0 = (wid.y % cit) * 4u;
+    let v_begin = wid.x * p.chunk.z;
+    let v_end = min(total, v_begin + p.chunk.z);
+    let xok = vec4<bool>(ci0 < cin, ci0 + 1u < cin, ci0 + 2u < cin, ci0 + 3u < cin);
+    let gok = vec4<bool>(co0 < cout, co0 + 1u < cout, co0 + 2u < cout, co0 + 3u < cout);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    for (var col = v_begin + lid; col < v_end; col += 64u) {
+        let n = col / vox;
+        let v = col - n * vox;
+        let xb = n * cin * vox + v + ci0 * vox;
+        let yb = n * cout * vox + v + co0 * vox;
+        let xv = vec4<f32>(select(0.0, src[select(0u, xb, xok.x)], xok.x),
+                           select(0.0, src[select(0u, xb + vox, xok.y)], xok.y),
+                           select(0.0, src[select(0u, xb + 2u * vox, xok.z)], xok.z),
+                           select(0.0, src[select(0u, xb + 3u * vox, xok.w)], xok.w));
+        let g0 = select(0.0, wts[select(0u, yb, gok.x)], gok.x);
+        let g1 = select(0.0, wts[select(0u, yb + vox, gok.y)], gok.y);
+        let g2 = select(0.0, wts[select(0u, yb + 2u * vox, gok.z)], gok.z);
+        let g3 = select(0.0, wts[select(0u, yb + 3u * vox, gok.w)], gok.w);
+        a0 = fma(vec4<f32>(g0), xv, a0);
+        a1 = fma(vec4<f32>(g1), xv, a1);
+        a2 = fma(vec4<f32>(g2), xv, a2);
+        a3 = fma(vec4<f32>(g3), xv, a3);
+    }
+    pwsum[lid * 4u] = a0;
+    pwsum[lid * 4u + 1u] = a1;
+    pwsum[lid * 4u + 2u] = a2;
+    pwsum[lid * 4u + 3u] = a3;
+    for (var h = 32u; h > 0u; h = h / 2u) {
+        workgroupBarrier();
+        if (lid < h) {
+            for (var i = 0u; i < 4u; i++) {
+                pwsum[lid * 4u + i] = pwsum[lid * 4u + i] + pwsum[(lid + h) * 4u + i];
+            }
+        }
+    }
+    workgroupBarrier();
+    if (lid < 4u && co0 + lid < cout) {
+        let sum = pwsum[lid];
+        let e = wid.x * cout * cin + (co0 + lid) * cin + ci0;
+        for (var i = 0u; i < 4u; i++) {
+            if (ci0 + i < cin) {
+                out3[e + i] = sum[i];
+            }
+        }
+    }
+}
+";
