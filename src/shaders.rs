@@ -1,7 +1,9 @@
 //! The WGSL sources, one file per kernel family, and the preludes each is compiled with.
 //!
 //! A prelude is text put before the file (an `enable` directive, type aliases); every (file, prelude) pair
-//! the library compiles is listed here, so the naga test validates exactly what runs.
+//! the library compiles is listed here, so the naga test validates exactly what runs. The convolution
+//! kernels are not files: they are generated at run time per tile variant (`ops::conv_gen`), and the naga
+//! test validates every variant the selection can return.
 
 /// A WGSL file and the preludes the library compiles it with.
 #[derive(Clone, Copy, Debug)]
@@ -109,25 +111,6 @@ pub const TEMPERATURE: Shader = Shader {
     zero_workgroup_memory: true,
 };
 
-/// 3D/2D convolution: forward, input-gradient and weight-gradient gather kernels (register-tiled).
-pub const CONV: Shader = Shader {
-    name: "conv.wgsl",
-    source: include_str!("../shaders/conv.wgsl"),
-    preludes: &[""],
-    trusted: true,
-    zero_workgroup_memory: false,
-};
-
-/// The convolution kernels with subgroup broadcasts of the shared operand (adapters with subgroups of at
-/// least 8 invocations).
-pub const CONV_SUBGROUP: Shader = Shader {
-    name: "conv_subgroup.wgsl",
-    source: include_str!("../shaders/conv_subgroup.wgsl"),
-    preludes: &[""],
-    trusted: true,
-    zero_workgroup_memory: false,
-};
-
 /// Deterministic two-pass row reductions (norm statistics, bias and affine gradients, split-K sums).
 pub const REDUCE: Shader = Shader {
     name: "reduce.wgsl",
@@ -192,8 +175,6 @@ pub const ALL: &[Shader] = &[
     RESAMPLE,
     CALIBRATION,
     TEMPERATURE,
-    CONV,
-    CONV_SUBGROUP,
     REDUCE,
     NORM,
     ELEMENTWISE,

@@ -405,3 +405,148 @@ fn bad_conv_arguments_are_typed_errors() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+// SegResNetDS's convolutions besides 3x3x3 stride 1, on sizes that exercise the fast paths' edges: the
+// stride-2 downsampling (input gradient by sub-pixel phase), the 1x1x1 heads (weight gradient as a channel
+// product over voxel splits) and the stride-2 transposed upsampling (forward by sub-pixel phase).
+
+#[test]
+fn conv3d_stride2_downsampling_odd_sizes_channels_off_the_tiles() {
+    // Odd and even sizes per axis (phase classes of different sizes), 5 -> 18 channels (over one 16-channel
+    // tile), 2 images.
+    check_conv(
+        geo(2, 5, 18, [7, 6, 9], [3; 3], [2; 3], [1; 3]),
+        true,
+        false,
+        21,
+    );
+    // Sizes smaller than the stride on one axis (an empty phase class) and 17 input channels.
+    check_conv(
+        geo(1, 17, 3, [1, 5, 4], [3; 3], [2; 3], [1; 3]),
+        false,
+        false,
+        22,
+    );
+}
+
+#[test]
+fn conv3d_1x1x1_heads_over_several_splits() {
+    // 2 x 9 x 10 x 13 = 2340 voxels: three splits of the weight-gradient reduction, 19 -> 6 channels (neither
+    // a multiple of the 4 x 4 channel tile).
+    check_conv(
+        geo(2, 19, 6, [9, 10, 13], [1; 3], [1; 3], [0; 3]),
+        true,
+        false,
+        23,
+    );
+    check_conv(
+        geo(1, 8, 3, [4, 5, 3], [1; 3], [1; 3], [0; 3]),
+        true,
+        false,
+        24,
+    );
+    // 2D.
+    check_conv(
+        geo(3, 7, 5, [1, 11, 6], [1; 3], [1; 3], [0; 3]),
+        true,
+        true,
+        25,
+    );
+}
+
+#[test]
+fn conv_transpose_stride2_upsampling_odd_sizes_channels_off_the_tiles() {
+    check_transpose(
+        geo(1, 5, 17, [3, 5, 4], [3; 3], [2; 3], [1; 3]),
+        [1; 3],
+        true,
+        26,
+    );
+    // Without output padding (odd outputs) and stride 2 on two axes only.
+    check_transpose(
+        geo(2, 3, 4, [2, 3, 5], [3; 3], [2, 1, 2], [1; 3]),
+        [0; 3],
+        false,
+        27,
+    );
+}
+
+#[test]
+fn fast_path_gradients_match_finite_differences() {
+    let Some(gpu) = gpu() else { return };
+    for (g, seed) in [
+        (geo(1, 2, 3, [5, 4, 3], [3; 3], [2; 3], [1; 3]), 31),
+        (geo(2, 3, 2, [3, 4, 5], [1; 3], [1; 3], [0; 3]), 32),
+    ] {
+        let mut rng = Rng::new(seed);
+        let x = rng.normals(g.n * g.cin * g.iv(), 1.0);
+        let w = rng.normals(g.cout * g.cin * g.kv(), 0.3);
+        let dy = rng.normals(g.n * g.cout * g.ov(), 1.0);
+        let xs = shape5(g.n, g.cin, g.i, false);
+        let ws = shape5(g.cout, g.cin, g.k, false);
+        let ys = shape5(g.n, g.cout, g.o(), false);
+        let xt = Tensor::from_f32(&gpu, &xs, &x).unwrap();
+        let wt = Tensor::from_f32(&gpu, &ws, &w).unwrap();
+        let dyt = Tensor::from_f32(&gpu, &ys, &dy).unwrap();
+        let gx = ops::conv_backward_data(&dyt, &wt, &xs, &g.s, &g.p)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let gw = ops::conv_backward_weight(&xt, &dyt, &ws, &g.s, &g.p)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let loss = |x: &[f32], w: &[f32]| -> f64 {
+            g.forward(x, w, None)
+                .iter()
+                .zip(&dy)
+                .map(|(a, d)| a * *d as f64)
+                .sum()
+        };
+        let h = 1e-2f32;
+        for i in 0..x.len() {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&p, &w) - loss(&m, &w)) / (p[i] - m[i]) as f64;
+            assert!(
+                (gx[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()),
+                "{g:?} dx[{i}] {} vs fd {fd}",
+                gx[i]
+            );
+        }
+        for i in 0..w.len() {
+            let (mut p, mut m) = (w.clone(), w.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&x, &p) - loss(&x, &m)) / (p[i] - m[i]) as f64;
+            assert!(
+                (gw[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()),
+                "{g:?} dw[{i}] {} vs fd {fd}",
+                gw[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn fast_paths_are_deterministic() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(33);
+    let bits = |t: Tensor| -> Vec<u32> {
+        t.to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    // Stride-2 input gradient (phase kernel) and the 1x1x1 weight gradient over several splits.
+    let dy = Tensor::from_f32(&gpu, &[2, 6, 5, 4, 6], &rng.normals(2 * 6 * 120, 1.0)).unwrap();
+    let w = Tensor::from_f32(&gpu, &[6, 5, 3, 3, 3], &rng.normals(6 * 5 * 27, 0.3)).unwrap();
+    let dx = || ops::conv_backward_data(&dy, &w, &[2, 5, 9, 8, 11], &[2], &[1]).unwrap();
+    assert_eq!(bits(dx()), bits(dx()));
+    let x = Tensor::from_f32(&gpu, &[2, 7, 12, 11, 10], &rng.normals(2 * 7 * 1320, 1.0)).unwrap();
+    let g = Tensor::from_f32(&gpu, &[2, 5, 12, 11, 10], &rng.normals(2 * 5 * 1320, 1.0)).unwrap();
+    let dw = || ops::conv_backward_weight(&x, &g, &[5, 7, 1, 1, 1], &[1], &[0]).unwrap();
+    assert_eq!(bits(dw()), bits(dw()));
+}

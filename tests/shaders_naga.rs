@@ -1,7 +1,11 @@
-//! Every shader the library compiles, with each of its preludes, parses and validates with naga (no adapter
-//! needed) and translates to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), so a shader that would
-//! fail on another back end fails here first.
+//! Every shader the library compiles, with each of its preludes, and every generated convolution module the
+//! tile selection can return for any adapter, parses and validates with naga (no adapter needed) and
+//! translates to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), so a shader that would fail on
+//! another back end fails here first.
 
+use calibseg::ops::conv_gen::{
+    select_tiles, selectable_tiles, ConvTiles, PORTABLE_TILES, SUBGROUP_TILES,
+};
 use calibseg::shaders::{self, Shader};
 use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
 
@@ -18,8 +22,14 @@ fn capabilities(src: &str) -> Capabilities {
 }
 
 fn check(shader: &Shader, prelude: &str) -> Result<(), String> {
-    let src = shader.with_prelude(prelude);
-    let name = format!("{} (prelude {prelude:?})", shader.name);
+    check_source(
+        &shader.with_prelude(prelude),
+        &format!("{} (prelude {prelude:?})", shader.name),
+    )
+}
+
+fn check_source(src: &str, name: &str) -> Result<(), String> {
+    let src = src.to_string();
     let module = naga::front::wgsl::parse_str(&src)
         .map_err(|e| format!("{name}: {}", e.emit_to_string(&src)))?;
     let caps = capabilities(&src);
@@ -96,6 +106,61 @@ fn every_shader_validates_and_translates_to_every_back_end() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_selectable_conv_variant_validates_and_translates_to_every_back_end() {
+    let variants = selectable_tiles();
+    // The selection's own outcomes are all in the list: subgroups of 8+ lanes, none, too narrow, and every
+    // workgroup-memory size from none to plenty.
+    for sub in [false, true] {
+        for size in [0, 4, 8, 16, 32, 64, 128] {
+            for storage in [0, 1024, 4096, 8192, 12288, 16384, 32768, 65536] {
+                let t = select_tiles(sub, size, storage);
+                assert!(variants.contains(&t), "{t:?} is selectable but not listed");
+            }
+        }
+    }
+    assert!(variants.contains(&SUBGROUP_TILES) && variants.contains(&PORTABLE_TILES));
+    let ids: Vec<String> = variants.iter().map(ConvTiles::id).collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert!(!ids[..i].contains(id), "two variants share the id {id}");
+    }
+    let mut failures = Vec::new();
+    for t in &variants {
+        let src = t.source();
+        assert_eq!(src.contains("subgroup"), t.subgroup, "{}", t.id());
+        if let Err(e) = check_source(&src, &t.id()) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn portable_conv_variants_fit_their_workgroup_memory() {
+    for t in &selectable_tiles() {
+        // The largest workgroup array of the generated text matches what the selection budgets for.
+        let src = t.source();
+        let bytes: usize = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("var<workgroup> "))
+            .map(|l| {
+                let n: usize = l
+                    .split(", ")
+                    .nth(1)
+                    .unwrap()
+                    .split('>')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                n * 16
+            })
+            .max()
+            .unwrap();
+        assert!(bytes <= t.workgroup_bytes(), "{}: {bytes} bytes", t.id());
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod timer;
 
 pub use context::{AdapterSummary, Gpu, GpuOptions};
 pub use dispatch::{Arg, Batch, WORKGROUP_SIZE};
-pub use pipeline::Kernel;
+pub use pipeline::{GeneratedModule, Kernel};
 pub use pool::PoolStats;
 pub(crate) use pool::PooledBuffer;
 pub use timer::time_gpu;

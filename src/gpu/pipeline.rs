@@ -23,8 +23,20 @@ impl Kernel {
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<(&'static str, String), Arc<wgpu::ShaderModule>>>,
+    /// Modules by id: `file|prelude` for the files in `shaders/`, the variant id for generated ones.
+    modules: Mutex<HashMap<String, Arc<wgpu::ShaderModule>>>,
     kernels: Mutex<HashMap<String, Kernel>>,
+}
+
+/// A WGSL module generated at run time (the convolution kernels, one module per tile variant).
+#[derive(Clone, Copy, Debug)]
+pub struct GeneratedModule<'a> {
+    /// Unique name of the variant: the pipeline cache's key, and the label in error messages.
+    pub id: &'a str,
+    /// Compiled without wgpu's injected bounds checks (see [`Shader::trusted`]).
+    pub trusted: bool,
+    /// Whether wgpu zero-fills workgroup memory before each dispatch (see [`Shader::zero_workgroup_memory`]).
+    pub zero_workgroup_memory: bool,
 }
 
 impl Gpu {
@@ -42,7 +54,49 @@ impl Gpu {
             "{} is not listed with this prelude, so the naga test does not see it",
             shader.name
         );
-        let mut key = format!("{}|{}|{}", shader.name, prelude, entry);
+        let module_id = format!("{}|{}", shader.name, prelude);
+        self.cached_kernel(
+            &module_id,
+            shader.name,
+            shader.trusted,
+            shader.zero_workgroup_memory,
+            &|| shader.with_prelude(prelude),
+            entry,
+            constants,
+        )
+    }
+
+    /// The pipeline for `entry` in a generated module: `source` is called only the first time the module
+    /// `module.id` is needed on this device; the module and the pipeline are cached afterwards.
+    pub fn generated_kernel(
+        &self,
+        module: GeneratedModule<'_>,
+        source: &dyn Fn() -> String,
+        entry: &'static str,
+    ) -> Result<Kernel> {
+        self.cached_kernel(
+            module.id,
+            module.id,
+            module.trusted,
+            module.zero_workgroup_memory,
+            source,
+            entry,
+            &[],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cached_kernel(
+        &self,
+        module_id: &str,
+        name: &str,
+        trusted: bool,
+        zero_workgroup_memory: bool,
+        source: &dyn Fn() -> String,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+    ) -> Result<Kernel> {
+        let mut key = format!("{module_id}|{entry}");
         for (k, v) in constants {
             key += &format!("|{k}={v}");
         }
@@ -55,20 +109,20 @@ impl Gpu {
         {
             return Ok(k.clone());
         }
-        let label: Arc<str> = format!("{}:{}", shader.name, entry).into();
+        let label: Arc<str> = format!("{name}:{entry}").into();
         let device = &self.inner.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = {
             let mut modules = cache.modules.lock().unwrap_or_else(|p| p.into_inner());
             modules
-                .entry((shader.name, prelude.to_string()))
+                .entry(module_id.to_string())
                 .or_insert_with(|| {
                     let desc = wgpu::ShaderModuleDescriptor {
-                        label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(shader.with_prelude(prelude).into()),
+                        label: Some(name),
+                        source: wgpu::ShaderSource::Wgsl(source().into()),
                     };
-                    Arc::new(if shader.trusted {
-                        // SAFETY: `trusted` files guard every index themselves (see `Shader::trusted`).
+                    Arc::new(if trusted {
+                        // SAFETY: trusted modules guard every index themselves (see `Shader::trusted`).
                         unsafe {
                             device.create_shader_module_trusted(
                                 desc,
@@ -88,7 +142,7 @@ impl Gpu {
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants,
-                zero_initialize_workgroup_memory: shader.zero_workgroup_memory,
+                zero_initialize_workgroup_memory: zero_workgroup_memory,
             },
             cache: None,
         });
@@ -98,7 +152,7 @@ impl Gpu {
                 .modules
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&(shader.name, prelude.to_string()));
+                .remove(module_id);
             return Err(convert_error(e, &format!("compiling {label}")));
         }
         let kernel = Kernel {

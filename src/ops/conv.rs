@@ -1,6 +1,7 @@
 //! Convolution over `[N, C, D, H, W]` (or `[N, C, H, W]`) tensors with any kernel size, stride and padding,
-//! and its two gradients, as register-tiled gather kernels (`shaders/conv.wgsl`, no atomics; with subgroups,
-//! `shaders/conv_subgroup.wgsl`). Both files have row kernels for the common stride-1, 3-taps-along-W case.
+//! and its two gradients, as register-tiled gather kernels (no atomics) generated at run time for the
+//! adapter's tiles (`super::conv_gen`): a portable module, or one that broadcasts the shared operand with
+//! subgroup operations. Both have row kernels for the common stride-1, 3-taps-along-W case.
 //!
 //! Weights are laid out as PyTorch's: `[C_out, C_in, kD, kH, kW]` (`[C_out, C_in, kH, kW]` in 2D).
 
@@ -8,40 +9,14 @@ use bytemuck::{Pod, Zeroable};
 
 use super::reduce::sum_splits;
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, Gpu};
-use crate::shaders;
+use crate::gpu::{Arg, GeneratedModule, Gpu, Kernel};
 use crate::tensor::{DType, Tensor};
 
-/// Result channels one workgroup owns (both kernel files).
-const TILE_M: usize = 16;
-/// Columns one workgroup owns: 64 invocations x 4 columns (both kernel files).
-const TILE_COLS: usize = 256;
-/// Row kernels (stride 1 and 3 taps along W) of each kernel file: consecutive results of a row one invocation
-/// owns, result channels per workgroup, and kernel rows (ci, kd, kh) one weight-gradient invocation owns (each
-/// with its 3 taps along W). Subgroup file: `python3 scripts/gen_conv_subgroup_wgsl.py 4 4
-/// shaders/conv_subgroup.wgsl 8 2 2`; portable file: `python3 scripts/gen_conv_wgsl.py 4 4 shaders/conv.wgsl 4 1`.
-#[derive(Clone, Copy)]
-struct RowTiles {
-    tn: usize,
-    m: usize,
-    kr: usize,
-}
-const ROW_SUBGROUP: RowTiles = RowTiles { tn: 8, m: 8, kr: 2 };
-const ROW_PORTABLE: RowTiles = RowTiles {
-    tn: 4,
-    m: TILE_M,
-    kr: 1,
+use super::conv_gen::{
+    select_tiles, ConvTiles, POINTWISE_CHANNELS, ROW_TAPS, STAGE, SUBGROUP_LANES, VOXEL_CHUNK,
+    WORKGROUP,
 };
 
-fn row_tiles(gpu: &Gpu) -> RowTiles {
-    if subgroup_path(gpu) {
-        ROW_SUBGROUP
-    } else {
-        ROW_PORTABLE
-    }
-}
-/// (channel, tap) pairs staged in workgroup memory per chunk.
-const STAGE: usize = 216;
 /// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
 const MIN_SPLIT: usize = 1024;
 const MAX_SPLITS: usize = 1024;
@@ -242,21 +217,37 @@ impl ConvGeometry {
     }
 }
 
-fn subgroup_path(gpu: &Gpu) -> bool {
-    gpu.features().contains(wgpu::Features::SUBGROUP) && gpu.info().subgroup_min_size >= 8
+/// The convolution tiles for this device (see [`select_tiles`]).
+pub fn tiles_for(gpu: &Gpu) -> ConvTiles {
+    let info = gpu.info();
+    select_tiles(
+        gpu.features().contains(wgpu::Features::SUBGROUP),
+        info.subgroup_min_size,
+        gpu.limits().max_compute_workgroup_storage_size,
+    )
 }
 
-fn tile_cols(_gpu: &Gpu) -> usize {
-    TILE_COLS
+/// The compiled kernel `entry` of this device's convolution module (generated and compiled once).
+fn conv_kernel(gpu: &Gpu, tiles: &ConvTiles, entry: &'static str) -> Result<Kernel> {
+    let id = tiles.id();
+    gpu.generated_kernel(
+        GeneratedModule {
+            id: &id,
+            trusted: true,
+            zero_workgroup_memory: false,
+        },
+        &|| tiles.source(),
+        entry,
+    )
 }
 
-fn col_grid(gpu: &Gpu, columns: usize, m: usize) -> Result<[u32; 3]> {
-    let tiles = columns.div_ceil(tile_cols(gpu));
+fn col_grid(gpu: &Gpu, t: &ConvTiles, columns: usize, m: usize) -> Result<[u32; 3]> {
+    let tiles = columns.div_ceil(t.workgroup_cols());
     if tiles > u32::MAX as usize {
         return Err(Error::InvalidShape(format!("{columns} voxels is too many")));
     }
     let g = gpu.grid(tiles as u32)?;
-    let mt = m.div_ceil(TILE_M);
+    let mt = m.div_ceil(t.channels());
     if mt > gpu.limits().max_compute_workgroups_per_dimension as usize {
         return Err(Error::InvalidShape(format!("{m} channels is too many")));
     }
@@ -264,16 +255,15 @@ fn col_grid(gpu: &Gpu, columns: usize, m: usize) -> Result<[u32; 3]> {
 }
 
 /// Grid of the row kernels over `[n, d, h, w]` results and `m` channels (64 row segments per workgroup).
-fn row_grid(gpu: &Gpu, n: usize, dhw: [usize; 3], m: usize) -> Result<[u32; 3]> {
-    let rt = row_tiles(gpu);
-    let segs = n * dhw[0] * dhw[1] * dhw[2].div_ceil(rt.tn);
+fn row_grid(gpu: &Gpu, t: &ConvTiles, n: usize, dhw: [usize; 3], m: usize) -> Result<[u32; 3]> {
+    let segs = n * dhw[0] * dhw[1] * dhw[2].div_ceil(t.row_cols);
     if segs > u32::MAX as usize {
         return Err(Error::InvalidShape(format!(
             "{segs} row segments is too many"
         )));
     }
-    let g = gpu.grid(segs.div_ceil(64) as u32)?;
-    let mt = m.div_ceil(rt.m);
+    let g = gpu.grid(segs.div_ceil(WORKGROUP) as u32)?;
+    let mt = m.div_ceil(t.row_channels());
     if mt > gpu.limits().max_compute_workgroups_per_dimension as usize {
         return Err(Error::InvalidShape(format!("{m} channels is too many")));
     }
@@ -282,18 +272,8 @@ fn row_grid(gpu: &Gpu, n: usize, dhw: [usize; 3], m: usize) -> Result<[u32; 3]> 
 
 /// Whether the row kernels (`forward_row`, `backward_data_row`) apply: stride 1 and 3 taps along W, and rows
 /// of results (`width` wide) at least one invocation's segment long.
-fn row_path(gpu: &Gpu, g: &ConvGeometry, width: usize) -> bool {
-    g.kernel[2] == 3 && g.stride[2] == 1 && width >= row_tiles(gpu).tn
-}
-
-/// The convolution kernels for this device: the subgroup variant where subgroups of at least 8 invocations
-/// are available (it broadcasts the shared operand from 8 lanes), the portable one otherwise.
-pub fn kernels_for(gpu: &Gpu) -> &'static shaders::Shader {
-    if subgroup_path(gpu) {
-        &shaders::CONV_SUBGROUP
-    } else {
-        &shaders::CONV
-    }
+fn row_path(t: &ConvTiles, g: &ConvGeometry, width: usize) -> bool {
+    g.kernel[2] == ROW_TAPS && g.stride[2] == 1 && width >= t.row_cols
 }
 
 fn check_f32(ts: &[(&Tensor, &str)]) -> Result<()> {
@@ -315,14 +295,15 @@ pub(crate) fn record_forward(
     if g.n * g.cout * g.output_voxels() == 0 {
         return Ok(());
     }
-    let row = row_path(gpu, g, g.output[2]);
+    let t = tiles_for(gpu);
+    let row = row_path(&t, g, g.output[2]);
     let entry = if row { "forward_row" } else { "forward" };
-    let k = gpu.kernel(kernels_for(gpu), "", entry, &[])?;
+    let k = conv_kernel(gpu, &t, entry)?;
     let p = g.params(0, bias.is_some());
     let grid = if row {
-        row_grid(gpu, g.n, g.output, g.cout)?
+        row_grid(gpu, &t, g.n, g.output, g.cout)?
     } else {
-        col_grid(gpu, g.n * g.output_voxels(), g.cout)?
+        col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?
     };
     let mut b = gpu.batch("conv forward");
     b.dispatch_grid(
@@ -351,19 +332,28 @@ pub(crate) fn record_backward_data(
     if g.n * g.cin * g.input_voxels() == 0 {
         return Ok(());
     }
-    let row = row_path(gpu, g, g.input[2]);
-    let entry = if row {
-        "backward_data_row"
+    let t = tiles_for(gpu);
+    let mut p = g.params(0, false);
+    let (entry, grid) = if g.stride.iter().any(|&s| s > 1) {
+        // One sub-pixel phase class per workgroup: only the taps that reach the class's voxels.
+        let classes = g.stride.iter().product::<usize>();
+        let mut largest = 1;
+        for a in 0..3 {
+            largest *= g.input[a].div_ceil(g.stride[a]);
+        }
+        let per_class = (g.n * largest).div_ceil(t.workgroup_cols());
+        p.chunk[3] = per_class as u32;
+        let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
+        ("backward_data_phase", grid)
+    } else if row_path(&t, g, g.input[2]) {
+        ("backward_data_row", row_grid(gpu, &t, g.n, g.input, g.cin)?)
     } else {
-        "backward_data"
+        (
+            "backward_data",
+            col_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?,
+        )
     };
-    let k = gpu.kernel(kernels_for(gpu), "", entry, &[])?;
-    let p = g.params(0, false);
-    let grid = if row {
-        row_grid(gpu, g.n, g.input, g.cin)?
-    } else {
-        col_grid(gpu, g.n * g.input_voxels(), g.cin)?
-    };
+    let k = conv_kernel(gpu, &t, entry)?;
     let mut b = gpu.batch("conv backward_data");
     b.dispatch_grid(
         &k,
@@ -394,26 +384,30 @@ pub(crate) fn record_backward_weight(
         b.submit()?;
         return Ok(());
     }
-    let split = MIN_SPLIT.max(total.div_ceil(MAX_SPLITS).next_multiple_of(128));
+    let split = MIN_SPLIT.max(total.div_ceil(MAX_SPLITS).next_multiple_of(VOXEL_CHUNK));
     let splits = total.div_ceil(split);
     let cols = g.cin * g.taps();
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    let col_tiles = cols.div_ceil(tile_cols(gpu));
-    let m_tiles = g.cout.div_ceil(TILE_M);
+    let t = tiles_for(gpu);
+    let col_tiles = cols.div_ceil(t.workgroup_cols());
+    let m_tiles = g.cout.div_ceil(t.channels());
     if col_tiles > max || m_tiles > max {
         return Err(Error::InvalidShape(format!(
             "convolution weight gradient {g:?} is too large"
         )));
     }
+    if g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3] {
+        return record_backward_weight_pointwise(gpu, &t, g, x, dy, dw);
+    }
     // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
-    let row = row_path(gpu, g, g.output[2]) && g.output[2].is_multiple_of(8);
+    let row = row_path(&t, g, g.output[2]) && g.output[2].is_multiple_of(SUBGROUP_LANES);
     let (entry, col_tiles) = if row {
-        let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(64 * row_tiles(gpu).kr);
+        let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(WORKGROUP * t.row_kernel_rows);
         ("backward_weight_row", tiles)
     } else {
         ("backward_weight", col_tiles)
     };
-    let k = gpu.kernel(kernels_for(gpu), "", entry, &[])?;
+    let k = conv_kernel(gpu, &t, entry)?;
     let p = g.params(split, false);
     let grid = [col_tiles as u32, m_tiles as u32, splits as u32];
     let mut b = gpu.batch("conv backward_weight");
@@ -428,6 +422,49 @@ pub(crate) fn record_backward_weight(
         bytemuck::bytes_of(&p),
         &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
         grid,
+    )?;
+    if let Some(parts) = &parts {
+        sum_splits(&mut b, parts, splits, elems, dw)?;
+    }
+    b.submit()?;
+    drop(parts);
+    Ok(())
+}
+
+/// The weight gradient of a 1x1x1 convolution (stride 1, no padding): per-split partials of the channel
+/// product over voxels, then their fixed-order sum.
+fn record_backward_weight_pointwise(
+    gpu: &Gpu,
+    t: &ConvTiles,
+    g: &ConvGeometry,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+) -> Result<()> {
+    let elems = g.cout * g.cin;
+    let total = g.n * g.output_voxels();
+    let split = MIN_SPLIT.max(total.div_ceil(MAX_SPLITS).next_multiple_of(VOXEL_CHUNK));
+    let splits = total.div_ceil(split);
+    let tiles = g.cout.div_ceil(POINTWISE_CHANNELS) * g.cin.div_ceil(POINTWISE_CHANNELS);
+    if tiles > gpu.limits().max_compute_workgroups_per_dimension as usize {
+        return Err(Error::InvalidShape(format!(
+            "convolution weight gradient {g:?} is too large"
+        )));
+    }
+    let k = conv_kernel(gpu, t, "backward_weight_pointwise")?;
+    let p = g.params(split, false);
+    let mut b = gpu.batch("conv backward_weight (1x1x1)");
+    let parts = if splits == 1 {
+        None
+    } else {
+        Some(Tensor::uninit(gpu, &[splits * elems], DType::F32)?)
+    };
+    let target = parts.as_ref().unwrap_or(dw);
+    b.dispatch_grid(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
+        [splits as u32, tiles as u32, 1],
     )?;
     if let Some(parts) = &parts {
         sum_splits(&mut b, parts, splits, elems, dw)?;

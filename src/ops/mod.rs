@@ -2,6 +2,7 @@
 
 pub mod add;
 pub mod conv;
+pub mod conv_gen;
 pub mod conv_transpose;
 mod elementwise;
 pub mod norm;
