@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 /// then `x * scale + shift`. Labels are only flipped.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Augment {
+    /// Probability that a patch is centred on a foreground voxel (as MONAI's `RandCropByPosNegLabel`
+    /// with `pos = neg = 1` at 0.5); other patches lie uniformly anywhere in the volume. Default 0.5.
+    pub foreground_prob: f32,
     /// Probability of flipping each axis (D, H, W independently). Default 0.5.
     pub flip_prob: f32,
     /// Intensity scale factor drawn uniformly from `[1 - scale, 1 + scale]`. Default 0.1.
@@ -24,6 +27,7 @@ pub struct Augment {
 impl Default for Augment {
     fn default() -> Self {
         Augment {
+            foreground_prob: 0.5,
             flip_prob: 0.5,
             scale: 0.1,
             shift: 0.1,
@@ -34,9 +38,10 @@ impl Default for Augment {
 }
 
 impl Augment {
-    /// No augmentation at all (random crops only).
+    /// No augmentation at all (uniformly random crops only).
     pub fn none() -> Self {
         Augment {
+            foreground_prob: 0.0,
             flip_prob: 0.0,
             scale: 0.0,
             shift: 0.0,
@@ -56,6 +61,7 @@ impl Augment {
                 )))
             }
         };
+        prob("foreground_prob", self.foreground_prob)?;
         prob("flip_prob", self.flip_prob)?;
         prob("gamma_prob", self.gamma_prob)?;
         if !(0.0..1.0).contains(&self.scale) {
@@ -79,18 +85,41 @@ impl Augment {
         Ok(())
     }
 
-    /// Draws one patch's crop and augmentation, always in the same order: offsets (D, H, W), flips
-    /// (D, H, W), scale, shift, whether to change gamma and, if so, gamma.
+    /// Draws one patch's crop and augmentation from volume `index`, always in the same order: whether to
+    /// centre on foreground; then either up to [`FOREGROUND_TRIES`] random voxels until one is foreground
+    /// (the last one drawn is the centre) or the offsets (D, H, W); flips (D, H, W), scale, shift,
+    /// whether to change gamma and, if so, gamma.
     pub(crate) fn draw(
         &self,
         rng: &mut DataRng,
-        volume: usize,
-        shape: [usize; 3],
+        index: usize,
+        volume: &Volume,
         patch: [usize; 3],
     ) -> PatchInfo {
+        let shape = volume.shape;
         let mut offset = [0usize; 3];
-        for i in 0..3 {
-            offset[i] = rng.below(shape[i] - patch[i] + 1);
+        if rng.chance(self.foreground_prob as f64) {
+            let mut at = 0;
+            for _ in 0..FOREGROUND_TRIES {
+                at = rng.below(volume.labels.len());
+                if volume.labels[at] != 0 {
+                    break;
+                }
+            }
+            let centre = [
+                at / (shape[1] * shape[2]),
+                at / shape[2] % shape[1],
+                at % shape[2],
+            ];
+            for i in 0..3 {
+                offset[i] = centre[i]
+                    .saturating_sub(patch[i] / 2)
+                    .min(shape[i] - patch[i]);
+            }
+        } else {
+            for i in 0..3 {
+                offset[i] = rng.below(shape[i] - patch[i] + 1);
+            }
         }
         let flip = [0; 3].map(|_| rng.chance(self.flip_prob as f64));
         let scale = 1.0 + self.scale * (2.0 * rng.uniform() as f32 - 1.0);
@@ -102,7 +131,7 @@ impl Augment {
             1.0
         };
         PatchInfo {
-            volume,
+            volume: index,
             offset,
             size: patch,
             flip,
@@ -112,6 +141,9 @@ impl Augment {
         }
     }
 }
+
+/// Random voxels tried when looking for a foreground centre.
+pub const FOREGROUND_TRIES: usize = 64;
 
 /// Where a patch came from and how it was augmented.
 #[derive(Clone, Debug, PartialEq)]

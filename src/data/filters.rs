@@ -97,7 +97,11 @@ pub(crate) fn smooth_field(
     lattice: impl Fn(f32) -> f32,
 ) -> Vec<f32> {
     let [d, h, w] = shape;
-    let (ld, lh, lw) = (lattice_len(d, cell), lattice_len(h, cell), lattice_len(w, cell));
+    let (ld, lh, lw) = (
+        lattice_len(d, cell),
+        lattice_len(h, cell),
+        lattice_len(w, cell),
+    );
     let grid: Vec<f32> = (0..ld * lh * lw)
         .map(|i| lattice(normal_from_bits(hash_at(key, i as u64))))
         .collect();

@@ -8,7 +8,8 @@
 //! earlier ones). Sizes, poses (uniform random rotations) and intensities are random.
 //!
 //! The image is made so that no segmentation can be both perfect and perfectly confident:
-//! each object's intensity is drawn around its class mean (`c * contrast`, background 0), smooth
+//! each object's intensity is drawn around its class level (`c * contrast`, background 0; tube classes,
+//! thin and so dimmed most by the blur, one level higher), smooth
 //! texture is added everywhere, the piecewise image is blurred (partial-volume effect), multiplied by
 //! a smooth bias field and corrupted by Gaussian noise, so neighbouring classes' intensity distributions
 //! overlap; and the labels carry annotator noise: voxels within [`SyntheticConfig::label_noise_radius`]
@@ -39,7 +40,7 @@ mod rng;
 
 use std::sync::OnceLock;
 
-pub use augment::{Augment, Batch, PatchInfo};
+pub use augment::{Augment, Batch, PatchInfo, FOREGROUND_TRIES};
 pub use rng::DataRng;
 
 use crate::error::{Error, Result};
@@ -55,7 +56,8 @@ pub struct SyntheticConfig {
     /// Training volumes [`SyntheticDataset::sample_batch`] draws from (indices `0..volumes`, cached).
     /// Default 32.
     pub volumes: usize,
-    /// Spacing between the mean intensities of consecutive classes (class `c` has mean `c * contrast`).
+    /// Spacing between the intensity levels of consecutive classes: class `c` objects have mean intensity
+    /// `c * contrast` before blur, bias and noise, tube classes (3, 6, ...) `(c + 1) * contrast`.
     /// Default 1.
     pub contrast: f32,
     /// Standard deviation of each object's intensity about its class mean. Default 0.2.
@@ -279,7 +281,11 @@ impl SyntheticDataset {
         if batch == 0 {
             return Err(Error::invalid("synthetic data: batch must be at least 1"));
         }
-        if patch.iter().zip(&self.config.shape).any(|(&p, &n)| p == 0 || p > n) {
+        if patch
+            .iter()
+            .zip(&self.config.shape)
+            .any(|(&p, &n)| p == 0 || p > n)
+        {
             return Err(Error::InvalidShape(format!(
                 "synthetic data: patch {patch:?} must be non-empty and fit in the volume {:?}",
                 self.config.shape
@@ -287,9 +293,10 @@ impl SyntheticDataset {
         }
         let mut out = Batch::with_capacity(batch, patch);
         for _ in 0..batch {
-            let volume = rng.below(self.len());
-            let info = self.config.augment.draw(rng, volume, self.config.shape, patch);
-            out.push(self.cached(volume)?, info);
+            let index = rng.below(self.len());
+            let volume = self.cached(index)?;
+            let info = self.config.augment.draw(rng, index, volume, patch);
+            out.push(volume, info);
         }
         Ok(out)
     }

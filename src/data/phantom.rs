@@ -185,8 +185,12 @@ pub(crate) fn generate(config: &SyntheticConfig, seed: u64, index: u64) -> Volum
     let n = d * h * w;
     let mut rng = volume_rng(seed, index);
     // Stream keys first, so that the geometry draws never shift them.
-    let (texture_key, bias_key, noise_key, flip_key) =
-        (rng.next_u64(), rng.next_u64(), rng.next_u64(), rng.next_u64());
+    let (texture_key, bias_key, noise_key, flip_key) = (
+        rng.next_u64(),
+        rng.next_u64(),
+        rng.next_u64(),
+        rng.next_u64(),
+    );
 
     let s = d.min(h).min(w) as f32;
     let dims = [d as f32, h as f32, w as f32];
@@ -194,16 +198,18 @@ pub(crate) fn generate(config: &SyntheticConfig, seed: u64, index: u64) -> Volum
     let mut base = vec![0f32; n];
     let mut previous: Vec<Ellipsoid> = Vec::new();
     for class in 1..=config.foreground_classes {
+        // Tubes are thin, so blur takes much of their contrast away: they sit one level higher.
+        let level = class as f32 + if kind(class) == Kind::Tube { 1.0 } else { 0.0 };
         let value = |rng: &mut DataRng| {
-            class as f32 * config.contrast + config.intensity_jitter * rng.normal() as f32
+            level * config.contrast + config.intensity_jitter * rng.normal() as f32
         };
         let mut current = Vec::new();
         match kind(class) {
             Kind::Blob => {
                 let (count, lo, hi, margin) = if class == 1 {
-                    (1 + rng.below(2), 0.15, 0.26, 0.3)
+                    (1 + rng.below(2), 0.2, 0.32, 0.32)
                 } else {
-                    (1 + rng.below(2), 0.08, 0.15, 0.2)
+                    (1 + rng.below(2), 0.1, 0.18, 0.2)
                 };
                 for _ in 0..count {
                     let centre = dims.map(|n| n * rng.range(margin, 1.0 - margin) as f32);
@@ -217,8 +223,8 @@ pub(crate) fn generate(config: &SyntheticConfig, seed: u64, index: u64) -> Volum
             }
             Kind::Nested => {
                 for parent in &previous {
-                    let radii = parent.radii.map(|r| r * rng.range(0.35, 0.6) as f32);
-                    let off = parent.radii.map(|r| r * 0.35 * rng.range(-1.0, 1.0) as f32);
+                    let radii = parent.radii.map(|r| r * rng.range(0.4, 0.65) as f32);
+                    let off = parent.radii.map(|r| r * 0.3 * rng.range(-1.0, 1.0) as f32);
                     let mut centre = parent.centre;
                     for (i, c) in centre.iter_mut().enumerate() {
                         *c += (0..3).map(|k| parent.rot[i][k] * off[k]).sum::<f32>();
@@ -231,11 +237,11 @@ pub(crate) fn generate(config: &SyntheticConfig, seed: u64, index: u64) -> Volum
                 }
             }
             Kind::Tube => {
-                for _ in 0..1 + rng.below(2) {
-                    let radius = (s * rng.range(0.025, 0.045) as f32).max(1.0);
+                for _ in 0..1 + rng.below(3) {
+                    let radius = (s * rng.range(0.035, 0.055) as f32).max(2.0);
                     let centre = dims.map(|n| n * rng.range(0.3, 0.7) as f32);
                     let dir = random_direction(&mut rng);
-                    let len = s * rng.range(0.35, 0.5) as f32;
+                    let len = s * rng.range(0.4, 0.55) as f32;
                     let mut points = [[0f32; 3]; 4];
                     for (k, p) in points.iter_mut().enumerate() {
                         let t = len * (k as f32 / 1.5 - 1.0);
