@@ -29,14 +29,18 @@ fn blur_axis(src: &[f32], dst: &mut [f32], shape: [usize; 3], axis: usize, kerne
     let [d, h, w] = shape;
     let r = (kernel.len() / 2) as i64;
     if axis == 2 {
+        // Each row padded by replication, then one vectorisable pass per tap.
+        let r = r as usize;
+        let mut pad = vec![0f32; w + 2 * r];
         for (row_in, row_out) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
-            for (x, out) in row_out.iter_mut().enumerate() {
-                let mut acc = 0f32;
-                for (k, &kv) in kernel.iter().enumerate() {
-                    let xi = (x as i64 + k as i64 - r).clamp(0, w as i64 - 1) as usize;
-                    acc += kv * row_in[xi];
+            pad[..r].fill(row_in[0]);
+            pad[r..r + w].copy_from_slice(row_in);
+            pad[r + w..].fill(row_in[w - 1]);
+            row_out.fill(0.0);
+            for (k, &kv) in kernel.iter().enumerate() {
+                for (o, &p) in row_out.iter_mut().zip(&pad[k..k + w]) {
+                    *o += kv * p;
                 }
-                *out = acc;
             }
         }
         return;
@@ -162,29 +166,36 @@ pub(crate) fn min_max_cube(labels: &[u8], shape: [usize; 3], radius: usize) -> (
     let mut hi = labels.to_vec();
     let mut tmp = vec![0u8; labels.len()];
     for axis in 0..3 {
-        extreme_axis(&lo, &mut tmp, shape, axis, radius, u8::min);
+        extreme_axis(&lo, &mut tmp, shape, axis, radius, |a, b| a.min(b));
         std::mem::swap(&mut lo, &mut tmp);
-        extreme_axis(&hi, &mut tmp, shape, axis, radius, u8::max);
+        extreme_axis(&hi, &mut tmp, shape, axis, radius, |a, b| a.max(b));
         std::mem::swap(&mut hi, &mut tmp);
     }
     (lo, hi)
 }
 
 /// One axis of a running min or max over a window of half-width `radius`.
-fn extreme_axis(
+fn extreme_axis<F: Fn(u8, u8) -> u8>(
     src: &[u8],
     dst: &mut [u8],
     shape: [usize; 3],
     axis: usize,
     radius: usize,
-    op: fn(u8, u8) -> u8,
+    op: F,
 ) {
     let [d, h, w] = shape;
     if axis == 2 {
+        // Replicate padding leaves a min / max unchanged.
+        let mut pad = vec![0u8; w + 2 * radius];
         for (row_in, row_out) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
-            for (x, out) in row_out.iter_mut().enumerate() {
-                let (a, b) = (x.saturating_sub(radius), (x + radius).min(w - 1));
-                *out = row_in[a..=b].iter().copied().fold(row_in[x], op);
+            pad[..radius].fill(row_in[0]);
+            pad[radius..radius + w].copy_from_slice(row_in);
+            pad[radius + w..].fill(row_in[w - 1]);
+            row_out.copy_from_slice(row_in);
+            for k in 0..=2 * radius {
+                for (o, &p) in row_out.iter_mut().zip(&pad[k..k + w]) {
+                    *o = op(*o, p);
+                }
             }
         }
         return;
