@@ -15,8 +15,9 @@
 //! overlap; and the labels carry annotator noise: voxels within [`SyntheticConfig::label_noise_radius`]
 //! of another class take that class with probability [`SyntheticConfig::label_noise`].
 //!
-//! [`SyntheticDataset::sample_batch`] draws random patches from a cached set of training volumes, with
-//! random flips and intensity augmentation ([`Augment`]), from a [`DataRng`] whose state is one `u64`
+//! [`SyntheticDataset::sample_batch`] draws random patches from a cached set of training volumes (by
+//! default half of them centred on a foreground voxel), with random flips and intensity augmentation
+//! ([`Augment`]), from a [`DataRng`] whose state is one `u64`
 //! (save it, restore it, and the next batch is the same). The buffers are contiguous `[B, 1, D, H, W]`,
 //! ready for [`crate::Tensor::from_f32`] and [`crate::loss::Labels::from_indices`].
 //!
