@@ -612,3 +612,35 @@ fn batches_upload_as_tensors_and_labels() {
     assert_eq!(image.to_vec_f32().unwrap(), batch.image);
     assert_eq!(labels.tensor().shape(), &batch.shape[..]);
 }
+
+#[test]
+fn config_serialises_with_defaults_for_missing_fields() {
+    let config = SyntheticConfig {
+        shape: [16, 24, 32],
+        label_noise: 0.05,
+        augment: Augment {
+            gamma_range: [0.8, 1.25],
+            ..Augment::none()
+        },
+        ..SyntheticConfig::default()
+    };
+    let text = serde_json::to_string(&config).unwrap();
+    assert_eq!(
+        serde_json::from_str::<SyntheticConfig>(&text).unwrap(),
+        config
+    );
+    let partial: SyntheticConfig =
+        serde_json::from_str(r#"{"shape": [8, 8, 8], "augment": {"flip_prob": 0.25}}"#).unwrap();
+    assert_eq!(
+        partial,
+        SyntheticConfig {
+            shape: [8, 8, 8],
+            augment: Augment {
+                flip_prob: 0.25,
+                ..Augment::default()
+            },
+            ..SyntheticConfig::default()
+        }
+    );
+    assert!(serde_json::from_str::<SyntheticConfig>(r#"{"noise": 1.0}"#).is_err());
+}

@@ -1,5 +1,7 @@
 //! Random patches: crop, flips and intensity augmentation, stacked into contiguous batches.
 
+use serde::{Deserialize, Serialize};
+
 use super::rng::DataRng;
 use super::Volume;
 use crate::error::{Error, Result};
@@ -7,7 +9,8 @@ use crate::error::{Error, Result};
 /// On-the-fly augmentation of training patches. The intensity steps run in this order: gamma (MONAI's
 /// `RandAdjustContrast`: rescale to [0, 1] by the patch's min and max, raise to `gamma`, scale back),
 /// then `x * scale + shift`. Labels are only flipped.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Augment {
     /// Probability that a patch is centred on a foreground voxel (as MONAI's `RandCropByPosNegLabel`
     /// with `pos = neg = 1` at 0.5); other patches lie uniformly anywhere in the volume. Default 0.5.

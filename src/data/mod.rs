@@ -41,6 +41,8 @@ mod rng;
 
 use std::sync::OnceLock;
 
+use serde::{Deserialize, Serialize};
+
 pub use augment::{Augment, Batch, PatchInfo, FOREGROUND_TRIES};
 pub use rng::DataRng;
 
@@ -48,7 +50,9 @@ use crate::error::{Error, Result};
 
 /// How the synthetic volumes look: size, classes and the difficulty knobs. Intensities are in units of
 /// the spacing between class means before normalisation ([`SyntheticConfig::contrast`] = 1 by default).
-#[derive(Clone, Debug, PartialEq)]
+/// Serialises with serde (e.g. a TOML table); missing fields take their defaults, unknown ones are errors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SyntheticConfig {
     /// Volume size `[D, H, W]` in voxels (each at least 8). Default `[64, 64, 64]`.
     pub shape: [usize; 3],
