@@ -17,6 +17,7 @@
 
 pub mod autograd;
 pub mod binning;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod io;
