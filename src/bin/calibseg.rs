@@ -94,6 +94,8 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
         empty_weight: args.empty_weight,
         weights: args.weights.clone(),
     };
+    // A bad output path fails before the device is opened.
+    calibseg::io::output::check_file_target(&opts.output)?;
     let gpu = calibseg::Gpu::new()?;
     let report = calibseg::loss::file::run(&gpu, &opts)?;
     println!(

@@ -43,9 +43,11 @@ pub fn parse_backends(list: &str) -> Result<wgpu::Backends> {
             "dx12" | "d3d12" => wgpu::Backends::DX12,
             "gl" | "opengl" | "gles" => wgpu::Backends::GL,
             "webgpu" => wgpu::Backends::BROWSER_WEBGPU,
-            other => return Err(Error::invalid(format!(
+            other => {
+                return Err(Error::invalid(format!(
                 "WGPU_BACKEND='{list}': unknown back end '{other}'; valid names: {BACKEND_NAMES}"
-            ))),
+            )))
+            }
         };
     }
     Ok(out)

@@ -95,6 +95,9 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
+/// How far past the declared size a `.nii.gz` is inflated to reach its end (and check its CRC).
+const GZ_TAIL: u64 = 64 << 10;
+
 /// Largest `vox_offset` accepted (1 GiB of header extensions is far beyond any real file).
 const MAX_VOX_OFFSET: f32 = (1u64 << 30) as f32;
 
@@ -221,7 +224,7 @@ fn read_raw(path: &Path) -> Result<Raw> {
     };
     // Read no further than the declared size (never allocating it up front: the header may lie).
     let mut rest = Vec::new();
-    reader
+    (&mut reader)
         .take((need - HEADER) as u64)
         .read_to_end(&mut rest)
         .map_err(read_err)?;
@@ -231,6 +234,11 @@ fn read_raw(path: &Path) -> Result<Raw> {
             path,
             format!("holds {have} bytes but dims {dims:?} of datatype {datatype} need {need}"),
         ));
+    }
+    if gz {
+        // A stream that ends soon after the image is read to its end, so its CRC is checked; anything
+        // longer than that is left uninflated.
+        std::io::copy(&mut reader.take(GZ_TAIL), &mut std::io::sink()).map_err(gz_err)?;
     }
     bytes.extend_from_slice(&rest);
     bytes.drain(..offset);

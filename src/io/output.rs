@@ -132,6 +132,7 @@ fn sync_dir(dir: &Path) {
 ///
 /// Write through [`std::io::Write`] (buffered). Dropping it without `commit` removes the temporary, so an
 /// error part-way (a full disk, a failed encoder) leaves the target as it was and nothing beside it.
+#[derive(Debug)]
 pub struct AtomicFile {
     target: PathBuf,
     temp: PathBuf,
@@ -269,6 +270,7 @@ struct Manifest {
 /// Write into it with [`OutputDir::write_file`] / [`OutputDir::create_dir`] (or any code that writes under
 /// [`OutputDir::path`]); nothing is visible at the target until `commit`. Dropped uncommitted, it removes
 /// its temporary folder and any parent folders it created.
+#[derive(Debug)]
 pub struct OutputDir {
     target: PathBuf,
     staging: PathBuf,

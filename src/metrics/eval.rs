@@ -286,11 +286,7 @@ fn read_tensors(path: &Path, labels_path: &Path, logits: bool) -> Result<TensorS
         TensorFile::open(labels_path)?
     };
     let (lshape, labels) = lf.integers("labels")?;
-    if shape.len() < 3
-        || shape[0] == 0
-        || shape[1] == 0
-        || shape[2..].iter().product::<usize>() == 0
-    {
+    if shape.len() < 3 || shape[0] == 0 || shape[1] == 0 || shape[2..].contains(&0) {
         return Err(Error::InvalidShape(format!(
             "'{name}' in {} must be [N, C, spatial...] with no zero sizes, got {shape:?}",
             path.display()
@@ -462,9 +458,9 @@ pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
             "fitting a temperature needs logits: pass --logits",
         ));
     }
-    check_out_holds_no_input(o)?;
     // Refuse a bad output folder before any work.
     let out = OutputDir::create(&o.out, o.overwrite)?;
+    check_out_holds_no_input(o)?;
     let source = open_source(o)?;
     let temperature = match &o.fit_temperature {
         Some(p) => Some(fit_on_file(gpu, p, source.classes())?),
