@@ -3,7 +3,7 @@
 //! reliability heat map, post-hoc temperature scaling, the pictures, and `calibseg eval`.
 //!
 //! [`CalibrationAccumulator`] gathers all of it batch by batch without writing anything (a validation
-//! loop's metric); [`eval`] reads test sets, uses it, and writes the reports ([`report`]).
+//! loop's metric); [`eval()`] reads test sets, uses it, and writes the reports ([`report`]).
 
 pub mod accumulator;
 pub mod bins;
