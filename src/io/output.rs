@@ -224,34 +224,71 @@ pub fn write_file_with(
     f.commit()
 }
 
-/// Whether a previous [`OutputDir`] wrote exactly what `dir` holds (its manifest lists every entry).
+/// The first entry of `dir` that a previous [`OutputDir`] did not write (not in its manifest), if any.
+/// Stops at the first one, so a large foreign folder is not walked.
 fn written_by_us(dir: &Path) -> Result<Option<String>> {
-    let mut found = BTreeSet::new();
-    walk(dir, Path::new(""), &mut found)?;
-    found.remove(MANIFEST);
-    if found.is_empty() {
-        return Ok(None);
-    }
     let listed: Option<BTreeSet<String>> = fs::read(dir.join(MANIFEST))
         .ok()
         .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
         .map(|m| m.entries.into_iter().collect());
-    let foreign = match &listed {
-        Some(l) => found.iter().find(|e| !l.contains(*e)),
-        None => found.iter().next(),
-    };
-    Ok(foreign.cloned())
+    first_foreign(dir, Path::new(""), listed.as_ref())
+}
+
+/// An entry's key in a manifest: its relative path, one-to-one as text, `/`-separated, folders ending in
+/// `/`.
+fn entry_key(rel: &Path, is_dir: bool) -> String {
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| crate::io::nifti::display_name(c.as_os_str()))
+        .collect();
+    let key = parts.join("/");
+    if is_dir {
+        key + "/"
+    } else {
+        key
+    }
+}
+
+fn sorted_entries(dir: &Path, report: &Path) -> Result<Vec<(std::ffi::OsString, bool)>> {
+    let rd = fs::read_dir(dir).map_err(|e| io_err(report, "cannot list the folder", e))?;
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| io_err(report, "cannot list the folder", e))?;
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        v.push((e.file_name(), is_dir));
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn first_foreign(
+    dir: &Path,
+    rel: &Path,
+    listed: Option<&BTreeSet<String>>,
+) -> Result<Option<String>> {
+    for (name, is_dir) in sorted_entries(&dir.join(rel), dir)? {
+        let r = rel.join(&name);
+        if rel.as_os_str().is_empty() && name == MANIFEST {
+            continue;
+        }
+        let key = entry_key(&r, is_dir);
+        if !listed.is_some_and(|l| l.contains(&key)) {
+            return Ok(Some(key));
+        }
+        if is_dir {
+            if let Some(k) = first_foreign(dir, &r, listed)? {
+                return Ok(Some(k));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Relative paths of everything under `dir` (folders included), not following symbolic links.
 fn walk(dir: &Path, rel: &Path, out: &mut BTreeSet<String>) -> Result<()> {
-    let rd = fs::read_dir(dir.join(rel)).map_err(|e| io_err(dir, "cannot list the folder", e))?;
-    for e in rd {
-        let e = e.map_err(|e| io_err(dir, "cannot list the folder", e))?;
-        let r = rel.join(e.file_name());
-        let key = r.to_string_lossy().replace('\\', "/");
-        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        out.insert(if is_dir { format!("{key}/") } else { key });
+    for (name, is_dir) in sorted_entries(&dir.join(rel), dir)? {
+        let r = rel.join(&name);
+        out.insert(entry_key(&r, is_dir));
         if is_dir {
             walk(dir, &r, out)?;
         }
@@ -396,7 +433,7 @@ impl OutputDir {
     pub fn commit(mut self) -> Result<PathBuf> {
         let given = self.target.clone();
         let mut entries = BTreeSet::new();
-        walk(&self.staging, Path::new(""), &mut entries)?;
+        walk(&self.staging, Path::new(""), &mut entries).map_err(|e| self.rename_in_error(e))?;
         entries.remove(MANIFEST);
         let manifest = Manifest {
             written_by: format!("calibseg {}", env!("CARGO_PKG_VERSION")),
