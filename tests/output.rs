@@ -97,8 +97,11 @@ fn atomic_file_writes_and_replaces_regular_files() {
     let p = d.join("out.bin");
     write_file_atomically(&p, b"first").unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), b"first");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     write_file_atomically(&p, b"second, longer").unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
+    let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a replaced file keeps its permissions");
     // Streamed content, and a bare file name relative to a folder given as a path.
     write_file_with(d.join("streamed.txt"), |w| {
         use std::io::Write;

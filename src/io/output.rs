@@ -153,6 +153,10 @@ impl AtomicFile {
             .create_new(true)
             .open(&temp)
             .map_err(|e| io_err(&target, "cannot create the file", e))?;
+        // A replaced file keeps its permission bits.
+        if let Ok(m) = fs::metadata(&target) {
+            let _ = file.set_permissions(m.permissions());
+        }
         Ok(AtomicFile {
             target,
             temp,
