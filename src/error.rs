@@ -94,6 +94,25 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An output path cannot be written as asked (not a regular file, a folder calibseg did not write, ...).
+    /// `path` is the output the user named, never a temporary.
+    #[error("{path}: {message}")]
+    Output {
+        /// The output file or folder.
+        path: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// Input numbers that must be finite are not (NaN or infinity).
+    #[error("{what} holds {count} non-finite value{} (NaN or infinity), the first at flat index {index}", if *count == 1 { "" } else { "s" })]
+    NonFinite {
+        /// Which input (tensor and file).
+        what: String,
+        /// How many values are not finite.
+        count: usize,
+        /// Flat index of the first one.
+        index: usize,
+    },
     /// A file's content is not what was expected (missing tensor, bad header, ...).
     #[error("{path}: {message}")]
     Format {
@@ -114,6 +133,19 @@ impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
+    }
+
+    /// [`Error::NonFinite`] if any of `values` is NaN or infinite, naming `what`.
+    pub fn check_finite(values: &[f32], what: impl FnOnce() -> String) -> Result<()> {
+        let mut bad = values.iter().enumerate().filter(|(_, x)| !x.is_finite());
+        if let Some((index, _)) = bad.next() {
+            return Err(Error::NonFinite {
+                what: what(),
+                count: 1 + bad.count(),
+                index,
+            });
+        }
+        Ok(())
     }
 
     /// Shorthand for [`Error::ShapeMismatch`].

@@ -25,9 +25,9 @@ pub mod loss;
 pub mod metrics;
 pub mod nn;
 pub mod ops;
+pub mod predict;
 pub mod shaders;
 pub mod tensor;
-pub mod predict;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -44,7 +44,12 @@ impl std::str::FromStr for Arch {
 
 /// Builds the network `arch` from the JSON of MONAI's keyword arguments (weights from `seed`; load real ones
 /// with [`crate::nn::ParamStore::load_safetensors`]).
-pub fn build_network(gpu: &Gpu, arch: Arch, config_json: &str, seed: u64) -> Result<Box<dyn Network>> {
+pub fn build_network(
+    gpu: &Gpu,
+    arch: Arch,
+    config_json: &str,
+    seed: u64,
+) -> Result<Box<dyn Network>> {
     Ok(match arch {
         Arch::SegResNetDs => Box::new(SegResNetDs::new(
             gpu,
@@ -67,7 +72,7 @@ pub fn predict_logits(
 ) -> Result<Tensor> {
     let tape = Tape::new();
     let _g = tape.no_grad();
-    let mut run = |x: &Tensor| -> Result<Tensor> {
+    let run = |x: &Tensor| -> Result<Tensor> {
         let mut out = net.forward(&tape, &Var::constant(x.clone()), Mode::Eval)?;
         Ok(out.remove(0).tensor().clone())
     };
@@ -79,7 +84,12 @@ pub fn predict_logits(
                 s.extend_from_slice(&w.roi_size);
                 s
             })
-            .map_err(|e| Error::invalid(format!("--roi {:?} does not suit the network: {e}", w.roi_size)))?;
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "--roi {:?} does not suit the network: {e}",
+                    w.roi_size
+                ))
+            })?;
             sliding_window_inference(input, w, run)
         }
     }
@@ -188,7 +198,10 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
             "logits".to_string(),
             HostTensor::F32(logits.shape().to_vec(), logits.to_vec_f32()?),
         );
-        t.insert("probs".to_string(), HostTensor::F32(probs.shape().to_vec(), p));
+        t.insert(
+            "probs".to_string(),
+            HostTensor::F32(probs.shape().to_vec(), p),
+        );
         st::write(&o.output, &t, None)
     }
 }

@@ -254,3 +254,150 @@ fn bad_input_is_a_typed_error() {
     metrics::hard_bin_stats(&probs, &labels, 0, true).unwrap_err();
     metrics::hard_bin_stats(&probs, &labels, 257, true).unwrap_err();
 }
+
+/// Random probabilities (some outside [0, 1]) and labels for `n` images of `v` voxels.
+fn random_batch(rng: &mut common::Rng, n: usize, c: usize, v: usize) -> (Vec<f32>, Vec<i32>) {
+    let p = (0..n * c * v)
+        .map(|i| {
+            if i % 211 == 0 {
+                1.25
+            } else {
+                (rng.uniform() as f32).powi(2)
+            }
+        })
+        .collect();
+    let l = (0..n * v).map(|_| rng.below(c as u64) as i32).collect();
+    (p, l)
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Everything `aggregate` returns, as bits (NaN-safe equality).
+fn metric_bits(m: &metrics::CalibrationMetrics) -> Vec<u64> {
+    let e = &m.per_image;
+    let s = &m.summary;
+    let mut out = [bits(&e.ece), bits(&e.ace), bits(&e.mce), bits(&e.dsc)].concat();
+    for ms in [s.dsc, s.ece, s.ace, s.mce] {
+        out.extend(bits(&[ms.mean, ms.std]));
+    }
+    for x in s.micro_per_class.iter().chain(&s.micro_weighted_per_class) {
+        out.extend(bits(&[x.ece, x.ace, x.mce]));
+    }
+    out.extend(m.reliability_heatmap.iter().map(|&h| h as u64));
+    out.extend(m.stats.sum_p.iter().map(|x| x.to_bits() as u64));
+    out.push(m.clamped);
+    out
+}
+
+/// Batch-by-batch updates (labels as `loss::Labels`, one upload for loss and metrics) give bit for bit
+/// what one pass over all images gives, and the values match the f64 CPU reference.
+#[test]
+fn accumulator_batches_equal_one_pass_and_reset_resets() {
+    use calibseg::loss::Labels;
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::Rng::new(21);
+    let (n, c, v, m) = (5usize, 3usize, 17_000usize, 10usize);
+    let (p, l) = random_batch(&mut rng, n, c, v);
+    let mut whole = metrics::CalibrationAccumulator::new(m, false).unwrap();
+    let probs = Tensor::from_f32(&gpu, &[n, c, v], &p).unwrap();
+    let labels = Tensor::from_slice(&gpu, &[n, 1, v], &l).unwrap();
+    whole.update(&probs, &labels).unwrap();
+    let one_pass = whole.aggregate().unwrap();
+
+    let mut acc = metrics::CalibrationAccumulator::new(m, false).unwrap();
+    for (start, len) in [(0, 2), (2, 1), (3, 2)] {
+        let pb = &p[start * c * v..(start + len) * c * v];
+        let lb = &l[start * v..(start + len) * v];
+        let probs = Tensor::from_f32(&gpu, &[len, c, v], pb).unwrap();
+        let labels = Labels::from_indices(&gpu, &[len, 1, v], lb, c).unwrap();
+        // The same labels serve a loss.
+        let loss = calibseg::loss::AceLoss::default()
+            .forward(&probs, &labels)
+            .unwrap();
+        assert!(loss.loss.to_vec_f32().unwrap()[0].is_finite());
+        acc.update(&probs, &labels).unwrap();
+    }
+    assert_eq!(acc.images(), n);
+    let batched = acc.aggregate().unwrap();
+    assert_eq!(batched.stats, one_pass.stats);
+    assert_eq!(metric_bits(&batched), metric_bits(&one_pass));
+
+    // Against the f64 reference: per-image ACE and the macro mean over images.
+    let r = metrics_ref::stats(&p, &l, n, c, v, &[1, 2], &hard_bin_edges(m));
+    let mut per_image_mean = Vec::new();
+    for i in 0..n {
+        let mut s = 0.0;
+        for k in 0..2 {
+            let row = (i * 2 + k) * m..(i * 2 + k + 1) * m;
+            let (_, ace, _) =
+                metrics_ref::errors(&r.count[row.clone()], &r.sum_p[row.clone()], &r.sum_y[row]);
+            assert!(
+                (batched.per_image.ace[i * 2 + k] - ace).abs() < 1e-6,
+                "ace[{i}, {k}]"
+            );
+            s += ace;
+        }
+        per_image_mean.push(s / 2.0);
+    }
+    let mean = per_image_mean.iter().sum::<f64>() / n as f64;
+    assert!((batched.summary.ace.mean - mean).abs() < 1e-6);
+    assert_eq!(
+        batched.reliability_heatmap,
+        metrics::reliability_heatmap(&batched.stats)
+    );
+
+    // reset forgets everything: aggregating is an error, and new updates start from nothing.
+    acc.reset();
+    assert_eq!(acc.images(), 0);
+    assert!(acc.stats().is_none());
+    acc.aggregate().unwrap_err();
+    let probs2 = Tensor::from_f32(&gpu, &[2, c, v], &p[3 * c * v..]).unwrap();
+    let labels2 = Labels::from_indices(&gpu, &[2, 1, v], &l[3 * v..], c).unwrap();
+    acc.update(&probs2, &labels2).unwrap();
+    let mut fresh = metrics::CalibrationAccumulator::new(m, false).unwrap();
+    fresh.update(&probs2, &labels2).unwrap();
+    assert_eq!(
+        metric_bits(&acc.aggregate().unwrap()),
+        metric_bits(&fresh.aggregate().unwrap())
+    );
+    assert_eq!(acc.images(), 2);
+}
+
+#[test]
+fn accumulator_checks_its_input() {
+    use calibseg::loss::Labels;
+    let Some(gpu) = common::gpu() else { return };
+    metrics::CalibrationAccumulator::new(0, false).unwrap_err();
+    let mut acc = metrics::CalibrationAccumulator::new(20, true).unwrap();
+    acc.aggregate().unwrap_err();
+    // Spatial sizes may change between batches; the class count may not.
+    let probs =
+        Tensor::from_f32(&gpu, &[1, 2, 4], &[0.9, 0.2, 0.6, 0.1, 0.1, 0.8, 0.4, 0.9]).unwrap();
+    let labels = Labels::from_indices(&gpu, &[1, 1, 4], &[0u8, 1, 0, 1], 2).unwrap();
+    acc.update(&probs, &labels).unwrap();
+    let probs = Tensor::from_f32(&gpu, &[1, 2, 2], &[0.3, 0.6, 0.7, 0.4]).unwrap();
+    let labels = Labels::from_indices(&gpu, &[1, 1, 2], &[1u8, 0], 2).unwrap();
+    acc.update(&probs, &labels).unwrap();
+    assert_eq!(acc.images(), 2);
+    let probs3 = Tensor::from_f32(&gpu, &[1, 3, 2], &[0.2; 6]).unwrap();
+    let labels3 = Labels::from_indices(&gpu, &[1, 1, 2], &[0u8, 2], 3).unwrap();
+    acc.update(&probs3, &labels3).unwrap_err();
+    assert_eq!(acc.images(), 2, "a refused batch is not counted");
+    // One-hot labels are refused with a typed error; so are float index tensors.
+    let one_hot =
+        Labels::one_hot(Tensor::from_f32(&gpu, &[1, 2, 2], &[1.0, 0.0, 0.0, 1.0]).unwrap())
+            .unwrap();
+    let e = acc.update(&probs, &one_hot).unwrap_err();
+    assert!(matches!(e, calibseg::Error::WrongDType(_)), "{e:?}");
+    let floats = Tensor::from_f32(&gpu, &[1, 1, 2], &[0.0, 1.0]).unwrap();
+    assert!(matches!(
+        metrics::hard_bin_stats(&probs, &floats, 20, true).unwrap_err(),
+        calibseg::Error::WrongDType(_)
+    ));
+    // Ignored labels (stored as u32::MAX) are outside 0..C for the metrics.
+    let ignoring = Labels::from_indices_ignoring(&gpu, &[1, 1, 2], &[255u8, 1], 2, 255).unwrap();
+    let e = acc.update(&probs, &ignoring).unwrap_err();
+    assert!(e.to_string().contains("outside 0..2"), "{e}");
+}

@@ -164,28 +164,12 @@ fn eval_reports_metrics_before_and_after_scaling() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let json = std::fs::read_to_string(out.join("summary.json")).unwrap();
-    // "temperature": {"temperature": 2.49...e0, ...}
-    let t: f64 = json
-        .split("\"temperature\": {\"temperature\": ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let t = json["temperature"]["temperature"].as_f64().unwrap();
     assert!((t - 2.5).abs() < 0.05 * 2.5, "T = {t}");
-    let ace = |section: &str| -> f64 {
-        let part = json.split(section).nth(1).unwrap();
-        part.split("\"ace\": {\"mean\": ")
-            .nth(1)
-            .unwrap()
-            .split(',')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (before, after) = (ace("\"before_temperature_scaling\""), ace("\"summary\""));
+    let ace = |section: &str| json[section]["macro"]["ace"]["mean"].as_f64().unwrap();
+    let (before, after) = (ace("before_temperature_scaling"), ace("summary"));
     // Labels drawn from softmax(z / 2.5): the unscaled logits are over-confident, scaling fixes most of it.
     eprintln!("T = {t}, macro ACE before {before}, after {after}");
     assert!(

@@ -94,6 +94,8 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
         empty_weight: args.empty_weight,
         weights: args.weights.clone(),
     };
+    // A bad output path fails before the device is opened.
+    calibseg::io::output::check_file_target(&opts.output)?;
     let gpu = calibseg::Gpu::new()?;
     let report = calibseg::loss::file::run(&gpu, &opts)?;
     println!(
@@ -135,6 +137,10 @@ struct EvalArgs {
     /// Skip the pictures.
     #[arg(long)]
     no_pictures: bool,
+    /// Replace an existing non-empty --out folder that calibseg did not write, as a whole (a folder a
+    /// previous run wrote, or an empty one, is replaced without it).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn eval(a: EvalArgs) -> calibseg::Result<()> {
@@ -145,12 +151,13 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
     o.logits = a.logits;
     o.fit_temperature = a.fit_temperature;
     o.pictures = !a.no_pictures;
+    o.overwrite = a.overwrite;
     let r = calibseg::metrics::eval(&gpu, &o)?;
-    let s = &r.summary;
-    if r.clamped > 0 {
+    let s = r.summary();
+    if r.metrics.clamped > 0 {
         eprintln!(
             "calibseg: warning: {} probabilities outside [0, 1] were clamped into the first/last bin",
-            r.clamped
+            r.metrics.clamped
         );
     }
     if o.pictures && !r.pictures {
@@ -159,13 +166,14 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
     if let Some((fit, before)) = &r.temperature {
         println!(
             "temperature {:.4} (NLL {:.5} -> {:.5}); before scaling: ACE {:.4} ECE {:.3e} MCE {:.4}",
-            fit.temperature, fit.nll_before, fit.nll_after, before.ace.mean, before.ece.mean, before.mce.mean
+            fit.temperature, fit.nll_before, fit.nll_after, before.summary.ace.mean, before.summary.ece.mean,
+            before.summary.mce.mean
         );
     }
     let micro = s.micro_mean(false);
     println!(
         "{} images, classes {:?}: DSC {:.4} ± {:.4}, ACE {:.4} ± {:.4}, ECE {:.3e} ± {:.3e}, MCE {:.4} ± {:.4} (macro); micro ACE {:.4} ECE {:.3e} MCE {:.4}",
-        r.images.len(), r.classes, s.dsc.mean, s.dsc.std, s.ace.mean, s.ace.std, s.ece.mean, s.ece.std,
+        r.images.len(), r.classes(), s.dsc.mean, s.dsc.std, s.ace.mean, s.ace.std, s.ece.mean, s.ece.std,
         s.mce.mean, s.mce.std, micro.ace, micro.ece, micro.mce
     );
     println!("wrote {}", r.out.display());
@@ -173,7 +181,7 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
 }
 
 fn devices() -> calibseg::Result<()> {
-    let options = calibseg::GpuOptions::from_env();
+    let options = calibseg::GpuOptions::try_from_env()?;
     let all = calibseg::Gpu::adapters(options.backends);
     if all.is_empty() {
         println!("no adapters found");
@@ -189,8 +197,37 @@ fn devices() -> calibseg::Result<()> {
     Ok(())
 }
 
+/// Parses the arguments; a usage error is printed as one line (`calibseg: ...`) with exit code 2, while
+/// `--help` and `--version` print as usual.
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            // clap's message without its usage and hint lines, joined into one line.
+            let rendered = e.to_string();
+            let message = rendered
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("calibseg: {message} (see calibseg --help)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Devices => devices(),
         Command::Loss(args) => loss(&args),
@@ -199,7 +236,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("calibseg: {e}");
+            // One line whatever the error holds (wgpu's messages can span several).
+            let text = e.to_string();
+            let one: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("calibseg: {}", one.join(" "));
             ExitCode::FAILURE
         }
     }

@@ -29,8 +29,34 @@ pub struct GpuOptions {
     pub low_power: bool,
 }
 
+/// The back-end names `WGPU_BACKEND` accepts (comma-separated, any case), with their aliases.
+pub const BACKEND_NAMES: &str = "vulkan (vk), metal (mtl), dx12 (d3d12), gl (opengl, gles), webgpu";
+
+/// Parses a comma list of back-end names (`WGPU_BACKEND`'s syntax); an unknown or empty name is an
+/// [`Error::InvalidArgument`] that lists the valid ones.
+pub fn parse_backends(list: &str) -> Result<wgpu::Backends> {
+    let mut out = wgpu::Backends::empty();
+    for name in list.split(',') {
+        out |= match name.trim().to_lowercase().as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "opengl" | "gles" => wgpu::Backends::GL,
+            "webgpu" => wgpu::Backends::BROWSER_WEBGPU,
+            other => {
+                return Err(Error::invalid(format!(
+                "WGPU_BACKEND='{list}': unknown back end '{other}'; valid names: {BACKEND_NAMES}"
+            )))
+            }
+        };
+    }
+    Ok(out)
+}
+
 impl GpuOptions {
-    /// Reads `WGPU_BACKEND` (comma list), `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF` (`low`).
+    /// Reads `WGPU_BACKEND` (comma list), `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF` (`low`). Unknown
+    /// back-end names are skipped here (all of them unknown: no back end); [`GpuOptions::try_from_env`]
+    /// reports them instead, as [`Gpu::new`] does.
     pub fn from_env() -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         GpuOptions {
@@ -38,6 +64,19 @@ impl GpuOptions {
             adapter_name: env("WGPU_ADAPTER_NAME"),
             low_power: env("WGPU_POWER_PREF").is_some_and(|v| v.eq_ignore_ascii_case("low")),
         }
+    }
+
+    /// Like [`GpuOptions::from_env`], but an unknown name in `WGPU_BACKEND` is an error listing the valid
+    /// ones ([`parse_backends`]).
+    pub fn try_from_env() -> Result<Self> {
+        let mut o = Self::from_env();
+        if let Some(v) = std::env::var("WGPU_BACKEND")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            o.backends = Some(parse_backends(&v)?);
+        }
+        Ok(o)
     }
 }
 
@@ -149,8 +188,9 @@ fn score(s: &AdapterSummary, low_power: bool) -> i32 {
 impl Gpu {
     /// Opens the best adapter allowed by the environment (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
     /// `WGPU_POWER_PREF`), with the adapter's own limits and the optional features it has.
+    /// An unknown `WGPU_BACKEND` name is an error listing the valid ones.
     pub fn new() -> Result<Self> {
-        Self::with_options(&GpuOptions::from_env())
+        Self::with_options(&GpuOptions::try_from_env()?)
     }
 
     /// Lists every adapter the given back ends can see (all back ends for `None`).

@@ -7,7 +7,7 @@ mod pool;
 pub mod probe;
 mod timer;
 
-pub use context::{AdapterSummary, Gpu, GpuOptions};
+pub use context::{parse_backends, AdapterSummary, Gpu, GpuOptions, BACKEND_NAMES};
 pub use dispatch::{Arg, Batch, WORKGROUP_SIZE};
 pub use pipeline::{GeneratedModule, Kernel};
 pub use pool::PoolStats;

@@ -3,11 +3,11 @@
 //! 4D probability image `(X, Y, Z, C)` is channel-major (`[C, Z, Y, X]` row-major), the layout of
 //! `[N, C, spatial...]` tensors.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::io::safetensors::write_atomically;
+use crate::io::output::write_file_atomically;
 
 const HEADER: usize = 348;
 const VOX_OFFSET: usize = 352;
@@ -21,23 +21,54 @@ fn fmt_err(path: &Path, message: impl Into<String>) -> Error {
 
 /// Whether the path names a NIfTI file (`.nii` or `.nii.gz`).
 pub fn is_nifti(path: &Path) -> bool {
-    let n = path.file_name().map(|s| s.to_string_lossy().to_lowercase());
-    matches!(n, Some(n) if n.ends_with(".nii") || n.ends_with(".nii.gz"))
+    let n = path.file_name().map(display_name).unwrap_or_default();
+    [".nii", ".nii.gz"]
+        .iter()
+        .any(|e| strip_suffix_ignore_ascii_case(&n, e).is_some())
 }
 
 /// The file name without `.nii` / `.nii.gz` (the case name images and labels are matched by).
+///
+/// Built from [`display_name`], so two different file names (UTF-8 or not) never give the same case name.
 pub fn case_name(path: &Path) -> String {
-    let n = path
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let lower = n.to_lowercase();
+    let n = path.file_name().map(display_name).unwrap_or_default();
     for ext in [".nii.gz", ".nii"] {
-        if lower.ends_with(ext) {
-            return n[..n.len() - ext.len()].to_string();
+        if let Some(stem) = strip_suffix_ignore_ascii_case(&n, ext) {
+            return stem.to_string();
         }
     }
     n
+}
+
+fn strip_suffix_ignore_ascii_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
+    let cut = s.len().checked_sub(suffix.len())?;
+    (s.is_char_boundary(cut) && s[cut..].eq_ignore_ascii_case(suffix)).then(|| &s[..cut])
+}
+
+/// A file name as text, one-to-one: bytes that are not UTF-8 are written `\xNN` and a backslash `\\`
+/// (so an escape cannot be confused with a name that spells it); everything else is kept as it is.
+pub fn display_name(name: &std::ffi::OsStr) -> String {
+    let bytes = os_bytes(name);
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+fn os_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    std::borrow::Cow::Borrowed(name.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn os_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
+    // Windows names are UTF-16; their lossless WTF-8 form.
+    std::borrow::Cow::Owned(name.as_encoded_bytes().to_vec())
 }
 
 /// A decoded image: dimensions (x, y, z, ...), voxel sizes, and the raw data with its NIfTI type code.
@@ -48,25 +79,108 @@ struct Raw {
     inter: f32,
     data: Vec<u8>,
     big_endian: bool,
+    geometry: Geometry,
 }
 
+/// Where an image lies in space: the header fields that place voxels in scanner coordinates (voxel sizes
+/// and units, the qform and sform with their codes), copied from one image into another of the same grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Geometry {
+    pixdim: [f32; 8],
+    xyzt_units: u8,
+    qform_code: i16,
+    sform_code: i16,
+    quatern: [f32; 6],
+    srow: [f32; 12],
+}
+
+impl Geometry {
+    fn read(h: &[u8], big_endian: bool) -> Self {
+        let f = |o: usize| {
+            let b: [u8; 4] = h[o..o + 4].try_into().expect("4 bytes");
+            if big_endian {
+                f32::from_be_bytes(b)
+            } else {
+                f32::from_le_bytes(b)
+            }
+        };
+        let i = |o: usize| {
+            let b: [u8; 2] = h[o..o + 2].try_into().expect("2 bytes");
+            if big_endian {
+                i16::from_be_bytes(b)
+            } else {
+                i16::from_le_bytes(b)
+            }
+        };
+        Geometry {
+            pixdim: std::array::from_fn(|d| f(76 + 4 * d)),
+            xyzt_units: h[123],
+            qform_code: i(252),
+            sform_code: i(254),
+            quatern: std::array::from_fn(|k| f(256 + 4 * k)),
+            srow: std::array::from_fn(|k| f(280 + 4 * k)),
+        }
+    }
+
+    fn write(&self, h: &mut [u8]) {
+        for (d, v) in self.pixdim.iter().enumerate() {
+            h[76 + 4 * d..80 + 4 * d].copy_from_slice(&v.to_le_bytes());
+        }
+        h[123] = self.xyzt_units;
+        h[252..254].copy_from_slice(&self.qform_code.to_le_bytes());
+        h[254..256].copy_from_slice(&self.sform_code.to_le_bytes());
+        for (k, v) in self.quatern.iter().enumerate() {
+            h[256 + 4 * k..260 + 4 * k].copy_from_slice(&v.to_le_bytes());
+        }
+        for (k, v) in self.srow.iter().enumerate() {
+            h[280 + 4 * k..284 + 4 * k].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes unless the stream ends first; returns how many were read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// How far past the declared size a `.nii.gz` is inflated to reach its end (and check its CRC).
+const GZ_TAIL: u64 = 64 << 10;
+
+/// Largest `vox_offset` accepted (1 GiB of header extensions is far beyond any real file).
+const MAX_VOX_OFFSET: f32 = (1u64 << 30) as f32;
+
+/// Reads the header, checks every field the reader uses, then reads the image data: no further than the
+/// size the header declares (a `.nii.gz` is inflated only that far).
 fn read_raw(path: &Path) -> Result<Raw> {
     let io = |source| Error::Io {
         path: path.display().to_string(),
         source,
     };
-    let file = std::fs::read(path).map_err(io)?;
-    let bytes = if file.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&file[..])
-            .read_to_end(&mut out)
-            .map_err(|e| fmt_err(path, format!("bad gzip data: {e}")))?;
-        out
+    let gz_err = |e: std::io::Error| fmt_err(path, format!("bad gzip data: {e}"));
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let gz = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read> = if gz {
+        Box::new(flate2::bufread::MultiGzDecoder::new(file))
     } else {
-        file
+        Box::new(file)
     };
-    if bytes.len() < HEADER {
-        return Err(fmt_err(path, "shorter than a NIfTI-1 header"));
+    let read_err = |e: std::io::Error| if gz { gz_err(e) } else { io(e) };
+    let mut bytes = vec![0u8; HEADER];
+    let got = read_up_to(&mut reader, &mut bytes).map_err(read_err)?;
+    if got < HEADER {
+        return Err(fmt_err(
+            path,
+            format!("holds {got} bytes, shorter than a NIfTI-1 header (348)"),
+        ));
     }
     let le = i32::from_le_bytes(bytes[0..4].try_into().unwrap());
     let be = i32::from_be_bytes(bytes[0..4].try_into().unwrap());
@@ -121,31 +235,79 @@ fn read_raw(path: &Path) -> Result<Raw> {
     let size = elem_size(datatype)
         .ok_or_else(|| fmt_err(path, format!("unsupported NIfTI datatype {datatype}")))?;
     let offset = f32_at(108);
-    if offset.is_nan() || offset < HEADER as f32 {
+    if !offset.is_finite() || offset.fract() != 0.0 {
         return Err(fmt_err(
             path,
-            format!("vox_offset {offset} is inside the header"),
+            format!("vox_offset {offset} is not a whole number of bytes"),
+        ));
+    }
+    if offset < VOX_OFFSET as f32 {
+        return Err(fmt_err(
+            path,
+            format!("vox_offset {offset} is below {VOX_OFFSET}: the data would overlap the header"),
+        ));
+    }
+    if offset > MAX_VOX_OFFSET {
+        return Err(fmt_err(
+            path,
+            format!("vox_offset {offset} is beyond the largest accepted ({MAX_VOX_OFFSET})"),
         ));
     }
     let offset = offset as usize;
-    let count: usize = dims.iter().product();
-    let need = offset + count * size;
-    if bytes.len() < need {
+    let need = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|n| n.checked_mul(size))
+        .and_then(|n| n.checked_add(offset))
+        .ok_or_else(|| {
+            fmt_err(
+                path,
+                format!("dims {dims:?} of datatype {datatype} are too large to address"),
+            )
+        })?;
+    let (slope, inter) = (f32_at(112), f32_at(116));
+    // As nibabel: scl_slope 0 or NaN means no scaling; a NaN scl_inter with a slope means 0.
+    let scaling = slope != 0.0 && !slope.is_nan();
+    if scaling && (slope.is_infinite() || inter.is_infinite()) {
         return Err(fmt_err(
             path,
-            format!(
-                "holds {} bytes but dims {dims:?} of datatype {datatype} need {need}",
-                bytes.len()
-            ),
+            format!("scl_slope {slope} / scl_inter {inter} are not finite"),
         ));
     }
+    let (slope, inter) = if scaling {
+        (slope, if inter.is_nan() { 0.0 } else { inter })
+    } else {
+        (0.0, 0.0)
+    };
+    // Read no further than the declared size (never allocating it up front: the header may lie).
+    let mut rest = Vec::new();
+    (&mut reader)
+        .take((need - HEADER) as u64)
+        .read_to_end(&mut rest)
+        .map_err(read_err)?;
+    let have = HEADER + rest.len();
+    if have < need {
+        return Err(fmt_err(
+            path,
+            format!("holds {have} bytes but dims {dims:?} of datatype {datatype} need {need}"),
+        ));
+    }
+    if gz {
+        // A stream that ends soon after the image is read to its end, so its CRC is checked; anything
+        // longer than that is left uninflated.
+        std::io::copy(&mut reader.take(GZ_TAIL), &mut std::io::sink()).map_err(gz_err)?;
+    }
+    bytes.extend_from_slice(&rest);
+    let geometry = Geometry::read(&bytes[..HEADER], big_endian);
+    bytes.drain(..offset);
     Ok(Raw {
         dims,
         datatype,
-        slope: f32_at(112),
-        inter: f32_at(116),
-        data: bytes[offset..need].to_vec(),
+        slope,
+        inter,
+        data: bytes,
         big_endian,
+        geometry,
     })
 }
 
@@ -193,8 +355,8 @@ fn values(raw: &Raw) -> Vec<f64> {
 
 fn scaled(raw: &Raw) -> Vec<f64> {
     let v = values(raw);
-    // NIfTI: scl_slope == 0 means no scaling.
-    if raw.slope != 0.0 && raw.slope.is_finite() && (raw.slope != 1.0 || raw.inter != 0.0) {
+    // NIfTI: scl_slope == 0 means no scaling (read_raw maps NaN to 0 too).
+    if raw.slope != 0.0 && (raw.slope != 1.0 || raw.inter != 0.0) {
         let (s, i) = (raw.slope as f64, raw.inter as f64);
         v.into_iter().map(|x| x * s + i).collect()
     } else {
@@ -228,7 +390,14 @@ pub fn read_integers(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<i64>)> {
     Ok((raw.dims, out))
 }
 
-fn write(path: &Path, dims: &[usize], spacing: &[f32], datatype: i16, data: &[u8]) -> Result<()> {
+fn write(
+    path: &Path,
+    dims: &[usize],
+    spacing: &[f32],
+    datatype: i16,
+    data: &[u8],
+    geometry: Option<&Geometry>,
+) -> Result<()> {
     if dims.is_empty() || dims.len() > 7 || dims.iter().any(|&d| d == 0 || d > i16::MAX as usize) {
         return Err(Error::InvalidShape(format!(
             "NIfTI-1 needs 1 to 7 dimensions in 1..=32767, got {dims:?}"
@@ -265,6 +434,13 @@ fn write(path: &Path, dims: &[usize], spacing: &[f32], datatype: i16, data: &[u8
             spacing.get(r).copied().unwrap_or(1.0),
         );
     }
+    if let Some(g) = geometry {
+        g.write(&mut h);
+        // The fourth axis (classes) has no spatial meaning.
+        if dims.len() > 3 {
+            h[92..96].copy_from_slice(&1f32.to_le_bytes());
+        }
+    }
     h[344..348].copy_from_slice(b"n+1\0");
     h.extend_from_slice(data);
     let name = path.display().to_string();
@@ -276,7 +452,7 @@ fn write(path: &Path, dims: &[usize], spacing: &[f32], datatype: i16, data: &[u8
     } else {
         h
     };
-    write_atomically(path, &bytes)
+    write_file_atomically(path, &bytes)
 }
 
 fn check_len(dims: &[usize], len: usize) -> Result<()> {
@@ -299,7 +475,7 @@ pub fn write_f32(
 ) -> Result<()> {
     check_len(dims, data.len())?;
     let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write(path.as_ref(), dims, spacing, 16, &bytes)
+    write(path.as_ref(), dims, spacing, 16, &bytes, None)
 }
 
 /// Writes an i32 image (datatype INT32) atomically; `.gz` in the name compresses it.
@@ -311,5 +487,34 @@ pub fn write_i32(
 ) -> Result<()> {
     check_len(dims, data.len())?;
     let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write(path.as_ref(), dims, spacing, 8, &bytes)
+    write(path.as_ref(), dims, spacing, 8, &bytes, None)
+}
+
+/// The geometry (voxel sizes, qform, sform) of a NIfTI image.
+pub fn read_geometry(path: impl AsRef<Path>) -> Result<Geometry> {
+    Ok(read_raw(path.as_ref())?.geometry)
+}
+
+/// Writes an f32 image (datatype FLOAT32) atomically with the geometry of the image at `template` (its
+/// voxel sizes, qform and sform), e.g. probabilities `(X, Y, Z, C)` predicted from that image. The first
+/// three dimensions must equal the template's.
+pub fn write_f32_like(
+    path: impl AsRef<Path>,
+    template: impl AsRef<Path>,
+    dims: &[usize],
+    data: &[f32],
+) -> Result<()> {
+    check_len(dims, data.len())?;
+    let raw = read_raw(template.as_ref())?;
+    let n = raw.dims.len().min(3);
+    if dims.len() < n || raw.dims[..n] != dims[..n] {
+        return Err(Error::shape(format!(
+            "{}: image dims {dims:?} do not match the grid {:?} of {}",
+            path.as_ref().display(),
+            &raw.dims[..n],
+            template.as_ref().display()
+        )));
+    }
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write(path.as_ref(), dims, &[], 16, &bytes, Some(&raw.geometry))
 }

@@ -47,7 +47,13 @@ impl TensorFile {
             path: p.clone(),
             source,
         })?;
-        SafeTensors::deserialize(&bytes).map_err(|e| format_err(&p, e.to_string()))?;
+        if let Err(e) = SafeTensors::deserialize(&bytes) {
+            let found = match sniff(&bytes) {
+                Some(what) => format!("found {what}"),
+                None => e.to_string(),
+            };
+            return Err(format_err(&p, format!("not a safetensors file ({found})")));
+        }
         Ok(TensorFile { path: p, bytes })
     }
 
@@ -85,9 +91,15 @@ impl TensorFile {
 
     fn view(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
         let st = self.parsed();
-        let v = st
-            .tensor(name)
-            .map_err(|_| format_err(&self.path, format!("no tensor named '{name}'")))?;
+        let v = st.tensor(name).map_err(|_| {
+            let names = self.names();
+            let holds = if names.is_empty() {
+                "it holds no tensors".to_string()
+            } else {
+                format!("it holds '{}'", names.join("', '"))
+            };
+            format_err(&self.path, format!("no tensor named '{name}' ({holds})"))
+        })?;
         Ok((v.dtype(), v.shape().to_vec(), v.data().to_vec()))
     }
 
@@ -172,13 +184,36 @@ impl TensorFile {
     }
 }
 
+/// What a file that failed to parse as safetensors looks like, when it is a known other format.
+fn sniff(bytes: &[u8]) -> Option<&'static str> {
+    let sizeof_hdr = |b: &[u8]| {
+        b.len() >= 348
+            && (b[..4] == 348i32.to_le_bytes() || b[..4] == 348i32.to_be_bytes())
+            && &b[344..347] == b"n+1"
+    };
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip data, such as a .nii.gz image")
+    } else if bytes.starts_with(b"PK\x03\x04") {
+        Some("a zip archive, such as a NumPy .npz file")
+    } else if bytes.starts_with(b"\x93NUMPY") {
+        Some("a NumPy .npy array")
+    } else if sizeof_hdr(bytes) {
+        Some("a NIfTI-1 image")
+    } else if bytes.is_empty() {
+        Some("an empty file")
+    } else {
+        None
+    }
+}
+
 fn le_chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
     data.chunks_exact(N)
         .map(|c| c.try_into().expect("chunks_exact yields N bytes"))
 }
 
-/// Writes named tensors to `path` atomically: a temporary file in the same folder, renamed at the end, so a
-/// failure never leaves a half-written file. `metadata` goes into `__metadata__`.
+/// Writes named tensors to `path` atomically through [`crate::io::output`] (a synced temporary beside it,
+/// renamed at the end; only a regular file is replaced), so a failure never leaves a half-written file.
+/// `metadata` goes into `__metadata__`.
 pub fn write(
     path: impl AsRef<Path>,
     tensors: &BTreeMap<String, HostTensor>,
@@ -200,7 +235,11 @@ pub fn write(
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
         };
-        if shape.iter().product::<usize>() * 4 != bytes.len() {
+        let elems = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(4));
+        if elems != Some(bytes.len()) {
             return Err(Error::shape(format!(
                 "tensor '{name}' has shape {shape:?} but {} elements",
                 bytes.len() / 4
@@ -221,28 +260,8 @@ pub fn write(
     write_atomically(path, &bytes)
 }
 
-/// Writes `bytes` to a temporary sibling of `path`, then renames it into place.
+/// Writes `bytes` to `path` atomically: [`crate::io::output::write_file_atomically`] (kept under this name
+/// for existing callers).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let p = path.display().to_string();
-    let io = |source| Error::Io {
-        path: p.clone(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{p} is not a file path")))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+    crate::io::output::write_file_atomically(path, bytes)
 }

@@ -1,5 +1,6 @@
 //! Losses on files: what `calibseg loss` runs. Reads logits and labels from a safetensors file, computes the
-//! loss and its gradient on the GPU, and writes them (atomically) to another safetensors file.
+//! loss and its gradient on the GPU, and writes them to another safetensors file through
+//! [`crate::io::output`] (atomically; only a regular file is replaced).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ fn host(shape: &[usize], t: &Tensor) -> Result<HostTensor> {
 
 /// Runs `calibseg loss`: nothing is written unless everything succeeded.
 pub fn run(gpu: &Gpu, opts: &LossFileOptions) -> Result<LossFileReport> {
+    // Refuse an output that cannot be replaced (a folder, a FIFO, a link) before any work.
+    crate::io::output::check_file_target(&opts.output)?;
     let file = TensorFile::open(&opts.input)?;
     let path = file.path().to_string();
     let format = |message: String| Error::Format {
@@ -89,6 +92,7 @@ pub fn run(gpu: &Gpu, opts: &LossFileOptions) -> Result<LossFileReport> {
             "'labels' is {lshape:?} but 'logits' {shape:?} needs {want:?}"
         )));
     }
+    Error::check_finite(&logits, || format!("'logits' in {path}"))?;
     let input = Tensor::from_f32(gpu, &shape, &logits)?;
     let labels = Labels::from_indices(gpu, &lshape, &labels, shape[1])?;
     let mut out = BTreeMap::new();

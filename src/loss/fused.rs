@@ -251,6 +251,15 @@ impl Terms {
                     ace.empty_weight
                 )));
             }
+            // Soft bins are kept when their weight reaches empty_weight: at 0 a bin of no weight stays in
+            // the mean as 0 / 0.
+            if ace.binning == Binning::Soft && ace.empty_weight <= 0.0 {
+                return Err(Error::invalid(format!(
+                    "empty_weight = {} with soft binning keeps bins of zero weight (0/0 = NaN); it must be \
+                     > 0 (default 0.01)",
+                    ace.empty_weight
+                )));
+            }
             // As the reference: background is dropped only when there is more than one channel.
             plan.class_start = usize::from(!ace.include_background && channels > 1);
             plan.classes_out = channels - plan.class_start;

@@ -5,9 +5,41 @@ use bytemuck::{Pod, Zeroable};
 use crate::binning::{check_num_bins, hard_bin_edges};
 use crate::error::{Error, Result};
 use crate::gpu::Arg;
+use crate::loss::Labels;
 use crate::ops::ncv;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+/// Class-index labels `[N, 1, spatial...]` as the metrics take them: a [`Labels::Indices`] (so one upload
+/// serves the losses and the metrics) or an i32/u32 tensor. A value outside `0..C` is reported as an
+/// error by the metrics (ignore indices included: the metrics have no ignored voxels).
+pub trait IndexLabels {
+    /// The index tensor, or [`Error::WrongDType`] for one-hot labels or a non-integer tensor.
+    fn index_tensor(&self) -> Result<&Tensor>;
+}
+
+impl IndexLabels for Tensor {
+    fn index_tensor(&self) -> Result<&Tensor> {
+        match self.dtype() {
+            DType::I32 | DType::U32 => Ok(self),
+            d => Err(Error::WrongDType(format!(
+                "class-index labels must be i32 or u32, got {d}"
+            ))),
+        }
+    }
+}
+
+impl IndexLabels for Labels {
+    fn index_tensor(&self) -> Result<&Tensor> {
+        match self {
+            Labels::Indices(t) => t.index_tensor(),
+            Labels::OneHot(_) => Err(Error::WrongDType(
+                "the calibration metrics need class-index labels [N, 1, spatial...], not one-hot maps"
+                    .into(),
+            )),
+        }
+    }
+}
 
 /// Voxels one workgroup of the binning pass covers (256 invocations x 64 voxels).
 pub const VOXELS_PER_WORKGROUP: usize = 256 * 64;
@@ -122,7 +154,8 @@ struct Params {
 }
 
 /// Hard-bins `probs` (`[N, C, spatial...]`, f32) against the one-vs-rest labels of `labels`
-/// (`[N, 1, spatial...]`, i32 class indices in `0..C`), per image and class, on the GPU.
+/// (`[N, 1, spatial...]` class indices in `0..C`: a [`Labels`] or an i32/u32 tensor, see [`IndexLabels`]),
+/// per image and class, on the GPU.
 ///
 /// Edges are [`hard_bin_edges`]`(num_bins)`; bin k is `(e_k, e_{k+1}]`. Probabilities outside [0, 1] are
 /// clamped into [0, 1] (so into the first/last bin) and counted in [`BinStats::clamped`]; a non-finite
@@ -130,13 +163,13 @@ struct Params {
 /// skipped (when C > 1). Deterministic: the same input gives the same bits.
 pub fn hard_bin_stats(
     probs: &Tensor,
-    labels: &Tensor,
+    labels: &(impl IndexLabels + ?Sized),
     num_bins: usize,
     include_background: bool,
 ) -> Result<BinStats> {
     check_num_bins(num_bins)?;
     probs.expect_dtype(DType::F32, "probabilities")?;
-    labels.expect_dtype(DType::I32, "labels")?;
+    let labels = labels.index_tensor()?;
     let (n, c, v) = ncv(probs, "probabilities")?;
     let (ln, lc, lv) = ncv(labels, "labels")?;
     if ln != n || lc != 1 || labels.shape()[2..] != probs.shape()[2..] {

@@ -2,27 +2,30 @@
 //!
 //! Inputs are a safetensors file (`probs` `[N, C, spatial...]` or, with `logits`, `logits`; `labels`
 //! `[N, 1, spatial...]` class indices), or folders of NIfTI images (`.nii`/`.nii.gz`, one file per case,
-//! matched by name; probabilities as a 4D image with classes last). Everything is written into a temporary
-//! sibling folder first and moved into place at the end, so an error leaves nothing half-written.
+//! matched by name; probabilities as a 4D image with classes last). Each input format is a [`CaseSource`];
+//! the metrics come from a [`CalibrationAccumulator`]; the files are written by [`super::report`] into an
+//! [`OutputDir`] built aside and swapped in whole at the end, so an error leaves nothing half-written and
+//! nothing the user kept is deleted.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::bins::{hard_bin_stats, BinStats};
-use super::calibration::{
-    macro_mean_std, micro, per_image, reliability_heatmap, Errors, MicroPooling, PerImage,
-};
+use super::accumulator::{CalibrationAccumulator, CalibrationMetrics};
 use super::plot;
+use super::report;
 use super::temperature::{apply_temperature, fit_temperature, TemperatureFit};
 use crate::binning::check_num_bins;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::nifti;
-use crate::io::safetensors::{self as st, HostTensor, TensorFile};
+use crate::io::output::OutputDir;
+use crate::io::safetensors::TensorFile;
+use crate::loss::Labels;
 use crate::ops::softmax;
 use crate::tensor::Tensor;
+
+pub use super::accumulator::{MeanStd, Summary};
 
 /// Options of [`run`] (the `calibseg eval` flags).
 #[derive(Clone, Debug)]
@@ -31,8 +34,10 @@ pub struct EvalOptions {
     pub probs: PathBuf,
     /// Labels: a safetensors file (may be the same file) or a folder of NIfTI label maps.
     pub labels: PathBuf,
-    /// Output folder.
+    /// Output folder: created, or replaced whole when it is empty or was written by calibseg.
     pub out: PathBuf,
+    /// Replace an existing non-empty output folder that calibseg did not write (as a whole).
+    pub overwrite: bool,
     /// Number of bins M.
     pub num_bins: usize,
     /// Keep the background channel 0 in the metrics.
@@ -49,7 +54,7 @@ pub struct EvalOptions {
 }
 
 impl EvalOptions {
-    /// Defaults: 20 bins, background excluded, probabilities, pictures and progress on.
+    /// Defaults: 20 bins, background excluded, probabilities, no overwrite, pictures and progress on.
     pub fn new(
         probs: impl Into<PathBuf>,
         labels: impl Into<PathBuf>,
@@ -59,6 +64,7 @@ impl EvalOptions {
             probs: probs.into(),
             labels: labels.into(),
             out: out.into(),
+            overwrite: false,
             num_bins: 20,
             include_background: false,
             logits: false,
@@ -69,145 +75,117 @@ impl EvalOptions {
     }
 }
 
-/// Mean and population standard deviation.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MeanStd {
-    /// Mean.
-    pub mean: f64,
-    /// Population standard deviation.
-    pub std: f64,
-}
-
-/// Dataset-level metrics of one set of predictions.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Summary {
-    /// Macro DSC (per-image nanmean over classes, then mean ± std over images).
-    pub dsc: MeanStd,
-    /// Macro ECE.
-    pub ece: MeanStd,
-    /// Macro ACE.
-    pub ace: MeanStd,
-    /// Macro MCE.
-    pub mce: MeanStd,
-    /// Micro errors per class, reference pooling (p̄ unweighted over images).
-    pub micro_per_class: Vec<Errors>,
-    /// Micro errors per class, count-weighted pooling.
-    pub micro_weighted_per_class: Vec<Errors>,
-}
-
-impl Summary {
-    /// Summarises per-image metrics and pooled bins.
-    pub fn new(stats: &BinStats, e: &PerImage) -> Self {
-        let ms = |v: &[f64]| {
-            let (mean, std) = macro_mean_std(v, e.images, e.classes);
-            MeanStd { mean, std }
-        };
-        Summary {
-            dsc: ms(&e.dsc),
-            ece: ms(&e.ece),
-            ace: ms(&e.ace),
-            mce: ms(&e.mce),
-            micro_per_class: micro(stats, MicroPooling::ReferenceUnweightedMeanP),
-            micro_weighted_per_class: micro(stats, MicroPooling::CountWeighted),
-        }
-    }
-
-    /// The micro value (mean over classes) of (ECE, ACE, MCE), reference or count-weighted pooling.
-    pub fn micro_mean(&self, weighted: bool) -> Errors {
-        let v = if weighted {
-            &self.micro_weighted_per_class
-        } else {
-            &self.micro_per_class
-        };
-        let mean = |f: fn(&Errors) -> f64| {
-            super::calibration::nan_mean_std(&v.iter().map(f).collect::<Vec<_>>()).0
-        };
-        Errors {
-            ece: mean(|e| e.ece),
-            ace: mean(|e| e.ace),
-            mce: mean(|e| e.mce),
-        }
-    }
-}
-
 /// What [`run`] computed and wrote.
 #[derive(Clone, Debug)]
 pub struct EvalReport {
     /// Image names in order.
     pub images: Vec<String>,
-    /// Channel index of each evaluated class.
-    pub classes: Vec<usize>,
-    /// Bin statistics of every image (of the temperature-scaled predictions when a temperature was fitted).
-    pub stats: BinStats,
-    /// Per-image metrics.
-    pub per_image: PerImage,
-    /// Dataset summary.
-    pub summary: Summary,
-    /// The fitted temperature and the summary before scaling, when `fit_temperature` was given.
-    pub temperature: Option<(TemperatureFit, Summary)>,
-    /// Probabilities outside [0, 1] that were clamped.
-    pub clamped: u64,
+    /// The metrics (of the temperature-scaled predictions when a temperature was fitted).
+    pub metrics: CalibrationMetrics,
+    /// The fitted temperature and the metrics before scaling, when `fit_temperature` was given.
+    pub temperature: Option<(TemperatureFit, CalibrationMetrics)>,
     /// Whether pictures were drawn (false when disabled or when no font is available).
     pub pictures: bool,
     /// The output folder.
     pub out: PathBuf,
 }
 
-/// One case: a name, probabilities/logits `[1, C, spatial...]` and labels `[1, 1, spatial...]` (host).
-struct Case {
-    name: String,
+impl EvalReport {
+    /// Channel index of each evaluated class.
+    pub fn classes(&self) -> &[usize] {
+        self.metrics.class_ids()
+    }
+
+    /// The dataset summary.
+    pub fn summary(&self) -> &Summary {
+        &self.metrics.summary
+    }
+}
+
+/// One case read from an input: its name, probabilities (or logits) `[1, C, spatial...]` and class-index
+/// labels `[1, 1, spatial...]` on the host, and where it came from (for messages).
+pub struct Case {
+    /// Case name (unique within a source; written in the reports).
+    pub name: String,
+    /// Shape of `values`, `[1, C, spatial...]`.
+    pub shape: Vec<usize>,
+    /// Probabilities or logits.
+    pub values: Vec<f32>,
+    /// Class indices, as read (checked against C before use).
+    pub labels: Vec<i64>,
+    /// The file the values came from.
+    pub origin: String,
+}
+
+/// An input format of `calibseg eval`: a sequence of cases read one at a time.
+pub trait CaseSource {
+    /// Number of cases.
+    fn len(&self) -> usize;
+    /// Whether there are no cases.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The channel count C when known before reading a case.
+    fn classes(&self) -> Option<usize>;
+    /// Reads case `i` (in `0..len()`).
+    fn case(&self, i: usize) -> Result<Case>;
+}
+
+/// One safetensors file holding every case as `[N, C, spatial...]`.
+struct TensorSource {
+    name: &'static str,
+    path: String,
     shape: Vec<usize>,
     values: Vec<f32>,
-    labels: Vec<i32>,
+    labels: Vec<i64>,
 }
 
-enum Source {
-    Tensors {
-        shape: Vec<usize>,
-        values: Vec<f32>,
-        labels: Vec<i32>,
-    },
-    Nifti(Vec<(String, PathBuf, PathBuf)>),
-}
-
-impl Source {
+impl CaseSource for TensorSource {
     fn len(&self) -> usize {
-        match self {
-            Source::Tensors { shape, .. } => shape[0],
-            Source::Nifti(c) => c.len(),
-        }
+        self.shape[0]
+    }
+
+    fn classes(&self) -> Option<usize> {
+        Some(self.shape[1])
     }
 
     fn case(&self, i: usize) -> Result<Case> {
-        match self {
-            Source::Tensors {
-                shape,
-                values,
-                labels,
-            } => {
-                let per: usize = shape[1..].iter().product();
-                let v: usize = shape[2..].iter().product();
-                let width = shape[0].saturating_sub(1).to_string().len().max(3);
-                let mut s = shape.clone();
-                s[0] = 1;
-                Ok(Case {
-                    name: format!("image_{i:0width$}"),
-                    shape: s,
-                    values: values[i * per..(i + 1) * per].to_vec(),
-                    labels: labels[i * v..(i + 1) * v].to_vec(),
-                })
-            }
-            Source::Nifti(cases) => {
-                let (name, pp, lp) = &cases[i];
-                read_nifti_case(name, pp, lp)
-            }
-        }
+        let per: usize = self.shape[1..].iter().product();
+        let v: usize = self.shape[2..].iter().product();
+        let width = self.shape[0].saturating_sub(1).to_string().len().max(3);
+        let mut s = self.shape.clone();
+        s[0] = 1;
+        Ok(Case {
+            name: format!("image_{i:0width$}"),
+            shape: s,
+            values: self.values[i * per..(i + 1) * per].to_vec(),
+            labels: self.labels[i * v..(i + 1) * v].to_vec(),
+            origin: format!("'{}' in {}", self.name, self.path),
+        })
+    }
+}
+
+/// Two folders of NIfTI images matched by case name.
+struct NiftiSource(Vec<(String, PathBuf, PathBuf)>);
+
+impl CaseSource for NiftiSource {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn classes(&self) -> Option<usize> {
+        None
+    }
+
+    fn case(&self, i: usize) -> Result<Case> {
+        let (name, pp, lp) = &self.0[i];
+        read_nifti_case(name, pp, lp)
     }
 }
 
 fn read_nifti_case(name: &str, pp: &Path, lp: &Path) -> Result<Case> {
     let (pd, values) = nifti::read_f32(pp)?;
-    let (ld, lab) = nifti::read_integers(lp)?;
+    let (ld, labels) = nifti::read_integers(lp)?;
     let (spatial, c) = match pd.len() {
         1..=3 => (pd.clone(), 1),
         4 => (pd[..3].to_vec(), pd[3]),
@@ -229,7 +207,6 @@ fn read_nifti_case(name: &str, pp: &Path, lp: &Path) -> Result<Case> {
             pp.display()
         )));
     }
-    let labels = to_labels(&lab, lp)?;
     // File order is x fastest: row-major [C, z, y, x].
     let mut shape = vec![1, c];
     shape.extend(spatial.iter().rev());
@@ -238,18 +215,8 @@ fn read_nifti_case(name: &str, pp: &Path, lp: &Path) -> Result<Case> {
         shape,
         values,
         labels,
+        origin: pp.display().to_string(),
     })
-}
-
-fn to_labels(v: &[i64], path: &Path) -> Result<Vec<i32>> {
-    v.iter()
-        .map(|&x| {
-            i32::try_from(x).map_err(|_| Error::Format {
-                path: path.display().to_string(),
-                message: format!("label {x} does not fit i32"),
-            })
-        })
-        .collect()
 }
 
 fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
@@ -309,7 +276,7 @@ fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, Path
         .collect())
 }
 
-fn read_tensors(path: &Path, labels_path: &Path, logits: bool) -> Result<Source> {
+fn read_tensors(path: &Path, labels_path: &Path, logits: bool) -> Result<TensorSource> {
     let name = if logits { "logits" } else { "probs" };
     let f = TensorFile::open(path)?;
     let (shape, values) = f.f32(name)?;
@@ -318,12 +285,8 @@ fn read_tensors(path: &Path, labels_path: &Path, logits: bool) -> Result<Source>
     } else {
         TensorFile::open(labels_path)?
     };
-    let (lshape, lab) = lf.integers("labels")?;
-    if shape.len() < 3
-        || shape[0] == 0
-        || shape[1] == 0
-        || shape[2..].iter().product::<usize>() == 0
-    {
+    let (lshape, labels) = lf.integers("labels")?;
+    if shape.len() < 3 || shape[0] == 0 || shape[1] == 0 || shape[2..].contains(&0) {
         return Err(Error::InvalidShape(format!(
             "'{name}' in {} must be [N, C, spatial...] with no zero sizes, got {shape:?}",
             path.display()
@@ -339,36 +302,66 @@ fn read_tensors(path: &Path, labels_path: &Path, logits: bool) -> Result<Source>
             labels_path.display()
         )));
     }
-    Ok(Source::Tensors {
+    Ok(TensorSource {
+        name,
+        path: path.display().to_string(),
         shape,
         values,
-        labels: to_labels(&lab, labels_path)?,
+        labels,
     })
 }
 
-fn open_source(o: &EvalOptions) -> Result<Source> {
-    let (pd, ld) = (o.probs.is_dir(), o.labels.is_dir());
-    match (pd, ld) {
-        (true, true) => Ok(Source::Nifti(nifti_cases(&o.probs, &o.labels)?)),
-        (false, false) => read_tensors(&o.probs, &o.labels, o.logits),
-        _ => Err(Error::invalid(
-            "--probs and --labels must both be safetensors files or both be folders of NIfTI images",
-        )),
+/// What an input path is, for messages: "a folder", "a NIfTI image", "a file".
+fn describe(p: &Path) -> &'static str {
+    if p.is_dir() {
+        "a folder"
+    } else if nifti::is_nifti(p) {
+        "a single NIfTI image"
+    } else {
+        "a file"
     }
 }
 
+fn open_source(o: &EvalOptions) -> Result<Box<dyn CaseSource>> {
+    let (pd, ld) = (o.probs.is_dir(), o.labels.is_dir());
+    for (flag, p) in [("--probs", &o.probs), ("--labels", &o.labels)] {
+        if !p.is_dir() && nifti::is_nifti(p) {
+            return Err(Error::invalid(format!(
+                "{flag} {} is a single NIfTI image; expected a folder of NIfTI images (one per case) \
+                 or a safetensors file",
+                p.display()
+            )));
+        }
+    }
+    match (pd, ld) {
+        (true, true) => Ok(Box::new(NiftiSource(nifti_cases(&o.probs, &o.labels)?))),
+        (false, false) => Ok(Box::new(read_tensors(&o.probs, &o.labels, o.logits)?)),
+        _ => Err(Error::invalid(format!(
+            "--probs {} is {} but --labels {} is {}: expected both safetensors files or both folders \
+             of NIfTI images",
+            o.probs.display(),
+            describe(&o.probs),
+            o.labels.display(),
+            describe(&o.labels)
+        ))),
+    }
+}
+
+/// Error unless every label of the case is in `0..C`, naming the case and its file.
 fn check_labels(case: &Case) -> Result<()> {
     let c = case.shape[1];
     if let Some((index, &l)) = case
         .labels
         .iter()
         .enumerate()
-        .find(|(_, &l)| l < 0 || l as usize >= c)
+        .find(|(_, &l)| l < 0 || l >= c as i64)
     {
-        return Err(Error::LabelOutOfRange {
-            label: l as i64,
-            classes: c,
-            index,
+        return Err(Error::Format {
+            path: case.origin.clone(),
+            message: format!(
+                "case {}: label {l} at voxel {index} is outside 0..{c} ({c} classes)",
+                case.name
+            ),
         });
     }
     Ok(())
@@ -406,18 +399,58 @@ impl Progress {
     }
 }
 
-/// Loads a safetensors validation file and fits a temperature on its `logits` and `labels`.
-fn fit_on_file(gpu: &Gpu, path: &Path) -> Result<TemperatureFit> {
+/// Loads a safetensors validation file and fits a temperature on its `logits` and `labels`; the logits
+/// must have `classes` channels when given. Returns the fit and the file's channel count.
+fn fit_on_file(gpu: &Gpu, path: &Path, classes: Option<usize>) -> Result<(TemperatureFit, usize)> {
     let f = TensorFile::open(path)?;
     let (shape, z) = f.f32("logits")?;
     let (lshape, l) = f.integers("labels")?;
+    if shape.len() < 3 {
+        return Err(Error::Format {
+            path: path.display().to_string(),
+            message: format!("'logits' must be [N, C, spatial...], got {shape:?}"),
+        });
+    }
+    if let Some(c) = classes {
+        if shape[1] != c {
+            return Err(Error::shape(format!(
+                "the temperature file {} has {} classes but the test set has {c}",
+                path.display(),
+                shape[1]
+            )));
+        }
+    }
+    Error::check_finite(&z, || format!("'logits' in {}", path.display()))?;
     let logits = Tensor::from_f32(gpu, &shape, &z)?;
-    let labels = Tensor::from_slice(gpu, &lshape, &to_labels(&l, path)?)?;
-    fit_temperature(&logits, &labels)
+    let labels = Labels::from_indices(gpu, &lshape, &l, shape[1])?;
+    Ok((fit_temperature(&logits, &labels)?, shape[1]))
+}
+
+/// Error if the output folder exists and holds one of the inputs (replacing it would delete them).
+fn check_out_holds_no_input(o: &EvalOptions) -> Result<()> {
+    let Ok(out) = std::fs::canonicalize(&o.out) else {
+        return Ok(());
+    };
+    let inputs = [Some(&o.probs), Some(&o.labels), o.fit_temperature.as_ref()];
+    for p in inputs.into_iter().flatten() {
+        if let Ok(c) = std::fs::canonicalize(p) {
+            if c.starts_with(&out) {
+                return Err(Error::Output {
+                    path: o.out.display().to_string(),
+                    message: format!(
+                        "holds the input {}; replacing the folder would delete it: choose another output folder",
+                        p.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the evaluation and writes `metrics.csv`, `summary.json`, `calibration.safetensors` and the pictures
-/// (`dataset_reliability.png`/`.svg`, `reliability/<image>.png`) into `out`.
+/// (`dataset_reliability.png`/`.svg`, `reliability/<image>.png`) into `out` (see [`OutputDir`] for when an
+/// existing folder is replaced).
 pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
     check_num_bins(o.num_bins)?;
     if o.fit_temperature.is_some() && !o.logits {
@@ -425,282 +458,74 @@ pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
             "fitting a temperature needs logits: pass --logits",
         ));
     }
+    // Refuse a bad output folder before any work.
+    let out = OutputDir::create(&o.out, o.overwrite)?;
+    check_out_holds_no_input(o)?;
     let source = open_source(o)?;
     let temperature = match &o.fit_temperature {
-        Some(p) => Some(fit_on_file(gpu, p)?),
+        Some(p) => Some(fit_on_file(gpu, p, source.classes())?),
         None => None,
     };
     let n = source.len();
     let progress = Progress::new(n, o.progress);
     let mut names = Vec::with_capacity(n);
-    let mut stats: Option<BinStats> = None;
-    let mut before: Option<BinStats> = None;
-    let mut channels = None;
+    let mut acc = CalibrationAccumulator::new(o.num_bins, o.include_background)?;
+    let mut before = CalibrationAccumulator::new(o.num_bins, o.include_background)?;
+    let mut channels: Option<(usize, String)> = temperature.map(|(_, c)| {
+        let p = o.fit_temperature.as_ref().expect("fitted");
+        (c, format!("the temperature file {}", p.display()))
+    });
     for i in 0..n {
         let case = source.case(i)?;
         progress.show(i, &case.name);
-        check_labels(&case)?;
-        if *channels.get_or_insert(case.shape[1]) != case.shape[1] {
-            return Err(Error::shape(format!(
-                "case {} has {} classes, earlier cases {}",
-                case.name,
-                case.shape[1],
-                channels.unwrap()
-            )));
+        let c = case.shape[1];
+        match &channels {
+            Some((want, what)) if *want != c => {
+                return Err(Error::shape(format!(
+                    "case {} ({}) has {c} classes but {what} has {want}",
+                    case.name, case.origin
+                )))
+            }
+            Some(_) => {}
+            None => channels = Some((c, format!("case {}", case.name))),
         }
+        let kind = if o.logits { "logits" } else { "probabilities" };
+        Error::check_finite(&case.values, || {
+            format!("the {kind} of case {} ({})", case.name, case.origin)
+        })?;
+        check_labels(&case)?;
         let mut lshape = case.shape.clone();
         lshape[1] = 1;
         let x = Tensor::from_f32(gpu, &case.shape, &case.values)?;
-        let labels = Tensor::from_slice(gpu, &lshape, &case.labels)?;
+        let labels = Labels::from_indices(gpu, &lshape, &case.labels, c)?;
         let probs = if o.logits { softmax(&x)? } else { x.clone() };
-        let s = match temperature {
-            Some(fit) => {
-                let b = hard_bin_stats(&probs, &labels, o.num_bins, o.include_background)?;
-                match &mut before {
-                    Some(all) => all.append(&b)?,
-                    None => before = Some(b),
-                }
-                let scaled = apply_temperature(&x, fit.temperature)?;
-                hard_bin_stats(&scaled, &labels, o.num_bins, o.include_background)?
+        match temperature {
+            Some((fit, _)) => {
+                before.update(&probs, &labels)?;
+                acc.update(&apply_temperature(&x, fit.temperature)?, &labels)?;
             }
-            None => hard_bin_stats(&probs, &labels, o.num_bins, o.include_background)?,
-        };
-        match &mut stats {
-            Some(all) => all.append(&s)?,
-            None => stats = Some(s),
+            None => acc.update(&probs, &labels)?,
         }
         names.push(case.name);
     }
-    progress.show(n, "writing");
-    let stats = stats.ok_or_else(|| Error::invalid("no images to evaluate"))?;
-    let e = per_image(&stats);
-    let summary = Summary::new(&stats, &e);
-    let temperature = match (temperature, before) {
-        (Some(fit), Some(b)) => Some((fit, Summary::new(&b, &per_image(&b)))),
-        _ => None,
+    if n == 0 {
+        return Err(Error::invalid("no images to evaluate"));
+    }
+    let metrics = acc.aggregate()?;
+    let temperature = match temperature {
+        Some((fit, _)) => Some((fit, before.aggregate()?)),
+        None => None,
     };
-    let pictures = o.pictures && plot::fonts_available();
     let report = EvalReport {
         images: names,
-        classes: stats.class_ids.clone(),
-        clamped: stats.total_clamped(),
-        stats,
-        per_image: e,
-        summary,
+        metrics,
         temperature,
-        pictures,
+        pictures: o.pictures && plot::fonts_available(),
         out: o.out.clone(),
     };
-    write_outputs(&report, o)?;
+    progress.show(n, "writing");
+    report::write_reports(&report, o, &out).map_err(|e| out.rename_in_error(e))?;
+    out.commit()?;
     progress.finish();
     Ok(report)
-}
-
-fn tmp_sibling(out: &Path) -> Result<PathBuf> {
-    let name = out
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{} is not a folder path", out.display())))?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Ok(parent.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn write_outputs(r: &EvalReport, o: &EvalOptions) -> Result<()> {
-    if o.out.exists() && !o.out.is_dir() {
-        return Err(Error::invalid(format!(
-            "{} exists and is not a folder",
-            o.out.display()
-        )));
-    }
-    let tmp = tmp_sibling(&o.out)?;
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let result = write_all(r, o, &tmp).and_then(|entries| move_into_place(&tmp, &o.out, &entries));
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-/// Moves the written entries from `tmp` into `out` (created if missing; same-named entries replaced).
-fn move_into_place(tmp: &Path, out: &Path, entries: &[&str]) -> Result<()> {
-    if !out.exists() {
-        return std::fs::rename(tmp, out).map_err(io_err(out));
-    }
-    for e in entries {
-        let (src, dst) = (tmp.join(e), out.join(e));
-        if dst.is_dir() {
-            std::fs::remove_dir_all(&dst).map_err(io_err(&dst))?;
-        }
-        std::fs::rename(&src, &dst).map_err(io_err(&dst))?;
-    }
-    std::fs::remove_dir_all(tmp).map_err(io_err(tmp))
-}
-
-fn num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.9e}")
-    } else {
-        "null".into()
-    }
-}
-
-fn csv_num(x: f64) -> String {
-    if x.is_nan() {
-        "nan".into()
-    } else {
-        format!("{x:.9e}")
-    }
-}
-
-fn json_summary(s: &Summary, classes: &[usize]) -> String {
-    let ms = |m: &MeanStd| format!("{{\"mean\": {}, \"std\": {}}}", num(m.mean), num(m.std));
-    let errs = |e: &Errors| {
-        format!(
-            "{{\"ece\": {}, \"ace\": {}, \"mce\": {}}}",
-            num(e.ece),
-            num(e.ace),
-            num(e.mce)
-        )
-    };
-    let micro = |weighted: bool, per: &[Errors]| {
-        let mean = s.micro_mean(weighted);
-        let pc: Vec<String> = classes
-            .iter()
-            .zip(per)
-            .map(|(c, e)| format!("\"{c}\": {}", errs(e)))
-            .collect();
-        format!(
-            "{{\"ece\": {}, \"ace\": {}, \"mce\": {}, \"per_class\": {{{}}}}}",
-            num(mean.ece),
-            num(mean.ace),
-            num(mean.mce),
-            pc.join(", ")
-        )
-    };
-    format!(
-        "{{\n    \"macro\": {{\"dsc\": {}, \"ece\": {}, \"ace\": {}, \"mce\": {}}},\n    \"micro\": {},\n    \"micro_count_weighted\": {}\n  }}",
-        ms(&s.dsc),
-        ms(&s.ece),
-        ms(&s.ace),
-        ms(&s.mce),
-        micro(false, &s.micro_per_class),
-        micro(true, &s.micro_weighted_per_class)
-    )
-}
-
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(io_err(path))
-}
-
-fn write_all(r: &EvalReport, o: &EvalOptions, dir: &Path) -> Result<Vec<&'static str>> {
-    let s = &r.stats;
-    let (n, c, m) = (s.images, s.classes, s.num_bins);
-    let e = &r.per_image;
-    let mut entries = vec!["metrics.csv", "summary.json", "calibration.safetensors"];
-
-    let mut csv = String::from("image,class,dsc,ece,ace,mce\n");
-    for i in 0..n {
-        for k in 0..c {
-            let j = i * c + k;
-            let _ = writeln!(
-                csv,
-                "{},{},{},{},{},{}",
-                r.images[i],
-                s.class_ids[k],
-                csv_num(e.dsc[j]),
-                csv_num(e.ece[j]),
-                csv_num(e.ace[j]),
-                csv_num(e.mce[j])
-            );
-        }
-    }
-    write_text(&dir.join("metrics.csv"), &csv)?;
-
-    let mut json = String::from("{\n");
-    let _ = writeln!(json, "  \"images\": {n},");
-    let _ = writeln!(json, "  \"classes\": {:?},", s.class_ids);
-    let _ = writeln!(json, "  \"num_bins\": {m},");
-    let _ = writeln!(json, "  \"include_background\": {},", o.include_background);
-    let _ = writeln!(json, "  \"clamped_probabilities\": {},", r.clamped);
-    if let Some((fit, before)) = &r.temperature {
-        let _ = writeln!(
-            json,
-            "  \"temperature\": {{\"temperature\": {}, \"nll_before\": {}, \"nll_after\": {}}},",
-            num(fit.temperature),
-            num(fit.nll_before),
-            num(fit.nll_after)
-        );
-        let _ = writeln!(
-            json,
-            "  \"before_temperature_scaling\": {},",
-            json_summary(before, &s.class_ids)
-        );
-    }
-    let _ = writeln!(
-        json,
-        "  \"summary\": {}",
-        json_summary(&r.summary, &s.class_ids)
-    );
-    json.push_str("}\n");
-    write_text(&dir.join("summary.json"), &json)?;
-
-    let f32v = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-    let mut t = BTreeMap::new();
-    t.insert("ece".to_string(), HostTensor::F32(vec![n, c], f32v(&e.ece)));
-    t.insert("ace".to_string(), HostTensor::F32(vec![n, c], f32v(&e.ace)));
-    t.insert("mce".to_string(), HostTensor::F32(vec![n, c], f32v(&e.mce)));
-    t.insert("dsc".to_string(), HostTensor::F32(vec![n, c], f32v(&e.dsc)));
-    t.insert(
-        "bin_count".to_string(),
-        HostTensor::F32(vec![n, c, m], s.count.iter().map(|&x| x as f32).collect()),
-    );
-    t.insert(
-        "bin_sum_p".to_string(),
-        HostTensor::F32(vec![n, c, m], s.sum_p.clone()),
-    );
-    t.insert(
-        "bin_sum_y".to_string(),
-        HostTensor::F32(vec![n, c, m], s.sum_y.iter().map(|&x| x as f32).collect()),
-    );
-    t.insert(
-        "reliability_heatmap".to_string(),
-        HostTensor::I32(vec![c, m, m], reliability_heatmap(s)),
-    );
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("num_bins".to_string(), m.to_string());
-    meta.insert("classes".to_string(), format!("{:?}", s.class_ids));
-    meta.insert("images".to_string(), r.images.join(","));
-    st::write(dir.join("calibration.safetensors"), &t, Some(&meta))?;
-
-    if r.pictures {
-        plot::dataset_reliability(&dir.join("dataset_reliability.png"), s)?;
-        plot::dataset_reliability(&dir.join("dataset_reliability.svg"), s)?;
-        let rel = dir.join("reliability");
-        std::fs::create_dir_all(&rel).map_err(io_err(&rel))?;
-        for (i, name) in r.images.iter().enumerate() {
-            plot::reliability_diagram(&rel.join(format!("{name}.png")), s, e, i)?;
-        }
-        entries.extend([
-            "dataset_reliability.png",
-            "dataset_reliability.svg",
-            "reliability",
-        ]);
-    }
-    Ok(entries)
 }

@@ -1,17 +1,23 @@
 //! Calibration metrics for segmentation (section 4 of the reference): GPU hard binning per image and class,
 //! ECE / ACE / MCE and Dice per image and class, macro and micro aggregation over a dataset, the dataset
 //! reliability heat map, post-hoc temperature scaling, the pictures, and `calibseg eval`.
+//!
+//! [`CalibrationAccumulator`] gathers all of it batch by batch without writing anything (a validation
+//! loop's metric); [`eval()`] reads test sets, uses it, and writes the reports ([`report`]).
 
+pub mod accumulator;
 pub mod bins;
 pub mod calibration;
 pub mod eval;
 pub mod plot;
+pub mod report;
 pub mod temperature;
 
-pub use bins::{hard_bin_stats, BinStats};
+pub use accumulator::{CalibrationAccumulator, CalibrationMetrics, MeanStd, Summary};
+pub use bins::{hard_bin_stats, BinStats, IndexLabels};
 pub use calibration::{
     macro_mean_std, micro, nan_mean_std, per_image, reliability_heatmap, Errors, MicroPooling,
     PerImage,
 };
-pub use eval::{run as eval, EvalOptions, EvalReport, Summary};
+pub use eval::{run as eval, EvalOptions, EvalReport};
 pub use temperature::{apply_temperature, fit_temperature, nll_at, scale_logits, TemperatureFit};

@@ -6,6 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::bins::IndexLabels;
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, WORKGROUP_SIZE};
 use crate::ops::{ncv, softmax};
@@ -53,7 +54,6 @@ pub struct TemperatureFit {
 
 fn check(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize, usize)> {
     logits.expect_dtype(DType::F32, "logits")?;
-    labels.expect_dtype(DType::I32, "labels")?;
     let (n, c, v) = ncv(logits, "logits")?;
     let (ln, lc, _) = ncv(labels, "labels")?;
     if ln != n || lc != 1 || labels.shape()[2..] != logits.shape()[2..] {
@@ -80,7 +80,10 @@ fn check(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize, usize)> {
 
 /// Evaluates the mean NLL and its derivatives at `beta` on the GPU (per-workgroup partials added in a
 /// fixed order, so the result is deterministic).
-pub fn nll_at(logits: &Tensor, labels: &Tensor, beta: f64) -> Result<NllAt> {
+///
+/// `labels` are class indices `[N, 1, spatial...]`: a [`crate::loss::Labels`] or an i32/u32 tensor.
+pub fn nll_at(logits: &Tensor, labels: &(impl IndexLabels + ?Sized), beta: f64) -> Result<NllAt> {
+    let labels = labels.index_tensor()?;
     let (n, c, v) = check(logits, labels)?;
     let gpu = logits.gpu();
     let total = n * v;
@@ -130,12 +133,24 @@ pub fn nll_at(logits: &Tensor, labels: &Tensor, beta: f64) -> Result<NllAt> {
 }
 
 /// Fits one temperature on validation `logits` (`[N, C, spatial...]`, f32) and `labels`
-/// (`[N, 1, spatial...]`, i32) by minimising the mean NLL. Errors if the logits carry no information
-/// (the NLL does not decrease for any T > 0 within `[1e-3, 1e3]`).
-pub fn fit_temperature(logits: &Tensor, labels: &Tensor) -> Result<TemperatureFit> {
+/// (`[N, 1, spatial...]` class indices: a [`crate::loss::Labels`] or an i32/u32 tensor) by minimising the
+/// mean NLL. Errors if the logits carry no information (the NLL does not decrease for any T > 0 within
+/// `[1e-3, 1e3]`) or hold a non-finite value.
+pub fn fit_temperature(
+    logits: &Tensor,
+    labels: &(impl IndexLabels + ?Sized),
+) -> Result<TemperatureFit> {
+    let labels = labels.index_tensor()?;
     const BETA_MIN: f64 = 1e-3;
     const BETA_MAX: f64 = 1e3;
     let start = nll_at(logits, labels, 1.0)?;
+    if !(start.nll.is_finite() && start.grad.is_finite() && start.curvature.is_finite()) {
+        return Err(Error::invalid(format!(
+            "the validation NLL at T = 1 is {} (derivative {}): the logits hold non-finite values \
+             (NaN or infinity) or overflow",
+            start.nll, start.grad
+        )));
+    }
     let (mut lo, mut hi) = (BETA_MIN, BETA_MAX);
     let mut cur = start;
     let mut iterations = 0;
