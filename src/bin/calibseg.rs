@@ -24,6 +24,10 @@ enum Command {
     Loss(LossArgs),
     /// Calibration metrics (ECE, ACE, MCE), Dice and reliability pictures of predictions on a test set.
     Eval(EvalArgs),
+    /// Run a SegResNetDS or SegResNet (MONAI weights) on a volume: logits and probabilities.
+    Predict(PredictArgs),
+    /// Train SegResNetDS on synthetic 3D data with a calibration loss; checkpoints, log and test evaluation.
+    Train(TrainArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -180,6 +184,230 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
     Ok(())
 }
 
+/// `calibseg predict` flags.
+#[derive(clap::Args)]
+struct PredictArgs {
+    /// The network: segresnetds or segresnet.
+    #[arg(long)]
+    arch: String,
+    /// MONAI's keyword arguments as JSON, inline or @file.json.
+    #[arg(long)]
+    config: String,
+    /// Weights: safetensors with MONAI state_dict keys.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Read only the weights under this key prefix (removed); `module.`/`model.` are removed automatically.
+    #[arg(long)]
+    weights_prefix: Option<String>,
+    /// Input: safetensors with `input` [B, C_in, D, H, W], or a NIfTI image (3D, or 4D channels last).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output: safetensors (`logits`, `probs`) or, for .nii/.nii.gz, probabilities as a 4D NIfTI image.
+    #[arg(long)]
+    output: PathBuf,
+    /// Sliding-window inference with this window D,H,W (else the whole input at once).
+    #[arg(long, value_delimiter = ',')]
+    roi: Option<Vec<usize>>,
+    /// Window overlap in [0, 1).
+    #[arg(long, default_value_t = 0.25, requires = "roi")]
+    overlap: f64,
+    /// Window blending: constant or gaussian.
+    #[arg(long, default_value = "constant", requires = "roi")]
+    mode: String,
+    /// Gaussian sigma as a fraction of the window: one value, or D,H,W.
+    #[arg(long, value_delimiter = ',', default_value = "0.125", requires = "roi")]
+    sigma_scale: Vec<f64>,
+    /// Windows per network call.
+    #[arg(long, default_value_t = 1, requires = "roi")]
+    sw_batch_size: usize,
+}
+
+fn predict(a: PredictArgs) -> calibseg::Result<()> {
+    use calibseg::nn::sliding_window::SlidingWindowConfig;
+    let config = match a.config.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file).map_err(|source| calibseg::Error::Io {
+            path: file.to_string(),
+            source,
+        })?,
+        None => a.config.clone(),
+    };
+    let window = match &a.roi {
+        None => None,
+        Some(roi) => {
+            let mut w = SlidingWindowConfig::new(roi)
+                .with_overlap(a.overlap)
+                .with_sw_batch_size(a.sw_batch_size)
+                .with_mode(a.mode.parse()?);
+            w = if a.sigma_scale.len() == 1 {
+                w.with_sigma_scale(a.sigma_scale[0])
+            } else {
+                w.with_sigma_scale_per_axis(&a.sigma_scale)
+            };
+            w.validate(roi.len())?;
+            Some(w)
+        }
+    };
+    let o = calibseg::predict::PredictOptions {
+        arch: a.arch.parse()?,
+        config,
+        weights: a.weights,
+        weights_prefix: a.weights_prefix,
+        input: a.input,
+        output: a.output,
+        window,
+    };
+    calibseg::io::output::check_file_target(&o.output)?;
+    let gpu = calibseg::Gpu::new()?;
+    calibseg::predict::run(&gpu, &o)?;
+    println!("wrote {}", o.output.display());
+    Ok(())
+}
+
+/// `calibseg train` flags (they override the TOML).
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The loss: baseline (Dice + CE), hard or soft (0.33 (Dice + CE + mL1-ACE)).
+    #[arg(long)]
+    loss: String,
+    /// Output folder (model.json, config.toml, best/last checkpoints, log.csv, eval/).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training configuration (TOML); with --resume, the folder's config.toml is used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Optimisation steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Validate every N steps.
+    #[arg(long)]
+    val_every: Option<usize>,
+    /// Training patch D,H,W.
+    #[arg(long, value_delimiter = ',')]
+    patch: Option<Vec<usize>>,
+    /// SegResNetDS init_filters.
+    #[arg(long)]
+    init_filters: Option<usize>,
+    /// Patches per batch.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Skip the evaluation pictures.
+    #[arg(long)]
+    no_pictures: bool,
+}
+
+fn read_text(path: &std::path::Path) -> calibseg::Result<String> {
+    std::fs::read_to_string(path).map_err(|source| calibseg::Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn train(a: TrainArgs) -> calibseg::Result<()> {
+    use calibseg::train::{train_in_folder, Event, RunOptions, TrainConfig};
+    let mut config = if a.resume {
+        TrainConfig::from_toml(&read_text(&a.out.join("config.toml"))?)?
+    } else if let Some(p) = &a.config {
+        TrainConfig::from_toml(&read_text(p)?)?
+    } else {
+        TrainConfig::default()
+    };
+    config.loss = a.loss.parse()?;
+    if let Some(v) = a.steps {
+        config.steps = v;
+    }
+    if let Some(v) = a.val_every {
+        config.val_every = v;
+    }
+    if let Some(p) = &a.patch {
+        config.patch = <[usize; 3]>::try_from(p.as_slice()).map_err(|_| {
+            calibseg::Error::invalid(format!("--patch needs 3 sizes D,H,W, got {p:?}"))
+        })?;
+    }
+    if let Some(v) = a.init_filters {
+        config.model.init_filters = v;
+    }
+    if let Some(v) = a.batch {
+        config.batch = v;
+    }
+    if let Some(v) = a.lr {
+        config.lr = v;
+    }
+    if let Some(v) = a.seed {
+        config.seed = v;
+    }
+    config.validate()?;
+    let stop = Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
+    let flag: &'static std::sync::atomic::AtomicBool = stop;
+    let _ = ctrlc::set_handler(move || {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("\ncalibseg: stopping after this step (Ctrl-C again waits too; the last checkpoint stays intact)");
+    });
+    let gpu = calibseg::Gpu::new()?;
+    let bar = indicatif::ProgressBar::new(config.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps, {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("a valid template"),
+    );
+    let mut on_event = |e: &Event| match e {
+        Event::Step {
+            step,
+            losses,
+            steps_per_second,
+            ..
+        } => {
+            bar.set_position(*step as u64);
+            bar.set_message(format!(
+                "loss {:.4}, {:.2} steps/s",
+                losses.total, steps_per_second
+            ));
+        }
+        Event::Validation {
+            step,
+            metrics,
+            best,
+        } => {
+            bar.println(format!(
+                "step {step}: validation DSC {:.4} ACE {:.4} ECE {:.4} MCE {:.4}{}",
+                metrics.dsc,
+                metrics.ace,
+                metrics.ece,
+                metrics.mce,
+                if *best { " (best)" } else { "" }
+            ));
+        }
+    };
+    let o = RunOptions {
+        out: a.out.clone(),
+        resume: a.resume,
+        stop: Some(stop),
+        pictures: !a.no_pictures,
+    };
+    let outcome = train_in_folder(&gpu, config, &o, &mut on_event)?;
+    bar.finish_and_clear();
+    let s = outcome.test.summary();
+    if let Some((dsc, step)) = outcome.best {
+        println!("best validation DSC {dsc:.4} at step {step}");
+    }
+    println!(
+        "test ({} volumes): DSC {:.4} ± {:.4}, ACE {:.4} ± {:.4}, ECE {:.4} ± {:.4}, MCE {:.4} ± {:.4}",
+        outcome.test.images.len(), s.dsc.mean, s.dsc.std, s.ace.mean, s.ace.std, s.ece.mean, s.ece.std,
+        s.mce.mean, s.mce.std
+    );
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
 fn devices() -> calibseg::Result<()> {
     let options = calibseg::GpuOptions::try_from_env()?;
     let all = calibseg::Gpu::adapters(options.backends);
@@ -232,6 +460,8 @@ fn main() -> ExitCode {
         Command::Devices => devices(),
         Command::Loss(args) => loss(&args),
         Command::Eval(a) => eval(a),
+        Command::Predict(a) => predict(a),
+        Command::Train(a) => train(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

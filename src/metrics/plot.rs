@@ -492,3 +492,43 @@ pub fn dataset_reliability(path: &Path, stats: &BinStats) -> Result<()> {
     );
     render!(path, size, draw_dataset(stats))
 }
+
+fn draw_comparison<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    panels: &[(&str, &BinStats)],
+) -> DrawResult {
+    let (left, bar) = root.split_horizontally(PANEL.0 * panels.len() as u32);
+    let areas = left.split_evenly((1, panels.len()));
+    for ((title, stats), area) in panels.iter().zip(&areas) {
+        let m = stats.num_bins;
+        let heat = reliability_heatmap(stats);
+        let mut avg = vec![0i64; m * m];
+        for k in 0..stats.classes {
+            for (a, &b) in avg.iter_mut().zip(&heat[k * m * m..(k + 1) * m * m]) {
+                *a += i64::from(b);
+            }
+        }
+        heatmap_panel(area, title, &avg, m)?;
+    }
+    colour_bar(&bar)?;
+    Ok(())
+}
+
+/// Dataset reliability histograms of several models side by side (e.g. one per training loss): for each,
+/// the heat map summed over its classes, as the "average" panel of [`dataset_reliability`] draws it, with
+/// one shared colour bar. Every entry must have the same number of bins. PNG or SVG by the extension.
+pub fn reliability_comparison(path: &Path, panels: &[(&str, &BinStats)]) -> Result<()> {
+    let Some((_, first)) = panels.first() else {
+        return Err(Error::invalid("no reliability histograms to draw"));
+    };
+    if panels
+        .iter()
+        .any(|(_, s)| s.classes == 0 || s.images == 0 || s.num_bins != first.num_bins)
+    {
+        return Err(Error::invalid(
+            "every histogram needs images, classes and the same number of bins",
+        ));
+    }
+    let size = (PANEL.0 * panels.len() as u32 + BAR_WIDTH, PANEL.1 + 40);
+    render!(path, size, draw_comparison(panels))
+}
