@@ -14,6 +14,7 @@ use super::bins::{hard_bin_stats, BinStats};
 use super::calibration::{
     macro_mean_std, micro, per_image, reliability_heatmap, Errors, MicroPooling, PerImage,
 };
+#[cfg(feature = "plots")]
 use super::plot;
 use super::temperature::{apply_temperature, fit_temperature, TemperatureFit};
 use crate::binning::check_num_bins;
@@ -42,7 +43,7 @@ pub struct EvalOptions {
     /// With `logits`: a safetensors file of validation `logits` and `labels` to fit a temperature on; the
     /// metrics are then reported before and after temperature scaling.
     pub fit_temperature: Option<PathBuf>,
-    /// Draw the pictures.
+    /// Draw the pictures (ignored in a build without the `plots` feature, which draws none).
     pub pictures: bool,
     /// Show a progress bar on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
@@ -147,7 +148,7 @@ pub struct EvalReport {
     pub temperature: Option<(TemperatureFit, Summary)>,
     /// Probabilities outside [0, 1] that were clamped.
     pub clamped: u64,
-    /// Whether pictures were drawn (false when disabled or when no font is available).
+    /// Whether pictures were drawn (false when disabled, or in a build without the `plots` feature).
     pub pictures: bool,
     /// The output folder.
     pub out: PathBuf,
@@ -479,7 +480,10 @@ pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
         (Some(fit), Some(b)) => Some((fit, Summary::new(&b, &per_image(&b)))),
         _ => None,
     };
+    #[cfg(feature = "plots")]
     let pictures = o.pictures && plot::fonts_available();
+    #[cfg(not(feature = "plots"))]
+    let pictures = false;
     let report = EvalReport {
         images: names,
         classes: stats.class_ids.clone(),
@@ -612,6 +616,7 @@ fn write_all(r: &EvalReport, o: &EvalOptions, dir: &Path) -> Result<Vec<&'static
     let s = &r.stats;
     let (n, c, m) = (s.images, s.classes, s.num_bins);
     let e = &r.per_image;
+    #[cfg_attr(not(feature = "plots"), allow(unused_mut))]
     let mut entries = vec!["metrics.csv", "summary.json", "calibration.safetensors"];
 
     let mut csv = String::from("image,class,dsc,ece,ace,mce\n");
@@ -688,6 +693,7 @@ fn write_all(r: &EvalReport, o: &EvalOptions, dir: &Path) -> Result<Vec<&'static
     meta.insert("images".to_string(), r.images.join(","));
     st::write(dir.join("calibration.safetensors"), &t, Some(&meta))?;
 
+    #[cfg(feature = "plots")]
     if r.pictures {
         plot::dataset_reliability(&dir.join("dataset_reliability.png"), s)?;
         plot::dataset_reliability(&dir.join("dataset_reliability.svg"), s)?;

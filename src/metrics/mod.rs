@@ -1,10 +1,11 @@
 //! Calibration metrics for segmentation (section 4 of the reference): GPU hard binning per image and class,
 //! ECE / ACE / MCE and Dice per image and class, macro and micro aggregation over a dataset, the dataset
-//! reliability heat map, post-hoc temperature scaling, the pictures, and `calibseg eval`.
+//! reliability heat map, post-hoc temperature scaling, the pictures (with the `plots` feature), and `calibseg eval`.
 
 pub mod bins;
 pub mod calibration;
 pub mod eval;
+#[cfg(feature = "plots")]
 pub mod plot;
 pub mod temperature;
 
