@@ -3,5 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-gpu-driver.sh
-bash scripts/ensure-build-deps.sh
 cargo run --release --example "${1:-quickstart}"

@@ -83,6 +83,9 @@ pub enum Error {
         /// Adapter name.
         adapter: String,
     },
+    /// A buffer the application created cannot be used as a tensor (usage flags, size, alignment).
+    #[error("application buffer cannot back a tensor: {0}")]
+    ForeignBuffer(String),
     /// Reading a buffer back from the device failed.
     #[error("buffer readback failed: {0}")]
     Readback(String),

@@ -107,6 +107,58 @@ impl Tensor {
         })
     }
 
+    /// Wraps a buffer the host application created on this tensor's device, without copying: calibseg
+    /// reads it as the tensor's elements (row-major `shape`, `dtype`, starting at byte 0), so logits that
+    /// the application's own shaders wrote go straight into calibseg's losses and ops.
+    ///
+    /// `gpu` must wrap the application's device ([`Gpu::from_device`] with a clone of its `wgpu::Device`
+    /// and `wgpu::Queue`). A buffer from another device is refused by wgpu when it is first bound, which
+    /// is reported as [`Error::Validation`]. The buffer needs the usage calibseg's own tensors have,
+    /// [`STORAGE_USAGE`](crate::gpu::STORAGE_USAGE) (`STORAGE | COPY_SRC | COPY_DST`: kernels bind it,
+    /// reading back and clearing copy from and to it), and at least `numel x dtype size` bytes rounded up
+    /// to 4 (kernels and copies move whole 4-byte words: an f16 tensor of odd length needs 2 bytes more).
+    /// Otherwise [`Error::ForeignBuffer`] says which. Reusing the tensor, or any result that shares its
+    /// buffer, after the application wrote new data into the buffer sees the new data (no copy is kept);
+    /// the buffer is never returned to calibseg's pool.
+    pub fn from_buffer(
+        gpu: &Gpu,
+        buffer: wgpu::Buffer,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Self> {
+        let usage = buffer.usage();
+        let missing = crate::gpu::STORAGE_USAGE - usage;
+        if !missing.is_empty() {
+            return Err(Error::ForeignBuffer(format!(
+                "its usage {usage:?} lacks {missing:?} (a tensor's buffer needs STORAGE | COPY_SRC | COPY_DST)"
+            )));
+        }
+        let n = numel(shape)?;
+        let need = (n as u64)
+            .checked_mul(dtype.size() as u64)
+            .ok_or_else(|| Error::InvalidShape(format!("{shape:?} is too large")))?
+            .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        if buffer.size() < need {
+            return Err(Error::ForeignBuffer(format!(
+                "it holds {} bytes, a {dtype} tensor of shape {shape:?} needs {need} \
+                 (element bytes rounded up to a multiple of {})",
+                buffer.size(),
+                wgpu::COPY_BUFFER_ALIGNMENT
+            )));
+        }
+        if n == 0 {
+            return Err(Error::InvalidShape(format!(
+                "{shape:?} has no elements; an application buffer must back at least one"
+            )));
+        }
+        Ok(Tensor {
+            gpu: gpu.clone(),
+            buf: Arc::new(PooledBuffer::external(buffer)),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
     /// A tensor of zeros.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
         let t = Self::uninit(gpu, shape, dtype)?;

@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use calibseg::io::safetensors::{self as st, HostTensor};
 use calibseg::metrics;
 use calibseg::Tensor;
 
@@ -128,8 +125,12 @@ fn recovers_a_known_temperature() {
     metrics::scale_logits(&logits, 0.0).unwrap_err();
 }
 
+// Runs the `calibseg` command, which exists only with the `cli` feature.
+#[cfg(feature = "cli")]
 #[test]
 fn eval_reports_metrics_before_and_after_scaling() {
+    use calibseg::io::safetensors::{self as st, HostTensor};
+    use std::collections::BTreeMap;
     let Some(_gpu) = common::gpu() else { return };
     let dir = std::env::temp_dir().join(format!("calibseg-temp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

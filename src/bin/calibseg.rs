@@ -165,7 +165,7 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
         );
     }
     if o.pictures && !r.pictures {
-        eprintln!("calibseg: warning: no sans-serif font found (install fonts-dejavu-core); pictures skipped");
+        eprintln!("calibseg: warning: pictures skipped (built without the `plots` feature, or the embedded font failed to load)");
     }
     if let Some((fit, before)) = &r.temperature {
         println!(

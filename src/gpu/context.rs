@@ -280,8 +280,16 @@ impl Gpu {
         Ok(Self::wrap(device, queue))
     }
 
-    /// Uses a device the caller already owns (for embedding calibseg in a wgpu application).
-    /// Its limits and features are taken as they are; operations that need more say so in their errors.
+    /// Uses a device the caller already owns (for embedding calibseg in a wgpu application): pass clones
+    /// of the application's `wgpu::Device` and `wgpu::Queue` (they are shared handles), then wrap the
+    /// application's buffers with [`Tensor::from_buffer`](crate::Tensor::from_buffer) to run calibseg on
+    /// them without a copy, and bind calibseg's results ([`Tensor::buffer`](crate::Tensor::buffer)) in the
+    /// application's own passes. calibseg submits its work on that queue, in order with the application's.
+    ///
+    /// Its limits and features are taken as they are; operations that need more say so in their errors
+    /// (f16 tensors need `SHADER_F16`; the fast paths use `SUBGROUP` only where it is on). calibseg installs
+    /// the device's uncaptured-error handler and device-lost callback so that errors outside its error
+    /// scopes come back as [`Error`]s from its next call.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         Self::wrap(device, queue)
     }

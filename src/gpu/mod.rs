@@ -10,6 +10,6 @@ mod timer;
 pub use context::{parse_backends, AdapterSummary, Gpu, GpuOptions, BACKEND_NAMES};
 pub use dispatch::{Arg, Batch, WORKGROUP_SIZE};
 pub use pipeline::{GeneratedModule, Kernel};
-pub use pool::PoolStats;
 pub(crate) use pool::PooledBuffer;
+pub use pool::{PoolStats, STORAGE_USAGE};
 pub use timer::time_gpu;

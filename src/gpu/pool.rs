@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 /// Storage buffers are readable, writable, and copyable both ways.
-pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+pub const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
@@ -41,6 +41,16 @@ pub(crate) struct BufferPool {
 pub(crate) struct PooledBuffer {
     pub(crate) buffer: wgpu::Buffer,
     pool: Weak<Mutex<PoolState>>,
+}
+
+impl PooledBuffer {
+    /// A buffer owned elsewhere (the host application's): used as it is, never returned to a pool.
+    pub(crate) fn external(buffer: wgpu::Buffer) -> Self {
+        PooledBuffer {
+            buffer,
+            pool: Weak::new(),
+        }
+    }
 }
 
 impl Drop for PooledBuffer {

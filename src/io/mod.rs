@@ -1,6 +1,8 @@
-//! Reading and writing files: safetensors (tensors by name), NIfTI images, and the output rules every
-//! command follows ([`output`]: atomic files, folders swapped in whole, nothing foreign deleted).
+//! Reading and writing files: safetensors (tensors by name), NIfTI images, NumPy `.npy`/`.npz` arrays
+//! (nnU-Net's probability files), and the output rules every command follows ([`output`]: atomic files,
+//! folders swapped in whole, nothing foreign deleted).
 
 pub mod nifti;
+pub mod npz;
 pub mod output;
 pub mod safetensors;

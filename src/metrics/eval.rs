@@ -12,7 +12,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use super::accumulator::{CalibrationAccumulator, CalibrationMetrics};
-use super::plot;
 use super::report;
 use super::temperature::{apply_temperature, fit_temperature, TemperatureFit};
 use crate::binning::check_num_bins;
@@ -520,7 +519,8 @@ pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
         images: names,
         metrics,
         temperature,
-        pictures: o.pictures && plot::fonts_available(),
+        // Pictures need the `plots` feature.
+        pictures: o.pictures && cfg!(feature = "plots"),
         out: o.out.clone(),
     };
     progress.show(n, "writing");

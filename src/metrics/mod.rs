@@ -1,6 +1,6 @@
 //! Calibration metrics for segmentation (section 4 of the reference): GPU hard binning per image and class,
 //! ECE / ACE / MCE and Dice per image and class, macro and micro aggregation over a dataset, the dataset
-//! reliability heat map, post-hoc temperature scaling, the pictures, and `calibseg eval`.
+//! reliability heat map, post-hoc temperature scaling, the pictures (with the `plots` feature), and `calibseg eval`.
 //!
 //! [`CalibrationAccumulator`] gathers all of it batch by batch without writing anything (a validation
 //! loop's metric); [`eval()`] reads test sets, uses it, and writes the reports ([`report`]).
@@ -9,6 +9,7 @@ pub mod accumulator;
 pub mod bins;
 pub mod calibration;
 pub mod eval;
+#[cfg(feature = "plots")]
 pub mod plot;
 pub mod report;
 pub mod temperature;

@@ -1,8 +1,13 @@
 //! Pictures in the style of the paper's figures, as PNG or SVG (by the file extension), drawn with plotters:
 //! the per-image reliability diagram ([`reliability_diagram`]) and the dataset reliability histogram
 //! ([`dataset_reliability`]).
+//!
+//! Text is rasterised in pure Rust (plotters' `ab_glyph` path) with DejaVu Sans embedded in the library
+//! (Bitstream Vera licence, through the `dejavu` crate), so drawing needs no system font or font library and
+//! pictures look the same on every machine. Only built with the `plots` feature.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -19,16 +24,27 @@ pub const HIST_HEIGHT: u32 = 200;
 /// Exponent of the power-law colour norm of the heat maps.
 pub const GAMMA: f64 = 0.35;
 
+/// The family the pictures ask for; the embedded DejaVu Sans is registered under it.
 const FONT: &str = "sans-serif";
 const GAP: RGBAColor = RGBAColor(240, 60, 60, 0.3);
 const GAP_EDGE: RGBColor = RGBColor(200, 40, 40);
 const BLUE: RGBColor = RGBColor(31, 119, 180);
 
-/// Whether a sans-serif font can be found (pictures need one for their text).
+/// Registers the embedded DejaVu Sans as plotters' `sans-serif` (once per process); false if that failed.
+fn register_font() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
+    })
+}
+
+/// Whether text can be drawn: registers the embedded font and measures a string with it. Always true in a
+/// working build (the font ships inside the library); kept so callers can check before drawing.
 pub fn fonts_available() -> bool {
-    FontDesc::new(FontFamily::SansSerif, 12.0, FontStyle::Normal)
-        .box_size("Ag")
-        .is_ok()
+    register_font()
+        && FontDesc::new(FontFamily::SansSerif, 12.0, FontStyle::Normal)
+            .box_size("Ag")
+            .is_ok()
 }
 
 /// matplotlib's `YlOrRd` (ColorBrewer, 9 anchors, linear interpolation) at `t` in [0, 1].
@@ -69,6 +85,9 @@ fn s(e: impl std::fmt::Display) -> String {
 macro_rules! render {
     ($path:expr, $size:expr, $draw:ident ( $($arg:expr),* )) => {{
         let path: &Path = $path;
+        if !register_font() {
+            return Err(perr(path, "the embedded font could not be loaded"));
+        }
         let svg = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("svg"));

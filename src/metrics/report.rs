@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::accumulator::{MeanStd, Summary};
 use super::calibration::Errors;
 use super::eval::{EvalOptions, EvalReport};
+#[cfg(feature = "plots")]
 use super::plot;
 use crate::error::{Error, Result};
 use crate::io::output::OutputDir;
@@ -21,6 +22,7 @@ pub fn write_reports(r: &EvalReport, o: &EvalOptions, out: &OutputDir) -> Result
     let json = serde_json::to_vec_pretty(&summary_json(r, o)).expect("JSON values serialise");
     out.write_file("summary.json", &json)?;
     write_calibration_tensors(r, out)?;
+    #[cfg(feature = "plots")]
     if r.pictures {
         write_pictures(r, out)?;
     }
@@ -162,6 +164,7 @@ fn write_calibration_tensors(r: &EvalReport, out: &OutputDir) -> Result<()> {
 }
 
 /// `dataset_reliability.png`/`.svg` and `reliability/<image>.png`.
+#[cfg(feature = "plots")]
 fn write_pictures(r: &EvalReport, out: &OutputDir) -> Result<()> {
     let s = &r.metrics.stats;
     plot::dataset_reliability(&out.join("dataset_reliability.png")?, s)?;
