@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::pipeline::PipelineCache;
 use super::pool::BufferPool;
+use super::timer::PassTimer;
 use crate::error::{Error, Result};
 
 /// Optional features calibseg turns on when the adapter has them.
@@ -119,6 +120,8 @@ pub(crate) struct Inner {
     pub(crate) pipelines: PipelineCache,
     pub(crate) pool: BufferPool,
     pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
+    /// Pass timestamps while [`Gpu::time_passes`] records.
+    pub(crate) timer: PassTimer,
     /// Errors that escaped every error scope, and device loss, reported by the next call.
     pub(crate) escaped: Arc<Mutex<Option<Error>>>,
 }
@@ -275,6 +278,7 @@ impl Gpu {
                 pipelines: PipelineCache::default(),
                 pool: BufferPool::default(),
                 staging: Mutex::new(None),
+                timer: PassTimer::default(),
                 escaped,
             }),
         }

@@ -12,4 +12,4 @@ pub use dispatch::{Arg, Batch, WORKGROUP_SIZE};
 pub use pipeline::Kernel;
 pub use pool::PoolStats;
 pub(crate) use pool::PooledBuffer;
-pub use timer::time_gpu;
+pub use timer::{time_gpu, PassTiming};
