@@ -204,6 +204,19 @@ fn bench(a: BenchArgs) -> calibseg::Result<()> {
         print!("{}", bench::compare(&reports));
         return Ok(());
     }
+    if let Some(path) = &a.json {
+        // Fail before the run, not after it, when the report cannot be written there.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(calibseg::Error::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the folder to write the report in does not exist",
+                ),
+            });
+        }
+    }
     let gpu = calibseg::Gpu::new()?;
     let mut options = bench::Options::new(if a.quick {
         bench::Scale::Quick

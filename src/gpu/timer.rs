@@ -1,7 +1,8 @@
 //! Timing of GPU work: wall clock around submit-and-wait ([`time_gpu`]), and GPU timestamps written at the
 //! start and end of every compute pass where the adapter has `TIMESTAMP_QUERY` ([`Gpu::time_passes`]).
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use super::Gpu;
@@ -22,34 +23,47 @@ const MAX_QUERIES: u32 = 4096;
 /// Bytes per resolved timestamp.
 const QUERY_BYTES: u64 = 8;
 
-/// The query set and resolve buffer of a device, made on first use and kept.
+/// The query set and resolve buffer of a device (made on first use and kept), and who uses them.
 pub(crate) struct TimestampSlots {
     query_set: wgpu::QuerySet,
     resolve: wgpu::Buffer,
-    /// Next free query while a [`Gpu::time_passes`] call is recording; `None` when none is.
-    next: Option<u32>,
+    /// The thread inside [`Gpu::time_passes`] (from its start until its timestamps are read back).
+    owner: Option<ThreadId>,
+    /// Whether the owner's passes are being timestamped now.
+    recording: bool,
+    /// Next free query.
+    next: u32,
     /// A pass found the query set full during the current recording.
     overflow: bool,
 }
 
-/// What the device timestamps while [`Gpu::time_passes`] runs (behind a mutex in the device context).
+/// What the device timestamps while [`Gpu::time_passes`] runs (in the device context).
 #[derive(Default)]
 pub(crate) struct PassTimer {
     slots: Mutex<Option<TimestampSlots>>,
+    /// Signalled when a [`Gpu::time_passes`] call ends, for threads waiting to start theirs.
+    done: Condvar,
 }
 
 impl PassTimer {
-    /// Two query indices for the compute pass about to begin, when a recording is on and has room.
+    /// Two query indices for the compute pass about to begin, when this thread is recording and the query
+    /// set has room.
     pub(crate) fn pass_writes(&self) -> Option<(wgpu::QuerySet, u32)> {
         let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let slots = s.as_mut()?;
-        let next = slots.next?;
-        if next + 2 > MAX_QUERIES {
+        if !slots.recording || slots.owner != Some(std::thread::current().id()) {
+            return None;
+        }
+        if slots.next + 2 > MAX_QUERIES {
             slots.overflow = true;
             return None;
         }
-        slots.next = Some(next + 2);
-        Some((slots.query_set.clone(), next))
+        slots.next += 2;
+        Some((slots.query_set.clone(), slots.next - 2))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<TimestampSlots>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -78,9 +92,9 @@ impl Gpu {
     }
 
     /// Runs `work` between two device synchronisations and returns its wall time and, where the device has
-    /// timestamps, the summed GPU time of every compute pass it dispatched (converted with the timestamp
-    /// period). Passes that other threads dispatch on this device meanwhile are counted too; one call at a
-    /// time per device, at most 2048 passes per call.
+    /// timestamps, the summed GPU time of the compute passes `work` dispatches on this thread (converted
+    /// with the timestamp period). Calls from other threads wait their turn; calls do not nest; at most
+    /// 2048 passes per call.
     pub fn time_passes(&self, work: impl FnOnce() -> Result<()>) -> Result<PassTiming> {
         if !self.has_timestamps() {
             let wall = time_gpu(self, work)?;
@@ -90,42 +104,66 @@ impl Gpu {
                 passes: 0,
             });
         }
-        self.synchronize()?;
+        let me = std::thread::current().id();
         {
-            let mut s = self
-                .inner
-                .timer
-                .slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let slots = s.get_or_insert_with(|| self.timestamp_slots());
-            if slots.next.is_some() {
-                return Err(Error::invalid(
-                    "time_passes is already recording on this device (one call at a time)",
-                ));
+            let mut s = self.inner.timer.lock();
+            loop {
+                let slots = s.get_or_insert_with(|| self.timestamp_slots());
+                match slots.owner {
+                    None => {
+                        slots.owner = Some(me);
+                        break;
+                    }
+                    Some(owner) if owner == me => {
+                        return Err(Error::invalid(
+                            "time_passes is already recording on this thread (calls do not nest)",
+                        ));
+                    }
+                    Some(_) => {
+                        s = self
+                            .inner
+                            .timer
+                            .done
+                            .wait(s)
+                            .unwrap_or_else(|p| p.into_inner())
+                    }
+                }
             }
-            slots.next = Some(0);
-            slots.overflow = false;
         }
-        let start = Instant::now();
-        let result = work().and_then(|()| self.synchronize());
-        let wall = start.elapsed();
-        let (used, overflow, query_set, resolve) = {
-            let mut s = self
-                .inner
-                .timer
-                .slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let slots = s.as_mut().expect("timestamp slots were made above");
-            let used = slots.next.take().unwrap_or(0);
+        let result = self.record_passes(work);
+        let mut s = self.inner.timer.lock();
+        if let Some(slots) = s.as_mut() {
+            slots.owner = None;
+            slots.recording = false;
+        }
+        drop(s);
+        self.inner.timer.done.notify_all();
+        result
+    }
+
+    /// The body of [`Gpu::time_passes`] once this thread owns the query set.
+    fn record_passes(&self, work: impl FnOnce() -> Result<()>) -> Result<PassTiming> {
+        self.synchronize()?;
+        let set_recording = |on: bool| {
+            let mut s = self.inner.timer.lock();
+            let slots = s.as_mut().expect("the owner's timestamp slots exist");
+            slots.recording = on;
+            if on {
+                slots.next = 0;
+                slots.overflow = false;
+            }
             (
-                used,
+                slots.next,
                 slots.overflow,
                 slots.query_set.clone(),
                 slots.resolve.clone(),
             )
         };
+        set_recording(true);
+        let start = Instant::now();
+        let result = work().and_then(|()| self.synchronize());
+        let wall = start.elapsed();
+        let (used, overflow, query_set, resolve) = set_recording(false);
         result?;
         if overflow {
             return Err(Error::invalid(format!(
@@ -146,11 +184,11 @@ impl Gpu {
             .resolve_query_set(&query_set, 0..used, &resolve, 0);
         batch.submit()?;
         let bytes = self.read_bytes(&resolve, 0, u64::from(used) * QUERY_BYTES)?;
+        let period = f64::from(self.timestamp_period_ns());
         let ticks: Vec<u64> = bytes
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
             .collect();
-        let period = f64::from(self.timestamp_period_ns());
         let ns: f64 = ticks
             .chunks_exact(2)
             .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
@@ -176,7 +214,9 @@ impl Gpu {
                 usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             }),
-            next: None,
+            owner: None,
+            recording: false,
+            next: 0,
             overflow: false,
         }
     }
