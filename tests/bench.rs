@@ -71,6 +71,25 @@ fn registry_names_are_unique_lower_case_and_contain_their_family() {
 }
 
 #[test]
+fn every_family_has_a_criterion_bench() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches");
+    let sources: String = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for case in bench::registry() {
+        let quoted = format!("\"{}\"", case.family());
+        assert!(
+            sources.contains(&quoted),
+            "no bench in benches/*.rs runs the family {quoted} of {}",
+            case.name()
+        );
+    }
+}
+
+#[test]
 fn filter_selects_by_substring_and_rejects_a_filter_that_matches_nothing() {
     let conv: Vec<String> = bench::select(Some("CONV3D_FWD"))
         .unwrap()
