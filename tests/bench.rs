@@ -142,6 +142,26 @@ fn roofline_time_is_the_slower_of_memory_and_arithmetic() {
 }
 
 #[test]
+fn two_roofline_measurements_keep_the_better_peak_of_each() {
+    let mut a = roofline(10.0, 100.0);
+    a.read_gb_s = 30.0;
+    let mut b = roofline(20.0, 50.0);
+    b.fma_f16_gflop_s = Some(7.0);
+    let best = a.best_of(&b);
+    assert_eq!(
+        (
+            best.copy_gb_s,
+            best.read_gb_s,
+            best.fma_f32_gflop_s,
+            best.fma_f16_gflop_s
+        ),
+        (20.0, 30.0, 100.0, Some(7.0))
+    );
+    a.fma_f16_gflop_s = Some(9.0);
+    assert_eq!(a.best_of(&b).fma_f16_gflop_s, Some(9.0));
+}
+
+#[test]
 fn median_of_odd_and_even_counts() {
     assert_eq!(bench::median([3.0, 1.0, 2.0]), 2.0);
     assert_eq!(bench::median([4.0, 1.0, 3.0, 2.0]), 2.5);

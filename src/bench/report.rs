@@ -106,6 +106,23 @@ pub struct RooflineReport {
     pub fma_flops: f64,
 }
 
+impl RooflineReport {
+    /// Each peak the higher of `self` and `other` (two measurements of the same adapter).
+    pub fn best_of(&self, other: &RooflineReport) -> RooflineReport {
+        RooflineReport {
+            copy_gb_s: self.copy_gb_s.max(other.copy_gb_s),
+            read_gb_s: self.read_gb_s.max(other.read_gb_s),
+            fma_f32_gflop_s: self.fma_f32_gflop_s.max(other.fma_f32_gflop_s),
+            fma_f16_gflop_s: match (self.fma_f16_gflop_s, other.fma_f16_gflop_s) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+            stream_bytes: self.stream_bytes,
+            fma_flops: self.fma_flops,
+        }
+    }
+}
+
 /// One benchmarked case.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CaseResult {
@@ -149,8 +166,7 @@ impl CaseResult {
         roofline: &RooflineReport,
     ) -> Self {
         let ms = timings.median_ms();
-        let roofline_ms = work.roofline_ms(roofline).unwrap_or(f64::NAN);
-        CaseResult {
+        let mut r = CaseResult {
             name: case.name().to_string(),
             family: case.family().to_string(),
             shape,
@@ -162,10 +178,20 @@ impl CaseResult {
             flops: work.flops,
             gb_s: work.bytes / (ms * 1e6),
             gflop_s: work.flops / (ms * 1e6),
-            roofline_ms,
-            roofline_fraction: roofline_ms / ms,
-            bound: work.bound(roofline).to_string(),
-        }
+            roofline_ms: f64::NAN,
+            roofline_fraction: f64::NAN,
+            bound: String::new(),
+        };
+        r.relate(roofline);
+        r
+    }
+
+    /// Sets the roofline time, fraction and bound from `roofline`.
+    pub fn relate(&mut self, roofline: &RooflineReport) {
+        let work = Work::bytes_and_flops(self.bytes, self.flops);
+        self.roofline_ms = work.roofline_ms(roofline).unwrap_or(f64::NAN);
+        self.roofline_fraction = self.roofline_ms / self.ms;
+        self.bound = work.bound(roofline).to_string();
     }
 }
 
@@ -189,7 +215,7 @@ pub struct Report {
     pub scale: String,
     /// calibseg's version.
     pub calibseg_version: String,
-    /// The peaks every case is related to.
+    /// The peaks every case is related to (the better of the measurements before and after the cases).
     pub roofline: RooflineReport,
     /// The cases, in registry order.
     pub results: Vec<CaseResult>,
