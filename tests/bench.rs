@@ -9,7 +9,7 @@ use calibseg::{DType, Error, Tensor};
 use common::gpu;
 
 /// The cases the issue asks for, named here independently of the registry.
-const EXPECTED: [&str; 22] = [
+const EXPECTED: [&str; 26] = [
     "softmax_fwd",
     "softmax_bwd",
     "ace_hard_fwd_bwd",
@@ -18,13 +18,17 @@ const EXPECTED: [&str; 22] = [
     "ace_dice_ce_hard_fwd_bwd",
     "ace_dice_ce_soft_fwd_bwd",
     "conv3d_fwd_k3s1",
-    "conv3d_bwd_k3s1",
+    "conv3d_bwd_data_k3s1",
+    "conv3d_bwd_weight_k3s1",
     "conv3d_fwd_k3s2",
-    "conv3d_bwd_k3s2",
+    "conv3d_bwd_data_k3s2",
+    "conv3d_bwd_weight_k3s2",
     "conv3d_fwd_k1s1",
-    "conv3d_bwd_k1s1",
+    "conv3d_bwd_data_k1s1",
+    "conv3d_bwd_weight_k1s1",
     "conv3d_fwd_transpose_k3s2",
-    "conv3d_bwd_transpose_k3s2",
+    "conv3d_bwd_data_transpose_k3s2",
+    "conv3d_bwd_weight_transpose_k3s2",
     "instance_norm_fwd",
     "instance_norm_bwd",
     "group_norm_fwd",
@@ -190,7 +194,9 @@ fn work_of_cases_matches_their_sizes() {
     let p = prep("conv3d_fwd_k3s1");
     let vox = 16f64.powi(3);
     assert_eq!(p.work.flops, 2.0 * 16.0 * 16.0 * 27.0 * vox);
-    assert_eq!(prep("conv3d_bwd_k3s1").work.flops, 2.0 * p.work.flops);
+    for grad in ["conv3d_bwd_data_k3s1", "conv3d_bwd_weight_k3s1"] {
+        assert_eq!(prep(grad).work.flops, p.work.flops, "{grad}");
+    }
     // Stride 2: 16 -> 32 channels, 8^3 outputs.
     assert_eq!(
         prep("conv3d_fwd_k3s2").work.flops,

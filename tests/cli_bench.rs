@@ -25,7 +25,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 /// Every case the issue asks for today (SegResNetDS comes with the network: results or skipped).
-const FAMILY_ROWS: [&str; 22] = [
+const FAMILY_ROWS: [&str; 26] = [
     "softmax_fwd",
     "softmax_bwd",
     "ace_hard_fwd_bwd",
@@ -34,13 +34,17 @@ const FAMILY_ROWS: [&str; 22] = [
     "ace_dice_ce_hard_fwd_bwd",
     "ace_dice_ce_soft_fwd_bwd",
     "conv3d_fwd_k3s1",
-    "conv3d_bwd_k3s1",
+    "conv3d_bwd_data_k3s1",
+    "conv3d_bwd_weight_k3s1",
     "conv3d_fwd_k3s2",
-    "conv3d_bwd_k3s2",
+    "conv3d_bwd_data_k3s2",
+    "conv3d_bwd_weight_k3s2",
     "conv3d_fwd_k1s1",
-    "conv3d_bwd_k1s1",
+    "conv3d_bwd_data_k1s1",
+    "conv3d_bwd_weight_k1s1",
     "conv3d_fwd_transpose_k3s2",
-    "conv3d_bwd_transpose_k3s2",
+    "conv3d_bwd_data_transpose_k3s2",
+    "conv3d_bwd_weight_transpose_k3s2",
     "instance_norm_fwd",
     "instance_norm_bwd",
     "group_norm_fwd",

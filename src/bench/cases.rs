@@ -5,7 +5,7 @@
 //! statistics before any gradient, so two passes over logits and labels (3 x logits + 2 x labels with the
 //! gradient write); a norm needs its statistics before normalising (forward: 2 reads + 1 write of x; backward:
 //! x and dy read twice, dx written once). Convolution flops are 2 x C_in x C_out x taps x output voxels per
-//! image for the forward pass, twice that for the backward pass (input and weight gradients).
+//! image, the same for the forward pass and for each gradient (input, weight).
 
 use super::{Case, Prepared, Scale, Skipped, Work};
 use crate::error::Result;
@@ -258,16 +258,25 @@ impl ConvData {
         }
     }
 
-    fn backward(&self) -> Result<()> {
+    /// Gradient with respect to the input.
+    fn backward_data(&self) -> Result<()> {
         let (s, p) = ([self.spec.stride], [self.spec.pad]);
         let (x, w, dy) = (&self.x, &self.w, &self.dy);
         match self.spec.transposed {
-            None => {
-                ops::conv_backward_data(dy, w, x.shape(), &s, &p)?;
-                ops::conv_backward_weight(x, dy, w.shape(), &s, &p).map(drop)
-            }
+            None => ops::conv_backward_data(dy, w, x.shape(), &s, &p).map(drop),
             Some(op) => {
-                ops::conv_transpose_backward_data(dy, w, x.shape(), &s, &p, &[op])?;
+                ops::conv_transpose_backward_data(dy, w, x.shape(), &s, &p, &[op]).map(drop)
+            }
+        }
+    }
+
+    /// Gradient with respect to the weight.
+    fn backward_weight(&self) -> Result<()> {
+        let (s, p) = ([self.spec.stride], [self.spec.pad]);
+        let (x, w, dy) = (&self.x, &self.w, &self.dy);
+        match self.spec.transposed {
+            None => ops::conv_backward_weight(x, dy, w.shape(), &s, &p).map(drop),
+            Some(op) => {
                 ops::conv_transpose_backward_weight(x, dy, w.shape(), &s, &p, &[op]).map(drop)
             }
         }
@@ -289,15 +298,28 @@ fn convolutions(cases: &mut Vec<Case>) {
             },
         ));
         cases.push(Case::new(
-            format!("conv3d_bwd_{tag}"),
+            format!("conv3d_bwd_data_{tag}"),
             "conv3d",
             move |gpu, scale| {
                 let d = ConvData::new(gpu, conv_specs(scale)[i])?;
-                // Read dy, w and x; write dx and dw.
-                let bytes = F32 * (d.dy.numel() + 2 * d.w.numel() + 2 * d.x.numel()) as f64;
-                let work = Work::bytes_and_flops(bytes, 2.0 * d.flops);
+                // Read dy and w, write dx.
+                let bytes = F32 * (d.dy.numel() + d.w.numel() + d.x.numel()) as f64;
+                let work = Work::bytes_and_flops(bytes, d.flops);
                 Ok(Prepared::described(d.describe(), work, move || {
-                    d.backward()
+                    d.backward_data()
+                }))
+            },
+        ));
+        cases.push(Case::new(
+            format!("conv3d_bwd_weight_{tag}"),
+            "conv3d",
+            move |gpu, scale| {
+                let d = ConvData::new(gpu, conv_specs(scale)[i])?;
+                // Read x and dy, write dw.
+                let bytes = F32 * (d.x.numel() + d.dy.numel() + d.w.numel()) as f64;
+                let work = Work::bytes_and_flops(bytes, d.flops);
+                Ok(Prepared::described(d.describe(), work, move || {
+                    d.backward_weight()
                 }))
             },
         ));
