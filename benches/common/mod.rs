@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use calibseg::bench::{self, AdapterReport, CaseResult, Report, Scale, Timer, Timings};
+use calibseg::bench::{self, CaseResult, Report, Scale, Timer, Timings};
 use calibseg::Gpu;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 
@@ -22,18 +22,10 @@ pub fn bench_families(c: &mut Criterion, families: &[&str]) {
         }
     };
     let wall = std::env::var_os("CALIBSEG_BENCH_WALL_CLOCK").is_some();
-    let mut timer = Timer::for_gpu(&gpu, wall);
-    let roofline = match bench::measure_roofline(&gpu, Scale::Full, timer).expect("roofline") {
-        Some(r) => r,
-        None => {
-            timer = Timer::WallClock;
-            bench::measure_roofline(&gpu, Scale::Full, timer)
-                .expect("roofline")
-                .expect("the roofline probes took measurable time")
-        }
-    };
-    let mut report = Report::new(&gpu, Scale::Full, timer, None, roofline.clone());
-    let adapter = AdapterReport::of(&gpu);
+    let (roofline, timer, note) =
+        bench::first_roofline(&gpu, Scale::Full, Timer::for_gpu(&gpu, wall)).expect("roofline");
+    let mut report = Report::new(&gpu, Scale::Full, timer, note, roofline.clone());
+    let adapter = report.adapter.clone();
     println!("adapter: {}", adapter.headline());
     println!("{}", report.timer_line());
     println!("{}", report.roofline_line());

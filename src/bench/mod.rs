@@ -357,26 +357,30 @@ pub fn select(filter: Option<&str>) -> Result<Vec<Case>> {
     Ok(chosen)
 }
 
+/// Measures the roofline with `timer`; where the adapter's timestamps read zero, with the wall clock instead.
+/// Returns the roofline, the timer to use from now on, and a note saying why it changed, if it did.
+pub fn first_roofline(
+    gpu: &Gpu,
+    scale: Scale,
+    timer: Timer,
+) -> Result<(RooflineReport, Timer, Option<String>)> {
+    if let Some(r) = measure_roofline(gpu, scale, timer)? {
+        return Ok((r, timer, None));
+    }
+    let r = measure_roofline(gpu, scale, Timer::WallClock)?
+        .ok_or_else(|| Error::invalid("the roofline micro-kernels took no measurable time"))?;
+    let note = "the adapter's timestamps read zero; timed with the wall clock";
+    Ok((r, Timer::WallClock, Some(note.to_string())))
+}
+
 /// Runs the roofline micro-kernels, then every selected case, then the roofline again (each peak is the
 /// better of the two measurements), and returns the report. `progress` is called
 /// after each case (for a progress line). A case that fails is listed in [`Report::skipped`] with the
 /// error and the run goes on; only a failing roofline (or device) stops it.
 pub fn run(gpu: &Gpu, options: &Options, mut progress: impl FnMut(&CaseResult)) -> Result<Report> {
     let cases = select(options.filter.as_deref())?;
-    let mut timer = Timer::for_gpu(gpu, options.wall_clock);
-    let mut note = None;
-    let roofline = match measure_roofline(gpu, options.scale, timer)? {
-        Some(r) => r,
-        None => {
-            // Timestamps that read zero (or nonsense): fall back to the wall clock for the whole run.
-            timer = Timer::WallClock;
-            note =
-                Some("the adapter's timestamps read zero; timed with the wall clock".to_string());
-            measure_roofline(gpu, options.scale, timer)?.ok_or_else(|| {
-                Error::invalid("the roofline micro-kernels took no measurable time")
-            })?
-        }
-    };
+    let (roofline, timer, note) =
+        first_roofline(gpu, options.scale, Timer::for_gpu(gpu, options.wall_clock))?;
     let mut report = Report::new(gpu, options.scale, timer, note, roofline);
     for case in &cases {
         match run_case(gpu, timer, options.scale, case, &report.roofline) {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Case, Scale, Timer, Timings, Work};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{self, Gpu};
 
 /// The adapter a report was measured on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,16 +37,6 @@ impl AdapterReport {
     /// Describes the adapter behind `gpu`.
     pub fn of(gpu: &Gpu) -> Self {
         let i = gpu.info();
-        let mut features = Vec::new();
-        for (flag, name) in [
-            (wgpu::Features::SHADER_F16, "shader-f16"),
-            (wgpu::Features::SUBGROUP, "subgroup"),
-            (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
-        ] {
-            if gpu.features().contains(flag) {
-                features.push(name.to_string());
-            }
-        }
         AdapterReport {
             name: i.name.clone(),
             backend: format!("{:?}", i.backend),
@@ -55,25 +45,22 @@ impl AdapterReport {
             driver_info: i.driver_info.clone(),
             vendor: i.vendor,
             device: i.device,
-            features,
+            features: gpu::feature_names(gpu.features())
+                .into_iter()
+                .map(String::from)
+                .collect(),
             subgroup_sizes: [i.subgroup_min_size, i.subgroup_max_size],
         }
     }
 
     /// `name | backend | driver driver_info`.
     pub fn headline(&self) -> String {
-        let driver = [self.driver.as_str(), self.driver_info.as_str()]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ");
         format!(
             "{} | {} | {} | driver: {}",
             self.name,
             self.backend,
             self.device_type,
-            if driver.is_empty() { "?" } else { &driver }
+            gpu::driver_description(&self.driver, &self.driver_info)
         )
     }
 }

@@ -7,7 +7,7 @@ mod pool;
 pub mod probe;
 mod timer;
 
-pub use context::{AdapterSummary, Gpu, GpuOptions};
+pub use context::{driver_description, feature_names, AdapterSummary, Gpu, GpuOptions};
 pub use dispatch::{Arg, Batch, WORKGROUP_SIZE};
 pub use pipeline::Kernel;
 pub use pool::PoolStats;
