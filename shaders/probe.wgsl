@@ -1,5 +1,6 @@
 // Micro-kernels that measure what an adapter can do, so throughput figures compare across vendors:
-// `copy_vec4` moves memory (peak bandwidth), `fma_vec4` does nothing but independent fused multiply-adds.
+// `copy_vec4` moves memory (peak bandwidth), `read_vec4` only reads it, `fma_vec4` does nothing but
+// independent fused multiply-adds (`probe_f16.wgsl` has the f16 twin).
 
 struct Params {
     n: u32,      // vec4 elements to copy, or invocations for fma
@@ -24,6 +25,20 @@ fn copy_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let i = linear_id(wid, nwg, lid);
     if (i < params.n) {
         dst[i] = src[i];
+    }
+}
+
+// Reads one vec4 per invocation and writes only when the four lanes add up to a value passed in `iters`
+// (as f32 bits) that the data never holds, so the read cannot be optimised away and nothing is written.
+@compute @workgroup_size(256)
+fn read_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i < params.n) {
+        let v = src[i];
+        if (v.x + v.y + v.z + v.w == bitcast<f32>(params.iters)) {
+            dst[i % arrayLength(&dst)] = v;
+        }
     }
 }
 

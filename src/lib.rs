@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod autograd;
+pub mod bench;
 pub mod binning;
 pub mod data;
 pub mod error;

@@ -43,11 +43,20 @@ pub const SOFTMAX: Shader = Shader {
     zero_workgroup_memory: true,
 };
 
-/// Micro-kernels that measure what the adapter can do: copy bandwidth and FMA rate.
+/// Micro-kernels that measure what the adapter can do: copy and read bandwidth, f32 FMA rate.
 pub const PROBE: Shader = Shader {
     name: "probe.wgsl",
     source: include_str!("../shaders/probe.wgsl"),
     preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
+/// The f16 FMA-rate micro-kernel (only where the adapter has SHADER_F16).
+pub const PROBE_F16: Shader = Shader {
+    name: "probe_f16.wgsl",
+    source: include_str!("../shaders/probe_f16.wgsl"),
+    preludes: &["enable f16;"],
     trusted: false,
     zero_workgroup_memory: true,
 };
@@ -170,6 +179,7 @@ pub const SLIDING_WINDOW: Shader = Shader {
 pub const ALL: &[Shader] = &[
     SOFTMAX,
     PROBE,
+    PROBE_F16,
     LOSS_VOXEL,
     LOSS_REDUCE,
     RESAMPLE,

@@ -28,6 +28,8 @@ enum Command {
     Predict(PredictArgs),
     /// Train SegResNetDS on synthetic 3D data with a calibration loss; checkpoints, log and test evaluation.
     Train(TrainArgs),
+    /// Benchmark every kernel family against the adapter's roofline, or compare saved reports.
+    Bench(BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -408,6 +410,81 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
     Ok(())
 }
 
+/// `calibseg bench` flags.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Small shapes and few repetitions (about a minute on lavapipe).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Only the cases whose name contains this (the roofline always runs).
+    #[arg(long, value_name = "SUBSTR")]
+    filter: Option<String>,
+    /// Time with the wall clock even where the adapter has GPU timestamps.
+    #[arg(long)]
+    wall_clock: bool,
+    /// Print saved JSON reports side by side instead of running (no GPU needed).
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["quick", "json", "filter", "wall_clock"])]
+    compare: Option<Vec<PathBuf>>,
+}
+
+fn bench(a: BenchArgs) -> calibseg::Result<()> {
+    use calibseg::bench;
+    if let Some(files) = &a.compare {
+        let reports = files
+            .iter()
+            .map(|f| bench::Report::read(f))
+            .collect::<calibseg::Result<Vec<_>>>()?;
+        print!("{}", bench::compare(&reports));
+        return Ok(());
+    }
+    if let Some(path) = &a.json {
+        // Fail before the run, not after it, when the report cannot be written there.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(calibseg::Error::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the folder to write the report in does not exist",
+                ),
+            });
+        }
+    }
+    let gpu = calibseg::Gpu::new()?;
+    let mut options = bench::Options::new(if a.quick {
+        bench::Scale::Quick
+    } else {
+        bench::Scale::Full
+    });
+    options.filter = a.filter;
+    options.wall_clock = a.wall_clock;
+    let report = bench::run(&gpu, &options, |r| {
+        eprintln!("  {} {}: {:.3} ms", r.name, r.shape, r.ms)
+    })?;
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        report.write(path)?;
+        println!("wrote {}", path.display());
+    }
+    let failed: Vec<&str> = report
+        .skipped
+        .iter()
+        .filter(|s| s.reason.starts_with("failed"))
+        .map(|s| s.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return Err(calibseg::Error::invalid(format!(
+            "{} benchmark(s) failed on this adapter: {}",
+            failed.len(),
+            failed.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 fn devices() -> calibseg::Result<()> {
     let options = calibseg::GpuOptions::try_from_env()?;
     let all = calibseg::Gpu::adapters(options.backends);
@@ -462,6 +539,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
         Command::Train(a) => train(a),
+        Command::Bench(a) => bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

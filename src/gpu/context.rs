@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::pipeline::PipelineCache;
 use super::pool::BufferPool;
+use super::timer::PassTimer;
 use crate::error::{Error, Result};
 
 /// Optional features calibseg turns on when the adapter has them.
@@ -95,32 +96,44 @@ pub struct AdapterSummary {
     pub compute: bool,
 }
 
+/// Names of the optional features calibseg uses that `features` has: `shader-f16`, `subgroup`,
+/// `timestamp-query`.
+pub fn feature_names(features: wgpu::Features) -> Vec<&'static str> {
+    [
+        (wgpu::Features::SHADER_F16, "shader-f16"),
+        (wgpu::Features::SUBGROUP, "subgroup"),
+        (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| features.contains(*flag))
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// The driver's name and version information joined (`?` when the adapter reports neither).
+pub fn driver_description(driver: &str, driver_info: &str) -> String {
+    let parts: Vec<&str> = [driver, driver_info]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
+    if parts.is_empty() {
+        "?".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
 impl fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.info;
-        let driver = [i.driver.as_str(), i.driver_info.as_str()]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ");
-        let mut feats = Vec::new();
-        for (flag, name) in [
-            (wgpu::Features::SHADER_F16, "shader-f16"),
-            (wgpu::Features::SUBGROUP, "subgroup"),
-            (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
-        ] {
-            if self.features.contains(flag) {
-                feats.push(name);
-            }
-        }
+        let feats = feature_names(self.features);
         write!(
             f,
             "{} | {:?} | {:?} | driver: {} | features: {} | max storage binding {} MiB, max buffer {} MiB{}",
             i.name,
             i.backend,
             i.device_type,
-            if driver.is_empty() { "?" } else { &driver },
+            driver_description(&i.driver, &i.driver_info),
             if feats.is_empty() { "none".to_string() } else { feats.join(", ") },
             self.max_storage_binding >> 20,
             self.max_buffer >> 20,
@@ -158,6 +171,8 @@ pub(crate) struct Inner {
     pub(crate) pipelines: PipelineCache,
     pub(crate) pool: BufferPool,
     pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
+    /// Pass timestamps while [`Gpu::time_passes`] records.
+    pub(crate) timer: PassTimer,
     /// Errors that escaped every error scope, and device loss, reported by the next call.
     pub(crate) escaped: Arc<Mutex<Option<Error>>>,
 }
@@ -323,6 +338,7 @@ impl Gpu {
                 pipelines: PipelineCache::default(),
                 pool: BufferPool::default(),
                 staging: Mutex::new(None),
+                timer: PassTimer::default(),
                 escaped,
             }),
         }

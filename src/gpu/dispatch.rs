@@ -179,11 +179,18 @@ impl Batch<'_> {
             layout: &kernel.pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
+        let stamps = self.gpu.inner.timer.pass_writes();
         let mut pass = self
             .encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.label()),
-                timestamp_writes: None,
+                timestamp_writes: stamps.as_ref().map(|(query_set, first)| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set,
+                        beginning_of_pass_write_index: Some(*first),
+                        end_of_pass_write_index: Some(first + 1),
+                    }
+                }),
             });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);

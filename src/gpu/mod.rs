@@ -7,9 +7,12 @@ mod pool;
 pub mod probe;
 mod timer;
 
-pub use context::{parse_backends, AdapterSummary, Gpu, GpuOptions, BACKEND_NAMES};
+pub use context::{
+    driver_description, feature_names, parse_backends, AdapterSummary, Gpu, GpuOptions,
+    BACKEND_NAMES,
+};
 pub use dispatch::{Arg, Batch, WORKGROUP_SIZE};
 pub use pipeline::{GeneratedModule, Kernel};
 pub(crate) use pool::PooledBuffer;
 pub use pool::{PoolStats, STORAGE_USAGE};
-pub use timer::time_gpu;
+pub use timer::{time_gpu, PassTiming};

@@ -58,6 +58,67 @@ pub fn record_copy(
     )
 }
 
+/// Records a vec4 read of the first `bytes` bytes of `src` that writes nothing (`scratch` is bound but only
+/// written if the data held a sentinel value it never holds).
+pub fn record_read(
+    batch: &mut super::Batch<'_>,
+    src: &Tensor,
+    scratch: &Tensor,
+    bytes: u64,
+) -> Result<()> {
+    let gpu = batch.gpu().clone();
+    let kernel = gpu.kernel(&shaders::PROBE, "", "read_vec4", &[])?;
+    let n = (bytes / 16) as u32;
+    let p = Params {
+        n,
+        // A sum of four lanes the probe data (zeros, small values) never reaches.
+        iters: (-1.234_567e30f32).to_bits(),
+        _pad: [0; 2],
+    };
+    batch.dispatch(
+        &kernel,
+        bytemuck::bytes_of(&p),
+        &[Arg::window(src, 0, bytes), Arg::whole(scratch)],
+        n.div_ceil(WORKGROUP_SIZE),
+    )
+}
+
+/// Records the FMA-rate kernel: `invocations` (a multiple of 256) invocations of `iters` trips of 8
+/// independent vec4 FMA chains each (64 flops per trip), in f32 or, with `f16`, in half precision (which
+/// needs SHADER_F16). Seeds come from `src`, results go to `dst` (any f32 tensors of at least 16 bytes).
+pub fn record_fma(
+    batch: &mut super::Batch<'_>,
+    src: &Tensor,
+    dst: &Tensor,
+    invocations: u32,
+    iters: u32,
+    f16: bool,
+) -> Result<()> {
+    let gpu = batch.gpu().clone();
+    let kernel = if f16 {
+        gpu.require_f16()?;
+        gpu.kernel(&shaders::PROBE_F16, "enable f16;", "fma_vec4_f16", &[])?
+    } else {
+        gpu.kernel(&shaders::PROBE, "", "fma_vec4", &[])?
+    };
+    let p = Params {
+        n: invocations,
+        iters,
+        _pad: [0; 2],
+    };
+    batch.dispatch(
+        &kernel,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(src), Arg::whole(dst)],
+        invocations.div_ceil(WORKGROUP_SIZE),
+    )
+}
+
+/// Flops of one [`record_fma`] dispatch: 8 chains x 4 lanes x 2 flops per trip.
+pub fn fma_flops(invocations: u32, iters: u32) -> f64 {
+    f64::from(invocations) * f64::from(iters) * 8.0 * 4.0 * 2.0
+}
+
 /// Seconds (best of `reps`) of the pure memory traffic of a two-pass loss over `a` (e.g. logits) and `b`
 /// (e.g. labels): one pass reading both, one pass reading both and writing an `a`-sized output.
 pub fn loss_traffic_time(gpu: &Gpu, a: &Tensor, b: &Tensor, reps: usize) -> Result<f64> {
@@ -114,28 +175,16 @@ pub fn copy_bandwidth(gpu: &Gpu, bytes: u64, reps: usize) -> Result<f64> {
 
 /// FMA rate with enough invocations to fill the device, best of `reps`.
 pub fn fma_rate(gpu: &Gpu, reps: usize) -> Result<f64> {
-    let kernel = gpu.kernel(&shaders::PROBE, "", "fma_vec4", &[])?;
     let invocations: u32 = 1 << 18;
     let iters: u32 = 256;
     let src = Tensor::from_f32(gpu, &[1024], &vec![0.5f32; 1024])?;
     let dst = Tensor::zeros(gpu, &[1024], DType::F32)?;
-    let p = Params {
-        n: invocations,
-        iters,
-        _pad: [0; 2],
-    };
     let secs = best_of(gpu, reps, || {
         let mut b = gpu.batch("probe fma");
-        b.dispatch(
-            &kernel,
-            bytemuck::bytes_of(&p),
-            &[Arg::whole(&src), Arg::whole(&dst)],
-            invocations / WORKGROUP_SIZE,
-        )?;
+        record_fma(&mut b, &src, &dst, invocations, iters, false)?;
         b.submit().map(|_| ())
     })?;
-    let flops = invocations as f64 * iters as f64 * 8.0 * 4.0 * 2.0;
-    Ok(flops / secs / 1e9)
+    Ok(fma_flops(invocations, iters) / secs / 1e9)
 }
 
 /// Measures both peaks (a 64 MiB copy and the FMA kernel, best of 5 each).
