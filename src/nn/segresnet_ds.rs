@@ -92,10 +92,10 @@ impl SegResNetDsConfig {
         m.insert("act".into(), json!("relu"));
         m.insert("norm".into(), self.norm.to_json());
         m.insert("blocks_down".into(), json!(self.blocks_down));
-        m.insert(
-            "blocks_up".into(),
-            self.blocks_up.as_ref().map_or(Value::Null, |b| json!(b)),
-        );
+        // `None` (MONAI's default) is left out: TOML has no null.
+        if let Some(b) = &self.blocks_up {
+            m.insert("blocks_up".into(), json!(b));
+        }
         m.insert("dsdepth".into(), self.dsdepth.into());
         m.insert("upsample_mode".into(), json!("deconv"));
         Value::Object(m)

@@ -79,10 +79,13 @@ pub struct TrainConfig {
     /// The loss.
     pub loss: LossName,
     /// Weight of the Dice term (baseline 1, ACE losses 0.33).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda_dice: Option<f32>,
     /// Weight of the cross-entropy term (baseline 1, ACE losses 0.33).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda_ce: Option<f32>,
     /// Weight of the mL1-ACE term (0.33).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda_ace: Option<f32>,
     /// Bins of the mL1-ACE loss and of the validation metrics (20).
     pub num_bins: usize,

@@ -57,6 +57,7 @@ pub fn train_in_folder(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunOutcome> {
     config.validate()?;
+    config.to_toml()?; // fails before anything is created when the configuration cannot be saved
     let out = &o.out;
     let mut trainer = if o.resume {
         if !out.join("last.optim.safetensors").is_file() {
@@ -88,8 +89,9 @@ pub fn train_in_folder(
     let config = trainer.config().clone();
     let model = serde_json::to_vec_pretty(&config.model.to_json())
         .map_err(|e| Error::invalid(format!("model.json: {e}")))?;
+    let toml = config.to_toml()?;
     write_file_atomically(out.join("model.json"), &model)?;
-    write_file_atomically(out.join("config.toml"), config.to_toml()?.as_bytes())?;
+    write_file_atomically(out.join("config.toml"), toml.as_bytes())?;
 
     trainer.run(out, o.stop, on_event)?;
 

@@ -22,8 +22,14 @@ use crate::nn::{AdamW, AdamWConfig, Mode, Network, SegResNetDs, WarmupCosineSche
 use crate::ops::softmax;
 use crate::tensor::Tensor;
 
+/// The metadata entry of an optimiser checkpoint that holds the training state (JSON).
+const STATE_KEY: &str = "calibseg_train_state";
+
 /// Salt separating the sampling stream from the weight initialisation (both derive from the seed).
 const SAMPLING_SALT: u64 = 0x5EED_DA7A_0000_0001;
+
+/// One evaluated volume: the probabilities' shape, the probabilities, the labels.
+pub type KeptVolume = (Vec<usize>, Vec<f32>, Vec<u8>);
 
 /// Validation (or test) results: macro mean over images of the class-wise values, background excluded.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -213,7 +219,7 @@ impl Trainer {
         &self,
         indices: &[usize],
         keep: bool,
-    ) -> Result<(CalibrationMetrics, Vec<(Vec<usize>, Vec<f32>, Vec<u8>)>)> {
+    ) -> Result<(CalibrationMetrics, Vec<KeptVolume>)> {
         let mut acc = CalibrationAccumulator::new(self.config.num_bins, false)?;
         let mut kept = Vec::new();
         for &i in indices {
@@ -244,27 +250,31 @@ impl Trainer {
     pub fn save_checkpoint(&self, dir: &Path, name: &str) -> Result<()> {
         let named = self.net.store().named_vars();
         let (opt_step, moments) = self.optimizer.export_state(&named)?;
-        let mut meta = HashMap::new();
-        meta.insert("step".to_string(), self.step.to_string());
-        meta.insert("optimizer_step".to_string(), opt_step.to_string());
-        meta.insert("rng_state".to_string(), self.rng.state().to_string());
+        // One metadata entry holding a JSON object with sorted keys: the file's bytes are then the same from
+        // run to run (a map of several entries would be written in hash order).
+        let mut state = BTreeMap::new();
+        state.insert("step", self.step.to_string());
+        state.insert("optimizer_step", opt_step.to_string());
+        state.insert("rng_state", self.rng.state().to_string());
         if let Some((dsc, step)) = self.best {
-            meta.insert("best_dsc".to_string(), format!("{dsc:e}"));
-            meta.insert("best_step".to_string(), step.to_string());
+            state.insert("best_dsc", format!("{dsc:e}"));
+            state.insert("best_step", step.to_string());
         }
-        meta.insert(
-            "log".to_string(),
+        state.insert(
+            "log",
             String::from_utf8_lossy(&log_csv(&self.log)?).into_owned(),
         );
-        meta.insert("config".to_string(), self.config.to_toml()?);
+        state.insert("config", self.config.to_toml()?);
+        let meta = HashMap::from([(
+            STATE_KEY.to_string(),
+            serde_json::to_string(&state).expect("strings serialise"),
+        )]);
         st::write(
             dir.join(format!("{name}.optim.safetensors")),
             &moments,
             Some(&meta),
         )?;
-        let mut wmeta = HashMap::new();
-        wmeta.insert("step".to_string(), self.step.to_string());
-        wmeta.insert("format".to_string(), "pt".to_string());
+        let wmeta = HashMap::from([("step".to_string(), self.step.to_string())]);
         self.net
             .store()
             .save_safetensors(dir.join(format!("{name}.safetensors")), Some(&wmeta))
@@ -278,20 +288,31 @@ impl Trainer {
         let w_path = dir.join(format!("{name}.safetensors"));
         let opt = TensorFile::open(&opt_path)?;
         let weights = TensorFile::open(&w_path)?;
-        let meta = |f: &TensorFile, k: &str| -> Result<String> {
-            f.metadata(k).ok_or_else(|| Error::Format {
-                path: f.path().to_string(),
-                message: format!("not a calibseg checkpoint: no '{k}' in its metadata"),
-            })
+        let not_ours = |f: &TensorFile, what: &str| Error::Format {
+            path: f.path().to_string(),
+            message: format!("not a calibseg training checkpoint: {what}"),
         };
-        let num = |f: &TensorFile, k: &str| -> Result<u64> {
-            meta(f, k)?.parse().map_err(|_| Error::Format {
-                path: f.path().to_string(),
-                message: format!("metadata '{k}' is not a number"),
-            })
+        let state: BTreeMap<String, String> = opt
+            .metadata(STATE_KEY)
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .ok_or_else(|| not_ours(&opt, &format!("no '{STATE_KEY}' in its metadata")))?;
+        let meta = |k: &str| -> Result<String> {
+            state
+                .get(k)
+                .cloned()
+                .ok_or_else(|| not_ours(&opt, &format!("no '{k}' in its state")))
         };
-        let step = num(&opt, "step")?;
-        if num(&weights, "step")? != step {
+        let num = |k: &str| -> Result<u64> {
+            meta(k)?
+                .parse()
+                .map_err(|_| not_ours(&opt, &format!("'{k}' is not a number")))
+        };
+        let step = num("step")?;
+        let weights_step = weights
+            .metadata("step")
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| not_ours(&weights, "no step in its metadata"))?;
+        if weights_step != step {
             return Err(Error::Format {
                 path: w_path.display().to_string(),
                 message: format!(
@@ -300,7 +321,7 @@ impl Trainer {
                 ),
             });
         }
-        let saved = TrainConfig::from_toml(&meta(&opt, "config")?)?;
+        let saved = TrainConfig::from_toml(&meta("config")?)?;
         let mut mine = t.config.clone();
         mine.steps = saved.steps;
         mine.val_every = saved.val_every;
@@ -313,14 +334,15 @@ impl Trainer {
         t.net.store().load_safetensors(&w_path, None)?;
         let mut moments = BTreeMap::new();
         for n in opt.names() {
+            // Every tensor of the optimiser file is a moment.
             moments.insert(n.clone(), opt.f32(&n)?);
         }
         let named = t.net.store().named_vars();
         t.optimizer
-            .import_state(&named, num(&opt, "optimizer_step")?, &moments)?;
-        t.rng = DataRng::from_state(num(&opt, "rng_state")?);
+            .import_state(&named, num("optimizer_step")?, &moments)?;
+        t.rng = DataRng::from_state(num("rng_state")?);
         t.step = step as usize;
-        if let (Some(d), Some(s)) = (opt.metadata("best_dsc"), opt.metadata("best_step")) {
+        if let (Some(d), Some(s)) = (state.get("best_dsc"), state.get("best_step")) {
             let dsc: f64 = d
                 .parse()
                 .map_err(|_| Error::invalid("bad best_dsc in checkpoint"))?;
@@ -329,7 +351,7 @@ impl Trainer {
                 .map_err(|_| Error::invalid("bad best_step in checkpoint"))?;
             t.best = Some((dsc, s));
         }
-        t.log = parse_log_csv(&meta(&opt, "log")?)?;
+        t.log = parse_log_csv(&meta("log")?)?;
         Ok(t)
     }
 
@@ -365,7 +387,7 @@ impl Trainer {
                 losses,
                 steps_per_second: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
             });
-            if self.step % self.config.val_every == 0 || self.step == self.config.steps {
+            if self.step.is_multiple_of(self.config.val_every) || self.step == self.config.steps {
                 let v = self.validate()?;
                 let best = self.best.is_none_or(|(d, _)| v.dsc > d);
                 if best {
