@@ -23,18 +23,13 @@ pub fn registry() -> Vec<Case> {
     convolutions(&mut cases);
     norms(&mut cases);
     calibration(&mut cases);
+    networks(&mut cases);
     cases
 }
 
 /// Cases the issue asks for whose code does not exist yet (listed in every report so nobody misses them).
 pub fn skipped() -> Vec<Skipped> {
-    ["segresnetds_train_step", "segresnetds_infer"]
-        .into_iter()
-        .map(|name| Skipped {
-            name: name.to_string(),
-            reason: "SegResNetDS is not in the library yet".to_string(),
-        })
-        .collect()
+    Vec::new()
 }
 
 const F32: f64 = 4.0;
@@ -403,6 +398,111 @@ fn calibration(cases: &mut Vec<Case>) {
             Ok(Prepared::new(&shape, work, move || {
                 metrics::apply_temperature(&z, 1.5).map(drop)
             }))
+        },
+    ));
+}
+
+/// The SegResNetDS of the training-step bench: init 8 (quick: 4), blocks 1,2,2,4, dsdepth 2, 4 classes.
+fn bench_network(gpu: &Gpu, scale: Scale) -> Result<crate::nn::SegResNetDs> {
+    let init = match scale {
+        Scale::Quick => 4,
+        Scale::Full => 8,
+    };
+    let config = crate::nn::SegResNetDsConfig {
+        init_filters: init,
+        in_channels: 1,
+        out_channels: 4,
+        blocks_down: vec![1, 2, 2, 4],
+        dsdepth: 2,
+        ..Default::default()
+    };
+    crate::nn::SegResNetDs::new(gpu, config, 0)
+}
+
+/// Forward flops of a SegResNetDS's convolutions on `[B, 1, S, S, S]` (2 x C_in x C_out x taps x output
+/// voxels, transposed convolutions counted on their input voxels).
+fn segresnetds_forward_flops(net: &crate::nn::SegResNetDs, batch: usize, size: usize) -> f64 {
+    let c = net.config();
+    let conv = |cin: usize, cout: usize, taps: usize, voxels: usize| {
+        2.0 * (cin * cout * taps * voxels * batch) as f64
+    };
+    let vox = |level: usize| (size >> level).pow(3);
+    let mut f = conv(c.in_channels, c.init_filters, 27, vox(0));
+    let levels = c.blocks_down.len();
+    for (l, &nb) in c.blocks_down.iter().enumerate() {
+        let ch = c.init_filters << l;
+        f += nb as f64 * 2.0 * conv(ch, ch, 27, vox(l));
+        if l + 1 < levels {
+            f += conv(ch, 2 * ch, 27, vox(l + 1));
+        }
+    }
+    for (i, nb) in c.blocks_up_resolved().into_iter().enumerate() {
+        let l = levels - 2 - i;
+        let ch = c.init_filters << l;
+        f += conv(2 * ch, ch, 27, vox(l + 1)) + nb as f64 * 2.0 * conv(ch, ch, 27, vox(l));
+        if levels - 1 - i <= c.dsdepth {
+            f += conv(ch, c.out_channels, 1, vox(l));
+        }
+    }
+    f
+}
+
+fn networks(cases: &mut Vec<Case>) {
+    fn input(gpu: &Gpu, scale: Scale) -> Result<(Tensor, Labels, usize, usize)> {
+        let (b, s) = match scale {
+            Scale::Quick => (1, 16),
+            Scale::Full => (2, 32),
+        };
+        let shape = [b, 1, s, s, s];
+        let x = Tensor::from_f32(gpu, &shape, &values(numel(&shape), 11, 2.0))?;
+        let y: Vec<i32> = class_indices(numel(&shape), 4, 12);
+        let labels = Labels::from_indices(gpu, &shape, &y, 4)?;
+        Ok((x, labels, b, s))
+    }
+    cases.push(Case::new(
+        "segresnetds_train_step",
+        "segresnetds",
+        |gpu, scale| {
+            let net = bench_network(gpu, scale)?;
+            let (x, labels, b, s) = input(gpu, scale)?;
+            // Forward + input and weight gradients: three times the forward's convolution work.
+            let flops = 3.0 * segresnetds_forward_flops(&net, b, s);
+            let mut opt = crate::nn::AdamW::new(crate::nn::AdamWConfig {
+                lr: 1e-4,
+                weight_decay: 1e-5,
+                ..Default::default()
+            });
+            let loss = crate::train::TrainLoss::ace(Binning::Hard);
+            let shape = x.shape().to_vec();
+            let work = Work::bytes_and_flops(0.0, flops);
+            Ok(Prepared::new(&shape, work, move || {
+                crate::train::train_step(&net, &mut opt, &loss, &x, &labels).map(drop)
+            }))
+        },
+    ));
+    cases.push(Case::new(
+        "segresnetds_infer",
+        "segresnetds",
+        |gpu, scale| {
+            use crate::nn::Network;
+            let net = bench_network(gpu, scale)?;
+            let (x, _, b, s) = input(gpu, scale)?;
+            let flops = segresnetds_forward_flops(&net, b, s);
+            let shape = x.shape().to_vec();
+            Ok(Prepared::new(
+                &shape,
+                Work::bytes_and_flops(0.0, flops),
+                move || {
+                    let tape = crate::autograd::Tape::new();
+                    let _g = tape.no_grad();
+                    net.forward(
+                        &tape,
+                        &crate::autograd::Var::constant(x.clone()),
+                        crate::nn::Mode::Eval,
+                    )
+                    .map(drop)
+                },
+            ))
         },
     ));
 }
