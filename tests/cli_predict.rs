@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -365,6 +365,14 @@ fn nifti_in_nifti_out_keeps_geometry_and_axis_order() {
     let header = oblique_header([nx, ny, nz]);
     let input = tmp("oblique.nii");
     std::fs::write(&input, encode_nifti(&header, &volume)).unwrap();
+    // The same volume as a 4D image with one channel last (gzipped).
+    let mut header4 = header.clone();
+    header4.dim[0] = 4;
+    header4.pixdim[4] = 1.0;
+    let input4 = tmp("oblique4d.nii.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&encode_nifti(&header4, &volume)).unwrap();
+    std::fs::write(&input4, gz.finish().unwrap()).unwrap();
     let mut tensor = vec![0f32; nx * ny * nz];
     for z in 0..nz {
         for y in 0..ny {
@@ -402,44 +410,40 @@ fn nifti_in_nifti_out_keeps_geometry_and_axis_order() {
         let classes = ps[1];
         assert_eq!(ps, [1, classes, nz, ny, nx]);
 
-        let out = tmp(&format!("oblique.{tag}.probs.nii.gz"));
-        predict_ok(
-            "segresnetds",
-            &config,
-            &file,
-            path_str(&input),
-            &out,
-            window,
-        );
-        let (h, got) = decode_nifti(&out);
-        assert_eq!(
-            &h.dim[..5],
-            &[4, nx as i16, ny as i16, nz as i16, classes as i16],
-            "{tag}: (x, y, z, C)"
-        );
-        assert_eq!(
-            &h.pixdim[..4],
-            &header.pixdim[..4],
-            "{tag}: qfac and spacing"
-        );
-        assert_eq!(h.xyzt_units, header.xyzt_units, "{tag}: units");
-        assert_eq!(h.qform_code, header.qform_code, "{tag}: qform_code");
-        assert_eq!(h.sform_code, header.sform_code, "{tag}: sform_code");
-        assert_eq!(h.quatern, header.quatern, "{tag}: quatern and qoffset");
-        assert_eq!(h.srow, header.srow, "{tag}: srow");
-        // Voxel (x, y, z) of class c is probs[0, c, z, y, x].
-        let mut want = vec![0f64; got.len()];
-        for c in 0..classes {
-            for z in 0..nz {
-                for y in 0..ny {
-                    for x in 0..nx {
-                        want[nifti_at(x, y, z) + nx * ny * nz * c] =
-                            probs[((c * nz + z) * ny + y) * nx + x] as f64;
+        for (kind, input) in [("3d", &input), ("4d", &input4)] {
+            let tag = format!("{tag} {kind}");
+            let out = tmp(&format!("oblique.{tag}.probs.nii.gz"));
+            predict_ok("segresnetds", &config, &file, path_str(input), &out, window);
+            let (h, got) = decode_nifti(&out);
+            assert_eq!(
+                &h.dim[..5],
+                &[4, nx as i16, ny as i16, nz as i16, classes as i16],
+                "{tag}: (x, y, z, C)"
+            );
+            assert_eq!(
+                &h.pixdim[..4],
+                &header.pixdim[..4],
+                "{tag}: qfac and spacing"
+            );
+            assert_eq!(h.xyzt_units, header.xyzt_units, "{tag}: units");
+            assert_eq!(h.qform_code, header.qform_code, "{tag}: qform_code");
+            assert_eq!(h.sform_code, header.sform_code, "{tag}: sform_code");
+            assert_eq!(h.quatern, header.quatern, "{tag}: quatern and qoffset");
+            assert_eq!(h.srow, header.srow, "{tag}: srow");
+            // Voxel (x, y, z) of class c is probs[0, c, z, y, x].
+            let mut want = vec![0f64; got.len()];
+            for c in 0..classes {
+                for z in 0..nz {
+                    for y in 0..ny {
+                        for x in 0..nx {
+                            want[nifti_at(x, y, z) + nx * ny * nz * c] =
+                                probs[((c * nz + z) * ny + y) * nx + x] as f64;
+                        }
                     }
                 }
             }
+            assert_close(&got, &want, 1e-6, &tag);
         }
-        assert_close(&got, &want, 1e-6, tag);
     }
 }
 
@@ -581,6 +585,9 @@ fn bad_input_fails_cleanly() {
         st,
         &["/no/such/config.json"],
     );
+    let resolution = config.replacen('{', "{\"resolution\": [1, 1, 1], ", 1);
+    fail(base(&resolution, &file, &file), &[], st, &["resolution"]);
+    fail(good(), &["--roi", "16,16"], st, &["--roi", "3 spatial"]);
     fail(
         good(),
         &["--roi", "16,16,16", "--mode", "bogus"],
