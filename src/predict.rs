@@ -79,6 +79,14 @@ pub fn predict_logits(
     match window {
         None => run(input),
         Some(w) => {
+            if w.roi_size.len() != net.spatial_dims() {
+                return Err(Error::invalid(format!(
+                    "--roi {:?} has {} sizes; the network has {} spatial dimensions",
+                    w.roi_size,
+                    w.roi_size.len(),
+                    net.spatial_dims()
+                )));
+            }
             net.check_input(&{
                 let mut s = input.shape()[..2].to_vec();
                 s.extend_from_slice(&w.roi_size);

@@ -215,6 +215,7 @@ impl Trainer {
     /// Runs the volumes `indices` through the network and accumulates the calibration metrics
     /// (background excluded, `num_bins` bins). Also returns each volume's probabilities and labels when
     /// `keep` is set.
+    #[allow(clippy::type_complexity)]
     pub fn evaluate(
         &self,
         indices: &[usize],
