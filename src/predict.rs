@@ -2,7 +2,8 @@
 //! (whole, or by sliding-window inference), written as logits and probabilities.
 //!
 //! Inputs: a safetensors file holding `input` `[B, C_in, D, H, W]`, or a NIfTI image (3D single channel, or
-//! 4D with channels last; voxels as the file stores them, x fastest, i.e. `[C, Z, Y, X]` row-major).
+//! 4D with channels last), given to the network as MONAI's `LoadImage` (nibabel) gives it: `[1, C, x, y, z]`,
+//! so a MONAI checkpoint sees its axes as in MONAI.
 //! Outputs: safetensors `logits` and `probs` (softmax over classes), or, for a `.nii`/`.nii.gz` name, the
 //! probabilities as a 4D NIfTI image (classes last) carrying the input image's geometry (its header's
 //! spacing, qform and sform), which needs a NIfTI input.
@@ -122,13 +123,35 @@ pub struct PredictOptions {
     pub window: Option<SlidingWindowConfig>,
 }
 
-/// Reads the input volume as `[B, C, D, H, W]`.
+/// Converts between a NIfTI image's voxel order (x fastest, then y, z, channel) and MONAI's array
+/// `[C, x, y, z]` (z fastest): `to_file` chooses the direction.
+fn xyz_major(data: &[f32], channels: usize, [nx, ny, nz]: [usize; 3], to_file: bool) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for c in 0..channels {
+        for x in 0..nx {
+            for y in 0..ny {
+                for z in 0..nz {
+                    let file = x + nx * (y + ny * (z + nz * c));
+                    let array = ((c * nx + x) * ny + y) * nz + z;
+                    if to_file {
+                        out[file] = data[array];
+                    } else {
+                        out[array] = data[file];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads the input volume as `[B, C, D, H, W]` (a NIfTI image as MONAI reads it: `[1, C, x, y, z]`).
 fn read_input(gpu: &Gpu, path: &Path) -> Result<Tensor> {
     if nifti::is_nifti(path) {
         let (dims, data) = nifti::read_f32(path)?;
         let shape = match dims.len() {
-            3 => vec![1, 1, dims[2], dims[1], dims[0]],
-            4 => vec![1, dims[3], dims[2], dims[1], dims[0]],
+            3 => vec![1, 1, dims[0], dims[1], dims[2]],
+            4 => vec![1, dims[3], dims[0], dims[1], dims[2]],
             n => {
                 return Err(Error::Format {
                     path: path.display().to_string(),
@@ -138,7 +161,9 @@ fn read_input(gpu: &Gpu, path: &Path) -> Result<Tensor> {
                 })
             }
         };
-        Tensor::from_f32(gpu, &shape, &data)
+        // MONAI (nibabel) hands a network the array [C, x, y, z]: the file's x-fastest voxels transposed.
+        let xyz = [shape[2], shape[3], shape[4]];
+        Tensor::from_f32(gpu, &shape, &xyz_major(&data, shape[1], xyz, false))
     } else {
         let f = TensorFile::open(path)?;
         if !f.contains("input") {
@@ -198,8 +223,9 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
                 s[0]
             )));
         }
-        // [1, C, Z, Y, X] row-major is a (X, Y, Z, C) image with x fastest.
-        nifti::write_f32_like(&o.output, &o.input, &[s[4], s[3], s[2], s[1]], &p)
+        // [1, C, X, Y, Z] row-major back to a (X, Y, Z, C) image with x fastest.
+        let file_order = xyz_major(&p, s[1], [s[2], s[3], s[4]], true);
+        nifti::write_f32_like(&o.output, &o.input, &[s[2], s[3], s[4], s[1]], &file_order)
     } else {
         let mut t = BTreeMap::new();
         t.insert(

@@ -377,7 +377,7 @@ fn nifti_in_nifti_out_keeps_geometry_and_axis_order() {
     for z in 0..nz {
         for y in 0..ny {
             for x in 0..nx {
-                tensor[(z * ny + y) * nx + x] = volume[nifti_at(x, y, z)];
+                tensor[(x * ny + y) * nz + z] = volume[nifti_at(x, y, z)];
             }
         }
     }
@@ -385,7 +385,7 @@ fn nifti_in_nifti_out_keeps_geometry_and_axis_order() {
     let mut m = BTreeMap::new();
     m.insert(
         "input".to_string(),
-        HostTensor::F32(vec![1, 1, nz, ny, nx], tensor),
+        HostTensor::F32(vec![1, 1, nx, ny, nz], tensor),
     );
     write(&st_input, &m, None).unwrap();
 
@@ -408,7 +408,7 @@ fn nifti_in_nifti_out_keeps_geometry_and_axis_order() {
         );
         let (ps, probs) = TensorFile::open(&reference).unwrap().f32("probs").unwrap();
         let classes = ps[1];
-        assert_eq!(ps, [1, classes, nz, ny, nx]);
+        assert_eq!(ps, [1, classes, nx, ny, nz]);
 
         for (kind, input) in [("3d", &input), ("4d", &input4)] {
             let tag = format!("{tag} {kind}");
@@ -430,14 +430,14 @@ fn nifti_in_nifti_out_keeps_geometry_and_axis_order() {
             assert_eq!(h.sform_code, header.sform_code, "{tag}: sform_code");
             assert_eq!(h.quatern, header.quatern, "{tag}: quatern and qoffset");
             assert_eq!(h.srow, header.srow, "{tag}: srow");
-            // Voxel (x, y, z) of class c is probs[0, c, z, y, x].
+            // Voxel (x, y, z) of class c is probs[0, c, x, y, z] (MONAI's array order).
             let mut want = vec![0f64; got.len()];
             for c in 0..classes {
                 for z in 0..nz {
                     for y in 0..ny {
                         for x in 0..nx {
                             want[nifti_at(x, y, z) + nx * ny * nz * c] =
-                                probs[((c * nz + z) * ny + y) * nx + x] as f64;
+                                probs[((c * nx + x) * ny + y) * nz + z] as f64;
                         }
                     }
                 }
