@@ -15,13 +15,15 @@ pub enum HostTensor {
     F32(Vec<usize>, Vec<f32>),
     /// i32 data and shape.
     I32(Vec<usize>, Vec<i32>),
+    /// u32 data and shape (counts).
+    U32(Vec<usize>, Vec<u32>),
 }
 
 impl HostTensor {
     /// The shape.
     pub fn shape(&self) -> &[usize] {
         match self {
-            HostTensor::F32(s, _) | HostTensor::I32(s, _) => s,
+            HostTensor::F32(s, _) | HostTensor::I32(s, _) | HostTensor::U32(s, _) => s,
         }
     }
 }
@@ -231,6 +233,11 @@ pub fn write(
             ),
             HostTensor::I32(s, v) => (
                 Dtype::I32,
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            HostTensor::U32(s, v) => (
+                Dtype::U32,
                 s.clone(),
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
