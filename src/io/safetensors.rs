@@ -264,7 +264,37 @@ pub fn write(
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, metadata.cloned())
         .map_err(|e| format_err(&p, e.to_string()))?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &sorted_header(&bytes, &p)?)
+}
+
+/// The same safetensors bytes with the header's keys sorted (the metadata comes from a `HashMap`, whose
+/// order changes from run to run), so equal tensors and metadata always give the same file.
+fn sorted_header(bytes: &[u8], p: &str) -> Result<Vec<u8>> {
+    let bad = || format_err(p, "serialised header is malformed");
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let end = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .ok_or_else(bad)?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..end).ok_or_else(bad)?).map_err(|_| bad())?;
+    // serde_json's map is a BTreeMap (no `preserve_order`): keys come out sorted; tensor entries keep their
+    // explicit data offsets, so the data is unchanged.
+    let mut text = serde_json::to_vec(&header).map_err(|_| bad())?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` atomically: [`crate::io::output::write_file_atomically`] (kept under this name

@@ -130,7 +130,10 @@ fn read_stats(
     if ps != bins {
         return Err(mismatch(
             dir,
-            format!("tensor '{}' has shape {ps:?}, expected {bins:?}", name("bin_sum_p")),
+            format!(
+                "tensor '{}' has shape {ps:?}, expected {bins:?}",
+                name("bin_sum_p")
+            ),
         ));
     }
     let dice_tp = read_u32(f, dir, &name("dice_tp"), &rows)?;
@@ -197,7 +200,10 @@ fn read_shard(dir: &Path) -> Result<Shard> {
         temperature: f.metadata("temperature"),
     };
     if images.is_empty() || settings.class_ids.is_empty() {
-        return Err(mismatch(dir, "the evaluation holds no images or no classes"));
+        return Err(mismatch(
+            dir,
+            "the evaluation holds no images or no classes",
+        ));
     }
     let n = images.len();
     let stats = read_stats(&f, dir, "", &settings, n)?;
@@ -278,7 +284,9 @@ fn check_out_holds_no_shard(o: &MergeOptions) -> Result<()> {
 /// (see the module documentation). Needs no GPU.
 pub fn merge(o: &MergeOptions) -> Result<EvalReport> {
     if o.shards.is_empty() {
-        return Err(Error::invalid("--merge needs at least one evaluation folder"));
+        return Err(Error::invalid(
+            "--merge needs at least one evaluation folder",
+        ));
     }
     let out = OutputDir::create(&o.out, o.overwrite)?;
     check_out_holds_no_shard(o)?;

@@ -13,9 +13,9 @@ use super::accumulator::{MeanStd, Summary};
 use super::bins::BinStats;
 use super::calibration::Errors;
 use super::eval::{EvalOptions, EvalReport};
-use super::temperature::TemperatureFit;
 #[cfg(feature = "plots")]
 use super::plot;
+use super::temperature::TemperatureFit;
 use crate::error::{Error, Result};
 use crate::io::output::OutputDir;
 use crate::io::safetensors::{self as st, HostTensor};
@@ -405,10 +405,7 @@ fn write_monai_reports(r: &EvalReport, out: &OutputDir) -> Result<()> {
     let dataset = ["dataset".to_string()];
     for (prefix, per) in [
         ("micro", &m.summary.micro_per_class),
-        (
-            "micro_count_weighted",
-            &m.summary.micro_weighted_per_class,
-        ),
+        ("micro_count_weighted", &m.summary.micro_weighted_per_class),
     ] {
         let pick = |f: fn(&Errors) -> f64| per.iter().map(f).collect::<Vec<f64>>();
         write(&format!("{prefix}_ece"), &dataset, &pick(|e| e.ece))?;
