@@ -6,7 +6,7 @@
 //! with a folder of NIfTI label maps (below). Each input format is a [`CaseSource`]; the metrics come from
 //! a [`CalibrationAccumulator`]; the files are written by [`super::report`] into an [`OutputDir`] built
 //! aside and swapped in whole at the end, so an error leaves nothing half-written and nothing the user kept
-//! is deleted. [`super::merge`] combines evaluations of disjoint shards of a test set into the evaluation of the
+//! is deleted. [`super::merge()`] combines evaluations of disjoint shards of a test set into the evaluation of the
 //! whole, exactly.
 //!
 //! # nnU-Net and NumPy probabilities

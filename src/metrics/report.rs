@@ -124,7 +124,7 @@ pub fn summary_json(r: &EvalReport, o: &EvalOptions) -> Value {
     v
 }
 
-/// Version of the `calibration.safetensors` layout that [`super::merge`] reads (metadata `eval_format`).
+/// Version of the `calibration.safetensors` layout that [`super::merge()`] reads (metadata `eval_format`).
 pub const EVAL_FORMAT: &str = "2";
 
 /// The names under which [`BinStats`] are stored in `calibration.safetensors` (each prefixed), all u32
@@ -165,7 +165,7 @@ fn insert_stats(t: &mut BTreeMap<String, HostTensor>, prefix: &str, s: &BinStats
 /// exactly as binned ([`STATS_TENSORS`]; with a temperature also those before scaling, prefixed
 /// [`BEFORE_TEMPERATURE`]) and the reliability heat map `[C', M, M]`; metadata `num_bins`, `classes`,
 /// `images` (a JSON list of names), `include_background`, `logits`, `temperature` (JSON, when fitted) and
-/// `eval_format`. Everything [`super::merge`] needs to rebuild the evaluation.
+/// `eval_format`. Everything [`super::merge()`] needs to rebuild the evaluation.
 fn write_calibration_tensors(r: &EvalReport, o: &EvalOptions, out: &OutputDir) -> Result<()> {
     let m = &r.metrics;
     let s = &m.stats;

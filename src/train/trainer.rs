@@ -209,6 +209,7 @@ impl Trainer {
     /// Runs the volumes `indices` through the network and accumulates the calibration metrics
     /// (background excluded, `num_bins` bins). Also returns each volume's probabilities and labels when
     /// `keep` is set.
+    #[allow(clippy::type_complexity)]
     pub fn evaluate(
         &self,
         indices: &[usize],
@@ -365,7 +366,7 @@ impl Trainer {
                 losses,
                 steps_per_second: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
             });
-            if self.step % self.config.val_every == 0 || self.step == self.config.steps {
+            if self.step.is_multiple_of(self.config.val_every) || self.step == self.config.steps {
                 let v = self.validate()?;
                 let best = self.best.is_none_or(|(d, _)| v.dsc > d);
                 if best {
