@@ -127,6 +127,15 @@ pub enum Error {
     /// A long operation was stopped on request (Ctrl-C) at a safe point; the message says what was kept.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// Evaluations given to `calibseg eval --merge` cannot be merged: their bins, classes or options
+    /// differ, they share case names, or one is not an evaluation this calibseg can read.
+    #[error("cannot merge the evaluation in {shard}: {message}")]
+    MergeMismatch {
+        /// The evaluation folder at fault.
+        shard: String,
+        /// What differs or is missing, and what to do.
+        message: String,
+    },
     /// Weights do not fit a model: every missing, unexpected and mis-shaped tensor, by name.
     #[error("state dict does not match the model: {0}")]
     StateDict(String),

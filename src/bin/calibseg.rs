@@ -116,15 +116,21 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
 /// `calibseg eval` flags.
 #[derive(clap::Args)]
 struct EvalArgs {
-    /// Probabilities: a safetensors file (`probs` [N, C, spatial...], or `logits` with --logits) or a
-    /// folder of NIfTI images (one per case, classes last).
-    #[arg(long)]
-    probs: PathBuf,
+    /// Probabilities: a safetensors file (`probs` [N, C, spatial...], or `logits` with --logits), a
+    /// folder of NIfTI images (one per case, classes last), or a folder of NumPy arrays (C, z, y, x):
+    /// nnU-Net's --save_probabilities `<case>.npz` (`probabilities`, v1 `softmax`) or `.npy`.
+    #[arg(long, required_unless_present = "merge")]
+    probs: Option<PathBuf>,
     /// Labels: a safetensors file (`labels` [N, 1, spatial...] class indices; may be the --probs file) or a
-    /// folder of NIfTI label maps matched to the probabilities by file name.
-    #[arg(long)]
-    labels: PathBuf,
-    /// Output folder (metrics.csv, summary.json, calibration.safetensors, pictures).
+    /// folder of NIfTI label maps (x, y, z) matched to the probabilities by case name.
+    #[arg(long, required_unless_present = "merge")]
+    labels: Option<PathBuf>,
+    /// Merge these evaluation output folders (disjoint shards of one test set, same settings) into --out,
+    /// exactly as one evaluation of all their cases.
+    #[arg(long, num_args = 1.., value_name = "DIR",
+          conflicts_with_all = ["probs", "labels", "logits", "fit_temperature", "include_background", "num_bins"])]
+    merge: Vec<PathBuf>,
+    /// Output folder (metrics.csv, summary.json, the MONAI-style CSVs, calibration.safetensors, pictures).
     #[arg(long)]
     out: PathBuf,
     /// Number of confidence bins.
@@ -150,8 +156,20 @@ struct EvalArgs {
 }
 
 fn eval(a: EvalArgs) -> calibseg::Result<()> {
+    if !a.merge.is_empty() {
+        let mut o = calibseg::metrics::MergeOptions::new(a.merge, a.out);
+        o.pictures = !a.no_pictures;
+        o.overwrite = a.overwrite;
+        let r = calibseg::metrics::merge(&o)?;
+        return print_eval(&r, o.pictures);
+    }
+    let (Some(probs), Some(labels)) = (a.probs, a.labels) else {
+        return Err(calibseg::Error::invalid(
+            "eval needs --probs and --labels, or --merge DIR...",
+        ));
+    };
     let gpu = calibseg::Gpu::new()?;
-    let mut o = calibseg::metrics::EvalOptions::new(a.probs, a.labels, a.out);
+    let mut o = calibseg::metrics::EvalOptions::new(probs, labels, a.out);
     o.num_bins = a.num_bins;
     o.include_background = a.include_background;
     o.logits = a.logits;
@@ -159,6 +177,11 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
     o.pictures = !a.no_pictures;
     o.overwrite = a.overwrite;
     let r = calibseg::metrics::eval(&gpu, &o)?;
+    print_eval(&r, o.pictures)
+}
+
+/// Prints what an evaluation (or a merge) found and wrote.
+fn print_eval(r: &calibseg::metrics::EvalReport, pictures: bool) -> calibseg::Result<()> {
     let s = r.summary();
     if r.metrics.clamped > 0 {
         eprintln!(
@@ -166,7 +189,7 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
             r.metrics.clamped
         );
     }
-    if o.pictures && !r.pictures {
+    if pictures && !r.pictures {
         eprintln!("calibseg: warning: pictures skipped (built without the `plots` feature, or the embedded font failed to load)");
     }
     if let Some((fit, before)) = &r.temperature {

@@ -15,13 +15,15 @@ pub enum HostTensor {
     F32(Vec<usize>, Vec<f32>),
     /// i32 data and shape.
     I32(Vec<usize>, Vec<i32>),
+    /// u32 data and shape (counts).
+    U32(Vec<usize>, Vec<u32>),
 }
 
 impl HostTensor {
     /// The shape.
     pub fn shape(&self) -> &[usize] {
         match self {
-            HostTensor::F32(s, _) | HostTensor::I32(s, _) => s,
+            HostTensor::F32(s, _) | HostTensor::I32(s, _) | HostTensor::U32(s, _) => s,
         }
     }
 }
@@ -234,6 +236,11 @@ pub fn write(
                 s.clone(),
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
+            HostTensor::U32(s, v) => (
+                Dtype::U32,
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
         };
         let elems = shape
             .iter()
@@ -257,7 +264,37 @@ pub fn write(
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, metadata.cloned())
         .map_err(|e| format_err(&p, e.to_string()))?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &sorted_header(&bytes, &p)?)
+}
+
+/// The same safetensors bytes with the header's keys sorted (the metadata comes from a `HashMap`, whose
+/// order changes from run to run), so equal tensors and metadata always give the same file.
+fn sorted_header(bytes: &[u8], p: &str) -> Result<Vec<u8>> {
+    let bad = || format_err(p, "serialised header is malformed");
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let end = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .ok_or_else(bad)?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..end).ok_or_else(bad)?).map_err(|_| bad())?;
+    // serde_json's map is a BTreeMap (no `preserve_order`): keys come out sorted; tensor entries keep their
+    // explicit data offsets, so the data is unchanged.
+    let mut text = serde_json::to_vec(&header).map_err(|_| bad())?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` atomically: [`crate::io::output::write_file_atomically`] (kept under this name

@@ -2,10 +2,24 @@
 //!
 //! Inputs are a safetensors file (`probs` `[N, C, spatial...]` or, with `logits`, `logits`; `labels`
 //! `[N, 1, spatial...]` class indices), or folders of NIfTI images (`.nii`/`.nii.gz`, one file per case,
-//! matched by name; probabilities as a 4D image with classes last). Each input format is a [`CaseSource`];
-//! the metrics come from a [`CalibrationAccumulator`]; the files are written by [`super::report`] into an
-//! [`OutputDir`] built aside and swapped in whole at the end, so an error leaves nothing half-written and
-//! nothing the user kept is deleted.
+//! matched by name; probabilities as a 4D image with classes last), or a folder of NumPy probability files
+//! with a folder of NIfTI label maps (below). Each input format is a [`CaseSource`]; the metrics come from
+//! a [`CalibrationAccumulator`]; the files are written by [`super::report`] into an [`OutputDir`] built
+//! aside and swapped in whole at the end, so an error leaves nothing half-written and nothing the user kept
+//! is deleted. [`super::merge()`] combines evaluations of disjoint shards of a test set into the evaluation of the
+//! whole, exactly.
+//!
+//! # nnU-Net and NumPy probabilities
+//!
+//! When the `--probs` folder holds `.npz`/`.npy` files it is read as NumPy probabilities: nnU-Net v2's
+//! `--save_probabilities` output (`<case>.npz` holding `probabilities`, v1's `softmax`), or plain arrays,
+//! each of shape `(C, z, y, x)` (2D: `(C, y, x)` or nnU-Net's `(C, 1, y, x)`), paired by case name with the
+//! NIfTI label maps `<case>.nii.gz` of the `--labels` folder. The `.nii.gz` segmentations nnU-Net writes
+//! beside its `.npz` files are not read. The axis order: nnU-Net's arrays follow SimpleITK, `(C, z, y, x)`;
+//! the label maps are read as nibabel reads them, `(x, y, z)`. In C order both have x fastest, so array
+//! element `[c, k, j, i]` is class `c` at label voxel `(i, j, k)`, and the array's data is used as it is
+//! (see [`crate::io::npz`]). A label map whose dims are not the array's spatial dims reversed is refused,
+//! with a hint when they equal them unreversed (a transposed array).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -18,8 +32,9 @@ use crate::binning::check_num_bins;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::nifti;
+use crate::io::npz;
 use crate::io::output::OutputDir;
-use crate::io::safetensors::TensorFile;
+use crate::io::safetensors::{HostTensor, TensorFile};
 use crate::loss::Labels;
 use crate::ops::softmax;
 use crate::tensor::Tensor;
@@ -29,9 +44,10 @@ pub use super::accumulator::{MeanStd, Summary};
 /// Options of [`run`] (the `calibseg eval` flags).
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
-    /// Probabilities (or logits): a safetensors file or a folder of NIfTI images.
+    /// Probabilities (or logits): a safetensors file, a folder of NIfTI images, or a folder of NumPy
+    /// `(C, z, y, x)` arrays (nnU-Net's `<case>.npz`, `.npy`).
     pub probs: PathBuf,
-    /// Labels: a safetensors file (may be the same file) or a folder of NIfTI label maps.
+    /// Labels: a safetensors file (may be the same file) or a folder of NIfTI label maps `(x, y, z)`.
     pub labels: PathBuf,
     /// Output folder: created, or replaced whole when it is empty or was written by calibseg.
     pub out: PathBuf,
@@ -218,40 +234,43 @@ fn read_nifti_case(name: &str, pp: &Path, lp: &Path) -> Result<Case> {
     })
 }
 
-fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
-    let list = |dir: &Path| -> Result<BTreeMap<String, PathBuf>> {
-        let rd = std::fs::read_dir(dir).map_err(|source| Error::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let mut m = BTreeMap::new();
-        for e in rd {
-            let p = e
-                .map_err(|source| Error::Io {
-                    path: dir.display().to_string(),
-                    source,
-                })?
-                .path();
-            if nifti::is_nifti(&p) {
-                if let Some(prev) = m.insert(nifti::case_name(&p), p.clone()) {
-                    return Err(Error::invalid(format!(
-                        "two files for one case: {} and {}",
-                        prev.display(),
-                        p.display()
-                    )));
-                }
+/// The case files of a folder: every file `keep` accepts, by case name (two files for one case are an error).
+fn list_cases(
+    dir: &Path,
+    keep: fn(&Path) -> bool,
+    name: fn(&Path) -> String,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut m = BTreeMap::new();
+    for e in rd {
+        let p = e
+            .map_err(|source| Error::Io {
+                path: dir.display().to_string(),
+                source,
+            })?
+            .path();
+        if keep(&p) && !p.is_dir() {
+            if let Some(prev) = m.insert(name(&p), p.clone()) {
+                return Err(Error::invalid(format!(
+                    "two files for one case: {} and {}",
+                    prev.display(),
+                    p.display()
+                )));
             }
         }
-        Ok(m)
-    };
-    let pm = list(probs)?;
-    let lm = list(labels)?;
-    if pm.is_empty() {
-        return Err(Error::invalid(format!(
-            "{} holds no .nii/.nii.gz files",
-            probs.display()
-        )));
     }
+    Ok(m)
+}
+
+/// Pairs the prediction files `pm` with the label maps in `labels` by case name; every case needs both.
+fn pair_cases(
+    pm: BTreeMap<String, PathBuf>,
+    labels: &Path,
+) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+    let lm = list_cases(labels, nifti::is_nifti, nifti::case_name)?;
     let missing: Vec<&String> = pm.keys().filter(|k| !lm.contains_key(*k)).collect();
     if !missing.is_empty() {
         return Err(Error::invalid(format!(
@@ -273,6 +292,99 @@ fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, Path
             (k, p, l)
         })
         .collect())
+}
+
+fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+    let pm = list_cases(probs, nifti::is_nifti, nifti::case_name)?;
+    if pm.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} holds no .nii/.nii.gz files",
+            probs.display()
+        )));
+    }
+    pair_cases(pm, labels)
+}
+
+/// A folder of NumPy probability files (nnU-Net's `<case>.npz`, or `.npy`) and a folder of NIfTI label maps,
+/// matched by case name.
+struct NumpySource(Vec<(String, PathBuf, PathBuf)>);
+
+impl CaseSource for NumpySource {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn classes(&self) -> Option<usize> {
+        None
+    }
+
+    fn case(&self, i: usize) -> Result<Case> {
+        let (name, pp, lp) = &self.0[i];
+        read_numpy_case(name, pp, lp)
+    }
+}
+
+/// Dims without trailing ones (a 2D image stored as `(x, y, 1)` is `(x, y)`).
+fn trim_ones(d: &[usize]) -> &[usize] {
+    let mut n = d.len();
+    while n > 1 && d[n - 1] == 1 {
+        n -= 1;
+    }
+    &d[..n]
+}
+
+/// Reads one NumPy case: probabilities `(C, z, y, x)` (C order) and a NIfTI label map `(x, y, z)`. The
+/// array's flat data is already the `[1, C, z, y, x]` layout of a case (see [`crate::io::npz`]); the label
+/// map's dims must be the array's spatial dims reversed.
+fn read_numpy_case(name: &str, pp: &Path, lp: &Path) -> Result<Case> {
+    let (shape, values) = match npz::read_probabilities(pp)? {
+        HostTensor::F32(s, v) => (s, v),
+        other => {
+            return Err(Error::Format {
+                path: pp.display().to_string(),
+                message: format!("probabilities of shape {:?} are not floats", other.shape()),
+            })
+        }
+    };
+    let (ld, labels) = nifti::read_integers(lp)?;
+    let zyx = &shape[1..];
+    let xyz: Vec<usize> = zyx.iter().rev().copied().collect();
+    if trim_ones(&ld) != trim_ones(&xyz) {
+        let hint = if trim_ones(&ld) == trim_ones(zyx) {
+            " (the label map's (x, y, z) equal the array's axes in the same order; nnU-Net arrays are \
+             (C, z, y, x), the reverse of NIfTI's (x, y, z): was the array transposed?)"
+        } else {
+            ""
+        };
+        return Err(Error::shape(format!(
+            "case {name}: labels {} have dims (x, y, z) = {ld:?}, probabilities {} have shape \
+             (C, z, y, x) = {shape:?}, so the label map should be {xyz:?}{hint}",
+            lp.display(),
+            pp.display()
+        )));
+    }
+    let mut s = vec![1];
+    s.extend_from_slice(&shape);
+    Ok(Case {
+        name: name.to_string(),
+        shape: s,
+        values,
+        labels,
+        origin: pp.display().to_string(),
+    })
+}
+
+/// Whether a folder holds NumPy files (then it is read as a [`NumpySource`]; nnU-Net writes its `.nii.gz`
+/// segmentations beside the `.npz` probabilities, and those are not read).
+fn holds_numpy(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| npz::is_numpy(&e.path()) && !e.path().is_dir())
+    })
+}
+
+fn numpy_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+    pair_cases(list_cases(probs, npz::is_numpy, npz::case_name)?, labels)
 }
 
 fn read_tensors(path: &Path, labels_path: &Path, logits: bool) -> Result<TensorSource> {
@@ -316,6 +428,8 @@ fn describe(p: &Path) -> &'static str {
         "a folder"
     } else if nifti::is_nifti(p) {
         "a single NIfTI image"
+    } else if npz::is_numpy(p) {
+        "a single NumPy file"
     } else {
         "a file"
     }
@@ -331,13 +445,24 @@ fn open_source(o: &EvalOptions) -> Result<Box<dyn CaseSource>> {
                 p.display()
             )));
         }
+        if !p.is_dir() && npz::is_numpy(p) {
+            return Err(Error::invalid(format!(
+                "{flag} {} is a single NumPy file; expected a folder of .npz/.npy probability files \
+                 (one per case, e.g. nnU-Net's --save_probabilities output) with --labels a folder of \
+                 NIfTI label maps",
+                p.display()
+            )));
+        }
     }
     match (pd, ld) {
+        (true, true) if holds_numpy(&o.probs) => {
+            Ok(Box::new(NumpySource(numpy_cases(&o.probs, &o.labels)?)))
+        }
         (true, true) => Ok(Box::new(NiftiSource(nifti_cases(&o.probs, &o.labels)?))),
         (false, false) => Ok(Box::new(read_tensors(&o.probs, &o.labels, o.logits)?)),
         _ => Err(Error::invalid(format!(
             "--probs {} is {} but --labels {} is {}: expected both safetensors files or both folders \
-             of NIfTI images",
+             of images (NIfTI, or NumPy probabilities with NIfTI labels)",
             o.probs.display(),
             describe(&o.probs),
             o.labels.display(),

@@ -9,6 +9,7 @@ pub mod accumulator;
 pub mod bins;
 pub mod calibration;
 pub mod eval;
+pub mod merge;
 #[cfg(feature = "plots")]
 pub mod plot;
 pub mod report;
@@ -21,4 +22,5 @@ pub use calibration::{
     PerImage,
 };
 pub use eval::{run as eval, EvalOptions, EvalReport};
+pub use merge::{merge, MergeOptions};
 pub use temperature::{apply_temperature, fit_temperature, nll_at, scale_logits, TemperatureFit};
