@@ -8,7 +8,11 @@ pub mod probe;
 mod timer;
 
 pub use context::{parse_backends, AdapterSummary, Gpu, GpuOptions, BACKEND_NAMES};
-pub use dispatch::{Arg, Batch, WORKGROUP_SIZE};
+pub(crate) use dispatch::MapRequest;
+pub use dispatch::{
+    Arg, Batch, EngineStats, ProfileEntry, Recording, FLUSH_DISPATCHES, FLUSH_HELD_BYTES,
+    WORKGROUP_SIZE,
+};
 pub use pipeline::{GeneratedModule, Kernel};
 pub use pool::PoolStats;
 pub(crate) use pool::PooledBuffer;

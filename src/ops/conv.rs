@@ -380,7 +380,7 @@ pub(crate) fn record_backward_weight(
     }
     if total == 0 {
         let mut b = gpu.batch("conv backward_weight (empty)");
-        b.encoder().clear_buffer(dw.buffer(), 0, None);
+        b.clear_buffer(dw.buffer(), 0, None);
         b.submit()?;
         return Ok(());
     }

@@ -22,6 +22,8 @@ use crate::nn::{AdamW, AdamWConfig, Mode, Network, SegResNetDs, WarmupCosineSche
 use crate::ops::softmax;
 use crate::tensor::Tensor;
 
+/// One evaluated volume kept by [`Trainer::evaluate`]: its shape, probabilities and labels.
+pub type KeptVolume = (Vec<usize>, Vec<f32>, Vec<u8>);
 /// Salt separating the sampling stream from the weight initialisation (both derive from the seed).
 const SAMPLING_SALT: u64 = 0x5EED_DA7A_0000_0001;
 
@@ -213,7 +215,7 @@ impl Trainer {
         &self,
         indices: &[usize],
         keep: bool,
-    ) -> Result<(CalibrationMetrics, Vec<(Vec<usize>, Vec<f32>, Vec<u8>)>)> {
+    ) -> Result<(CalibrationMetrics, Vec<KeptVolume>)> {
         let mut acc = CalibrationAccumulator::new(self.config.num_bins, false)?;
         let mut kept = Vec::new();
         for &i in indices {
@@ -365,7 +367,7 @@ impl Trainer {
                 losses,
                 steps_per_second: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
             });
-            if self.step % self.config.val_every == 0 || self.step == self.config.steps {
+            if self.step.is_multiple_of(self.config.val_every) || self.step == self.config.steps {
                 let v = self.validate()?;
                 let best = self.best.is_none_or(|(d, _)| v.dsc > d);
                 if best {
