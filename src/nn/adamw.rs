@@ -119,11 +119,13 @@ impl AdamW {
             let Some(slot) = self.slots.get(&v.id()) else {
                 continue;
             };
-            if !host.contains_key(&slot.pack) {
-                let pack = &self.packs[slot.pack];
-                host.insert(slot.pack, (pack.m.to_vec_f32()?, pack.v.to_vec_f32()?));
-            }
-            let (m, s) = &host[&slot.pack];
+            let (m, s) = match host.entry(slot.pack) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let pack = &self.packs[slot.pack];
+                    e.insert((pack.m.to_vec_f32()?, pack.v.to_vec_f32()?))
+                }
+            };
             let range = slot.offset..slot.offset + slot.numel;
             for (key, data) in [("exp_avg", m), ("exp_avg_sq", s)] {
                 out.insert(
