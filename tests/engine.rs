@@ -324,3 +324,48 @@ fn deep_supervision_on_the_tape_matches_the_per_level_losses() {
         levels.levels[0].backward().unwrap().to_vec_f32().unwrap()
     );
 }
+
+#[test]
+fn fused_norm_relu_matches_norm_then_relu_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(33);
+    for (shape, groups) in [
+        ([2, 6, 5, 4, 3], 3),
+        ([1, 4, 9, 7, 5], 4),
+        ([2, 2, 70, 70, 1], 1),
+    ] {
+        let n: usize = shape.iter().product();
+        let c = shape[1];
+        let x = Tensor::from_f32(&gpu, &shape, &rng.normals(n, 2.0)).unwrap();
+        let gamma = Tensor::from_f32(&gpu, &[c], &rng.normals(c, 1.0)).unwrap();
+        let beta = Tensor::from_f32(&gpu, &[c], &rng.normals(c, 0.5)).unwrap();
+        let dy = rng.normals(n, 1.0);
+        let run = |fused: bool| {
+            let tape = Tape::new();
+            let (xv, gv, bv) = (
+                Var::parameter(x.clone()),
+                Var::parameter(gamma.clone()),
+                Var::parameter(beta.clone()),
+            );
+            let y = if fused {
+                tape.group_norm_relu(&xv, groups, &gv, &bv, 1e-5).unwrap()
+            } else {
+                let h = tape.group_norm(&xv, groups, &gv, &bv, 1e-5).unwrap();
+                tape.relu(&h).unwrap()
+            };
+            let out = y.tensor().to_vec_f32().unwrap();
+            let seed = Tensor::from_f32(&gpu, &shape, &dy).unwrap();
+            let g = tape.backward_with(&y, seed).unwrap();
+            let mut all = vec![out];
+            for v in [&xv, &gv, &bv] {
+                all.push(g.get(v).unwrap().to_vec_f32().unwrap());
+            }
+            all.into_iter()
+                .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (run(false), run(true));
+        assert!(a[0].iter().any(|&b| b == 0) && a[0].iter().any(|&b| b != 0));
+        assert_eq!(a, b, "{shape:?} groups {groups}: output, dx, dgamma, dbeta");
+    }
+}

@@ -309,7 +309,7 @@ impl Network for SegResNet {
                 h = run_blocks(tape, &layer.blocks, h)?;
             }
             if let (Some(norm), Some(conv)) = (&self.final_norm, &self.final_conv) {
-                h = tape.relu(&norm.forward(tape, &h)?)?;
+                h = norm.forward_relu(tape, &h)?;
                 h = conv.forward(tape, &h)?;
             }
             Ok(vec![h])
