@@ -369,3 +369,20 @@ fn fused_norm_relu_matches_norm_then_relu_bit_for_bit() {
         assert_eq!(a, b, "{shape:?} groups {groups}: output, dx, dgamma, dbeta");
     }
 }
+
+#[test]
+fn buffers_held_by_a_recording_return_to_the_pool_when_it_ends() {
+    let Some(gpu) = own_gpu() else { return };
+    let t = Tensor::from_f32(&gpu, &[300], &[1.0; 300]).unwrap();
+    let rec = gpu.record();
+    drop(t);
+    let idle = gpu.pool_stats().idle_bytes;
+    // Held back while the scope is open (work could be pending), reusable once it has ended.
+    assert_eq!(idle, 0, "released inside a recording scope");
+    rec.finish().unwrap();
+    assert!(gpu.pool_stats().idle_bytes > 0);
+    let reuses = gpu.pool_stats().reuses;
+    let u = Tensor::from_f32(&gpu, &[300], &[2.0; 300]).unwrap();
+    assert_eq!(gpu.pool_stats().reuses, reuses + 1);
+    assert_eq!(u.to_vec_f32().unwrap(), vec![2.0; 300]);
+}

@@ -38,7 +38,7 @@ pub const FLUSH_DISPATCHES: usize = 1024;
 pub const FLUSH_HELD_BYTES: u64 = 512 << 20;
 
 /// Bind groups kept for reuse; the cache is emptied when it grows past this.
-const BIND_GROUP_CACHE: usize = 8192;
+const BIND_GROUP_CACHE: usize = 2048;
 
 /// A storage-buffer argument of a dispatch: a whole tensor or a byte window of one.
 #[derive(Clone, Copy, Debug)]
@@ -327,12 +327,17 @@ impl Gpu {
         };
         commands.extend(extra);
         if commands.is_empty() && map.is_none() {
+            // Nothing pending uses any buffer: what was held back may be reused.
+            self.inner.pool.release_held();
+            if self.recorder().depth > 0 {
+                self.inner.pool.hold();
+            }
             return self.take_escaped();
         }
         let context = match labels.len() {
             0 => "read-back".to_string(),
             1 => labels[0].clone(),
-            n => format!("recorded work ({n}+ batches: {}, ...)", labels.join(", ")),
+            _ => format!("recorded work (batches {}, ...)", labels.join(", ")),
         };
         let wait = map.is_some();
         let result = self.encode_and_submit(&commands, map, &context);
