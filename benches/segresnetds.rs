@@ -1,7 +1,8 @@
 //! One SegResNetDS training step (init 8, blocks 1,2,2,4, dsdepth 2, 4 classes, `[2, 1, 32, 32, 32]`,
 //! deep-supervised 0.33 (Dice + CE + hard mL1-ACE), AdamW) and eval-mode inference, next to the adapter's
 //! copy bandwidth and FMA rate measured in the same run.
-//! Compare with `python ../shared/peers/torch_step.py step` on the same machine.
+//! Compare with `python ../shared/peers/torch_step.py step` on the same machine. Prints the submissions and
+//! dispatches of one training step at the end (`cargo run --release --example step_profile` times each op).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -52,6 +53,15 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    let before = gpu.engine_stats();
+    train_step(&net, &mut opt, &loss, &x, &labels).unwrap();
+    gpu.synchronize().unwrap();
+    let after = gpu.engine_stats();
+    println!(
+        "one train step: {} submissions, {} dispatches",
+        after.submissions - before.submissions,
+        after.dispatches - before.dispatches
+    );
 }
 
 criterion_group!(benches, bench);
