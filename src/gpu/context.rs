@@ -351,7 +351,8 @@ impl Gpu {
         &self.inner.device
     }
 
-    /// The wgpu queue.
+    /// The wgpu queue. Inside a recording scope ([`Gpu::record`]) call [`Gpu::flush`] before writing with
+    /// it into a buffer that recorded work uses: queue writes land before pending work runs.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.queue
     }

@@ -203,9 +203,10 @@ impl Gpu {
         }
     }
 
-    /// Opens a recording scope (nestable): until the returned guard ends, every batch on this device is
-    /// appended to one pending submission (flushed after [`FLUSH_DISPATCHES`] dispatches, and before any
-    /// read-back or host write into a tensor the pending work may use).
+    /// Opens a recording scope (nestable, device-wide: batches from every thread join it): until the
+    /// returned guard ends, every batch on this device is appended to one pending submission (flushed
+    /// after [`FLUSH_DISPATCHES`] dispatches, and before any read-back or host write into a tensor the
+    /// pending work may use).
     pub fn record(&self) -> Recording {
         self.recorder().depth += 1;
         self.inner.pool.hold();
