@@ -1,10 +1,11 @@
-// AdamW (PyTorch's algorithm, decoupled weight decay), one invocation per parameter element:
+// AdamW (PyTorch's algorithm, decoupled weight decay), one invocation per parameter element, over a run
+// of `n` elements from `base` of buffers packing many parameters:
 //   p -= lr * wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - b_i^step.
 
 struct Params {
-    n: u32,
-    _pad: u32,
+    n: u32,       // elements to update
+    base: u32,    // first element (packed buffers hold many parameters)
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -28,10 +29,11 @@ const WG: u32 = 256u;
 @compute @workgroup_size(256)
 fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
-    if (i >= p.n) {
+    let k = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (k >= p.n) {
         return;
     }
+    let i = p.base + k;
     let g = grad[i];
     var w = param[i];
     w -= p.lr * p.weight_decay * w;

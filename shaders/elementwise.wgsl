@@ -62,3 +62,28 @@ fn bias_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         inout[i] += bvec[(i / p.voxels) % p.channels];
     }
 }
+
+// Weighted sum of K rows of n: a = [K, n], b = the K weights (K = p.channels);
+// out[j] = sum over k in order of b[k] * a[k * n + j].
+@compute @workgroup_size(256)
+fn weighted_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let j = linear_id(wid, nwg, lid);
+    if (j < p.n) {
+        var s = 0.0;
+        for (var k = 0u; k < p.channels; k++) {
+            s += b[k] * a[k * p.n + j];
+        }
+        out3[j] = s;
+    }
+}
+
+// A vector scaled by each of K weights: a = [n], b = the K weights; out[k * n + j] = b[k] * a[j].
+@compute @workgroup_size(256)
+fn scale_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i < p.n * p.channels) {
+        out3[i] = b[i / p.n] * a[i % p.n];
+    }
+}

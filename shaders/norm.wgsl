@@ -11,6 +11,10 @@ struct Params {
     images: u32,
     eps: f32,
     inv_len: f32, // 1 / (cg * voxels)
+    relu: u32,    // forward: apply max(., 0) to the output (norm + ReLU fused)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const WG: u32 = 256u;
@@ -27,19 +31,53 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
-// y = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c]
+// Element kernels run one workgroup per CHUNK elements of one row (n, c), so the row's channel, group and
+// statistics are found once per invocation rather than by integer divisions per element (slow where
+// vector integer division is emulated, as on CPU drivers).
+const PER: u32 = 16u;
+const CHUNK: u32 = 4096u; // WG * PER
+
+struct Row {
+    row: u32,   // n * C + c
+    c: u32,
+    g: u32,     // statistics index n * G + c / cg
+    start: u32, // first element of this workgroup's chunk within the row
+    valid: bool,
+}
+
+fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> Row {
+    let w = wid.y * nwg.x + wid.x;
+    let chunks = (p.voxels + CHUNK - 1u) / CHUNK;
+    let row = w / chunks;
+    var r: Row;
+    r.row = row;
+    r.c = row % p.channels;
+    r.g = row / p.cg;
+    r.start = (w - row * chunks) * CHUNK;
+    r.valid = row < p.total / p.voxels;
+    return r;
+}
+
+// y = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c], then max(y, 0) with `relu`
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.total) {
+    let r = row_of(wid, nwg);
+    if (!r.valid) {
         return;
     }
-    let row = i / p.voxels; // n * C + c
-    let c = row % p.channels;
-    let g = row / p.cg;
-    let rstd = inverseSqrt(stats[p.ng + g] + p.eps);
-    y[i] = (x[i] - stats[g]) * rstd * gamma[c] + beta[c];
+    let mean = stats[r.g];
+    let rstd = inverseSqrt(stats[p.ng + r.g] + p.eps);
+    let ga = gamma[r.c];
+    let be = beta[r.c];
+    let base = r.row * p.voxels;
+    for (var k = 0u; k < PER; k++) {
+        let v = r.start + k * WG + lid;
+        if (v < p.voxels) {
+            let o = (x[base + v] - mean) * rstd * ga + be;
+            y[base + v] = select(o, max(o, 0.0), p.relu != 0u);
+        }
+    }
 }
 
 @group(0) @binding(1) var<storage, read> sdy: array<f32>;   // per (n, c): sum dy
@@ -78,14 +116,22 @@ fn group_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.total) {
+    let r = row_of(wid, nwg);
+    if (!r.valid) {
         return;
     }
-    let row = i / p.voxels;
-    let c = row % p.channels;
-    let g = row / p.cg;
-    let rstd = inverseSqrt(bstats[p.ng + g] + p.eps);
-    let xhat = (bx[i] - bstats[g]) * rstd;
-    dx[i] = rstd * (bgamma[c] * bdy[i] - bcoef[g] - xhat * bcoef[p.ng + g]);
+    let mean = bstats[r.g];
+    let rstd = inverseSqrt(bstats[p.ng + r.g] + p.eps);
+    let ga = bgamma[r.c];
+    let a = bcoef[r.g];
+    let b = bcoef[p.ng + r.g];
+    let base = r.row * p.voxels;
+    for (var k = 0u; k < PER; k++) {
+        let v = r.start + k * WG + lid;
+        if (v < p.voxels) {
+            let i = base + v;
+            let xhat = (bx[i] - mean) * rstd;
+            dx[i] = rstd * (ga * bdy[i] - a - xhat * b);
+        }
+    }
 }

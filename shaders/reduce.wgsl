@@ -1,6 +1,7 @@
 // Deterministic two-pass row reductions for norm statistics, norm/bias gradients and split-K sums.
-// Pass 1 (`row_partials`): workgroup (row, chunk) sums 4096 elements of one row (16 per invocation, then a
-// fixed tree in workgroup memory) into partials[row * chunks + chunk]. Pass 2 (`row_finish`): one invocation
+// Pass 1 (`row_partials`): workgroup (row, chunk) sums 4096 elements of one row (128 per invocation in order,
+// then a fixed tree over its 32 invocations in workgroup memory) into partials[row * chunks + chunk]. Few
+// invocations and tree levels: barriers are what costs most on CPU drivers. Pass 2 (`row_finish`): one invocation
 // per output row adds its partials in a fixed order, optionally also over an outer axis (images).
 // `sum_splits` adds per-split partial results of the weight gradient in split order.
 
@@ -15,9 +16,10 @@ struct Params {
     _pad: u32,
 }
 
-const WG: u32 = 256u;
-const PER: u32 = 16u;
-const CHUNK: u32 = 4096u; // WG * PER
+const WG: u32 = 256u;       // row_finish, sum_splits
+const RWG: u32 = 32u;       // row_partials
+const PER: u32 = 128u;
+const CHUNK: u32 = 4096u;   // RWG * PER
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -25,9 +27,9 @@ const CHUNK: u32 = 4096u; // WG * PER
 @group(0) @binding(3) var<storage, read> stats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 
-var<workgroup> tree: array<f32, 256>;
+var<workgroup> tree: array<f32, 32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(32)
 fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let w = wid.y * nwg.x + wid.x;
@@ -48,7 +50,7 @@ fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         let base = row * p.len;
         let start = chunk * CHUNK + lid;
         for (var k = 0u; k < PER; k++) {
-            let i = start + k * WG;
+            let i = start + k * RWG;
             if (i < p.len) {
                 let x = a[base + i];
                 if (p.mode == 0u) {
@@ -63,7 +65,7 @@ fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
     tree[lid] = s;
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
+    for (var half = RWG / 2u; half > 0u; half /= 2u) {
         workgroupBarrier();
         if (lid < half) {
             tree[lid] += tree[lid + half];

@@ -163,7 +163,7 @@ impl Tensor {
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
         let t = Self::uninit(gpu, shape, dtype)?;
         let mut batch = gpu.batch("zeros");
-        batch.encoder().clear_buffer(t.buffer(), 0, None);
+        batch.clear_buffer(t.buffer(), 0, None);
         batch.submit()?;
         Ok(t)
     }
@@ -206,6 +206,8 @@ impl Tensor {
             )));
         }
         if !data.is_empty() {
+            // The host write lands before pending recorded work runs, which may still use this buffer.
+            self.gpu.flush()?;
             self.gpu
                 .queue()
                 .write_buffer(self.buffer(), 0, bytemuck::cast_slice(data));
@@ -305,7 +307,8 @@ impl Tensor {
 }
 
 impl Gpu {
-    /// Reads `len` bytes of `buffer` from `offset` through the reused staging buffer.
+    /// Reads `len` bytes of `buffer` from `offset` through the reused staging buffer, after submitting any
+    /// pending recorded work (in the same submission). Every read-back of calibseg goes through here.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
         const STAGING_MAX: u64 = 64 << 20;
         let mut out = Vec::with_capacity(len as usize);
@@ -324,17 +327,20 @@ impl Gpu {
                 }));
             }
             let stage = staging.as_ref().expect("staging buffer was just created");
-            let mut batch = self.batch("readback");
-            batch
-                .encoder()
-                .copy_buffer_to_buffer(buffer, offset + done, stage, 0, copy);
             let (tx, rx) = std::sync::mpsc::channel();
-            batch
-                .encoder()
-                .map_buffer_on_submit(stage, wgpu::MapMode::Read, 0..copy, move |r| {
-                    let _ = tx.send(r);
-                });
-            batch.submit_and_wait()?;
+            // Pending recorded work goes out in the same submission, before the copy.
+            self.submit_pending(
+                Vec::new(),
+                Some(crate::gpu::MapRequest {
+                    src: buffer,
+                    src_offset: offset + done,
+                    stage,
+                    size: copy,
+                    callback: Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                }),
+            )?;
             rx.recv()
                 .map_err(|_| Error::Readback("map callback never ran".into()))?
                 .map_err(|e| Error::Readback(e.to_string()))?;

@@ -265,6 +265,16 @@ impl Tape {
             )));
         }
         seed.expect_dtype(DType::F32, "seed gradient")?;
+        // The backward pass goes out as one submission (or a few); its errors are reported here.
+        let rec = seed.gpu().record();
+        let grads = self.run_backward(root, seed);
+        let flushed = rec.finish();
+        let grads = grads?;
+        flushed?;
+        Ok(grads)
+    }
+
+    fn run_backward(&self, root: &Var, seed: Tensor) -> Result<Grads> {
         let records =
             std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).records);
         let mut grads: HashMap<u64, Tensor> = HashMap::new();

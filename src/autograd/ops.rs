@@ -123,10 +123,50 @@ impl Tape {
         ))
     }
 
+    /// Group norm with affine followed by ReLU, in one pass (see [`ops::group_norm_relu`]); same values
+    /// and gradients as [`Tape::group_norm`] then [`Tape::relu`].
+    pub fn group_norm_relu(
+        &self,
+        x: &Var,
+        groups: usize,
+        gamma: &Var,
+        beta: &Var,
+        eps: f32,
+    ) -> Result<Var> {
+        let (y, stats) =
+            ops::group_norm_relu(x.tensor(), groups, gamma.tensor(), beta.tensor(), eps)?;
+        let (xt, gt, yt) = (x.tensor().clone(), gamma.tensor().clone(), y.clone());
+        let needs = [
+            x.requires_grad(),
+            gamma.requires_grad(),
+            beta.requires_grad(),
+        ];
+        Ok(self.record(
+            &[x, gamma, beta],
+            y,
+            Box::new(move |dy| {
+                let dn = ops::relu_backward(&yt, dy)?;
+                let g = ops::group_norm_backward(&xt, &dn, &stats, groups, &gt, eps)?;
+                Ok(vec![
+                    needs[0].then_some(g.dx),
+                    needs[1].then_some(g.dgamma),
+                    needs[2].then_some(g.dbeta),
+                ])
+            }),
+        ))
+    }
+
     /// Instance norm with affine: [`Tape::group_norm`] with one group per channel.
     pub fn instance_norm(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
         let c = ops::ncv(x.tensor(), "instance norm input")?.1;
         self.group_norm(x, c, gamma, beta, eps)
+    }
+
+    /// Instance norm with affine followed by ReLU in one pass: [`Tape::group_norm_relu`] with one group per
+    /// channel.
+    pub fn instance_norm_relu(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        let c = ops::ncv(x.tensor(), "instance norm input")?.1;
+        self.group_norm_relu(x, c, gamma, beta, eps)
     }
 
     /// ReLU.

@@ -419,11 +419,15 @@ fn bench_network(gpu: &Gpu, scale: Scale) -> Result<crate::nn::SegResNetDs> {
     crate::nn::SegResNetDs::new(gpu, config, 0)
 }
 
-/// Forward flops of a SegResNetDS's convolutions on `[B, 1, S, S, S]` (2 x C_in x C_out x taps x output
-/// voxels, transposed convolutions counted on their input voxels).
-fn segresnetds_forward_flops(net: &crate::nn::SegResNetDs, batch: usize, size: usize) -> f64 {
+/// Forward work of a SegResNetDS's convolutions on `[B, 1, S, S, S]`: flops (2 x C_in x C_out x taps x
+/// output voxels, transposed convolutions counted on their input voxels) and the least traffic (each
+/// convolution reading its input and writing its output once, f32).
+fn segresnetds_forward_work(net: &crate::nn::SegResNetDs, batch: usize, size: usize) -> (f64, f64) {
     let c = net.config();
+    let bytes = std::cell::Cell::new(0.0);
     let conv = |cin: usize, cout: usize, taps: usize, voxels: usize| {
+        // Input voxels: the same as the output's for stride 1 (the per-level sizes below are exact enough).
+        bytes.set(bytes.get() + F32 * ((cin + cout) * voxels * batch) as f64);
         2.0 * (cin * cout * taps * voxels * batch) as f64
     };
     let vox = |level: usize| (size >> level).pow(3);
@@ -444,7 +448,7 @@ fn segresnetds_forward_flops(net: &crate::nn::SegResNetDs, batch: usize, size: u
             f += conv(ch, c.out_channels, 1, vox(l));
         }
     }
-    f
+    (f, bytes.get())
 }
 
 fn networks(cases: &mut Vec<Case>) {
@@ -466,7 +470,7 @@ fn networks(cases: &mut Vec<Case>) {
             let net = bench_network(gpu, scale)?;
             let (x, labels, b, s) = input(gpu, scale)?;
             // Forward + input and weight gradients: three times the forward's convolution work.
-            let flops = 3.0 * segresnetds_forward_flops(&net, b, s);
+            let (flops, bytes) = segresnetds_forward_work(&net, b, s);
             let mut opt = crate::nn::AdamW::new(crate::nn::AdamWConfig {
                 lr: 1e-4,
                 weight_decay: 1e-5,
@@ -474,7 +478,7 @@ fn networks(cases: &mut Vec<Case>) {
             });
             let loss = crate::train::TrainLoss::ace(Binning::Hard);
             let shape = x.shape().to_vec();
-            let work = Work::bytes_and_flops(0.0, flops);
+            let work = Work::bytes_and_flops(3.0 * bytes, 3.0 * flops);
             Ok(Prepared::new(&shape, work, move || {
                 crate::train::train_step(&net, &mut opt, &loss, &x, &labels).map(drop)
             }))
@@ -487,11 +491,11 @@ fn networks(cases: &mut Vec<Case>) {
             use crate::nn::Network;
             let net = bench_network(gpu, scale)?;
             let (x, _, b, s) = input(gpu, scale)?;
-            let flops = segresnetds_forward_flops(&net, b, s);
+            let (flops, bytes) = segresnetds_forward_work(&net, b, s);
             let shape = x.shape().to_vec();
             Ok(Prepared::new(
                 &shape,
-                Work::bytes_and_flops(0.0, flops),
+                Work::bytes_and_flops(bytes, flops),
                 move || {
                     let tape = crate::autograd::Tape::new();
                     let _g = tape.no_grad();

@@ -1,8 +1,11 @@
 //! The device context: which adapter, which device, and what it allows.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
+use super::dispatch::{ProfileEntry, Recorder};
 use super::pipeline::PipelineCache;
 use super::pool::BufferPool;
 use super::timer::PassTimer;
@@ -173,8 +176,25 @@ pub(crate) struct Inner {
     pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
     /// Pass timestamps while [`Gpu::time_passes`] records.
     pub(crate) timer: PassTimer,
+    /// Pending recorded work, the uniform arena and the bind-group cache.
+    pub(crate) recorder: Mutex<Recorder>,
+    /// Counters of the dispatch engine.
+    pub(crate) stats: EngineCounters,
+    /// Whether each batch is submitted alone and timed.
+    pub(crate) profiling: AtomicBool,
+    /// Time per batch label while profiling.
+    pub(crate) profile: Mutex<HashMap<String, ProfileEntry>>,
     /// Errors that escaped every error scope, and device loss, reported by the next call.
     pub(crate) escaped: Arc<Mutex<Option<Error>>>,
+}
+
+/// Counters behind [`Gpu::engine_stats`].
+#[derive(Default)]
+pub(crate) struct EngineCounters {
+    pub(crate) submissions: AtomicU64,
+    pub(crate) dispatches: AtomicU64,
+    pub(crate) bind_groups_created: AtomicU64,
+    pub(crate) bind_groups_reused: AtomicU64,
 }
 
 impl fmt::Debug for Gpu {
@@ -339,6 +359,12 @@ impl Gpu {
                 pool: BufferPool::default(),
                 staging: Mutex::new(None),
                 timer: PassTimer::default(),
+                recorder: Mutex::new(Recorder::default()),
+                stats: EngineCounters::default(),
+                profiling: AtomicBool::new(
+                    std::env::var("CALIBSEG_PROFILE").is_ok_and(|v| v.trim() == "1"),
+                ),
+                profile: Mutex::new(HashMap::new()),
                 escaped,
             }),
         }
@@ -349,7 +375,8 @@ impl Gpu {
         &self.inner.device
     }
 
-    /// The wgpu queue.
+    /// The wgpu queue. Inside a recording scope ([`Gpu::record`]) call [`Gpu::flush`] before writing with
+    /// it into a buffer that recorded work uses: queue writes land before pending work runs.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.queue
     }
@@ -379,13 +406,27 @@ impl Gpu {
         self.inner.limits.max_storage_buffer_binding_size
     }
 
-    /// Blocks until all submitted work has finished.
+    /// Submits any pending recorded work and blocks until all submitted work has finished.
     pub fn synchronize(&self) -> Result<()> {
+        self.flush()?;
+        self.wait_idle()
+    }
+
+    /// Blocks until all submitted work has finished (pending recorded work stays pending).
+    pub(crate) fn wait_idle(&self) -> Result<()> {
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::DeviceLost(e.to_string()))?;
         self.take_escaped()
+    }
+
+    /// Keeps an error (the first one) for the next call to report.
+    pub(crate) fn store_escaped(&self, e: Error) {
+        let mut s = self.inner.escaped.lock().unwrap_or_else(|p| p.into_inner());
+        if s.is_none() {
+            *s = Some(e);
+        }
     }
 
     /// Reports (once) an error that escaped the error scopes, or device loss.

@@ -1,7 +1,26 @@
-//! Launching kernels: a batch of dispatches recorded into one encoder and submitted together, with
-//! wgpu's validation and out-of-memory errors caught by error scopes and returned as `Result`s.
+//! Launching kernels: dispatches, copies and clears collected in a [`Batch`] and sent to the device in few
+//! submissions, with wgpu's validation and out-of-memory errors caught by error scopes and returned as
+//! `Result`s.
+//!
+//! A batch on its own submits when [`Batch::submit`] is called. Inside a recording scope
+//! ([`Gpu::record`]) it appends to the device's pending work instead, which goes out as one submission when
+//! the scope ends, before a read-back ([`Gpu::read_bytes`]), a host write into an existing tensor, a
+//! [`Gpu::synchronize`], or once [`FLUSH_DISPATCHES`] dispatches (or [`FLUSH_HELD_BYTES`] of released
+//! buffers) are waiting. Every submission (its encoding, bind groups and uniform upload included) runs
+//! inside one pair of error scopes.
+//!
+//! Uniform parameters of all dispatches of a submission live in one arena buffer (one host write per
+//! submission, each dispatch at its own aligned offset), and bind groups are cached by pipeline, arena
+//! offset and bound buffer windows, so a repeated step creates none.
+//!
+//! Pool safety: while recorded work is pending, buffers released to the pool are held back
+//! (`BufferPool::hold`) and only become reusable once that work is submitted, so no pending command ever
+//! sees its buffer handed to another tensor (and written by a `queue.write_buffer`, which lands before
+//! pending commands run).
 
-use wgpu::util::DeviceExt;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::context::{convert_error, Gpu};
 use super::pipeline::Kernel;
@@ -10,6 +29,16 @@ use crate::tensor::Tensor;
 
 /// Invocations per workgroup of the 1D kernels (the WebGPU default limit, so it runs everywhere).
 pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Pending dispatches after which a recording scope submits what it has (as cubecl bounds its batches).
+pub const FLUSH_DISPATCHES: usize = 1024;
+
+/// Bytes of buffers released (and held back from reuse) while work is pending after which a recording
+/// scope submits, so memory stays bounded in long recordings of large tensors.
+pub const FLUSH_HELD_BYTES: u64 = 512 << 20;
+
+/// Bind groups kept for reuse; the cache is emptied when it grows past this.
+const BIND_GROUP_CACHE: usize = 2048;
 
 /// A storage-buffer argument of a dispatch: a whole tensor or a byte window of one.
 #[derive(Clone, Copy, Debug)]
@@ -49,33 +78,210 @@ impl<'a> Arg<'a> {
     }
 }
 
-/// Dispatches recorded into one command encoder; [`Batch::submit`] sends them and reports errors.
+/// One bound storage window of a recorded dispatch.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Bound {
+    buffer: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+/// A recorded command.
+pub(crate) enum Command {
+    Dispatch {
+        kernel: Kernel,
+        /// The uniform parameters, padded to 16 bytes.
+        params: Vec<u8>,
+        args: Vec<Bound>,
+        grid: [u32; 3],
+    },
+    Copy {
+        src: wgpu::Buffer,
+        src_offset: u64,
+        dst: wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    },
+    Clear {
+        buffer: wgpu::Buffer,
+        offset: u64,
+        size: Option<u64>,
+    },
+}
+
+/// Key of a cached bind group: the pipeline, the uniform window and the storage windows.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    pipeline: wgpu::ComputePipeline,
+    arena: wgpu::Buffer,
+    uniform_offset: u64,
+    uniform_size: u64,
+    args: Vec<Bound>,
+}
+
+/// What the device has pending, and the reusable pieces of submitting it.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    /// Open recording scopes.
+    depth: usize,
+    commands: Vec<Command>,
+    dispatches: usize,
+    /// Labels of the batches pending (for error messages), first few only.
+    labels: Vec<String>,
+    /// The uniform arena and its bind groups.
+    arena: Option<wgpu::Buffer>,
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+}
+
+/// Counters of the dispatch engine, for tests and benches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// `queue.submit` calls so far.
+    pub submissions: u64,
+    /// Dispatches encoded so far.
+    pub dispatches: u64,
+    /// Bind groups created so far.
+    pub bind_groups_created: u64,
+    /// Bind groups found in the cache.
+    pub bind_groups_reused: u64,
+}
+
+/// Time spent per batch label with [`Gpu::set_profiling`] on (each batch submitted alone and waited for).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProfileEntry {
+    /// The batch label and its first kernel.
+    pub label: String,
+    /// Batches submitted under that label.
+    pub count: u64,
+    /// Wall time from submission to completion, summed.
+    pub total: Duration,
+}
+
+/// A recording scope: while at least one is alive, batches on this device append to one pending
+/// submission instead of submitting each. Dropping the last scope submits what is pending (an error then
+/// is reported by the device's next call); [`Recording::finish`] does it and returns the error.
+pub struct Recording {
+    gpu: Gpu,
+    open: bool,
+}
+
+impl Recording {
+    /// Ends the scope; when it was the last one, submits the pending work and reports its errors.
+    pub fn finish(mut self) -> Result<()> {
+        self.open = false;
+        self.gpu.end_recording()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if self.open {
+            if let Err(e) = self.gpu.end_recording() {
+                self.gpu.store_escaped(e);
+            }
+        }
+    }
+}
+
+/// Dispatches, copies and clears recorded in order; [`Batch::submit`] sends them (or, inside a recording
+/// scope, appends them to the pending submission) and reports errors.
 pub struct Batch<'g> {
     gpu: &'g Gpu,
     label: String,
-    encoder: wgpu::CommandEncoder,
-    // Popped in reverse order of pushing: validation first, then out-of-memory.
-    oom_scope: Option<wgpu::ErrorScopeGuard>,
-    validation_scope: Option<wgpu::ErrorScopeGuard>,
+    commands: Vec<Command>,
+    dispatches: usize,
 }
 
 impl Gpu {
     /// Starts a batch of work named `label` (the name appears in error messages).
     pub fn batch(&self, label: impl Into<String>) -> Batch<'_> {
-        let label = label.into();
-        let device = &self.inner.device;
-        let oom_scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation_scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some(&label),
-        });
         Batch {
             gpu: self,
-            label,
-            encoder,
-            oom_scope: Some(oom_scope),
-            validation_scope: Some(validation_scope),
+            label: label.into(),
+            commands: Vec::new(),
+            dispatches: 0,
         }
+    }
+
+    /// Opens a recording scope (nestable, device-wide: batches from every thread join it): until the
+    /// returned guard ends, every batch on this device is appended to one pending submission (flushed
+    /// after [`FLUSH_DISPATCHES`] dispatches, and before any read-back or host write into a tensor the
+    /// pending work may use).
+    pub fn record(&self) -> Recording {
+        self.recorder().depth += 1;
+        self.inner.pool.hold();
+        Recording {
+            gpu: self.clone(),
+            open: true,
+        }
+    }
+
+    /// Whether a recording scope is open.
+    pub fn is_recording(&self) -> bool {
+        self.recorder().depth > 0
+    }
+
+    fn end_recording(&self) -> Result<()> {
+        let last = {
+            let mut r = self.recorder();
+            r.depth = r.depth.saturating_sub(1);
+            r.depth == 0
+        };
+        if last {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Submits the pending recorded work now (nothing happens when none is pending).
+    pub fn flush(&self) -> Result<()> {
+        self.submit_pending(Vec::new(), None)
+    }
+
+    /// The dispatch engine's counters.
+    pub fn engine_stats(&self) -> EngineStats {
+        let s = &self.inner.stats;
+        EngineStats {
+            submissions: s.submissions.load(Ordering::Relaxed),
+            dispatches: s.dispatches.load(Ordering::Relaxed),
+            bind_groups_created: s.bind_groups_created.load(Ordering::Relaxed),
+            bind_groups_reused: s.bind_groups_reused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets every cached bind group (they keep their buffers alive).
+    pub(crate) fn clear_bind_groups(&self) {
+        self.recorder().bind_groups.clear();
+    }
+
+    /// Number of `queue.submit` calls made on this device so far.
+    pub fn submissions(&self) -> u64 {
+        self.inner.stats.submissions.load(Ordering::Relaxed)
+    }
+
+    /// Turns per-batch profiling on or off (also on when the environment sets `CALIBSEG_PROFILE=1` when the
+    /// device is opened): each batch is then submitted alone and waited for, and its wall time added to
+    /// [`Gpu::profile`] under its label. Slow; for finding hot kernels only.
+    pub fn set_profiling(&self, on: bool) {
+        self.inner.profiling.store(on, Ordering::Relaxed);
+    }
+
+    /// Time per batch label since profiling was turned on (or [`Gpu::reset_profile`]), largest first.
+    pub fn profile(&self) -> Vec<ProfileEntry> {
+        let p = self.inner.profile.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<ProfileEntry> = p.values().cloned().collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.total));
+        v
+    }
+
+    /// Forgets the times gathered by profiling.
+    pub fn reset_profile(&self) {
+        self.inner
+            .profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Splits `groups` workgroups into a grid whose sides fit the device limit, so tensors with more than
@@ -97,6 +303,248 @@ impl Gpu {
         }
         Ok([groups.div_ceil(y), y, 1])
     }
+
+    fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        self.inner
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Submits the pending work followed by `extra` commands in one submission; `map`, if given, maps a
+    /// buffer once that submission has run. Waits for the device when `map` is given.
+    pub(crate) fn submit_pending(
+        &self,
+        extra: Vec<Command>,
+        map: Option<MapRequest>,
+    ) -> Result<()> {
+        let (mut commands, labels) = {
+            let mut r = self.recorder();
+            r.dispatches = 0;
+            (
+                std::mem::take(&mut r.commands),
+                std::mem::take(&mut r.labels),
+            )
+        };
+        commands.extend(extra);
+        if commands.is_empty() && map.is_none() {
+            // Nothing pending uses any buffer: what was held back may be reused.
+            self.inner.pool.release_held();
+            if self.recorder().depth > 0 {
+                self.inner.pool.hold();
+            }
+            return self.take_escaped();
+        }
+        let context = match labels.len() {
+            0 => "read-back".to_string(),
+            1 => labels[0].clone(),
+            _ => format!("recorded work (batches {}, ...)", labels.join(", ")),
+        };
+        let wait = map.is_some();
+        let result = self.encode_and_submit(&commands, map, &context);
+        drop(commands);
+        // The submitted work owns its buffers now: what was held back may be reused.
+        self.inner.pool.release_held();
+        if self.recorder().depth > 0 {
+            self.inner.pool.hold();
+        }
+        let index = result?;
+        if wait {
+            self.inner
+                .device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(index),
+                    timeout: None,
+                })
+                .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        }
+        self.take_escaped()
+    }
+
+    /// Encodes `commands` into one command buffer and submits it, all inside one pair of error scopes.
+    fn encode_and_submit(
+        &self,
+        commands: &[Command],
+        map: Option<MapRequest>,
+        context: &str,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let device = &self.inner.device;
+        let oom_scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation_scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let index = {
+            let mut r = self.recorder();
+            let r = &mut *r;
+            // Uniforms: each dispatch's parameters at an aligned offset of one arena buffer.
+            let align = u64::from(
+                self.inner
+                    .limits
+                    .min_uniform_buffer_offset_alignment
+                    .max(16),
+            );
+            let mut blob: Vec<u8> = Vec::new();
+            let mut offsets = Vec::new();
+            for c in commands {
+                if let Command::Dispatch { params, .. } = c {
+                    let at = (blob.len() as u64).next_multiple_of(align);
+                    blob.resize(at as usize, 0);
+                    blob.extend_from_slice(params);
+                    offsets.push(at);
+                }
+            }
+            if !blob.is_empty() {
+                let need = blob.len() as u64;
+                if r.arena.as_ref().is_none_or(|a| a.size() < need) {
+                    let size = need.next_power_of_two().max(64 << 10);
+                    r.arena = Some(device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("calibseg uniform arena"),
+                        size,
+                        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    }));
+                    // Bind groups of the old arena can never match again.
+                    r.bind_groups.clear();
+                }
+                let arena = r.arena.as_ref().expect("the arena was just made");
+                self.inner.queue.write_buffer(arena, 0, &blob);
+            }
+            if r.bind_groups.len() > BIND_GROUP_CACHE {
+                r.bind_groups.clear();
+            }
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(context),
+            });
+            let mut offsets = offsets.into_iter();
+            let mut i = 0;
+            while i < commands.len() {
+                match &commands[i] {
+                    Command::Dispatch { .. } => {
+                        // One compute pass for a run of dispatches (wgpu orders them by their usage).
+                        // While `Gpu::time_passes` records on this thread, each pass writes two timestamps.
+                        let stamps = self.inner.timer.pass_writes();
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: stamps.as_ref().map(|(query_set, first)| {
+                                wgpu::ComputePassTimestampWrites {
+                                    query_set,
+                                    beginning_of_pass_write_index: Some(*first),
+                                    end_of_pass_write_index: Some(first + 1),
+                                }
+                            }),
+                        });
+                        let mut current: Option<&wgpu::ComputePipeline> = None;
+                        while let Some(Command::Dispatch {
+                            kernel,
+                            params,
+                            args,
+                            grid,
+                        }) = commands.get(i)
+                        {
+                            let offset = offsets.next().expect("one uniform offset per dispatch");
+                            let arena = r.arena.as_ref().expect("dispatches have an arena");
+                            let key = BindKey {
+                                pipeline: (*kernel.pipeline).clone(),
+                                arena: arena.clone(),
+                                uniform_offset: offset,
+                                uniform_size: params.len() as u64,
+                                args: args.clone(),
+                            };
+                            let stats = &self.inner.stats;
+                            let group = match r.bind_groups.get(&key) {
+                                Some(g) => {
+                                    stats.bind_groups_reused.fetch_add(1, Ordering::Relaxed);
+                                    g.clone()
+                                }
+                                None => {
+                                    stats.bind_groups_created.fetch_add(1, Ordering::Relaxed);
+                                    let g = create_bind_group(device, kernel, &key);
+                                    r.bind_groups.insert(key, g.clone());
+                                    g
+                                }
+                            };
+                            if current != Some(&*kernel.pipeline) {
+                                pass.set_pipeline(&kernel.pipeline);
+                                current = Some(&*kernel.pipeline);
+                            }
+                            pass.set_bind_group(0, &group, &[]);
+                            pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+                            self.inner.stats.dispatches.fetch_add(1, Ordering::Relaxed);
+                            i += 1;
+                        }
+                    }
+                    Command::Copy {
+                        src,
+                        src_offset,
+                        dst,
+                        dst_offset,
+                        size,
+                    } => {
+                        encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                        i += 1;
+                    }
+                    Command::Clear {
+                        buffer,
+                        offset,
+                        size,
+                    } => {
+                        encoder.clear_buffer(buffer, *offset, *size);
+                        i += 1;
+                    }
+                }
+            }
+            if let Some(m) = map {
+                encoder.copy_buffer_to_buffer(m.src, m.src_offset, m.stage, 0, m.size);
+                encoder.map_buffer_on_submit(m.stage, wgpu::MapMode::Read, 0..m.size, m.callback);
+            }
+            let index = self.inner.queue.submit([encoder.finish()]);
+            self.inner.stats.submissions.fetch_add(1, Ordering::Relaxed);
+            index
+        };
+        let validation = pollster::block_on(validation_scope.pop());
+        let oom = pollster::block_on(oom_scope.pop());
+        if let Some(e) = validation {
+            return Err(convert_error(e, context));
+        }
+        if let Some(e) = oom {
+            return Err(convert_error(e, context));
+        }
+        Ok(index)
+    }
+}
+
+fn create_bind_group(device: &wgpu::Device, kernel: &Kernel, key: &BindKey) -> wgpu::BindGroup {
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &key.arena,
+            offset: key.uniform_offset,
+            size: std::num::NonZeroU64::new(key.uniform_size),
+        }),
+    }];
+    for (i, a) in key.args.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &a.buffer,
+                offset: a.offset,
+                size: std::num::NonZeroU64::new(a.size),
+            }),
+        });
+    }
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.label()),
+        layout: &kernel.layout,
+        entries: &entries,
+    })
+}
+
+/// A read-back riding on a submission: `size` bytes of `src` from `src_offset` copied to the start of the
+/// mappable `stage`, which is then mapped for reading.
+pub(crate) struct MapRequest<'a> {
+    pub src: &'a wgpu::Buffer,
+    pub src_offset: u64,
+    pub stage: &'a wgpu::Buffer,
+    pub size: u64,
+    pub callback: Box<dyn FnOnce(std::result::Result<(), wgpu::BufferAsyncError>) + Send>,
 }
 
 impl Batch<'_> {
@@ -152,84 +600,108 @@ impl Batch<'_> {
         if grid.contains(&0) {
             return Ok(());
         }
-        let device = &self.gpu.inner.device;
         let mut padded = params.to_vec();
         padded.resize(params.len().next_multiple_of(16).max(16), 0);
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: &padded,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        for (i, a) in args.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: a.buffer,
+        self.commands.push(Command::Dispatch {
+            kernel: kernel.clone(),
+            params: padded,
+            args: args
+                .iter()
+                .map(|a| Bound {
+                    buffer: a.buffer.clone(),
                     offset: a.offset,
-                    size: std::num::NonZeroU64::new(a.size),
-                }),
-            });
-        }
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.label()),
-            layout: &kernel.pipeline.get_bind_group_layout(0),
-            entries: &entries,
+                    size: a.size,
+                })
+                .collect(),
+            grid,
         });
-        let stamps = self.gpu.inner.timer.pass_writes();
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.label()),
-                timestamp_writes: stamps.as_ref().map(|(query_set, first)| {
-                    wgpu::ComputePassTimestampWrites {
-                        query_set,
-                        beginning_of_pass_write_index: Some(*first),
-                        end_of_pass_write_index: Some(first + 1),
-                    }
-                }),
-            });
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        self.dispatches += 1;
         Ok(())
     }
 
-    /// The command encoder, for copies and clears between dispatches.
-    pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        &mut self.encoder
+    /// Records a copy of `size` bytes between buffers (offsets and size multiples of 4).
+    pub fn copy_buffer_to_buffer(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        size: u64,
+    ) {
+        self.commands.push(Command::Copy {
+            src: src.clone(),
+            src_offset,
+            dst: dst.clone(),
+            dst_offset,
+            size,
+        });
     }
 
-    /// Submits the recorded work and returns the first error wgpu reported for it.
-    pub fn submit(mut self) -> Result<wgpu::SubmissionIndex> {
-        let device = &self.gpu.inner.device;
-        let encoder = std::mem::replace(
-            &mut self.encoder,
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
-        );
-        let index = self.gpu.inner.queue.submit([encoder.finish()]);
-        let validation = self
-            .validation_scope
-            .take()
-            .map(|s| pollster::block_on(s.pop()));
-        let oom = self.oom_scope.take().map(|s| pollster::block_on(s.pop()));
-        if let Some(Some(e)) = validation {
-            return Err(convert_error(e, &self.label));
-        }
-        if let Some(Some(e)) = oom {
-            return Err(convert_error(e, &self.label));
-        }
-        self.gpu.take_escaped()?;
-        Ok(index)
+    /// Records zero-filling `size` bytes of `buffer` from `offset` (`None`: to the end).
+    pub fn clear_buffer(&mut self, buffer: &wgpu::Buffer, offset: u64, size: Option<u64>) {
+        self.commands.push(Command::Clear {
+            buffer: buffer.clone(),
+            offset,
+            size,
+        });
     }
 
-    /// Submits and waits until the device has finished this work.
-    pub fn submit_and_wait(self) -> Result<()> {
+    /// Submits the recorded work (or, inside a recording scope, appends it to the pending submission) and
+    /// returns the first error wgpu reported for what was submitted.
+    pub fn submit(self) -> Result<()> {
         let gpu = self.gpu;
-        let index = self.submit()?;
+        if gpu.inner.profiling.load(Ordering::Relaxed) {
+            return self.submit_profiled();
+        }
+        let flush = {
+            let mut r = gpu.recorder();
+            if r.depth == 0 && r.commands.is_empty() {
+                drop(r);
+                let Batch {
+                    label, commands, ..
+                } = self;
+                let result = gpu.encode_and_submit(&commands, None, &label).map(|_| ());
+                drop(commands);
+                gpu.inner.pool.release_held();
+                result?;
+                return gpu.take_escaped();
+            }
+            if r.labels.len() < 4 && !r.labels.contains(&self.label) {
+                r.labels.push(self.label.clone());
+            }
+            r.dispatches += self.dispatches;
+            let Batch { commands, .. } = self;
+            if !commands.is_empty() {
+                gpu.inner.pool.hold();
+            }
+            r.commands.extend(commands);
+            r.depth == 0
+                || r.dispatches >= FLUSH_DISPATCHES
+                || gpu.inner.pool.held_bytes() >= FLUSH_HELD_BYTES
+        };
+        if flush {
+            gpu.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Profiling: submits pending work, then this batch alone, waits, and adds the time to its label.
+    fn submit_profiled(self) -> Result<()> {
+        let gpu = self.gpu;
+        gpu.flush()?;
+        gpu.synchronize()?;
+        let first = self.commands.iter().find_map(|c| match c {
+            Command::Dispatch { kernel, .. } => Some(kernel.label().to_string()),
+            _ => None,
+        });
+        let label = match first {
+            Some(k) => format!("{} [{k}]", self.label),
+            None => self.label.clone(),
+        };
+        let start = Instant::now();
+        let Batch { commands, .. } = self;
+        let index = gpu.encode_and_submit(&commands, None, &label)?;
         gpu.inner
             .device
             .poll(wgpu::PollType::Wait {
@@ -237,14 +709,31 @@ impl Batch<'_> {
                 timeout: None,
             })
             .map_err(|e| Error::DeviceLost(e.to_string()))?;
-        Ok(())
+        let took = start.elapsed();
+        let mut p = gpu.inner.profile.lock().unwrap_or_else(|p| p.into_inner());
+        let e = p.entry(label.clone()).or_insert_with(|| ProfileEntry {
+            label,
+            ..Default::default()
+        });
+        e.count += 1;
+        e.total += took;
+        drop(p);
+        gpu.take_escaped()
     }
-}
 
-impl Drop for Batch<'_> {
-    fn drop(&mut self) {
-        // Unsubmitted batches (an error part-way) discard their scopes in the right order.
-        drop(self.validation_scope.take());
-        drop(self.oom_scope.take());
+    /// Submits (with everything pending before it) and waits until the device has finished this work.
+    pub fn submit_and_wait(self) -> Result<()> {
+        let gpu = self.gpu;
+        let Batch {
+            label, commands, ..
+        } = self;
+        {
+            let mut r = gpu.recorder();
+            if r.labels.len() < 4 {
+                r.labels.push(label);
+            }
+        }
+        gpu.submit_pending(commands, None)?;
+        gpu.wait_idle()
     }
 }

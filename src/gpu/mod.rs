@@ -11,7 +11,11 @@ pub use context::{
     driver_description, feature_names, parse_backends, AdapterSummary, Gpu, GpuOptions,
     BACKEND_NAMES,
 };
-pub use dispatch::{Arg, Batch, WORKGROUP_SIZE};
+pub(crate) use dispatch::MapRequest;
+pub use dispatch::{
+    Arg, Batch, EngineStats, ProfileEntry, Recording, FLUSH_DISPATCHES, FLUSH_HELD_BYTES,
+    WORKGROUP_SIZE,
+};
 pub use pipeline::{GeneratedModule, Kernel};
 pub(crate) use pool::PooledBuffer;
 pub use pool::{PoolStats, STORAGE_USAGE};

@@ -11,6 +11,8 @@ use crate::shaders::Shader;
 #[derive(Clone, Debug)]
 pub struct Kernel {
     pub(crate) pipeline: Arc<wgpu::ComputePipeline>,
+    /// The pipeline's bind group layout, asked for once.
+    pub(crate) layout: wgpu::BindGroupLayout,
     pub(crate) label: Arc<str>,
 }
 
@@ -156,6 +158,7 @@ impl Gpu {
             return Err(convert_error(e, &format!("compiling {label}")));
         }
         let kernel = Kernel {
+            layout: pipeline.get_bind_group_layout(0),
             pipeline: Arc::new(pipeline),
             label,
         };

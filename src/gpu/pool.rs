@@ -1,8 +1,9 @@
 //! A pool of storage buffers so repeated steps do not reallocate.
 //!
 //! Sizes are rounded up to one of four buckets per power of two (at most 25% waste); a dropped tensor's
-//! buffer goes back to its bucket. Reuse is safe without fences because wgpu executes submissions in order
-//! and every op submits its own work before returning.
+//! buffer goes back to its bucket. Reuse is safe without fences because wgpu executes submissions in order:
+//! a buffer released while recorded work is still pending (see `Gpu::record`) is held back until that work
+//! has been submitted, and only then becomes reusable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -30,6 +31,11 @@ pub struct PoolStats {
 struct PoolState {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
     stats: PoolStats,
+    /// Whether released buffers are held back (recorded work is pending).
+    holding: bool,
+    /// Buffers released while holding, in release order.
+    held: Vec<wgpu::Buffer>,
+    held_bytes: u64,
 }
 
 #[derive(Default)]
@@ -60,9 +66,22 @@ impl Drop for PooledBuffer {
         };
         let mut s = pool.lock().unwrap_or_else(|p| p.into_inner());
         let size = self.buffer.size();
+        if s.holding {
+            s.held_bytes += size;
+            s.held.push(self.buffer.clone());
+            return;
+        }
+        s.give_back(self.buffer.clone());
+    }
+}
+
+impl PoolState {
+    fn give_back(&mut self, buffer: wgpu::Buffer) {
+        let size = buffer.size();
+        let s = self;
         if s.stats.idle_bytes + size <= DEFAULT_RETAIN_BYTES {
             s.stats.idle_bytes += size;
-            s.free.entry(size).or_default().push(self.buffer.clone());
+            s.free.entry(size).or_default().push(buffer);
         }
     }
 }
@@ -103,6 +122,29 @@ impl BufferPool {
         }
     }
 
+    /// From now on, released buffers are held back until [`BufferPool::release_held`].
+    pub(crate) fn hold(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).holding = true;
+    }
+
+    /// Makes the held-back buffers reusable (the work that used them has been submitted) and stops holding.
+    pub(crate) fn release_held(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.holding = false;
+        s.held_bytes = 0;
+        for b in std::mem::take(&mut s.held) {
+            s.give_back(b);
+        }
+    }
+
+    /// Bytes held back now.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .held_bytes
+    }
+
     pub(crate) fn stats(&self) -> PoolStats {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).stats
     }
@@ -122,6 +164,7 @@ impl super::Gpu {
 
     /// Releases every idle pooled buffer (memory goes back to the driver).
     pub fn clear_pool(&self) {
+        self.clear_bind_groups();
         self.inner.pool.clear()
     }
 }

@@ -178,11 +178,14 @@ impl Gpu {
                 passes: 0,
             });
         }
-        let mut batch = self.batch("resolve timestamps");
-        batch
-            .encoder()
-            .resolve_query_set(&query_set, 0..used, &resolve, 0);
-        batch.submit()?;
+        // Nothing is pending after the synchronisation above: resolve in a submission of its own.
+        let mut encoder = self
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("resolve timestamps"),
+            });
+        encoder.resolve_query_set(&query_set, 0..used, &resolve, 0);
+        self.queue().submit([encoder.finish()]);
         let bytes = self.read_bytes(&resolve, 0, u64::from(used) * QUERY_BYTES)?;
         let period = f64::from(self.timestamp_period_ns());
         let ticks: Vec<u64> = bytes

@@ -4,11 +4,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Labels, LossOutput};
+use super::{Labels, Loss, LossOutput};
+use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::gpu::{Arg, Batch, WORKGROUP_SIZE};
 use crate::shaders;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -99,6 +100,94 @@ impl DeepSupervision {
         labels: &Labels,
         loss: impl Fn(&Tensor, &Labels) -> Result<LossOutput>,
     ) -> Result<DeepSupervisionOutput> {
+        self.forward_with(outputs, labels, &loss)
+    }
+
+    /// [`DeepSupervision::forward`] with any [`Loss`].
+    pub fn forward_loss(
+        &self,
+        outputs: &[Tensor],
+        labels: &Labels,
+        loss: &dyn Loss,
+    ) -> Result<DeepSupervisionOutput> {
+        self.forward_with(outputs, labels, &|o, l| loss.forward(o, l))
+    }
+
+    /// The deep-supervised loss as one tape operation on the outputs: each level's loss, their weighted
+    /// sum (on the GPU, no read-back) as a `[1]` variable whose backward hands every output its weighted
+    /// gradient, and the weighted terms.
+    pub fn record(
+        &self,
+        tape: &Tape,
+        outputs: &[Var],
+        labels: &Labels,
+        loss: &dyn Loss,
+    ) -> Result<RecordedDeepSupervision> {
+        let tensors: Vec<Tensor> = outputs.iter().map(|v| v.tensor().clone()).collect();
+        let levels = self.forward_loss(&tensors, labels, loss)?;
+        drop(tensors);
+        let k = levels.levels.len();
+        let gpu = labels.tensor().gpu();
+        let weights = Tensor::from_f32(gpu, &[k], &levels.weights)?;
+        let rows = Tensor::uninit(gpu, &[k, 4], DType::F32)?;
+        let terms = Tensor::uninit(gpu, &[4], DType::F32)?;
+        let value = Tensor::uninit(gpu, &[1], DType::F32)?;
+        let mut b = gpu.batch("deep supervision: weighted sum");
+        for (i, l) in levels.levels.iter().enumerate() {
+            l.copy_terms(&mut b, &rows, 4 * i)?;
+        }
+        rows_kernel(&mut b, "weighted_rows", &rows, &weights, &terms, 4, k)?;
+        b.copy_buffer_to_buffer(terms.buffer(), 0, value.buffer(), 0, 4);
+        b.submit()?;
+        let inputs: Vec<&Var> = outputs.iter().collect();
+        let loss = tape.record(
+            &inputs,
+            value,
+            Box::new(move |dy| {
+                let gpu = dy.gpu().clone();
+                dy.expect_dtype(DType::F32, "deep-supervision upstream gradient")?;
+                if dy.numel() != 1 {
+                    return Err(Error::shape(format!(
+                        "deep-supervision upstream gradient must be [1], got {:?}",
+                        dy.shape()
+                    )));
+                }
+                // Each level's upstream gradient: its weight times dy, on the GPU.
+                let scaled = Tensor::uninit(&gpu, &[k], DType::F32)?;
+                let ups = (0..k)
+                    .map(|_| Tensor::uninit(&gpu, &[1], DType::F32))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut b = gpu.batch("deep supervision: level gradients");
+                rows_kernel(
+                    &mut b,
+                    "scale_rows",
+                    dy,
+                    &levels.weights_tensor,
+                    &scaled,
+                    1,
+                    k,
+                )?;
+                for (i, up) in ups.iter().enumerate() {
+                    b.copy_buffer_to_buffer(scaled.buffer(), 4 * i as u64, up.buffer(), 0, 4);
+                }
+                b.submit()?;
+                levels
+                    .levels
+                    .iter()
+                    .zip(&ups)
+                    .map(|(l, up)| l.backward_with(up).map(Some))
+                    .collect()
+            }),
+        );
+        Ok(RecordedDeepSupervision { loss, terms })
+    }
+
+    fn forward_with(
+        &self,
+        outputs: &[Tensor],
+        labels: &Labels,
+        loss: &dyn Fn(&Tensor, &Labels) -> Result<LossOutput>,
+    ) -> Result<DeepSupervisionOutput> {
         if outputs.is_empty() || outputs.len() > self.weights.len() {
             return Err(Error::invalid(format!(
                 "{} outputs for {} deep-supervision weights",
@@ -119,11 +208,56 @@ impl DeepSupervision {
                 loss(o, &l)
             })
             .collect::<Result<Vec<_>>>()?;
+        let weights = self.weights[..outputs.len()].to_vec();
         Ok(DeepSupervisionOutput {
-            weights: self.weights[..outputs.len()].to_vec(),
+            weights_tensor: Tensor::from_f32(labels.tensor().gpu(), &[weights.len()], &weights)?,
+            weights,
             levels,
         })
     }
+}
+
+/// `weighted_rows` / `scale_rows` of `shaders/elementwise.wgsl` over rows of `n` and `k` weights.
+fn rows_kernel(
+    b: &mut Batch<'_>,
+    entry: &'static str,
+    a: &Tensor,
+    weights: &Tensor,
+    out: &Tensor,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        n: u32,
+        voxels: u32,
+        channels: u32,
+        _pad: u32,
+    }
+    let p = P {
+        n: n as u32,
+        voxels: 1,
+        channels: k as u32,
+        _pad: 0,
+    };
+    let kernel = b.gpu().kernel(&shaders::ELEMENTWISE, "", entry, &[])?;
+    b.dispatch(
+        &kernel,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(a), Arg::whole(weights), Arg::whole(out)],
+        (n * k).div_ceil(WORKGROUP_SIZE as usize) as u32,
+    )
+}
+
+/// A deep-supervised loss recorded on a tape ([`DeepSupervision::record`]).
+#[derive(Debug)]
+pub struct RecordedDeepSupervision {
+    /// The weighted sum of the level losses `[1]`; back-propagating from it reaches every output.
+    pub loss: Var,
+    /// `[4]`: the weighted sums over levels of the loss and of its unweighted terms (see
+    /// [`super::TERMS`]), on the device.
+    pub terms: Tensor,
 }
 
 /// The per-level losses of a deep-supervision forward pass.
@@ -133,6 +267,8 @@ pub struct DeepSupervisionOutput {
     pub weights: Vec<f32>,
     /// Each level's loss.
     pub levels: Vec<LossOutput>,
+    /// The weights on the device.
+    weights_tensor: Tensor,
 }
 
 impl DeepSupervisionOutput {

@@ -516,13 +516,7 @@ impl Terms {
             let t = Tensor::uninit(gpu, &shape, DType::F32)?;
             let bytes = t.byte_len();
             if bytes > 0 {
-                batch.encoder().copy_buffer_to_buffer(
-                    values.buffer(),
-                    at as u64 * 4,
-                    t.buffer(),
-                    0,
-                    bytes,
-                );
+                batch.copy_buffer_to_buffer(values.buffer(), at as u64 * 4, t.buffer(), 0, bytes);
             }
             out.push(t);
         }

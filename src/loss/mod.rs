@@ -11,13 +11,17 @@ mod dice;
 pub mod file;
 mod fused;
 mod labels;
+mod traits;
 
 pub use ace::{AceForward, AceLoss, Binning};
 pub use combined::{AceDiceCeLoss, DiceCeLoss, LossOutput};
-pub use deep_supervision::{downsample_labels, DeepSupervision};
+pub use deep_supervision::{
+    downsample_labels, DeepSupervision, DeepSupervisionOutput, RecordedDeepSupervision,
+};
 pub use dice::{CrossEntropyLoss, DiceLoss};
 pub use fused::MAX_CHANNELS;
 pub use labels::Labels;
+pub use traits::{Loss, RecordedLoss, TERMS};
 
 /// How per-(image, class) values become the loss.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,13 +1,16 @@
 //! AdamW as PyTorch computes it (`torch.optim.AdamW`, default hyper-parameters, decoupled weight decay),
-//! one GPU kernel per parameter tensor per step (`shaders/adamw.wgsl`).
+//! multi-tensor: the moments of all parameters live packed in one buffer pair, each step copies the
+//! gradients and parameters into packed buffers (recorded copies), updates every element in one dispatch
+//! per pack (`shaders/adamw.wgsl`) and copies the parameters back. Same arithmetic per element as one
+//! kernel per tensor, so the same bits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::autograd::{Grads, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::gpu::{Arg, Gpu, WORKGROUP_SIZE};
 use crate::io::safetensors::HostTensor;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
@@ -43,7 +46,7 @@ impl Default for AdamWConfig {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
-    _pad: u32,
+    base: u32,
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -54,12 +57,34 @@ struct Params {
     _pad1: [u32; 3],
 }
 
-/// The optimiser: per-parameter moment buffers, created on first use, and the step count.
+/// Where a parameter's elements sit in the packed buffers.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    pack: usize,
+    /// First element in the pack.
+    offset: usize,
+    numel: usize,
+}
+
+/// Packed gradients, parameters and moments of a set of parameters (at most one storage binding each).
+struct Pack {
+    grads: Tensor,
+    params: Tensor,
+    m: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// The optimiser: moments packed per group of parameters (created on first use), and the step count.
 pub struct AdamW {
     /// Hyper-parameters; change `lr` between steps to follow a schedule.
     pub config: AdamWConfig,
     step: u64,
-    moments: HashMap<u64, (Tensor, Tensor)>,
+    /// Packed layout of the parameters seen so far, by variable id.
+    slots: HashMap<u64, Slot>,
+    packs: Vec<Pack>,
+    /// Parameters that have moments (stepped with a gradient, or imported).
+    stepped: HashSet<u64>,
 }
 
 impl AdamW {
@@ -68,7 +93,9 @@ impl AdamW {
         AdamW {
             config,
             step: 0,
-            moments: HashMap::new(),
+            slots: HashMap::new(),
+            packs: Vec::new(),
+            stepped: HashSet::new(),
         }
     }
 
@@ -83,15 +110,28 @@ impl AdamW {
         &self,
         params: &[(String, Var)],
     ) -> Result<(u64, BTreeMap<String, HostTensor>)> {
+        let mut host: HashMap<usize, (Vec<f32>, Vec<f32>)> = HashMap::new();
         let mut out = BTreeMap::new();
         for (name, v) in params {
-            if let Some((m, s)) = self.moments.get(&v.id()) {
-                for (key, t) in [("exp_avg", m), ("exp_avg_sq", s)] {
-                    out.insert(
-                        format!("{key}.{name}"),
-                        HostTensor::F32(t.shape().to_vec(), t.to_vec_f32()?),
-                    );
+            if !self.stepped.contains(&v.id()) {
+                continue;
+            }
+            let Some(slot) = self.slots.get(&v.id()) else {
+                continue;
+            };
+            let (m, s) = match host.entry(slot.pack) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let pack = &self.packs[slot.pack];
+                    e.insert((pack.m.to_vec_f32()?, pack.v.to_vec_f32()?))
                 }
+            };
+            let range = slot.offset..slot.offset + slot.numel;
+            for (key, data) in [("exp_avg", m), ("exp_avg_sq", s)] {
+                out.insert(
+                    format!("{key}.{name}"),
+                    HostTensor::F32(v.shape().to_vec(), data[range.clone()].to_vec()),
+                );
             }
         }
         Ok((self.step, out))
@@ -105,7 +145,7 @@ impl AdamW {
         step: u64,
         state: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     ) -> Result<()> {
-        let mut moments = HashMap::new();
+        let mut found = Vec::new();
         let mut used = 0;
         for (name, v) in params {
             let m = state.get(&format!("exp_avg.{name}"));
@@ -119,26 +159,19 @@ impl AdamW {
                     )))
                 }
             };
-            for (key, (shape, _)) in [("exp_avg", m), ("exp_avg_sq", s)] {
-                if shape.as_slice() != v.shape() {
+            for (key, (shape, data)) in [("exp_avg", m), ("exp_avg_sq", s)] {
+                if shape.as_slice() != v.shape() || data.len() != v.tensor().numel() {
                     return Err(Error::StateDict(format!(
                         "optimiser state {key}.{name} is {shape:?}, the parameter {:?}",
                         v.shape()
                     )));
                 }
             }
-            let gpu = v.tensor().gpu();
-            moments.insert(
-                v.id(),
-                (
-                    Tensor::from_f32(gpu, &m.0, &m.1)?,
-                    Tensor::from_f32(gpu, &s.0, &s.1)?,
-                ),
-            );
+            found.push((v, &m.1, &s.1));
             used += 2;
         }
         if used != state.len() {
-            let known: std::collections::HashSet<String> = params
+            let known: HashSet<String> = params
                 .iter()
                 .flat_map(|(n, _)| [format!("exp_avg.{n}"), format!("exp_avg_sq.{n}")])
                 .collect();
@@ -147,7 +180,31 @@ impl AdamW {
                 "optimiser state for unknown parameters: {extra:?}"
             )));
         }
-        self.moments = moments;
+        // Fresh packs over the listed parameters, moments zero except those loaded.
+        let vars: Vec<&Var> = params.iter().map(|(_, v)| v).collect();
+        let (slots, lens) = layout(&vars, &HashMap::new(), &[], max_pack_elems(&vars))?;
+        let mut m_host: Vec<Vec<f32>> = lens.iter().map(|&n| vec![0.0; n]).collect();
+        let mut v_host = m_host.clone();
+        let mut stepped = HashSet::new();
+        for (v, m, s) in found {
+            let slot = slots[&v.id()];
+            m_host[slot.pack][slot.offset..slot.offset + slot.numel].copy_from_slice(m);
+            v_host[slot.pack][slot.offset..slot.offset + slot.numel].copy_from_slice(s);
+            stepped.insert(v.id());
+        }
+        let mut packs = Vec::new();
+        if let Some(v) = vars.first() {
+            let gpu = v.tensor().gpu();
+            for ((len, m), s) in lens.iter().zip(&m_host).zip(&v_host) {
+                let mut p = new_pack(gpu, *len)?;
+                p.m = Tensor::from_f32(gpu, &[(*len).max(1)], &padded(m))?;
+                p.v = Tensor::from_f32(gpu, &[(*len).max(1)], &padded(s))?;
+                packs.push(p);
+            }
+        }
+        self.slots = slots;
+        self.packs = packs;
+        self.stepped = stepped;
         self.step = step;
         Ok(())
     }
@@ -155,11 +212,7 @@ impl AdamW {
     /// One step on every parameter in `params` that has a gradient in `grads` (updated in place: the
     /// variables keep their tensors). Parameters without a gradient are left alone, as PyTorch does.
     pub fn step(&mut self, params: &[Var], grads: &Grads) -> Result<()> {
-        self.step += 1;
-        let c = self.config;
-        let t = self.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
+        let mut active = Vec::new();
         for v in params {
             let Some(g) = grads.get(v) else { continue };
             let p = v.tensor();
@@ -172,40 +225,186 @@ impl AdamW {
                     p.shape()
                 )));
             }
-            let gpu = p.gpu();
-            let (m, s) = match self.moments.entry(v.id()) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert((
-                    Tensor::zeros(gpu, p.shape(), DType::F32)?,
-                    Tensor::zeros(gpu, p.shape(), DType::F32)?,
-                )),
-            };
-            let n = p.numel();
-            if n == 0 {
+            active.push((v, g));
+        }
+        self.step += 1;
+        let Some((first, _)) = active.first() else {
+            return Ok(());
+        };
+        let gpu = first.tensor().gpu().clone();
+        let vars: Vec<&Var> = active.iter().map(|(v, _)| *v).collect();
+        if vars.iter().any(|v| !self.slots.contains_key(&v.id())) {
+            self.grow(&gpu, &vars)?;
+        }
+        let c = self.config;
+        let t = self.step as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2 = 1.0 - c.beta2.powi(t);
+        let k = gpu.kernel(&shaders::ADAMW, "", "step", &[])?;
+        let mut b = gpu.batch("adamw");
+        // Runs of consecutive elements to update, per pack (parameters without a gradient are skipped).
+        let mut runs: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.packs.len()];
+        let mut slots: Vec<Slot> = active.iter().map(|(v, _)| self.slots[&v.id()]).collect();
+        for (slot, (v, g)) in slots.iter().zip(&active) {
+            self.stepped.insert(v.id());
+            if slot.numel == 0 {
                 continue;
             }
-            let params = Params {
-                n: n as u32,
-                _pad: 0,
-                lr: c.lr as f32,
-                beta1: c.beta1 as f32,
-                beta2: c.beta2 as f32,
-                eps: c.eps as f32,
-                weight_decay: c.weight_decay as f32,
-                bc1: bc1 as f32,
-                bc2_sqrt: bc2.sqrt() as f32,
-                _pad1: [0; 3],
-            };
-            let k = gpu.kernel(&shaders::ADAMW, "", "step", &[])?;
-            let mut b = gpu.batch("adamw");
-            b.dispatch(
-                &k,
-                bytemuck::bytes_of(&params),
-                &[Arg::whole(g), Arg::whole(p), Arg::whole(m), Arg::whole(s)],
-                n.div_ceil(WORKGROUP_SIZE as usize) as u32,
-            )?;
-            b.submit()?;
+            let pack = &self.packs[slot.pack];
+            let (at, bytes) = (slot.offset as u64 * 4, slot.numel as u64 * 4);
+            b.copy_buffer_to_buffer(g.buffer(), 0, pack.grads.buffer(), at, bytes);
+            b.copy_buffer_to_buffer(v.tensor().buffer(), 0, pack.params.buffer(), at, bytes);
         }
+        slots.sort_by_key(|s| (s.pack, s.offset));
+        for s in slots.iter().filter(|s| s.numel > 0) {
+            let r = &mut runs[s.pack];
+            match r.last_mut() {
+                Some((start, len)) if *start + *len == s.offset => *len += s.numel,
+                _ => r.push((s.offset, s.numel)),
+            }
+        }
+        for (pack, runs) in self.packs.iter().zip(&runs) {
+            for &(start, len) in runs {
+                let params = Params {
+                    n: len as u32,
+                    base: start as u32,
+                    lr: c.lr as f32,
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    eps: c.eps as f32,
+                    weight_decay: c.weight_decay as f32,
+                    bc1: bc1 as f32,
+                    bc2_sqrt: bc2.sqrt() as f32,
+                    _pad1: [0; 3],
+                };
+                b.dispatch(
+                    &k,
+                    bytemuck::bytes_of(&params),
+                    &[
+                        Arg::whole(&pack.grads),
+                        Arg::whole(&pack.params),
+                        Arg::whole(&pack.m),
+                        Arg::whole(&pack.v),
+                    ],
+                    len.div_ceil(WORKGROUP_SIZE as usize) as u32,
+                )?;
+            }
+        }
+        for (slot, (v, _)) in active.iter().map(|(v, g)| (self.slots[&v.id()], (v, g))) {
+            if slot.numel == 0 {
+                continue;
+            }
+            let pack = &self.packs[slot.pack];
+            b.copy_buffer_to_buffer(
+                pack.params.buffer(),
+                slot.offset as u64 * 4,
+                v.tensor().buffer(),
+                0,
+                slot.numel as u64 * 4,
+            );
+        }
+        b.submit()
+    }
+
+    /// Lays out the known parameters and `new` ones again, keeping the moments of the known ones.
+    fn grow(&mut self, gpu: &Gpu, new: &[&Var]) -> Result<()> {
+        let fresh: Vec<&Var> = new
+            .iter()
+            .copied()
+            .filter(|v| !self.slots.contains_key(&v.id()))
+            .collect();
+        let limit = max_pack_elems(new);
+        let (slots, lens) = layout(&fresh, &self.slots, &self.packs, limit)?;
+        let mut packs = Vec::new();
+        let mut b = gpu.batch("adamw: moments");
+        for (i, &len) in lens.iter().enumerate() {
+            let pack = new_pack(gpu, len)?;
+            b.clear_buffer(pack.m.buffer(), 0, None);
+            b.clear_buffer(pack.v.buffer(), 0, None);
+            if let Some(old) = self.packs.get(i) {
+                // Known parameters keep their place: the old pack is a prefix of the new one.
+                let bytes = old.len as u64 * 4;
+                if bytes > 0 {
+                    b.copy_buffer_to_buffer(old.m.buffer(), 0, pack.m.buffer(), 0, bytes);
+                    b.copy_buffer_to_buffer(old.v.buffer(), 0, pack.v.buffer(), 0, bytes);
+                }
+            }
+            packs.push(pack);
+        }
+        b.submit()?;
+        self.slots = slots;
+        self.packs = packs;
         Ok(())
+    }
+}
+
+/// Most elements per pack: one storage binding (and a u32 index).
+fn max_pack_elems(vars: &[&Var]) -> usize {
+    let binding = vars.first().map_or(u64::from(u32::MAX), |v| {
+        v.tensor().gpu().max_binding_bytes()
+    });
+    (binding / 4).min(u64::from(u32::MAX)) as usize
+}
+
+/// Appends `fresh` parameters to the layout `known` (whose packs have the lengths of `packs`): each goes to
+/// the first pack with room, or a new one. Returns the layout and every pack's length.
+fn layout(
+    fresh: &[&Var],
+    known: &HashMap<u64, Slot>,
+    packs: &[Pack],
+    limit: usize,
+) -> Result<(HashMap<u64, Slot>, Vec<usize>)> {
+    let mut slots = known.clone();
+    let mut lens: Vec<usize> = packs.iter().map(|p| p.len).collect();
+    for v in fresh {
+        if slots.contains_key(&v.id()) {
+            continue;
+        }
+        let n = v.tensor().numel();
+        if n > limit {
+            return Err(Error::BufferTooLarge {
+                what: format!("an AdamW parameter of shape {:?}", v.shape()),
+                bytes: n as u64 * 4,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: limit as u64 * 4,
+            });
+        }
+        let pack = match lens.iter().position(|&l| l + n <= limit) {
+            Some(i) => i,
+            None => {
+                lens.push(0);
+                lens.len() - 1
+            }
+        };
+        slots.insert(
+            v.id(),
+            Slot {
+                pack,
+                offset: lens[pack],
+                numel: n,
+            },
+        );
+        lens[pack] += n;
+    }
+    Ok((slots, lens))
+}
+
+fn new_pack(gpu: &Gpu, len: usize) -> Result<Pack> {
+    let shape = [len.max(1)];
+    Ok(Pack {
+        grads: Tensor::uninit(gpu, &shape, DType::F32)?,
+        params: Tensor::uninit(gpu, &shape, DType::F32)?,
+        m: Tensor::uninit(gpu, &shape, DType::F32)?,
+        v: Tensor::uninit(gpu, &shape, DType::F32)?,
+        len,
+    })
+}
+
+/// At least one element (an empty pack still has a buffer).
+fn padded(data: &[f32]) -> Vec<f32> {
+    if data.is_empty() {
+        vec![0.0]
+    } else {
+        data.to_vec()
     }
 }

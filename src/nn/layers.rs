@@ -412,6 +412,14 @@ impl Norm {
             NormKind::Group(g) => tape.group_norm(x, g, &self.weight, &self.bias, self.eps),
         }
     }
+
+    /// Applies the layer, then ReLU, in one pass (same values and gradients as the two ops).
+    pub fn forward_relu(&self, tape: &Tape, x: &Var) -> Result<Var> {
+        match self.kind {
+            NormKind::Instance => tape.instance_norm_relu(x, &self.weight, &self.bias, self.eps),
+            NormKind::Group(g) => tape.group_norm_relu(x, g, &self.weight, &self.bias, self.eps),
+        }
+    }
 }
 
 impl Parameters for Norm {

@@ -117,9 +117,9 @@ impl ResBlock {
     }
 
     pub(crate) fn forward(&self, tape: &Tape, x: &Var) -> Result<Var> {
-        let h = tape.relu(&self.norm1.forward(tape, x)?)?;
+        let h = self.norm1.forward_relu(tape, x)?;
         let h = self.conv1.forward(tape, &h)?;
-        let h = tape.relu(&self.norm2.forward(tape, &h)?)?;
+        let h = self.norm2.forward_relu(tape, &h)?;
         let h = self.conv2.forward(tape, &h)?;
         tape.add(&h, x)
     }

@@ -288,28 +288,36 @@ impl SegResNet {
 impl Network for SegResNet {
     fn forward(&self, tape: &Tape, x: &Var, _mode: Mode) -> Result<Vec<Var>> {
         self.check_input(x.shape())?;
-        let mut h = self.conv_init.forward(tape, x)?;
-        let mut skips = Vec::with_capacity(self.down.len());
-        for layer in &self.down {
-            if let Some(pre) = &layer.pre_conv {
-                h = pre.forward(tape, &h)?;
+        // The whole forward pass goes out as one submission (or a few), errors reported here.
+        let rec = x.tensor().gpu().record();
+        let out = (|| -> Result<Vec<Var>> {
+            let mut h = self.conv_init.forward(tape, x)?;
+            let mut skips = Vec::with_capacity(self.down.len());
+            for layer in &self.down {
+                if let Some(pre) = &layer.pre_conv {
+                    h = pre.forward(tape, &h)?;
+                }
+                h = run_blocks(tape, &layer.blocks, h)?;
+                skips.push(h.clone());
             }
-            h = run_blocks(tape, &layer.blocks, h)?;
-            skips.push(h.clone());
-        }
-        skips.pop();
-        for layer in &self.up {
-            h = layer.reduce.forward(tape, &h)?;
-            h = tape.upsample(&h, 2)?;
-            let skip = skips.pop().expect("one skip per decoder level");
-            h = tape.add(&h, &skip)?;
-            h = run_blocks(tape, &layer.blocks, h)?;
-        }
-        if let (Some(norm), Some(conv)) = (&self.final_norm, &self.final_conv) {
-            h = tape.relu(&norm.forward(tape, &h)?)?;
-            h = conv.forward(tape, &h)?;
-        }
-        Ok(vec![h])
+            skips.pop();
+            for layer in &self.up {
+                h = layer.reduce.forward(tape, &h)?;
+                h = tape.upsample(&h, 2)?;
+                let skip = skips.pop().expect("one skip per decoder level");
+                h = tape.add(&h, &skip)?;
+                h = run_blocks(tape, &layer.blocks, h)?;
+            }
+            if let (Some(norm), Some(conv)) = (&self.final_norm, &self.final_conv) {
+                h = norm.forward_relu(tape, &h)?;
+                h = conv.forward(tape, &h)?;
+            }
+            Ok(vec![h])
+        })();
+        let flushed = rec.finish();
+        let out = out?;
+        flushed?;
+        Ok(out)
     }
 
     fn store(&self) -> &ParamStore {

@@ -339,36 +339,44 @@ impl SegResNetDs {
 impl Network for SegResNetDs {
     fn forward(&self, tape: &Tape, x: &Var, mode: Mode) -> Result<Vec<Var>> {
         self.check_input(x.shape())?;
-        let mut h = self.conv_init.forward(tape, x)?;
-        let mut skips = Vec::with_capacity(self.levels.len());
-        for level in &self.levels {
-            h = run_blocks(tape, &level.blocks, h)?;
-            skips.push(h.clone());
-            if let Some(d) = &level.downsample {
-                h = d.forward(tape, &h)?;
+        // The whole forward pass goes out as one submission (or a few), errors reported here.
+        let rec = x.tensor().gpu().record();
+        let out = (|| -> Result<Vec<Var>> {
+            let mut h = self.conv_init.forward(tape, x)?;
+            let mut skips = Vec::with_capacity(self.levels.len());
+            for level in &self.levels {
+                h = run_blocks(tape, &level.blocks, h)?;
+                skips.push(h.clone());
+                if let Some(d) = &level.downsample {
+                    h = d.forward(tape, &h)?;
+                }
             }
-        }
-        skips.pop(); // the deepest level's output is `h` itself
-        let n = self.up_layers.len();
-        let mut outputs = Vec::new();
-        for (i, level) in self.up_layers.iter().enumerate() {
-            if let Some(up) = &level.upsample {
-                h = up.forward(tape, &h)?;
-                let skip = skips.pop().expect("one skip per decoder level");
-                h = tape.add(&h, &skip)?;
+            skips.pop(); // the deepest level's output is `h` itself
+            let n = self.up_layers.len();
+            let mut outputs = Vec::new();
+            for (i, level) in self.up_layers.iter().enumerate() {
+                if let Some(up) = &level.upsample {
+                    h = up.forward(tape, &h)?;
+                    let skip = skips.pop().expect("one skip per decoder level");
+                    h = tape.add(&h, &skip)?;
+                }
+                h = run_blocks(tape, &level.blocks, h)?;
+                // In eval mode only the last (full-resolution) head is computed; the others would be dropped.
+                let wanted = mode == Mode::Train || i + 1 == n;
+                if let (Some(head), true) = (&level.head, wanted) {
+                    outputs.push(head.forward(tape, &h)?);
+                }
             }
-            h = run_blocks(tape, &level.blocks, h)?;
-            // In eval mode only the last (full-resolution) head is computed; the others would be dropped.
-            let wanted = mode == Mode::Train || i + 1 == n;
-            if let (Some(head), true) = (&level.head, wanted) {
-                outputs.push(head.forward(tape, &h)?);
+            outputs.reverse();
+            if mode == Mode::Eval {
+                outputs.truncate(1);
             }
-        }
-        outputs.reverse();
-        if mode == Mode::Eval {
-            outputs.truncate(1);
-        }
-        Ok(outputs)
+            Ok(outputs)
+        })();
+        let flushed = rec.finish();
+        let out = out?;
+        flushed?;
+        Ok(out)
     }
 
     fn store(&self) -> &ParamStore {

@@ -84,6 +84,15 @@ pub(crate) fn per_axis(v: &[usize], rank: usize, fill: usize, what: &str) -> Res
 }
 
 impl ConvGeometry {
+    /// `Cin->Cout DxHxW kK sS`, for batch labels (profiles, error messages).
+    fn short(&self) -> String {
+        let [d, h, w] = self.input;
+        format!(
+            "{}->{} {d}x{h}x{w} k{} s{}",
+            self.cin, self.cout, self.kernel[2], self.stride[2]
+        )
+    }
+
     /// Geometry of `x` convolved with `w` (`[C_out, C_in, k...]`) at the given stride and padding.
     pub fn new(x: &Tensor, w: &Tensor, stride: &[usize], padding: &[usize]) -> Result<Self> {
         Self::from_shapes(x.shape(), w.shape(), stride, padding)
@@ -305,7 +314,7 @@ pub(crate) fn record_forward(
     } else {
         col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?
     };
-    let mut b = gpu.batch("conv forward");
+    let mut b = gpu.batch(format!("conv forward {}", g.short()));
     b.dispatch_grid(
         &k,
         bytemuck::bytes_of(&p),
@@ -354,7 +363,7 @@ pub(crate) fn record_backward_data(
         )
     };
     let k = conv_kernel(gpu, &t, entry)?;
-    let mut b = gpu.batch("conv backward_data");
+    let mut b = gpu.batch(format!("conv backward_data {}", g.short()));
     b.dispatch_grid(
         &k,
         bytemuck::bytes_of(&p),
@@ -380,7 +389,7 @@ pub(crate) fn record_backward_weight(
     }
     if total == 0 {
         let mut b = gpu.batch("conv backward_weight (empty)");
-        b.encoder().clear_buffer(dw.buffer(), 0, None);
+        b.clear_buffer(dw.buffer(), 0, None);
         b.submit()?;
         return Ok(());
     }
@@ -410,7 +419,7 @@ pub(crate) fn record_backward_weight(
     let k = conv_kernel(gpu, &t, entry)?;
     let p = g.params(split, false);
     let grid = [col_tiles as u32, m_tiles as u32, splits as u32];
-    let mut b = gpu.batch("conv backward_weight");
+    let mut b = gpu.batch(format!("conv backward_weight {}", g.short()));
     let parts = if splits == 1 {
         None
     } else {
@@ -453,7 +462,7 @@ fn record_backward_weight_pointwise(
     }
     let k = conv_kernel(gpu, t, "backward_weight_pointwise")?;
     let p = g.params(split, false);
-    let mut b = gpu.batch("conv backward_weight (1x1x1)");
+    let mut b = gpu.batch(format!("conv backward_weight (1x1x1) {}", g.short()));
     let parts = if splits == 1 {
         None
     } else {

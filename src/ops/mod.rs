@@ -16,7 +16,10 @@ pub use conv::{conv, conv_backward_bias, conv_backward_data, conv_backward_weigh
 pub use conv_transpose::{
     conv_transpose, conv_transpose_backward_data, conv_transpose_backward_weight,
 };
-pub use norm::{group_norm, group_norm_backward, instance_norm, instance_norm_backward, NormGrads};
+pub use norm::{
+    group_norm, group_norm_backward, group_norm_relu, instance_norm, instance_norm_backward,
+    NormGrads,
+};
 pub use reduce::channel_sum;
 pub use relu::{relu, relu_backward};
 pub use softmax::{softmax, softmax_backward};

@@ -25,6 +25,8 @@ struct Params {
     images: u32,
     eps: f32,
     inv_len: f32,
+    relu: u32,
+    _pad: [u32; 3],
 }
 
 /// Gradients of a norm: input, scale (`gamma`) and shift (`beta`).
@@ -63,8 +65,15 @@ impl Dims {
             images: self.n as u32,
             eps,
             inv_len: 1.0 / (cg * self.v) as f32,
+            relu: 0,
+            _pad: [0; 3],
         })
     }
+}
+
+/// Workgroups of the element kernels: one per 4096 elements (`CHUNK` in `norm.wgsl`) of each (n, c) row.
+fn element_groups(d: &Dims) -> u32 {
+    (d.n * d.c * d.v.div_ceil(4096)) as u32
 }
 
 fn check(x: &Tensor, groups: usize, gamma: &Tensor, what: &str) -> Result<Dims> {
@@ -100,6 +109,29 @@ pub fn group_norm(
     beta: &Tensor,
     eps: f32,
 ) -> Result<(Tensor, Tensor)> {
+    group_norm_act(x, groups, gamma, beta, eps, false)
+}
+
+/// [`group_norm`] followed by ReLU in the same pass (the output is `max(norm, 0)`; its backward is
+/// [`super::relu_backward`] on this output, then [`group_norm_backward`]).
+pub fn group_norm_relu(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    group_norm_act(x, groups, gamma, beta, eps, true)
+}
+
+fn group_norm_act(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<(Tensor, Tensor)> {
     let d = check(x, groups, gamma, "group norm input")?;
     beta.expect_dtype(DType::F32, "norm bias")?;
     if beta.shape() != gamma.shape() {
@@ -110,7 +142,8 @@ pub fn group_norm(
         )));
     }
     let gpu = x.gpu();
-    let p = d.params(eps)?;
+    let mut p = d.params(eps)?;
+    p.relu = u32::from(relu);
     let ng = d.n * groups;
     let len = d.c / groups * d.v;
     let stats = Tensor::uninit(gpu, &[2, ng], DType::F32)?;
@@ -140,7 +173,7 @@ pub fn group_norm(
             Arg::whole(beta),
             Arg::whole(&y),
         ],
-        p.total.div_ceil(WORKGROUP_SIZE),
+        element_groups(&d),
     )?;
     b.submit()?;
     drop((p1, p2));
@@ -218,7 +251,7 @@ pub fn group_norm_backward(
             Arg::whole(&coef),
             Arg::whole(&dx),
         ],
-        p.total.div_ceil(WORKGROUP_SIZE),
+        element_groups(&d),
     )?;
     b.submit()?;
     drop((pdy, pdyx, sdy, sdyx, coef));

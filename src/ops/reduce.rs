@@ -7,7 +7,7 @@ use crate::gpu::{Arg, Batch, WORKGROUP_SIZE};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
-/// Elements one pass-1 workgroup sums (256 invocations x 16).
+/// Elements one pass-1 workgroup sums (64 invocations x 64).
 const CHUNK: usize = 4096;
 
 #[repr(C)]

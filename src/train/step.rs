@@ -3,7 +3,7 @@
 
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::loss::{AceDiceCeLoss, Binning, DeepSupervision, DiceCeLoss, Labels, LossOutput};
+use crate::loss::{AceDiceCeLoss, Binning, DeepSupervision, DiceCeLoss, Labels, Loss, LossOutput};
 use crate::nn::{AdamW, Mode, Network};
 use crate::tensor::Tensor;
 
@@ -54,6 +54,12 @@ impl TrainLoss {
 
     /// The loss on one output.
     pub fn forward(&self, logits: &Tensor, labels: &Labels) -> Result<LossOutput> {
+        Loss::forward(self, logits, labels)
+    }
+}
+
+impl Loss for TrainLoss {
+    fn forward(&self, logits: &Tensor, labels: &Labels) -> Result<LossOutput> {
         match *self {
             TrainLoss::Baseline {
                 lambda_dice,
@@ -106,35 +112,27 @@ pub fn train_step(
     input: &Tensor,
     labels: &Labels,
 ) -> Result<StepLosses> {
+    // Forward, loss, backward and optimiser step are recorded and go out in one submission (or a few),
+    // with the read-back of the losses at the end.
+    let _rec = input.gpu().record();
     let tape = Tape::new();
     let x = Var::constant(input.clone());
     let outputs = net.forward(&tape, &x, Mode::Train)?;
-    let tensors: Vec<Tensor> = outputs.iter().map(|v| v.tensor().clone()).collect();
     let ds = DeepSupervision::exp(outputs.len());
-    let levels = ds.forward(&tensors, labels, |o, l| loss.forward(o, l))?;
-    let grads_out = levels.backward()?;
-    drop(tensors);
-    // The loss as a tape op on the outputs: its backward hands each output its (weighted) gradient.
-    let inputs: Vec<&Var> = outputs.iter().collect();
-    let root = tape.record(
-        &inputs,
-        Tensor::from_f32(input.gpu(), &[1], &[0.0])?,
-        Box::new(move |_| Ok(grads_out.into_iter().map(Some).collect())),
-    );
-    let grads = tape.backward(&root)?;
+    // The weighted sum over levels stays on the GPU; its backward hands each output its gradient.
+    let total = ds.record(&tape, &outputs, labels, loss)?;
+    drop(outputs);
+    let grads = tape.backward(&total.loss)?;
     optimizer.step(&net.store().vars(), &grads)?;
-    let mut out = StepLosses::default();
-    for (w, l) in levels.weights.iter().zip(&levels.levels) {
-        let read = |t: &Option<Tensor>| -> Result<f32> {
-            t.as_ref().map_or(Ok(0.0), |t| {
-                Ok(t.to_vec_f32()?.first().copied().unwrap_or(0.0))
-            })
-        };
-        out.total += w * l.loss.to_vec_f32()?[0];
-        out.dice += w * read(&l.dice)?;
-        out.ce += w * read(&l.ce)?;
-        out.ace += w * read(&l.ace)?;
-    }
+    drop(grads);
+    // The one read-back of the step (it submits what is still recorded).
+    let v = total.terms.to_vec_f32()?;
+    let out = StepLosses {
+        total: v[0],
+        dice: v[1],
+        ce: v[2],
+        ace: v[3],
+    };
     if !out.total.is_finite() {
         return Err(Error::invalid(format!(
             "the training loss became {} (learning rate too high?)",
