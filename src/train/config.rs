@@ -131,9 +131,9 @@ impl Default for TrainConfig {
             lambda_ce: None,
             lambda_ace: None,
             num_bins: 20,
-            steps: 200,
+            steps: 150,
             val_every: 50,
-            patch: [32, 32, 32],
+            patch: [24, 24, 24],
             batch: 2,
             lr: 2e-3,
             weight_decay: 1e-5,
@@ -141,7 +141,11 @@ impl Default for TrainConfig {
             seed: 12345,
             val_volumes: 3,
             test_volumes: 8,
-            window: WindowSettings::default(),
+            // One window covers a whole 48^3 volume: validation and testing cost one forward pass each.
+            window: WindowSettings {
+                roi: vec![48, 48, 48],
+                ..WindowSettings::default()
+            },
             model: SegResNetDsConfig {
                 init_filters: 8,
                 in_channels: 1,
