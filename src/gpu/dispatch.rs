@@ -128,6 +128,9 @@ pub(crate) struct Recorder {
     dispatches: usize,
     /// Labels of the batches pending (for error messages), first few only.
     labels: Vec<String>,
+    /// Submissions taken from `commands` (or submitted directly) and not yet handed to the queue: their
+    /// buffers must stay held, whichever thread submits them.
+    in_flight: usize,
     /// The uniform arena and its bind groups.
     arena: Option<wgpu::Buffer>,
     bind_groups: HashMap<BindKey, wgpu::BindGroup>,
@@ -304,6 +307,21 @@ impl Gpu {
         Ok([groups.div_ceil(y), y, 1])
     }
 
+    /// Called after a submission that was counted in `in_flight` reached the queue (or was empty): releases
+    /// the held-back buffers when no recorded work is pending or in flight on any thread, since only then
+    /// can no unsubmitted command use them (a host write into a reused buffer lands before every command
+    /// buffer submitted after it).
+    fn submitted(&self) {
+        let mut r = self.recorder();
+        r.in_flight = r.in_flight.saturating_sub(1);
+        if r.commands.is_empty() && r.in_flight == 0 {
+            self.inner.pool.release_held();
+            if r.depth > 0 {
+                self.inner.pool.hold();
+            }
+        }
+    }
+
     fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
         self.inner
             .recorder
@@ -321,6 +339,7 @@ impl Gpu {
         let (mut commands, labels) = {
             let mut r = self.recorder();
             r.dispatches = 0;
+            r.in_flight += 1;
             (
                 std::mem::take(&mut r.commands),
                 std::mem::take(&mut r.labels),
@@ -328,11 +347,9 @@ impl Gpu {
         };
         commands.extend(extra);
         if commands.is_empty() && map.is_none() {
-            // Nothing pending uses any buffer: what was held back may be reused.
-            self.inner.pool.release_held();
-            if self.recorder().depth > 0 {
-                self.inner.pool.hold();
-            }
+            // Nothing of ours is pending: what was held back may be reused unless another thread has work
+            // pending or on its way to the queue.
+            self.submitted();
             return self.take_escaped();
         }
         let context = match labels.len() {
@@ -343,11 +360,9 @@ impl Gpu {
         let wait = map.is_some();
         let result = self.encode_and_submit(&commands, map, &context);
         drop(commands);
-        // The submitted work owns its buffers now: what was held back may be reused.
-        self.inner.pool.release_held();
-        if self.recorder().depth > 0 {
-            self.inner.pool.hold();
-        }
+        // The submitted work owns its buffers now: what was held back may be reused, unless other work is
+        // pending or on its way to the queue.
+        self.submitted();
         let index = result?;
         if wait {
             self.inner
@@ -656,13 +671,14 @@ impl Batch<'_> {
         let flush = {
             let mut r = gpu.recorder();
             if r.depth == 0 && r.commands.is_empty() {
+                r.in_flight += 1;
                 drop(r);
                 let Batch {
                     label, commands, ..
                 } = self;
                 let result = gpu.encode_and_submit(&commands, None, &label).map(|_| ());
                 drop(commands);
-                gpu.inner.pool.release_held();
+                gpu.submitted();
                 result?;
                 return gpu.take_escaped();
             }
