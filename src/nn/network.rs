@@ -132,3 +132,14 @@ pub(crate) fn run_blocks(tape: &Tape, blocks: &[ResBlock], mut x: Var) -> Result
     }
     Ok(x)
 }
+
+/// Runs a whole forward pass `f` on `x`'s device inside one recording scope: it goes out as one submission
+/// (or a few), and its errors are reported here.
+pub(crate) fn recorded(x: &Var, f: impl FnOnce() -> Result<Vec<Var>>) -> Result<Vec<Var>> {
+    let rec = x.tensor().gpu().record();
+    let out = f();
+    let flushed = rec.finish();
+    let out = out?;
+    flushed?;
+    Ok(out)
+}

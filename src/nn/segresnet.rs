@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::layers::{Conv, ConvConfig, Norm};
 use super::monai_args::{self as args, NormSpec};
-use super::network::{run_blocks, Mode, Network, ResBlock};
+use super::network::{recorded, run_blocks, Mode, Network, ResBlock};
 use super::store::{ParamStore, VarBuilder};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
@@ -288,9 +288,7 @@ impl SegResNet {
 impl Network for SegResNet {
     fn forward(&self, tape: &Tape, x: &Var, _mode: Mode) -> Result<Vec<Var>> {
         self.check_input(x.shape())?;
-        // The whole forward pass goes out as one submission (or a few), errors reported here.
-        let rec = x.tensor().gpu().record();
-        let out = (|| -> Result<Vec<Var>> {
+        recorded(x, || {
             let mut h = self.conv_init.forward(tape, x)?;
             let mut skips = Vec::with_capacity(self.down.len());
             for layer in &self.down {
@@ -313,11 +311,7 @@ impl Network for SegResNet {
                 h = conv.forward(tape, &h)?;
             }
             Ok(vec![h])
-        })();
-        let flushed = rec.finish();
-        let out = out?;
-        flushed?;
-        Ok(out)
+        })
     }
 
     fn store(&self) -> &ParamStore {

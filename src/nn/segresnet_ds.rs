@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::layers::{Conv, ConvConfig, ConvTranspose};
 use super::monai_args::{self as args, NormSpec};
-use super::network::{run_blocks, Mode, Network, ResBlock};
+use super::network::{recorded, run_blocks, Mode, Network, ResBlock};
 use super::store::{ParamStore, VarBuilder};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
@@ -339,9 +339,7 @@ impl SegResNetDs {
 impl Network for SegResNetDs {
     fn forward(&self, tape: &Tape, x: &Var, mode: Mode) -> Result<Vec<Var>> {
         self.check_input(x.shape())?;
-        // The whole forward pass goes out as one submission (or a few), errors reported here.
-        let rec = x.tensor().gpu().record();
-        let out = (|| -> Result<Vec<Var>> {
+        recorded(x, || {
             let mut h = self.conv_init.forward(tape, x)?;
             let mut skips = Vec::with_capacity(self.levels.len());
             for level in &self.levels {
@@ -372,11 +370,7 @@ impl Network for SegResNetDs {
                 outputs.truncate(1);
             }
             Ok(outputs)
-        })();
-        let flushed = rec.finish();
-        let out = out?;
-        flushed?;
-        Ok(out)
+        })
     }
 
     fn store(&self) -> &ParamStore {
