@@ -24,36 +24,6 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Every case the issue asks for today (SegResNetDS comes with the network: results or skipped).
-const FAMILY_ROWS: [&str; 26] = [
-    "softmax_fwd",
-    "softmax_bwd",
-    "ace_hard_fwd_bwd",
-    "ace_soft_fwd_bwd",
-    "dice_ce_fwd_bwd",
-    "ace_dice_ce_hard_fwd_bwd",
-    "ace_dice_ce_soft_fwd_bwd",
-    "conv3d_fwd_k3s1",
-    "conv3d_bwd_data_k3s1",
-    "conv3d_bwd_weight_k3s1",
-    "conv3d_fwd_k3s2",
-    "conv3d_bwd_data_k3s2",
-    "conv3d_bwd_weight_k3s2",
-    "conv3d_fwd_k1s1",
-    "conv3d_bwd_data_k1s1",
-    "conv3d_bwd_weight_k1s1",
-    "conv3d_fwd_transpose_k3s2",
-    "conv3d_bwd_data_transpose_k3s2",
-    "conv3d_bwd_weight_transpose_k3s2",
-    "instance_norm_fwd",
-    "instance_norm_bwd",
-    "group_norm_fwd",
-    "group_norm_bwd",
-    "calibration_hard_bins",
-    "temperature_nll",
-    "temperature_apply",
-];
-
 /// One quick run shared by the tests of this file: its output and JSON file.
 fn quick() -> &'static (Output, PathBuf) {
     static RUN: OnceLock<(Output, PathBuf)> = OnceLock::new();
@@ -150,7 +120,7 @@ fn quick_report_is_complete_and_well_formed() {
         .iter()
         .map(|c| text(&c["name"], "results[].name"))
         .collect();
-    for want in FAMILY_ROWS {
+    for want in common::BENCH_CASES {
         assert!(
             names.iter().any(|n| n == want),
             "no row {want} in {names:?}"
