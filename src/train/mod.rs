@@ -11,6 +11,6 @@ pub use config::{LossName, TrainConfig, WindowSettings};
 pub use run::{train_in_folder, RunOptions, RunOutcome};
 pub use step::{train_step, StepLosses, TrainLoss};
 pub use trainer::{
-    log_csv, parse_log_csv, predict_probs, run_files, summarise, Event, KeptVolume, LogRow,
-    Trainer, Validation,
+    log_csv, parse_log_csv, predict_probs, summarise, Event, KeptVolume, LogRow, Trainer,
+    Validation,
 };

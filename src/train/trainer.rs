@@ -3,13 +3,12 @@
 //! best-DSC and last checkpoints; exact resumption; a CSV log of the curves.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::config::TrainConfig;
 use super::step::{train_step, StepLosses};
-use crate::autograd::{Tape, Var};
 use crate::data::{DataRng, SyntheticDataset};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -17,8 +16,8 @@ use crate::io::output::write_file_atomically;
 use crate::io::safetensors::{self as st, TensorFile};
 use crate::loss::Labels;
 use crate::metrics::{CalibrationAccumulator, CalibrationMetrics};
-use crate::nn::sliding_window::{sliding_window_inference, BlendMode, SlidingWindowConfig};
-use crate::nn::{AdamW, AdamWConfig, Mode, Network, SegResNetDs, WarmupCosineSchedule};
+use crate::nn::sliding_window::{BlendMode, SlidingWindowConfig};
+use crate::nn::{AdamW, AdamWConfig, Network, SegResNetDs, WarmupCosineSchedule};
 use crate::ops::softmax;
 use crate::tensor::Tensor;
 
@@ -448,13 +447,7 @@ pub fn predict_probs(
     image: &Tensor,
     window: &SlidingWindowConfig,
 ) -> Result<Tensor> {
-    let tape = Tape::new();
-    let _g = tape.no_grad();
-    let logits = sliding_window_inference(image, window, |w| {
-        let mut out = net.forward(&tape, &Var::constant(w.clone()), Mode::Eval)?;
-        Ok(out.remove(0).tensor().clone())
-    })?;
-    softmax(&logits)
+    softmax(&crate::predict::predict_logits(net, image, Some(window))?)
 }
 
 /// The summary values the log and the best-checkpoint choice use.
@@ -542,20 +535,4 @@ pub fn parse_log_csv(text: &str) -> Result<Vec<LogRow>> {
         });
     }
     Ok(rows)
-}
-
-/// The files a run writes into its output folder.
-pub fn run_files(out: &Path) -> Vec<PathBuf> {
-    [
-        "model.json",
-        "config.toml",
-        "log.csv",
-        "best.safetensors",
-        "best.optim.safetensors",
-        "last.safetensors",
-        "last.optim.safetensors",
-    ]
-    .iter()
-    .map(|n| out.join(n))
-    .collect()
 }
