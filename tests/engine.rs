@@ -386,3 +386,71 @@ fn buffers_held_by_a_recording_return_to_the_pool_when_it_ends() {
     assert_eq!(gpu.pool_stats().reuses, reuses + 1);
     assert_eq!(u.to_vec_f32().unwrap(), vec![2.0; 300]);
 }
+
+/// Several threads on one device at once: one trains inside recording scopes while others run small ops
+/// with and without scopes of their own and read back; every read-back must equal the host's sum and
+/// every training step the same losses as a run alone.
+#[test]
+fn threads_sharing_a_device_read_back_their_own_results() {
+    let Some(gpu) = own_gpu() else { return };
+    let alone = {
+        let g = Gpu::new().unwrap();
+        two_steps(&g).0
+    };
+    std::thread::scope(|s| {
+        let trainer = s.spawn(|| {
+            (0..3)
+                .map(|_| two_steps(&gpu).0)
+                .collect::<Vec<Vec<[u32; 4]>>>()
+        });
+        // Scopes opening and closing all the time, each ending with a long submission to encode.
+        let busy = s.spawn(|| {
+            let x = Tensor::from_f32(&gpu, &[4096], &vec![0.5; 4096]).unwrap();
+            for _ in 0..150 {
+                let rec = gpu.record();
+                let mut y = x.clone();
+                for _ in 0..40 {
+                    y = ops::add(&y, &x).unwrap();
+                }
+                drop(rec);
+                assert_eq!(y.to_vec_f32().unwrap()[4095], 20.5);
+            }
+        });
+        let adders: Vec<_> = (0..3u64)
+            .map(|t| {
+                let gpu = gpu.clone();
+                s.spawn(move || {
+                    let mut rng = Rng::new(100 + t);
+                    for round in 0..200 {
+                        let n = 64 + rng.below(4000) as usize;
+                        let a = rng.normals(n, 1.0);
+                        let b = rng.normals(n, 1.0);
+                        let scope = (round + t as usize) % 2 == 0;
+                        let rec = scope.then(|| gpu.record());
+                        let ta = Tensor::from_f32(&gpu, &[n], &a).unwrap();
+                        let tb = Tensor::from_f32(&gpu, &[n], &b).unwrap();
+                        // A chain of temporaries, released while the work is pending.
+                        let sum = ops::add(&ops::add(&ta, &tb).unwrap(), &tb).unwrap();
+                        drop((ta, tb));
+                        let got = ops::relu(&sum).unwrap().to_vec_f32().unwrap();
+                        drop(rec);
+                        for i in 0..n {
+                            let want = (a[i] + b[i] + b[i]).max(0.0);
+                            assert_eq!(got[i], want, "thread {t} round {round} element {i} of {n}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for a in adders {
+            a.join().unwrap();
+        }
+        busy.join().unwrap();
+        for run in trainer.join().unwrap() {
+            assert_eq!(
+                run, alone,
+                "a training step beside other threads changed its losses"
+            );
+        }
+    });
+}

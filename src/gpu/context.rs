@@ -178,6 +178,9 @@ pub(crate) struct Inner {
     pub(crate) timer: PassTimer,
     /// Pending recorded work, the uniform arena and the bind-group cache.
     pub(crate) recorder: Mutex<Recorder>,
+    /// Held from taking pending work until `queue.submit` has it, so submissions reach the queue in the
+    /// order their commands were recorded, whichever threads record and submit.
+    pub(crate) submit_order: Mutex<()>,
     /// Counters of the dispatch engine.
     pub(crate) stats: EngineCounters,
     /// Whether each batch is submitted alone and timed.
@@ -360,6 +363,7 @@ impl Gpu {
                 staging: Mutex::new(None),
                 timer: PassTimer::default(),
                 recorder: Mutex::new(Recorder::default()),
+                submit_order: Mutex::new(()),
                 stats: EngineCounters::default(),
                 profiling: AtomicBool::new(
                     std::env::var("CALIBSEG_PROFILE").is_ok_and(|v| v.trim() == "1"),

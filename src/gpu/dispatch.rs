@@ -322,6 +322,14 @@ impl Gpu {
         }
     }
 
+    /// The lock that keeps submissions in recording order (taken before the recorder's lock, never after).
+    fn submit_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .submit_order
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
         self.inner
             .recorder
@@ -336,6 +344,9 @@ impl Gpu {
         extra: Vec<Command>,
         map: Option<MapRequest>,
     ) -> Result<()> {
+        // Taken before the pending work and kept until it is queued: work another thread took earlier
+        // reaches the queue first, and no host write lands between a take and its submission.
+        let order = self.submit_order();
         let (mut commands, labels) = {
             let mut r = self.recorder();
             r.dispatches = 0;
@@ -359,6 +370,7 @@ impl Gpu {
         };
         let wait = map.is_some();
         let result = self.encode_and_submit(&commands, map, &context);
+        drop(order);
         drop(commands);
         // The submitted work owns its buffers now: what was held back may be reused, unless other work is
         // pending or on its way to the queue.
@@ -669,6 +681,7 @@ impl Batch<'_> {
             return self.submit_profiled();
         }
         let flush = {
+            let order = gpu.submit_order();
             let mut r = gpu.recorder();
             if r.depth == 0 && r.commands.is_empty() {
                 r.in_flight += 1;
@@ -677,6 +690,7 @@ impl Batch<'_> {
                     label, commands, ..
                 } = self;
                 let result = gpu.encode_and_submit(&commands, None, &label).map(|_| ());
+                drop(order);
                 drop(commands);
                 gpu.submitted();
                 result?;
@@ -717,7 +731,10 @@ impl Batch<'_> {
         };
         let start = Instant::now();
         let Batch { commands, .. } = self;
-        let index = gpu.encode_and_submit(&commands, None, &label)?;
+        let order = gpu.submit_order();
+        let index = gpu.encode_and_submit(&commands, None, &label);
+        drop(order);
+        let index = index?;
         gpu.inner
             .device
             .poll(wgpu::PollType::Wait {
