@@ -425,7 +425,7 @@ fn threads_sharing_a_device_read_back_their_own_results() {
                         let n = 64 + rng.below(4000) as usize;
                         let a = rng.normals(n, 1.0);
                         let b = rng.normals(n, 1.0);
-                        let scope = (round + t as usize) % 2 == 0;
+                        let scope = (round + t as usize).is_multiple_of(2);
                         let rec = scope.then(|| gpu.record());
                         let ta = Tensor::from_f32(&gpu, &[n], &a).unwrap();
                         let tb = Tensor::from_f32(&gpu, &[n], &b).unwrap();
