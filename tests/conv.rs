@@ -550,3 +550,124 @@ fn fast_paths_are_deterministic() {
     let dw = || ops::conv_backward_weight(&x, &g, &[5, 7, 1, 1, 1], &[1], &[0]).unwrap();
     assert_eq!(bits(dw()), bits(dw()));
 }
+
+/// Channels `0..keep` of `[n, c, rest...]` data.
+fn first_channels(v: &[f32], n: usize, c: usize, keep: usize) -> Vec<f32> {
+    let per = v.len() / (n * c);
+    (0..n)
+        .flat_map(|i| v[(i * c) * per..(i * c + keep) * per].iter().copied())
+        .collect()
+}
+
+/// Launches are tiled per call (half the channels per invocation for 8-channel results, half the columns
+/// for small volumes); every tiling reduces each result in the same order, so a result computed under one
+/// tiling has the same bits under another: the first 8 of 16 channels, and the first images of a batch.
+#[test]
+fn conv_tilings_chosen_per_call_give_the_same_bits() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(41);
+    for (side, stride) in [(4usize, 1usize), (8, 1), (8, 2)] {
+        let s = [side; 3];
+        let vox = side.pow(3);
+        let o = side.div_ceil(stride);
+        let ovox = o.pow(3);
+        let (n, c) = (3usize, 16usize);
+        let x = rng.normals(n * c * vox, 1.0);
+        let w = rng.normals(c * c * 27, 0.3);
+        let dy = rng.normals(n * c * ovox, 1.0);
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
+        let st = [stride; 3];
+        let pad = [1; 3];
+        // Forward: 16 output channels against 8 (the weights' first 8 rows); 3 images against 2.
+        let full = ops::conv(
+            &t(&x, &[n, c, side, side, side]),
+            &t(&w, &[c, c, 3, 3, 3]),
+            None,
+            &st,
+            &pad,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+        let w8 = w[..8 * c * 27].to_vec();
+        let half = ops::conv(
+            &t(&x, &[n, c, side, side, side]),
+            &t(&w8, &[8, c, 3, 3, 3]),
+            None,
+            &st,
+            &pad,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+        assert_eq!(
+            first_channels(&full, n, c, 8),
+            half,
+            "forward, side {side} stride {stride}"
+        );
+        let two = ops::conv(
+            &t(&x[..2 * c * vox], &[2, c, side, side, side]),
+            &t(&w, &[c, c, 3, 3, 3]),
+            None,
+            &st,
+            &pad,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+        assert_eq!(
+            &full[..two.len()],
+            two.as_slice(),
+            "forward, 2 of 3 images, side {side}"
+        );
+
+        // Input gradient: 16 input channels against 8 (the weights' first 8 columns).
+        let dyt = t(&dy, &[n, c, o, o, o]);
+        let full = ops::conv_backward_data(
+            &dyt,
+            &t(&w, &[c, c, 3, 3, 3]),
+            &[n, c, side, side, side],
+            &st,
+            &pad,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+        let w8: Vec<f32> = (0..c)
+            .flat_map(|co| w[co * c * 27..(co * c + 8) * 27].to_vec())
+            .collect();
+        let half = ops::conv_backward_data(
+            &dyt,
+            &t(&w8, &[c, 8, 3, 3, 3]),
+            &[n, 8, side, side, side],
+            &st,
+            &pad,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+        assert_eq!(
+            first_channels(&full, n, c, 8),
+            half,
+            "input gradient, side {side} stride {stride}"
+        );
+
+        // Weight gradient: 16 output channels against 8 (the first 8 channels of dy).
+        let xt = t(&x, &[n, c, side, side, side]);
+        let full = ops::conv_backward_weight(&xt, &dyt, &[c, c, 3, 3, 3], &st, &pad)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let dy8 = first_channels(&dy, n, c, 8);
+        let half =
+            ops::conv_backward_weight(&xt, &t(&dy8, &[n, 8, o, o, o]), &[8, c, 3, 3, 3], &st, &pad)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
+        assert_eq!(
+            &full[..half.len()],
+            half.as_slice(),
+            "weight gradient, side {side} stride {stride}"
+        );
+    }
+}

@@ -304,7 +304,7 @@ pub(crate) fn record_forward(
     if g.n * g.cout * g.output_voxels() == 0 {
         return Ok(());
     }
-    let t = tiles_for(gpu);
+    let t = tiles_for(gpu).for_call(g.cout, g.n * g.output_voxels());
     let row = row_path(&t, g, g.output[2]);
     let entry = if row { "forward_row" } else { "forward" };
     let k = conv_kernel(gpu, &t, entry)?;
@@ -341,7 +341,7 @@ pub(crate) fn record_backward_data(
     if g.n * g.cin * g.input_voxels() == 0 {
         return Ok(());
     }
-    let t = tiles_for(gpu);
+    let t = tiles_for(gpu).for_call(g.cin, g.n * g.input_voxels());
     let mut p = g.params(0, false);
     let (entry, grid) = if g.stride.iter().any(|&s| s > 1) {
         // One sub-pixel phase class per workgroup: only the taps that reach the class's voxels.
@@ -397,7 +397,7 @@ pub(crate) fn record_backward_weight(
     let splits = total.div_ceil(split);
     let cols = g.cin * g.taps();
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    let t = tiles_for(gpu);
+    let t = tiles_for(gpu).for_call(g.cout, cols);
     let col_tiles = cols.div_ceil(t.workgroup_cols());
     let m_tiles = g.cout.div_ceil(t.channels());
     if col_tiles > max || m_tiles > max {

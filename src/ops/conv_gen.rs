@@ -81,6 +81,37 @@ impl ConvTiles {
         weights.max(voxels).max(POINTWISE_LANES * 4 * 16)
     }
 
+    /// The variant of these tiles for one launch with `result_channels` channels per result and `columns`
+    /// columns (voxels or weight entries): half the channels per invocation where the call has at most half
+    /// of them (an 8-channel layer would otherwise leave half of every accumulator idle), and half the columns
+    /// where all of them fit half a workgroup (a 4x4x4 bottleneck would otherwise idle half the workgroup).
+    /// Each result is still reduced in the same order, so every variant gives the same bits.
+    pub fn for_call(&self, result_channels: usize, columns: usize) -> ConvTiles {
+        let mut t = *self;
+        if t.quads > 1 && result_channels <= 2 * t.quads {
+            t.quads /= 2;
+            t.row_quads = t.row_quads.min(t.quads);
+        }
+        if t.cols > 1 && columns <= WORKGROUP * t.cols / 2 {
+            t.cols /= 2;
+        }
+        t
+    }
+
+    /// Every variant [`ConvTiles::for_call`] can return from these tiles (these included).
+    pub fn call_variants(&self) -> Vec<ConvTiles> {
+        let mut v = Vec::new();
+        for channels in [1, usize::MAX] {
+            for columns in [1, usize::MAX] {
+                let t = self.for_call(channels, columns);
+                if !v.contains(&t) {
+                    v.push(t);
+                }
+            }
+        }
+        v
+    }
+
     /// The WGSL module of these tiles.
     pub fn source(&self) -> String {
         (if self.subgroup {
@@ -137,11 +168,18 @@ pub fn select_tiles(subgroups: bool, subgroup_min_size: u32, workgroup_storage: 
     t
 }
 
-/// Every variant [`select_tiles`] can return, for any adapter (what the naga test validates).
+/// Every variant [`select_tiles`] can return for any adapter, with each one's [`ConvTiles::for_call`]
+/// variants (what the naga test validates).
 pub fn selectable_tiles() -> Vec<ConvTiles> {
-    let mut v = vec![SUBGROUP_TILES];
+    let mut bases = vec![SUBGROUP_TILES];
     for storage in [u32::MAX, 16384, 8192, 4096, 0] {
         let t = select_tiles(false, 0, storage);
+        if !bases.contains(&t) {
+            bases.push(t);
+        }
+    }
+    let mut v = Vec::new();
+    for t in bases.iter().flat_map(ConvTiles::call_variants) {
         if !v.contains(&t) {
             v.push(t);
         }
