@@ -124,8 +124,11 @@ impl ConvTiles {
             )
         } else {
             portable(self.cols, self.quads, self.row_cols, self.row_kernel_rows)
-        }) + &phase_data(self.cols, self.quads)
-            + POINTWISE_WEIGHT
+        }) + &if self.subgroup {
+            phase_data_subgroup(self.cols, self.quads)
+        } else {
+            phase_data(self.cols, self.quads)
+        } + POINTWISE_WEIGHT
     }
 }
 
@@ -136,7 +139,7 @@ pub const SUBGROUP_TILES: ConvTiles = ConvTiles {
     quads: 4,
     row_cols: 8,
     row_quads: 2,
-    row_kernel_rows: 2,
+    row_kernel_rows: 1,
 };
 
 /// The tiles of the portable module where workgroup memory allows 16 result channels per workgroup. Its row
@@ -1035,6 +1038,26 @@ fn backward_weight_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
 }
 
 /// Lane `lane` of each group of 8 loads the weights of reduced channel `c0 + lane` for the result channels.
+/// One reduction step of the subgroup kernels: lane `k`'s weights broadcast to every lane, each column's
+/// value gathered at `off{j} + cs` (zero where `ok{j}x` is false) and accumulated.
+fn broadcast_fmas(ind: &str, tn: usize, q: usize, k: usize) -> String {
+    let mut s = Vec::new();
+    for qq in 0..q {
+        s.push(format!("{ind}let b{qq} = subgroupBroadcast(wl{qq}, {k}u);"));
+    }
+    for j in 0..tn {
+        s.push(format!(
+            "{ind}let x{j} = select(0.0, src[select(0u, off{j} + cs, ok{j}x)], ok{j}x);"
+        ));
+        for qq in 0..q {
+            s.push(format!(
+                "{ind}acc{j}_{qq} = fma(b{qq}, vec4<f32>(x{j}), acc{j}_{qq});"
+            ));
+        }
+    }
+    join(s)
+}
+
 fn weight_lane_loads(ind: &str, quads: usize, widx: &dyn Fn(usize) -> String) -> String {
     let mut s = vec![
         format!("{ind}let cl = c0 + lane;"),
@@ -1113,23 +1136,6 @@ fn in_range(a: i32, lim: u32) -> bool {{
 }}
 "
     );
-    let fma_block = |ind: &str, k: usize| {
-        let mut s = Vec::new();
-        for qq in 0..q {
-            s.push(format!("{ind}let b{qq} = subgroupBroadcast(wl{qq}, {k}u);"));
-        }
-        for j in 0..tn {
-            s.push(format!(
-                "{ind}let x{j} = select(0.0, src[select(0u, off{j} + cs, ok{j}x)], ok{j}x);"
-            ));
-            for qq in 0..q {
-                s.push(format!(
-                    "{ind}acc{j}_{qq} = fma(b{qq}, vec4<f32>(x{j}), acc{j}_{qq});"
-                ));
-            }
-        }
-        join(s)
-    };
     #[allow(clippy::too_many_arguments)]
     let conv_like = |name: &str,
                      comment: &str,
@@ -1177,7 +1183,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         for k in 0..sg {
             let _ = writeln!(body, "            if (c0 + {k}u < cred) {{");
             let _ = writeln!(body, "                let cs = (c0 + {k}u) * {rstride};");
-            body += &fma_block("                ", k);
+            body += &broadcast_fmas("                ", tn, q, k);
             body += "\n            }\n";
         }
         let _ = write!(
@@ -1608,6 +1614,11 @@ fn backward_weight_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
     let hw = p.osz.y * p.osz.z;
     let lane = sgid % {sg}u;
 {}
+    // A subgroup with no kernel row of its own leaves at once (its lanes share nothing with others), so a
+    // call with few rows costs what its rows need, not whole workgroups.
+    if (!subgroupAny(valid0)) {{
+        return;
+    }}
     for (var v0 = v_begin; v0 < v_end; v0 += {sg}u) {{
 {}{wq}
         let vi = subgroupBroadcast(info, 0u);
@@ -1636,17 +1647,28 @@ fn backward_weight_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
 /// `(i + pad) % stride` agree on every axis (one phase class) take the same taps, those with
 /// `(i + pad - tap) % stride == 0`, so each workgroup owns columns of one class and loops over that class's
 /// taps only (3x3x3 at stride 2: 1 to 8 of the 27 taps, none masked). Appended to both modules.
-fn phase_data(tn: usize, q: usize) -> String {
+fn phase_columns(tn: usize, q: usize, subgroup: bool) -> String {
     let m = 4 * q;
     let ptile = STAGE * q;
     let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
+    let (staged, lane_arg) = if subgroup {
+        (
+            "// (weights broadcast from lane loads, as in the module's other kernels)".to_string(),
+            ",\n                       @builtin(subgroup_invocation_id) sgid: u32",
+        )
+    } else {
+        (
+            format!("var<workgroup> ptile: array<vec4<f32>, {ptile}>; // staged weights: (channel in chunk, class tap) x {m} channels"),
+            "",
+        )
+    };
     let mut s = format!(
         "
 // backward_data for strides over 1, one sub-pixel phase class per workgroup: the input voxels i with
 // (i + pad) % stride == r on every axis receive the taps t = r + stride * j only, from output voxel
 // (i + pad - t) / stride. chunk.x is unused, chunk.w the workgroups per class; the grid's first axis
 // enumerates (class, workgroup in class), the second the {m}-channel tiles of the result.
-var<workgroup> ptile: array<vec4<f32>, {ptile}>; // staged weights: (channel in chunk, class tap) x {m} channels
+{staged}
 
 // Kernel tap of the class's u-th tap (class phase r, nt taps per axis).
 fn phase_tap(u: u32, r: vec3<u32>, nt: vec3<u32>) -> u32 {{
@@ -1659,7 +1681,7 @@ fn phase_tap(u: u32, r: vec3<u32>, nt: vec3<u32>) -> u32 {{
 
 @compute @workgroup_size(64)
 fn backward_data_phase(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                       @builtin(local_invocation_index) lid: u32) {{
+                       @builtin(local_invocation_index) lid: u32{lane_arg}) {{
     let cin = p.dims.y;
     let cout = p.dims.z;
     let ivox = p.isz.w;
@@ -1702,6 +1724,13 @@ fn backward_data_phase(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     let xo{j} = n{j} * cin * ivox + (ii{j}.x * isz.y + ii{j}.y) * isz.z + ii{j}.z;"
         )
     });
+    s
+}
+
+fn phase_data(tn: usize, q: usize) -> String {
+    let m = 4 * q;
+    let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
+    let mut s = phase_columns(tn, q, false);
     s += "\n";
     s += &acc_decl(tn, q);
     let _ = write!(
@@ -1763,6 +1792,60 @@ fn backward_data_phase(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
         }
     }
     s += "                }\n            }\n        }\n    }\n";
+    s += &store(
+        "    ",
+        tn,
+        q,
+        "out3",
+        "cin",
+        &|j| format!("xo{j}"),
+        "ivox",
+        &|_| String::new(),
+    );
+    s + "\n}\n"
+}
+
+/// The subgroup module's `backward_data_phase`: the columns and taps of [`phase_data`], the weights of 8
+/// reduced channels loaded by 8 lanes and broadcast (no workgroup memory, no barriers).
+fn phase_data_subgroup(tn: usize, q: usize) -> String {
+    let sg = SUBGROUP_LANES;
+    let mut s = phase_columns(tn, q, true);
+    s += "\n";
+    s += &acc_decl(tn, q);
+    let _ = write!(
+        s,
+        "
+    let lane = sgid % {sg}u;
+    let cred = cout;
+    let mlim = cin;
+    for (var u = 0u; u < ntaps; u++) {{
+        let t = phase_tap(u, r, nt);
+        let jz = u / (nt.y * nt.z);
+        let ju = u - jz * nt.y * nt.z;
+        let jy = ju / nt.z;
+        let jt = vec3<i32>(vec3<u32>(jz, jy, ju - jy * nt.z));
+"
+    );
+    for j in 0..tn {
+        let _ = writeln!(
+            s,
+            "        let o{j} = ob{j} - jt;
+        let ok{j}x = valid{j} && in_range(o{j}.x, p.osz.x) && in_range(o{j}.y, p.osz.y) && in_range(o{j}.z, p.osz.z);
+        let off{j} = u32(yb{j} + (o{j}.x * i32(p.osz.y) + o{j}.y) * i32(p.osz.z) + o{j}.z);"
+        );
+    }
+    let _ = writeln!(s, "        for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{");
+    s += &weight_lane_loads("            ", q, &|m| {
+        format!("(cl * cin + m0 + {m}u) * kvol + t")
+    });
+    s += "\n";
+    for k in 0..sg {
+        let _ = writeln!(s, "            if (c0 + {k}u < cred) {{");
+        let _ = writeln!(s, "                let cs = (c0 + {k}u) * ovox;");
+        s += &broadcast_fmas("                ", tn, q, k);
+        s += "\n            }\n";
+    }
+    s += "        }\n    }\n";
     s += &store(
         "    ",
         tn,
