@@ -567,7 +567,6 @@ fn conv_tilings_chosen_per_call_give_the_same_bits() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(41);
     for (side, stride) in [(4usize, 1usize), (8, 1), (8, 2)] {
-        let s = [side; 3];
         let vox = side.pow(3);
         let o = side.div_ceil(stride);
         let ovox = o.pow(3);
