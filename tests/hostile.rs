@@ -107,6 +107,25 @@ fn unknown_wgpu_backend_lists_the_valid_ones() {
     calibseg::gpu::parse_backends("vulkan,").unwrap_err();
 }
 
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    // `calibseg devices | head -0`: the pipe's read end is closed before the command writes (it enumerates
+    // adapters first), so every write fails with EPIPE; Rust ignores SIGPIPE, so `println!` would panic.
+    for args in [&["devices"][..], &["--help"][..]] {
+        let mut child = Command::new(EXE)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
+    }
+}
+
 // ---------------------------------------------------------------- output paths of `calibseg loss`
 
 #[test]

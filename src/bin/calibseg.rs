@@ -1,7 +1,27 @@
 //! The `calibseg` command: a thin layer that parses arguments and calls the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Writes to standard output; a reader that went away (`calibseg devices | head -1`) ends the program
+/// quietly, as Unix tools do, instead of a panic.
+fn out_raw(text: &str) {
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("calibseg: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`out_raw`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        out_raw(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -104,7 +124,7 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
     calibseg::io::output::check_file_target(&opts.output)?;
     let gpu = calibseg::Gpu::new()?;
     let report = calibseg::loss::file::run(&gpu, &opts)?;
-    println!(
+    out!(
         "loss = {} for logits {:?}; wrote {}",
         report.loss,
         report.shape,
@@ -193,19 +213,19 @@ fn print_eval(r: &calibseg::metrics::EvalReport, pictures: bool) -> calibseg::Re
         eprintln!("calibseg: warning: pictures skipped (built without the `plots` feature, or the embedded font failed to load)");
     }
     if let Some((fit, before)) = &r.temperature {
-        println!(
+        out!(
             "temperature {:.4} (NLL {:.5} -> {:.5}); before scaling: ACE {:.4} ECE {:.3e} MCE {:.4}",
             fit.temperature, fit.nll_before, fit.nll_after, before.summary.ace.mean, before.summary.ece.mean,
             before.summary.mce.mean
         );
     }
     let micro = s.micro_mean(false);
-    println!(
+    out!(
         "{} images, classes {:?}: DSC {:.4} ± {:.4}, ACE {:.4} ± {:.4}, ECE {:.3e} ± {:.3e}, MCE {:.4} ± {:.4} (macro); micro ACE {:.4} ECE {:.3e} MCE {:.4}",
         r.images.len(), r.classes(), s.dsc.mean, s.dsc.std, s.ace.mean, s.ace.std, s.ece.mean, s.ece.std,
         s.mce.mean, s.mce.std, micro.ace, micro.ece, micro.mce
     );
-    println!("wrote {}", r.out.display());
+    out!("wrote {}", r.out.display());
     Ok(())
 }
 
@@ -284,7 +304,7 @@ fn predict(a: PredictArgs) -> calibseg::Result<()> {
     calibseg::io::output::check_file_target(&o.output)?;
     let gpu = calibseg::Gpu::new()?;
     calibseg::predict::run(&gpu, &o)?;
-    println!("wrote {}", o.output.display());
+    out!("wrote {}", o.output.display());
     Ok(())
 }
 
@@ -422,14 +442,14 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
     bar.finish_and_clear();
     let s = outcome.test.summary();
     if let Some((dsc, step)) = outcome.best {
-        println!("best validation DSC {dsc:.4} at step {step}");
+        out!("best validation DSC {dsc:.4} at step {step}");
     }
-    println!(
+    out!(
         "test ({} volumes): DSC {:.4} ± {:.4}, ACE {:.4} ± {:.4}, ECE {:.4} ± {:.4}, MCE {:.4} ± {:.4}",
         outcome.test.images.len(), s.dsc.mean, s.dsc.std, s.ace.mean, s.ace.std, s.ece.mean, s.ece.std,
         s.mce.mean, s.mce.std
     );
-    println!("wrote {}", a.out.display());
+    out!("wrote {}", a.out.display());
     Ok(())
 }
 
@@ -460,7 +480,7 @@ fn bench(a: BenchArgs) -> calibseg::Result<()> {
             .iter()
             .map(|f| bench::Report::read(f))
             .collect::<calibseg::Result<Vec<_>>>()?;
-        print!("{}", bench::compare(&reports));
+        out_raw(&bench::compare(&reports));
         return Ok(());
     }
     if let Some(path) = &a.json {
@@ -487,10 +507,10 @@ fn bench(a: BenchArgs) -> calibseg::Result<()> {
     let report = bench::run(&gpu, &options, |r| {
         eprintln!("  {} {}: {:.3} ms", r.name, r.shape, r.ms)
     })?;
-    print!("{}", report.table());
+    out_raw(&report.table());
     if let Some(path) = &a.json {
         report.write(path)?;
-        println!("wrote {}", path.display());
+        out!("wrote {}", path.display());
     }
     let failed: Vec<&str> = report
         .skipped
@@ -512,15 +532,16 @@ fn devices() -> calibseg::Result<()> {
     let options = calibseg::GpuOptions::try_from_env()?;
     let all = calibseg::Gpu::adapters(options.backends);
     if all.is_empty() {
-        println!("no adapters found");
+        out!("no adapters found");
     }
     for (i, a) in all.iter().enumerate() {
-        println!("[{i}] {a}");
+        out!("[{i}] {a}");
     }
     let chosen = calibseg::Gpu::choose(&options)?;
-    println!(
+    out!(
         "would use: {} ({:?})",
-        chosen.info.name, chosen.info.backend
+        chosen.info.name,
+        chosen.info.backend
     );
     Ok(())
 }
