@@ -670,3 +670,55 @@ fn conv_tilings_chosen_per_call_give_the_same_bits() {
         );
     }
 }
+
+/// `conv_add` (a residual block's second conv with its skip connection) gives the bits of `conv` then `add`,
+/// on the row and general kernels, with and without bias; on the tape, the same gradients, the residual's
+/// being the output's; a residual of another shape is a typed error.
+#[test]
+fn conv_add_equals_conv_then_add_bit_for_bit() {
+    use calibseg::autograd::{Tape, Var};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(77);
+    for (side, c, bias) in [(8usize, 8usize, false), (4, 16, true), (5, 3, true)] {
+        let shape = [2, c, side, side, side];
+        let n: usize = shape.iter().product();
+        let t = |v: &[f32], s: &[usize]| Tensor::from_f32(&gpu, s, v).unwrap();
+        let x = t(&rng.normals(n, 1.0), &shape);
+        let r = t(&rng.normals(n, 1.0), &shape);
+        let w = t(&rng.normals(c * c * 27, 0.3), &[c, c, 3, 3, 3]);
+        let b = t(&rng.normals(c, 0.5), &[c]);
+        let bias = bias.then_some(&b);
+        let fused = ops::conv_add(&x, &w, bias, &r, &[1], &[1]).unwrap();
+        let apart = ops::add(&ops::conv(&x, &w, bias, &[1], &[1]).unwrap(), &r).unwrap();
+        assert_eq!(
+            fused.to_vec_f32().unwrap(),
+            apart.to_vec_f32().unwrap(),
+            "side {side}, {c} channels, bias {}",
+            bias.is_some()
+        );
+
+        let grads = |fuse: bool| {
+            let tape = Tape::new();
+            let (xv, wv, rv) = (
+                Var::parameter(x.clone()),
+                Var::parameter(w.clone()),
+                Var::parameter(r.clone()),
+            );
+            let y = if fuse {
+                tape.conv_add(&xv, &wv, None, &rv, &[1], &[1]).unwrap()
+            } else {
+                let h = tape.conv(&xv, &wv, None, &[1], &[1]).unwrap();
+                tape.add(&h, &rv).unwrap()
+            };
+            let y = tape.relu(&y).unwrap();
+            let g = tape.backward(&y).unwrap();
+            [&xv, &wv, &rv].map(|v| g.get(v).unwrap().to_vec_f32().unwrap())
+        };
+        assert_eq!(grads(true), grads(false), "gradients, side {side}");
+    }
+    let x = Tensor::zeros(&gpu, &[1, 2, 4, 4, 4], DType::F32).unwrap();
+    let w = Tensor::zeros(&gpu, &[2, 2, 3, 3, 3], DType::F32).unwrap();
+    let wrong = Tensor::zeros(&gpu, &[1, 2, 4, 4, 5], DType::F32).unwrap();
+    let e = ops::conv_add(&x, &w, None, &wrong, &[1], &[1]).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch(_)), "{e:?}");
+}

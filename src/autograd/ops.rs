@@ -15,20 +15,47 @@ impl Tape {
         stride: &[usize],
         padding: &[usize],
     ) -> Result<Var> {
-        let y = ops::conv(
-            x.tensor(),
-            w.tensor(),
-            bias.map(|b| b.tensor()),
-            stride,
-            padding,
-        )?;
+        self.conv_with_residual(x, w, bias, None, stride, padding)
+    }
+
+    /// Convolution plus `residual` in one pass ([`ops::conv_add`]): the values and gradients of
+    /// [`Tape::conv`] then [`Tape::add`] (the residual's gradient is the output's).
+    pub fn conv_add(
+        &self,
+        x: &Var,
+        w: &Var,
+        bias: Option<&Var>,
+        residual: &Var,
+        stride: &[usize],
+        padding: &[usize],
+    ) -> Result<Var> {
+        self.conv_with_residual(x, w, bias, Some(residual), stride, padding)
+    }
+
+    fn conv_with_residual(
+        &self,
+        x: &Var,
+        w: &Var,
+        bias: Option<&Var>,
+        residual: Option<&Var>,
+        stride: &[usize],
+        padding: &[usize],
+    ) -> Result<Var> {
+        let (xs, ws, bs) = (x.tensor(), w.tensor(), bias.map(|b| b.tensor()));
+        let y = match residual {
+            Some(r) => ops::conv_add(xs, ws, bs, r.tensor(), stride, padding)?,
+            None => ops::conv(xs, ws, bs, stride, padding)?,
+        };
         let (xt, wt) = (x.tensor().clone(), w.tensor().clone());
         let (need_x, need_w) = (x.requires_grad(), w.requires_grad());
         let need_b = bias.is_some_and(|b| b.requires_grad());
+        let need_r = residual.is_some_and(|r| r.requires_grad());
         let (stride, padding) = (stride.to_vec(), padding.to_vec());
         let mut inputs = vec![x, w];
         inputs.extend(bias);
+        inputs.extend(residual);
         let has_bias = bias.is_some();
+        let has_residual = residual.is_some();
         Ok(self.record(
             &inputs,
             y,
@@ -42,6 +69,9 @@ impl Tape {
                 let mut g = vec![dx, dw];
                 if has_bias {
                     g.push(need_b.then(|| ops::conv_backward_bias(dy)).transpose()?);
+                }
+                if has_residual {
+                    g.push(need_r.then(|| dy.clone()));
                 }
                 Ok(g)
             }),

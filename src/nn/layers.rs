@@ -259,6 +259,19 @@ impl Conv {
             &self.padding,
         )
     }
+
+    /// The layer's output plus `residual` (the output's shape), in one pass: a residual block's skip
+    /// connection, the same values as [`Conv::forward`] then [`Tape::add`].
+    pub fn forward_add(&self, tape: &Tape, x: &Var, residual: &Var) -> Result<Var> {
+        tape.conv_add(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            residual,
+            &self.stride,
+            &self.padding,
+        )
+    }
 }
 
 impl Parameters for Conv {

@@ -120,8 +120,7 @@ impl ResBlock {
         let h = self.norm1.forward_relu(tape, x)?;
         let h = self.conv1.forward(tape, &h)?;
         let h = self.norm2.forward_relu(tape, &h)?;
-        let h = self.conv2.forward(tape, &h)?;
-        tape.add(&h, x)
+        self.conv2.forward_add(tape, &h, x)
     }
 }
 

@@ -299,6 +299,7 @@ pub(crate) fn record_forward(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
     out: &Tensor,
 ) -> Result<()> {
     if g.n * g.cout * g.output_voxels() == 0 {
@@ -308,7 +309,8 @@ pub(crate) fn record_forward(
     let row = row_path(&t, g, g.output[2]);
     let entry = if row { "forward_row" } else { "forward" };
     let k = conv_kernel(gpu, &t, entry)?;
-    let p = g.params(0, bias.is_some());
+    let mut p = g.params(0, bias.is_some());
+    p.stride[3] = u32::from(residual.is_some());
     let grid = if row {
         row_grid(gpu, &t, g.n, g.output, g.cout)?
     } else {
@@ -323,6 +325,7 @@ pub(crate) fn record_forward(
             Arg::whole(w),
             Arg::whole(bias.unwrap_or(w)),
             Arg::whole(out),
+            Arg::whole(residual.unwrap_or(w)),
         ],
         grid,
     )?;
@@ -492,6 +495,30 @@ pub fn conv(
     stride: &[usize],
     padding: &[usize],
 ) -> Result<Tensor> {
+    conv_with_residual(x, w, bias, None, stride, padding)
+}
+
+/// [`conv`] plus `residual` (the output's shape) added as each result is written: the same values, bit for
+/// bit, as `ops::add(&conv(..)?, residual)` in one pass instead of two (a residual block's skip connection).
+pub fn conv_add(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+    stride: &[usize],
+    padding: &[usize],
+) -> Result<Tensor> {
+    conv_with_residual(x, w, bias, Some(residual), stride, padding)
+}
+
+fn conv_with_residual(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    stride: &[usize],
+    padding: &[usize],
+) -> Result<Tensor> {
     check_f32(&[(x, "convolution input"), (w, "convolution weight")])?;
     let g = ConvGeometry::new(x, w, stride, padding)?;
     if let Some(b) = bias {
@@ -504,8 +531,18 @@ pub fn conv(
             )));
         }
     }
-    let out = Tensor::uninit(x.gpu(), &g.output_shape(x.shape().len()), DType::F32)?;
-    record_forward(x.gpu(), &g, x, w, bias, &out)?;
+    let out_shape = g.output_shape(x.shape().len());
+    if let Some(r) = residual {
+        r.expect_dtype(DType::F32, "convolution residual")?;
+        if r.shape() != out_shape.as_slice() {
+            return Err(Error::shape(format!(
+                "convolution residual must have the output's shape {out_shape:?}, got {:?}",
+                r.shape()
+            )));
+        }
+    }
+    let out = Tensor::uninit(x.gpu(), &out_shape, DType::F32)?;
+    record_forward(x.gpu(), &g, x, w, bias, residual, &out)?;
     Ok(out)
 }
 

@@ -124,11 +124,13 @@ impl ConvTiles {
             )
         } else {
             portable(self.cols, self.quads, self.row_cols, self.row_kernel_rows)
-        }) + &if self.subgroup {
-            phase_data_subgroup(self.cols, self.quads)
-        } else {
-            phase_data(self.cols, self.quads)
-        } + POINTWISE_WEIGHT
+        }) + FORWARD_RESIDUAL
+            + &if self.subgroup {
+                phase_data_subgroup(self.cols, self.quads)
+            } else {
+                phase_data(self.cols, self.quads)
+            }
+            + POINTWISE_WEIGHT
     }
 }
 
@@ -226,6 +228,32 @@ fn decode(cols: usize, sz: &str, total: &str) -> String {
     join(s)
 }
 
+/// The forward kernels' output (binding 4); their results are written through `put_forward`.
+const FORWARD_OUT: &str = "out4";
+
+/// The residual binding and `put_forward` of both modules: a forward launch with `stride.w` = 1 adds the
+/// residual tensor to each result as it is written (`y = conv(x) + bias + r`, the same bits as a separate add).
+const FORWARD_RESIDUAL: &str = "
+@group(0) @binding(5) var<storage, read> res: array<f32>;
+
+fn put_forward(i: u32, v: f32) {
+    if (p.stride.w != 0u) {
+        out4[i] = v + res[i];
+    } else {
+        out4[i] = v;
+    }
+}
+";
+
+/// The WGSL statement writing result value `v` at index `i` of `out`.
+fn write_result(out: &str, i: &str, v: &str) -> String {
+    if out == FORWARD_OUT {
+        format!("put_forward({i}, {v});")
+    } else {
+        format!("{out}[{i}] = {v};")
+    }
+}
+
 /// The guarded stores of the general kernels: `out[obase + (m0 + m) * stride] = acc{j}_{q}[r] (+ extra)`.
 #[allow(clippy::too_many_arguments)]
 fn store(
@@ -246,8 +274,12 @@ fn store(
             for r in 0..4 {
                 let m = q * 4 + r;
                 s.push(format!(
-                    "{ind}    if (m0 + {m}u < {lim}) {{ {out}[obase + (m0 + {m}u) * {stride}] = acc{j}_{q}[{r}]{}; }}",
-                    extra(m)
+                    "{ind}    if (m0 + {m}u < {lim}) {{ {} }}",
+                    write_result(
+                        out,
+                        &format!("obase + (m0 + {m}u) * {stride}"),
+                        &format!("acc{j}_{q}[{r}]{}", extra(m))
+                    )
                 ));
             }
         }
@@ -440,7 +472,7 @@ struct Params {{
     isz: vec4<u32>,    // input depth, height, width, voxels
     osz: vec4<u32>,    // output depth, height, width, voxels
     ksz: vec4<u32>,    // kernel depth, height, width, taps
-    stride: vec4<u32>, // depth, height, width, _
+    stride: vec4<u32>, // depth, height, width, forward adds the residual (1) or not (0)
     pad: vec4<u32>,    // depth, height, width, _
     chunk: vec4<u32>,  // channels per staged chunk, taps per staged chunk, voxels per split, _
 }}
@@ -596,7 +628,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             "    ",
             tn,
             q,
-            "out4",
+            FORWARD_OUT,
             "cout",
             &|j| format!("n{j} * cout * ovox + v{j}"),
             "ovox",
@@ -902,7 +934,12 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                     } else {
                         String::new()
                     };
-                    let _ = writeln!(s, "        if (m0 + {mm}u < {mlim}) {{ {outname}[obase + (m0 + {mm}u) * {rstride}] = acc{j}_{qq}[{rr}]{extra}; }}");
+                    let write = write_result(
+                        outname,
+                        &format!("obase + (m0 + {mm}u) * {rstride}"),
+                        &format!("acc{j}_{qq}[{rr}]{extra}"),
+                    );
+                    let _ = writeln!(s, "        if (m0 + {mm}u < {mlim}) {{ {write} }}");
                 }
             }
             s += "    }\n";
@@ -928,7 +965,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         &|j| format!("n * cout * ovox + (zz * p.osz.y + yy) * p.osz.z + xs + {j}u"),
         "ovox",
         "ivox",
-        "out4",
+        FORWARD_OUT,
         true,
     );
     let bwd_win = String::from(BWD_WINDOW_ROWS) + &window(win, "p.osz.z");
@@ -1111,7 +1148,7 @@ struct Params {{
     isz: vec4<u32>,    // input depth, height, width, voxels
     osz: vec4<u32>,    // output depth, height, width, voxels
     ksz: vec4<u32>,    // kernel depth, height, width, taps
-    stride: vec4<u32>, // depth, height, width, _
+    stride: vec4<u32>, // depth, height, width, forward adds the residual (1) or not (0)
     pad: vec4<u32>,    // depth, height, width, _
     chunk: vec4<u32>,  // unused, unused, voxels per split, _
 }}
@@ -1219,7 +1256,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             "    ",
             tn,
             q,
-            "out4",
+            FORWARD_OUT,
             "cout",
             &|j| format!("n{j} * cout * ovox + v{j}"),
             "ovox",
@@ -1535,7 +1572,12 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                     } else {
                         String::new()
                     };
-                    let _ = writeln!(s, "        if (m0 + {mm}u < mlim) {{ {outname}[obase + (m0 + {mm}u) * {rstride}] = acc{j}_{qq}[{rr}]{extra}; }}");
+                    let write = write_result(
+                        outname,
+                        &format!("obase + (m0 + {mm}u) * {rstride}"),
+                        &format!("acc{j}_{qq}[{rr}]{extra}"),
+                    );
+                    let _ = writeln!(s, "        if (m0 + {mm}u < mlim) {{ {write} }}");
                 }
             }
             s += "    }\n";
@@ -1560,7 +1602,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         &|j| format!("n * cout * ovox + (zz * p.osz.y + yy) * p.osz.z + xs + {j}u"),
         "ovox",
         "ivox",
-        "out4",
+        FORWARD_OUT,
         true,
     );
     out += &windowed(

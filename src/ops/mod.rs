@@ -12,7 +12,9 @@ pub mod softmax;
 pub mod upsample;
 
 pub use add::add;
-pub use conv::{conv, conv_backward_bias, conv_backward_data, conv_backward_weight, ConvGeometry};
+pub use conv::{
+    conv, conv_add, conv_backward_bias, conv_backward_data, conv_backward_weight, ConvGeometry,
+};
 pub use conv_transpose::{
     conv_transpose, conv_transpose_backward_data, conv_transpose_backward_weight,
 };
