@@ -577,43 +577,20 @@ fn conv_tilings_chosen_per_call_give_the_same_bits() {
         let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
         let st = [stride; 3];
         let pad = [1; 3];
+        let host = |r: calibseg::Result<Tensor>| r.unwrap().to_vec_f32().unwrap();
+        let fwd = |images: usize, wv: &[f32], co: usize| {
+            let xs = t(&x[..images * c * vox], &[images, c, side, side, side]);
+            host(ops::conv(&xs, &t(wv, &[co, c, 3, 3, 3]), None, &st, &pad))
+        };
         // Forward: 16 output channels against 8 (the weights' first 8 rows); 3 images against 2.
-        let full = ops::conv(
-            &t(&x, &[n, c, side, side, side]),
-            &t(&w, &[c, c, 3, 3, 3]),
-            None,
-            &st,
-            &pad,
-        )
-        .unwrap()
-        .to_vec_f32()
-        .unwrap();
-        let w8 = w[..8 * c * 27].to_vec();
-        let half = ops::conv(
-            &t(&x, &[n, c, side, side, side]),
-            &t(&w8, &[8, c, 3, 3, 3]),
-            None,
-            &st,
-            &pad,
-        )
-        .unwrap()
-        .to_vec_f32()
-        .unwrap();
+        let full = fwd(n, &w, c);
+        let half = fwd(n, &w[..8 * c * 27], 8);
         assert_eq!(
             first_channels(&full, n, c, 8),
             half,
             "forward, side {side} stride {stride}"
         );
-        let two = ops::conv(
-            &t(&x[..2 * c * vox], &[2, c, side, side, side]),
-            &t(&w, &[c, c, 3, 3, 3]),
-            None,
-            &st,
-            &pad,
-        )
-        .unwrap()
-        .to_vec_f32()
-        .unwrap();
+        let two = fwd(2, &w, c);
         assert_eq!(
             &full[..two.len()],
             two.as_slice(),
@@ -622,29 +599,21 @@ fn conv_tilings_chosen_per_call_give_the_same_bits() {
 
         // Input gradient: 16 input channels against 8 (the weights' first 8 columns).
         let dyt = t(&dy, &[n, c, o, o, o]);
-        let full = ops::conv_backward_data(
-            &dyt,
-            &t(&w, &[c, c, 3, 3, 3]),
-            &[n, c, side, side, side],
-            &st,
-            &pad,
-        )
-        .unwrap()
-        .to_vec_f32()
-        .unwrap();
+        let data = |wv: &[f32], ci: usize| {
+            let wt = t(wv, &[c, ci, 3, 3, 3]);
+            host(ops::conv_backward_data(
+                &dyt,
+                &wt,
+                &[n, ci, side, side, side],
+                &st,
+                &pad,
+            ))
+        };
+        let full = data(&w, c);
         let w8: Vec<f32> = (0..c)
             .flat_map(|co| w[co * c * 27..(co * c + 8) * 27].to_vec())
             .collect();
-        let half = ops::conv_backward_data(
-            &dyt,
-            &t(&w8, &[c, 8, 3, 3, 3]),
-            &[n, 8, side, side, side],
-            &st,
-            &pad,
-        )
-        .unwrap()
-        .to_vec_f32()
-        .unwrap();
+        let half = data(&w8, 8);
         assert_eq!(
             first_channels(&full, n, c, 8),
             half,
@@ -653,16 +622,18 @@ fn conv_tilings_chosen_per_call_give_the_same_bits() {
 
         // Weight gradient: 16 output channels against 8 (the first 8 channels of dy).
         let xt = t(&x, &[n, c, side, side, side]);
-        let full = ops::conv_backward_weight(&xt, &dyt, &[c, c, 3, 3, 3], &st, &pad)
-            .unwrap()
-            .to_vec_f32()
-            .unwrap();
-        let dy8 = first_channels(&dy, n, c, 8);
-        let half =
-            ops::conv_backward_weight(&xt, &t(&dy8, &[n, 8, o, o, o]), &[8, c, 3, 3, 3], &st, &pad)
-                .unwrap()
-                .to_vec_f32()
-                .unwrap();
+        let weight = |dyv: &[f32], co: usize| {
+            let dys = t(dyv, &[n, co, o, o, o]);
+            host(ops::conv_backward_weight(
+                &xt,
+                &dys,
+                &[co, c, 3, 3, 3],
+                &st,
+                &pad,
+            ))
+        };
+        let full = weight(&dy, c);
+        let half = weight(&first_channels(&dy, n, c, 8), 8);
         assert_eq!(
             &full[..half.len()],
             half.as_slice(),

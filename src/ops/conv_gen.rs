@@ -1834,7 +1834,12 @@ fn phase_data(tn: usize, q: usize) -> String {
         }
     }
     s += "                }\n            }\n        }\n    }\n";
-    s += &store(
+    s + &phase_store(tn, q)
+}
+
+/// The phase kernels' guarded stores of the input gradient (closes the function).
+fn phase_store(tn: usize, q: usize) -> String {
+    store(
         "    ",
         tn,
         q,
@@ -1843,8 +1848,7 @@ fn phase_data(tn: usize, q: usize) -> String {
         &|j| format!("xo{j}"),
         "ivox",
         &|_| String::new(),
-    );
-    s + "\n}\n"
+    ) + "\n}\n"
 }
 
 /// The subgroup module's `backward_data_phase`: the columns and taps of [`phase_data`], the weights of 8
@@ -1888,17 +1892,7 @@ fn phase_data_subgroup(tn: usize, q: usize) -> String {
         s += "\n            }\n";
     }
     s += "        }\n    }\n";
-    s += &store(
-        "    ",
-        tn,
-        q,
-        "out3",
-        "cin",
-        &|j| format!("xo{j}"),
-        "ivox",
-        &|_| String::new(),
-    );
-    s + "\n}\n"
+    s + &phase_store(tn, q)
 }
 
 /// The weight gradient of 1x1x1 kernels at stride 1 without padding (`backward_weight_pointwise`): a matrix
