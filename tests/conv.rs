@@ -411,6 +411,30 @@ fn bad_conv_arguments_are_typed_errors() {
 // product over voxel splits) and the stride-2 transposed upsampling (forward by sub-pixel phase).
 
 #[test]
+fn conv3d_stride2_long_rows() {
+    // Rows of 9, 17 and 7 results (W = 17 and 34 with padding 1, W = 16 without), 18 -> 5 channels, 2 images,
+    // an anisotropic stride.
+    check_conv(
+        geo(2, 18, 5, [5, 3, 17], [3; 3], [2; 3], [1; 3]),
+        true,
+        false,
+        23,
+    );
+    check_conv(
+        geo(1, 3, 9, [3, 4, 34], [3; 3], [1, 2, 2], [1; 3]),
+        false,
+        false,
+        24,
+    );
+    check_conv(
+        geo(2, 4, 4, [3, 3, 16], [3; 3], [2; 3], [0; 3]),
+        true,
+        false,
+        25,
+    );
+}
+
+#[test]
 fn conv3d_stride2_downsampling_odd_sizes_channels_off_the_tiles() {
     // Odd and even sizes per axis (phase classes of different sizes), 5 -> 18 channels (over one 16-channel
     // tile), 2 images.
