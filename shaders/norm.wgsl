@@ -11,7 +11,7 @@ struct Params {
     images: u32,
     eps: f32,
     inv_len: f32, // 1 / (cg * voxels)
-    relu: u32,    // forward: apply max(., 0) to the output (norm + ReLU fused)
+    relu: u32,    // forward: apply max(., 0) to the output; backward: the norm fed a ReLU (mask dy by its output)
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -111,6 +111,7 @@ fn group_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(4) var<storage, read> bgamma: array<f32>;
 @group(0) @binding(5) var<storage, read> bcoef: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(7) var<storage, read> bmask: array<f32>; // with `relu`: the ReLU's output (dy counts where > 0)
 
 // dx = rstd * (gamma[c] * dy - A - xhat * B)
 @compute @workgroup_size(256)
@@ -131,7 +132,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         if (v < p.voxels) {
             let i = base + v;
             let xhat = (bx[i] - mean) * rstd;
-            dx[i] = rstd * (ga * bdy[i] - a - xhat * b);
+            var g = bdy[i];
+            if (p.relu != 0u) {
+                g = select(0.0, g, bmask[i] > 0.0);
+            }
+            dx[i] = rstd * (ga * g - a - xhat * b);
         }
     }
 }

@@ -9,10 +9,10 @@ struct Params {
     rows: u32,     // pass 1: rows; pass 2: output rows R; sum_splits: elements
     len: u32,      // pass 1: elements per row; sum_splits: splits
     chunks: u32,   // chunks per row
-    mode: u32,     // 0: sum a; 1: sum (a - mean)^2; 2: sum a * (b - mean) * rstd
+    mode: u32,     // row_partials: 0 sum a, 1 sum (a - mean)^2; row_partials_pair: 1 masks dy
     div: u32,      // pass 1: row / div = statistics index; pass 2: outer count
-    nstat: u32,    // pass 1: statistics count (variance sits at stats[nstat + i]); pass 2: output offset
-    eps: f32,      // pass 1 mode 2: variance epsilon; pass 2: scale
+    nstat: u32,    // row_partials_pair: statistics count (variance at pstats[nstat + i]); pass 2: output offset
+    eps: f32,      // row_partials_pair: variance epsilon; pass 2: scale
     _pad: u32,
 }
 
@@ -23,9 +23,8 @@ const CHUNK: u32 = 4096u;   // RWG * PER
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(2) var<storage, read> stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 
 var<workgroup> tree: array<f32, 32>;
 
@@ -40,12 +39,8 @@ fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if (in_range) {
         let si = row / p.div;
         var mean = 0.0;
-        var rstd = 1.0;
         if (p.mode != 0u) {
             mean = stats[si];
-        }
-        if (p.mode == 2u) {
-            rstd = inverseSqrt(stats[p.nstat + si] + p.eps);
         }
         let base = row * p.len;
         let start = chunk * CHUNK + lid;
@@ -55,11 +50,9 @@ fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 let x = a[base + i];
                 if (p.mode == 0u) {
                     s += x;
-                } else if (p.mode == 1u) {
+                } else {
                     let d = x - mean;
                     s += d * d;
-                } else {
-                    s += x * (b[base + i] - mean) * rstd;
                 }
             }
         }
@@ -73,6 +66,60 @@ fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     if (lid == 0u && in_range) {
         partials[w] = tree[0];
+    }
+}
+
+@group(0) @binding(1) var<storage, read> pdy: array<f32>;
+@group(0) @binding(2) var<storage, read> px: array<f32>;
+@group(0) @binding(3) var<storage, read> pstats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> psums: array<f32>;
+@group(0) @binding(5) var<storage, read> pmask: array<f32>;
+@group(0) @binding(6) var<storage, read_write> pprods: array<f32>;
+
+var<workgroup> tree2: array<f32, 32>;
+
+// A norm's backward sums in one read of dy and x: psums gets sum dy, pprods sum dy * (x - mean) * rstd, each in
+// the order and tree of `row_partials`. With mode 1, dy is first zeroed where pmask <= 0 (the ReLU that followed
+// the norm: pmask is its output).
+@compute @workgroup_size(32)
+fn row_partials_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let w = wid.y * nwg.x + wid.x;
+    let in_range = w < p.rows * p.chunks;
+    let row = w / max(p.chunks, 1u);
+    let chunk = w - row * p.chunks;
+    var s = 0.0;
+    var s2 = 0.0;
+    if (in_range) {
+        let si = row / p.div;
+        let mean = pstats[si];
+        let rstd = inverseSqrt(pstats[p.nstat + si] + p.eps);
+        let base = row * p.len;
+        let start = chunk * CHUNK + lid;
+        for (var k = 0u; k < PER; k++) {
+            let i = start + k * RWG;
+            if (i < p.len) {
+                var g = pdy[base + i];
+                if (p.mode != 0u) {
+                    g = select(0.0, g, pmask[base + i] > 0.0);
+                }
+                s += g;
+                s2 += g * (px[base + i] - mean) * rstd;
+            }
+        }
+    }
+    tree[lid] = s;
+    tree2[lid] = s2;
+    for (var half = RWG / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        if (lid < half) {
+            tree[lid] += tree[lid + half];
+            tree2[lid] += tree2[lid + half];
+        }
+    }
+    if (lid == 0u && in_range) {
+        psums[w] = tree[0];
+        pprods[w] = tree2[0];
     }
 }
 

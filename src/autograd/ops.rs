@@ -175,8 +175,7 @@ impl Tape {
             &[x, gamma, beta],
             y,
             Box::new(move |dy| {
-                let dn = ops::relu_backward(&yt, dy)?;
-                let g = ops::group_norm_backward(&xt, &dn, &stats, groups, &gt, eps)?;
+                let g = ops::group_norm_relu_backward(&xt, &yt, dy, &stats, groups, &gt, eps)?;
                 Ok(vec![
                     needs[0].then_some(g.dx),
                     needs[1].then_some(g.dgamma),

@@ -19,8 +19,8 @@ pub use conv_transpose::{
     conv_transpose, conv_transpose_backward_data, conv_transpose_backward_weight,
 };
 pub use norm::{
-    group_norm, group_norm_backward, group_norm_relu, instance_norm, instance_norm_backward,
-    NormGrads,
+    group_norm, group_norm_backward, group_norm_relu, group_norm_relu_backward, instance_norm,
+    instance_norm_backward, NormGrads,
 };
 pub use reduce::channel_sum;
 pub use relu::{relu, relu_backward};

@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::ncv;
-use super::reduce::{row_finish, row_partials, Summand};
+use super::reduce::{row_finish, row_partials, row_partials_pair, Summand};
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, WORKGROUP_SIZE};
 use crate::shaders;
@@ -113,7 +113,7 @@ pub fn group_norm(
 }
 
 /// [`group_norm`] followed by ReLU in the same pass (the output is `max(norm, 0)`; its backward is
-/// [`super::relu_backward`] on this output, then [`group_norm_backward`]).
+/// [`group_norm_relu_backward`]).
 pub fn group_norm_relu(
     x: &Tensor,
     groups: usize,
@@ -189,6 +189,35 @@ pub fn group_norm_backward(
     gamma: &Tensor,
     eps: f32,
 ) -> Result<NormGrads> {
+    norm_backward(x, dy, None, stats, groups, gamma, eps)
+}
+
+/// Backward of [`group_norm_relu`] from the input `x`, its output `y` (after the ReLU), the output gradient
+/// `dy` and the saved `stats`: the values of [`super::relu_backward`] then [`group_norm_backward`], bit for
+/// bit, without the intermediate gradient.
+pub fn group_norm_relu_backward(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    stats: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    eps: f32,
+) -> Result<NormGrads> {
+    y.expect_dtype(DType::F32, "group norm + ReLU output")?;
+    super::same_shape(x, y, "group norm + ReLU backward: input and output differ")?;
+    norm_backward(x, dy, Some(y), stats, groups, gamma, eps)
+}
+
+fn norm_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    relu_output: Option<&Tensor>,
+    stats: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    eps: f32,
+) -> Result<NormGrads> {
     let d = check(x, groups, gamma, "group norm input")?;
     dy.expect_dtype(DType::F32, "group norm output gradient")?;
     super::same_shape(x, dy, "group norm backward: input and gradient differ")?;
@@ -200,7 +229,8 @@ pub fn group_norm_backward(
         )));
     }
     let gpu = x.gpu();
-    let p = d.params(eps)?;
+    let mut p = d.params(eps)?;
+    p.relu = u32::from(relu_output.is_some());
     let rows = d.n * d.c;
     let sdy = Tensor::uninit(gpu, &[rows], DType::F32)?;
     let sdyx = Tensor::uninit(gpu, &[rows], DType::F32)?;
@@ -209,19 +239,17 @@ pub fn group_norm_backward(
     let coef = Tensor::uninit(gpu, &[2, ng], DType::F32)?;
     let dx = Tensor::uninit(gpu, x.shape(), DType::F32)?;
     let mut b = gpu.batch("group norm backward");
-    let (pdy, chunks) = row_partials(&mut b, dy, rows, d.v, Summand::Plain)?;
-    let (pdyx, _) = row_partials(
+    let (pdy, pdyx, chunks) = row_partials_pair(
         &mut b,
         dy,
+        x,
+        relu_output,
+        stats,
         rows,
         d.v,
-        Summand::TimesNormalised {
-            b: x,
-            stats,
-            div: d.c / groups,
-            nstat: ng,
-            eps,
-        },
+        d.c / groups,
+        ng,
+        eps,
     )?;
     row_finish(&mut b, &pdy, chunks, rows, 1, 1.0, &sdy, 0)?;
     row_finish(&mut b, &pdyx, chunks, rows, 1, 1.0, &sdyx, 0)?;
@@ -250,6 +278,7 @@ pub fn group_norm_backward(
             Arg::whole(gamma),
             Arg::whole(&coef),
             Arg::whole(&dx),
+            Arg::whole(relu_output.unwrap_or(dy)),
         ],
         element_groups(&d),
     )?;

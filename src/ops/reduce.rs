@@ -30,14 +30,59 @@ pub(crate) enum Summand<'a> {
     Plain,
     /// `(a - mean)^2` with `stats[row / div]` the mean.
     SquaredDeviation { stats: &'a Tensor, div: usize },
-    /// `a * (b - mean) * rstd` with mean and variance from `stats` (mean, then variance after `nstat`).
-    TimesNormalised {
-        b: &'a Tensor,
-        stats: &'a Tensor,
-        div: usize,
-        nstat: usize,
-        eps: f32,
-    },
+}
+
+/// The two sums of a norm's backward per row in one read of `dy` and `x`: partials of `sum dy` and of
+/// `sum dy * (x - mean) * rstd` (statistics `stats[row / div]`, variance at `nstat + row / div`), each summed in
+/// the order and tree of [`row_partials`]. With `mask`, `dy` counts only where
+/// `mask > 0` (the output of a ReLU that followed the norm). Returns both partials and the chunks per row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn row_partials_pair(
+    batch: &mut Batch<'_>,
+    dy: &Tensor,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    stats: &Tensor,
+    rows: usize,
+    len: usize,
+    div: usize,
+    nstat: usize,
+    eps: f32,
+) -> Result<(Tensor, Tensor, usize)> {
+    let gpu = batch.gpu().clone();
+    let chunks = len.div_ceil(CHUNK).max(1);
+    if rows * len > u32::MAX as usize || rows * chunks > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!(
+            "a reduction over {rows} rows of {len} elements is too large"
+        )));
+    }
+    let sums = Tensor::uninit(&gpu, &[rows * chunks], DType::F32)?;
+    let products = Tensor::uninit(&gpu, &[rows * chunks], DType::F32)?;
+    let p = Params {
+        rows: rows as u32,
+        len: len as u32,
+        chunks: chunks as u32,
+        mode: u32::from(mask.is_some()),
+        div: div as u32,
+        nstat: nstat as u32,
+        eps,
+        _pad: 0,
+    };
+    let k = gpu.kernel(&shaders::REDUCE, "", "row_partials_pair", &[])?;
+    batch.dispatch(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[
+            Arg::whole(dy),
+            Arg::whole(x),
+            Arg::whole(stats),
+            Arg::whole(&sums),
+            Arg::whole(mask.unwrap_or(dy)),
+            Arg::whole(&products),
+        ],
+        (rows * chunks) as u32,
+    )?;
+    Ok((sums, products, chunks))
 }
 
 /// Per-chunk partial sums of `rows` rows of `len` elements of `a`; returns the partials and chunks per row.
@@ -56,16 +101,9 @@ pub(crate) fn row_partials(
             "a reduction over {rows} rows of {len} elements is too large"
         )));
     }
-    let (mode, b, stats, div, nstat, eps) = match what {
-        Summand::Plain => (0, a, a, 1, 0, 0.0),
-        Summand::SquaredDeviation { stats, div } => (1, a, stats, div, 0, 0.0),
-        Summand::TimesNormalised {
-            b,
-            stats,
-            div,
-            nstat,
-            eps,
-        } => (2, b, stats, div, nstat, eps),
+    let (mode, stats, div) = match what {
+        Summand::Plain => (0, a, 1),
+        Summand::SquaredDeviation { stats, div } => (1, stats, div),
     };
     let p = Params {
         rows: rows as u32,
@@ -73,20 +111,15 @@ pub(crate) fn row_partials(
         chunks: chunks as u32,
         mode,
         div: div as u32,
-        nstat: nstat as u32,
-        eps,
+        nstat: 0,
+        eps: 0.0,
         _pad: 0,
     };
     let k = gpu.kernel(&shaders::REDUCE, "", "row_partials", &[])?;
     batch.dispatch(
         &k,
         bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(a),
-            Arg::whole(b),
-            Arg::whole(stats),
-            Arg::whole(&parts),
-        ],
+        &[Arg::whole(a), Arg::whole(stats), Arg::whole(&parts)],
         (rows * chunks) as u32,
     )?;
     Ok((parts, chunks))
