@@ -176,3 +176,33 @@ fn bad_norm_arguments_are_typed_errors() {
         Err(Error::ShapeMismatch(_))
     ));
 }
+
+/// The backward of the fused norm + ReLU gives the bits of `relu_backward` then `group_norm_backward` (rows
+/// longer than one reduction chunk, so several partials per row), and a ReLU output of another shape is an error.
+#[test]
+fn fused_relu_backward_equals_relu_backward_then_norm_backward() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(91);
+    let (shape, groups) = ([2usize, 6, 9, 10, 51], 3usize);
+    let n: usize = shape.iter().product();
+    let t = |v: Vec<f32>, s: &[usize]| Tensor::from_f32(&gpu, s, &v).unwrap();
+    let x = t(rng.normals(n, 2.0), &shape);
+    let dy = t(rng.normals(n, 1.0), &shape);
+    let gamma = t(rng.normals(6, 1.0), &[6]);
+    let beta = t(rng.normals(6, 1.0), &[6]);
+    let (y, stats) = ops::group_norm_relu(&x, groups, &gamma, &beta, 1e-5).unwrap();
+    let fused = ops::group_norm_relu_backward(&x, &y, &dy, &stats, groups, &gamma, 1e-5).unwrap();
+    let dn = ops::relu_backward(&y, &dy).unwrap();
+    let apart = ops::group_norm_backward(&x, &dn, &stats, groups, &gamma, 1e-5).unwrap();
+    let host = |t: &Tensor| t.to_vec_f32().unwrap();
+    assert_eq!(host(&fused.dx), host(&apart.dx));
+    assert_eq!(host(&fused.dgamma), host(&apart.dgamma));
+    assert_eq!(host(&fused.dbeta), host(&apart.dbeta));
+    // The ReLU zeroed some of the gradient: the mask did something.
+    assert!(host(&dn).iter().filter(|v| **v == 0.0).count() > n / 10);
+    let wrong = Tensor::zeros(&gpu, &[2, 6, 9, 10, 50], DType::F32).unwrap();
+    assert!(matches!(
+        ops::group_norm_relu_backward(&x, &wrong, &dy, &stats, groups, &gamma, 1e-5),
+        Err(Error::ShapeMismatch(_))
+    ));
+}
