@@ -408,21 +408,38 @@ pub(crate) fn record_backward_weight(
             "convolution weight gradient {g:?} is too large"
         )));
     }
-    if g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3] {
-        return record_backward_weight_pointwise(gpu, &t, g, x, dy, dw);
-    }
-    // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
-    let row = row_path(&t, g, g.output[2]) && g.output[2].is_multiple_of(SUBGROUP_LANES);
-    let (entry, col_tiles) = if row {
+    let (entry, label, grid) = if g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3] {
+        // 1x1x1: a channel product over voxel splits, 4 x 4 channels per workgroup.
+        let tiles = g.cout.div_ceil(POINTWISE_CHANNELS) * g.cin.div_ceil(POINTWISE_CHANNELS);
+        if tiles > max {
+            return Err(Error::InvalidShape(format!(
+                "convolution weight gradient {g:?} is too large"
+            )));
+        }
+        (
+            "backward_weight_pointwise",
+            "conv backward_weight (1x1x1)",
+            [splits as u32, tiles as u32, 1],
+        )
+    } else if row_path(&t, g, g.output[2]) && g.output[2].is_multiple_of(SUBGROUP_LANES) {
+        // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
         let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(WORKGROUP * t.row_kernel_rows);
-        ("backward_weight_row", tiles)
+        (
+            "backward_weight_row",
+            "conv backward_weight",
+            [tiles as u32, m_tiles as u32, splits as u32],
+        )
     } else {
-        ("backward_weight", col_tiles)
+        (
+            "backward_weight",
+            "conv backward_weight",
+            [col_tiles as u32, m_tiles as u32, splits as u32],
+        )
     };
     let k = conv_kernel(gpu, &t, entry)?;
     let p = g.params(split, false);
-    let grid = [col_tiles as u32, m_tiles as u32, splits as u32];
-    let mut b = gpu.batch(format!("conv backward_weight {}", g.short()));
+    let mut b = gpu.batch(format!("{label} {}", g.short()));
+    // Per-split partials, then their fixed-order sum (one split writes dw directly).
     let parts = if splits == 1 {
         None
     } else {
@@ -434,49 +451,6 @@ pub(crate) fn record_backward_weight(
         bytemuck::bytes_of(&p),
         &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
         grid,
-    )?;
-    if let Some(parts) = &parts {
-        sum_splits(&mut b, parts, splits, elems, dw)?;
-    }
-    b.submit()?;
-    drop(parts);
-    Ok(())
-}
-
-/// The weight gradient of a 1x1x1 convolution (stride 1, no padding): per-split partials of the channel
-/// product over voxels, then their fixed-order sum.
-fn record_backward_weight_pointwise(
-    gpu: &Gpu,
-    t: &ConvTiles,
-    g: &ConvGeometry,
-    x: &Tensor,
-    dy: &Tensor,
-    dw: &Tensor,
-) -> Result<()> {
-    let elems = g.cout * g.cin;
-    let total = g.n * g.output_voxels();
-    let split = MIN_SPLIT.max(total.div_ceil(MAX_SPLITS).next_multiple_of(VOXEL_CHUNK));
-    let splits = total.div_ceil(split);
-    let tiles = g.cout.div_ceil(POINTWISE_CHANNELS) * g.cin.div_ceil(POINTWISE_CHANNELS);
-    if tiles > gpu.limits().max_compute_workgroups_per_dimension as usize {
-        return Err(Error::InvalidShape(format!(
-            "convolution weight gradient {g:?} is too large"
-        )));
-    }
-    let k = conv_kernel(gpu, t, "backward_weight_pointwise")?;
-    let p = g.params(split, false);
-    let mut b = gpu.batch(format!("conv backward_weight (1x1x1) {}", g.short()));
-    let parts = if splits == 1 {
-        None
-    } else {
-        Some(Tensor::uninit(gpu, &[splits * elems], DType::F32)?)
-    };
-    let target = parts.as_ref().unwrap_or(dw);
-    b.dispatch_grid(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
-        [splits as u32, tiles as u32, 1],
     )?;
     if let Some(parts) = &parts {
         sum_splits(&mut b, parts, splits, elems, dw)?;
