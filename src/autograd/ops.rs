@@ -132,25 +132,7 @@ impl Tape {
         beta: &Var,
         eps: f32,
     ) -> Result<Var> {
-        let (y, stats) = ops::group_norm(x.tensor(), groups, gamma.tensor(), beta.tensor(), eps)?;
-        let (xt, gt) = (x.tensor().clone(), gamma.tensor().clone());
-        let needs = [
-            x.requires_grad(),
-            gamma.requires_grad(),
-            beta.requires_grad(),
-        ];
-        Ok(self.record(
-            &[x, gamma, beta],
-            y,
-            Box::new(move |dy| {
-                let g = ops::group_norm_backward(&xt, dy, &stats, groups, &gt, eps)?;
-                Ok(vec![
-                    needs[0].then_some(g.dx),
-                    needs[1].then_some(g.dgamma),
-                    needs[2].then_some(g.dbeta),
-                ])
-            }),
-        ))
+        self.group_norm_act(x, groups, gamma, beta, eps, false)
     }
 
     /// Group norm with affine followed by ReLU, in one pass (see [`ops::group_norm_relu`]); same values
@@ -163,9 +145,27 @@ impl Tape {
         beta: &Var,
         eps: f32,
     ) -> Result<Var> {
-        let (y, stats) =
-            ops::group_norm_relu(x.tensor(), groups, gamma.tensor(), beta.tensor(), eps)?;
-        let (xt, gt, yt) = (x.tensor().clone(), gamma.tensor().clone(), y.clone());
+        self.group_norm_act(x, groups, gamma, beta, eps, true)
+    }
+
+    fn group_norm_act(
+        &self,
+        x: &Var,
+        groups: usize,
+        gamma: &Var,
+        beta: &Var,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Var> {
+        let (xs, gs, bs) = (x.tensor(), gamma.tensor(), beta.tensor());
+        let (y, stats) = if relu {
+            ops::group_norm_relu(xs, groups, gs, bs, eps)?
+        } else {
+            ops::group_norm(xs, groups, gs, bs, eps)?
+        };
+        // The fused backward masks the gradient by the ReLU's output.
+        let relu_output = relu.then(|| y.clone());
+        let (xt, gt) = (xs.clone(), gs.clone());
         let needs = [
             x.requires_grad(),
             gamma.requires_grad(),
@@ -175,7 +175,12 @@ impl Tape {
             &[x, gamma, beta],
             y,
             Box::new(move |dy| {
-                let g = ops::group_norm_relu_backward(&xt, &yt, dy, &stats, groups, &gt, eps)?;
+                let g = match &relu_output {
+                    Some(yt) => {
+                        ops::group_norm_relu_backward(&xt, yt, dy, &stats, groups, &gt, eps)?
+                    }
+                    None => ops::group_norm_backward(&xt, dy, &stats, groups, &gt, eps)?,
+                };
                 Ok(vec![
                     needs[0].then_some(g.dx),
                     needs[1].then_some(g.dgamma),
