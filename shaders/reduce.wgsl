@@ -27,23 +27,53 @@ const CHUNK: u32 = 4096u;   // RWG * PER
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 
 var<workgroup> tree: array<f32, 32>;
+var<workgroup> tree2: array<f32, 32>;
+
+// Workgroup w of pass 1 sums chunk `chunk` of row `row`.
+struct Chunk {
+    w: u32,
+    row: u32,
+    chunk: u32,
+    in_range: bool,
+}
+
+fn chunk_of(wid: vec3<u32>, nwg: vec3<u32>) -> Chunk {
+    var c: Chunk;
+    c.w = wid.y * nwg.x + wid.x;
+    c.in_range = c.w < p.rows * p.chunks;
+    c.row = c.w / max(p.chunks, 1u);
+    c.chunk = c.w - c.row * p.chunks;
+    return c;
+}
+
+// The fixed tree over the 32 invocations' sums, for two sums at once. Only invocation 0's return value is the
+// totals (it made the last additions itself, so no barrier is needed after them).
+fn tree_sums(lid: u32, s: f32, s2: f32) -> vec2<f32> {
+    tree[lid] = s;
+    tree2[lid] = s2;
+    for (var half = RWG / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        if (lid < half) {
+            tree[lid] += tree[lid + half];
+            tree2[lid] += tree2[lid + half];
+        }
+    }
+    return vec2<f32>(tree[0], tree2[0]);
+}
 
 @compute @workgroup_size(32)
 fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let w = wid.y * nwg.x + wid.x;
-    let in_range = w < p.rows * p.chunks;
-    let row = w / max(p.chunks, 1u);
-    let chunk = w - row * p.chunks;
+    let c = chunk_of(wid, nwg);
     var s = 0.0;
-    if (in_range) {
-        let si = row / p.div;
+    if (c.in_range) {
+        let si = c.row / p.div;
         var mean = 0.0;
         if (p.mode != 0u) {
             mean = stats[si];
         }
-        let base = row * p.len;
-        let start = chunk * CHUNK + lid;
+        let base = c.row * p.len;
+        let start = c.chunk * CHUNK + lid;
         for (var k = 0u; k < PER; k++) {
             let i = start + k * RWG;
             if (i < p.len) {
@@ -57,15 +87,9 @@ fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             }
         }
     }
-    tree[lid] = s;
-    for (var half = RWG / 2u; half > 0u; half /= 2u) {
-        workgroupBarrier();
-        if (lid < half) {
-            tree[lid] += tree[lid + half];
-        }
-    }
-    if (lid == 0u && in_range) {
-        partials[w] = tree[0];
+    let t = tree_sums(lid, s, 0.0);
+    if (lid == 0u && c.in_range) {
+        partials[c.w] = t.x;
     }
 }
 
@@ -76,26 +100,21 @@ fn row_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @group(0) @binding(5) var<storage, read> pmask: array<f32>;
 @group(0) @binding(6) var<storage, read_write> pprods: array<f32>;
 
-var<workgroup> tree2: array<f32, 32>;
-
 // A norm's backward sums in one read of dy and x: psums gets sum dy, pprods sum dy * (x - mean) * rstd, each in
 // the order and tree of `row_partials`. With mode 1, dy is first zeroed where pmask <= 0 (the ReLU that followed
 // the norm: pmask is its output).
 @compute @workgroup_size(32)
 fn row_partials_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let w = wid.y * nwg.x + wid.x;
-    let in_range = w < p.rows * p.chunks;
-    let row = w / max(p.chunks, 1u);
-    let chunk = w - row * p.chunks;
+    let c = chunk_of(wid, nwg);
     var s = 0.0;
     var s2 = 0.0;
-    if (in_range) {
-        let si = row / p.div;
+    if (c.in_range) {
+        let si = c.row / p.div;
         let mean = pstats[si];
         let rstd = inverseSqrt(pstats[p.nstat + si] + p.eps);
-        let base = row * p.len;
-        let start = chunk * CHUNK + lid;
+        let base = c.row * p.len;
+        let start = c.chunk * CHUNK + lid;
         for (var k = 0u; k < PER; k++) {
             let i = start + k * RWG;
             if (i < p.len) {
@@ -108,18 +127,10 @@ fn row_partials_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
             }
         }
     }
-    tree[lid] = s;
-    tree2[lid] = s2;
-    for (var half = RWG / 2u; half > 0u; half /= 2u) {
-        workgroupBarrier();
-        if (lid < half) {
-            tree[lid] += tree[lid + half];
-            tree2[lid] += tree2[lid + half];
-        }
-    }
-    if (lid == 0u && in_range) {
-        psums[w] = tree[0];
-        pprods[w] = tree2[0];
+    let t = tree_sums(lid, s, s2);
+    if (lid == 0u && c.in_range) {
+        psums[c.w] = t.x;
+        pprods[c.w] = t.y;
     }
 }
 
