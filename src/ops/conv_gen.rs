@@ -303,6 +303,80 @@ fn bias_read(name: &str, len: &str) -> String {
     )
 }
 
+// Emitters shared by both modules' forward and input-gradient row kernels.
+
+/// Gathers the window of `win` values along W of reduced channel offset `off` (zero outside the input).
+fn window_gathers(ind: &str, win: usize, off: &str) -> String {
+    let mut s = String::new();
+    for i in 0..win {
+        let _ = writeln!(
+            s,
+            "{ind}let xw{i} = select(0.0, src[select(0u, woff{i} + {off}, wok{i})], wok{i});"
+        );
+    }
+    s
+}
+
+/// Accumulates the window into the row's `tnw` results: tap `kw` of result `j` reads window value
+/// `xi(j, kw)`, with the weights `{operand}{kw}_{q}`.
+fn window_fmas(
+    ind: &str,
+    tnw: usize,
+    quads: usize,
+    kw_n: usize,
+    operand: &str,
+    xi: &dyn Fn(usize, usize) -> usize,
+) -> String {
+    let mut s = String::new();
+    for kw in 0..kw_n {
+        for j in 0..tnw {
+            for q in 0..quads {
+                let _ = writeln!(
+                    s,
+                    "{ind}acc{j}_{q} = fma({operand}{kw}_{q}, vec4<f32>(xw{}), acc{j}_{q});",
+                    xi(j, kw)
+                );
+            }
+        }
+    }
+    s
+}
+
+/// The guarded stores of the row's results (plus `bias[m]` where given; closes the function).
+#[allow(clippy::too_many_arguments)]
+fn window_stores(
+    tnw: usize,
+    quads: usize,
+    bias: Option<&str>,
+    mlim: &str,
+    outname: &str,
+    rstride: &str,
+    store_base: &dyn Fn(usize) -> String,
+) -> String {
+    let mut s = String::new();
+    for j in 0..tnw {
+        let _ = writeln!(
+            s,
+            "    if (valid{j}) {{\n        let obase = {};",
+            store_base(j)
+        );
+        for q in 0..quads {
+            for r in 0..4 {
+                let m = q * 4 + r;
+                let extra = bias.map_or(String::new(), |b| format!(" + {b}[{m}]"));
+                let write = write_result(
+                    outname,
+                    &format!("obase + (m0 + {m}u) * {rstride}"),
+                    &format!("acc{j}_{q}[{r}]{extra}"),
+                );
+                let _ = writeln!(s, "        if (m0 + {m}u < {mlim}) {{ {write} }}");
+            }
+        }
+        s += "    }\n";
+    }
+    s + "}\n"
+}
+
 // Emitters shared by both modules' weight-gradient row kernels.
 
 /// Gathers each kernel row's window of `win` input values along W (zero outside the input).
@@ -891,12 +965,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 let co = (c0 + cl) * {redstride};
 "
         );
-        for i in 0..win {
-            let _ = writeln!(
-                s,
-                "                let xw{i} = select(0.0, src[select(0u, woff{i} + co, wok{i})], wok{i});"
-            );
-        }
+        s += &window_gathers("                ", win, "co");
         for kw in 0..kw_n {
             for qq in 0..q {
                 let _ = writeln!(
@@ -905,46 +974,20 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 );
             }
         }
-        for kw in 0..kw_n {
-            for j in 0..tnw {
-                for qq in 0..q {
-                    let _ = writeln!(
-                        s,
-                        "                acc{j}_{qq} = fma(w{kw}_{qq}, vec4<f32>(xw{}), acc{j}_{qq});",
-                        xi(j, kw)
-                    );
-                }
-            }
-        }
+        s += &window_fmas("                ", tnw, q, kw_n, "w", xi);
         s += "            }\n        }\n    }\n";
         if bias {
             s += &bias_read("b", "TM");
         }
-        for j in 0..tnw {
-            let _ = writeln!(
-                s,
-                "    if (valid{j}) {{\n        let obase = {};",
-                store_base(j)
-            );
-            for qq in 0..q {
-                for rr in 0..4 {
-                    let mm = qq * 4 + rr;
-                    let extra = if bias {
-                        format!(" + b[{mm}]")
-                    } else {
-                        String::new()
-                    };
-                    let write = write_result(
-                        outname,
-                        &format!("obase + (m0 + {mm}u) * {rstride}"),
-                        &format!("acc{j}_{qq}[{rr}]{extra}"),
-                    );
-                    let _ = writeln!(s, "        if (m0 + {mm}u < {mlim}) {{ {write} }}");
-                }
-            }
-            s += "    }\n";
-        }
-        s + "}\n"
+        s + &window_stores(
+            tnw,
+            q,
+            bias.then_some("b"),
+            mlim,
+            outname,
+            rstride,
+            store_base,
+        )
     };
 
     let fwd_win = String::from(FWD_WINDOW_ROWS) + &window(win, "p.isz.z");
@@ -1526,12 +1569,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             "            for (var k = 0u; k < min({sg}u, cred - c0); k++) {{"
         );
         let _ = writeln!(s, "                let cs = (c0 + k) * {redstride};");
-        for i in 0..win {
-            let _ = writeln!(
-                s,
-                "                let xw{i} = select(0.0, src[select(0u, woff{i} + cs, wok{i})], wok{i});"
-            );
-        }
+        s += &window_gathers("                ", win, "cs");
         for kw in 0..kw_n {
             for qq in 0..qw {
                 let _ = writeln!(
@@ -1540,17 +1578,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 );
             }
         }
-        for kw in 0..kw_n {
-            for j in 0..tnw {
-                for qq in 0..qw {
-                    let _ = writeln!(
-                        s,
-                        "                acc{j}_{qq} = fma(b{kw}_{qq}, vec4<f32>(xw{}), acc{j}_{qq});",
-                        xi(j, kw)
-                    );
-                }
-            }
-        }
+        s += &window_fmas("                ", tnw, qw, kw_n, "b", xi);
         s += "            }\n";
         s += "        }\n    }\n";
         if bias {
@@ -1558,31 +1586,15 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             // The Python original wrote the loop bound as `{4*QW}u`.
             s = s.replace(&format!("m < {rm}; m++"), &format!("m < {rm}u; m++"));
         }
-        for j in 0..tnw {
-            let _ = writeln!(
-                s,
-                "    if (valid{j}) {{\n        let obase = {};",
-                store_base(j)
-            );
-            for qq in 0..qw {
-                for rr in 0..4 {
-                    let mm = qq * 4 + rr;
-                    let extra = if bias {
-                        format!(" + bv[{mm}]")
-                    } else {
-                        String::new()
-                    };
-                    let write = write_result(
-                        outname,
-                        &format!("obase + (m0 + {mm}u) * {rstride}"),
-                        &format!("acc{j}_{qq}[{rr}]{extra}"),
-                    );
-                    let _ = writeln!(s, "        if (m0 + {mm}u < mlim) {{ {write} }}");
-                }
-            }
-            s += "    }\n";
-        }
-        s + "}\n"
+        s + &window_stores(
+            tnw,
+            qw,
+            bias.then_some("bv"),
+            "mlim",
+            outname,
+            rstride,
+            store_base,
+        )
     };
     let row_decode_sg = |sz: &str| row_decode(tnw, sz).replace("* WGS + lid", "* 64u + lid");
     out += &windowed(
