@@ -180,12 +180,17 @@ impl CaseSource for TensorSource {
     }
 }
 
-/// Two folders of NIfTI images matched by case name.
-struct NiftiSource(Vec<(String, PathBuf, PathBuf)>);
+/// A probability file and a label file per case, matched by case name across two folders, and the reader of
+/// one such pair: NIfTI images ([`read_nifti_case`]), or nnU-Net's NumPy probabilities beside NIfTI label maps
+/// ([`read_numpy_case`]).
+struct PairedFiles {
+    cases: Vec<(String, PathBuf, PathBuf)>,
+    read: fn(&str, &Path, &Path) -> Result<Case>,
+}
 
-impl CaseSource for NiftiSource {
+impl CaseSource for PairedFiles {
     fn len(&self) -> usize {
-        self.0.len()
+        self.cases.len()
     }
 
     fn classes(&self) -> Option<usize> {
@@ -193,8 +198,8 @@ impl CaseSource for NiftiSource {
     }
 
     fn case(&self, i: usize) -> Result<Case> {
-        let (name, pp, lp) = &self.0[i];
-        read_nifti_case(name, pp, lp)
+        let (name, pp, lp) = &self.cases[i];
+        (self.read)(name, pp, lp)
     }
 }
 
@@ -305,25 +310,6 @@ fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, Path
     pair_cases(pm, labels)
 }
 
-/// A folder of NumPy probability files (nnU-Net's `<case>.npz`, or `.npy`) and a folder of NIfTI label maps,
-/// matched by case name.
-struct NumpySource(Vec<(String, PathBuf, PathBuf)>);
-
-impl CaseSource for NumpySource {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn classes(&self) -> Option<usize> {
-        None
-    }
-
-    fn case(&self, i: usize) -> Result<Case> {
-        let (name, pp, lp) = &self.0[i];
-        read_numpy_case(name, pp, lp)
-    }
-}
-
 /// Dims without trailing ones (a 2D image stored as `(x, y, 1)` is `(x, y)`).
 fn trim_ones(d: &[usize]) -> &[usize] {
     let mut n = d.len();
@@ -374,7 +360,7 @@ fn read_numpy_case(name: &str, pp: &Path, lp: &Path) -> Result<Case> {
     })
 }
 
-/// Whether a folder holds NumPy files (then it is read as a [`NumpySource`]; nnU-Net writes its `.nii.gz`
+/// Whether a folder holds NumPy files (then they are read by [`read_numpy_case`]; nnU-Net writes its `.nii.gz`
 /// segmentations beside the `.npz` probabilities, and those are not read).
 fn holds_numpy(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
@@ -456,9 +442,15 @@ fn open_source(o: &EvalOptions) -> Result<Box<dyn CaseSource>> {
     }
     match (pd, ld) {
         (true, true) if holds_numpy(&o.probs) => {
-            Ok(Box::new(NumpySource(numpy_cases(&o.probs, &o.labels)?)))
+            Ok(Box::new(PairedFiles {
+                cases: numpy_cases(&o.probs, &o.labels)?,
+                read: read_numpy_case,
+            }))
         }
-        (true, true) => Ok(Box::new(NiftiSource(nifti_cases(&o.probs, &o.labels)?))),
+        (true, true) => Ok(Box::new(PairedFiles {
+            cases: nifti_cases(&o.probs, &o.labels)?,
+            read: read_nifti_case,
+        })),
         (false, false) => Ok(Box::new(read_tensors(&o.probs, &o.labels, o.logits)?)),
         _ => Err(Error::invalid(format!(
             "--probs {} is {} but --labels {} is {}: expected both safetensors files or both folders \
