@@ -5,24 +5,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use common::gpu;
 use serde_json::Value;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calibseg-cli-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::cli::scratch_path("cli-bench", name)
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_calibseg"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::cli::run_calibseg as run;
 
 /// One quick run shared by the tests of this file: its output and JSON file.
 fn quick() -> &'static (Output, PathBuf) {

@@ -5,23 +5,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use calibseg::io::safetensors::{write, HostTensor, TensorFile};
 use common::{assert_grad, assert_rel, fixture, fixture_path, gpu, LOSS_FIXTURES};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calibseg-cli-loss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::cli::scratch_path("cli-loss", name)
 }
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_calibseg"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::cli::run_calibseg as run;
 
 #[test]
 fn reproduces_every_ace_fixture() {

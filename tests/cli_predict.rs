@@ -9,24 +9,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use calibseg::io::safetensors::{write, HostTensor, TensorFile};
 use common::reference::softmax;
 use common::{assert_close, fixture, fixture_path, gpu, max_abs, Rng};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("calibseg-cli-predict-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::cli::scratch_path("cli-predict", name)
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_calibseg"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::cli::run_calibseg as run;
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod ace_ref;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod metrics_ref;
 pub mod nn_ref;
 pub mod reference;
