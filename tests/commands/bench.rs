@@ -1,0 +1,275 @@
+//! The benchmark harness: pass timestamps count and time exactly the passes dispatched, the registry is
+//! complete and its work figures match sizes computed here, the roofline arithmetic, and the JSON report.
+
+use crate::common;
+
+use calibseg::bench::{self, Scale, Work};
+use calibseg::gpu::probe;
+use calibseg::{DType, Error, Tensor};
+use common::{gpu, BENCH_CASES};
+
+#[test]
+fn registry_names_are_unique_lower_case_and_contain_their_family() {
+    let cases = bench::registry();
+    let names: Vec<&str> = cases.iter().map(|c| c.name()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len(), "duplicate names in {names:?}");
+    for c in &cases {
+        assert!(
+            c.name()
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'),
+            "{} is not a lower-case identifier",
+            c.name()
+        );
+        assert!(
+            c.name().contains(c.family()),
+            "{} lacks its family {}",
+            c.name(),
+            c.family()
+        );
+    }
+    for want in BENCH_CASES {
+        assert!(names.contains(&want), "no case {want} in {names:?}");
+    }
+    // SegResNetDS is either benchmarked or listed as skipped, never missing.
+    let skipped: Vec<String> = bench::skipped().into_iter().map(|s| s.name).collect();
+    for net in ["segresnetds_train_step", "segresnetds_infer"] {
+        assert!(
+            names.contains(&net) || skipped.iter().any(|s| s == net),
+            "{net} is neither a case nor skipped"
+        );
+    }
+}
+
+#[test]
+fn every_family_has_a_criterion_bench() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches");
+    let sources: String = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for case in bench::registry() {
+        let quoted = format!("\"{}\"", case.family());
+        assert!(
+            sources.contains(&quoted),
+            "no bench in benches/*.rs runs the family {quoted} of {}",
+            case.name()
+        );
+    }
+}
+
+#[test]
+fn filter_selects_by_substring_and_rejects_a_filter_that_matches_nothing() {
+    let conv: Vec<String> = bench::select(Some("CONV3D_FWD"))
+        .unwrap()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    assert_eq!(
+        conv,
+        [
+            "conv3d_fwd_k3s1",
+            "conv3d_fwd_k3s2",
+            "conv3d_fwd_k1s1",
+            "conv3d_fwd_transpose_k3s2"
+        ]
+    );
+    match bench::select(Some("no_such_kernel")) {
+        Err(Error::InvalidArgument(m)) => {
+            assert!(
+                m.contains("no_such_kernel") && m.contains("softmax_fwd"),
+                "{m}"
+            )
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+fn roofline(copy_gb_s: f64, fma: f64) -> bench::RooflineReport {
+    bench::RooflineReport {
+        copy_gb_s,
+        read_gb_s: copy_gb_s,
+        fma_f32_gflop_s: fma,
+        fma_f16_gflop_s: None,
+        stream_bytes: 1 << 20,
+        fma_flops: 1e6,
+    }
+}
+
+#[test]
+fn roofline_time_is_the_slower_of_memory_and_arithmetic() {
+    let r = roofline(10.0, 100.0);
+    // 1 GB at 10 GB/s = 100 ms; 1 GFLOP at 100 GFLOP/s = 10 ms.
+    let w = Work::bytes_and_flops(1e9, 1e9);
+    assert!((w.roofline_ms(&r).unwrap() - 100.0).abs() < 1e-9);
+    assert_eq!(w.bound(&r), "memory");
+    // 1 MB = 0.1 ms; 20 GFLOP = 200 ms.
+    let w = Work::bytes_and_flops(1e6, 2e10);
+    assert!((w.roofline_ms(&r).unwrap() - 200.0).abs() < 1e-9);
+    assert_eq!(w.bound(&r), "compute");
+    assert_eq!(Work::bytes(0.0).roofline_ms(&roofline(0.0, 0.0)), None);
+}
+
+#[test]
+fn two_roofline_measurements_keep_the_better_peak_of_each() {
+    let mut a = roofline(10.0, 100.0);
+    a.read_gb_s = 30.0;
+    let mut b = roofline(20.0, 50.0);
+    b.fma_f16_gflop_s = Some(7.0);
+    let best = a.best_of(&b);
+    assert_eq!(
+        (
+            best.copy_gb_s,
+            best.read_gb_s,
+            best.fma_f32_gflop_s,
+            best.fma_f16_gflop_s
+        ),
+        (20.0, 30.0, 100.0, Some(7.0))
+    );
+    a.fma_f16_gflop_s = Some(9.0);
+    assert_eq!(a.best_of(&b).fma_f16_gflop_s, Some(9.0));
+}
+
+#[test]
+fn median_of_odd_and_even_counts() {
+    assert_eq!(bench::median([3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(bench::median([4.0, 1.0, 3.0, 2.0]), 2.5);
+    assert!(bench::median([]).is_nan());
+}
+
+#[test]
+fn work_of_cases_matches_their_sizes() {
+    let Some(gpu) = gpu() else { return };
+    let cases = bench::registry();
+    let prep = |name: &str| {
+        cases
+            .iter()
+            .find(|c| c.name() == name)
+            .unwrap()
+            .prepare(&gpu, Scale::Quick)
+            .unwrap()
+    };
+    // Quick losses and softmax: [2, 4, 32^3] f32 logits, one u32 label per voxel.
+    let n = (2 * 4 * 32 * 32 * 32) as f64;
+    let v = (2 * 32 * 32 * 32) as f64;
+    let p = prep("softmax_fwd");
+    assert_eq!((p.shape.as_str(), p.work.bytes), ("2x4x32x32x32", 8.0 * n));
+    assert_eq!(prep("ace_hard_fwd_bwd").work.bytes, 12.0 * n + 8.0 * v);
+    // Quick 3x3x3 stride 1: 16 -> 16 channels at 16^3, padding 1 keeps 16^3.
+    let p = prep("conv3d_fwd_k3s1");
+    let vox = 16f64.powi(3);
+    assert_eq!(p.work.flops, 2.0 * 16.0 * 16.0 * 27.0 * vox);
+    for grad in ["conv3d_bwd_data_k3s1", "conv3d_bwd_weight_k3s1"] {
+        assert_eq!(prep(grad).work.flops, p.work.flops, "{grad}");
+    }
+    // Stride 2: 16 -> 32 channels, 8^3 outputs.
+    assert_eq!(
+        prep("conv3d_fwd_k3s2").work.flops,
+        2.0 * 16.0 * 32.0 * 27.0 * 512.0
+    );
+    // Transposed 3x3x3 stride 2: 32 channels at 8^3 -> 16 at 16^3; each input voxel meets 27 taps.
+    assert_eq!(
+        prep("conv3d_fwd_transpose_k3s2").work.flops,
+        2.0 * 32.0 * 16.0 * 27.0 * 512.0
+    );
+}
+
+#[test]
+fn pass_timestamps_count_every_dispatch_and_fit_inside_the_wall_time() {
+    let Some(gpu) = gpu() else { return };
+    let bytes = 4u64 << 20;
+    let src = Tensor::zeros(&gpu, &[(bytes / 4) as usize], DType::F32).unwrap();
+    let dst = Tensor::zeros(&gpu, &[(bytes / 4) as usize], DType::F32).unwrap();
+    let copy3 = || {
+        let mut b = gpu.batch("three copies");
+        for _ in 0..3 {
+            probe::record_copy(&mut b, &src, &dst, bytes)?;
+        }
+        b.submit().map(drop)
+    };
+    copy3().unwrap(); // compile the pipeline outside the timing
+    let t = gpu.time_passes(copy3).unwrap();
+    if !gpu.has_timestamps() {
+        assert_eq!((t.gpu, t.passes), (None, 0));
+        return;
+    }
+    // The engine records a run of dispatches into one compute pass: one batch, one timed pass.
+    assert_eq!(t.passes, 1);
+    let g = t.gpu.unwrap();
+    assert!(g > std::time::Duration::ZERO, "timestamps read zero");
+    assert!(
+        g <= t.wall,
+        "GPU time {g:?} exceeds the wall time {:?}",
+        t.wall
+    );
+    // Two separate submissions are both counted.
+    let t = gpu
+        .time_passes(|| {
+            copy3()?;
+            copy3()
+        })
+        .unwrap();
+    assert_eq!(t.passes, 2);
+}
+
+#[test]
+fn pass_timing_rejects_nesting_and_more_passes_than_queries() {
+    let Some(gpu) = gpu() else { return };
+    if !gpu.has_timestamps() {
+        return;
+    }
+    let nested = gpu.time_passes(|| gpu.time_passes(|| Ok(())).map(drop));
+    assert!(
+        matches!(&nested, Err(Error::InvalidArgument(m)) if m.contains("do not nest")),
+        "{nested:?}"
+    );
+    // The device is usable again after the error.
+    assert_eq!(gpu.time_passes(|| Ok(())).unwrap().passes, 0);
+    let x = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
+    let y = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
+    // Every batch submitted outside a recording scope is a pass of its own: 2050 of them.
+    let too_many = gpu.time_passes(|| {
+        for _ in 0..1025 {
+            let mut b = gpu.batch("one copy");
+            probe::record_copy(&mut b, &x, &y, 16)?;
+            b.submit()?;
+            let mut b = gpu.batch("one copy");
+            probe::record_copy(&mut b, &y, &x, 16)?;
+            b.submit()?;
+        }
+        Ok(())
+    });
+    assert!(
+        matches!(&too_many, Err(Error::InvalidArgument(m)) if m.contains("2048")),
+        "{too_many:?}"
+    );
+}
+
+#[test]
+fn report_json_round_trips_and_bad_json_is_a_format_error() {
+    let Some(gpu) = gpu() else { return };
+    let mut options = bench::Options::new(Scale::Quick);
+    options.filter = Some("temperature_nll".into());
+    let report = bench::run(&gpu, &options, |_| {}).unwrap();
+    assert_eq!(report.results.len(), 1);
+    assert_eq!(report.results[0].name, "temperature_nll");
+    let back = bench::Report::from_json(&report.to_json(), "mem").unwrap();
+    assert_eq!(back, report);
+    match bench::Report::from_json("{\"adapter\": 3}", "broken.json") {
+        Err(Error::Format { path, message }) => {
+            assert_eq!(path, "broken.json");
+            assert!(message.contains("not a calibseg bench report"), "{message}");
+        }
+        other => panic!("expected a Format error, got {other:?}"),
+    }
+    // Side by side with itself: both columns, the case row, and no shape mark.
+    let table = bench::compare(&[report.clone(), report]);
+    assert!(table.contains("[A]") && table.contains("[B]"), "{table}");
+    assert!(table.contains("temperature_nll"), "{table}");
+    assert!(!table.contains('*'), "{table}");
+}

@@ -1,0 +1,220 @@
+//! `calibseg loss` reproduces the fixtures through files, and rejects bad input with a one-line error,
+//! a non-zero exit and no output file.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use calibseg::io::safetensors::{write, HostTensor, TensorFile};
+use common::{assert_grad, assert_rel, fixture, fixture_path, gpu, LOSS_FIXTURES};
+
+fn tmp(name: &str) -> PathBuf {
+    common::cli::scratch_path("cli-loss", name)
+}
+
+use common::cli::run_calibseg as run;
+
+#[test]
+fn reproduces_every_ace_fixture() {
+    if gpu().is_none() {
+        return;
+    }
+    for name in LOSS_FIXTURES {
+        let f = fixture(name);
+        let bins = f.metadata("num_bins").unwrap();
+        for binning in ["hard", "soft"] {
+            for bg in ["bg", "nobg"] {
+                let out = tmp(&format!("{name}.{binning}.{bg}.out.safetensors"));
+                let input = fixture_path(name);
+                let mut args = vec!["loss", "--input", &input, "--output", out.to_str().unwrap()];
+                args.extend(["--loss", "ace", "--binning", binning, "--num-bins", &bins]);
+                if bg == "nobg" {
+                    args.push("--no-background");
+                }
+                let o = run(&args);
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                let got = TensorFile::open(&out).unwrap();
+                let key = format!("ace.{binning}.{bg}");
+                for s in [
+                    "loss",
+                    "per_image_class",
+                    "bin_weight",
+                    "bin_sum_p",
+                    "bin_sum_y",
+                ] {
+                    let (gs, g) = got.f32(s).unwrap();
+                    let (ws, w) = f.f32(&format!("{key}.{s}")).unwrap();
+                    assert_eq!(gs, ws, "{name} {key} {s} shape");
+                    assert_rel(&g, &w, 1e-5, 1e-6, &format!("{name} {key} {s}"));
+                }
+                let (gs, g) = got.f32("grad").unwrap();
+                assert_eq!(gs, f.shape("logits").unwrap());
+                assert_grad(
+                    &g,
+                    &f.f32(&format!("{key}.grad")).unwrap().1,
+                    1e-4,
+                    &format!("{name} {key} grad"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn reproduces_the_dice_ce_and_combined_fixtures() {
+    if gpu().is_none() {
+        return;
+    }
+    for name in LOSS_FIXTURES {
+        let f = fixture(name);
+        let bins = f.metadata("num_bins").unwrap();
+        let input = fixture_path(name);
+        let cases: [(&str, &[&str], &str); 7] = [
+            ("dice", &[], "dice.bg"),
+            ("dice", &["--no-background"], "dice.nobg"),
+            ("ce", &[], "ce"),
+            ("dice-ce", &[], "dice_ce"),
+            ("dice-ce", &["--weights", "1,1"], "dice_ce"),
+            ("ace-dice-ce", &["--binning", "hard"], "ace_dice_ce.hard"),
+            (
+                "ace-dice-ce",
+                &["--binning", "soft", "--weights", "0.33,0.33,0.33"],
+                "ace_dice_ce.soft",
+            ),
+        ];
+        for (loss, extra, key) in cases {
+            let out = tmp(&format!("{name}.{key}.{}.out.safetensors", extra.len()));
+            let mut args = vec![
+                "loss",
+                "--input",
+                &input,
+                "--output",
+                out.to_str().unwrap(),
+                "--loss",
+                loss,
+            ];
+            args.extend(["--num-bins", &bins]);
+            args.extend_from_slice(extra);
+            let o = run(&args);
+            assert!(
+                o.status.success(),
+                "{key}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let got = TensorFile::open(&out).unwrap();
+            assert_rel(
+                &got.f32("loss").unwrap().1,
+                &f.f32(&format!("{key}.loss")).unwrap().1,
+                1e-5,
+                1e-6,
+                &format!("{name} {key} loss"),
+            );
+            let (gs, g) = got.f32("grad").unwrap();
+            assert_eq!(gs, f.shape("logits").unwrap());
+            assert_grad(
+                &g,
+                &f.f32(&format!("{key}.grad")).unwrap().1,
+                1e-4,
+                &format!("{name} {key} grad"),
+            );
+        }
+    }
+}
+
+fn expect_failure(input: &Path, extra: &[&str], needle: &str) {
+    let out = tmp("never-written.safetensors");
+    let mut args = vec![
+        "loss",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--loss",
+        "ace",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure for {needle}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one-line error expected: {err}"
+    );
+    assert!(
+        err.contains(needle),
+        "error should mention '{needle}': {err}"
+    );
+    assert!(!out.exists(), "output written despite the error");
+}
+
+fn write_input(name: &str, tensors: Vec<(&str, HostTensor)>) -> PathBuf {
+    let p = tmp(name);
+    let m: BTreeMap<String, HostTensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    write(&p, &m, None).unwrap();
+    p
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    if gpu().is_none() {
+        return;
+    }
+    let logits = || HostTensor::F32(vec![1, 3, 2, 2], vec![0.5; 12]);
+    let labels = |v: Vec<i32>| HostTensor::I32(vec![1, 1, 2, 2], v);
+    let good = write_input(
+        "good.safetensors",
+        vec![("logits", logits()), ("labels", labels(vec![0, 1, 2, 0]))],
+    );
+    expect_failure(&good, &["--num-bins", "0"], "num_bins");
+    expect_failure(&good, &["--num-bins", "100000"], "num_bins");
+    let p = write_input("nolabels.safetensors", vec![("logits", logits())]);
+    expect_failure(&p, &[], "labels");
+    let p = write_input(
+        "range.safetensors",
+        vec![("logits", logits()), ("labels", labels(vec![0, 1, 3, 0]))],
+    );
+    expect_failure(&p, &[], "label 3 out of range");
+    let p = write_input(
+        "shape.safetensors",
+        vec![
+            ("logits", logits()),
+            ("labels", HostTensor::I32(vec![1, 1, 4], vec![0; 4])),
+        ],
+    );
+    expect_failure(&p, &[], "shape mismatch");
+    let p = write_input(
+        "rank.safetensors",
+        vec![
+            ("logits", HostTensor::F32(vec![3, 4], vec![0.0; 12])),
+            ("labels", HostTensor::I32(vec![3, 1], vec![0; 3])),
+        ],
+    );
+    expect_failure(&p, &[], "spatial");
+    let p = write_input(
+        "dtype.safetensors",
+        vec![
+            ("logits", logits()),
+            ("labels", HostTensor::F32(vec![1, 1, 2, 2], vec![0.0; 4])),
+        ],
+    );
+    expect_failure(&p, &[], "integer");
+    expect_failure(Path::new("/no/such/input.safetensors"), &[], "No such file");
+    expect_failure(&good, &["--weights", "1,2"], "--weights");
+    let o = run(&[
+        "loss",
+        "--input",
+        good.to_str().unwrap(),
+        "--output",
+        tmp("w.safetensors").to_str().unwrap(),
+        "--loss",
+        "ace-dice-ce",
+        "--weights",
+        "1,2",
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("needs 3"));
+}

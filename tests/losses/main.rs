@@ -1,0 +1,10 @@
+//! Test suite: Losses: mL1-ACE, Dice, CE, their combinations and deep supervision, against the f64 reference, finite differences and the PyTorch fixtures.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod ace;
+mod ace_fixtures;
+mod deep_supervision;
+mod dice_ce;
+mod loss_fixtures;

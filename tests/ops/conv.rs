@@ -1,0 +1,719 @@
+//! Convolution and transposed convolution, forward and both gradients, against the f64 references in
+//! `common/nn_ref.rs` (1e-4 of the largest reference value) on odd sizes, strides, paddings, channel
+//! counts that do not fill the 16-channel tiles, 2D and 3D, and against finite differences.
+
+use crate::common;
+
+use calibseg::ops;
+use calibseg::{DType, Error, Tensor};
+use common::nn_ref::{assert_rel, conv_transpose, Geo};
+use common::{gpu, Rng};
+
+fn shape5(n: usize, c: usize, s: [usize; 3], two_d: bool) -> Vec<usize> {
+    if two_d {
+        vec![n, c, s[1], s[2]]
+    } else {
+        vec![n, c, s[0], s[1], s[2]]
+    }
+}
+
+fn check_conv(g: Geo, bias: bool, two_d: bool, seed: u64) {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(seed);
+    let x = rng.normals(g.n * g.cin * g.iv(), 1.0);
+    let w = rng.normals(g.cout * g.cin * g.kv(), 0.3);
+    let b = rng.normals(g.cout, 0.5);
+    let dy = rng.normals(g.n * g.cout * g.ov(), 1.0);
+    let xs = shape5(g.n, g.cin, g.i, two_d);
+    let ws = shape5(g.cout, g.cin, g.k, two_d);
+    let ys = shape5(g.n, g.cout, g.o(), two_d);
+    let (stride, pad) = if two_d {
+        (vec![g.s[1], g.s[2]], vec![g.p[1], g.p[2]])
+    } else {
+        (g.s.to_vec(), g.p.to_vec())
+    };
+    let xt = Tensor::from_f32(&gpu, &xs, &x).unwrap();
+    let wt = Tensor::from_f32(&gpu, &ws, &w).unwrap();
+    let bt = Tensor::from_f32(&gpu, &[g.cout], &b).unwrap();
+    let y = ops::conv(&xt, &wt, bias.then_some(&bt), &stride, &pad).unwrap();
+    assert_eq!(y.shape(), ys.as_slice());
+    let want = g.forward(&x, &w, bias.then_some(&b));
+    assert_rel(
+        &y.to_vec_f32().unwrap(),
+        &want,
+        1e-4,
+        &format!("conv {g:?}"),
+    );
+
+    let dyt = Tensor::from_f32(&gpu, &ys, &dy).unwrap();
+    let (dx, dw, db) = g.backward(&x, &w, &dy);
+    let gx = ops::conv_backward_data(&dyt, &wt, &xs, &stride, &pad).unwrap();
+    assert_rel(
+        &gx.to_vec_f32().unwrap(),
+        &dx,
+        1e-4,
+        &format!("conv dx {g:?}"),
+    );
+    let gw = ops::conv_backward_weight(&xt, &dyt, &ws, &stride, &pad).unwrap();
+    assert_rel(
+        &gw.to_vec_f32().unwrap(),
+        &dw,
+        1e-4,
+        &format!("conv dw {g:?}"),
+    );
+    let gb = ops::conv_backward_bias(&dyt).unwrap();
+    assert_rel(
+        &gb.to_vec_f32().unwrap(),
+        &db,
+        1e-4,
+        &format!("conv db {g:?}"),
+    );
+}
+
+fn geo(
+    n: usize,
+    cin: usize,
+    cout: usize,
+    i: [usize; 3],
+    k: [usize; 3],
+    s: [usize; 3],
+    p: [usize; 3],
+) -> Geo {
+    Geo {
+        n,
+        cin,
+        cout,
+        i,
+        k,
+        s,
+        p,
+    }
+}
+
+#[test]
+fn conv3d_3x3x3_stride1_pad1_odd_sizes() {
+    check_conv(
+        geo(2, 3, 5, [5, 6, 7], [3; 3], [1; 3], [1; 3]),
+        true,
+        false,
+        1,
+    );
+}
+
+#[test]
+fn conv3d_stride2_and_more_channels_than_a_tile() {
+    check_conv(
+        geo(1, 19, 17, [7, 5, 9], [3; 3], [2; 3], [1; 3]),
+        false,
+        false,
+        2,
+    );
+}
+
+#[test]
+fn conv3d_1x1x1_with_bias() {
+    check_conv(
+        geo(2, 6, 3, [3, 4, 5], [1; 3], [1; 3], [0; 3]),
+        true,
+        false,
+        3,
+    );
+}
+
+#[test]
+fn conv3d_anisotropic_kernel_stride_padding() {
+    check_conv(
+        geo(1, 4, 6, [6, 7, 8], [2, 3, 1], [1, 2, 3], [0, 2, 1]),
+        true,
+        false,
+        4,
+    );
+}
+
+#[test]
+fn conv3d_weight_gradient_over_several_splits() {
+    // 2 x 12 x 11 x 13 output voxels: more than one split of the weight-gradient reduction.
+    check_conv(
+        geo(2, 2, 3, [12, 11, 13], [3; 3], [1; 3], [1; 3]),
+        true,
+        false,
+        5,
+    );
+}
+
+#[test]
+fn conv3d_row_kernels_with_strides_across_rows_and_more_channels_than_a_tile() {
+    // Stride 1 and 3 taps along W (the row kernels), rows not a multiple of a segment, stride 2 across rows.
+    check_conv(
+        geo(2, 19, 17, [5, 7, 19], [3; 3], [2, 2, 1], [1, 0, 0]),
+        true,
+        false,
+        10,
+    );
+}
+
+#[test]
+fn conv3d_row_weight_gradient_over_several_splits() {
+    // Output rows of 16: the weight-gradient row kernel, with splits that cross images and kernel rows
+    // (ci, kd, kh) and result channels over one workgroup's worth.
+    check_conv(
+        geo(2, 16, 17, [12, 11, 16], [3; 3], [1; 3], [1; 3]),
+        false,
+        false,
+        13,
+    );
+}
+
+#[test]
+fn conv2d_row_kernels_wide_padding() {
+    check_conv(
+        geo(1, 3, 9, [1, 6, 22], [1, 3, 3], [1; 3], [0, 1, 2]),
+        false,
+        true,
+        11,
+    );
+}
+
+#[test]
+fn conv2d_odd_sizes_and_stride3() {
+    check_conv(
+        geo(2, 5, 7, [1, 11, 10], [1, 3, 3], [1, 3, 3], [0, 0, 1]),
+        false,
+        true,
+        6,
+    );
+}
+
+#[test]
+fn conv2d_kernel_larger_than_one_staged_chunk() {
+    // 15 x 15 = 225 taps > the 216 (channel, tap) pairs staged per chunk.
+    check_conv(
+        geo(1, 2, 3, [1, 17, 16], [1, 15, 15], [1; 3], [0, 7, 7]),
+        true,
+        true,
+        7,
+    );
+}
+
+fn check_transpose(g: Geo, op: [usize; 3], bias: bool, seed: u64) {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(seed);
+    let x = rng.normals(g.n * g.cin * g.iv(), 1.0);
+    let w = rng.normals(g.cin * g.cout * g.kv(), 0.3);
+    let b = rng.normals(g.cout, 0.5);
+    let (want, ysz) = conv_transpose(&g, op, &x, &w, bias.then_some(&b));
+    let xs = shape5(g.n, g.cin, g.i, false);
+    let ws = shape5(g.cin, g.cout, g.k, false);
+    let ys = shape5(g.n, g.cout, ysz, false);
+    let xt = Tensor::from_f32(&gpu, &xs, &x).unwrap();
+    let wt = Tensor::from_f32(&gpu, &ws, &w).unwrap();
+    let bt = Tensor::from_f32(&gpu, &[g.cout], &b).unwrap();
+    let y = ops::conv_transpose(&xt, &wt, bias.then_some(&bt), &g.s, &g.p, &op).unwrap();
+    assert_eq!(y.shape(), ys.as_slice());
+    assert_rel(&y.to_vec_f32().unwrap(), &want, 1e-4, "conv_transpose");
+
+    // Gradients of L = sum(dy * y): the transposed convolution is linear, so dL/dx is the forward of the
+    // adjoint — computed here through the reference by unit-vector probing of the scatter definition.
+    let dy = rng.normals(want.len(), 1.0);
+    let dyt = Tensor::from_f32(&gpu, &ys, &dy).unwrap();
+    let gx = ops::conv_transpose_backward_data(&dyt, &wt, &xs, &g.s, &g.p, &op).unwrap();
+    let gw = ops::conv_transpose_backward_weight(&xt, &dyt, &ws, &g.s, &g.p, &op).unwrap();
+    let dot = |y: &[f64]| y.iter().zip(&dy).map(|(a, b)| a * *b as f64).sum::<f64>();
+    let base = conv_transpose(&g, op, &vec![0.0; x.len()], &w, None).0;
+    assert!(base.iter().all(|&v| v == 0.0));
+    let want_dx: Vec<f64> = (0..x.len())
+        .map(|i| {
+            let mut e = vec![0.0f32; x.len()];
+            e[i] = 1.0;
+            dot(&conv_transpose(&g, op, &e, &w, None).0)
+        })
+        .collect();
+    let want_dw: Vec<f64> = (0..w.len())
+        .map(|i| {
+            let mut e = vec![0.0f32; w.len()];
+            e[i] = 1.0;
+            dot(&conv_transpose(&g, op, &x, &e, None).0)
+        })
+        .collect();
+    assert_rel(
+        &gx.to_vec_f32().unwrap(),
+        &want_dx,
+        1e-4,
+        "conv_transpose dx",
+    );
+    assert_rel(
+        &gw.to_vec_f32().unwrap(),
+        &want_dw,
+        1e-4,
+        "conv_transpose dw",
+    );
+}
+
+#[test]
+fn conv_transpose_3x3x3_stride2_pad1_outpad1() {
+    // MONAI's deconv upsampling: doubles every spatial size.
+    check_transpose(
+        geo(2, 5, 3, [3, 4, 5], [3; 3], [2; 3], [1; 3]),
+        [1; 3],
+        true,
+        8,
+    );
+}
+
+#[test]
+fn conv_transpose_row_kernels() {
+    check_transpose(
+        geo(1, 6, 10, [3, 4, 11], [3; 3], [2, 2, 1], [1; 3]),
+        [1, 0, 0],
+        true,
+        12,
+    );
+}
+
+#[test]
+fn conv_transpose_other_settings() {
+    check_transpose(
+        geo(1, 3, 4, [4, 3, 5], [2, 3, 3], [2, 3, 1], [0, 1, 1]),
+        [1, 2, 0],
+        false,
+        9,
+    );
+}
+
+#[test]
+fn conv_gradients_match_finite_differences() {
+    let Some(gpu) = gpu() else { return };
+    let g = geo(1, 2, 3, [3, 4, 5], [3; 3], [2, 1, 2], [1; 3]);
+    let mut rng = Rng::new(10);
+    let x = rng.normals(g.n * g.cin * g.iv(), 1.0);
+    let w = rng.normals(g.cout * g.cin * g.kv(), 0.3);
+    let b = rng.normals(g.cout, 0.5);
+    let dy = rng.normals(g.n * g.cout * g.ov(), 1.0);
+    let xs = shape5(1, 2, g.i, false);
+    let ws = shape5(3, 2, g.k, false);
+    let ys = shape5(1, 3, g.o(), false);
+    let xt = Tensor::from_f32(&gpu, &xs, &x).unwrap();
+    let wt = Tensor::from_f32(&gpu, &ws, &w).unwrap();
+    let dyt = Tensor::from_f32(&gpu, &ys, &dy).unwrap();
+    let gx = ops::conv_backward_data(&dyt, &wt, &xs, &g.s, &g.p)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let gw = ops::conv_backward_weight(&xt, &dyt, &ws, &g.s, &g.p)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let gb = ops::conv_backward_bias(&dyt).unwrap().to_vec_f32().unwrap();
+    let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+        g.forward(x, w, Some(b))
+            .iter()
+            .zip(&dy)
+            .map(|(a, d)| a * *d as f64)
+            .sum()
+    };
+    let h = 1e-2f32;
+    for i in 0..x.len() {
+        let (mut p, mut m) = (x.clone(), x.clone());
+        p[i] += h;
+        m[i] -= h;
+        let fd = (loss(&p, &w, &b) - loss(&m, &w, &b)) / (p[i] - m[i]) as f64;
+        assert!(
+            (gx[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()),
+            "dx[{i}] {} vs fd {fd}",
+            gx[i]
+        );
+    }
+    for i in 0..w.len() {
+        let (mut p, mut m) = (w.clone(), w.clone());
+        p[i] += h;
+        m[i] -= h;
+        let fd = (loss(&x, &p, &b) - loss(&x, &m, &b)) / (p[i] - m[i]) as f64;
+        assert!(
+            (gw[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()),
+            "dw[{i}] {} vs fd {fd}",
+            gw[i]
+        );
+    }
+    for i in 0..b.len() {
+        let (mut p, mut m) = (b.clone(), b.clone());
+        p[i] += h;
+        m[i] -= h;
+        let fd = (loss(&x, &w, &p) - loss(&x, &w, &m)) / (p[i] - m[i]) as f64;
+        assert!(
+            (gb[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()),
+            "db[{i}] {} vs fd {fd}",
+            gb[i]
+        );
+    }
+}
+
+#[test]
+fn conv_is_deterministic() {
+    let Some(gpu) = gpu() else { return };
+    let g = geo(2, 4, 5, [9, 8, 7], [3; 3], [1; 3], [1; 3]);
+    let mut rng = Rng::new(11);
+    let x = Tensor::from_f32(&gpu, &[2, 4, 9, 8, 7], &rng.normals(2 * 4 * g.iv(), 1.0)).unwrap();
+    let dy = Tensor::from_f32(&gpu, &[2, 5, 9, 8, 7], &rng.normals(2 * 5 * g.ov(), 1.0)).unwrap();
+    let run = || {
+        ops::conv_backward_weight(&x, &dy, &[5, 4, 3, 3, 3], &[1], &[1])
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn bad_conv_arguments_are_typed_errors() {
+    let Some(gpu) = gpu() else { return };
+    let x = Tensor::zeros(&gpu, &[1, 3, 4, 4, 4], DType::F32).unwrap();
+    let w_bad = Tensor::zeros(&gpu, &[2, 4, 3, 3, 3], DType::F32).unwrap();
+    assert!(matches!(
+        ops::conv(&x, &w_bad, None, &[1], &[1]),
+        Err(Error::ShapeMismatch(_))
+    ));
+    let w = Tensor::zeros(&gpu, &[2, 3, 5, 5, 5], DType::F32).unwrap();
+    assert!(matches!(
+        ops::conv(&x, &w, None, &[1], &[0]),
+        Err(Error::InvalidShape(_))
+    ));
+    let w3 = Tensor::zeros(&gpu, &[2, 3, 3, 3, 3], DType::F32).unwrap();
+    assert!(matches!(
+        ops::conv(&x, &w3, None, &[0], &[1]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        ops::conv(&x, &w3, None, &[1, 1], &[1]),
+        Err(Error::InvalidArgument(_))
+    ));
+    let b = Tensor::zeros(&gpu, &[3], DType::F32).unwrap();
+    assert!(matches!(
+        ops::conv(&x, &w3, Some(&b), &[1], &[1]),
+        Err(Error::ShapeMismatch(_))
+    ));
+    let xi = Tensor::zeros(&gpu, &[1, 3, 4, 4, 4], DType::I32).unwrap();
+    assert!(matches!(
+        ops::conv(&xi, &w3, None, &[1], &[1]),
+        Err(Error::WrongDType(_))
+    ));
+    let wt = Tensor::zeros(&gpu, &[3, 2, 3, 3, 3], DType::F32).unwrap();
+    assert!(matches!(
+        ops::conv_transpose(&x, &wt, None, &[2], &[1], &[2]),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+// SegResNetDS's convolutions besides 3x3x3 stride 1, on sizes that exercise the fast paths' edges: the
+// stride-2 downsampling (input gradient by sub-pixel phase), the 1x1x1 heads (weight gradient as a channel
+// product over voxel splits) and the stride-2 transposed upsampling (forward by sub-pixel phase).
+
+#[test]
+fn conv3d_stride2_long_rows() {
+    // Rows of 9, 17 and 7 results (W = 17 and 34 with padding 1, W = 16 without), 18 -> 5 channels, 2 images,
+    // an anisotropic stride.
+    check_conv(
+        geo(2, 18, 5, [5, 3, 17], [3; 3], [2; 3], [1; 3]),
+        true,
+        false,
+        23,
+    );
+    check_conv(
+        geo(1, 3, 9, [3, 4, 34], [3; 3], [1, 2, 2], [1; 3]),
+        false,
+        false,
+        24,
+    );
+    check_conv(
+        geo(2, 4, 4, [3, 3, 16], [3; 3], [2; 3], [0; 3]),
+        true,
+        false,
+        25,
+    );
+}
+
+#[test]
+fn conv3d_stride2_downsampling_odd_sizes_channels_off_the_tiles() {
+    // Odd and even sizes per axis (phase classes of different sizes), 5 -> 18 channels (over one 16-channel
+    // tile), 2 images.
+    check_conv(
+        geo(2, 5, 18, [7, 6, 9], [3; 3], [2; 3], [1; 3]),
+        true,
+        false,
+        21,
+    );
+    // Sizes smaller than the stride on one axis (an empty phase class) and 17 input channels.
+    check_conv(
+        geo(1, 17, 3, [1, 5, 4], [3; 3], [2; 3], [1; 3]),
+        false,
+        false,
+        22,
+    );
+}
+
+#[test]
+fn conv3d_1x1x1_heads_over_several_splits() {
+    // 2 x 9 x 10 x 13 = 2340 voxels: three splits of the weight-gradient reduction, 19 -> 6 channels (neither
+    // a multiple of the 4 x 4 channel tile).
+    check_conv(
+        geo(2, 19, 6, [9, 10, 13], [1; 3], [1; 3], [0; 3]),
+        true,
+        false,
+        23,
+    );
+    check_conv(
+        geo(1, 8, 3, [4, 5, 3], [1; 3], [1; 3], [0; 3]),
+        true,
+        false,
+        24,
+    );
+    // 2D.
+    check_conv(
+        geo(3, 7, 5, [1, 11, 6], [1; 3], [1; 3], [0; 3]),
+        true,
+        true,
+        25,
+    );
+}
+
+#[test]
+fn conv_transpose_stride2_upsampling_odd_sizes_channels_off_the_tiles() {
+    check_transpose(
+        geo(1, 5, 17, [3, 5, 4], [3; 3], [2; 3], [1; 3]),
+        [1; 3],
+        true,
+        26,
+    );
+    // Without output padding (odd outputs) and stride 2 on two axes only.
+    check_transpose(
+        geo(2, 3, 4, [2, 3, 5], [3; 3], [2, 1, 2], [1; 3]),
+        [0; 3],
+        false,
+        27,
+    );
+}
+
+#[test]
+fn fast_path_gradients_match_finite_differences() {
+    let Some(gpu) = gpu() else { return };
+    for (g, seed) in [
+        (geo(1, 2, 3, [5, 4, 3], [3; 3], [2; 3], [1; 3]), 31),
+        (geo(2, 3, 2, [3, 4, 5], [1; 3], [1; 3], [0; 3]), 32),
+    ] {
+        let mut rng = Rng::new(seed);
+        let x = rng.normals(g.n * g.cin * g.iv(), 1.0);
+        let w = rng.normals(g.cout * g.cin * g.kv(), 0.3);
+        let dy = rng.normals(g.n * g.cout * g.ov(), 1.0);
+        let xs = shape5(g.n, g.cin, g.i, false);
+        let ws = shape5(g.cout, g.cin, g.k, false);
+        let ys = shape5(g.n, g.cout, g.o(), false);
+        let xt = Tensor::from_f32(&gpu, &xs, &x).unwrap();
+        let wt = Tensor::from_f32(&gpu, &ws, &w).unwrap();
+        let dyt = Tensor::from_f32(&gpu, &ys, &dy).unwrap();
+        let gx = ops::conv_backward_data(&dyt, &wt, &xs, &g.s, &g.p)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let gw = ops::conv_backward_weight(&xt, &dyt, &ws, &g.s, &g.p)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let loss = |x: &[f32], w: &[f32]| -> f64 {
+            g.forward(x, w, None)
+                .iter()
+                .zip(&dy)
+                .map(|(a, d)| a * *d as f64)
+                .sum()
+        };
+        let h = 1e-2f32;
+        for i in 0..x.len() {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&p, &w) - loss(&m, &w)) / (p[i] - m[i]) as f64;
+            assert!(
+                (gx[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()),
+                "{g:?} dx[{i}] {} vs fd {fd}",
+                gx[i]
+            );
+        }
+        for i in 0..w.len() {
+            let (mut p, mut m) = (w.clone(), w.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&x, &p) - loss(&x, &m)) / (p[i] - m[i]) as f64;
+            assert!(
+                (gw[i] as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()),
+                "{g:?} dw[{i}] {} vs fd {fd}",
+                gw[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn fast_paths_are_deterministic() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(33);
+    let bits = |t: Tensor| -> Vec<u32> {
+        t.to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    // Stride-2 input gradient (phase kernel) and the 1x1x1 weight gradient over several splits.
+    let dy = Tensor::from_f32(&gpu, &[2, 6, 5, 4, 6], &rng.normals(2 * 6 * 120, 1.0)).unwrap();
+    let w = Tensor::from_f32(&gpu, &[6, 5, 3, 3, 3], &rng.normals(6 * 5 * 27, 0.3)).unwrap();
+    let dx = || ops::conv_backward_data(&dy, &w, &[2, 5, 9, 8, 11], &[2], &[1]).unwrap();
+    assert_eq!(bits(dx()), bits(dx()));
+    let x = Tensor::from_f32(&gpu, &[2, 7, 12, 11, 10], &rng.normals(2 * 7 * 1320, 1.0)).unwrap();
+    let g = Tensor::from_f32(&gpu, &[2, 5, 12, 11, 10], &rng.normals(2 * 5 * 1320, 1.0)).unwrap();
+    let dw = || ops::conv_backward_weight(&x, &g, &[5, 7, 1, 1, 1], &[1], &[0]).unwrap();
+    assert_eq!(bits(dw()), bits(dw()));
+}
+
+/// Channels `0..keep` of `[n, c, rest...]` data.
+fn first_channels(v: &[f32], n: usize, c: usize, keep: usize) -> Vec<f32> {
+    let per = v.len() / (n * c);
+    (0..n)
+        .flat_map(|i| v[(i * c) * per..(i * c + keep) * per].iter().copied())
+        .collect()
+}
+
+/// Launches are tiled per call (half the channels per invocation for 8-channel results, half the columns
+/// for small volumes); every tiling reduces each result in the same order, so a result computed under one
+/// tiling has the same bits under another: the first 8 of 16 channels, and the first images of a batch.
+#[test]
+fn conv_tilings_chosen_per_call_give_the_same_bits() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(41);
+    for (side, stride) in [(4usize, 1usize), (8, 1), (8, 2)] {
+        let vox = side.pow(3);
+        let o = side.div_ceil(stride);
+        let ovox = o.pow(3);
+        let (n, c) = (3usize, 16usize);
+        let x = rng.normals(n * c * vox, 1.0);
+        let w = rng.normals(c * c * 27, 0.3);
+        let dy = rng.normals(n * c * ovox, 1.0);
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
+        let st = [stride; 3];
+        let pad = [1; 3];
+        let host = |r: calibseg::Result<Tensor>| r.unwrap().to_vec_f32().unwrap();
+        let fwd = |images: usize, wv: &[f32], co: usize| {
+            let xs = t(&x[..images * c * vox], &[images, c, side, side, side]);
+            host(ops::conv(&xs, &t(wv, &[co, c, 3, 3, 3]), None, &st, &pad))
+        };
+        // Forward: 16 output channels against 8 (the weights' first 8 rows); 3 images against 2.
+        let full = fwd(n, &w, c);
+        let half = fwd(n, &w[..8 * c * 27], 8);
+        assert_eq!(
+            first_channels(&full, n, c, 8),
+            half,
+            "forward, side {side} stride {stride}"
+        );
+        let two = fwd(2, &w, c);
+        assert_eq!(
+            &full[..two.len()],
+            two.as_slice(),
+            "forward, 2 of 3 images, side {side}"
+        );
+
+        // Input gradient: 16 input channels against 8 (the weights' first 8 columns).
+        let dyt = t(&dy, &[n, c, o, o, o]);
+        let data = |wv: &[f32], ci: usize| {
+            let wt = t(wv, &[c, ci, 3, 3, 3]);
+            host(ops::conv_backward_data(
+                &dyt,
+                &wt,
+                &[n, ci, side, side, side],
+                &st,
+                &pad,
+            ))
+        };
+        let full = data(&w, c);
+        let w8: Vec<f32> = (0..c)
+            .flat_map(|co| w[co * c * 27..(co * c + 8) * 27].to_vec())
+            .collect();
+        let half = data(&w8, 8);
+        assert_eq!(
+            first_channels(&full, n, c, 8),
+            half,
+            "input gradient, side {side} stride {stride}"
+        );
+
+        // Weight gradient: 16 output channels against 8 (the first 8 channels of dy).
+        let xt = t(&x, &[n, c, side, side, side]);
+        let weight = |dyv: &[f32], co: usize| {
+            let dys = t(dyv, &[n, co, o, o, o]);
+            host(ops::conv_backward_weight(
+                &xt,
+                &dys,
+                &[co, c, 3, 3, 3],
+                &st,
+                &pad,
+            ))
+        };
+        let full = weight(&dy, c);
+        let half = weight(&first_channels(&dy, n, c, 8), 8);
+        assert_eq!(
+            &full[..half.len()],
+            half.as_slice(),
+            "weight gradient, side {side} stride {stride}"
+        );
+    }
+}
+
+/// `conv_add` (a residual block's second conv with its skip connection) gives the bits of `conv` then `add`,
+/// on the row and general kernels, with and without bias; on the tape, the same gradients, the residual's
+/// being the output's; a residual of another shape is a typed error.
+#[test]
+fn conv_add_equals_conv_then_add_bit_for_bit() {
+    use calibseg::autograd::{Tape, Var};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(77);
+    for (side, c, bias) in [(8usize, 8usize, false), (4, 16, true), (5, 3, true)] {
+        let shape = [2, c, side, side, side];
+        let n: usize = shape.iter().product();
+        let t = |v: &[f32], s: &[usize]| Tensor::from_f32(&gpu, s, v).unwrap();
+        let x = t(&rng.normals(n, 1.0), &shape);
+        let r = t(&rng.normals(n, 1.0), &shape);
+        let w = t(&rng.normals(c * c * 27, 0.3), &[c, c, 3, 3, 3]);
+        let b = t(&rng.normals(c, 0.5), &[c]);
+        let bias = bias.then_some(&b);
+        let fused = ops::conv_add(&x, &w, bias, &r, &[1], &[1]).unwrap();
+        let apart = ops::add(&ops::conv(&x, &w, bias, &[1], &[1]).unwrap(), &r).unwrap();
+        assert_eq!(
+            fused.to_vec_f32().unwrap(),
+            apart.to_vec_f32().unwrap(),
+            "side {side}, {c} channels, bias {}",
+            bias.is_some()
+        );
+
+        let grads = |fuse: bool| {
+            let tape = Tape::new();
+            let (xv, wv, rv) = (
+                Var::parameter(x.clone()),
+                Var::parameter(w.clone()),
+                Var::parameter(r.clone()),
+            );
+            let y = if fuse {
+                tape.conv_add(&xv, &wv, None, &rv, &[1], &[1]).unwrap()
+            } else {
+                let h = tape.conv(&xv, &wv, None, &[1], &[1]).unwrap();
+                tape.add(&h, &rv).unwrap()
+            };
+            let y = tape.relu(&y).unwrap();
+            let g = tape.backward(&y).unwrap();
+            [&xv, &wv, &rv].map(|v| g.get(v).unwrap().to_vec_f32().unwrap())
+        };
+        assert_eq!(grads(true), grads(false), "gradients, side {side}");
+    }
+    let x = Tensor::zeros(&gpu, &[1, 2, 4, 4, 4], DType::F32).unwrap();
+    let w = Tensor::zeros(&gpu, &[2, 2, 3, 3, 3], DType::F32).unwrap();
+    let wrong = Tensor::zeros(&gpu, &[1, 2, 4, 4, 5], DType::F32).unwrap();
+    let e = ops::conv_add(&x, &w, None, &wrong, &[1], &[1]).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch(_)), "{e:?}");
+}

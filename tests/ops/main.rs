@@ -1,0 +1,14 @@
+//! Test suite: GPU operations: the context, conv, norms, softmax, elementwise ops, the tape, the recording engine, every shader through naga, host interop.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod autograd;
+mod context;
+mod conv;
+mod elementwise;
+mod engine;
+mod interop;
+mod norm;
+mod shaders_naga;
+mod softmax;
