@@ -1974,3 +1974,60 @@ fn backward_weight_pointwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
     }
 }
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::selectable_tiles;
+
+    /// FNV-1a (64-bit) of each selectable variant's WGSL. A refactor keeps this list; a deliberate kernel
+    /// change updates it in the same commit (the failure message prints the new list). FNV-1a is written out
+    /// because `DefaultHasher`'s algorithm may change between Rust releases.
+    const DIGESTS: &[(&str, u64)] = &[
+        ("conv-sg-c2x8-r8x8x1", 0x61ccefef9aaee1bf),
+        ("conv-sg-c4x8-r8x8x1", 0x10ea6e9ecbcc7550),
+        ("conv-sg-c2x16-r8x8x1", 0xfe4d00e599779579),
+        ("conv-sg-c4x16-r8x8x1", 0x9583e3716ca6e58c),
+        ("conv-wg-c2x8-r4x8x1", 0xabb0f5bc697f1ec3),
+        ("conv-wg-c4x8-r4x8x1", 0x51feb06cc50f3405),
+        ("conv-wg-c2x16-r4x16x1", 0x655bbb14f6371e7d),
+        ("conv-wg-c4x16-r4x16x1", 0xf745eb70d6929dcb),
+        ("conv-wg-c2x4-r4x4x1", 0x70c565cc19d3060f),
+        ("conv-wg-c4x4-r4x4x1", 0x123b5aeb6b1075c7),
+    ];
+
+    fn fnv1a(text: &str) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+        for byte in text.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a("foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn generated_wgsl_of_every_selectable_variant_is_unchanged() {
+        let now: Vec<(String, u64)> = selectable_tiles()
+            .iter()
+            .map(|t| (t.id(), fnv1a(&t.source())))
+            .collect();
+        let expected: Vec<(String, u64)> = DIGESTS
+            .iter()
+            .map(|&(id, digest)| (id.to_string(), digest))
+            .collect();
+        let list: String = now
+            .iter()
+            .map(|(id, digest)| format!("        (\"{id}\", 0x{digest:016x}),\n"))
+            .collect();
+        assert_eq!(
+            now, expected,
+            "the generated WGSL changed; if on purpose, the new list is:\n{list}"
+        );
+    }
+}
