@@ -2,7 +2,7 @@
 //!
 //! A prelude is text put before the file (an `enable` directive, type aliases); every (file, prelude) pair
 //! the library compiles is listed here, so the naga test validates exactly what runs. The convolution
-//! kernels are not files: they are generated at run time per tile variant (`ops::conv_gen`), and the naga
+//! kernels are not files: they are generated at run time per tile variant (`ops::conv`), and the naga
 //! test validates every variant the selection can return.
 
 /// A WGSL file and the preludes the library compiles it with.

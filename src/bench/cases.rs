@@ -214,7 +214,7 @@ impl ConvData {
             }
             Some(op) => {
                 let w_shape = vec![spec.cin, spec.cout, k[0], k[1], k[2]];
-                let y = ops::conv_transpose::conv_transpose_output_shape(
+                let y = ops::conv::transpose::conv_transpose_output_shape(
                     &x_shape,
                     &w_shape,
                     &[spec.stride],

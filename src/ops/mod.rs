@@ -2,8 +2,6 @@
 
 pub mod add;
 pub mod conv;
-pub mod conv_gen;
-pub mod conv_transpose;
 mod elementwise;
 pub mod norm;
 pub mod reduce;
@@ -12,11 +10,11 @@ pub mod softmax;
 pub mod upsample;
 
 pub use add::add;
+pub use conv::transpose::{
+    conv_transpose, conv_transpose_backward_data, conv_transpose_backward_weight,
+};
 pub use conv::{
     conv, conv_add, conv_backward_bias, conv_backward_data, conv_backward_weight, ConvGeometry,
-};
-pub use conv_transpose::{
-    conv_transpose, conv_transpose_backward_data, conv_transpose_backward_weight,
 };
 pub use norm::{
     group_norm, group_norm_backward, group_norm_relu, group_norm_relu_backward, instance_norm,

@@ -3,7 +3,7 @@
 //! translates to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), so a shader that would fail on
 //! another back end fails here first.
 
-use calibseg::ops::conv_gen::{
+use calibseg::ops::conv::{
     select_tiles, selectable_tiles, ConvTiles, PORTABLE_TILES, SUBGROUP_TILES,
 };
 use calibseg::shaders::{self, Shader};

@@ -3,7 +3,7 @@
 //! convolution's gather kernels: forward = `backward_data`, input gradient = `forward`, weight gradient =
 //! `backward_weight` with the roles of input and output swapped.
 
-use super::conv::{per_axis, record_backward_data, spatial3, ConvGeometry};
+use super::{per_axis, record_backward_data, spatial3, ConvGeometry};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -74,7 +74,7 @@ pub fn conv_transpose(
     let y = Tensor::uninit(x.gpu(), &yshape, DType::F32)?;
     record_backward_data(x.gpu(), &g, x, w, &y)?;
     if let Some(b) = bias {
-        super::add::add_channel_bias_inplace(&y, b)?;
+        crate::ops::add::add_channel_bias_inplace(&y, b)?;
     }
     Ok(y)
 }
@@ -95,7 +95,7 @@ pub fn conv_transpose_backward_data(
             dy.shape()
         )));
     }
-    super::conv::conv(dy, w, None, stride, padding)
+    super::conv(dy, w, None, stride, padding)
 }
 
 /// Weight gradient of [`conv_transpose`] from its input `x` and output gradient `dy`.
@@ -114,5 +114,5 @@ pub fn conv_transpose_backward_weight(
             dy.shape()
         )));
     }
-    super::conv::conv_backward_weight(dy, x, weight_shape, stride, padding)
+    super::conv_backward_weight(dy, x, weight_shape, stride, padding)
 }

@@ -1,0 +1,249 @@
+//! The launches of the convolution kernels: which tiles and entry point serve a call, the grid, and the
+//! dispatches.
+
+use super::geometry::ConvGeometry;
+use super::tiles::{
+    select_tiles, ConvTiles, POINTWISE_CHANNELS, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
+};
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, GeneratedModule, Gpu, Kernel};
+use crate::ops::reduce::sum_splits;
+use crate::tensor::{DType, Tensor};
+
+/// Voxels one weight-gradient workgroup reduces at least (more when there would be over `MAX_SPLITS`).
+const MIN_SPLIT: usize = 1024;
+const MAX_SPLITS: usize = 1024;
+
+/// The convolution tiles for this device (see [`select_tiles`]).
+pub fn tiles_for(gpu: &Gpu) -> ConvTiles {
+    let info = gpu.info();
+    select_tiles(
+        gpu.features().contains(wgpu::Features::SUBGROUP),
+        info.subgroup_min_size,
+        gpu.limits().max_compute_workgroup_storage_size,
+    )
+}
+
+/// The compiled kernel `entry` of this device's convolution module (generated and compiled once).
+fn conv_kernel(gpu: &Gpu, tiles: &ConvTiles, entry: &'static str) -> Result<Kernel> {
+    let id = tiles.id();
+    gpu.generated_kernel(
+        GeneratedModule {
+            id: &id,
+            trusted: true,
+            zero_workgroup_memory: false,
+        },
+        &|| tiles.source(),
+        entry,
+    )
+}
+
+fn col_grid(gpu: &Gpu, t: &ConvTiles, columns: usize, m: usize) -> Result<[u32; 3]> {
+    let tiles = columns.div_ceil(t.workgroup_cols());
+    if tiles > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!("{columns} voxels is too many")));
+    }
+    let g = gpu.grid(tiles as u32)?;
+    let mt = m.div_ceil(t.channels());
+    if mt > gpu.limits().max_compute_workgroups_per_dimension as usize {
+        return Err(Error::InvalidShape(format!("{m} channels is too many")));
+    }
+    Ok([g[0], mt as u32, g[1]])
+}
+
+/// Grid of the row kernels over `[n, d, h, w]` results and `m` channels (64 row segments per workgroup).
+fn row_grid(gpu: &Gpu, t: &ConvTiles, n: usize, dhw: [usize; 3], m: usize) -> Result<[u32; 3]> {
+    let segs = n * dhw[0] * dhw[1] * dhw[2].div_ceil(t.row_cols);
+    if segs > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!(
+            "{segs} row segments is too many"
+        )));
+    }
+    let g = gpu.grid(segs.div_ceil(WORKGROUP) as u32)?;
+    let mt = m.div_ceil(t.row_channels());
+    if mt > gpu.limits().max_compute_workgroups_per_dimension as usize {
+        return Err(Error::InvalidShape(format!("{m} channels is too many")));
+    }
+    Ok([g[0], mt as u32, g[1]])
+}
+
+/// Whether the row kernels (`forward_row`, `backward_data_row`) apply: stride 1 and 3 taps along W, and rows
+/// of results (`width` wide) at least one invocation's segment long.
+fn row_path(t: &ConvTiles, g: &ConvGeometry, width: usize) -> bool {
+    g.kernel[2] == ROW_TAPS && g.stride[2] == 1 && width >= t.row_cols
+}
+
+pub(super) fn check_f32(ts: &[(&Tensor, &str)]) -> Result<()> {
+    for (t, what) in ts {
+        t.expect_dtype(DType::F32, what)?;
+    }
+    Ok(())
+}
+
+/// Records the forward convolution of `x` with `w` (+ `bias`) into `out` (shapes as `g`).
+pub(crate) fn record_forward(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    out: &Tensor,
+) -> Result<()> {
+    if g.n * g.cout * g.output_voxels() == 0 {
+        return Ok(());
+    }
+    let t = tiles_for(gpu).for_call(g.cout, g.n * g.output_voxels());
+    let row = row_path(&t, g, g.output[2]);
+    let entry = if row { "forward_row" } else { "forward" };
+    let k = conv_kernel(gpu, &t, entry)?;
+    let mut p = g.params(0, bias.is_some());
+    p.stride[3] = u32::from(residual.is_some());
+    let grid = if row {
+        row_grid(gpu, &t, g.n, g.output, g.cout)?
+    } else {
+        col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?
+    };
+    let mut b = gpu.batch(format!("conv forward {}", g.short()));
+    b.dispatch_grid(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[
+            Arg::whole(x),
+            Arg::whole(w),
+            Arg::whole(bias.unwrap_or(w)),
+            Arg::whole(out),
+            Arg::whole(residual.unwrap_or(w)),
+        ],
+        grid,
+    )?;
+    b.submit()?;
+    Ok(())
+}
+
+/// Records the input gradient (`dy` over the output, `w`) into `dx` (the input's shape).
+pub(crate) fn record_backward_data(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+) -> Result<()> {
+    if g.n * g.cin * g.input_voxels() == 0 {
+        return Ok(());
+    }
+    let t = tiles_for(gpu).for_call(g.cin, g.n * g.input_voxels());
+    let mut p = g.params(0, false);
+    let (entry, grid) = if g.stride.iter().any(|&s| s > 1) {
+        // One sub-pixel phase class per workgroup: only the taps that reach the class's voxels.
+        let classes = g.stride.iter().product::<usize>();
+        let mut largest = 1;
+        for a in 0..3 {
+            largest *= g.input[a].div_ceil(g.stride[a]);
+        }
+        let per_class = (g.n * largest).div_ceil(t.workgroup_cols());
+        p.chunk[3] = per_class as u32;
+        let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
+        ("backward_data_phase", grid)
+    } else if row_path(&t, g, g.input[2]) {
+        ("backward_data_row", row_grid(gpu, &t, g.n, g.input, g.cin)?)
+    } else {
+        (
+            "backward_data",
+            col_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?,
+        )
+    };
+    let k = conv_kernel(gpu, &t, entry)?;
+    let mut b = gpu.batch(format!("conv backward_data {}", g.short()));
+    b.dispatch_grid(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(dy), Arg::whole(w), Arg::whole(dx)],
+        grid,
+    )?;
+    b.submit()?;
+    Ok(())
+}
+
+/// Records the weight gradient (input `x`, output gradient `dy`) into `dw` (`[C_out, C_in, k...]`).
+pub(crate) fn record_backward_weight(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+) -> Result<()> {
+    let elems = g.cout * g.cin * g.taps();
+    let total = g.n * g.output_voxels();
+    if elems == 0 {
+        return Ok(());
+    }
+    if total == 0 {
+        let mut b = gpu.batch("conv backward_weight (empty)");
+        b.clear_buffer(dw.buffer(), 0, None);
+        b.submit()?;
+        return Ok(());
+    }
+    let split = MIN_SPLIT.max(total.div_ceil(MAX_SPLITS).next_multiple_of(VOXEL_CHUNK));
+    let splits = total.div_ceil(split);
+    let cols = g.cin * g.taps();
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let t = tiles_for(gpu).for_call(g.cout, cols);
+    let col_tiles = cols.div_ceil(t.workgroup_cols());
+    let m_tiles = g.cout.div_ceil(t.channels());
+    if col_tiles > max || m_tiles > max {
+        return Err(Error::InvalidShape(format!(
+            "convolution weight gradient {g:?} is too large"
+        )));
+    }
+    let (entry, label, grid) = if g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3] {
+        // 1x1x1: a channel product over voxel splits, 4 x 4 channels per workgroup.
+        let tiles = g.cout.div_ceil(POINTWISE_CHANNELS) * g.cin.div_ceil(POINTWISE_CHANNELS);
+        if tiles > max {
+            return Err(Error::InvalidShape(format!(
+                "convolution weight gradient {g:?} is too large"
+            )));
+        }
+        (
+            "backward_weight_pointwise",
+            "conv backward_weight (1x1x1)",
+            [splits as u32, tiles as u32, 1],
+        )
+    } else if row_path(&t, g, g.output[2]) && g.output[2].is_multiple_of(SUBGROUP_LANES) {
+        // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
+        let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(WORKGROUP * t.row_kernel_rows);
+        (
+            "backward_weight_row",
+            "conv backward_weight",
+            [tiles as u32, m_tiles as u32, splits as u32],
+        )
+    } else {
+        (
+            "backward_weight",
+            "conv backward_weight",
+            [col_tiles as u32, m_tiles as u32, splits as u32],
+        )
+    };
+    let k = conv_kernel(gpu, &t, entry)?;
+    let p = g.params(split, false);
+    let mut b = gpu.batch(format!("{label} {}", g.short()));
+    // Per-split partials, then their fixed-order sum (one split writes dw directly).
+    let parts = if splits == 1 {
+        None
+    } else {
+        Some(Tensor::uninit(gpu, &[splits * elems], DType::F32)?)
+    };
+    let target = parts.as_ref().unwrap_or(dw);
+    b.dispatch_grid(
+        &k,
+        bytemuck::bytes_of(&p),
+        &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
+        grid,
+    )?;
+    if let Some(parts) = &parts {
+        sum_splits(&mut b, parts, splits, elems, dw)?;
+    }
+    b.submit()?;
+    drop(parts);
+    Ok(())
+}

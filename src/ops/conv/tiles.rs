@@ -1,0 +1,168 @@
+//! Tile sizes of the generated convolution kernels: everything the WGSL generator (`super::wgsl`) and the
+//! launches (`super::launch`) share, the variants an adapter can get (`select_tiles`), and the list of all
+//! of them (`selectable_tiles`, what the naga test and the digest test walk).
+
+/// Lanes that share one operand by subgroup broadcasts (the subgroup kernels use lanes `sgid % 8`).
+pub const SUBGROUP_LANES: usize = 8;
+/// Invocations per workgroup of every convolution kernel.
+pub const WORKGROUP: usize = 64;
+/// (channel, tap) pairs staged in workgroup memory per chunk (portable kernels).
+pub const STAGE: usize = 216;
+/// Voxels staged per chunk by the portable weight-gradient kernels (a multiple of 8).
+pub const VOXEL_CHUNK: usize = 128;
+/// Taps along W the row kernels are written for (stride 1).
+pub const ROW_TAPS: usize = 3;
+/// Output x input channels one workgroup of the 1x1x1 weight-gradient kernel owns (4 x 4).
+pub const POINTWISE_CHANNELS: usize = 4;
+/// Lanes of the 1x1x1 weight-gradient kernel (its fixed-order tree sums this many partials).
+const POINTWISE_LANES: usize = 64;
+
+/// Tile sizes of one generated kernel module: everything the generated text and its launcher share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvTiles {
+    /// Whether the kernels broadcast the shared operand across 8 lanes with subgroup operations (otherwise
+    /// it is staged in workgroup memory).
+    pub subgroup: bool,
+    /// Columns (voxels, or weight entries) per invocation of the general kernels.
+    pub cols: usize,
+    /// Result channels per invocation (and workgroup) of the general kernels, divided by 4 (vec4 lanes).
+    pub quads: usize,
+    /// Consecutive results along W per invocation of the row kernels (stride 1, 3 taps along W).
+    pub row_cols: usize,
+    /// Result channels per workgroup of the forward and input-gradient row kernels, divided by 4.
+    pub row_quads: usize,
+    /// Kernel rows (ci, kd, kh) per invocation of the weight-gradient row kernel.
+    pub row_kernel_rows: usize,
+}
+
+impl ConvTiles {
+    /// Result channels per workgroup of the general kernels (and of the weight-gradient row kernel).
+    pub fn channels(&self) -> usize {
+        4 * self.quads
+    }
+
+    /// Columns per workgroup of the general kernels.
+    pub fn workgroup_cols(&self) -> usize {
+        WORKGROUP * self.cols
+    }
+
+    /// Result channels per workgroup of the forward and input-gradient row kernels.
+    pub fn row_channels(&self) -> usize {
+        4 * self.row_quads
+    }
+
+    /// A short name of the variant, unique among variants (the pipeline cache's key).
+    pub fn id(&self) -> String {
+        format!(
+            "conv-{}-c{}x{}-r{}x{}x{}",
+            if self.subgroup { "sg" } else { "wg" },
+            self.cols,
+            self.channels(),
+            self.row_cols,
+            self.row_channels(),
+            self.row_kernel_rows
+        )
+    }
+
+    /// Bytes of workgroup memory the largest entry point of the module uses: staged weights (the portable
+    /// kernels and, in both modules, the phase kernel), staged voxels (portable weight gradients), or the
+    /// 1x1x1 weight gradient's lane sums.
+    pub fn workgroup_bytes(&self) -> usize {
+        let weights = STAGE * self.quads * 16;
+        let voxels = if self.subgroup {
+            0
+        } else {
+            VOXEL_CHUNK * self.quads * 16 + VOXEL_CHUNK * 16
+        };
+        weights.max(voxels).max(POINTWISE_LANES * 4 * 16)
+    }
+
+    /// The variant of these tiles for one launch with `result_channels` channels per result and `columns`
+    /// columns (voxels or weight entries): half the channels per invocation where the call has at most half
+    /// of them (an 8-channel layer would otherwise leave half of every accumulator idle), and half the columns
+    /// where all of them fit half a workgroup (a 4x4x4 bottleneck would otherwise idle half the workgroup).
+    /// Each result is still reduced in the same order, so every variant gives the same bits.
+    pub fn for_call(&self, result_channels: usize, columns: usize) -> ConvTiles {
+        let mut t = *self;
+        if t.quads > 1 && result_channels <= 2 * t.quads {
+            t.quads /= 2;
+            t.row_quads = t.row_quads.min(t.quads);
+        }
+        if t.cols > 1 && columns <= WORKGROUP * t.cols / 2 {
+            t.cols /= 2;
+        }
+        t
+    }
+
+    /// Every variant [`ConvTiles::for_call`] can return from these tiles (these included).
+    pub fn call_variants(&self) -> Vec<ConvTiles> {
+        let mut v = Vec::new();
+        for channels in [1, usize::MAX] {
+            for columns in [1, usize::MAX] {
+                let t = self.for_call(channels, columns);
+                if !v.contains(&t) {
+                    v.push(t);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// The tiles of the subgroup module (adapters with subgroups of at least [`SUBGROUP_LANES`] invocations).
+pub const SUBGROUP_TILES: ConvTiles = ConvTiles {
+    subgroup: true,
+    cols: 4,
+    quads: 4,
+    row_cols: 8,
+    row_quads: 2,
+    row_kernel_rows: 1,
+};
+
+/// The tiles of the portable module where workgroup memory allows 16 result channels per workgroup. Its row
+/// tiles are small on purpose: Mesa's GL driver compiles 8-wide row kernels ~3x slower (~3 s each, cold).
+pub const PORTABLE_TILES: ConvTiles = ConvTiles {
+    subgroup: false,
+    cols: 4,
+    quads: 4,
+    row_cols: 4,
+    row_quads: 4,
+    row_kernel_rows: 1,
+};
+
+/// The tiles for an adapter: the subgroup module where subgroups of at least [`SUBGROUP_LANES`] invocations
+/// exist (its lanes broadcast the shared operand) and its workgroup memory fits, otherwise the portable module
+/// with the most result channels per workgroup whose staged operands fit `workgroup_storage` bytes.
+pub fn select_tiles(subgroups: bool, subgroup_min_size: u32, workgroup_storage: u32) -> ConvTiles {
+    if subgroups
+        && subgroup_min_size as usize >= SUBGROUP_LANES
+        && SUBGROUP_TILES.workgroup_bytes() <= workgroup_storage as usize
+    {
+        return SUBGROUP_TILES;
+    }
+    let mut t = PORTABLE_TILES;
+    while t.quads > 1 && t.workgroup_bytes() > workgroup_storage as usize {
+        t.quads /= 2;
+        t.row_quads = t.quads;
+    }
+    t
+}
+
+/// Every variant [`select_tiles`] can return for any adapter, with each one's [`ConvTiles::for_call`]
+/// variants (what the naga test validates).
+pub fn selectable_tiles() -> Vec<ConvTiles> {
+    let mut bases = vec![SUBGROUP_TILES];
+    for storage in [u32::MAX, 16384, 8192, 4096, 0] {
+        let t = select_tiles(false, 0, storage);
+        if !bases.contains(&t) {
+            bases.push(t);
+        }
+    }
+    let mut v = Vec::new();
+    for t in bases.iter().flat_map(ConvTiles::call_variants) {
+        if !v.contains(&t) {
+            v.push(t);
+        }
+    }
+    v
+}

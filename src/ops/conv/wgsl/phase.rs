@@ -1,0 +1,214 @@
+//! `backward_data_phase`, the input gradient at strides over 1 by sub-pixel phase, for both modules.
+
+use super::subgroup::{broadcast_fmas, weight_lane_loads};
+use super::*;
+
+/// The input gradient for strides over 1 by sub-pixel phase (`backward_data_phase`): the input voxels whose
+/// `(i + pad) % stride` agree on every axis (one phase class) take the same taps, those with
+/// `(i + pad - tap) % stride == 0`, so each workgroup owns columns of one class and loops over that class's
+/// taps only (3x3x3 at stride 2: 1 to 8 of the 27 taps, none masked). Appended to both modules.
+fn phase_columns(tn: usize, q: usize, subgroup: bool) -> String {
+    let m = 4 * q;
+    let ptile = STAGE * q;
+    let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
+    let (staged, lane_arg) = if subgroup {
+        (
+            "// (weights broadcast from lane loads, as in the module's other kernels)".to_string(),
+            ",\n                       @builtin(subgroup_invocation_id) sgid: u32",
+        )
+    } else {
+        (
+            format!("var<workgroup> ptile: array<vec4<f32>, {ptile}>; // staged weights: (channel in chunk, class tap) x {m} channels"),
+            "",
+        )
+    };
+    let mut s = format!(
+        "
+// backward_data for strides over 1, one sub-pixel phase class per workgroup: the input voxels i with
+// (i + pad) % stride == r on every axis receive the taps t = r + stride * j only, from output voxel
+// (i + pad - t) / stride. chunk.x is unused, chunk.w the workgroups per class; the grid's first axis
+// enumerates (class, workgroup in class), the second the {m}-channel tiles of the result.
+{staged}
+
+// Kernel tap of the class's u-th tap (class phase r, nt taps per axis).
+fn phase_tap(u: u32, r: vec3<u32>, nt: vec3<u32>) -> u32 {{
+    let jz = u / (nt.y * nt.z);
+    let ju = u - jz * nt.y * nt.z;
+    let jy = ju / nt.z;
+    let jx = ju - jy * nt.z;
+    return ((r.x + p.stride.x * jz) * p.ksz.y + r.y + p.stride.y * jy) * p.ksz.z + r.z + p.stride.z * jx;
+}}
+
+@compute @workgroup_size(64)
+fn backward_data_phase(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32{lane_arg}) {{
+    let cin = p.dims.y;
+    let cout = p.dims.z;
+    let ivox = p.isz.w;
+    let ovox = p.osz.w;
+    let kvol = p.ksz.w;
+    let m0 = wid.y * {m}u;
+    let tile = tile_index(wid, nwg);
+    let cls = tile / p.chunk.w;
+    let ctile = tile - cls * p.chunk.w;
+    let st = p.stride.xyz;
+    let r = vec3<u32>(cls / (st.y * st.z), (cls / st.z) % st.y, cls % st.z);
+    let i0 = (r + st - p.pad.xyz % st) % st;
+    let isz = p.isz.xyz;
+    let cnt = select(vec3<u32>(0u), (isz + st - 1u - i0) / st, i0 < isz);
+    let cb = vec3<i32>((i0 + p.pad.xyz - r) / st);
+    let nt = select(vec3<u32>(0u), (p.ksz.xyz + st - 1u - r) / st, r < p.ksz.xyz);
+    let ntaps = nt.x * nt.y * nt.z;
+    let cvox = max(cnt.x * cnt.y * cnt.z, 1u);
+    let chw = max(cnt.y * cnt.z, 1u);
+    let cw = max(cnt.z, 1u);
+    // Workgroups past the last class (a grid rounded up to fit the device limit) own no columns.
+    let total = select(0u, p.dims.x * cnt.x * cnt.y * cnt.z, cls < st.x * st.y * st.z);
+"
+    );
+    s += &per_j(&|j| {
+        let off = j * WORKGROUP;
+        format!(
+            "    let col{j} = ctile * COLS + lid + {off}u;
+    let valid{j} = col{j} < total;
+    let cc{j} = select(0u, col{j}, valid{j});
+    let n{j} = cc{j} / cvox;
+    let v{j} = cc{j} - n{j} * cvox;
+    let mz{j} = v{j} / chw;
+    let mr{j} = v{j} - mz{j} * chw;
+    let my{j} = mr{j} / cw;
+    let mx{j} = mr{j} - my{j} * cw;
+    let ob{j} = vec3<i32>(vec3<u32>(mz{j}, my{j}, mx{j})) + cb;
+    let yb{j} = i32(n{j} * cout * ovox);
+    let ii{j} = i0 + st * vec3<u32>(mz{j}, my{j}, mx{j});
+    let xo{j} = n{j} * cin * ivox + (ii{j}.x * isz.y + ii{j}.y) * isz.z + ii{j}.z;"
+        )
+    });
+    s
+}
+
+pub(super) fn phase_data(tn: usize, q: usize) -> String {
+    let m = 4 * q;
+    let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
+    let mut s = phase_columns(tn, q, false);
+    s += "\n";
+    s += &acc_decl(tn, q);
+    let _ = write!(
+        s,
+        "
+    let tnc = max(min(ntaps, {STAGE}u), 1u);
+    let chn = max({STAGE}u / tnc, 1u);
+    for (var t0 = 0u; t0 < ntaps; t0 += tnc) {{
+        let tcount = min(tnc, ntaps - t0);
+        for (var c0 = 0u; c0 < cout; c0 += chn) {{
+            let cn = min(chn, cout - c0);
+            let entries = cn * tcount;
+            workgroupBarrier();
+            for (var m = 0u; m < {m}u; m++) {{
+                let mm = m0 + m;
+                for (var e = lid; e < entries; e += 64u) {{
+                    let ce = e / tcount;
+                    let t = phase_tap(t0 + e - ce * tcount, r, nt);
+                    var w = 0.0;
+                    if (mm < cin) {{
+                        w = wts[((c0 + ce) * cin + mm) * kvol + t];
+                    }}
+                    ptile[e * {q}u + m / 4u][m % 4u] = w;
+                }}
+            }}
+            workgroupBarrier();
+            for (var tl = 0u; tl < tcount; tl++) {{
+                let u = t0 + tl;
+                let jz = u / (nt.y * nt.z);
+                let ju = u - jz * nt.y * nt.z;
+                let jy = ju / nt.z;
+                let jt = vec3<i32>(vec3<u32>(jz, jy, ju - jy * nt.z));
+"
+    );
+    s += &per_j(&|j| {
+        format!(
+            "                let o{j} = ob{j} - jt;
+                let ok{j} = valid{j} && in_range(o{j}.x, p.osz.x) && in_range(o{j}.y, p.osz.y) && in_range(o{j}.z, p.osz.z);
+                let off{j} = u32(yb{j} + (o{j}.x * i32(p.osz.y) + o{j}.y) * i32(p.osz.z) + o{j}.z) + c0 * ovox;"
+        )
+    });
+    s += "\n                for (var cl = 0u; cl < cn; cl++) {\n                    let co = cl * ovox;\n";
+    for j in 0..tn {
+        let _ = writeln!(
+            s,
+            "                    let xv{j} = select(0.0, src[select(0u, off{j} + co, ok{j})], ok{j});"
+        );
+    }
+    let _ = writeln!(s, "                    let wb = (cl * tcount + tl) * {q}u;");
+    for qq in 0..q {
+        let _ = writeln!(s, "                    let w{qq} = ptile[wb + {qq}u];");
+    }
+    for j in 0..tn {
+        for qq in 0..q {
+            let _ = writeln!(
+                s,
+                "                    acc{j}_{qq} = fma(w{qq}, vec4<f32>(xv{j}), acc{j}_{qq});"
+            );
+        }
+    }
+    s += "                }\n            }\n        }\n    }\n";
+    s + &phase_store(tn, q)
+}
+
+/// The phase kernels' guarded stores of the input gradient (closes the function).
+fn phase_store(tn: usize, q: usize) -> String {
+    store(
+        "    ",
+        tn,
+        q,
+        "out3",
+        "cin",
+        &|j| format!("xo{j}"),
+        "ivox",
+        &|_| String::new(),
+    ) + "\n}\n"
+}
+
+/// The subgroup module's `backward_data_phase`: the columns and taps of [`phase_data`], the weights of 8
+/// reduced channels loaded by 8 lanes and broadcast (no workgroup memory, no barriers).
+pub(super) fn phase_data_subgroup(tn: usize, q: usize) -> String {
+    let sg = SUBGROUP_LANES;
+    let mut s = phase_columns(tn, q, true);
+    s += "\n";
+    s += &acc_decl(tn, q);
+    let _ = write!(
+        s,
+        "
+    let lane = sgid % {sg}u;
+    let cred = cout;
+    let mlim = cin;
+    for (var u = 0u; u < ntaps; u++) {{
+        let t = phase_tap(u, r, nt);
+        let jz = u / (nt.y * nt.z);
+        let ju = u - jz * nt.y * nt.z;
+        let jy = ju / nt.z;
+        let jt = vec3<i32>(vec3<u32>(jz, jy, ju - jy * nt.z));
+"
+    );
+    for j in 0..tn {
+        let _ = writeln!(
+            s,
+            "        let o{j} = ob{j} - jt;
+        let ok{j}x = valid{j} && in_range(o{j}.x, p.osz.x) && in_range(o{j}.y, p.osz.y) && in_range(o{j}.z, p.osz.z);
+        let off{j} = u32(yb{j} + (o{j}.x * i32(p.osz.y) + o{j}.y) * i32(p.osz.z) + o{j}.z);"
+        );
+    }
+    let _ = writeln!(s, "        for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{");
+    s += &weight_lane_loads("            ", q, &|m| {
+        format!("(cl * cin + m0 + {m}u) * kvol + t")
+    });
+    s += "\n";
+    for k in 0..sg {
+        let _ = writeln!(s, "            if (c0 + {k}u < cred) {{");
+        let _ = writeln!(s, "                let cs = (c0 + {k}u) * ovox;");
+        s += &broadcast_fmas("                ", tn, q, k);
+        s += "\n            }\n";
+    }
+    s += "        }\n    }\n";
+    s + &phase_store(tn, q)
+}
