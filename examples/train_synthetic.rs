@@ -17,8 +17,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use calibseg::commands::train::{train_in_folder, RunOptions};
 use calibseg::metrics::Summary;
-use calibseg::train::{train_in_folder, Event, LossName, RunOptions, TrainConfig};
+use calibseg::train::{Event, LossName, TrainConfig};
 use calibseg::{Error, Gpu, Result};
 
 struct Args {

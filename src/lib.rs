@@ -18,6 +18,7 @@
 pub mod autograd;
 pub mod bench;
 pub mod binning;
+pub mod commands;
 pub mod data;
 pub mod error;
 pub mod gpu;
@@ -26,7 +27,6 @@ pub mod loss;
 pub mod metrics;
 pub mod nn;
 pub mod ops;
-pub mod predict;
 pub mod shaders;
 pub mod tensor;
 pub mod train;

@@ -25,7 +25,7 @@ macro_rules! out {
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use calibseg::loss::file::{LossFileOptions, LossKind};
+use calibseg::commands::loss::{LossFileOptions, LossKind};
 use calibseg::loss::Binning;
 
 /// Calibrated segmentation on any GPU (wgpu).
@@ -123,7 +123,7 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
     // A bad output path fails before the device is opened.
     calibseg::io::output::check_file_target(&opts.output)?;
     let gpu = calibseg::Gpu::new()?;
-    let report = calibseg::loss::file::run(&gpu, &opts)?;
+    let report = calibseg::commands::loss::run(&gpu, &opts)?;
     out!(
         "loss = {} for logits {:?}; wrote {}",
         report.loss,
@@ -177,10 +177,10 @@ struct EvalArgs {
 
 fn eval(a: EvalArgs) -> calibseg::Result<()> {
     if !a.merge.is_empty() {
-        let mut o = calibseg::metrics::MergeOptions::new(a.merge, a.out);
+        let mut o = calibseg::commands::eval::MergeOptions::new(a.merge, a.out);
         o.pictures = !a.no_pictures;
         o.overwrite = a.overwrite;
-        let r = calibseg::metrics::merge(&o)?;
+        let r = calibseg::commands::eval::merge(&o)?;
         return print_eval(&r, o.pictures);
     }
     let (Some(probs), Some(labels)) = (a.probs, a.labels) else {
@@ -189,19 +189,19 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
         ));
     };
     let gpu = calibseg::Gpu::new()?;
-    let mut o = calibseg::metrics::EvalOptions::new(probs, labels, a.out);
+    let mut o = calibseg::commands::eval::EvalOptions::new(probs, labels, a.out);
     o.num_bins = a.num_bins;
     o.include_background = a.include_background;
     o.logits = a.logits;
     o.fit_temperature = a.fit_temperature;
     o.pictures = !a.no_pictures;
     o.overwrite = a.overwrite;
-    let r = calibseg::metrics::eval(&gpu, &o)?;
+    let r = calibseg::commands::eval::run(&gpu, &o)?;
     print_eval(&r, o.pictures)
 }
 
 /// Prints what an evaluation (or a merge) found and wrote.
-fn print_eval(r: &calibseg::metrics::EvalReport, pictures: bool) -> calibseg::Result<()> {
+fn print_eval(r: &calibseg::commands::eval::EvalReport, pictures: bool) -> calibseg::Result<()> {
     let s = r.summary();
     if r.metrics.clamped > 0 {
         eprintln!(
@@ -292,7 +292,7 @@ fn predict(a: PredictArgs) -> calibseg::Result<()> {
             Some(w)
         }
     };
-    let o = calibseg::predict::PredictOptions {
+    let o = calibseg::commands::predict::PredictOptions {
         arch: a.arch.parse()?,
         config,
         weights: a.weights,
@@ -303,7 +303,7 @@ fn predict(a: PredictArgs) -> calibseg::Result<()> {
     };
     calibseg::io::output::check_file_target(&o.output)?;
     let gpu = calibseg::Gpu::new()?;
-    calibseg::predict::run(&gpu, &o)?;
+    calibseg::commands::predict::run(&gpu, &o)?;
     out!("wrote {}", o.output.display());
     Ok(())
 }
@@ -357,7 +357,8 @@ fn read_text(path: &std::path::Path) -> calibseg::Result<String> {
 }
 
 fn train(a: TrainArgs) -> calibseg::Result<()> {
-    use calibseg::train::{train_in_folder, Event, RunOptions, TrainConfig};
+    use calibseg::commands::train::{train_in_folder, RunOptions};
+    use calibseg::train::{Event, TrainConfig};
     let mut config = if a.resume {
         TrainConfig::from_toml(&read_text(&a.out.join("config.toml"))?)?
     } else if let Some(p) = &a.config {

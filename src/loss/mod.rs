@@ -8,7 +8,6 @@ pub mod ace;
 mod combined;
 pub mod deep_supervision;
 mod dice;
-pub mod file;
 mod fused;
 mod labels;
 mod traits;

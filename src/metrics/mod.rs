@@ -1,18 +1,16 @@
 //! Calibration metrics for segmentation (section 4 of the reference): GPU hard binning per image and class,
 //! ECE / ACE / MCE and Dice per image and class, macro and micro aggregation over a dataset, the dataset
-//! reliability heat map, post-hoc temperature scaling, the pictures (with the `plots` feature), and `calibseg eval`.
+//! reliability heat map, post-hoc temperature scaling and the pictures (with the `plots` feature).
 //!
 //! [`CalibrationAccumulator`] gathers all of it batch by batch without writing anything (a validation
-//! loop's metric); [`eval()`] reads test sets, uses it, and writes the reports ([`report`]).
+//! loop's metric); `calibseg eval` ([`crate::commands::eval`]) reads test sets, uses it, and writes the
+//! reports.
 
 pub mod accumulator;
 pub mod bins;
 pub mod calibration;
-pub mod eval;
-pub mod merge;
 #[cfg(feature = "plots")]
 pub mod plot;
-pub mod report;
 pub mod temperature;
 
 pub use accumulator::{CalibrationAccumulator, CalibrationMetrics, MeanStd, Summary};
@@ -21,6 +19,4 @@ pub use calibration::{
     macro_mean_std, micro, nan_mean_std, per_image, reliability_heatmap, Errors, MicroPooling,
     PerImage,
 };
-pub use eval::{run as eval, EvalOptions, EvalReport};
-pub use merge::{merge, MergeOptions};
 pub use temperature::{apply_temperature, fit_temperature, nll_at, scale_logits, TemperatureFit};

@@ -4,6 +4,7 @@
 //! AdamW optimiser (a GPU kernel), MONAI's `WarmupCosineSchedule` and MONAI's sliding-window inference.
 
 mod adamw;
+mod inference;
 mod init;
 mod layers;
 mod monai_args;
@@ -15,6 +16,7 @@ pub mod sliding_window;
 mod store;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use inference::{build_network, predict_logits, Arch};
 pub use init::{kaiming_uniform_bound, SeededRng};
 pub use layers::{Conv, ConvConfig, ConvTranspose, Norm, NormKind, Parameters};
 pub use monai_args::{NormName, NormSpec};

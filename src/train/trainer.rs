@@ -447,7 +447,7 @@ pub fn predict_probs(
     image: &Tensor,
     window: &SlidingWindowConfig,
 ) -> Result<Tensor> {
-    softmax(&crate::predict::predict_logits(net, image, Some(window))?)
+    softmax(&crate::nn::predict_logits(net, image, Some(window))?)
 }
 
 /// The summary values the log and the best-checkpoint choice use.

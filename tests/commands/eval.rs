@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use calibseg::commands::eval::{self, EvalOptions};
 use calibseg::io::nifti;
 use calibseg::io::safetensors::{self as st, HostTensor, TensorFile};
-use calibseg::metrics::{self, plot, EvalOptions};
+use calibseg::metrics::{self, plot};
 use calibseg::Tensor;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
@@ -272,13 +273,13 @@ fn nifti_round_trip_and_folder_eval() {
     let mut o = EvalOptions::new(&pd, &ld, &out);
     o.pictures = false;
     o.progress = false;
-    let r = metrics::eval(&gpu, &o).unwrap();
+    let r = eval::run(&gpu, &o).unwrap();
     assert_eq!(r.images, vec!["case0", "case1", "case2", "case3"]);
     check_outputs(&out, &f, "nobg");
     // A missing label file is an error, and nothing is written.
     std::fs::remove_file(ld.join("case3.nii.gz")).unwrap();
     let out2 = dir.join("out2");
-    let e = metrics::eval(&gpu, &EvalOptions::new(&pd, &ld, &out2)).unwrap_err();
+    let e = eval::run(&gpu, &EvalOptions::new(&pd, &ld, &out2)).unwrap_err();
     assert!(e.to_string().contains("case3"), "{e}");
     assert!(!out2.exists());
     std::fs::remove_dir_all(&dir).unwrap();

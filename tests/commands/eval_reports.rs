@@ -11,10 +11,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use calibseg::commands::eval::report::summarize;
+use calibseg::commands::eval::{self, EvalOptions, EvalReport, MergeOptions};
 use calibseg::io::nifti;
 use calibseg::io::safetensors::{self as st, HostTensor};
-use calibseg::metrics::report::summarize;
-use calibseg::metrics::{self, EvalOptions, EvalReport, MergeOptions};
 use calibseg::{Error, Gpu};
 
 const EXE: &str = env!("CARGO_BIN_EXE_calibseg");
@@ -194,7 +194,7 @@ fn eval(gpu: &Gpu, probs: &Path, labels: &Path, out: &Path, pictures: bool) -> E
     let mut o = EvalOptions::new(probs, labels, out);
     o.pictures = pictures;
     o.progress = false;
-    metrics::eval(gpu, &o).unwrap()
+    eval::run(gpu, &o).unwrap()
 }
 
 #[test]
@@ -266,14 +266,14 @@ fn nnunet_npz_folders_give_the_nifti_metrics_bit_for_bit() {
     .unwrap();
     let mut o = EvalOptions::new(&bad, &lab, d.join("out_bad"));
     o.progress = false;
-    match metrics::eval(&gpu, &o) {
+    match eval::run(&gpu, &o) {
         Err(Error::ShapeMismatch(m)) => assert!(m.contains("transposed"), "{m}"),
         other => panic!("expected a shape mismatch, got {other:?}"),
     }
     assert!(!d.join("out_bad").exists());
     // A case without a label map is named.
     std::fs::remove_file(lab.join("case_000.nii.gz")).unwrap();
-    let e = metrics::eval(&gpu, &o).unwrap_err().to_string();
+    let e = eval::run(&gpu, &o).unwrap_err().to_string();
     assert!(e.contains("case_000"), "{e}");
 }
 
@@ -445,7 +445,7 @@ fn merged_halves_equal_the_whole_and_monai_reports_hold_the_values() {
         true,
     );
     let shards = vec![d.join("s_odd"), d.join("s_even")];
-    let merged = metrics::merge(&MergeOptions::new(shards.clone(), d.join("merged"))).unwrap();
+    let merged = eval::merge(&MergeOptions::new(shards.clone(), d.join("merged"))).unwrap();
     assert_eq!(merged.images, whole.images);
     assert_same_metrics(&merged.metrics, &whole.metrics, "merge");
     assert_same_tree(&d.join("whole"), &d.join("merged"), "merged vs whole");
@@ -495,7 +495,7 @@ fn merged_halves_equal_the_whole_and_monai_reports_hold_the_values() {
     // Shards that do not fit together are refused with typed errors, and nothing is written.
     let refused = |shards: Vec<PathBuf>, what: &str| {
         let o = MergeOptions::new(shards, d.join("refused"));
-        match metrics::merge(&o) {
+        match eval::merge(&o) {
             Err(Error::MergeMismatch { message, .. }) => {
                 assert!(message.contains(what), "{what}: {message}")
             }
@@ -513,11 +513,11 @@ fn merged_halves_equal_the_whole_and_monai_reports_hold_the_values() {
     let mut o = EvalOptions::new(d.join("even/p"), d.join("even/l"), d.join("s_even10"));
     o.num_bins = 10;
     o.pictures = false;
-    metrics::eval(&gpu, &o).unwrap();
+    eval::run(&gpu, &o).unwrap();
     refused(vec![d.join("s_odd"), d.join("s_even10")], "num_bins is 10");
     // Merging into one of the shards would delete it.
     let o = MergeOptions::new(shards.clone(), d.join("s_odd"));
-    assert!(matches!(metrics::merge(&o), Err(Error::Output { .. })));
+    assert!(matches!(eval::merge(&o), Err(Error::Output { .. })));
     assert!(d.join("s_odd/calibration.safetensors").exists());
 
     // The command: --merge writes the same folder; --merge with --probs is a usage error.
@@ -578,7 +578,7 @@ fn merged_temperature_scaled_halves_equal_the_whole() {
         o.fit_temperature = Some(d.join("val.safetensors"));
         o.pictures = false;
         o.progress = false;
-        metrics::eval(&gpu, &o).unwrap()
+        eval::run(&gpu, &o).unwrap()
     };
     let whole = run("all", "whole");
     run("a", "sa");
@@ -586,7 +586,7 @@ fn merged_temperature_scaled_halves_equal_the_whole() {
     assert!(whole.temperature.is_some());
     let mut o = MergeOptions::new(vec![d.join("sb"), d.join("sa")], d.join("merged"));
     o.pictures = false;
-    let merged = metrics::merge(&o).unwrap();
+    let merged = eval::merge(&o).unwrap();
     assert_same_metrics(&merged.metrics, &whole.metrics, "merge");
     assert_same_metrics(&merged.temperature, &whole.temperature, "temperature merge");
     assert_same_tree(
@@ -598,9 +598,9 @@ fn merged_temperature_scaled_halves_equal_the_whole() {
     let mut o = EvalOptions::new(d.join("b/p"), d.join("b/l"), d.join("sb_plain"));
     o.logits = true;
     o.pictures = false;
-    metrics::eval(&gpu, &o).unwrap();
+    eval::run(&gpu, &o).unwrap();
     let o = MergeOptions::new(vec![d.join("sa"), d.join("sb_plain")], d.join("refused"));
-    match metrics::merge(&o) {
+    match eval::merge(&o) {
         Err(Error::MergeMismatch { message, .. }) => {
             assert!(message.contains("temperature"), "{message}")
         }

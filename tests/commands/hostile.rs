@@ -14,12 +14,13 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use calibseg::commands::eval::{self, EvalOptions};
+use calibseg::commands::loss::{LossFileOptions, LossKind};
 use calibseg::io::nifti;
 use calibseg::io::output::{OutputDir, MANIFEST};
 use calibseg::io::safetensors::{self as st, HostTensor, TensorFile};
-use calibseg::loss::file::{LossFileOptions, LossKind};
 use calibseg::loss::{AceLoss, Binning, Labels};
-use calibseg::metrics::{self, EvalOptions};
+use calibseg::metrics;
 use calibseg::{Error, Tensor};
 use proptest::prelude::*;
 
@@ -217,7 +218,7 @@ fn non_finite_logits_and_undefined_options_are_rejected() {
         empty_weight: 0.01,
         weights: None,
     };
-    let e = calibseg::loss::file::run(&gpu, &opts).unwrap_err();
+    let e = calibseg::commands::loss::run(&gpu, &opts).unwrap_err();
     match &e {
         Error::NonFinite { count, index, what } => {
             assert_eq!((*count, *index), (2, 5));
@@ -304,7 +305,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     );
     let mut o = EvalOptions::new(&nan_file, &nan_file, &out);
     quiet(&mut o);
-    let e = metrics::eval(&gpu, &o).unwrap_err();
+    let e = eval::run(&gpu, &o).unwrap_err();
     assert!(
         matches!(
             e,
@@ -334,7 +335,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     quiet(&mut o);
     o.logits = true;
     o.fit_temperature = Some(val_nan.clone());
-    let e = metrics::eval(&gpu, &o).unwrap_err();
+    let e = eval::run(&gpu, &o).unwrap_err();
     assert!(
         matches!(
             e,
@@ -363,7 +364,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
         ],
     );
     o.fit_temperature = Some(val4);
-    let e = metrics::eval(&gpu, &o).unwrap_err();
+    let e = eval::run(&gpu, &o).unwrap_err();
     assert!(
         e.to_string().contains("4 classes") && e.to_string().contains("has 3"),
         "{e}"
@@ -372,7 +373,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     // Mixed input kinds say what was expected and what was found.
     let mut o = EvalOptions::new(&d, &test, &out);
     quiet(&mut o);
-    let e = metrics::eval(&gpu, &o).unwrap_err().to_string();
+    let e = eval::run(&gpu, &o).unwrap_err().to_string();
     assert!(
         e.contains("is a folder") && e.contains("is a file") && e.contains("expected"),
         "{e}"
@@ -389,7 +390,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     let mut o = EvalOptions::new(&test, &test, &d);
     quiet(&mut o);
     o.overwrite = true;
-    let e = metrics::eval(&gpu, &o).unwrap_err().to_string();
+    let e = eval::run(&gpu, &o).unwrap_err().to_string();
     assert!(e.contains("holds the input"), "{e}");
     assert!(test.exists());
     std::fs::remove_dir_all(&d).unwrap();
@@ -425,7 +426,7 @@ fn eval_output_folder_keeps_user_files_and_replaces_its_own_whole() {
     let mut o = EvalOptions::new(&test, &test, &out);
     o.pictures = false;
     o.progress = false;
-    metrics::eval(&gpu, &o).unwrap();
+    eval::run(&gpu, &o).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -450,7 +451,7 @@ fn eval_output_folder_keeps_user_files_and_replaces_its_own_whole() {
     // Files a user keeps in the folder are never deleted: refused, one line, untouched.
     std::fs::create_dir(out.join("reliability")).unwrap();
     std::fs::write(out.join("reliability/keep.txt"), b"user notes").unwrap();
-    let e = metrics::eval(&gpu, &o).unwrap_err();
+    let e = eval::run(&gpu, &o).unwrap_err();
     assert!(matches!(e, Error::Output { .. }), "{e:?}");
     assert!(
         e.to_string().contains("reliability/") && e.to_string().contains("--overwrite"),
@@ -462,7 +463,7 @@ fn eval_output_folder_keeps_user_files_and_replaces_its_own_whole() {
     );
     // --overwrite replaces the folder as a whole.
     o.overwrite = true;
-    metrics::eval(&gpu, &o).unwrap();
+    eval::run(&gpu, &o).unwrap();
     assert!(!out.join("reliability").exists());
     assert!(out.join("metrics.csv").exists());
     // Nothing but the inputs and the output beside them.
@@ -542,7 +543,7 @@ fn case_names_survive_csv_and_non_utf8_names_stay_distinct() {
     let mut o = EvalOptions::new(&pd, &ld, &out);
     o.pictures = false;
     o.progress = false;
-    let r = metrics::eval(&gpu, &o).unwrap();
+    let r = eval::run(&gpu, &o).unwrap();
     assert_eq!(r.images.len(), raw.len());
     let mut rd = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
     assert_eq!(

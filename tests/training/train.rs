@@ -6,11 +6,11 @@ use crate::common;
 use std::path::PathBuf;
 
 use calibseg::autograd::{Tape, Var};
+use calibseg::commands::train::{train_in_folder, RunOptions};
 use calibseg::loss::{Binning, Labels};
 use calibseg::nn::{AdamW, AdamWConfig, Mode, Network, SegResNetDs};
 use calibseg::train::{
-    log_csv, parse_log_csv, train_in_folder, train_step, LossName, RunOptions, TrainConfig,
-    TrainLoss, Trainer,
+    log_csv, parse_log_csv, train_step, LossName, TrainConfig, TrainLoss, Trainer,
 };
 use calibseg::Tensor;
 use common::gpu;

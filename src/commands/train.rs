@@ -8,12 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use super::config::TrainConfig;
-use super::trainer::{Event, Trainer};
+use super::eval::{self, EvalOptions, EvalReport};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::output::write_file_atomically;
-use crate::metrics::{eval, EvalOptions, EvalReport};
+use crate::train::{Event, TrainConfig, Trainer};
 
 /// Options of [`train_in_folder`].
 pub struct RunOptions<'a> {
@@ -102,7 +101,7 @@ pub fn train_in_folder(
     eo.num_bins = config.num_bins;
     eo.pictures = o.pictures;
     eo.progress = false;
-    let test = eval(gpu, &eo);
+    let test = eval::run(gpu, &eo);
     let _ = std::fs::remove_file(&predictions);
     Ok(RunOutcome {
         best: trainer.best(),

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{
-    AceDiceCeLoss, AceLoss, Binning, CrossEntropyLoss, DiceCeLoss, DiceLoss, Labels, LossOutput,
-};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::safetensors::{write, HostTensor, TensorFile};
+use crate::loss::{
+    AceDiceCeLoss, AceLoss, Binning, CrossEntropyLoss, DiceCeLoss, DiceLoss, Labels, LossOutput,
+};
 use crate::tensor::Tensor;
 
 /// Which loss to compute.

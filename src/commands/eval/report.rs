@@ -9,16 +9,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 
-use super::accumulator::{MeanStd, Summary};
-use super::bins::BinStats;
-use super::calibration::Errors;
-use super::eval::{EvalOptions, EvalReport};
-#[cfg(feature = "plots")]
-use super::plot;
-use super::temperature::TemperatureFit;
+use super::{EvalOptions, EvalReport};
 use crate::error::{Error, Result};
 use crate::io::output::OutputDir;
 use crate::io::safetensors::{self as st, HostTensor};
+use crate::metrics::accumulator::{MeanStd, Summary};
+use crate::metrics::bins::BinStats;
+use crate::metrics::calibration::Errors;
+#[cfg(feature = "plots")]
+use crate::metrics::plot;
+use crate::metrics::temperature::TemperatureFit;
 
 /// Writes every report of `r` into `out` (not yet committed).
 pub fn write_reports(r: &EvalReport, o: &EvalOptions, out: &OutputDir) -> Result<()> {

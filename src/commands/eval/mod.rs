@@ -4,9 +4,9 @@
 //! `[N, 1, spatial...]` class indices), or folders of NIfTI images (`.nii`/`.nii.gz`, one file per case,
 //! matched by name; probabilities as a 4D image with classes last), or a folder of NumPy probability files
 //! with a folder of NIfTI label maps (below). Each input format is a [`CaseSource`]; the metrics come from
-//! a [`CalibrationAccumulator`]; the files are written by [`super::report`] into an [`OutputDir`] built
+//! a [`CalibrationAccumulator`]; the files are written by [`report`] into an [`OutputDir`] built
 //! aside and swapped in whole at the end, so an error leaves nothing half-written and nothing the user kept
-//! is deleted. [`super::merge()`] combines evaluations of disjoint shards of a test set into the evaluation of the
+//! is deleted. [`merge()`] combines evaluations of disjoint shards of a test set into the evaluation of the
 //! whole, exactly.
 //!
 //! # nnU-Net and NumPy probabilities
@@ -25,9 +25,11 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::accumulator::{CalibrationAccumulator, CalibrationMetrics};
-use super::report;
-use super::temperature::{apply_temperature, fit_temperature, TemperatureFit};
+pub mod merge;
+pub mod report;
+
+pub use merge::{merge, MergeOptions};
+
 use crate::binning::check_num_bins;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -36,10 +38,12 @@ use crate::io::npz;
 use crate::io::output::OutputDir;
 use crate::io::safetensors::{HostTensor, TensorFile};
 use crate::loss::Labels;
+use crate::metrics::{
+    apply_temperature, fit_temperature, CalibrationAccumulator, CalibrationMetrics, Summary,
+    TemperatureFit,
+};
 use crate::ops::softmax;
 use crate::tensor::Tensor;
-
-pub use super::accumulator::{MeanStd, Summary};
 
 /// Options of [`run`] (the `calibseg eval` flags).
 #[derive(Clone, Debug)]

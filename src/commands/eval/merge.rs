@@ -15,15 +15,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::accumulator::CalibrationMetrics;
-use super::bins::BinStats;
-use super::eval::{EvalOptions, EvalReport};
 use super::report::{self, BEFORE_TEMPERATURE, EVAL_FORMAT};
-use super::temperature::TemperatureFit;
+use super::{EvalOptions, EvalReport};
 use crate::binning::check_num_bins;
 use crate::error::{Error, Result};
 use crate::io::output::OutputDir;
 use crate::io::safetensors::TensorFile;
+use crate::metrics::accumulator::CalibrationMetrics;
+use crate::metrics::bins::BinStats;
+use crate::metrics::temperature::TemperatureFit;
 
 /// Options of [`merge`] (the `calibseg eval --merge` flags).
 #[derive(Clone, Debug)]

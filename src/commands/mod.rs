@@ -1,0 +1,17 @@
+//! The command engines: what each `calibseg` subcommand does with files and folders, above the library's
+//! maths. The binary (`src/bin/calibseg.rs`) parses arguments, calls one of these and prints or draws what
+//! it returns; the losses, metrics, networks and trainer they use know nothing of files named on a command
+//! line, output folders or terminals.
+//!
+//! - [`loss`]: `calibseg loss`, a loss and its gradient from a safetensors file to another.
+//! - [`eval`]: `calibseg eval`, the case sources (safetensors, NIfTI, NumPy), the output folder and its
+//!   reports ([`eval::report`]), and `--merge` ([`eval::merge()`]).
+//! - [`predict`]: `calibseg predict`, a network's logits and probabilities for a volume file.
+//! - [`train`]: `calibseg train`, a whole training run in an output folder.
+//!
+//! `calibseg bench` runs [`crate::bench`], the library of benchmark cases, directly.
+
+pub mod eval;
+pub mod loss;
+pub mod predict;
+pub mod train;
