@@ -22,28 +22,65 @@ use subgroup::subgroup;
 /// product over voxels, `dw[co, ci] = sum dy[n, co, v] x[n, ci, v]`. Appended to both modules.
 const POINTWISE_WEIGHT: &str = include_str!("pointwise.wgsl");
 
+/// The header both modules share: `Params`, the bindings, the tile constants, `put_forward`.
+const COMMON: &str = include_str!("common.wgsl");
+/// The portable module's header: its comment, staged-weight constants and `stage_weights`.
+const PORTABLE_HEADER: &str = include_str!("portable.wgsl");
+/// The subgroup module's header comment.
+const SUBGROUP_HEADER: &str = include_str!("subgroup.wgsl");
+
 impl ConvTiles {
-    /// The WGSL module of these tiles.
+    /// The WGSL module of these tiles: the module's header, the shared header, its kernels, the phase
+    /// kernel and the 1x1x1 weight gradient.
     pub fn source(&self) -> String {
-        (if self.subgroup {
-            subgroup(
-                self.cols,
-                self.quads,
-                self.row_cols,
-                self.row_quads,
-                self.row_kernel_rows,
+        let (header, kernels, phase) = if self.subgroup {
+            (
+                SUBGROUP_HEADER,
+                subgroup(
+                    self.cols,
+                    self.quads,
+                    self.row_cols,
+                    self.row_quads,
+                    self.row_kernel_rows,
+                ),
+                phase_data_subgroup(self.cols, self.quads),
             )
         } else {
-            portable(self.cols, self.quads, self.row_cols, self.row_kernel_rows)
-        }) + FORWARD_RESIDUAL
-            + &if self.subgroup {
-                phase_data_subgroup(self.cols, self.quads)
-            } else {
-                phase_data(self.cols, self.quads)
-            }
+            (
+                PORTABLE_HEADER,
+                portable(self.cols, self.quads, self.row_cols, self.row_kernel_rows),
+                phase_data(self.cols, self.quads),
+            )
+        };
+        let values = [
+            ("TM", self.channels()),
+            ("Q", self.quads),
+            ("TN", self.cols),
+            ("COLS", self.workgroup_cols()),
+            ("TNW", self.row_cols),
+            ("RM", self.row_channels()),
+            ("TR", self.row_kernel_rows),
+            ("STAGE", STAGE),
+            ("WTILE", STAGE * self.quads),
+        ];
+        fill(header, &values)
+            + "\n"
+            + &fill(COMMON, &values)
+            + &kernels
+            + &phase
             + "\n"
             + POINTWISE_WEIGHT
     }
+}
+
+/// `template` with each `{NAME}` replaced by its value.
+fn fill(template: &str, values: &[(&str, usize)]) -> String {
+    let mut s = template.to_string();
+    for (name, value) in values {
+        s = s.replace(&format!("{{{name}}}"), &value.to_string());
+    }
+    debug_assert!(!s.contains("{T"), "a placeholder is left in {s}");
+    s
 }
 
 fn join(v: Vec<String>) -> String {
@@ -84,20 +121,6 @@ fn decode(cols: usize, sz: &str, total: &str) -> String {
 
 /// The forward kernels' output (binding 4); their results are written through `put_forward`.
 const FORWARD_OUT: &str = "out4";
-
-/// The residual binding and `put_forward` of both modules: a forward launch with `stride.w` = 1 adds the
-/// residual tensor to each result as it is written (`y = conv(x) + bias + r`, the same bits as a separate add).
-const FORWARD_RESIDUAL: &str = "
-@group(0) @binding(5) var<storage, read> res: array<f32>;
-
-fn put_forward(i: u32, v: f32) {
-    if (p.stride.w != 0u) {
-        out4[i] = v + res[i];
-    } else {
-        out4[i] = v;
-    }
-}
-";
 
 /// The WGSL statement writing result value `v` at index `i` of `out`.
 fn write_result(out: &str, i: &str, v: &str) -> String {
@@ -380,16 +403,16 @@ mod tests {
     /// change updates it in the same commit (the failure message prints the new list). FNV-1a is written out
     /// because `DefaultHasher`'s algorithm may change between Rust releases.
     const DIGESTS: &[(&str, u64)] = &[
-        ("conv-sg-c2x8-r8x8x1", 0x61ccefef9aaee1bf),
-        ("conv-sg-c4x8-r8x8x1", 0x10ea6e9ecbcc7550),
-        ("conv-sg-c2x16-r8x8x1", 0xfe4d00e599779579),
-        ("conv-sg-c4x16-r8x8x1", 0x9583e3716ca6e58c),
-        ("conv-wg-c2x8-r4x8x1", 0xabb0f5bc697f1ec3),
-        ("conv-wg-c4x8-r4x8x1", 0x51feb06cc50f3405),
-        ("conv-wg-c2x16-r4x16x1", 0x655bbb14f6371e7d),
-        ("conv-wg-c4x16-r4x16x1", 0xf745eb70d6929dcb),
-        ("conv-wg-c2x4-r4x4x1", 0x70c565cc19d3060f),
-        ("conv-wg-c4x4-r4x4x1", 0x123b5aeb6b1075c7),
+        ("conv-sg-c2x8-r8x8x1", 0x3011801482819b4f),
+        ("conv-sg-c4x8-r8x8x1", 0x1822f9cb34bcf394),
+        ("conv-sg-c2x16-r8x8x1", 0xafb7a080f372e5d1),
+        ("conv-sg-c4x16-r8x8x1", 0x79b267deea215c78),
+        ("conv-wg-c2x8-r4x8x1", 0xbf24cf29e50308e1),
+        ("conv-wg-c4x8-r4x8x1", 0x47dcd99ddb08834d),
+        ("conv-wg-c2x16-r4x16x1", 0x674310c6dc620437),
+        ("conv-wg-c4x16-r4x16x1", 0x5d6097a4d3e7edf7),
+        ("conv-wg-c2x4-r4x4x1", 0x6a932fdcf3de9111),
+        ("conv-wg-c4x4-r4x4x1", 0xebdaa2af58ca2b37),
     ];
 
     fn fnv1a(text: &str) -> u64 {
