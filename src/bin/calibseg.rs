@@ -176,6 +176,7 @@ struct EvalArgs {
 }
 
 fn eval(a: EvalArgs) -> calibseg::Result<()> {
+    use calibseg::commands::eval::Event;
     if !a.merge.is_empty() {
         let mut o = calibseg::commands::eval::MergeOptions::new(a.merge, a.out);
         o.pictures = !a.no_pictures;
@@ -196,8 +197,29 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
     o.fit_temperature = a.fit_temperature;
     o.pictures = !a.no_pictures;
     o.overwrite = a.overwrite;
-    let r = calibseg::commands::eval::run(&gpu, &o)?;
-    print_eval(&r, o.pictures)
+    // indicatif draws only when stderr is a terminal; one case needs no bar.
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    let mut on_event = |e: &Event| match e {
+        Event::Case { done, total, name } => {
+            if *done == 0 && *total > 1 {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(*total as u64);
+            }
+            bar.set_position(*done as u64);
+            bar.set_message(name.clone());
+        }
+        Event::Writing { total } => {
+            bar.set_position(*total as u64);
+            bar.set_message("writing");
+        }
+    };
+    let r = calibseg::commands::eval::run(&gpu, &o, &mut on_event);
+    bar.finish_and_clear();
+    print_eval(&r?, o.pictures)
 }
 
 /// Prints what an evaluation (or a merge) found and wrote.

@@ -100,8 +100,7 @@ pub fn train_in_folder(
     let mut eo = EvalOptions::new(&predictions, &predictions, out.join("eval"));
     eo.num_bins = config.num_bins;
     eo.pictures = o.pictures;
-    eo.progress = false;
-    let test = eval::run(gpu, &eo);
+    let test = eval::run(gpu, &eo, &mut |_| {});
     let _ = std::fs::remove_file(&predictions);
     Ok(RunOutcome {
         best: trainer.best(),

@@ -272,14 +272,24 @@ fn nifti_round_trip_and_folder_eval() {
     let out = dir.join("out");
     let mut o = EvalOptions::new(&pd, &ld, &out);
     o.pictures = false;
-    o.progress = false;
-    let r = eval::run(&gpu, &o).unwrap();
+    let mut events = Vec::new();
+    let r = eval::run(&gpu, &o, &mut |e| events.push(e.clone())).unwrap();
     assert_eq!(r.images, vec!["case0", "case1", "case2", "case3"]);
+    // Progress: each case as it is evaluated, in order, then the writing.
+    let mut want: Vec<eval::Event> = (0..4)
+        .map(|i| eval::Event::Case {
+            done: i,
+            total: 4,
+            name: format!("case{i}"),
+        })
+        .collect();
+    want.push(eval::Event::Writing { total: 4 });
+    assert_eq!(events, want);
     check_outputs(&out, &f, "nobg");
     // A missing label file is an error, and nothing is written.
     std::fs::remove_file(ld.join("case3.nii.gz")).unwrap();
     let out2 = dir.join("out2");
-    let e = eval::run(&gpu, &EvalOptions::new(&pd, &ld, &out2)).unwrap_err();
+    let e = eval::run(&gpu, &EvalOptions::new(&pd, &ld, &out2), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("case3"), "{e}");
     assert!(!out2.exists());
     std::fs::remove_dir_all(&dir).unwrap();

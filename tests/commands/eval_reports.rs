@@ -193,8 +193,7 @@ fn assert_same_metrics<T: std::fmt::Debug>(a: &T, b: &T, what: &str) {
 fn eval(gpu: &Gpu, probs: &Path, labels: &Path, out: &Path, pictures: bool) -> EvalReport {
     let mut o = EvalOptions::new(probs, labels, out);
     o.pictures = pictures;
-    o.progress = false;
-    eval::run(gpu, &o).unwrap()
+    eval::run(gpu, &o, &mut |_| {}).unwrap()
 }
 
 #[test]
@@ -264,16 +263,15 @@ fn nnunet_npz_folders_give_the_nifti_metrics_bit_for_bit() {
         lab.join("case_000.nii.gz"),
     )
     .unwrap();
-    let mut o = EvalOptions::new(&bad, &lab, d.join("out_bad"));
-    o.progress = false;
-    match eval::run(&gpu, &o) {
+    let o = EvalOptions::new(&bad, &lab, d.join("out_bad"));
+    match eval::run(&gpu, &o, &mut |_| {}) {
         Err(Error::ShapeMismatch(m)) => assert!(m.contains("transposed"), "{m}"),
         other => panic!("expected a shape mismatch, got {other:?}"),
     }
     assert!(!d.join("out_bad").exists());
     // A case without a label map is named.
     std::fs::remove_file(lab.join("case_000.nii.gz")).unwrap();
-    let e = eval::run(&gpu, &o).unwrap_err().to_string();
+    let e = eval::run(&gpu, &o, &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("case_000"), "{e}");
 }
 
@@ -513,7 +511,7 @@ fn merged_halves_equal_the_whole_and_monai_reports_hold_the_values() {
     let mut o = EvalOptions::new(d.join("even/p"), d.join("even/l"), d.join("s_even10"));
     o.num_bins = 10;
     o.pictures = false;
-    eval::run(&gpu, &o).unwrap();
+    eval::run(&gpu, &o, &mut |_| {}).unwrap();
     refused(vec![d.join("s_odd"), d.join("s_even10")], "num_bins is 10");
     // Merging into one of the shards would delete it.
     let o = MergeOptions::new(shards.clone(), d.join("s_odd"));
@@ -577,8 +575,7 @@ fn merged_temperature_scaled_halves_equal_the_whole() {
         o.logits = true;
         o.fit_temperature = Some(d.join("val.safetensors"));
         o.pictures = false;
-        o.progress = false;
-        eval::run(&gpu, &o).unwrap()
+        eval::run(&gpu, &o, &mut |_| {}).unwrap()
     };
     let whole = run("all", "whole");
     run("a", "sa");
@@ -598,7 +595,7 @@ fn merged_temperature_scaled_halves_equal_the_whole() {
     let mut o = EvalOptions::new(d.join("b/p"), d.join("b/l"), d.join("sb_plain"));
     o.logits = true;
     o.pictures = false;
-    eval::run(&gpu, &o).unwrap();
+    eval::run(&gpu, &o, &mut |_| {}).unwrap();
     let o = MergeOptions::new(vec![d.join("sa"), d.join("sb_plain")], d.join("refused"));
     match eval::merge(&o) {
         Err(Error::MergeMismatch { message, .. }) => {

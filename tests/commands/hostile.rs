@@ -290,7 +290,6 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     let out = d.join("out");
     let quiet = |o: &mut EvalOptions| {
         o.pictures = false;
-        o.progress = false;
     };
     // NaN probabilities: count and first index, naming the case and file; nothing written.
     let mut bad_p = p.clone();
@@ -305,7 +304,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     );
     let mut o = EvalOptions::new(&nan_file, &nan_file, &out);
     quiet(&mut o);
-    let e = eval::run(&gpu, &o).unwrap_err();
+    let e = eval::run(&gpu, &o, &mut |_| {}).unwrap_err();
     assert!(
         matches!(
             e,
@@ -335,7 +334,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     quiet(&mut o);
     o.logits = true;
     o.fit_temperature = Some(val_nan.clone());
-    let e = eval::run(&gpu, &o).unwrap_err();
+    let e = eval::run(&gpu, &o, &mut |_| {}).unwrap_err();
     assert!(
         matches!(
             e,
@@ -364,7 +363,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
         ],
     );
     o.fit_temperature = Some(val4);
-    let e = eval::run(&gpu, &o).unwrap_err();
+    let e = eval::run(&gpu, &o, &mut |_| {}).unwrap_err();
     assert!(
         e.to_string().contains("4 classes") && e.to_string().contains("has 3"),
         "{e}"
@@ -373,7 +372,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     // Mixed input kinds say what was expected and what was found.
     let mut o = EvalOptions::new(&d, &test, &out);
     quiet(&mut o);
-    let e = eval::run(&gpu, &o).unwrap_err().to_string();
+    let e = eval::run(&gpu, &o, &mut |_| {}).unwrap_err().to_string();
     assert!(
         e.contains("is a folder") && e.contains("is a file") && e.contains("expected"),
         "{e}"
@@ -390,7 +389,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     let mut o = EvalOptions::new(&test, &test, &d);
     quiet(&mut o);
     o.overwrite = true;
-    let e = eval::run(&gpu, &o).unwrap_err().to_string();
+    let e = eval::run(&gpu, &o, &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("holds the input"), "{e}");
     assert!(test.exists());
     std::fs::remove_dir_all(&d).unwrap();
@@ -425,8 +424,7 @@ fn eval_output_folder_keeps_user_files_and_replaces_its_own_whole() {
     // A re-run without pictures leaves none of the old ones beside the new metrics.
     let mut o = EvalOptions::new(&test, &test, &out);
     o.pictures = false;
-    o.progress = false;
-    eval::run(&gpu, &o).unwrap();
+    eval::run(&gpu, &o, &mut |_| {}).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -451,7 +449,7 @@ fn eval_output_folder_keeps_user_files_and_replaces_its_own_whole() {
     // Files a user keeps in the folder are never deleted: refused, one line, untouched.
     std::fs::create_dir(out.join("reliability")).unwrap();
     std::fs::write(out.join("reliability/keep.txt"), b"user notes").unwrap();
-    let e = eval::run(&gpu, &o).unwrap_err();
+    let e = eval::run(&gpu, &o, &mut |_| {}).unwrap_err();
     assert!(matches!(e, Error::Output { .. }), "{e:?}");
     assert!(
         e.to_string().contains("reliability/") && e.to_string().contains("--overwrite"),
@@ -463,7 +461,7 @@ fn eval_output_folder_keeps_user_files_and_replaces_its_own_whole() {
     );
     // --overwrite replaces the folder as a whole.
     o.overwrite = true;
-    eval::run(&gpu, &o).unwrap();
+    eval::run(&gpu, &o, &mut |_| {}).unwrap();
     assert!(!out.join("reliability").exists());
     assert!(out.join("metrics.csv").exists());
     // Nothing but the inputs and the output beside them.
@@ -542,8 +540,7 @@ fn case_names_survive_csv_and_non_utf8_names_stay_distinct() {
     let out = d.join("out");
     let mut o = EvalOptions::new(&pd, &ld, &out);
     o.pictures = false;
-    o.progress = false;
-    let r = eval::run(&gpu, &o).unwrap();
+    let r = eval::run(&gpu, &o, &mut |_| {}).unwrap();
     assert_eq!(r.images.len(), raw.len());
     let mut rd = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
     assert_eq!(

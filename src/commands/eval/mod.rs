@@ -22,7 +22,6 @@
 //! with a hint when they equal them unreversed (a transposed array).
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 pub mod merge;
@@ -68,12 +67,10 @@ pub struct EvalOptions {
     pub fit_temperature: Option<PathBuf>,
     /// Draw the pictures.
     pub pictures: bool,
-    /// Show a progress bar on stderr (only drawn when stderr is a terminal).
-    pub progress: bool,
 }
 
 impl EvalOptions {
-    /// Defaults: 20 bins, background excluded, probabilities, no overwrite, pictures and progress on.
+    /// Defaults: 20 bins, background excluded, probabilities, no overwrite, pictures on.
     pub fn new(
         probs: impl Into<PathBuf>,
         labels: impl Into<PathBuf>,
@@ -89,7 +86,6 @@ impl EvalOptions {
             logits: false,
             fit_temperature: None,
             pictures: true,
-            progress: true,
         }
     }
 }
@@ -487,36 +483,24 @@ fn check_labels(case: &Case) -> Result<()> {
     Ok(())
 }
 
-/// A minimal progress bar on stderr, drawn only when stderr is a terminal.
-struct Progress {
-    total: usize,
-    on: bool,
-}
-
-impl Progress {
-    fn new(total: usize, wanted: bool) -> Self {
-        Progress {
-            total,
-            on: wanted && total > 1 && std::io::stderr().is_terminal(),
-        }
-    }
-    fn show(&self, done: usize, what: &str) {
-        if self.on {
-            let w = 30;
-            let fill = done * w / self.total.max(1);
-            eprint!(
-                "\r[{}{}] {done}/{} {what:<24.24}",
-                "#".repeat(fill),
-                " ".repeat(w - fill),
-                self.total
-            );
-        }
-    }
-    fn finish(&self) {
-        if self.on {
-            eprintln!();
-        }
-    }
+/// What [`run`] reports as it goes, for a progress display (as the trainer's [`crate::train::Event`]; the
+/// binary draws both with indicatif).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Case `done` (counting from 0) of `total` was read and is being evaluated.
+    Case {
+        /// Cases evaluated before this one.
+        done: usize,
+        /// Cases in the test set.
+        total: usize,
+        /// This case's name.
+        name: String,
+    },
+    /// Every case is evaluated; the reports are being written.
+    Writing {
+        /// Cases in the test set.
+        total: usize,
+    },
 }
 
 /// Loads a safetensors validation file and fits a temperature on its `logits` and `labels`; the logits
@@ -570,8 +554,8 @@ fn check_out_holds_no_input(o: &EvalOptions) -> Result<()> {
 
 /// Runs the evaluation and writes `metrics.csv`, `summary.json`, `calibration.safetensors` and the pictures
 /// (`dataset_reliability.png`/`.svg`, `reliability/<image>.png`) into `out` (see [`OutputDir`] for when an
-/// existing folder is replaced).
-pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
+/// existing folder is replaced). `on_event` hears of each case and of the writing, for a progress display.
+pub fn run(gpu: &Gpu, o: &EvalOptions, on_event: &mut dyn FnMut(&Event)) -> Result<EvalReport> {
     check_num_bins(o.num_bins)?;
     if o.fit_temperature.is_some() && !o.logits {
         return Err(Error::invalid(
@@ -587,7 +571,6 @@ pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
         None => None,
     };
     let n = source.len();
-    let progress = Progress::new(n, o.progress);
     let mut names = Vec::with_capacity(n);
     let mut acc = CalibrationAccumulator::new(o.num_bins, o.include_background)?;
     let mut before = CalibrationAccumulator::new(o.num_bins, o.include_background)?;
@@ -597,7 +580,11 @@ pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
     });
     for i in 0..n {
         let case = source.case(i)?;
-        progress.show(i, &case.name);
+        on_event(&Event::Case {
+            done: i,
+            total: n,
+            name: case.name.clone(),
+        });
         let c = case.shape[1];
         match &channels {
             Some((want, what)) if *want != c => {
@@ -644,9 +631,8 @@ pub fn run(gpu: &Gpu, o: &EvalOptions) -> Result<EvalReport> {
         pictures: o.pictures && cfg!(feature = "plots"),
         out: o.out.clone(),
     };
-    progress.show(n, "writing");
+    on_event(&Event::Writing { total: n });
     report::write_reports(&report, o, &out).map_err(|e| out.rename_in_error(e))?;
     out.commit()?;
-    progress.finish();
     Ok(report)
 }
