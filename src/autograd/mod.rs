@@ -266,9 +266,9 @@ impl Tape {
         }
         seed.expect_dtype(DType::F32, "seed gradient")?;
         // The backward pass goes out as one submission (or a few); its errors are reported here.
-        let rec = seed.gpu().record();
+        let scope = seed.gpu().batching();
         let grads = self.run_backward(root, seed);
-        let flushed = rec.finish();
+        let flushed = scope.finish();
         let grads = grads?;
         flushed?;
         Ok(grads)

@@ -379,7 +379,7 @@ impl Gpu {
         &self.inner.device
     }
 
-    /// The wgpu queue. Inside a recording scope ([`Gpu::record`]) call [`Gpu::flush`] before writing with
+    /// The wgpu queue. Inside a batching scope ([`Gpu::batching`]) call [`Gpu::flush`] before writing with
     /// it into a buffer that recorded work uses: queue writes land before pending work runs.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.queue

@@ -2,8 +2,8 @@
 //! submissions, with wgpu's validation and out-of-memory errors caught by error scopes and returned as
 //! `Result`s.
 //!
-//! A batch on its own submits when [`Batch::submit`] is called. Inside a recording scope
-//! ([`Gpu::record`]) it appends to the device's pending work instead, which goes out as one submission when
+//! A batch on its own submits when [`Batch::submit`] is called. Inside a batching scope
+//! ([`Gpu::batching`]) it appends to the device's pending work instead, which goes out as one submission when
 //! the scope ends, before a read-back ([`Gpu::read_bytes`]), a host write into an existing tensor, a
 //! [`Gpu::synchronize`], or once [`FLUSH_DISPATCHES`] dispatches (or [`FLUSH_HELD_BYTES`] of released
 //! buffers) are waiting. Every submission (its encoding, bind groups and uniform upload included) runs
@@ -30,7 +30,7 @@ use crate::tensor::Tensor;
 /// Invocations per workgroup of the 1D kernels (the WebGPU default limit, so it runs everywhere).
 pub const WORKGROUP_SIZE: u32 = 256;
 
-/// Pending dispatches after which a recording scope submits what it has (as cubecl bounds its batches).
+/// Pending dispatches after which a batching scope submits what it has (as cubecl bounds its batches).
 pub const FLUSH_DISPATCHES: usize = 1024;
 
 /// Bytes of buffers released (and held back from reuse) while work is pending after which a recording
@@ -122,7 +122,7 @@ struct BindKey {
 /// What the device has pending, and the reusable pieces of submitting it.
 #[derive(Default)]
 pub(crate) struct Recorder {
-    /// Open recording scopes.
+    /// Open batching scopes.
     depth: usize,
     commands: Vec<Command>,
     dispatches: usize,
@@ -160,26 +160,26 @@ pub struct ProfileEntry {
     pub total: Duration,
 }
 
-/// A recording scope: while at least one is alive, batches on this device append to one pending
+/// A batching scope: while at least one is alive, batches on this device append to one pending
 /// submission instead of submitting each. Dropping the last scope submits what is pending (an error then
-/// is reported by the device's next call); [`Recording::finish`] does it and returns the error.
-pub struct Recording {
+/// is reported by the device's next call); [`BatchScope::finish`] does it and returns the error.
+pub struct BatchScope {
     gpu: Gpu,
     open: bool,
 }
 
-impl Recording {
+impl BatchScope {
     /// Ends the scope; when it was the last one, submits the pending work and reports its errors.
     pub fn finish(mut self) -> Result<()> {
         self.open = false;
-        self.gpu.end_recording()
+        self.gpu.end_batching()
     }
 }
 
-impl Drop for Recording {
+impl Drop for BatchScope {
     fn drop(&mut self) {
         if self.open {
-            if let Err(e) = self.gpu.end_recording() {
+            if let Err(e) = self.gpu.end_batching() {
                 self.gpu.store_escaped(e);
             }
         }
@@ -206,25 +206,25 @@ impl Gpu {
         }
     }
 
-    /// Opens a recording scope (nestable, device-wide: batches from every thread join it): until the
+    /// Opens a batching scope (nestable, device-wide: batches from every thread join it): until the
     /// returned guard ends, every batch on this device is appended to one pending submission (flushed
     /// after [`FLUSH_DISPATCHES`] dispatches, and before any read-back or host write into a tensor the
     /// pending work may use).
-    pub fn record(&self) -> Recording {
+    pub fn batching(&self) -> BatchScope {
         self.recorder().depth += 1;
         self.inner.pool.hold();
-        Recording {
+        BatchScope {
             gpu: self.clone(),
             open: true,
         }
     }
 
-    /// Whether a recording scope is open.
-    pub fn is_recording(&self) -> bool {
+    /// Whether a batching scope is open.
+    pub fn is_batching(&self) -> bool {
         self.recorder().depth > 0
     }
 
-    fn end_recording(&self) -> Result<()> {
+    fn end_batching(&self) -> Result<()> {
         let last = {
             let mut r = self.recorder();
             r.depth = r.depth.saturating_sub(1);
@@ -673,7 +673,7 @@ impl Batch<'_> {
         });
     }
 
-    /// Submits the recorded work (or, inside a recording scope, appends it to the pending submission) and
+    /// Submits the recorded work (or, inside a batching scope, appends it to the pending submission) and
     /// returns the first error wgpu reported for what was submitted.
     pub fn submit(self) -> Result<()> {
         let gpu = self.gpu;

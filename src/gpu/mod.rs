@@ -13,7 +13,7 @@ pub use context::{
 };
 pub(crate) use dispatch::MapRequest;
 pub use dispatch::{
-    Arg, Batch, EngineStats, ProfileEntry, Recording, FLUSH_DISPATCHES, FLUSH_HELD_BYTES,
+    Arg, Batch, BatchScope, EngineStats, ProfileEntry, FLUSH_DISPATCHES, FLUSH_HELD_BYTES,
     WORKGROUP_SIZE,
 };
 pub use pipeline::{GeneratedModule, Kernel};

@@ -2,7 +2,7 @@
 //!
 //! Sizes are rounded up to one of four buckets per power of two (at most 25% waste); a dropped tensor's
 //! buffer goes back to its bucket. Reuse is safe without fences because wgpu executes submissions in order:
-//! a buffer released while recorded work is still pending (see `Gpu::record`) is held back until that work
+//! a buffer released while recorded work is still pending (see `Gpu::batching`) is held back until that work
 //! has been submitted, and only then becomes reusable.
 
 use std::collections::HashMap;

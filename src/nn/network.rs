@@ -132,12 +132,12 @@ pub(crate) fn run_blocks(tape: &Tape, blocks: &[ResBlock], mut x: Var) -> Result
     Ok(x)
 }
 
-/// Runs a whole forward pass `f` on `x`'s device inside one recording scope: it goes out as one submission
+/// Runs a whole forward pass `f` on `x`'s device inside one batching scope: it goes out as one submission
 /// (or a few), and its errors are reported here.
-pub(crate) fn recorded(x: &Var, f: impl FnOnce() -> Result<Vec<Var>>) -> Result<Vec<Var>> {
-    let rec = x.tensor().gpu().record();
+pub(crate) fn batched(x: &Var, f: impl FnOnce() -> Result<Vec<Var>>) -> Result<Vec<Var>> {
+    let scope = x.tensor().gpu().batching();
     let out = f();
-    let flushed = rec.finish();
+    let flushed = scope.finish();
     let out = out?;
     flushed?;
     Ok(out)

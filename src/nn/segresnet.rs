@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::layers::{Conv, ConvConfig, Norm};
 use super::monai_args::{self as args, NormSpec};
-use super::network::{recorded, run_blocks, Mode, Network, ResBlock};
+use super::network::{batched, run_blocks, Mode, Network, ResBlock};
 use super::store::{ParamStore, VarBuilder};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
@@ -288,7 +288,7 @@ impl SegResNet {
 impl Network for SegResNet {
     fn forward(&self, tape: &Tape, x: &Var, _mode: Mode) -> Result<Vec<Var>> {
         self.check_input(x.shape())?;
-        recorded(x, || {
+        batched(x, || {
             let mut h = self.conv_init.forward(tape, x)?;
             let mut skips = Vec::with_capacity(self.down.len());
             for layer in &self.down {

@@ -114,7 +114,7 @@ pub fn train_step(
 ) -> Result<StepLosses> {
     // Forward, loss, backward and optimiser step are recorded and go out in one submission (or a few),
     // with the read-back of the losses at the end.
-    let _rec = input.gpu().record();
+    let _scope = input.gpu().batching();
     let tape = Tape::new();
     let x = Var::constant(input.clone());
     let outputs = net.forward(&tape, &x, Mode::Train)?;

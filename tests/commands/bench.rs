@@ -232,7 +232,7 @@ fn pass_timing_rejects_nesting_and_more_passes_than_queries() {
     assert_eq!(gpu.time_passes(|| Ok(())).unwrap().passes, 0);
     let x = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
     let y = Tensor::zeros(&gpu, &[4], DType::F32).unwrap();
-    // Every batch submitted outside a recording scope is a pass of its own: 2050 of them.
+    // Every batch submitted outside a batching scope is a pass of its own: 2050 of them.
     let too_many = gpu.time_passes(|| {
         for _ in 0..1025 {
             let mut b = gpu.batch("one copy");

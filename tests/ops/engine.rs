@@ -107,7 +107,7 @@ fn recorded_work_is_bounded_per_submission() {
     let Some(gpu) = own_gpu() else { return };
     let x = Tensor::from_f32(&gpu, &[4], &[-1.0, 2.0, -3.0, 4.0]).unwrap();
     let before = gpu.submissions();
-    let rec = gpu.record();
+    let batch_scope = gpu.batching();
     let mut y = x.clone();
     let n = calibseg::gpu::FLUSH_DISPATCHES * 2 + 10;
     for _ in 0..n {
@@ -115,7 +115,7 @@ fn recorded_work_is_bounded_per_submission() {
     }
     // Long recordings flush every FLUSH_DISPATCHES dispatches, not only at the end.
     assert_eq!(gpu.submissions() - before, 2);
-    rec.finish().unwrap();
+    batch_scope.finish().unwrap();
     assert_eq!(gpu.submissions() - before, 3);
     assert_eq!(y.to_vec_f32().unwrap(), vec![0.0, 2.0, 0.0, 4.0]);
 }
@@ -127,7 +127,7 @@ fn buffers_released_while_work_is_pending_are_not_reused_until_it_is_submitted()
     let first: Vec<f32> = (0..n).map(|i| i as f32 - 500.0).collect();
     let second: Vec<f32> = (0..n).map(|i| 1000.0 - i as f32).collect();
     let relu = |v: &[f32]| v.iter().map(|x| x.max(0.0)).collect::<Vec<_>>();
-    let rec = gpu.record();
+    let batch_scope = gpu.batching();
     let a = Tensor::from_f32(&gpu, &[n], &first).unwrap();
     let y = ops::relu(&a).unwrap(); // pending: reads a
     drop(a); // its buffer is released while the relu is still unsubmitted
@@ -143,7 +143,7 @@ fn buffers_released_while_work_is_pending_are_not_reused_until_it_is_submitted()
     assert_eq!(z.to_vec_f32().unwrap(), relu(&second));
     assert_eq!(w.to_vec_f32().unwrap(), relu(&first));
     assert_eq!(w2.to_vec_f32().unwrap(), relu(&second));
-    rec.finish().unwrap();
+    batch_scope.finish().unwrap();
 }
 
 #[test]
@@ -374,12 +374,12 @@ fn fused_norm_relu_matches_norm_then_relu_bit_for_bit() {
 fn buffers_held_by_a_recording_return_to_the_pool_when_it_ends() {
     let Some(gpu) = own_gpu() else { return };
     let t = Tensor::from_f32(&gpu, &[300], &[1.0; 300]).unwrap();
-    let rec = gpu.record();
+    let batch_scope = gpu.batching();
     drop(t);
     let idle = gpu.pool_stats().idle_bytes;
     // Held back while the scope is open (work could be pending), reusable once it has ended.
-    assert_eq!(idle, 0, "released inside a recording scope");
-    rec.finish().unwrap();
+    assert_eq!(idle, 0, "released inside a batching scope");
+    batch_scope.finish().unwrap();
     assert!(gpu.pool_stats().idle_bytes > 0);
     let reuses = gpu.pool_stats().reuses;
     let u = Tensor::from_f32(&gpu, &[300], &[2.0; 300]).unwrap();
@@ -387,7 +387,7 @@ fn buffers_held_by_a_recording_return_to_the_pool_when_it_ends() {
     assert_eq!(u.to_vec_f32().unwrap(), vec![2.0; 300]);
 }
 
-/// Several threads on one device at once: one trains inside recording scopes while others run small ops
+/// Several threads on one device at once: one trains inside batching scopes while others run small ops
 /// with and without scopes of their own and read back; every read-back must equal the host's sum and
 /// every training step the same losses as a run alone.
 #[test]
@@ -407,12 +407,12 @@ fn threads_sharing_a_device_read_back_their_own_results() {
         let busy = s.spawn(|| {
             let x = Tensor::from_f32(&gpu, &[4096], &vec![0.5; 4096]).unwrap();
             for _ in 0..150 {
-                let rec = gpu.record();
+                let batch_scope = gpu.batching();
                 let mut y = x.clone();
                 for _ in 0..40 {
                     y = ops::add(&y, &x).unwrap();
                 }
-                drop(rec);
+                drop(batch_scope);
                 assert_eq!(y.to_vec_f32().unwrap()[4095], 20.5);
             }
         });
@@ -426,14 +426,14 @@ fn threads_sharing_a_device_read_back_their_own_results() {
                         let a = rng.normals(n, 1.0);
                         let b = rng.normals(n, 1.0);
                         let scope = (round + t as usize).is_multiple_of(2);
-                        let rec = scope.then(|| gpu.record());
+                        let batch_scope = scope.then(|| gpu.batching());
                         let ta = Tensor::from_f32(&gpu, &[n], &a).unwrap();
                         let tb = Tensor::from_f32(&gpu, &[n], &b).unwrap();
                         // A chain of temporaries, released while the work is pending.
                         let sum = ops::add(&ops::add(&ta, &tb).unwrap(), &tb).unwrap();
                         drop((ta, tb));
                         let got = ops::relu(&sum).unwrap().to_vec_f32().unwrap();
-                        drop(rec);
+                        drop(batch_scope);
                         for i in 0..n {
                             let want = (a[i] + b[i] + b[i]).max(0.0);
                             assert_eq!(got[i], want, "thread {t} round {round} element {i} of {n}");
