@@ -166,7 +166,7 @@ fn read_raw(path: &Path) -> Result<Raw> {
         source,
     };
     let gz_err = |e: std::io::Error| fmt_err(path, format!("bad gzip data: {e}"));
-    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let mut file = std::io::BufReader::new(crate::io::input::open_regular(path)?.0);
     let gz = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
     let mut reader: Box<dyn Read> = if gz {
         Box::new(flate2::bufread::MultiGzDecoder::new(file))

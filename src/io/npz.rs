@@ -23,7 +23,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use npyz::{DType, NpyFile, Order, TypeChar};
+use npyz::{DType, NpyFile, NpyHeader, Order, TypeChar};
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::HostTensor;
@@ -32,13 +32,6 @@ fn fmt_err(path: &Path, message: impl Into<String>) -> Error {
     Error::Format {
         path: path.display().to_string(),
         message: message.into(),
-    }
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
     }
 }
 
@@ -94,7 +87,102 @@ fn fortran_to_c(shape: &[usize], data: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Parses one `.npy` image held in memory into its shape and f32 values in C order.
+/// Largest `.npy` header read (numpy itself refuses headers over 10 000 bytes by default).
+const MAX_NPY_HEADER: usize = 1 << 20;
+
+/// Reads one `.npy` image from `r` no further than it declares: the header (at most [`MAX_NPY_HEADER`]
+/// bytes), then exactly the data bytes its shape and dtype need. `limit` is what the container holds (the
+/// file's size, the zip entry's declared size): an image declaring more is refused before its data is
+/// read, so a small archive cannot inflate into more memory than its header and its entry declare.
+/// `holder` names what `limit` is in messages. Returns the image's bytes (header and data).
+fn read_npy_bounded(
+    r: &mut impl Read,
+    limit: u64,
+    holder: &str,
+    path: &Path,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let not_npy = |m: String| fmt_err(path, format!("{what}: not a .npy array: {m}"));
+    let inflate = |e: std::io::Error| fmt_err(path, format!("{what} cannot be read: {e}"));
+    let mut bytes = vec![0u8; 8];
+    let got = read_up_to(r, &mut bytes).map_err(inflate)?;
+    if got < 8 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(not_npy("magic not found".into()));
+    }
+    let size_len = match bytes[6] {
+        1 => 2,
+        2 | 3 => 4,
+        v => return Err(not_npy(format!("format version {v} is not supported"))),
+    };
+    let mut len = [0u8; 4];
+    if read_up_to(r, &mut len[..size_len]).map_err(inflate)? < size_len {
+        return Err(not_npy("the header is truncated".into()));
+    }
+    bytes.extend_from_slice(&len[..size_len]);
+    let header_len = u32::from_le_bytes(len) as usize;
+    let prefix = (8 + size_len + header_len) as u64;
+    if header_len > MAX_NPY_HEADER || prefix > limit {
+        return Err(not_npy(format!(
+            "its header declares {header_len} bytes, beyond the largest accepted \
+             ({MAX_NPY_HEADER}) or the {limit} bytes {holder}"
+        )));
+    }
+    let start = bytes.len();
+    bytes.resize(start + header_len, 0);
+    if read_up_to(r, &mut bytes[start..]).map_err(inflate)? < header_len {
+        return Err(not_npy("the header is truncated".into()));
+    }
+    let header = NpyHeader::from_reader(&bytes[..]).map_err(|e| not_npy(e.to_string()))?;
+    let item = match header.dtype() {
+        DType::Plain(t) if !header.uses_pickled_array() => t.size_field() as u64,
+        // Refused by the parser with its dtype named; nothing more is read.
+        _ => return Ok(bytes),
+    };
+    let data = header
+        .shape()
+        .iter()
+        .try_fold(item, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= limit - prefix)
+        .ok_or_else(|| {
+            fmt_err(
+                path,
+                format!(
+                    "{what}: array data of shape {:?} is damaged or truncated: its {item}-byte \
+                     values need more than the {limit} bytes {holder}",
+                    header.shape(),
+                ),
+            )
+        })?;
+    r.take(data).read_to_end(&mut bytes).map_err(inflate)?;
+    if (bytes.len() as u64) < prefix + data {
+        return Err(fmt_err(
+            path,
+            format!(
+                "{what}: array data of shape {:?} is damaged or truncated ({} of {data} bytes)",
+                header.shape(),
+                bytes.len() as u64 - prefix
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads exactly `buf.len()` bytes unless the stream ends first; returns how many were read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Parses one `.npy` image held in memory (as [`read_npy_bounded`] returns it: its data complete) into its
+/// shape and f32 values in C order.
 fn parse_npy(bytes: &[u8], path: &Path, what: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     let npy =
         NpyFile::new(bytes).map_err(|e| fmt_err(path, format!("{what}: not a .npy array: {e}")))?;
@@ -156,14 +244,18 @@ fn parse_npy(bytes: &[u8], path: &Path, what: &str) -> Result<(Vec<usize>, Vec<f
     Ok((shape, values))
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(io_err(path))
-}
-
 /// Reads a float `.npy` file: its shape and its values as f32 in C order.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<HostTensor> {
     let path = path.as_ref();
-    let (shape, values) = parse_npy(&read_file(path)?, path, "array")?;
+    let (file, len) = crate::io::input::open_regular(path)?;
+    let bytes = read_npy_bounded(
+        &mut std::io::BufReader::new(file),
+        len,
+        "the file holds",
+        path,
+        "array",
+    )?;
+    let (shape, values) = parse_npy(&bytes, path, "array")?;
     Ok(HostTensor::F32(shape, values))
 }
 
@@ -177,7 +269,7 @@ impl NpzFile {
     /// Opens an archive.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = read_file(path)?;
+        let bytes = crate::io::input::read_regular(path)?;
         let archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
             .map_err(|e| fmt_err(path, format!("not a .npz (zip) archive: {e}")))?;
         Ok(NpzFile {
@@ -219,11 +311,17 @@ impl NpzFile {
             }
             Err(e) => return Err(fmt_err(&path, format!("array '{name}': {e}"))),
         };
-        let mut bytes = Vec::with_capacity(entry.size().min(1 << 32) as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| fmt_err(&path, format!("array '{name}' cannot be decompressed: {e}")))?;
-        let (shape, values) = parse_npy(&bytes, &path, &format!("array '{name}'"))?;
+        // Inflated no further than the array's header and the entry's declared size allow.
+        let what = format!("array '{name}'");
+        let limit = entry.size();
+        let bytes = read_npy_bounded(
+            &mut entry,
+            limit,
+            "its archive entry declares",
+            &path,
+            &what,
+        )?;
+        let (shape, values) = parse_npy(&bytes, &path, &what)?;
         Ok(HostTensor::F32(shape, values))
     }
 }

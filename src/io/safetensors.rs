@@ -45,10 +45,7 @@ impl TensorFile {
     /// Reads and checks the header of a safetensors file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let p = path.as_ref().display().to_string();
-        let bytes = std::fs::read(path.as_ref()).map_err(|source| Error::Io {
-            path: p.clone(),
-            source,
-        })?;
+        let bytes = crate::io::input::read_regular(path.as_ref())?;
         if let Err(e) = SafeTensors::deserialize(&bytes) {
             let found = match sniff(&bytes) {
                 Some(what) => format!("found {what}"),

@@ -287,3 +287,184 @@ fn unsupported_or_broken_files_are_typed_errors() {
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A deflated member of `total` bytes: `header` followed by zeros (a few hundred kilobytes compressed).
+fn bomb(path: &Path, header: &[u8], total: usize) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(true);
+    z.start_file("probabilities.npy", opts).unwrap();
+    z.write_all(header).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = total - header.len();
+    while left > 0 {
+        let n = left.min(zeros.len());
+        z.write_all(&zeros[..n]).unwrap();
+        left -= n;
+    }
+    z.finish().unwrap();
+}
+
+/// Largest allocation a read of a small archive may make (the archive and the arrays here are far smaller).
+const ALLOCATION_BOUND: usize = 16 << 20;
+
+#[test]
+fn a_member_is_inflated_no_further_than_its_array_declares() {
+    let dir = scratch("bomb");
+    let p = dir.join("bomb.npz");
+    // 256 MiB of zeros after a header declaring a (2, 1, 1, 2) float32 array: the array is the first 16
+    // data bytes, and nothing past them is inflated.
+    let header = npy("<f4", false, &[2, 1, 1, 2], &[]);
+    bomb(&p, &header, 256 << 20);
+    assert!(std::fs::metadata(&p).unwrap().len() < 2 << 20);
+    let (r, largest) = crate::alloc::largest_allocation(|| npz::read_probabilities(&p));
+    let (shape, v) = f32s(r.unwrap());
+    assert_eq!((shape, v), (vec![2, 1, 1, 2], vec![0.0; 4]));
+    assert!(
+        largest < ALLOCATION_BOUND,
+        "largest allocation {largest} bytes"
+    );
+
+    // A header declaring more data than the zip entry declares is refused before inflating.
+    let mut big = npy("<f4", false, &[4, 1024, 1024, 1024], &[]);
+    big.extend_from_slice(&[0; 64]);
+    write_npz(&p, &[("probabilities", big)], true);
+    let (r, largest) = crate::alloc::largest_allocation(|| npz::read_probabilities(&p));
+    let m = format_message(r.unwrap_err());
+    assert!(
+        m.contains("[4, 1024, 1024, 1024]") && m.contains("archive entry declares"),
+        "{m}"
+    );
+    assert!(
+        largest < ALLOCATION_BOUND,
+        "largest allocation {largest} bytes"
+    );
+
+    // A header length beyond the member (format 2.0 allows 4 GiB) is refused without allocating it.
+    let mut huge_header = b"\x93NUMPY\x02\x00".to_vec();
+    huge_header.extend_from_slice(&u32::MAX.to_le_bytes());
+    huge_header.extend_from_slice(b"{'descr': '<f4'");
+    write_npz(&p, &[("probabilities", huge_header.clone())], true);
+    let (r, largest) = crate::alloc::largest_allocation(|| npz::read_probabilities(&p));
+    let m = format_message(r.unwrap_err());
+    assert!(m.contains("header declares 4294967295 bytes"), "{m}");
+    assert!(
+        largest < ALLOCATION_BOUND,
+        "largest allocation {largest} bytes"
+    );
+    // The same in a plain .npy file.
+    let q = dir.join("x.npy");
+    std::fs::write(&q, &huge_header).unwrap();
+    let (r, largest) = crate::alloc::largest_allocation(|| npz::read_npy(&q));
+    assert!(format_message(r.unwrap_err()).contains("header declares"));
+    assert!(
+        largest < ALLOCATION_BOUND,
+        "largest allocation {largest} bytes"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Reads `bytes` as an archive (and as a plain array): `Ok` or a typed error, never a panic, and no
+    /// allocation beyond [`ALLOCATION_BOUND`].
+    fn read_npz_fully(bytes: &[u8]) {
+        let d = std::env::temp_dir().join(format!("calibseg-npz-prop-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let tag = format!("{:?}", std::thread::current().id()).replace(['(', ')'], "");
+        let (p, q) = (d.join(format!("{tag}.npz")), d.join(format!("{tag}.npy")));
+        std::fs::write(&p, bytes).unwrap();
+        std::fs::write(&q, bytes).unwrap();
+        let ((), largest) = crate::alloc::largest_allocation(|| {
+            if let Ok(mut f) = NpzFile::open(&p) {
+                for name in f.names() {
+                    if let Ok(t) = f.read(&name) {
+                        let HostTensor::F32(s, v) = t else {
+                            panic!("not f32")
+                        };
+                        assert_eq!(s.iter().product::<usize>(), v.len());
+                    }
+                }
+            }
+            let _ = npz::read_probabilities(&p);
+            let _ = npz::read_npy(&q);
+        });
+        assert!(
+            largest < ALLOCATION_BOUND,
+            "largest allocation {largest} bytes"
+        );
+    }
+
+    fn valid_npz(deflate: bool) -> Vec<u8> {
+        let d = scratch(&format!("prop-valid-{deflate}"));
+        let p = d.join("v.npz");
+        let good = npy("<f4", false, &[C, Z, Y, X], &encode("<f4", &ordered(false)));
+        write_npz(&p, &[("probabilities", good)], deflate);
+        std::fs::read(&p).unwrap()
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 96,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn mutated_npz_archives_give_an_error_or_a_result(
+            deflate in any::<bool>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut b = valid_npz(deflate);
+            let n = b.len();
+            for (i, v) in &edits {
+                b[i.index(n)] = *v;
+            }
+            if let Some(c) = cut {
+                b.truncate(c.index(n + 1));
+            }
+            read_npz_fully(&b);
+        }
+
+        #[test]
+        fn npy_headers_with_any_shape_and_length_give_an_error_or_a_result(
+            dims in prop::collection::vec(any::<u64>(), 0..5),
+            descr in prop::sample::select(vec!["<f4", ">f8", "<f2", "|u1", "<c8", "O"]),
+            header_len in prop::option::of(any::<u32>()),
+            version in 1u8..4,
+            data in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let shape: Vec<String> = dims.iter().map(|d| (d % 1_000_000_007).to_string()).collect();
+            let text = format!(
+                "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}{}), }}\n",
+                shape.join(", "),
+                if shape.len() == 1 { "," } else { "" }
+            );
+            let mut b = b"\x93NUMPY".to_vec();
+            b.push(version);
+            b.push(0);
+            let len = header_len.unwrap_or(text.len() as u32);
+            if version == 1 {
+                b.extend_from_slice(&(len as u16).to_le_bytes());
+            } else {
+                b.extend_from_slice(&len.to_le_bytes());
+            }
+            b.extend_from_slice(text.as_bytes());
+            b.extend_from_slice(&data);
+            read_npz_fully(&b);
+            // The same array as an archive member.
+            let d = scratch("prop-member");
+            let p = d.join("m.npz");
+            write_npz(&p, &[("probabilities", b)], true);
+            read_npz_fully(&std::fs::read(&p).unwrap());
+        }
+    }
+}

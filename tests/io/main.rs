@@ -1,7 +1,15 @@
-//! Test suite: File formats: safetensors, NIfTI, NumPy .npz and the safe-output path.
+//! Test suite: File formats: safetensors, NIfTI, NumPy .npz, how inputs are opened and the safe-output path.
 
 #[path = "../common/mod.rs"]
 mod common;
+
+#[path = "../common/alloc.rs"]
+mod alloc;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Tracking = alloc::Tracking;
+
+mod input;
 
 mod io_npz;
 mod io_safetensors;
