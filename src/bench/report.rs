@@ -251,10 +251,7 @@ impl Report {
 
     /// Reads a report from a JSON file.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = crate::io::input::read_regular_text(path)?;
         Self::from_json(&text, &path.display().to_string())
     }
 
@@ -449,37 +446,12 @@ fn column_label(i: usize) -> String {
     s
 }
 
-/// Writes `bytes` to `path` so that readers see the old file or the whole new one, never a part: the data
-/// goes to a temporary file beside `path`, is flushed to disk, and is renamed over it. On failure the
-/// temporary file is removed and `path` is untouched.
+/// Writes `bytes` to `path` through the crate's one safe-output path,
+/// [`crate::io::output::write_file_atomically`]: readers see the old file or the whole new one, only an
+/// absent path or a regular file is replaced (never a device, a FIFO, a socket or a symbolic link), and
+/// on failure nothing is left beside `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{} is not a file path", path.display())))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    crate::io::output::write_file_atomically(path, bytes)
 }
 
 #[cfg(test)]
@@ -506,8 +478,8 @@ mod tests {
         // A missing folder is a typed error naming the path, and creates nothing.
         let bad = dir.join("missing").join("r.json");
         match write_atomic(&bad, b"x") {
-            Err(Error::Io { path, .. }) => assert!(path.ends_with("r.json")),
-            other => panic!("expected an Io error, got {other:?}"),
+            Err(Error::Output { path, .. }) => assert!(path.ends_with("r.json")),
+            other => panic!("expected an Output error, got {other:?}"),
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

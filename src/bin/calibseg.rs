@@ -121,7 +121,7 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
         weights: args.weights.clone(),
     };
     // A bad output path fails before the device is opened.
-    calibseg::io::output::check_file_target(&opts.output)?;
+    opts.check_output()?;
     let gpu = calibseg::Gpu::new()?;
     let report = calibseg::commands::loss::run(&gpu, &opts)?;
     out!(
@@ -292,10 +292,7 @@ struct PredictArgs {
 fn predict(a: PredictArgs) -> calibseg::Result<()> {
     use calibseg::nn::sliding_window::SlidingWindowConfig;
     let config = match a.config.strip_prefix('@') {
-        Some(file) => std::fs::read_to_string(file).map_err(|source| calibseg::Error::Io {
-            path: file.to_string(),
-            source,
-        })?,
+        Some(file) => calibseg::io::input::read_regular_text(file)?,
         None => a.config.clone(),
     };
     let window = match &a.roi {
@@ -317,13 +314,14 @@ fn predict(a: PredictArgs) -> calibseg::Result<()> {
     let o = calibseg::commands::predict::PredictOptions {
         arch: a.arch.parse()?,
         config,
+        config_file: a.config.strip_prefix('@').map(PathBuf::from),
         weights: a.weights,
         weights_prefix: a.weights_prefix,
         input: a.input,
         output: a.output,
         window,
     };
-    calibseg::io::output::check_file_target(&o.output)?;
+    o.check_output()?;
     let gpu = calibseg::Gpu::new()?;
     calibseg::commands::predict::run(&gpu, &o)?;
     out!("wrote {}", o.output.display());
@@ -371,20 +369,15 @@ struct TrainArgs {
     no_pictures: bool,
 }
 
-fn read_text(path: &std::path::Path) -> calibseg::Result<String> {
-    std::fs::read_to_string(path).map_err(|source| calibseg::Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
 fn train(a: TrainArgs) -> calibseg::Result<()> {
     use calibseg::commands::train::{train_in_folder, RunOptions};
     use calibseg::train::{Event, TrainConfig};
     let mut config = if a.resume {
-        TrainConfig::from_toml(&read_text(&a.out.join("config.toml"))?)?
+        TrainConfig::from_toml(&calibseg::io::input::read_regular_text(
+            &a.out.join("config.toml"),
+        )?)?
     } else if let Some(p) = &a.config {
-        TrainConfig::from_toml(&read_text(p)?)?
+        TrainConfig::from_toml(&calibseg::io::input::read_regular_text(p)?)?
     } else {
         TrainConfig::default()
     };
@@ -508,16 +501,7 @@ fn bench(a: BenchArgs) -> calibseg::Result<()> {
     }
     if let Some(path) = &a.json {
         // Fail before the run, not after it, when the report cannot be written there.
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if dir.is_some_and(|d| !d.is_dir()) {
-            return Err(calibseg::Error::Io {
-                path: path.display().to_string(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the folder to write the report in does not exist",
-                ),
-            });
-        }
+        calibseg::io::output::check_file_output(path, &[])?;
     }
     let gpu = calibseg::Gpu::new()?;
     let mut options = bench::Options::new(if a.quick {

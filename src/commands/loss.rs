@@ -62,10 +62,18 @@ fn host(shape: &[usize], t: &Tensor) -> Result<HostTensor> {
     Ok(HostTensor::F32(shape.to_vec(), t.to_vec_f32()?))
 }
 
+impl LossFileOptions {
+    /// Error unless [`LossFileOptions::output`] can be written (see
+    /// [`crate::io::output::check_file_output`]): not the input, not a special file, in a writable folder.
+    pub fn check_output(&self) -> Result<()> {
+        crate::io::output::check_file_output(&self.output, &[("--input", &self.input)])
+    }
+}
+
 /// Runs `calibseg loss`: nothing is written unless everything succeeded.
 pub fn run(gpu: &Gpu, opts: &LossFileOptions) -> Result<LossFileReport> {
-    // Refuse an output that cannot be replaced (a folder, a FIFO, a link) before any work.
-    crate::io::output::check_file_target(&opts.output)?;
+    // Refuse an output that cannot be written (a folder, a FIFO, a link, the input) before any work.
+    opts.check_output()?;
     let file = TensorFile::open(&opts.input)?;
     let path = file.path().to_string();
     let format = |message: String| Error::Format {

@@ -26,6 +26,8 @@ pub struct PredictOptions {
     pub arch: Arch,
     /// MONAI's keyword arguments as JSON text.
     pub config: String,
+    /// The file `config` was read from, if any (the output must not replace it).
+    pub config_file: Option<PathBuf>,
     /// Weights (safetensors, MONAI `state_dict` keys).
     pub weights: PathBuf,
     /// Only weights under this prefix, with it removed (`module.` etc. are removed automatically).
@@ -36,6 +38,21 @@ pub struct PredictOptions {
     pub output: PathBuf,
     /// Sliding-window inference; `None` runs the whole input at once.
     pub window: Option<SlidingWindowConfig>,
+}
+
+impl PredictOptions {
+    /// Error unless the output can be written (see [`crate::io::output::check_file_output`]): none of
+    /// the inputs (weights, input volume, configuration file), not a special file, in a writable folder.
+    pub fn check_output(&self) -> Result<()> {
+        let mut inputs = vec![
+            ("--weights", self.weights.as_path()),
+            ("--input", self.input.as_path()),
+        ];
+        if let Some(c) = &self.config_file {
+            inputs.push(("--config", c.as_path()));
+        }
+        crate::io::output::check_file_output(&self.output, &inputs)
+    }
 }
 
 /// Converts between a NIfTI image's voxel order (x fastest, then y, z, channel) and MONAI's array
@@ -106,7 +123,7 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
             o.input.display()
         )));
     }
-    crate::io::output::check_file_target(&o.output)?;
+    o.check_output()?;
     let net = build_network(gpu, o.arch, &o.config, 0)?;
     net.store()
         .load_safetensors(&o.weights, o.weights_prefix.as_deref())?;

@@ -94,6 +94,109 @@ pub fn check_file_target(path: &Path) -> Result<()> {
     }
 }
 
+/// Checks, before any work, that a command can write its file output `path`: the target is absent or a
+/// regular file ([`check_file_target`]), it lies in an existing folder where a file can be created (a
+/// probe file is created and removed), and it is none of the command's `inputs` (`(flag, path)` pairs,
+/// compared as files, see [`check_not_an_input`]). Errors name the output.
+pub fn check_file_output(path: impl AsRef<Path>, inputs: &[(&str, &Path)]) -> Result<()> {
+    let path = path.as_ref();
+    let (dir, name) = split(path)
+        .ok_or_else(|| out_err(path, "names no file (give a file name, not a folder)"))?;
+    check_file_target(path)?;
+    check_not_an_input(path, inputs)?;
+    match fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(out_err(path, format!("{} is not a folder", dir.display()))),
+        Err(e) => {
+            return Err(io_err(
+                path,
+                &format!("the folder {} to write it in is not usable", dir.display()),
+                e,
+            ))
+        }
+    }
+    let probe = temp_sibling(&dir, &name, "probe");
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| io_err(path, "cannot create a file there", e))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The identity of an existing file: device and inode where there are such (so every spelling, link
+/// and hard link of one file compares equal), else its canonical path.
+#[derive(PartialEq)]
+enum FileId {
+    #[cfg(unix)]
+    Inode(u64, u64),
+    #[allow(dead_code)] // the only kind off Unix
+    Path(PathBuf),
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path)
+            .ok()
+            .map(|m| FileId::Inode(m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        fs::canonicalize(path).ok().map(FileId::Path)
+    }
+}
+
+/// Error if the file output `path` is one of `inputs` (`(flag, path)` pairs): writing it would replace
+/// the input. Files are compared, not spellings (`./w.safetensors`, a link or a hard link to the input
+/// all count); an output that does not exist yet is no existing input.
+pub fn check_not_an_input(path: impl AsRef<Path>, inputs: &[(&str, &Path)]) -> Result<()> {
+    let path = path.as_ref();
+    let Some(out) = file_id(path) else {
+        return Ok(());
+    };
+    for (flag, input) in inputs {
+        if file_id(input).is_some_and(|i| i == out) {
+            return Err(out_err(
+                path,
+                format!(
+                    "is the {flag} file {}, an input of this command: writing it would replace \
+                     that input; choose another output path",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Error if the output folder `dir` is, or contains, one of `inputs` (`(flag, path)` pairs): replacing
+/// the folder would delete them. Compared by canonical paths (a folder that does not exist yet holds
+/// nothing).
+pub fn check_folder_holds_no_input(dir: impl AsRef<Path>, inputs: &[(&str, &Path)]) -> Result<()> {
+    let dir = dir.as_ref();
+    let Ok(out) = fs::canonicalize(dir) else {
+        return Ok(());
+    };
+    for (flag, input) in inputs {
+        if let Ok(c) = fs::canonicalize(input) {
+            if c.starts_with(&out) {
+                return Err(out_err(
+                    dir,
+                    format!(
+                        "holds the {flag} input {}; replacing the folder would delete it: choose \
+                         another output folder",
+                        input.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The folder a path lives in (`.` for a bare name) and its last component; `None` for paths such as `/`,
 /// `.` or `a/..` that name no entry of their own.
 fn split(path: &Path) -> Option<(PathBuf, OsString)> {

@@ -390,7 +390,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
     quiet(&mut o);
     o.overwrite = true;
     let e = eval::run(&gpu, &o, &mut |_| {}).unwrap_err().to_string();
-    assert!(e.contains("holds the input"), "{e}");
+    assert!(e.contains("holds the --probs input"), "{e}");
     assert!(test.exists());
     std::fs::remove_dir_all(&d).unwrap();
 }

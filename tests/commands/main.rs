@@ -10,3 +10,4 @@ mod cli_predict;
 mod eval;
 mod eval_reports;
 mod hostile;
+mod hostile_io;

@@ -257,28 +257,6 @@ fn parse_temperature(dir: &Path, text: &str) -> Result<TemperatureFit> {
     })
 }
 
-/// Error if the output folder exists and holds one of the shards (replacing it would delete them).
-fn check_out_holds_no_shard(o: &MergeOptions) -> Result<()> {
-    let Ok(out) = std::fs::canonicalize(&o.out) else {
-        return Ok(());
-    };
-    for p in &o.shards {
-        if let Ok(c) = std::fs::canonicalize(p) {
-            if c.starts_with(&out) {
-                return Err(Error::Output {
-                    path: o.out.display().to_string(),
-                    message: format!(
-                        "holds the evaluation {} to merge; replacing the folder would delete it: \
-                         choose another output folder",
-                        p.display()
-                    ),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Merges the evaluations in `o.shards` (disjoint sets of cases, same settings) and writes the reports of
 /// the whole set into `o.out`: the same files, bit for bit, as one `calibseg eval` over all the cases
 /// (see the module documentation). Needs no GPU.
@@ -289,7 +267,8 @@ pub fn merge(o: &MergeOptions) -> Result<EvalReport> {
         ));
     }
     let out = OutputDir::create(&o.out, o.overwrite)?;
-    check_out_holds_no_shard(o)?;
+    let inputs: Vec<(&str, &Path)> = o.shards.iter().map(|d| ("--merge", d.as_path())).collect();
+    crate::io::output::check_folder_holds_no_input(&o.out, &inputs)?;
     let shards: Vec<Shard> = o
         .shards
         .iter()

@@ -530,28 +530,6 @@ fn fit_on_file(gpu: &Gpu, path: &Path, classes: Option<usize>) -> Result<(Temper
     Ok((fit_temperature(&logits, &labels)?, shape[1]))
 }
 
-/// Error if the output folder exists and holds one of the inputs (replacing it would delete them).
-fn check_out_holds_no_input(o: &EvalOptions) -> Result<()> {
-    let Ok(out) = std::fs::canonicalize(&o.out) else {
-        return Ok(());
-    };
-    let inputs = [Some(&o.probs), Some(&o.labels), o.fit_temperature.as_ref()];
-    for p in inputs.into_iter().flatten() {
-        if let Ok(c) = std::fs::canonicalize(p) {
-            if c.starts_with(&out) {
-                return Err(Error::Output {
-                    path: o.out.display().to_string(),
-                    message: format!(
-                        "holds the input {}; replacing the folder would delete it: choose another output folder",
-                        p.display()
-                    ),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Runs the evaluation and writes `metrics.csv`, `summary.json`, `calibration.safetensors` and the pictures
 /// (`dataset_reliability.png`/`.svg`, `reliability/<image>.png`) into `out` (see [`OutputDir`] for when an
 /// existing folder is replaced). `on_event` hears of each case and of the writing, for a progress display.
@@ -564,7 +542,14 @@ pub fn run(gpu: &Gpu, o: &EvalOptions, on_event: &mut dyn FnMut(&Event)) -> Resu
     }
     // Refuse a bad output folder before any work.
     let out = OutputDir::create(&o.out, o.overwrite)?;
-    check_out_holds_no_input(o)?;
+    let mut inputs = vec![
+        ("--probs", o.probs.as_path()),
+        ("--labels", o.labels.as_path()),
+    ];
+    if let Some(t) = &o.fit_temperature {
+        inputs.push(("--fit-temperature", t.as_path()));
+    }
+    crate::io::output::check_folder_holds_no_input(&o.out, &inputs)?;
     let source = open_source(o)?;
     let temperature = match &o.fit_temperature {
         Some(p) => Some(fit_on_file(gpu, p, source.classes())?),
