@@ -4,18 +4,52 @@
 //! another back end fails here first.
 
 use calibseg::ops::conv::{
-    select_tiles, selectable_tiles, ConvTiles, PORTABLE_TILES, SUBGROUP_TILES,
+    select_tiles, selectable_tiles, ConvTiles, Entry, PORTABLE_TILES, SUBGROUP_TILES,
 };
 use calibseg::shaders::{self, Shader};
 use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
 
-/// Only what a variant really needs: proves the portable variants need nothing.
-fn capabilities(src: &str) -> Capabilities {
+/// What a module really needs, read from naga's IR: f16 where a type holds an f16, subgroups where an
+/// expression is a subgroup operation's result or an entry point takes a subgroup builtin (proves the
+/// portable variants need nothing).
+fn capabilities(module: &naga::Module) -> Capabilities {
+    use naga::{Binding, BuiltIn, Expression, Scalar, TypeInner};
     let mut caps = Capabilities::empty();
-    if src.contains("enable f16") {
+    let f16 = module.types.iter().any(|(_, t)| match t.inner {
+        TypeInner::Scalar(s)
+        | TypeInner::Vector { scalar: s, .. }
+        | TypeInner::Matrix { scalar: s, .. } => s == Scalar::F16,
+        _ => false,
+    });
+    if f16 {
         caps |= Capabilities::SHADER_FLOAT16;
     }
-    if src.contains("subgroup") {
+    let functions: Vec<&naga::Function> = module
+        .functions
+        .iter()
+        .map(|(_, f)| f)
+        .chain(module.entry_points.iter().map(|e| &e.function))
+        .collect();
+    let subgroup_ops = functions.iter().any(|f| {
+        f.expressions.iter().any(|(_, e)| {
+            matches!(
+                e,
+                Expression::SubgroupBallotResult | Expression::SubgroupOperationResult { .. }
+            )
+        })
+    });
+    let subgroup_builtins = functions.iter().flat_map(|f| &f.arguments).any(|a| {
+        matches!(
+            a.binding,
+            Some(Binding::BuiltIn(
+                BuiltIn::SubgroupInvocationId
+                    | BuiltIn::SubgroupSize
+                    | BuiltIn::SubgroupId
+                    | BuiltIn::NumSubgroups
+            ))
+        )
+    });
+    if subgroup_ops || subgroup_builtins {
         caps |= Capabilities::SUBGROUP;
     }
     caps
@@ -28,11 +62,13 @@ fn check(shader: &Shader, prelude: &str) -> Result<(), String> {
     )
 }
 
+fn parse(src: &str, name: &str) -> Result<naga::Module, String> {
+    naga::front::wgsl::parse_str(src).map_err(|e| format!("{name}: {}", e.emit_to_string(src)))
+}
+
 fn check_source(src: &str, name: &str) -> Result<(), String> {
-    let src = src.to_string();
-    let module = naga::front::wgsl::parse_str(&src)
-        .map_err(|e| format!("{name}: {}", e.emit_to_string(&src)))?;
-    let caps = capabilities(&src);
+    let module = parse(src, name)?;
+    let caps = capabilities(&module);
     let mut validator = Validator::new(ValidationFlags::all(), caps);
     if caps.contains(Capabilities::SUBGROUP) {
         validator
@@ -129,7 +165,26 @@ fn every_selectable_conv_variant_validates_and_translates_to_every_back_end() {
     let mut failures = Vec::new();
     for t in &variants {
         let src = t.source();
-        assert_eq!(src.contains("subgroup"), t.subgroup, "{}", t.id());
+        let module = parse(&src, &t.id()).unwrap();
+        assert_eq!(
+            capabilities(&module).contains(Capabilities::SUBGROUP),
+            t.subgroup,
+            "{}: needs subgroups unless it is a subgroup variant",
+            t.id()
+        );
+        assert_eq!(
+            capabilities(&module) & !Capabilities::SUBGROUP,
+            Capabilities::empty(),
+            "{}",
+            t.id()
+        );
+        let entries: Vec<&str> = module
+            .entry_points
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        let expected: Vec<&str> = Entry::ALL.iter().map(|e| e.name()).collect();
+        assert_eq!(entries, expected, "{}: entry points", t.id());
         if let Err(e) = check_source(&src, &t.id()) {
             failures.push(e);
         }

@@ -3,7 +3,8 @@
 
 use super::geometry::ConvGeometry;
 use super::tiles::{
-    select_tiles, ConvTiles, POINTWISE_CHANNELS, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
+    select_tiles, ConvTiles, Entry, POINTWISE_CHANNELS, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK,
+    WORKGROUP,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, GeneratedModule, Gpu, Kernel};
@@ -25,7 +26,7 @@ pub fn tiles_for(gpu: &Gpu) -> ConvTiles {
 }
 
 /// The compiled kernel `entry` of this device's convolution module (generated and compiled once).
-fn conv_kernel(gpu: &Gpu, tiles: &ConvTiles, entry: &'static str) -> Result<Kernel> {
+fn conv_kernel(gpu: &Gpu, tiles: &ConvTiles, entry: Entry) -> Result<Kernel> {
     let id = tiles.id();
     gpu.generated_kernel(
         GeneratedModule {
@@ -34,7 +35,7 @@ fn conv_kernel(gpu: &Gpu, tiles: &ConvTiles, entry: &'static str) -> Result<Kern
             zero_workgroup_memory: false,
         },
         &|| tiles.source(),
-        entry,
+        entry.name(),
     )
 }
 
@@ -95,7 +96,11 @@ pub(crate) fn record_forward(
     }
     let t = tiles_for(gpu).for_call(g.cout, g.n * g.output_voxels());
     let row = row_path(&t, g, g.output[2]);
-    let entry = if row { "forward_row" } else { "forward" };
+    let entry = if row {
+        Entry::ForwardRow
+    } else {
+        Entry::Forward
+    };
     let k = conv_kernel(gpu, &t, entry)?;
     let mut p = g.params(0, bias.is_some());
     p.stride[3] = u32::from(residual.is_some());
@@ -144,12 +149,15 @@ pub(crate) fn record_backward_data(
         let per_class = (g.n * largest).div_ceil(t.workgroup_cols());
         p.chunk[3] = per_class as u32;
         let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
-        ("backward_data_phase", grid)
+        (Entry::BackwardDataPhase, grid)
     } else if row_path(&t, g, g.input[2]) {
-        ("backward_data_row", row_grid(gpu, &t, g.n, g.input, g.cin)?)
+        (
+            Entry::BackwardDataRow,
+            row_grid(gpu, &t, g.n, g.input, g.cin)?,
+        )
     } else {
         (
-            "backward_data",
+            Entry::BackwardData,
             col_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?,
         )
     };
@@ -205,7 +213,7 @@ pub(crate) fn record_backward_weight(
             )));
         }
         (
-            "backward_weight_pointwise",
+            Entry::BackwardWeightPointwise,
             "conv backward_weight (1x1x1)",
             [splits as u32, tiles as u32, 1],
         )
@@ -213,13 +221,13 @@ pub(crate) fn record_backward_weight(
         // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
         let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(WORKGROUP * t.row_kernel_rows);
         (
-            "backward_weight_row",
+            Entry::BackwardWeightRow,
             "conv backward_weight",
             [tiles as u32, m_tiles as u32, splits as u32],
         )
     } else {
         (
-            "backward_weight",
+            Entry::BackwardWeight,
             "conv backward_weight",
             [col_tiles as u32, m_tiles as u32, splits as u32],
         )

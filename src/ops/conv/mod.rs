@@ -27,7 +27,7 @@ pub use geometry::ConvGeometry;
 pub(crate) use geometry::{per_axis, spatial3};
 pub use launch::tiles_for;
 pub(crate) use launch::{record_backward_data, record_backward_weight, record_forward};
-pub use tiles::{select_tiles, selectable_tiles, ConvTiles, PORTABLE_TILES, SUBGROUP_TILES};
+pub use tiles::{select_tiles, selectable_tiles, ConvTiles, Entry, PORTABLE_TILES, SUBGROUP_TILES};
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};

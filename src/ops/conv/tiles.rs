@@ -166,3 +166,52 @@ pub fn selectable_tiles() -> Vec<ConvTiles> {
     }
     v
 }
+
+/// The entry points of a convolution module (both modules have all of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Entry {
+    /// The forward convolution, general kernels.
+    Forward,
+    /// The forward convolution for stride 1 and 3 taps along W.
+    ForwardRow,
+    /// The input gradient, general kernels, stride 1.
+    BackwardData,
+    /// The input gradient for stride 1 and 3 taps along W.
+    BackwardDataRow,
+    /// The input gradient at strides over 1, one sub-pixel phase class per workgroup.
+    BackwardDataPhase,
+    /// The weight gradient's per-split partials, general kernels.
+    BackwardWeight,
+    /// The weight gradient's per-split partials for stride 1 and 3 taps along W.
+    BackwardWeightRow,
+    /// The weight gradient of 1x1x1 kernels at stride 1 without padding.
+    BackwardWeightPointwise,
+}
+
+impl Entry {
+    /// Every entry point, in the order the module defines them.
+    pub const ALL: [Entry; 8] = [
+        Entry::Forward,
+        Entry::BackwardData,
+        Entry::BackwardWeight,
+        Entry::ForwardRow,
+        Entry::BackwardDataRow,
+        Entry::BackwardWeightRow,
+        Entry::BackwardDataPhase,
+        Entry::BackwardWeightPointwise,
+    ];
+
+    /// The entry point's name in the WGSL.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entry::Forward => "forward",
+            Entry::ForwardRow => "forward_row",
+            Entry::BackwardData => "backward_data",
+            Entry::BackwardDataRow => "backward_data_row",
+            Entry::BackwardDataPhase => "backward_data_phase",
+            Entry::BackwardWeight => "backward_weight",
+            Entry::BackwardWeightRow => "backward_weight_row",
+            Entry::BackwardWeightPointwise => "backward_weight_pointwise",
+        }
+    }
+}

@@ -2,12 +2,14 @@
 
 use super::subgroup::{broadcast_fmas, weight_lane_loads};
 use super::*;
+use crate::ops::conv::tiles::Entry;
 
 /// The input gradient for strides over 1 by sub-pixel phase (`backward_data_phase`): the input voxels whose
 /// `(i + pad) % stride` agree on every axis (one phase class) take the same taps, those with
 /// `(i + pad - tap) % stride == 0`, so each workgroup owns columns of one class and loops over that class's
 /// taps only (3x3x3 at stride 2: 1 to 8 of the 27 taps, none masked). Appended to both modules.
 fn phase_columns(tn: usize, q: usize, subgroup: bool) -> String {
+    let backward_data_phase = Entry::BackwardDataPhase.name();
     let m = 4 * q;
     let ptile = STAGE * q;
     let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
@@ -40,7 +42,7 @@ fn phase_tap(u: u32, r: vec3<u32>, nt: vec3<u32>) -> u32 {{
 }}
 
 @compute @workgroup_size(64)
-fn backward_data_phase(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn {backward_data_phase}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32{lane_arg}) {{
     let cin = p.dims.y;
     let cout = p.dims.z;

@@ -1,10 +1,15 @@
 //! The portable module: operands shared by the workgroup are staged in workgroup memory.
 
 use super::*;
+use crate::ops::conv::tiles::Entry;
 
 /// The portable module's kernels (after `portable.wgsl` and `common.wgsl`): operands shared by the workgroup
 /// are staged in workgroup memory.
 pub(super) fn portable(tn: usize, q: usize, tnw: usize, tr: usize) -> String {
+    let forward = Entry::Forward.name();
+    let backward_data = Entry::BackwardData.name();
+    let backward_weight = Entry::BackwardWeight.name();
+    let backward_weight_row = Entry::BackwardWeightRow.name();
     let mut out = String::new();
     let fmas = |ind: &str, tile: &str| {
         let mut s = Vec::new();
@@ -38,7 +43,7 @@ pub(super) fn portable(tn: usize, q: usize, tnw: usize, tr: usize) -> String {
     out += &format!(
         "
 @compute @workgroup_size(64)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn {forward}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {{
     let cin = p.dims.y;
     let cout = p.dims.z;
@@ -123,7 +128,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         "
 // dx over input voxels (columns); `src` is dy, the reduced channel is the output channel.
 @compute @workgroup_size(64)
-fn backward_data(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn {backward_data}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {{
     let cin = p.dims.y;
     let cout = p.dims.z;
@@ -220,7 +225,7 @@ var<workgroup> dytile: array<vec4<f32>, {dytile}>; // [voxel][TM out channels]
 var<workgroup> vbase: array<vec4<i32>, {VOXEL_CHUNK}>;  // per voxel: z0, y0, x0, flat x offset of (z0, y0, x0)
 
 @compute @workgroup_size(64)
-fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
+fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
     let cin = p.dims.y;
     let cout = p.dims.z;
     let ivox = p.isz.w;
@@ -400,7 +405,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 
     let fwd_win = String::from(FWD_WINDOW_ROWS) + &window(win, "p.isz.z");
     out += &windowed(
-        "forward_row",
+        Entry::ForwardRow.name(),
         &format!("forward for stride 1 and {kw_n} taps along W: {tnw} consecutive results of a row per invocation, the {kw_n} taps\n// along W reading one window of {win} gathered values per input channel."),
         "cin",
         "cout",
@@ -421,7 +426,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     );
     let bwd_win = String::from(BWD_WINDOW_ROWS) + &window(win, "p.osz.z");
     out += &windowed(
-        "backward_data_row",
+        Entry::BackwardDataRow.name(),
         "backward_data for stride 1 and 3 taps along W (as forward_row).",
         "cout",
         "cin",
@@ -456,7 +461,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // (ci, kd, kh), {tr} per invocation with their {kw_n} taps; each aligned group of {g} staged voxels is one row segment,
 // whose {g} x {kw_n} steps of a kernel row read one window of {rwin} gathered values.
 @compute @workgroup_size(64)
-fn backward_weight_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
+fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
     let cin = p.dims.y;
     let cout = p.dims.z;
     let ivox = p.isz.w;

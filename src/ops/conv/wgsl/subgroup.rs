@@ -1,6 +1,7 @@
 //! The subgroup module: operands shared by the workgroup are broadcast across 8 lanes.
 
 use super::*;
+use crate::ops::conv::tiles::Entry;
 
 /// Lane `lane` of each group of 8 loads the weights of reduced channel `c0 + lane` for the result channels.
 /// One reduction step of the subgroup kernels: lane `k`'s weights broadcast to every lane, each column's
@@ -46,6 +47,8 @@ pub(super) fn weight_lane_loads(ind: &str, quads: usize, widx: &dyn Fn(usize) ->
 /// The subgroup module's kernels (after `subgroup.wgsl` and `common.wgsl`): operands shared by the workgroup
 /// are broadcast across 8 lanes.
 pub(super) fn subgroup(tn: usize, q: usize, tnw: usize, qw: usize, tr: usize) -> String {
+    let backward_weight = Entry::BackwardWeight.name();
+    let backward_weight_row = Entry::BackwardWeightRow.name();
     let sg = SUBGROUP_LANES;
     let rm = 4 * qw;
     let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
@@ -140,7 +143,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             &|m| format!(" + bv[{m}]"),
         );
     out += &conv_like(
-        "forward",
+        Entry::Forward.name(),
         "y over output voxels (columns); reduced channel = input channel.",
         "p.osz",
         "p.dims.x * ovox",
@@ -189,7 +192,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         &|_| String::new(),
     );
     out += &conv_like(
-        "backward_data",
+        Entry::BackwardData.name(),
         "dx over input voxels (columns); `src` is dy, reduced channel = output channel.",
         "p.isz",
         "p.dims.x * ivox",
@@ -221,7 +224,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // backward_weight: columns are weight entries e = ci * kvol + tap, `src` is x, `wts` is dy, `out3` the
 // per-split partials; the reduction runs over the voxels of split wid.z, 8 at a time.
 @compute @workgroup_size(64)
-fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                    @builtin(subgroup_invocation_id) sgid: u32) {{
     let cin = p.dims.y;
     let cout = p.dims.z;
@@ -432,7 +435,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     };
     let row_decode_sg = |sz: &str| row_decode(tnw, sz).replace("* WGS + lid", "* 64u + lid");
     out += &windowed(
-        "forward_row",
+        Entry::ForwardRow.name(),
         "forward, row kernel (see forward).",
         "cin",
         "cout",
@@ -452,7 +455,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         true,
     );
     out += &windowed(
-        "backward_data_row",
+        Entry::BackwardDataRow.name(),
         "backward_data, row kernel (see backward_data).",
         "cout",
         "cin",
@@ -486,7 +489,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // {sg} long, so each group of {sg} voxels is one row segment and the {kw_n} taps along W of a kernel row read one
 // window of {rwin} gathered values. Columns are kernel rows (ci, kd, kh); {tr} per invocation.
 @compute @workgroup_size(64)
-fn backward_weight_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                        @builtin(subgroup_invocation_id) sgid: u32) {{
     let cin = p.dims.y;
     let cout = p.dims.z;
