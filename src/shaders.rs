@@ -192,3 +192,29 @@ pub const ALL: &[Shader] = &[
     ADAMW,
     SLIDING_WINDOW,
 ];
+
+/// The check that a `#[repr(C)]` struct and its WGSL mirror agree: each layout test names the WGSL source,
+/// the struct's name there, and the Rust size and field offsets (`size_of`, `offset_of!`).
+#[cfg(test)]
+pub(crate) fn assert_wgsl_layout(source: &str, name: &str, size: usize, fields: &[(&str, usize)]) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let ty = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no struct {name} in the WGSL"))
+        .1;
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("{name} is not a struct in the WGSL");
+    };
+    let wgsl: Vec<(&str, usize)> = members
+        .iter()
+        .map(|m| (m.name.as_deref().unwrap_or("?"), m.offset as usize))
+        .collect();
+    assert_eq!(
+        wgsl, fields,
+        "{name}: field offsets (WGSL left, Rust right)"
+    );
+    assert_eq!(*span as usize, size, "{name}: size (WGSL left, Rust right)");
+}
