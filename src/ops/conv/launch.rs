@@ -81,8 +81,9 @@ pub(super) fn check_f32(ts: &[(&Tensor, &str)]) -> Result<()> {
     Ok(())
 }
 
-/// Records the forward convolution of `x` with `w` (+ `bias`) into `out` (shapes as `g`).
-pub(crate) fn record_forward(
+/// Encodes the forward convolution of `x` with `w` (+ `bias`, + `residual`) into `out` (shapes as `g`), as
+/// one batch submitted to the GPU's queue (or to the open recording scope).
+pub(crate) fn encode_forward(
     gpu: &Gpu,
     g: &ConvGeometry,
     x: &Tensor,
@@ -126,8 +127,8 @@ pub(crate) fn record_forward(
     Ok(())
 }
 
-/// Records the input gradient (`dy` over the output, `w`) into `dx` (the input's shape).
-pub(crate) fn record_backward_data(
+/// Encodes the input gradient (`dy` over the output, `w`) into `dx` (the input's shape), as one batch.
+pub(crate) fn encode_backward_data(
     gpu: &Gpu,
     g: &ConvGeometry,
     dy: &Tensor,
@@ -173,8 +174,9 @@ pub(crate) fn record_backward_data(
     Ok(())
 }
 
-/// Records the weight gradient (input `x`, output gradient `dy`) into `dw` (`[C_out, C_in, k...]`).
-pub(crate) fn record_backward_weight(
+/// Encodes the weight gradient (input `x`, output gradient `dy`) into `dw` (`[C_out, C_in, k...]`): the
+/// per-split partials and their fixed-order sum, as one batch.
+pub(crate) fn encode_backward_weight(
     gpu: &Gpu,
     g: &ConvGeometry,
     x: &Tensor,

@@ -26,7 +26,7 @@ mod wgsl;
 pub use geometry::ConvGeometry;
 pub(crate) use geometry::{per_axis, spatial3};
 pub use launch::tiles_for;
-pub(crate) use launch::{record_backward_data, record_backward_weight, record_forward};
+pub(crate) use launch::{encode_backward_data, encode_backward_weight, encode_forward};
 pub use tiles::{select_tiles, selectable_tiles, ConvTiles, Entry, PORTABLE_TILES, SUBGROUP_TILES};
 
 use crate::error::{Error, Result};
@@ -89,7 +89,7 @@ fn conv_with_residual(
         }
     }
     let out = Tensor::uninit(x.gpu(), &out_shape, DType::F32)?;
-    record_forward(x.gpu(), &g, x, w, bias, residual, &out)?;
+    encode_forward(x.gpu(), &g, x, w, bias, residual, &out)?;
     Ok(out)
 }
 
@@ -114,7 +114,7 @@ pub fn conv_backward_data(
         )));
     }
     let dx = Tensor::uninit(dy.gpu(), input_shape, DType::F32)?;
-    record_backward_data(dy.gpu(), &g, dy, w, &dx)?;
+    encode_backward_data(dy.gpu(), &g, dy, w, &dx)?;
     Ok(dx)
 }
 
@@ -139,7 +139,7 @@ pub fn conv_backward_weight(
         )));
     }
     let dw = Tensor::uninit(x.gpu(), weight_shape, DType::F32)?;
-    record_backward_weight(x.gpu(), &g, x, dy, &dw)?;
+    encode_backward_weight(x.gpu(), &g, x, dy, &dw)?;
     Ok(dw)
 }
 

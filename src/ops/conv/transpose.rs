@@ -3,7 +3,7 @@
 //! convolution's gather kernels: forward = `backward_data`, input gradient = `forward`, weight gradient =
 //! `backward_weight` with the roles of input and output swapped.
 
-use super::{per_axis, record_backward_data, spatial3, ConvGeometry};
+use super::{encode_backward_data, per_axis, spatial3, ConvGeometry};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -72,7 +72,7 @@ pub fn conv_transpose(
     w.expect_dtype(DType::F32, "transposed convolution weight")?;
     let (g, yshape) = geometry(x.shape(), w.shape(), stride, padding, output_padding)?;
     let y = Tensor::uninit(x.gpu(), &yshape, DType::F32)?;
-    record_backward_data(x.gpu(), &g, x, w, &y)?;
+    encode_backward_data(x.gpu(), &g, x, w, &y)?;
     if let Some(b) = bias {
         crate::ops::add::add_channel_bias_inplace(&y, b)?;
     }
