@@ -1,122 +1,12 @@
-//! Layers: parameters as [`Var`]s plus their settings, with `forward(&tape, &x)`, initialised as PyTorch
-//! does and addressable by the names PyTorch/MONAI state_dicts use (`weight`, `bias`).
+//! Layers: parameters as [`Var`]s plus their settings, with `forward(&tape, &x)`. Each layer's `build`
+//! creates its parameters in a [`VarBuilder`]'s store, initialised as PyTorch does and named as
+//! PyTorch/MONAI state_dicts name them (`<prefix>.weight`, `<prefix>.bias`).
 
-use super::init::{kaiming_uniform_bound, SeededRng};
+use super::init::kaiming_uniform_bound;
 use super::store::{Init, VarBuilder};
 use super::Var;
 use crate::autograd::Tape;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::ops::norm::DEFAULT_EPS;
-use crate::tensor::Tensor;
-
-/// Something holding named parameters.
-pub trait Parameters {
-    /// Calls `f` with each parameter's full name (`prefix` + `.` + local name) and variable.
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var));
-
-    /// Calls `f` with each parameter mutably (to load weights).
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var));
-
-    /// All parameters with their names.
-    fn named_parameters(&self, prefix: &str) -> Vec<(String, Var)> {
-        let mut out = Vec::new();
-        self.visit(prefix, &mut |n, v| out.push((n, v.clone())));
-        out
-    }
-
-    /// All parameters.
-    fn parameters(&self) -> Vec<Var> {
-        self.named_parameters("")
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect()
-    }
-
-    /// Replaces each parameter's value by `lookup(name)`; errors name the first missing parameter.
-    fn load(&mut self, prefix: &str, lookup: &mut dyn FnMut(&str) -> Option<Tensor>) -> Result<()> {
-        let mut err = None;
-        self.visit_mut(prefix, &mut |name, v| {
-            if err.is_some() {
-                return;
-            }
-            match lookup(&name) {
-                Some(t) => {
-                    if let Err(e) = v.set(t) {
-                        err = Some(Error::shape(format!("{name}: {e}")));
-                    }
-                }
-                None => err = Some(Error::invalid(format!("no tensor named {name}"))),
-            }
-        });
-        err.map_or(Ok(()), Err)
-    }
-}
-
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
-fn uniform_param(gpu: &Gpu, shape: &[usize], bound: f64, rng: &mut SeededRng) -> Result<Var> {
-    let n: usize = shape.iter().product();
-    Ok(Var::parameter(Tensor::from_f32(
-        gpu,
-        shape,
-        &rng.uniform_symmetric(n, bound),
-    )?))
-}
-
-/// A weight of `shape` and an optional `[cout]` bias, initialised as PyTorch's conv layers do
-/// (kaiming-uniform with a = sqrt(5), bias U(+-1/sqrt(fan_in))).
-fn weight_and_bias(
-    gpu: &Gpu,
-    shape: &[usize],
-    fan_in: usize,
-    cout: usize,
-    bias: bool,
-    rng: &mut SeededRng,
-) -> Result<(Var, Option<Var>)> {
-    let weight = uniform_param(gpu, shape, kaiming_uniform_bound(fan_in, 5f64.sqrt()), rng)?;
-    let bias = if bias {
-        Some(uniform_param(
-            gpu,
-            &[cout],
-            1.0 / (fan_in as f64).sqrt(),
-            rng,
-        )?)
-    } else {
-        None
-    };
-    Ok((weight, bias))
-}
-
-fn visit_weight_bias(
-    prefix: &str,
-    weight: &Var,
-    bias: Option<&Var>,
-    f: &mut dyn FnMut(String, &Var),
-) {
-    f(join(prefix, "weight"), weight);
-    if let Some(b) = bias {
-        f(join(prefix, "bias"), b);
-    }
-}
-
-fn visit_weight_bias_mut(
-    prefix: &str,
-    weight: &mut Var,
-    bias: Option<&mut Var>,
-    f: &mut dyn FnMut(String, &mut Var),
-) {
-    f(join(prefix, "weight"), weight);
-    if let Some(b) = bias {
-        f(join(prefix, "bias"), b);
-    }
-}
 
 /// Settings of a [`Conv`] or [`ConvTranspose`] layer (burn's `Conv3dConfig` in spirit): the kernel size per
 /// spatial axis and one stride, padding and output padding for every axis.
@@ -210,30 +100,6 @@ pub struct Conv {
 }
 
 impl Conv {
-    /// A layer with PyTorch's default initialisation: `kernel` has one entry per spatial axis (3 for 3D).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        gpu: &Gpu,
-        cin: usize,
-        cout: usize,
-        kernel: &[usize],
-        stride: usize,
-        padding: usize,
-        bias: bool,
-        rng: &mut SeededRng,
-    ) -> Result<Self> {
-        let fan_in = cin * kernel.iter().product::<usize>();
-        let mut shape = vec![cout, cin];
-        shape.extend_from_slice(kernel);
-        let (weight, bias) = weight_and_bias(gpu, &shape, fan_in, cout, bias, rng)?;
-        Ok(Conv {
-            weight,
-            bias,
-            stride: vec![stride],
-            padding: vec![padding],
-        })
-    }
-
     /// A layer whose `weight` (and `bias`) are created in `vb`'s store under its prefix, initialised as
     /// PyTorch does.
     pub fn build(vb: &VarBuilder, cin: usize, cout: usize, config: &ConvConfig) -> Result<Self> {
@@ -274,15 +140,6 @@ impl Conv {
     }
 }
 
-impl Parameters for Conv {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var)) {
-        visit_weight_bias(prefix, &self.weight, self.bias.as_ref(), f);
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var)) {
-        visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
-    }
-}
-
 /// A transposed convolution layer (`nn.ConvTranspose3d`), weight `[C_in, C_out, k...]`.
 #[derive(Clone, Debug)]
 pub struct ConvTranspose {
@@ -299,32 +156,6 @@ pub struct ConvTranspose {
 }
 
 impl ConvTranspose {
-    /// A layer with PyTorch's default initialisation (fan-in = C_out x kernel volume, as PyTorch computes it).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        gpu: &Gpu,
-        cin: usize,
-        cout: usize,
-        kernel: &[usize],
-        stride: usize,
-        padding: usize,
-        output_padding: usize,
-        bias: bool,
-        rng: &mut SeededRng,
-    ) -> Result<Self> {
-        let fan_in = cout * kernel.iter().product::<usize>();
-        let mut shape = vec![cin, cout];
-        shape.extend_from_slice(kernel);
-        let (weight, bias) = weight_and_bias(gpu, &shape, fan_in, cout, bias, rng)?;
-        Ok(ConvTranspose {
-            weight,
-            bias,
-            stride: vec![stride],
-            padding: vec![padding],
-            output_padding: vec![output_padding],
-        })
-    }
-
     /// A layer whose `weight` `[C_in, C_out, k...]` (and `bias`) are created in `vb`'s store.
     pub fn build(vb: &VarBuilder, cin: usize, cout: usize, config: &ConvConfig) -> Result<Self> {
         let fan_in = cout * config.kernel.iter().product::<usize>();
@@ -350,15 +181,6 @@ impl ConvTranspose {
             &self.padding,
             &self.output_padding,
         )
-    }
-}
-
-impl Parameters for ConvTranspose {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var)) {
-        visit_weight_bias(prefix, &self.weight, self.bias.as_ref(), f);
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var)) {
-        visit_weight_bias_mut(prefix, &mut self.weight, self.bias.as_mut(), f);
     }
 }
 
@@ -396,17 +218,6 @@ pub struct Norm {
 }
 
 impl Norm {
-    /// A layer over `channels` channels.
-    pub fn new(gpu: &Gpu, kind: NormKind, channels: usize) -> Result<Self> {
-        check_groups(kind, channels)?;
-        Ok(Norm {
-            kind,
-            weight: Var::parameter(Tensor::from_f32(gpu, &[channels], &vec![1.0; channels])?),
-            bias: Var::parameter(Tensor::from_f32(gpu, &[channels], &vec![0.0; channels])?),
-            eps: DEFAULT_EPS,
-        })
-    }
-
     /// A layer whose `weight` (ones) and `bias` (zeros) are created in `vb`'s store; `eps` as in PyTorch.
     pub fn build(vb: &VarBuilder, kind: NormKind, channels: usize, eps: f32) -> Result<Self> {
         check_groups(kind, channels)?;
@@ -432,16 +243,5 @@ impl Norm {
             NormKind::Instance => tape.instance_norm_relu(x, &self.weight, &self.bias, self.eps),
             NormKind::Group(g) => tape.group_norm_relu(x, g, &self.weight, &self.bias, self.eps),
         }
-    }
-}
-
-impl Parameters for Norm {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Var)) {
-        f(join(prefix, "weight"), &self.weight);
-        f(join(prefix, "bias"), &self.bias);
-    }
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(String, &mut Var)) {
-        f(join(prefix, "weight"), &mut self.weight);
-        f(join(prefix, "bias"), &mut self.bias);
     }
 }

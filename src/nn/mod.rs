@@ -18,7 +18,7 @@ mod store;
 pub use adamw::{AdamW, AdamWConfig};
 pub use inference::{build_network, predict_logits, Arch};
 pub use init::{kaiming_uniform_bound, SeededRng};
-pub use layers::{Conv, ConvConfig, ConvTranspose, Norm, NormKind, Parameters};
+pub use layers::{Conv, ConvConfig, ConvTranspose, Norm, NormKind};
 pub use monai_args::{NormName, NormSpec};
 pub use network::{Mode, Network};
 pub use schedule::WarmupCosineSchedule;

@@ -1,11 +1,13 @@
-//! Layers' PyTorch-style initialisation, parameter names and loading, AdamW against an f64 transcription of
+//! Layers' PyTorch-style initialisation, parameter names and loading through the parameter store, AdamW against an f64 transcription of
 //! PyTorch's algorithm, and MONAI's WarmupCosineSchedule against values worked out from its formula.
 
 use crate::common;
 
+use std::collections::BTreeMap;
+
 use calibseg::autograd::{Grads, Tape, Var};
 use calibseg::nn::{
-    AdamW, AdamWConfig, Conv, ConvTranspose, Norm, NormKind, Parameters, SeededRng,
+    AdamW, AdamWConfig, Conv, ConvConfig, ConvTranspose, Norm, NormKind, ParamStore,
     WarmupCosineSchedule,
 };
 use calibseg::Tensor;
@@ -14,8 +16,10 @@ use common::{assert_close, gpu, Rng};
 #[test]
 fn conv_init_is_kaiming_uniform_with_a_sqrt5() {
     let Some(gpu) = gpu() else { return };
-    let mut rng = SeededRng::new(7);
-    let conv = Conv::new(&gpu, 16, 32, &[3, 3, 3], 1, 1, true, &mut rng).unwrap();
+    let store = ParamStore::new(&gpu);
+    let vb = store.builder(7);
+    let k3 = ConvConfig::new(3, 3).padding(1).bias(true);
+    let conv = Conv::build(&vb.pp("conv"), 16, 32, &k3).unwrap();
     let fan_in = 16.0 * 27.0;
     let bound = 1.0 / f64::sqrt(fan_in);
     let w = conv.weight.tensor().to_vec_f32().unwrap();
@@ -33,12 +37,12 @@ fn conv_init_is_kaiming_uniform_with_a_sqrt5() {
     let b = conv.bias.as_ref().unwrap().tensor().to_vec_f32().unwrap();
     assert!(b.iter().all(|&v| (v as f64).abs() <= bound) && b.iter().any(|&v| v != 0.0));
     // Seeded: same seed, same weights; another seed, others.
-    let again = Conv::new(&gpu, 16, 32, &[3, 3, 3], 1, 1, true, &mut SeededRng::new(7)).unwrap();
-    assert_eq!(again.weight.tensor().to_vec_f32().unwrap(), w);
-    let other = Conv::new(&gpu, 16, 32, &[3, 3, 3], 1, 1, true, &mut SeededRng::new(8)).unwrap();
-    assert_ne!(other.weight.tensor().to_vec_f32().unwrap(), w);
+    let seeded = |seed| Conv::build(&ParamStore::new(&gpu).builder(seed), 16, 32, &k3).unwrap();
+    assert_eq!(seeded(7).weight.tensor().to_vec_f32().unwrap(), w);
+    assert_ne!(seeded(8).weight.tensor().to_vec_f32().unwrap(), w);
     // Transposed conv: PyTorch's fan-in is weight.shape[1] * kernel volume = C_out * 27.
-    let up = ConvTranspose::new(&gpu, 32, 4, &[3, 3, 3], 2, 1, 1, false, &mut rng).unwrap();
+    let up_config = ConvConfig::new(3, 3).stride(2).padding(1).output_padding(1);
+    let up = ConvTranspose::build(&vb.pp("up"), 32, 4, &up_config).unwrap();
     assert_eq!(up.weight.shape(), [32, 4, 3, 3, 3]);
     let wb = 1.0 / f64::sqrt(4.0 * 27.0);
     let w = up.weight.tensor().to_vec_f32().unwrap();
@@ -49,33 +53,35 @@ fn conv_init_is_kaiming_uniform_with_a_sqrt5() {
 #[test]
 fn norms_start_at_ones_and_zeros_and_names_follow_pytorch() {
     let Some(gpu) = gpu() else { return };
-    let norm = Norm::new(&gpu, NormKind::Group(4), 8).unwrap();
+    let norms = ParamStore::new(&gpu);
+    let norm = Norm::build(&norms.builder(1).pp("norm"), NormKind::Group(4), 8, 1e-5).unwrap();
     assert_eq!(norm.weight.tensor().to_vec_f32().unwrap(), vec![1.0; 8]);
     assert_eq!(norm.bias.tensor().to_vec_f32().unwrap(), vec![0.0; 8]);
-    assert!(Norm::new(&gpu, NormKind::Group(3), 8).is_err());
-    let mut conv = Conv::new(&gpu, 2, 3, &[1, 1, 1], 1, 0, true, &mut SeededRng::new(1)).unwrap();
-    let names: Vec<String> = conv
-        .named_parameters("head.conv")
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    assert_eq!(names, ["head.conv.weight", "head.conv.bias"]);
+    assert!(Norm::build(&norms.builder(1).pp("bad"), NormKind::Group(3), 8, 1e-5).is_err());
+    assert_eq!(norms.names(), ["norm.weight", "norm.bias"]);
+    let store = ParamStore::new(&gpu);
+    let vb = store.builder(1).pp("head").pp("conv");
+    let conv = Conv::build(&vb, 2, 3, &ConvConfig::new(3, 1).bias(true)).unwrap();
+    assert_eq!(store.names(), ["head.conv.weight", "head.conv.bias"]);
     // Loading by name keeps each variable's identity and replaces its value.
     let id = conv.weight.id();
-    let w = Tensor::from_f32(&gpu, &[3, 2, 1, 1, 1], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-    let b = Tensor::from_f32(&gpu, &[3], &[7.0, 8.0, 9.0]).unwrap();
-    conv.load("head.conv", &mut |name| match name {
-        "head.conv.weight" => Some(w.clone()),
-        "head.conv.bias" => Some(b.clone()),
-        _ => None,
-    })
-    .unwrap();
+    let tensors = BTreeMap::from([
+        (
+            "head.conv.weight".to_string(),
+            (vec![3, 2, 1, 1, 1], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        ),
+        ("head.conv.bias".to_string(), (vec![3], vec![7.0, 8.0, 9.0])),
+    ]);
+    store.load_state_dict(&tensors).unwrap();
     assert_eq!(conv.weight.id(), id);
     let x = Var::constant(Tensor::from_f32(&gpu, &[1, 2, 1, 1, 1], &[1.0, 1.0]).unwrap());
     let y = conv.forward(&Tape::new(), &x).unwrap();
     assert_eq!(y.tensor().to_vec_f32().unwrap(), vec![10.0, 15.0, 20.0]);
-    let err = conv.load("x", &mut |_| None).unwrap_err();
-    assert!(err.to_string().contains("x.weight"), "{err}");
+    // A missing parameter is named, and nothing changes.
+    let err = store.load_state_dict(&BTreeMap::new()).unwrap_err();
+    assert!(err.to_string().contains("head.conv.weight"), "{err}");
+    let y = conv.forward(&Tape::new(), &x).unwrap();
+    assert_eq!(y.tensor().to_vec_f32().unwrap(), vec![10.0, 15.0, 20.0]);
 }
 
 /// PyTorch's AdamW step in f64 (torch/optim/adamw.py, single-tensor path, amsgrad off).
