@@ -1,4 +1,4 @@
-//! `calibseg predict`, run as a program: it reproduces MONAI's outputs in `../shared/fixtures` (whole volumes
+//! `calibseg predict`, run as a program: it reproduces MONAI's outputs in `tests/fixtures` (whole volumes
 //! and sliding windows) from the fixtures' own weights and inputs, writes probabilities equal to the softmax
 //! of its logits (f64 reference here), carries a NIfTI input's geometry into a 4D NIfTI output (header parsed
 //! by hand below), and rejects bad input with a one-line error, a non-zero exit and no output written.

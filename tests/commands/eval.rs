@@ -12,11 +12,10 @@ use calibseg::io::safetensors::{self as st, HostTensor, TensorFile};
 use calibseg::metrics::{self, plot};
 use calibseg::Tensor;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
 const EXE: &str = env!("CARGO_BIN_EXE_calibseg");
 
 fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(format!("{FIXTURES}/{name}.safetensors"))
+    PathBuf::from(common::fixture_path(&format!("{name}.safetensors")))
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -89,15 +89,36 @@ pub fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
 
-/// Path of a golden fixture in `../shared/fixtures`.
+/// The repository's golden files (`tests/fixtures/`, written by `scripts/make_fixtures.py`).
+pub const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// Names a second folder of golden files with the same names and layout; the fixture tests check those
+/// files too (a cross-check against golden files computed elsewhere).
+pub const REFERENCE_FIXTURES_VAR: &str = "CALIBSEG_REFERENCE_FIXTURES";
+
+/// Path of a golden file in `tests/fixtures/`.
 pub fn fixture_path(name: &str) -> String {
-    format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{FIXTURE_DIR}/{name}")
 }
 
-/// Opens a golden fixture.
+/// Opens a golden file in `tests/fixtures/`.
 pub fn fixture(name: &str) -> calibseg::io::safetensors::TensorFile {
     calibseg::io::safetensors::TensorFile::open(fixture_path(name))
         .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// The golden file `name` from `tests/fixtures/`, then from the folder named by
+/// [`REFERENCE_FIXTURES_VAR`] where that is set.
+pub fn fixture_sets(name: &str) -> Vec<calibseg::io::safetensors::TensorFile> {
+    let mut files = vec![fixture(name)];
+    if let Some(dir) = std::env::var_os(REFERENCE_FIXTURES_VAR) {
+        let path = std::path::Path::new(&dir).join(name);
+        files.push(
+            calibseg::io::safetensors::TensorFile::open(&path)
+                .unwrap_or_else(|e| panic!("{REFERENCE_FIXTURES_VAR} fixture {name}: {e}")),
+        );
+    }
+    files
 }
 
 /// The `loss_*` fixture files.

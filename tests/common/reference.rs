@@ -1,5 +1,5 @@
-//! f64 CPU reference implementations of what the kernels compute. Written from the maths in
-//! ../shared/spec/mL1-ACE-reference.md, independently of the shaders.
+//! f64 CPU reference implementations of what the kernels compute. Written from the maths of the mL1-ACE
+//! reference code (the project's reference notes), independently of the shaders.
 
 /// Softmax over axis 1 of an `[n, c, v]` array of f32 values, in f64.
 pub fn softmax(x: &[f32], n: usize, c: usize, v: usize) -> Vec<f64> {

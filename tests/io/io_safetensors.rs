@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use calibseg::io::safetensors::{write, HostTensor, TensorFile};
 use calibseg::Error;
 
-fn fixture(name: &str) -> String {
-    format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::fixture_path as fixture;
 
 #[test]
 fn round_trip_with_metadata() {

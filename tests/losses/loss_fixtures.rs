@@ -7,16 +7,22 @@ use calibseg::loss::{
     AceDiceCeLoss, Binning, CrossEntropyLoss, DiceCeLoss, DiceLoss, Labels, LossOutput,
 };
 use calibseg::Tensor;
-use common::{assert_grad, assert_rel, fixture, gpu, LOSS_FIXTURES};
+use common::{assert_grad, assert_rel, fixture_sets, gpu, LOSS_FIXTURES};
 
 fn check(name: &str) {
     let Some(gpu) = gpu() else { return };
-    let f = fixture(name);
+    for f in fixture_sets(name) {
+        check_file(&gpu, &f);
+    }
+}
+
+fn check_file(gpu: &calibseg::Gpu, f: &calibseg::io::safetensors::TensorFile) {
+    let name = f.path();
     let (shape, logits) = f.f32("logits").unwrap();
     let (lshape, labels) = f.integers("labels").unwrap();
     let bins: usize = f.metadata("num_bins").unwrap().parse().unwrap();
-    let input = Tensor::from_f32(&gpu, &shape, &logits).unwrap();
-    let labels = Labels::from_indices(&gpu, &lshape, &labels, shape[1]).unwrap();
+    let input = Tensor::from_f32(gpu, &shape, &logits).unwrap();
+    let labels = Labels::from_indices(gpu, &lshape, &labels, shape[1]).unwrap();
     let compare = |out: LossOutput, key: &str| {
         let what = format!("{name} {key}");
         assert_rel(

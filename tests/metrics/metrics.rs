@@ -9,12 +9,6 @@ use calibseg::metrics::{self, MicroPooling};
 use calibseg::Tensor;
 use common::metrics_ref;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
-
-fn fixture(name: &str) -> TensorFile {
-    TensorFile::open(format!("{FIXTURES}/{name}.safetensors")).unwrap()
-}
-
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -36,13 +30,19 @@ fn assert_rel(got: &[f64], want: &[f32], rel: f64, what: &str) {
 
 fn check_fixture(name: &str) {
     let Some(gpu) = common::gpu() else { return };
-    let f = fixture(name);
+    for f in common::fixture_sets(&format!("{name}.safetensors")) {
+        check_file(&gpu, &f);
+    }
+}
+
+fn check_file(gpu: &calibseg::Gpu, f: &TensorFile) {
+    let name = f.path();
     let m: usize = f.metadata("num_bins").unwrap().parse().unwrap();
     let (ps, p) = f.f32("probs").unwrap();
     let (ls, l) = f.integers("labels").unwrap();
     let l: Vec<i32> = l.iter().map(|&x| x as i32).collect();
-    let probs = Tensor::from_f32(&gpu, &ps, &p).unwrap();
-    let labels = Tensor::from_slice(&gpu, &ls, &l).unwrap();
+    let probs = Tensor::from_f32(gpu, &ps, &p).unwrap();
+    let labels = Tensor::from_slice(gpu, &ls, &l).unwrap();
     for (bg, tag) in [(false, "nobg"), (true, "bg")] {
         let s = metrics::hard_bin_stats(&probs, &labels, m, bg).unwrap();
         let e = metrics::per_image(&s);

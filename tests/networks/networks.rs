@@ -1,5 +1,5 @@
 //! SegResNetDS and SegResNet against MONAI's own outputs and autograd gradients
-//! (`../shared/fixtures/net_*.safetensors`), strict weight loading and saving, and config parsing.
+//! (`tests/fixtures/net_*.safetensors`), strict weight loading and saving, and config parsing.
 
 use crate::common;
 
@@ -9,7 +9,7 @@ use calibseg::nn::{
     Mode, Network, NormName, SegResNet, SegResNetConfig, SegResNetDs, SegResNetDsConfig,
 };
 use calibseg::{Error, Gpu, Tensor};
-use common::{assert_grad, fixture, gpu};
+use common::{assert_grad, fixture_sets, gpu};
 
 fn upload(gpu: &Gpu, file: &TensorFile, name: &str) -> Tensor {
     let (shape, data) = file.f32(name).unwrap();
@@ -37,9 +37,15 @@ fn net_from_fixture(gpu: &Gpu, file: &TensorFile) -> Box<dyn Network> {
 /// `sum_i sum(train.output.i * train.projection.i)`.
 fn check_network_fixture(name: &str) {
     let Some(gpu) = gpu() else { return };
-    let file = fixture(name);
-    let net = net_from_fixture(&gpu, &file);
-    let x = Var::parameter(upload(&gpu, &file, "input"));
+    for file in fixture_sets(name) {
+        check_network_file(&gpu, &file);
+    }
+}
+
+fn check_network_file(gpu: &Gpu, file: &TensorFile) {
+    let name = file.path();
+    let net = net_from_fixture(gpu, file);
+    let x = Var::parameter(upload(gpu, file, "input"));
 
     // Eval mode: the full resolution output only.
     let tape = Tape::new();
@@ -81,11 +87,11 @@ fn check_network_fixture(name: &str) {
             1e-4,
             &format!("{name} train.output.{i}"),
         );
-        projections.push(upload(&gpu, &file, &format!("train.projection.{i}")));
+        projections.push(upload(gpu, file, &format!("train.projection.{i}")));
     }
     // The loss as a tape op: d/d output_i = projection_i.
     let inputs: Vec<&Var> = outs.iter().collect();
-    let scalar = Tensor::from_f32(&gpu, &[1], &[0.0]).unwrap();
+    let scalar = Tensor::from_f32(gpu, &[1], &[0.0]).unwrap();
     let loss = tape.record(
         &inputs,
         scalar,
@@ -142,16 +148,17 @@ fn parameter_names_are_monai_state_dict_keys() {
         "net_segresnetds_small.safetensors",
         "net_segresnet_small.safetensors",
     ] {
-        let file = fixture(name);
-        let net = net_from_fixture(&gpu, &file);
-        let mut ours = net.store().names();
-        ours.sort();
-        let theirs: Vec<String> = file
-            .names()
-            .into_iter()
-            .filter_map(|n| n.strip_prefix("param.").map(String::from))
-            .collect();
-        assert_eq!(ours, theirs, "{name}");
+        for file in fixture_sets(name) {
+            let net = net_from_fixture(&gpu, &file);
+            let mut ours = net.store().names();
+            ours.sort();
+            let theirs: Vec<String> = file
+                .names()
+                .into_iter()
+                .filter_map(|n| n.strip_prefix("param.").map(String::from))
+                .collect();
+            assert_eq!(ours, theirs, "{}", file.path());
+        }
     }
 }
 

@@ -709,20 +709,28 @@ fn matches_monai_sliding_window_inference() {
 
 #[test]
 fn net_sliding_window_small_fixture() {
-    // ../shared/fixtures/net_sliding_window_small.safetensors: MONAI's sliding_window_inference of a
+    // tests/fixtures/net_sliding_window_small.safetensors: MONAI's sliding_window_inference of a
     // SegResNetDS (eval mode) for each setting in the metadata, within 1e-4 of the largest entry.
+    let Some(gpu) = gpu() else { return };
+    for file in common::fixture_sets("net_sliding_window_small.safetensors") {
+        check_net_sliding_window_file(&gpu, &file);
+    }
+}
+
+fn check_net_sliding_window_file(
+    gpu: &calibseg::Gpu,
+    file: &calibseg::io::safetensors::TensorFile,
+) {
     use calibseg::autograd::{Tape, Var};
     use calibseg::nn::{Mode, Network, SegResNetDs, SegResNetDsConfig};
-    let Some(gpu) = gpu() else { return };
-    let file = common::fixture("net_sliding_window_small.safetensors");
     assert_eq!(file.metadata("network").unwrap(), "SegResNetDS");
     let config = SegResNetDsConfig::from_json(&file.metadata("config").unwrap()).unwrap();
-    let net = SegResNetDs::new(&gpu, config, 1).unwrap();
+    let net = SegResNetDs::new(gpu, config, 1).unwrap();
     net.store()
         .load_safetensors(file.path(), Some("param."))
         .unwrap();
     let (xs, x) = file.f32("input").unwrap();
-    let xt = Tensor::from_f32(&gpu, &xs, &x).unwrap();
+    let xt = Tensor::from_f32(gpu, &xs, &x).unwrap();
     let settings: serde_json::Value =
         serde_json::from_str(&file.metadata("settings").unwrap()).unwrap();
     let settings = settings.as_array().unwrap();
@@ -757,7 +765,7 @@ fn net_sliding_window_small_fixture() {
             &y.to_vec_f32().unwrap(),
             &want,
             1e-4,
-            &format!("net_sliding_window_small sw.{i}"),
+            &format!("{} sw.{i}", file.path()),
         );
     }
 }
