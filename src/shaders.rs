@@ -193,10 +193,17 @@ pub const ALL: &[Shader] = &[
     SLIDING_WINDOW,
 ];
 
-/// The check that a `#[repr(C)]` struct and its WGSL mirror agree: each layout test names the WGSL source,
-/// the struct's name there, and the Rust size and field offsets (`size_of`, `offset_of!`).
+/// The check that a `#[repr(C)]` struct and its WGSL mirror agree, by naga's reflection of the WGSL: the
+/// same size, and every 4-byte value (fields, or elements of array and vector fields) at the same offset,
+/// padding (names starting with `_`) left out. `fields` is (name, offset, size) per Rust field, in order; see
+/// [`assert_layout!`].
 #[cfg(test)]
-pub(crate) fn assert_wgsl_layout(source: &str, name: &str, size: usize, fields: &[(&str, usize)]) {
+pub(crate) fn assert_wgsl_layout(
+    source: &str,
+    name: &str,
+    size: usize,
+    fields: &[(&str, usize, usize)],
+) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     let ty = module
@@ -208,13 +215,96 @@ pub(crate) fn assert_wgsl_layout(source: &str, name: &str, size: usize, fields: 
     let naga::TypeInner::Struct { members, span } = &ty.inner else {
         panic!("{name} is not a struct in the WGSL");
     };
-    let wgsl: Vec<(&str, usize)> = members
+    let mut wgsl = Vec::new();
+    for m in members {
+        let member = m.name.as_deref().unwrap_or("?");
+        let values = match module.types[m.ty].inner {
+            naga::TypeInner::Scalar(s) if s.width == 4 => 1,
+            naga::TypeInner::Vector { size, scalar } if scalar.width == 4 => size as usize,
+            ref other => panic!("{name}.{member}: {other:?} is not a 4-byte scalar or vector"),
+        };
+        if !member.starts_with('_') {
+            wgsl.extend((0..values).map(|k| (member, m.offset as usize + 4 * k)));
+        }
+    }
+    let rust: Vec<(&str, usize)> = fields
         .iter()
-        .map(|m| (m.name.as_deref().unwrap_or("?"), m.offset as usize))
+        .filter(|(field, _, _)| !field.starts_with('_'))
+        .flat_map(|&(field, offset, bytes)| (0..bytes / 4).map(move |k| (field, offset + 4 * k)))
         .collect();
+    let offsets = |v: &[(&str, usize)]| v.iter().map(|&(_, o)| o).collect::<Vec<_>>();
     assert_eq!(
-        wgsl, fields,
-        "{name}: field offsets (WGSL left, Rust right)"
+        offsets(&wgsl),
+        offsets(&rust),
+        "{name}: value offsets differ\n  WGSL {wgsl:?}\n  Rust {rust:?}"
     );
     assert_eq!(*span as usize, size, "{name}: size (WGSL left, Rust right)");
+}
+
+/// `assert_layout!(RustType, source, "WgslName"; field, field, ...)`: [`assert_wgsl_layout`] with the
+/// Rust side's size, offsets and field sizes taken from the type (list every field, padding included).
+#[cfg(test)]
+macro_rules! assert_layout {
+    ($t:ty, $source:expr, $name:expr; $($field:ident),+ $(,)?) => {{
+        let zero: $t = bytemuck::Zeroable::zeroed();
+        $crate::shaders::assert_wgsl_layout(
+            &$source,
+            $name,
+            std::mem::size_of::<$t>(),
+            &[$((
+                stringify!($field),
+                std::mem::offset_of!($t, $field),
+                std::mem::size_of_val(&zero.$field),
+            )),+],
+        );
+    }};
+}
+#[cfg(test)]
+pub(crate) use assert_layout;
+
+#[cfg(test)]
+impl Shader {
+    /// The source as the library compiles it with its first prelude (what the layout tests parse).
+    pub(crate) fn first_variant(&self) -> String {
+        self.with_prelude(self.preludes[0])
+    }
+}
+
+#[cfg(test)]
+mod layout_check_tests {
+    use bytemuck::{Pod, Zeroable};
+
+    const WGSL: &str = "struct P { a: u32, b: vec3<u32>, _pad: u32, c: f32 }
+@group(0) @binding(0) var<uniform> p: P;";
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct Mirrored {
+        a: u32,
+        _pad0: [u32; 3],
+        b: [u32; 3],
+        _pad1: u32,
+        c: f32,
+        _pad2: [u32; 3],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct Unaligned {
+        a: u32,
+        b: [u32; 3],
+        _pad: u32,
+        c: f32,
+    }
+
+    #[test]
+    fn a_mirrored_struct_passes() {
+        assert_layout!(Mirrored, WGSL, "P"; a, _pad0, b, _pad1, c, _pad2);
+    }
+
+    #[test]
+    #[should_panic(expected = "value offsets differ")]
+    fn a_vec3_without_its_alignment_is_caught() {
+        assert_layout!(Unaligned, WGSL, "P"; a, b, _pad, c);
+    }
 }

@@ -194,3 +194,16 @@ pub fn measure(gpu: &Gpu) -> Result<Peak> {
         fma_gflop_per_s: fma_rate(gpu, 5)?,
     })
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        for shader in [shaders::PROBE, shaders::PROBE_F16] {
+            assert_layout!(Params, shader.first_variant(), "Params"; n, iters, _pad);
+        }
+    }
+}

@@ -290,3 +290,14 @@ impl DeepSupervisionOutput {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::RESAMPLE.first_variant(), "Params"; planes, input, output, _pad);
+    }
+}

@@ -706,3 +706,19 @@ impl Fused {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::{ReduceParams, VoxelParams};
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn voxel_params_layout_matches_the_wgsl() {
+        assert_layout!(VoxelParams, shaders::LOSS_VOXEL.first_variant(), "Params"; voxels, num_bins, class_start, classes_out, group_start, wg_per_image, images, first_image, input_shift, label_shift, iters, up_stride, delta, half_step, bin_start, bin_count, extra_offset, ce_offset, ignore_index, squared_pred, dice_start, jaccard, dice_batch, weight_offset, ce_smoothing, _pad);
+    }
+
+    #[test]
+    fn reduce_params_layout_matches_the_wgsl() {
+        assert_layout!(ReduceParams, shaders::LOSS_REDUCE.first_variant(), "Params"; images, classes_out, num_bins, partial_rows, per_image, src_offset, dst_offset, soft, ignore_empty, ace_reduction, channels, dice_start, use_dice, use_ce, dice_reduction, dice_batch, jaccard, dice_offset, ce_offset, values_dice, values_loss, weight_offset, empty_weight, smooth_nr, smooth_dr, label_smoothing, lambda_ace, lambda_dice, lambda_ce, _pad);
+    }
+}

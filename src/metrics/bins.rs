@@ -279,3 +279,14 @@ pub fn hard_bin_stats(
     }
     Ok(s)
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::CALIBRATION.first_variant(), "Params"; voxels, channels, class_offset, classes, bins, chunks, groups, _pad);
+    }
+}

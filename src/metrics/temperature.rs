@@ -233,3 +233,14 @@ pub fn scale_logits(logits: &Tensor, temperature: f64) -> Result<Tensor> {
 pub fn apply_temperature(logits: &Tensor, temperature: f64) -> Result<Tensor> {
     softmax(&scale_logits(logits, temperature)?)
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::TEMPERATURE.first_variant(), "Params"; voxels, channels, total, groups, beta, _pad);
+    }
+}

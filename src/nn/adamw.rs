@@ -408,3 +408,14 @@ fn padded(data: &[f32]) -> Vec<f32> {
         data.to_vec()
     }
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::ADAMW.first_variant(), "Params"; n, base, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, _pad1);
+    }
+}

@@ -537,3 +537,24 @@ fn finish(
     enc.submit()?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::{AccParams, FinishParams, GatherParams};
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn gather_params_layout_matches_the_wgsl() {
+        assert_layout!(GatherParams, shaders::SLIDING_WINDOW.first_variant(), "GatherParams"; isz, roi, pad, win);
+    }
+
+    #[test]
+    fn acc_params_layout_matches_the_wgsl() {
+        assert_layout!(AccParams, shaders::SLIDING_WINDOW.first_variant(), "AccParams"; psz, roi, win);
+    }
+
+    #[test]
+    fn finish_params_layout_matches_the_wgsl() {
+        assert_layout!(FinishParams, shaders::SLIDING_WINDOW.first_variant(), "FinishParams"; osz, psz, pad);
+    }
+}

@@ -51,3 +51,14 @@ pub(crate) fn launch(
     b.submit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::ELEMENTWISE.first_variant(), "Params"; n, voxels, channels, _pad);
+    }
+}

@@ -309,3 +309,14 @@ pub fn instance_norm_backward(
     let (_, c, _) = ncv(x, "instance norm input")?;
     group_norm_backward(x, dy, stats, c, gamma, eps)
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::NORM.first_variant(), "Params"; channels, voxels, cg, ng, total, images, eps, inv_len, relu, _pad);
+    }
+}

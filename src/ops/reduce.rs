@@ -201,3 +201,14 @@ pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
     drop(parts);
     Ok(out)
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::REDUCE.first_variant(), "Params"; rows, len, chunks, mode, div, nstat, eps, _pad);
+    }
+}

@@ -82,3 +82,14 @@ pub fn softmax_backward(p: &Tensor, grad_p: &Tensor) -> Result<Tensor> {
     launch("backward", &[p, grad_p], &out)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::SOFTMAX.first_variant(), "Params"; channels, voxels, images, elem_offset);
+    }
+}

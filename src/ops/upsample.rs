@@ -94,3 +94,14 @@ fn launch(entry: &'static str, src: &Tensor, dst: &Tensor, p: &Params, n: usize)
     b.submit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::UPSAMPLE.first_variant(), "Params"; isz, osz, scale);
+    }
+}

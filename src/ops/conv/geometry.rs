@@ -215,28 +215,14 @@ impl ConvGeometry {
 
 #[cfg(test)]
 mod tests {
-    use std::mem::{offset_of, size_of};
-
     use super::Params;
     use crate::ops::conv::tiles::{PORTABLE_TILES, SUBGROUP_TILES};
+    use crate::shaders::assert_layout;
 
     #[test]
     fn params_layout_matches_the_wgsl() {
         for tiles in [PORTABLE_TILES, SUBGROUP_TILES] {
-            crate::shaders::assert_wgsl_layout(
-                &tiles.source(),
-                "Params",
-                size_of::<Params>(),
-                &[
-                    ("dims", offset_of!(Params, dims)),
-                    ("isz", offset_of!(Params, isz)),
-                    ("osz", offset_of!(Params, osz)),
-                    ("ksz", offset_of!(Params, ksz)),
-                    ("stride", offset_of!(Params, stride)),
-                    ("pad", offset_of!(Params, pad)),
-                    ("chunk", offset_of!(Params, chunk)),
-                ],
-            );
+            assert_layout!(Params, tiles.source(), "Params"; dims, isz, osz, ksz, stride, pad, chunk);
         }
     }
 }
