@@ -77,7 +77,7 @@ fn check_source(src: &str, name: &str) -> Result<(), String> {
     }
     let info = validator
         .validate(&module)
-        .map_err(|e| format!("{name}: {}", e.emit_to_string(&src)))?;
+        .map_err(|e| format!("{name}: {}", e.emit_to_string(src)))?;
     let (module, info) = naga::back::pipeline_constants::process_overrides(
         &module,
         &info,
