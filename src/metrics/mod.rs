@@ -5,6 +5,13 @@
 //! [`CalibrationAccumulator`] gathers all of it batch by batch without writing anything (a validation
 //! loop's metric); `calibseg eval` ([`crate::commands::eval`]) reads test sets, uses it, and writes the
 //! reports.
+//!
+//! Where things are:
+//! - binning and per-image metrics: `bins.rs` (kernel `shaders/calibration.wgsl`), `calibration.rs`;
+//!   temperature scaling: `temperature.rs` (kernel `shaders/temperature.wgsl`); the accumulator:
+//!   `accumulator.rs`; pictures: `plot.rs`
+//! - tests: the suite `tests/metrics/` (against MONAI's metrics), `tests/commands/eval*.rs`, the layout unit
+//!   tests in `bins.rs` and `temperature.rs`; bench: `benches/calibration.rs` ("calibration", "temperature")
 
 pub mod accumulator;
 pub mod bins;

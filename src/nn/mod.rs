@@ -2,6 +2,15 @@
 //! by MONAI/PyTorch state_dict names), a parameter store that the networks, the optimiser and checkpoints
 //! share, MONAI's SegResNetDS and SegResNet, PyTorch's default initialisation with a seeded generator, the
 //! AdamW optimiser (a GPU kernel), MONAI's `WarmupCosineSchedule` and MONAI's sliding-window inference.
+//!
+//! Where things are:
+//! - layers: `layers.rs` (`Conv`, `ConvTranspose`, `Norm`; their ops in `ops/`, tape ops in
+//!   `autograd/ops.rs`); parameters: `store.rs`; initialisation: `init.rs`
+//! - networks: `segresnet_ds.rs`, `segresnet.rs`, `network.rs`, `monai_args.rs`; inference: `inference.rs`,
+//!   `sliding_window.rs` (kernel `shaders/sliding_window.wgsl`)
+//! - optimiser: `adamw.rs` (kernel `shaders/adamw.wgsl`); schedule: `schedule.rs`
+//! - tests: the suite `tests/networks/` (against MONAI), the layout unit tests in `adamw.rs` and
+//!   `sliding_window.rs`; bench: `benches/nn.rs` ("segresnetds", "norm")
 
 mod adamw;
 mod inference;

@@ -1,5 +1,11 @@
 //! Element-wise addition (its backward passes the gradient to both inputs unchanged) and the in-place
 //! per-channel bias addition used by the transposed convolution.
+//!
+//! Where things are:
+//! - ops: here (`add`, `add_channel_bias_inplace`); launch: `elementwise.rs`
+//! - kernel: `shaders/elementwise.wgsl` (`add`, `bias_add`)
+//! - tape: `autograd/ops.rs` (`Tape::add`)
+//! - tests: `tests/ops/elementwise.rs`; layout: the unit test in `elementwise.rs`
 
 use super::elementwise::launch;
 use super::{ncv, same_shape};

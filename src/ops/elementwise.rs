@@ -1,4 +1,8 @@
 //! Launch helper shared by the element-wise ops (`shaders/elementwise.wgsl`).
+//!
+//! Where things are:
+//! - users: `relu.rs`, `add.rs`; the shader's row-weight kernels are launched by `loss/deep_supervision.rs`
+//! - kernel: `shaders/elementwise.wgsl`; tests: `tests/ops/elementwise.rs`, the layout unit test here
 
 use bytemuck::{Pod, Zeroable};
 

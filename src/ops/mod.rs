@@ -1,4 +1,12 @@
 //! Operations on tensors, one module per op, each with its forward and backward launches.
+//!
+//! Where things are:
+//! - convolution: `conv/` (its header lists the rest); norms: `norm.rs`; softmax: `softmax.rs`;
+//!   ReLU, add: `relu.rs`, `add.rs` (through `elementwise.rs`); upsample: `upsample.rs`; row sums: `reduce.rs`
+//! - kernels: `shaders/*.wgsl` (registered in `shaders.rs`), conv's generated in `conv/wgsl/`
+//! - tape ops: `autograd/ops.rs`; layers: `nn/layers.rs`
+//! - tests: the suite `tests/ops/` (one module per family, `shaders_naga.rs` for every shader); each mirrored
+//!   `Params` struct has a layout unit test beside it; benches: `benches/conv.rs`, `benches/nn.rs`
 
 pub mod add;
 pub mod conv;

@@ -1,6 +1,13 @@
 //! Group normalisation with a per-channel affine (PyTorch's `GroupNorm`), and instance normalisation with
 //! affine (`InstanceNorm3d(affine=True)`, which is group norm with one channel per group). Statistics are
 //! the biased variance, computed in two deterministic passes (mean, then mean squared deviation).
+//!
+//! Where things are:
+//! - ops: here (`group_norm`, `group_norm_relu`, `instance_norm` and their backwards); row sums: `reduce.rs`
+//! - kernels: `shaders/norm.wgsl`, `shaders/reduce.wgsl`
+//! - tape: `autograd/ops.rs` (`Tape::group_norm`, `group_norm_relu`, `instance_norm`, `instance_norm_relu`);
+//!   layer: `nn/layers.rs` (`Norm`)
+//! - tests: `tests/ops/norm.rs`, the layout unit test here; bench: `benches/nn.rs` (family "norm")
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,4 +1,9 @@
 //! Deterministic two-pass row sums shared by the norm and convolution gradients (`shaders/reduce.wgsl`).
+//!
+//! Where things are:
+//! - ops: here (`channel_sum`, the row partials and `sum_splits`); users: `norm.rs`, `conv/launch.rs`
+//! - kernel: `shaders/reduce.wgsl`; tests: through `tests/ops/norm.rs` and `tests/ops/conv.rs`, the layout
+//!   unit test here
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,4 +1,9 @@
 //! ReLU and its backward pass.
+//!
+//! Where things are:
+//! - ops: here (`relu`, `relu_backward`); launch: `elementwise.rs`; kernel: `shaders/elementwise.wgsl`
+//! - tape: `autograd/ops.rs` (`Tape::relu`); fused after a norm: `norm.rs` (`group_norm_relu`)
+//! - tests: `tests/ops/elementwise.rs`
 
 use super::elementwise::launch;
 use super::same_shape;

@@ -1,4 +1,9 @@
 //! Softmax over the channel axis (axis 1), numerically stable, and its backward pass.
+//!
+//! Where things are:
+//! - ops: here (`softmax`, `softmax_backward`); kernel: `shaders/softmax.wgsl`
+//! - tape: none (the losses take logits); tests: `tests/ops/softmax.rs`, the layout unit test here
+//! - bench: `benches/ace.rs` (family "softmax")
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,6 +1,11 @@
 //! Trilinear (3D) / bilinear (2D) upsampling by an integer factor with `align_corners = false`, as
 //! `torch.nn.Upsample(scale_factor=2, mode="trilinear")` (MONAI's non-trainable upsampling), and its
 //! backward as a deterministic gather.
+//!
+//! Where things are:
+//! - ops: here (`upsample`, `upsample_backward`); kernel: `shaders/upsample.wgsl`
+//! - tape: `autograd/ops.rs` (`Tape::upsample`); layers: the decoders of `nn/segresnet*.rs`
+//! - tests: `tests/ops/elementwise.rs`, the layout unit test here
 
 use bytemuck::{Pod, Zeroable};
 
