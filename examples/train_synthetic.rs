@@ -73,7 +73,8 @@ fn parse_args() -> Result<Args> {
 
 /// Removes a previous run of this example (a folder holding a `calibseg train` run), never anything else.
 fn clear_previous_run(dir: &Path) -> Result<()> {
-    if !dir.exists() {
+    if !dir.exists() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        // Absent, or empty (a run stopped before its first checkpoint leaves nothing): nothing to clear.
         return Ok(());
     }
     if !(dir.join("config.toml").is_file() && dir.join("model.json").is_file()) {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod loss;
+mod memory;
 pub mod metrics;
 pub mod nn;
 pub mod ops;

@@ -373,9 +373,15 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
     use calibseg::commands::train::{train_in_folder, RunOptions};
     use calibseg::train::{Event, TrainConfig};
     let mut config = if a.resume {
-        TrainConfig::from_toml(&calibseg::io::input::read_regular_text(
-            &a.out.join("config.toml"),
-        )?)?
+        let saved = a.out.join("config.toml");
+        if !saved.is_file() {
+            return Err(calibseg::Error::invalid(format!(
+                "--resume: {} holds no config.toml, so no run to continue (a run writes it with its first \
+                 checkpoint); start a fresh run without --resume",
+                a.out.display()
+            )));
+        }
+        TrainConfig::from_toml(&calibseg::io::input::read_regular_text(&saved)?)?
     } else if let Some(p) = &a.config {
         TrainConfig::from_toml(&calibseg::io::input::read_regular_text(p)?)?
     } else {
@@ -410,7 +416,7 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
     let flag: &'static std::sync::atomic::AtomicBool = stop;
     let _ = ctrlc::set_handler(move || {
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        eprintln!("\ncalibseg: stopping after this step (Ctrl-C again waits too; the last checkpoint stays intact)");
+        eprintln!("\ncalibseg: stopping after this step (Ctrl-C again waits too; checkpoints already written stay intact)");
     });
     let gpu = calibseg::Gpu::new()?;
     let bar = indicatif::ProgressBar::new(config.steps as u64);

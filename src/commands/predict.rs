@@ -132,7 +132,7 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
         if o.window.is_some() {
             // Windows fix divisibility; rank and channels must still match.
             let s = input.shape();
-            if s.len() == net.spatial_dims() + 2 && s[1] == net.in_channels() {
+            if s.len() == net.spatial_dims() + 2 && s[0] > 0 && s[1] == net.in_channels() {
                 return Ok(());
             }
         }

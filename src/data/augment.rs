@@ -24,6 +24,7 @@ pub struct Augment {
     /// Probability of a gamma (contrast) change. Default 0.3.
     pub gamma_prob: f32,
     /// Range of the gamma exponent, drawn log-uniformly (`0 < lo <= hi`). Default `[0.7, 1.5]`.
+    #[serde(deserialize_with = "super::exact_array")]
     pub gamma_range: [f32; 2],
 }
 

@@ -184,6 +184,8 @@ fn extreme_axis<F: Fn(u8, u8) -> u8>(
     op: F,
 ) {
     let [d, h, w] = shape;
+    // A window reaching past both ends of the axis covers all of it: the cost stays bounded by the axis.
+    let radius = radius.min(shape[axis].saturating_sub(1));
     if axis == 2 {
         // Replicate padding leaves a min / max unchanged.
         let mut pad = vec![0u8; w + 2 * radius];
@@ -215,5 +217,28 @@ fn extreme_axis<F: Fn(u8, u8) -> u8>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::min_max_cube;
+
+    #[test]
+    fn a_radius_past_the_volume_costs_no_more_than_the_volume() {
+        let shape = [3, 4, 5];
+        let labels: Vec<u8> = (0..60u8).map(|i| (i * 7) % 11).collect();
+        let (lo, hi) = (*labels.iter().min().unwrap(), *labels.iter().max().unwrap());
+        // Radius 4 already spans every axis; a radius beyond memory (it once sized a padding buffer) gives the
+        // same result.
+        for radius in [4, usize::MAX / 4] {
+            let (min, max) = min_max_cube(&labels, shape, radius);
+            assert!(min.iter().all(|&v| v == lo), "radius {radius}");
+            assert!(max.iter().all(|&v| v == hi), "radius {radius}");
+        }
+        // A radius of 1 is a real neighbourhood: the corner voxel sees only its 2 x 2 x 2 cube.
+        let (min, _) = min_max_cube(&labels, shape, 1);
+        let corner = [0, 1, 5, 6, 20, 21, 25, 26].map(|i| labels[i]);
+        assert_eq!(min[0], *corner.iter().min().unwrap());
     }
 }

@@ -55,6 +55,7 @@ use crate::error::{Error, Result};
 #[serde(default, deny_unknown_fields)]
 pub struct SyntheticConfig {
     /// Volume size `[D, H, W]` in voxels (each at least 8). Default `[64, 64, 64]`.
+    #[serde(deserialize_with = "exact_array")]
     pub shape: [usize; 3],
     /// Foreground classes (1 to 254); with background, `foreground_classes + 1` classes. Default 3.
     pub foreground_classes: usize,
@@ -81,7 +82,7 @@ pub struct SyntheticConfig {
     /// Probability that a voxel near another class takes that class in the labels. Default 0.15.
     pub label_noise: f32,
     /// How near (Chebyshev distance, voxels) another class must be for a label to flip; 0 turns label
-    /// noise off. Default 1.
+    /// noise off; at most the volume's longest side. Default 1.
     pub label_noise_radius: usize,
     /// Normalise each volume's image to zero mean and unit standard deviation (MONAI's
     /// `NormalizeIntensity`). Default true.
@@ -109,6 +110,20 @@ impl Default for SyntheticConfig {
             augment: Augment::default(),
         }
     }
+}
+
+/// Deserialises a fixed-size array from a sequence of exactly `N` elements (serde's own impl reads the first
+/// `N` of a longer sequence from some formats, TOML's included, and drops the rest).
+pub(crate) fn exact_array<'de, D, T, const N: usize>(d: D) -> std::result::Result<[T; N], D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let v = Vec::<T>::deserialize(d)?;
+    let len = v.len();
+    <[T; N]>::try_from(v).map_err(|_| {
+        serde::de::Error::invalid_length(len, &format!("an array of {N} elements").as_str())
+    })
 }
 
 fn check_finite(name: &str, v: f32, min: f32) -> Result<()> {
@@ -144,6 +159,23 @@ impl SyntheticConfig {
         }
         if self.volumes == 0 {
             return Err(Error::invalid("synthetic data: volumes must be at least 1"));
+        }
+        // The training volumes are cached: image (f32) and labels (u8) of each.
+        let voxels = self.shape.iter().product::<usize>() as u64;
+        crate::memory::check_fits(
+            &format!(
+                "synthetic data: volumes = {} cached volumes of {:?}",
+                self.volumes, self.shape
+            ),
+            (self.volumes as u64).checked_mul(voxels * 5),
+        )?;
+        let longest = self.shape.iter().copied().max().unwrap_or(0);
+        if self.label_noise_radius > longest {
+            return Err(Error::invalid(format!(
+                "synthetic data: label_noise_radius must be at most the volume's longest side ({longest}; \
+                 any larger radius reaches as far), got {}",
+                self.label_noise_radius
+            )));
         }
         check_finite("contrast", self.contrast, 0.0)?;
         check_finite("intensity_jitter", self.intensity_jitter, 0.0)?;

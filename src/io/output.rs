@@ -333,6 +333,13 @@ pub fn write_file_with(
 
 /// The first entry of `dir` that a previous [`OutputDir`] did not write (not in its manifest), if any.
 /// Stops at the first one, so a large foreign folder is not walked.
+/// The first entry of folder `dir` that no calibseg output manifest there lists (`None`: the folder holds
+/// only what calibseg wrote, or is empty). Lets a command check a folder it will replace at its end before
+/// the work, with a message of its own.
+pub fn first_foreign_entry(dir: &Path) -> Result<Option<String>> {
+    written_by_us(dir)
+}
+
 fn written_by_us(dir: &Path) -> Result<Option<String>> {
     let listed: Option<BTreeSet<String>> = fs::read(dir.join(MANIFEST))
         .ok()

@@ -56,8 +56,13 @@ pub trait Network: Send + Sync {
                 self.in_channels()
             )));
         }
+        if shape[0] == 0 {
+            return Err(Error::InvalidShape(format!(
+                "network input {shape:?} holds no image (batch size 0)"
+            )));
+        }
         let f = self.shape_factor();
-        if shape[0] == 0 || shape[2..].iter().any(|&s| s == 0 || s % f != 0) {
+        if shape[2..].iter().any(|&s| s == 0 || s % f != 0) {
             return Err(Error::InvalidShape(format!(
                 "network input spatial size {:?} must be non-empty and divisible by {f} (2^(levels - 1))",
                 &shape[2..]

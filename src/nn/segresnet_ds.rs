@@ -113,7 +113,47 @@ impl SegResNetDsConfig {
             .unwrap_or_else(|| vec![1; self.n_up()])
     }
 
-    /// Checks the values (MONAI's own constraints plus what calibseg implements).
+    /// Number of parameters (`None`: more than a `u64` holds), computed from the options before anything is
+    /// built, so that huge `init_filters` or block counts are refused up front.
+    pub fn parameter_count(&self) -> Option<u64> {
+        let k = 3u64.checked_pow(self.spatial_dims as u32)?;
+        let conv = |cin: u64, cout: u64| cin.checked_mul(cout)?.checked_mul(k);
+        // Two convolutions and two affine norms.
+        let block = |c: u64| conv(c, c)?.checked_mul(2)?.checked_add(c.checked_mul(4)?);
+        let channels = |level: usize| -> Option<u64> {
+            (self.init_filters as u64).checked_mul(1u64.checked_shl(level as u32)?)
+        };
+        let blocks_of = |n: usize, c: u64| block(c)?.checked_mul(n as u64);
+        let mut total = conv(self.in_channels as u64, self.init_filters as u64)?;
+        let levels = self.blocks_down.len();
+        for (i, &n) in self.blocks_down.iter().enumerate() {
+            let c = channels(i)?;
+            total = total.checked_add(blocks_of(n, c)?)?;
+            if i + 1 < levels {
+                total = total.checked_add(conv(c, c.checked_mul(2)?)?)?;
+            }
+        }
+        let out = self.out_channels as u64;
+        let head = |c: u64| c.checked_mul(out)?.checked_add(out);
+        let n_up = self.n_up();
+        for (i, n) in self.blocks_up_resolved().into_iter().enumerate() {
+            let c = channels(n_up.checked_sub(i + 1)?)?;
+            total = total
+                .checked_add(conv(c.checked_mul(2)?, c)?)?
+                .checked_add(blocks_of(n, c)?)?;
+            // Deep-supervision heads on the `dsdepth` levels nearest full resolution.
+            if n_up - i <= self.dsdepth {
+                total = total.checked_add(head(c)?)?;
+            }
+        }
+        if self.n_up() == 0 {
+            total = total.checked_add(head(channels(0)?)?)?;
+        }
+        Some(total)
+    }
+
+    /// Checks the values (MONAI's own constraints plus what calibseg implements), and that the weights fit in
+    /// memory.
     pub fn validate(&self) -> Result<()> {
         args::check_common(
             self.spatial_dims,
@@ -134,7 +174,13 @@ impl SegResNetDsConfig {
                 )));
             }
         }
-        Ok(())
+        crate::memory::check_fits(
+            &format!(
+                "SegResNetDS with init_filters {}, blocks_down {:?} (its f32 weights)",
+                self.init_filters, self.blocks_down
+            ),
+            self.parameter_count().and_then(|p| p.checked_mul(4)),
+        )
     }
 }
 

@@ -324,6 +324,17 @@ impl VarBuilder {
     /// Creates the trainable parameter `name` of `shape` and registers it; a name used twice is an error.
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
         let n = crate::tensor::numel(shape)?;
+        // Refused before the host copy is made: a huge parameter must not cost the machine's memory first.
+        let bytes = (n as u64).saturating_mul(4);
+        let limit = self.gpu().limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::BufferTooLarge {
+                what: format!("parameter {} of shape {shape:?}", self.path(name)),
+                bytes,
+                limit_name: "max_buffer_size",
+                limit,
+            });
+        }
         let data = match init {
             Init::Const(c) => vec![c; n],
             Init::Uniform(bound) => self

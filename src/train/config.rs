@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::step::TrainLoss;
 use crate::data::SyntheticConfig;
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 use crate::loss::Binning;
 use crate::nn::SegResNetDsConfig;
 
@@ -71,6 +72,21 @@ impl Default for WindowSettings {
     }
 }
 
+/// The most volumes of each split, patches per batch or windows per call a configuration may ask for.
+const MAX_COUNT: usize = 1 << 20;
+
+/// Lays `given` over `base`: tables merge key by key (recursively), any other value replaces the base's.
+fn overlay(base: &mut toml::Table, given: toml::Table) {
+    for (key, value) in given {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(g)) => overlay(b, g),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Everything a training run depends on. Same configuration, same seed, same adapter: the same
 /// checkpoints and logs, bit for bit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,6 +110,7 @@ pub struct TrainConfig {
     /// Validate every this many steps (and at the last step).
     pub val_every: usize,
     /// Training patch `[D, H, W]`.
+    #[serde(deserialize_with = "crate::data::exact_array")]
     pub patch: [usize; 3],
     /// Patches per batch.
     pub batch: usize,
@@ -187,11 +204,20 @@ impl TrainConfig {
         }
     }
 
-    /// Reads TOML; missing keys keep their defaults, unknown keys are an error.
+    /// Reads TOML; missing keys keep the default run's values ([`TrainConfig::default`]), also inside a
+    /// table of which some keys are given (`[data]`, `[window]`, `[model]`, `[data.augment]`); unknown keys,
+    /// wrong types and arrays of the wrong length are errors.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let c: TrainConfig = toml::from_str(text)
-            .map_err(|e| Error::invalid(format!("training configuration: {}", e.message())))?;
-        Ok(c)
+        let bad = |m: String| Error::invalid(format!("training configuration: {m}"));
+        let given: toml::Table = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        // The given keys laid over the default run, table by table: serde's `default` would fill a partly
+        // given table from its type's own defaults (64^3 volumes, MONAI's network), not the default run's.
+        let mut merged = toml::Table::try_from(TrainConfig::default())
+            .map_err(|e| bad(format!("the default run does not serialise: {e}")))?;
+        overlay(&mut merged, given);
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.message().to_string()))
     }
 
     /// The configuration as TOML.
@@ -227,6 +253,87 @@ impl TrainConfig {
         } else {
             self.window.roi.clone()
         }
+    }
+
+    /// The counts and sizes that cost memory or time, checked before anything is allocated: volume counts
+    /// are bounded, and the cached training volumes, the kept test predictions, the batch and the network
+    /// with its optimiser state must fit in the machine's memory together.
+    fn check_sizes(&self) -> Result<()> {
+        for (v, name) in [
+            (self.data.volumes, "data.volumes"),
+            (self.val_volumes, "val_volumes"),
+            (self.test_volumes, "test_volumes"),
+            (self.batch, "batch"),
+            (self.window.sw_batch_size, "window.sw_batch_size"),
+        ] {
+            if v > MAX_COUNT {
+                return Err(Error::invalid(format!(
+                    "{name} must be at most {MAX_COUNT}, got {v}"
+                )));
+            }
+        }
+        let voxels = |s: &[usize]| s.iter().try_fold(1u64, |a, &n| a.checked_mul(n as u64));
+        let roi = self.roi();
+        if voxels(&roi).is_none_or(|v| v > 1 << 30) {
+            return Err(Error::InvalidShape(format!(
+                "window.roi {roi:?} is over 2^30 voxels"
+            )));
+        }
+        let volume = voxels(&self.data.shape).unwrap_or(u64::MAX);
+        let classes = self.data.foreground_classes as u64 + 1;
+        let cached = (self.data.volumes as u64).checked_mul(volume * 5);
+        // The test volumes' probabilities (f32) and labels are kept, then laid out again as one file.
+        let test = (self.test_volumes as u64).checked_mul(volume * (classes * 4 + 5) * 2);
+        let batch = (self.batch as u64).checked_mul(voxels(&self.patch).unwrap_or(u64::MAX) * 5);
+        // Weights, gradients and AdamW's two moments, f32 each.
+        let network = self.model.parameter_count().and_then(|p| p.checked_mul(16));
+        let total = [cached, test, batch, network]
+            .into_iter()
+            .try_fold(0u64, |a, b| a.checked_add(b?));
+        crate::memory::check_fits(
+            &format!(
+                "the run (data.volumes = {} cached volumes of {:?}, test_volumes = {} kept predictions, batch {}, \
+                 init_filters {})",
+                self.data.volumes,
+                self.data.shape,
+                self.test_volumes,
+                self.batch,
+                self.model.init_filters
+            ),
+            total,
+        )
+    }
+
+    /// Checks that the largest tensors of a training step and of a sliding-window call fit the device's
+    /// buffer limit, before anything is trained.
+    pub fn check_device(&self, gpu: &Gpu) -> Result<()> {
+        let limit = gpu.limits().max_buffer_size;
+        let channels = (self.model.init_filters as u64).max(self.model.out_channels as u64);
+        let voxels = |s: &[usize]| s.iter().try_fold(1u64, |a, &n| a.checked_mul(n as u64));
+        for (what, count, size) in [
+            ("a training batch", self.batch, self.patch.to_vec()),
+            (
+                "a sliding-window call",
+                self.window.sw_batch_size,
+                self.roi(),
+            ),
+        ] {
+            let bytes = voxels(&size)
+                .and_then(|v| v.checked_mul(count as u64 * channels * 4))
+                .unwrap_or(u64::MAX);
+            if bytes > limit {
+                return Err(Error::BufferTooLarge {
+                    what: format!(
+                        "{what} ({count} x {channels} channels x {size:?}: batch or window.sw_batch_size, \
+                         init_filters, patch or window.roi)"
+                    ),
+                    bytes,
+                    limit_name: "max_buffer_size",
+                    limit,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Checks that the parts fit together, naming the first problem.
@@ -293,6 +400,7 @@ impl TrainConfig {
             )));
         }
         crate::binning::check_num_bins(self.num_bins)?;
+        self.check_sizes()?;
         for (l, name) in [
             (self.lambda_dice, "lambda_dice"),
             (self.lambda_ce, "lambda_ce"),

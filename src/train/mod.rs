@@ -9,6 +9,7 @@ mod trainer;
 pub use config::{LossName, TrainConfig, WindowSettings};
 pub use step::{train_step, StepLosses, TrainLoss};
 pub use trainer::{
-    log_csv, parse_log_csv, predict_probs, summarise, Event, KeptVolume, LogRow, Trainer,
-    Validation,
+    complete_checkpoint_step, log_csv, newest_complete_checkpoint, parse_log_csv, predict_probs,
+    summarise, Event, KeptVolume, LogRow, Trainer, Validation, CHECKPOINTS, CONFIG_FILE,
+    MODEL_FILE,
 };

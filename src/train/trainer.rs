@@ -99,6 +99,7 @@ impl Trainer {
     /// A fresh run: weights initialised from the seed, nothing trained.
     pub fn new(gpu: &Gpu, config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        config.check_device(gpu)?;
         let net = SegResNetDs::new(gpu, config.model.clone(), config.seed)?;
         let optimizer = AdamW::new(AdamWConfig {
             lr: config.lr,
@@ -366,18 +367,28 @@ impl Trainer {
     ) -> Result<()> {
         let started = Instant::now();
         let first = self.step;
+        let mut run_files_written = false;
         while self.step < self.config.steps {
             if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-                return Err(Error::Interrupted(format!(
-                    "stopped at step {}; {} holds the checkpoint of step {}",
-                    self.step,
-                    out.join("last.safetensors").display(),
-                    self.log
-                        .iter()
-                        .rev()
-                        .find(|r| r.validation.is_some())
-                        .map_or(0, |r| r.step)
-                )));
+                // The last validated step is the last checkpoint (a checkpoint follows every validation).
+                let saved = self
+                    .log
+                    .iter()
+                    .rev()
+                    .find(|r| r.validation.is_some())
+                    .map(|r| r.step);
+                return Err(Error::Interrupted(match saved {
+                    Some(at) => format!(
+                        "stopped at step {}; {} holds the checkpoint of step {at} (--resume continues it)",
+                        self.step,
+                        out.display()
+                    ),
+                    None => format!(
+                        "stopped at step {}, before the first checkpoint (step {}): nothing of this run was kept",
+                        self.step,
+                        self.config.val_every.min(self.config.steps)
+                    ),
+                }));
             }
             let losses = self.step()?;
             let done = self.step - first;
@@ -396,6 +407,12 @@ impl Trainer {
                 if let Some(row) = self.log.last_mut() {
                     row.validation = Some(v);
                 }
+                if !run_files_written {
+                    // Written with the first checkpoint (not before): a run that stops earlier leaves no
+                    // folder that looks resumable but is not.
+                    self.write_run_files(out)?;
+                    run_files_written = true;
+                }
                 if best {
                     self.save_checkpoint(out, "best")?;
                 }
@@ -409,6 +426,15 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+
+    /// Writes `<dir>/model.json` (MONAI's keyword arguments of the network) and `<dir>/config.toml` (the
+    /// configuration), each atomically.
+    pub fn write_run_files(&self, dir: &Path) -> Result<()> {
+        let model = serde_json::to_vec_pretty(&self.config.model.to_json())
+            .map_err(|e| Error::invalid(format!("model.json: {e}")))?;
+        write_file_atomically(dir.join(MODEL_FILE), &model)?;
+        write_file_atomically(dir.join(CONFIG_FILE), self.config.to_toml()?.as_bytes())
     }
 
     /// Loads the best checkpoint's weights (or keeps the current ones when there is none).
@@ -439,6 +465,44 @@ impl Trainer {
         t.insert("labels".to_string(), st::HostTensor::I32(lshape, labels));
         st::write(path, &t, None)
     }
+}
+
+/// The network's MONAI keyword arguments in a run folder.
+pub const MODEL_FILE: &str = "model.json";
+/// The configuration in a run folder.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The checkpoints of a run folder, by name (`<name>.safetensors` + `<name>.optim.safetensors`).
+pub const CHECKPOINTS: [&str; 2] = ["last", "best"];
+
+/// The step of checkpoint `<dir>/<name>.*` if both its files are there and carry the same step (`None`: a file
+/// is missing, unreadable, or from another step).
+pub fn complete_checkpoint_step(dir: &Path, name: &str) -> Option<u64> {
+    let step_of = |file: String, key: &str, json: bool| -> Option<u64> {
+        let f = TensorFile::open(dir.join(file)).ok()?;
+        let value = f.metadata(key)?;
+        if json {
+            let state: BTreeMap<String, String> = serde_json::from_str(&value).ok()?;
+            state.get("step")?.parse().ok()
+        } else {
+            value.parse().ok()
+        }
+    };
+    let optim = step_of(format!("{name}.optim.safetensors"), STATE_KEY, true)?;
+    let weights = step_of(format!("{name}.safetensors"), "step", false)?;
+    (optim == weights).then_some(optim)
+}
+
+/// The newest complete checkpoint of a run folder (`last`, or `best` where a kill between the two files of
+/// `last` left them from different steps), with its step.
+pub fn newest_complete_checkpoint(dir: &Path) -> Option<(&'static str, u64)> {
+    CHECKPOINTS
+        .into_iter()
+        .filter_map(|name| complete_checkpoint_step(dir, name).map(|s| (name, s)))
+        // `last` first, so it wins a tie.
+        .fold(None, |best, (name, step)| match best {
+            Some((_, s)) if s >= step => best,
+            _ => Some((name, step)),
+        })
 }
 
 /// Eval-mode sliding-window inference followed by softmax: `[B, C, spatial...]` probabilities.

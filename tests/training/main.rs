@@ -1,7 +1,9 @@
-//! Test suite: Training: synthetic data, augmentation, the trainer, checkpoints and resume.
+//! Test suite: Training: synthetic data, augmentation, the trainer, checkpoints and resume, and hostile
+//! training configurations and run folders.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod data;
+mod hostile;
 mod train;

@@ -15,7 +15,7 @@ use calibseg::train::{
 use calibseg::Tensor;
 use common::gpu;
 
-fn tiny(loss: LossName) -> TrainConfig {
+pub(crate) fn tiny(loss: LossName) -> TrainConfig {
     let mut c = TrainConfig::from_toml(
         r#"
         steps = 4
@@ -26,6 +26,7 @@ fn tiny(loss: LossName) -> TrainConfig {
         lr = 3e-3
         warmup_steps = 1
         [window]
+        roi = [16, 16, 16]
         sw_batch_size = 1
         [model]
         init_filters = 4
@@ -42,7 +43,7 @@ fn tiny(loss: LossName) -> TrainConfig {
     c
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("calibseg-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
