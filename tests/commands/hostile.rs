@@ -316,7 +316,7 @@ fn eval_rejects_non_finite_and_inconsistent_inputs() {
         ),
         "{e:?}"
     );
-    assert!(e.to_string().contains("image_001"), "{e}");
+    assert!(e.to_string().contains("case nan_001"), "{e}");
     assert!(!out.exists());
     // A NaN in the temperature file is reported as such, not as "did not converge".
     let mut bad_z = z.clone();

@@ -3,6 +3,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../common/alloc.rs"]
+mod alloc;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Tracking = alloc::Tracking;
+
 mod bench;
 mod cli_bench;
 mod cli_loss;

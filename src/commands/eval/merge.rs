@@ -118,8 +118,9 @@ fn read_stats(
     dir: &Path,
     prefix: &str,
     settings: &Settings,
-    n: usize,
+    images: &[String],
 ) -> Result<Vec<BinStats>> {
+    let n = images.len();
     let (c, m) = (settings.class_ids.len(), settings.num_bins);
     let name = |t: &str| format!("{prefix}{t}");
     let bins = [n, c, m];
@@ -158,9 +159,86 @@ fn read_stats(
         s.dice_pred = dice_pred[r.clone()].to_vec();
         s.dice_true = dice_true[r.clone()].to_vec();
         s.clamped = clamped[r].to_vec();
+        check_stats(&s, &images[i], prefix)
+            .map_err(|m| mismatch(dir, format!("calibration.safetensors is damaged: {m}")))?;
         out.push(s);
     }
     Ok(out)
+}
+
+/// What cannot be in one image's statistics as `calibseg eval` writes them: a probability sum that is
+/// not finite, negative or above its bin's count (probabilities are clamped into [0, 1]), a foreground
+/// count above its bin's count, class rows that do not each hold every voxel, and Dice or clamp counts
+/// above the voxel count (true positives above either the predicted or the true count). The message
+/// names the case, the class and the tensor.
+fn check_stats(s: &BinStats, case: &str, prefix: &str) -> std::result::Result<(), String> {
+    let m = s.num_bins;
+    if s.voxels == 0 {
+        return Err(format!("case '{case}' has no voxels in its bins"));
+    }
+    for (k, &class) in s.class_ids.iter().enumerate() {
+        let at = |t: &str| format!("case '{case}', class {class}: '{prefix}{t}'");
+        let bins = k * m..(k + 1) * m;
+        let (count, sum_p, sum_y) = (
+            &s.count[bins.clone()],
+            &s.sum_p[bins.clone()],
+            &s.sum_y[bins],
+        );
+        let total: u64 = count.iter().map(|&x| x as u64).sum();
+        if total != s.voxels as u64 {
+            return Err(format!(
+                "{} sums to {total} voxels, but the case has {} (each class bins every voxel)",
+                at("bin_count"),
+                s.voxels
+            ));
+        }
+        for b in 0..m {
+            let (n, p) = (count[b] as f64, sum_p[b] as f64);
+            // f32 sums of up to `n` values in [0, 1]: a relative rounding allowance, never a whole voxel.
+            if !p.is_finite() || p < 0.0 || p > n * (1.0 + 1e-4) + 1e-3 {
+                return Err(format!(
+                    "{} of bin {b} is {p}, outside [0, {n}] (its bin's voxel count)",
+                    at("bin_sum_p")
+                ));
+            }
+            if sum_y[b] > count[b] {
+                return Err(format!(
+                    "{} of bin {b} is {}, above its bin's voxel count {}",
+                    at("bin_sum_y"),
+                    sum_y[b],
+                    count[b]
+                ));
+            }
+        }
+        let (tp, pred, truth) = (s.dice_tp[k], s.dice_pred[k], s.dice_true[k]);
+        let foreground: u64 = sum_y.iter().map(|&x| x as u64).sum();
+        for (t, v) in [
+            ("dice_pred", pred),
+            ("dice_true", truth),
+            ("clamped", s.clamped[k]),
+        ] {
+            if v as usize > s.voxels {
+                return Err(format!(
+                    "{} is {v}, above the case's {} voxels",
+                    at(t),
+                    s.voxels
+                ));
+            }
+        }
+        if tp > pred.min(truth) {
+            return Err(format!(
+                "{} is {tp}, above the predicted ({pred}) or the true ({truth}) count",
+                at("dice_tp")
+            ));
+        }
+        if foreground != truth as u64 {
+            return Err(format!(
+                "{} is {truth}, but its bins hold {foreground} foreground voxels",
+                at("dice_true")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_shard(dir: &Path) -> Result<Shard> {
@@ -205,10 +283,9 @@ fn read_shard(dir: &Path) -> Result<Shard> {
             "the evaluation holds no images or no classes",
         ));
     }
-    let n = images.len();
-    let stats = read_stats(&f, dir, "", &settings, n)?;
+    let stats = read_stats(&f, dir, "", &settings, &images)?;
     let before = match &settings.temperature {
-        Some(_) => Some(read_stats(&f, dir, BEFORE_TEMPERATURE, &settings, n)?),
+        Some(_) => Some(read_stats(&f, dir, BEFORE_TEMPERATURE, &settings, &images)?),
         None => None,
     };
     Ok(Shard {
@@ -257,6 +334,40 @@ fn parse_temperature(dir: &Path, text: &str) -> Result<TemperatureFit> {
     })
 }
 
+/// Why case name `name` of shard `b` (shard, image) is refused, `a` holding it already: the same case
+/// evaluated twice (identical statistics, a real overlap of the shards) or two cases named alike (their
+/// statistics differ).
+fn clash(name: &str, shards: &[Shard], a: (usize, usize), b: (usize, usize)) -> String {
+    let where_a = if a.0 == b.0 {
+        "twice in this evaluation".to_string()
+    } else {
+        format!("also in {}", shards[a.0].dir.display())
+    };
+    let (sa, sb) = (&shards[a.0].stats[a.1], &shards[b.0].stats[b.1]);
+    let same = sa.count == sb.count
+        && sa.sum_y == sb.sum_y
+        && sa.dice_tp == sb.dice_tp
+        && sa.dice_pred == sb.dice_pred
+        && sa.dice_true == sb.dice_true
+        && sa
+            .sum_p
+            .iter()
+            .zip(&sb.sum_p)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+    if same {
+        format!(
+            "case '{name}' is {where_a}, with identical statistics: the same case was evaluated in \
+             both; shards must hold disjoint cases"
+        )
+    } else {
+        format!(
+            "case name '{name}' is {where_a}, but the two cases' statistics differ: different cases \
+             share a name. Cases of a safetensors input are named <file stem>_<index> (or by its \
+             'cases' metadata): give the shards' files different names and evaluate them again"
+        )
+    }
+}
+
 /// Merges the evaluations in `o.shards` (disjoint sets of cases, same settings) and writes the reports of
 /// the whole set into `o.out`: the same files, bit for bit, as one `calibseg eval` over all the cases
 /// (see the module documentation). Needs no GPU.
@@ -290,16 +401,8 @@ pub fn merge(o: &MergeOptions) -> Result<EvalReport> {
     let mut order: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (k, s) in shards.iter().enumerate() {
         for (i, name) in s.images.iter().enumerate() {
-            if let Some((other, _)) = order.insert(name, (k, i)) {
-                let what = if other == k {
-                    "twice in this evaluation".to_string()
-                } else {
-                    format!("also in {}", shards[other].dir.display())
-                };
-                return Err(mismatch(
-                    &s.dir,
-                    format!("case '{name}' is {what}; shards must hold disjoint cases"),
-                ));
+            if let Some((other, j)) = order.insert(name, (k, i)) {
+                return Err(mismatch(&s.dir, clash(name, &shards, (other, j), (k, i))));
             }
         }
     }

@@ -150,6 +150,8 @@ pub trait CaseSource {
 struct TensorSource {
     name: &'static str,
     path: String,
+    /// One name per case (see [`case_names`]).
+    case_names: Vec<String>,
     shape: Vec<usize>,
     values: Vec<f32>,
     labels: Vec<i64>,
@@ -167,11 +169,10 @@ impl CaseSource for TensorSource {
     fn case(&self, i: usize) -> Result<Case> {
         let per: usize = self.shape[1..].iter().product();
         let v: usize = self.shape[2..].iter().product();
-        let width = self.shape[0].saturating_sub(1).to_string().len().max(3);
         let mut s = self.shape.clone();
         s[0] = 1;
         Ok(Case {
-            name: format!("image_{i:0width$}"),
+            name: self.case_names[i].clone(),
             shape: s,
             values: self.values[i * per..(i + 1) * per].to_vec(),
             labels: self.labels[i * v..(i + 1) * v].to_vec(),
@@ -373,10 +374,45 @@ fn numpy_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, Path
     pair_cases(list_cases(probs, npz::is_numpy, npz::case_name)?, labels)
 }
 
+/// The metadata entry of a safetensors input that names its cases: a JSON list of `N` distinct names.
+pub const CASE_NAMES_KEY: &str = "cases";
+
+/// The names of the `n` cases of safetensors file `f`: those in its [`CASE_NAMES_KEY`] metadata, else
+/// `<file stem>_<index>` (`test.safetensors` holds `test_000`, `test_001`, ...), so evaluations of
+/// different files name their cases apart and can be merged.
+fn case_names(f: &TensorFile, path: &Path, n: usize) -> Result<Vec<String>> {
+    let bad = |m: String| Error::Format {
+        path: path.display().to_string(),
+        message: format!("metadata '{CASE_NAMES_KEY}': {m}"),
+    };
+    if let Some(text) = f.metadata(CASE_NAMES_KEY) {
+        let names: Vec<String> = serde_json::from_str(&text)
+            .map_err(|_| bad(format!("not a JSON list of names: {text}")))?;
+        if names.len() != n {
+            return Err(bad(format!("{} names for {n} cases", names.len())));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &names {
+            if c.is_empty() || !seen.insert(c.as_str()) {
+                return Err(bad(format!("the name '{c}' is empty or given twice")));
+            }
+        }
+        return Ok(names);
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| nifti::display_name(s).trim_start_matches('.').to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "image".to_string());
+    let width = n.saturating_sub(1).to_string().len().max(3);
+    Ok((0..n).map(|i| format!("{stem}_{i:0width$}")).collect())
+}
+
 fn read_tensors(path: &Path, labels_path: &Path, logits: bool) -> Result<TensorSource> {
     let name = if logits { "logits" } else { "probs" };
     let f = TensorFile::open(path)?;
     let (shape, values) = f.f32(name)?;
+    let case_names = case_names(&f, path, shape.first().copied().unwrap_or(0))?;
     let lf = if labels_path == path {
         f
     } else {
@@ -402,6 +438,7 @@ fn read_tensors(path: &Path, labels_path: &Path, logits: bool) -> Result<TensorS
     Ok(TensorSource {
         name,
         path: path.display().to_string(),
+        case_names,
         shape,
         values,
         labels,
