@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use calibseg::io::safetensors::{write, HostTensor, TensorFile};
-use common::{assert_grad, assert_rel, fixture, fixture_path, gpu, LOSS_FIXTURES};
+use common::{assert_close, fixture, fixture_path, gpu, Tol, LOSS_FIXTURES};
 
 fn tmp(name: &str) -> PathBuf {
     common::cli::scratch_path("cli-loss", name)
@@ -46,14 +46,19 @@ fn reproduces_every_ace_fixture() {
                     let (gs, g) = got.f32(s).unwrap();
                     let (ws, w) = f.f32(&format!("{key}.{s}")).unwrap();
                     assert_eq!(gs, ws, "{name} {key} {s} shape");
-                    assert_rel(&g, &w, 1e-5, 1e-6, &format!("{name} {key} {s}"));
+                    assert_close(
+                        &g,
+                        &w,
+                        Tol::rel(1e-5).plus_abs(1e-6),
+                        &format!("{name} {key} {s}"),
+                    );
                 }
                 let (gs, g) = got.f32("grad").unwrap();
                 assert_eq!(gs, f.shape("logits").unwrap());
-                assert_grad(
+                assert_close(
                     &g,
                     &f.f32(&format!("{key}.grad")).unwrap().1,
-                    1e-4,
+                    Tol::of_max(1e-4),
                     &format!("{name} {key} grad"),
                 );
             }
@@ -103,19 +108,18 @@ fn reproduces_the_dice_ce_and_combined_fixtures() {
                 String::from_utf8_lossy(&o.stderr)
             );
             let got = TensorFile::open(&out).unwrap();
-            assert_rel(
+            assert_close(
                 &got.f32("loss").unwrap().1,
                 &f.f32(&format!("{key}.loss")).unwrap().1,
-                1e-5,
-                1e-6,
+                Tol::rel(1e-5).plus_abs(1e-6),
                 &format!("{name} {key} loss"),
             );
             let (gs, g) = got.f32("grad").unwrap();
             assert_eq!(gs, f.shape("logits").unwrap());
-            assert_grad(
+            assert_close(
                 &g,
                 &f.f32(&format!("{key}.grad")).unwrap().1,
-                1e-4,
+                Tol::of_max(1e-4),
                 &format!("{name} {key} grad"),
             );
         }

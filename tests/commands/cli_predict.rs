@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use calibseg::io::safetensors::{write, HostTensor, TensorFile};
 use common::reference::softmax;
-use common::{assert_close, fixture, fixture_path, gpu, max_abs, Rng};
+use common::{assert_close, fixture, fixture_path, gpu, Rng, Tol};
 
 fn tmp(name: &str) -> PathBuf {
     common::cli::scratch_path("cli-predict", name)
@@ -50,12 +50,6 @@ fn predict_ok(arch: &str, config: &str, weights: &str, input: &str, output: &Pat
     );
 }
 
-/// Asserts every element of `got` is within `frac` of the largest |want| entry.
-fn assert_within_max(got: &[f32], want: &[f32], frac: f64, what: &str) {
-    let want: Vec<f64> = want.iter().map(|&x| x as f64).collect();
-    assert_close(got, &want, frac * max_abs(&want), what);
-}
-
 /// f64 softmax over the class axis of `[B, C, spatial...]`.
 fn softmax_f64(logits: &[f32], shape: &[usize]) -> Vec<f64> {
     let v: usize = shape[2..].iter().product();
@@ -71,10 +65,15 @@ fn check_output(out: &Path, want_shape: &[usize], want: &[f32], what: &str) {
     assert_eq!(names, ["logits", "probs"], "{what}: tensors in the output");
     let (ls, l) = f.f32("logits").unwrap();
     assert_eq!(ls, want_shape, "{what}: logits shape");
-    assert_within_max(&l, want, 1e-4, &format!("{what} logits"));
+    assert_close(&l, want, Tol::of_max(1e-4), &format!("{what} logits"));
     let (ps, p) = f.f32("probs").unwrap();
     assert_eq!(ps, want_shape, "{what}: probs shape");
-    assert_close(&p, &softmax_f64(&l, &ls), 1e-6, &format!("{what} probs"));
+    assert_close(
+        &p,
+        &softmax_f64(&l, &ls),
+        Tol::abs(1e-6),
+        &format!("{what} probs"),
+    );
 }
 
 /// Writes `text` to a temporary file and returns `@path` for `--config`.
@@ -434,7 +433,7 @@ fn nifti_in_nifti_out_keeps_geometry_and_axis_order() {
                     }
                 }
             }
-            assert_close(&got, &want, 1e-6, &tag);
+            assert_close(&got, &want, Tol::abs(1e-6), &tag);
         }
     }
 }

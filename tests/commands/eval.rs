@@ -11,6 +11,7 @@ use calibseg::io::nifti;
 use calibseg::io::safetensors::{self as st, HostTensor, TensorFile};
 use calibseg::metrics::{self, plot};
 use calibseg::Tensor;
+use common::{assert_close, Tol};
 
 const EXE: &str = env!("CARGO_BIN_EXE_calibseg");
 
@@ -25,23 +26,6 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn close_abs(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w}");
-    }
-}
-
-fn close_rel(got: &[f32], want: &[f32], rel: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rel * w.abs() + 1e-12,
-            "{what}[{i}]: got {g}, want {w}"
-        );
-    }
-}
-
 /// The output folder reproduces the fixture: errors 1e-5 absolute, bins 1e-5 relative, heat map exactly.
 fn check_outputs(out: &Path, fixture: &TensorFile, tag: &str) {
     let got = TensorFile::open(out.join("calibration.safetensors")).unwrap();
@@ -49,7 +33,7 @@ fn check_outputs(out: &Path, fixture: &TensorFile, tag: &str) {
         let (gs, g) = got.f32(m).unwrap();
         let (ws, w) = fixture.f32(&format!("{m}.{tag}")).unwrap();
         assert_eq!(gs, ws, "{m} shape");
-        close_abs(&g, &w, 1e-5, m);
+        assert_close(&g, &w, Tol::abs(1e-5), m);
     }
     if tag == "nobg" {
         for b in ["bin_count", "bin_sum_p", "bin_sum_y"] {
@@ -62,7 +46,7 @@ fn check_outputs(out: &Path, fixture: &TensorFile, tag: &str) {
             };
             let (ws, w) = fixture.f32(&format!("nobg.{b}")).unwrap();
             assert_eq!(gs, ws, "{b} shape");
-            close_rel(&g, &w, 1e-5, b);
+            assert_close(&g, &w, Tol::rel(1e-5).plus_abs(1e-12), b);
         }
         assert_eq!(
             got.integers("reliability_heatmap").unwrap(),

@@ -133,7 +133,8 @@ pub fn ace(
     r
 }
 
-/// Central finite differences of the reference loss with respect to every input element.
+/// Central finite differences of the reference loss with respect to every input element (hard-bin
+/// membership held at that of `z`).
 pub fn finite_differences(
     z: &[f64],
     labels: &[i64],
@@ -149,15 +150,5 @@ pub fn finite_differences(
     } else {
         Some(fixed.as_slice())
     };
-    (0..z.len())
-        .map(|i| {
-            let mut zp = z.to_vec();
-            let mut zm = z.to_vec();
-            zp[i] += h;
-            zm[i] -= h;
-            (ace(&zp, labels, n, c, v, cfg, fixed).loss
-                - ace(&zm, labels, n, c, v, cfg, fixed).loss)
-                / (2.0 * h)
-        })
-        .collect()
+    super::finite_differences(|z| ace(z, labels, n, c, v, cfg, fixed).loss, z, h)
 }

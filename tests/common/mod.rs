@@ -1,4 +1,5 @@
-//! Shared test helpers: the device, a seeded random generator, comparisons, and the f64 CPU reference.
+//! Shared test helpers: the device, the golden files, a seeded random generator, one comparison with its
+//! tolerance ([`assert_close`] with [`Tol`]), finite differences, and the f64 CPU reference.
 #![allow(dead_code)]
 
 pub mod ace_ref;
@@ -29,23 +30,19 @@ pub fn gpu() -> Option<Gpu> {
     }
 }
 
-/// SplitMix64: small, seeded, reproducible.
-pub struct Rng(u64);
+/// The crate's seeded generator ([`calibseg::nn::SeededRng`], SplitMix64) with the draws the tests use.
+pub struct Rng(calibseg::nn::SeededRng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(calibseg::nn::SeededRng::new(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.uniform()
     }
     /// Standard normal (Box-Muller).
     pub fn normal(&mut self) -> f64 {
@@ -61,27 +58,96 @@ impl Rng {
     }
 }
 
-/// Asserts |got - want| <= tol for every element; reports the worst one.
-pub fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0usize, 0f64);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g as f64 - w).abs();
-        assert!(
-            !d.is_nan() || (g.is_nan() && w.is_nan()),
-            "{what}[{i}]: got {g}, want {w}"
-        );
-        if d > worst.1 {
-            worst = (i, d);
+/// How far a value may lie from its reference: `|got - want| <= rel * |want| + abs + of_max * max |want|`
+/// (`max |want|` over the whole reference, at least 1e-30: the gradient tolerance).
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    abs: f64,
+    rel: f64,
+    of_max: f64,
+}
+
+impl Tol {
+    /// Within `abs` of the reference.
+    pub const fn abs(abs: f64) -> Tol {
+        Tol {
+            abs,
+            rel: 0.0,
+            of_max: 0.0,
         }
     }
-    let (i, d) = worst;
-    assert!(
-        d <= tol,
-        "{what}: worst error {d:e} at [{i}] (got {}, want {}), tolerance {tol:e}",
-        got[i],
-        want[i]
-    );
+    /// Within `rel` times each reference value.
+    pub const fn rel(rel: f64) -> Tol {
+        Tol {
+            abs: 0.0,
+            rel,
+            of_max: 0.0,
+        }
+    }
+    /// Within `frac` of the largest reference magnitude.
+    pub const fn of_max(frac: f64) -> Tol {
+        Tol {
+            abs: 0.0,
+            rel: 0.0,
+            of_max: frac,
+        }
+    }
+    /// This tolerance plus `abs`.
+    pub const fn plus_abs(self, abs: f64) -> Tol {
+        Tol { abs, ..self }
+    }
+}
+
+/// A number a comparison reads as f64.
+pub trait Real: Copy + std::fmt::Display {
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// Asserts every element of `got` is within `tol` of `want` (NaN only where both are NaN); the message names
+/// the worst element.
+pub fn assert_close<G: Real, W: Real>(got: &[G], want: &[W], tol: Tol, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f64, |m, &w| m.max(w.to_f64().abs()));
+    let from_max = if tol.of_max > 0.0 {
+        tol.of_max * scale.max(1e-30)
+    } else {
+        0.0
+    };
+    // The worst element: the largest excess over its allowance.
+    let mut worst: Option<(usize, f64, f64)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g64, w64) = (g.to_f64(), w.to_f64());
+        if g64.is_nan() && w64.is_nan() {
+            continue;
+        }
+        let d = (g64 - w64).abs();
+        assert!(!d.is_nan(), "{what}[{i}]: got {g}, want {w}");
+        let allowed = tol.rel * w64.abs() + tol.abs + from_max;
+        if worst.is_none_or(|(_, e, _)| d - allowed > e) {
+            worst = Some((i, d - allowed, allowed));
+        }
+    }
+    if let Some((i, excess, allowed)) = worst {
+        assert!(
+            excess <= 0.0,
+            "{what}: worst element [{i}]: got {}, want {}, error {:e} > allowed {allowed:e} ({tol:?}, max |want| {scale:e})",
+            got[i],
+            want[i],
+            excess + allowed,
+        );
+    }
 }
 
 /// Largest absolute value.
@@ -129,36 +195,17 @@ pub const LOSS_FIXTURES: [&str; 4] = [
     "loss_b1_c2_saturated.safetensors",
 ];
 
-/// Asserts |got - want| <= rel * |want| + abs elementwise.
-pub fn assert_rel(got: &[f32], want: &[f32], rel: f64, abs: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g as f64, w as f64);
-        assert!(
-            (g - w).abs() <= rel * w.abs() + abs,
-            "{what}[{i}]: got {g}, want {w} (rel {rel:e}, abs {abs:e})"
-        );
-    }
-}
-
-/// Asserts every element is within `frac` of the largest |want| entry (the gradient tolerance).
-pub fn assert_grad(got: &[f32], want: &[f32], frac: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    let tol = frac * scale.max(1e-30);
-    let mut worst = (0, 0f64);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g as f64 - w as f64).abs();
-        assert!(!d.is_nan(), "{what}[{i}]: got {g}, want {w}");
-        if d > worst.1 {
-            worst = (i, d);
-        }
-    }
-    assert!(
-        worst.1 <= tol,
-        "{what}: worst error {:e} at [{}] (got {}, want {}), tolerance {tol:e} = {frac:e} x max |grad| {scale:e}",
-        worst.1, worst.0, got[worst.0], want[worst.0]
-    );
+/// Central finite differences of `f` at `z` with step `h`.
+pub fn finite_differences(f: impl Fn(&[f64]) -> f64, z: &[f64], h: f64) -> Vec<f64> {
+    (0..z.len())
+        .map(|i| {
+            let mut zp = z.to_vec();
+            let mut zm = z.to_vec();
+            zp[i] += h;
+            zm[i] -= h;
+            (f(&zp) - f(&zm)) / (2.0 * h)
+        })
+        .collect()
 }
 
 /// The benchmark cases issue 15 asks for, named here independently of the registry (SegResNetDS's are checked

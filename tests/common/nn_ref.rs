@@ -311,12 +311,6 @@ pub fn upsample_backward(dy: &[f32], nc: usize, i: [usize; 3], s: [usize; 3]) ->
     dx
 }
 
-/// Asserts agreement within `rel` of the largest reference magnitude.
-pub fn assert_rel(got: &[f32], want: &[f64], rel: f64, what: &str) {
-    let scale = super::max_abs(want).max(1e-30);
-    super::assert_close(got, want, rel * scale, what);
-}
-
 pub fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&a| a as f64).collect()
 }

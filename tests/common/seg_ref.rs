@@ -128,16 +128,3 @@ pub fn ce_probs(
     }
     total / (n * v) as f64
 }
-
-/// Central finite differences of `f` at `z`.
-pub fn finite_differences(f: impl Fn(&[f64]) -> f64, z: &[f64], h: f64) -> Vec<f64> {
-    (0..z.len())
-        .map(|i| {
-            let mut zp = z.to_vec();
-            let mut zm = z.to_vec();
-            zp[i] += h;
-            zm[i] -= h;
-            (f(&zp) - f(&zm)) / (2.0 * h)
-        })
-        .collect()
-}

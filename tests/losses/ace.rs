@@ -6,7 +6,7 @@ use crate::common;
 use calibseg::loss::{AceLoss, Activation, Labels, Reduction};
 use calibseg::{DType, Error, Tensor};
 use common::ace_ref::{self, AceCfg};
-use common::{assert_close, assert_rel, gpu, Rng};
+use common::{assert_close, gpu, Rng, Tol};
 
 struct Case {
     shape: Vec<usize>,
@@ -74,7 +74,7 @@ fn check_finite_differences(loss: AceLoss, shape: &[usize], seed: u64) {
     assert_close(
         &grad,
         &fd,
-        2e-4 * scale,
+        Tol::abs(2e-4 * scale),
         &format!("{loss:?} gradient vs finite differences"),
     );
 }
@@ -120,11 +120,10 @@ fn probabilities_input_gradient_matches_finite_differences() {
         let out = loss.forward(&input, &lab).unwrap();
         let z: Vec<f64> = probs.iter().map(|&x| x as f64).collect();
         let r = ace_ref::ace(&z, &labels, n, ch, v, &cfg(&loss), None);
-        assert_rel(
+        assert_close(
             &out.loss.to_vec_f32().unwrap(),
             &[r.loss as f32],
-            1e-5,
-            1e-7,
+            Tol::rel(1e-5).plus_abs(1e-7),
             "loss",
         );
         let grad = out.backward().unwrap().to_vec_f32().unwrap();
@@ -132,7 +131,7 @@ fn probabilities_input_gradient_matches_finite_differences() {
         assert_close(
             &grad,
             &fd,
-            2e-4 * common::max_abs(&fd),
+            Tol::abs(2e-4 * common::max_abs(&fd)),
             "probabilities gradient",
         );
     }
@@ -172,7 +171,12 @@ fn forward_matches_the_f64_reference_on_random_volumes() {
             ("bin_sum_p", &out.bin_sum_p, f(&r.bin_sum_p), 1e-5),
             ("bin_sum_y", &out.bin_sum_y, f(&r.bin_sum_y), 1e-5),
         ] {
-            assert_rel(&got.to_vec_f32().unwrap(), &want, tol, abs, name);
+            assert_close(
+                &got.to_vec_f32().unwrap(),
+                &want,
+                Tol::rel(tol).plus_abs(abs),
+                name,
+            );
         }
     }
 }
@@ -297,11 +301,10 @@ fn one_hot_labels_match_index_labels() {
         // them by label), so they agree to rounding, not bit for bit.
         let a = loss.forward(&input, &labels).unwrap();
         let b = loss.forward(&input, &oh).unwrap();
-        assert_rel(
+        assert_close(
             &a.loss.to_vec_f32().unwrap(),
             &b.loss.to_vec_f32().unwrap(),
-            1e-6,
-            0.0,
+            Tol::rel(1e-6).plus_abs(0.0),
             "loss",
         );
         for (name, x, y) in [
@@ -309,18 +312,17 @@ fn one_hot_labels_match_index_labels() {
             ("bin_sum_p", &a.bin_sum_p, &b.bin_sum_p),
             ("bin_sum_y", &a.bin_sum_y, &b.bin_sum_y),
         ] {
-            assert_rel(
+            assert_close(
                 &x.to_vec_f32().unwrap(),
                 &y.to_vec_f32().unwrap(),
-                1e-6,
-                1e-7,
+                Tol::rel(1e-6).plus_abs(1e-7),
                 name,
             );
         }
-        common::assert_grad(
+        common::assert_close(
             &a.backward().unwrap().to_vec_f32().unwrap(),
             &b.backward().unwrap().to_vec_f32().unwrap(),
-            1e-6,
+            Tol::of_max(1e-6),
             "gradient",
         );
     }
@@ -338,11 +340,10 @@ fn reductions_class_weights_and_upstream_gradients() {
         .with_reduction(Reduction::Sum)
         .forward(&input, &labels)
         .unwrap();
-    assert_rel(
+    assert_close(
         &sum.loss.to_vec_f32().unwrap(),
         &[m * 6.0],
-        1e-6,
-        0.0,
+        Tol::rel(1e-6).plus_abs(0.0),
         "sum = 6 x mean",
     );
     let none = AceLoss::soft()
@@ -358,22 +359,26 @@ fn reductions_class_weights_and_upstream_gradients() {
         .forward(&input, &labels)
         .unwrap();
     let want: Vec<f32> = per.iter().enumerate().map(|(i, &x)| x * w[i % 3]).collect();
-    assert_rel(
+    assert_close(
         &weighted.per_image_class.to_vec_f32().unwrap(),
         &want,
-        1e-6,
-        1e-9,
+        Tol::rel(1e-6).plus_abs(1e-9),
         "weighted",
     );
     // Gradients scale with the reduction and the upstream gradient.
     let g_mean = mean.backward().unwrap().to_vec_f32().unwrap();
     let g_sum = sum.backward_scaled(0.5).unwrap().to_vec_f32().unwrap();
     let want: Vec<f32> = g_mean.iter().map(|&g| g * 3.0).collect();
-    common::assert_grad(&g_sum, &want, 1e-5, "0.5 x d sum = 3 x d mean");
+    common::assert_close(&g_sum, &want, Tol::of_max(1e-5), "0.5 x d sum = 3 x d mean");
     // `none` with a per-(image, class) upstream of 1/6 everywhere equals the mean's gradient.
     let up = Tensor::from_f32(&gpu, &[2, 3], &[1.0 / 6.0; 6]).unwrap();
     let g_none = none.backward_with(&up).unwrap().to_vec_f32().unwrap();
-    common::assert_grad(&g_none, &g_mean, 1e-5, "none with upstream 1/6");
+    common::assert_close(
+        &g_none,
+        &g_mean,
+        Tol::of_max(1e-5),
+        "none with upstream 1/6",
+    );
     let bad = Tensor::from_f32(&gpu, &[4], &[1.0; 4]).unwrap();
     assert!(matches!(
         none.backward_with(&bad),
@@ -429,7 +434,12 @@ fn f16_logits_give_the_loss_of_their_f32_upcast() {
         let a = loss.forward(&t16, &labels).unwrap();
         let b = loss.forward(&t32, &labels).unwrap();
         let lb = b.loss.to_vec_f32().unwrap();
-        assert_rel(&a.loss.to_vec_f32().unwrap(), &lb, 1e-5, 0.0, "f16 loss");
+        assert_close(
+            &a.loss.to_vec_f32().unwrap(),
+            &lb,
+            Tol::rel(1e-5).plus_abs(0.0),
+            "f16 loss",
+        );
         let g16 = a.backward().unwrap();
         assert_eq!(g16.dtype(), DType::F16);
         let g32 = b.backward().unwrap().to_vec_f32().unwrap();
@@ -472,11 +482,10 @@ fn more_than_2_pow_26_elements() {
             .collect();
         let r = ace_ref::ace(&z, &labels[b * v..(b + 1) * v], 1, ch, v, &cfg(&loss), None);
         let want: Vec<f32> = r.per_image_class.iter().map(|&x| x as f32).collect();
-        assert_rel(
+        assert_close(
             &per[b * ch..(b + 1) * ch],
             &want,
-            1e-4,
-            1e-6,
+            Tol::rel(1e-4).plus_abs(1e-6),
             &format!("image {b}"),
         );
     }

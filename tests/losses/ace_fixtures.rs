@@ -5,7 +5,7 @@ use crate::common;
 
 use calibseg::loss::{AceLoss, Labels};
 use calibseg::Tensor;
-use common::{assert_grad, assert_rel, fixture_sets, gpu, LOSS_FIXTURES};
+use common::{assert_close, fixture_sets, gpu, Tol, LOSS_FIXTURES};
 
 fn check_fixture(name: &str) {
     let Some(gpu) = gpu() else { return };
@@ -35,18 +35,16 @@ fn check_file(gpu: &calibseg::Gpu, f: &calibseg::io::safetensors::TensorFile) {
             let what = format!("{name} {key}");
             let out = loss.forward(&input, &labels).unwrap();
             let want = |s: &str| f.f32(&format!("{key}.{s}")).unwrap().1;
-            assert_rel(
+            assert_close(
                 &out.loss.to_vec_f32().unwrap(),
                 &want("loss"),
-                1e-5,
-                1e-6,
+                Tol::rel(1e-5).plus_abs(1e-6),
                 &format!("{what} loss"),
             );
-            assert_rel(
+            assert_close(
                 &out.per_image_class.to_vec_f32().unwrap(),
                 &want("per_image_class"),
-                1e-5,
-                1e-6,
+                Tol::rel(1e-5).plus_abs(1e-6),
                 &format!("{what} per_image_class"),
             );
             for (t, s) in [
@@ -59,19 +57,18 @@ fn check_file(gpu: &calibseg::Gpu, f: &calibseg::io::safetensors::TensorFile) {
                     f.shape(&format!("{key}.{s}")).unwrap(),
                     "{what} {s} shape"
                 );
-                assert_rel(
+                assert_close(
                     &t.to_vec_f32().unwrap(),
                     &want(s),
-                    1e-5,
-                    1e-6,
+                    Tol::rel(1e-5).plus_abs(1e-6),
                     &format!("{what} {s}"),
                 );
             }
             let grad = out.backward().unwrap();
-            assert_grad(
+            assert_close(
                 &grad.to_vec_f32().unwrap(),
                 &want("grad"),
-                1e-4,
+                Tol::of_max(1e-4),
                 &format!("{what} grad"),
             );
         }

@@ -5,7 +5,7 @@ use crate::common;
 
 use calibseg::loss::{downsample_labels, AceDiceCeLoss, Binning, DeepSupervision, Labels};
 use calibseg::{Error, Tensor};
-use common::{assert_rel, gpu, Rng};
+use common::{assert_close, gpu, Rng, Tol};
 
 /// PyTorch nearest-exact: source = min(floor((dst + 0.5) * in / out), in - 1), in f64.
 fn nearest_exact_ref(
@@ -102,19 +102,17 @@ fn deep_supervision_sums_weighted_level_losses() {
         want += ds.weights[i] * single.loss.to_vec_f32().unwrap()[0];
         let g = single.backward().unwrap().to_vec_f32().unwrap();
         let scaled: Vec<f32> = g.iter().map(|x| x * ds.weights[i]).collect();
-        assert_rel(
+        assert_close(
             &grads[i].to_vec_f32().unwrap(),
             &scaled,
-            1e-6,
-            1e-12,
+            Tol::rel(1e-6).plus_abs(1e-12),
             &format!("level {i} gradient"),
         );
     }
-    assert_rel(
+    assert_close(
         &[out.loss().unwrap()],
         &[want],
-        1e-6,
-        0.0,
+        Tol::rel(1e-6).plus_abs(0.0),
         "deep supervision loss",
     );
     assert!(matches!(

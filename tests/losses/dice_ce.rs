@@ -6,7 +6,7 @@ use crate::common;
 use calibseg::loss::{AceDiceCeLoss, Binning, CrossEntropyLoss, DiceLoss, Labels, LossOutput};
 use calibseg::{Error, Gpu, Tensor};
 use common::seg_ref::{self, CeCfg, DiceCfg};
-use common::{assert_close, assert_rel, gpu, max_abs, Rng};
+use common::{assert_close, gpu, max_abs, Rng, Tol};
 
 const N: usize = 2;
 const C: usize = 3;
@@ -30,19 +30,18 @@ fn z64(z: &[f32]) -> Vec<f64> {
 /// Loss value and gradient against the reference value and its finite differences.
 fn check(out: LossOutput, z: &[f32], f: impl Fn(&[f64]) -> f64, what: &str) {
     let want = f(&z64(z));
-    assert_rel(
+    assert_close(
         &out.loss.to_vec_f32().unwrap(),
         &[want as f32],
-        1e-5,
-        1e-7,
+        Tol::rel(1e-5).plus_abs(1e-7),
         &format!("{what} loss"),
     );
     let grad = out.backward().unwrap().to_vec_f32().unwrap();
-    let fd = seg_ref::finite_differences(&f, &z64(z), 1e-5);
+    let fd = common::finite_differences(&f, &z64(z), 1e-5);
     assert_close(
         &grad,
         &fd,
-        1e-4 * max_abs(&fd) + 1e-9,
+        Tol::abs(1e-4 * max_abs(&fd) + 1e-9),
         &format!("{what} gradient vs finite differences"),
     );
 }
@@ -229,11 +228,10 @@ fn fused_losses_equal_the_sum_of_their_terms() {
         let ce = fused.ce.forward(&x, &l).unwrap();
         let v = |t: &Tensor| t.to_vec_f32().unwrap()[0];
         let want = 0.7 * v(&ace.loss) + 0.2 * v(&dice.loss) + 1.3 * v(&ce.loss);
-        assert_rel(
+        assert_close(
             &out.loss.to_vec_f32().unwrap(),
             &[want],
-            1e-6,
-            1e-8,
+            Tol::rel(1e-6).plus_abs(1e-8),
             "fused loss",
         );
         let g = out.backward().unwrap().to_vec_f32().unwrap();
@@ -245,7 +243,12 @@ fn fused_losses_equal_the_sum_of_their_terms() {
         let want: Vec<f32> = (0..g.len())
             .map(|i| 0.7 * ga[i] + 0.2 * gd[i] + 1.3 * gc[i])
             .collect();
-        common::assert_grad(&g, &want, 1e-5, &format!("{binning:?} fused gradient"));
+        common::assert_close(
+            &g,
+            &want,
+            Tol::of_max(1e-5),
+            &format!("{binning:?} fused gradient"),
+        );
     }
 }
 

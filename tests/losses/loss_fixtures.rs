@@ -7,7 +7,7 @@ use calibseg::loss::{
     AceDiceCeLoss, Binning, CrossEntropyLoss, DiceCeLoss, DiceLoss, Labels, LossOutput,
 };
 use calibseg::Tensor;
-use common::{assert_grad, assert_rel, fixture_sets, gpu, LOSS_FIXTURES};
+use common::{assert_close, fixture_sets, gpu, Tol, LOSS_FIXTURES};
 
 fn check(name: &str) {
     let Some(gpu) = gpu() else { return };
@@ -25,18 +25,17 @@ fn check_file(gpu: &calibseg::Gpu, f: &calibseg::io::safetensors::TensorFile) {
     let labels = Labels::from_indices(gpu, &lshape, &labels, shape[1]).unwrap();
     let compare = |out: LossOutput, key: &str| {
         let what = format!("{name} {key}");
-        assert_rel(
+        assert_close(
             &out.loss.to_vec_f32().unwrap(),
             &f.f32(&format!("{key}.loss")).unwrap().1,
-            1e-5,
-            1e-6,
+            Tol::rel(1e-5).plus_abs(1e-6),
             &what,
         );
         let grad = out.backward().unwrap().to_vec_f32().unwrap();
-        assert_grad(
+        assert_close(
             &grad,
             &f.f32(&format!("{key}.grad")).unwrap().1,
-            1e-4,
+            Tol::of_max(1e-4),
             &format!("{what} grad"),
         );
     };
@@ -67,25 +66,22 @@ fn check_file(gpu: &calibseg::Gpu, f: &calibseg::io::safetensors::TensorFile) {
         let out = loss.forward(&input, &labels).unwrap();
         // The terms are reported too: each matches its own fixture.
         let term = |t: &Option<Tensor>| t.as_ref().unwrap().to_vec_f32().unwrap();
-        assert_rel(
+        assert_close(
             &term(&out.ace),
             &f.f32(&format!("ace.{key}.bg.loss")).unwrap().1,
-            1e-5,
-            1e-6,
+            Tol::rel(1e-5).plus_abs(1e-6),
             "ace term",
         );
-        assert_rel(
+        assert_close(
             &term(&out.dice),
             &f.f32("dice.bg.loss").unwrap().1,
-            1e-5,
-            1e-6,
+            Tol::rel(1e-5).plus_abs(1e-6),
             "dice term",
         );
-        assert_rel(
+        assert_close(
             &term(&out.ce),
             &f.f32("ce.loss").unwrap().1,
-            1e-5,
-            1e-6,
+            Tol::rel(1e-5).plus_abs(1e-6),
             "ce term",
         );
         compare(out, &format!("ace_dice_ce.{key}"));

@@ -8,6 +8,7 @@ use calibseg::io::safetensors::TensorFile;
 use calibseg::metrics::{self, MicroPooling};
 use calibseg::Tensor;
 use common::metrics_ref;
+use common::{assert_close, Tol};
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
@@ -15,17 +16,6 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 
 fn f32s(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
-}
-
-fn assert_rel(got: &[f64], want: &[f32], rel: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let w = w as f64;
-        assert!(
-            (g - w).abs() <= rel * w.abs().max(1e-30) + 1e-12,
-            "{what}[{i}]: got {g}, want {w}"
-        );
-    }
 }
 
 fn check_fixture(name: &str) {
@@ -51,26 +41,31 @@ fn check_file(gpu: &calibseg::Gpu, f: &TensorFile) {
             common::assert_close(
                 &f32s(got),
                 &f64s(&want),
-                1e-5,
+                Tol::abs(1e-5),
                 &format!("{name} {metric}.{tag}"),
             );
         }
         if !bg {
             let count: Vec<f64> = s.count.iter().map(|&x| x as f64).collect();
             let sy: Vec<f64> = s.sum_y.iter().map(|&x| x as f64).collect();
-            assert_rel(
+            assert_close(
                 &count,
                 &f.f32("nobg.bin_count").unwrap().1,
-                1e-5,
+                Tol::rel(1e-5).plus_abs(1e-12),
                 "bin_count",
             );
-            assert_rel(
+            assert_close(
                 &f64s(&s.sum_p),
                 &f.f32("nobg.bin_sum_p").unwrap().1,
-                1e-5,
+                Tol::rel(1e-5).plus_abs(1e-12),
                 "bin_sum_p",
             );
-            assert_rel(&sy, &f.f32("nobg.bin_sum_y").unwrap().1, 1e-5, "bin_sum_y");
+            assert_close(
+                &sy,
+                &f.f32("nobg.bin_sum_y").unwrap().1,
+                Tol::rel(1e-5).plus_abs(1e-12),
+                "bin_sum_y",
+            );
             let (hs, h) = f.integers("nobg.reliability_heatmap").unwrap();
             assert_eq!(hs, vec![s.classes, m, m]);
             let got = metrics::reliability_heatmap(&s);
@@ -128,7 +123,7 @@ fn matches_cpu_reference_on_multi_chunk_volumes() {
         s.sum_y.iter().map(|&x| x as f64).collect::<Vec<_>>(),
         r.sum_y
     );
-    assert_rel(&r.sum_p, &s.sum_p, 2e-5, "sum_p");
+    assert_close(&r.sum_p, &s.sum_p, Tol::rel(2e-5).plus_abs(1e-12), "sum_p");
     assert_eq!(
         s.dice_tp.iter().map(|&x| x as f64).collect::<Vec<_>>(),
         r.tp

@@ -9,7 +9,7 @@ use calibseg::nn::{
     Mode, Network, NormName, SegResNet, SegResNetConfig, SegResNetDs, SegResNetDsConfig,
 };
 use calibseg::{Error, Gpu, Tensor};
-use common::{assert_grad, fixture_sets, gpu};
+use common::{assert_close, fixture_sets, gpu, Tol};
 
 fn upload(gpu: &Gpu, file: &TensorFile, name: &str) -> Tensor {
     let (shape, data) = file.f32(name).unwrap();
@@ -62,10 +62,10 @@ fn check_network_file(gpu: &Gpu, file: &TensorFile) {
     };
     let (want_shape, want) = file.f32(eval_name).unwrap();
     assert_eq!(eval[0].shape(), want_shape.as_slice());
-    assert_grad(
+    assert_close(
         &eval[0].tensor().to_vec_f32().unwrap(),
         &want,
-        1e-4,
+        Tol::of_max(1e-4),
         &format!("{name} eval.output"),
     );
 
@@ -81,10 +81,10 @@ fn check_network_file(gpu: &Gpu, file: &TensorFile) {
     for (i, o) in outs.iter().enumerate() {
         let (shape, want) = file.f32(&format!("train.output.{i}")).unwrap();
         assert_eq!(o.shape(), shape.as_slice(), "{name} train.output.{i} shape");
-        assert_grad(
+        assert_close(
             &o.tensor().to_vec_f32().unwrap(),
             &want,
-            1e-4,
+            Tol::of_max(1e-4),
             &format!("{name} train.output.{i}"),
         );
         projections.push(upload(gpu, file, &format!("train.projection.{i}")));
@@ -99,10 +99,10 @@ fn check_network_file(gpu: &Gpu, file: &TensorFile) {
     );
     let grads = tape.backward(&loss).unwrap();
     let (_, want) = file.f32("grad.input").unwrap();
-    assert_grad(
+    assert_close(
         &grads.get(&x).unwrap().to_vec_f32().unwrap(),
         &want,
-        1e-3,
+        Tol::of_max(1e-3),
         &format!("{name} grad.input"),
     );
     let mut checked = 0;
@@ -112,10 +112,10 @@ fn check_network_file(gpu: &Gpu, file: &TensorFile) {
             .get(&var)
             .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
         assert_eq!(got.shape(), shape.as_slice());
-        assert_grad(
+        assert_close(
             &got.to_vec_f32().unwrap(),
             &want,
-            1e-3,
+            Tol::of_max(1e-3),
             &format!("{name} grad.{pname}"),
         );
         checked += 1;

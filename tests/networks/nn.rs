@@ -11,7 +11,7 @@ use calibseg::nn::{
     WarmupCosineSchedule,
 };
 use calibseg::Tensor;
-use common::{assert_close, gpu, Rng};
+use common::{assert_close, gpu, Rng, Tol};
 
 #[test]
 fn conv_init_is_kaiming_uniform_with_a_sqrt5() {
@@ -127,7 +127,7 @@ fn adamw_matches_pytorch_algorithm() {
     assert_close(
         &var.tensor().to_vec_f32().unwrap(),
         &p,
-        1e-5,
+        Tol::abs(1e-5),
         "AdamW parameters",
     );
     assert_eq!(untouched.tensor().to_vec_f32().unwrap(), vec![5.0, 6.0]);

@@ -10,8 +10,8 @@ use calibseg::nn::sliding_window::{
     importance_map, sliding_window_inference, BlendMode, SlidingWindowConfig,
 };
 use calibseg::{ops, DType, Error, Tensor};
-use common::nn_ref::{assert_rel, Geo};
-use common::{assert_close, gpu, Rng};
+use common::nn_ref::Geo;
+use common::{assert_close, gpu, Rng, Tol};
 
 /// MONAI's window geometry over one image, written from its Python code.
 struct RefPlan {
@@ -279,7 +279,12 @@ fn check_conv_predictor(
         cout,
         |win, _| geo.forward(win, &w, Some(&bias)),
     );
-    assert_rel(&y.to_vec_f32().unwrap(), &want, 2e-6, "sliding window");
+    assert_close(
+        &y.to_vec_f32().unwrap(),
+        &want,
+        Tol::of_max(2e-6),
+        "sliding window",
+    );
 
     // Predictor calls: sw_batch_size windows at a time, the remainder last.
     let total = ref_plan(&shape[2..], roi, &overlap_full).windows.len() * shape[0];
@@ -447,7 +452,12 @@ fn predictor_sees_monai_windows_in_order() {
                 .collect()
         },
     );
-    assert_rel(&y.to_vec_f32().unwrap(), &want, 2e-6, "1D sliding window");
+    assert_close(
+        &y.to_vec_f32().unwrap(),
+        &want,
+        Tol::of_max(2e-6),
+        "1D sliding window",
+    );
 }
 
 #[test]
@@ -516,7 +526,12 @@ fn importance_map_against_f64_gaussian() {
             sigma.clone()
         };
         let want = ref_importance(&roi, true, &full);
-        assert_rel(&got, &want, 1e-6, &format!("importance {roi:?}"));
+        assert_close(
+            &got,
+            &want,
+            Tol::of_max(1e-6),
+            &format!("importance {roi:?}"),
+        );
     }
     // Hand values: roi 16, sigma 2: the centre offsets are +-0.5, so the peak is exp(-1/32)^3 (not 1);
     // the corner exp(-7.5^2 / 8)^3 = 6.6e-10 is raised to 1e-3.
@@ -631,7 +646,7 @@ fn identity_predictor_returns_the_input() {
         .with_sw_batch_size(7);
     let y = sliding_window_inference(&xt, &c, |w| Ok(w.clone())).unwrap();
     let want: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    assert_close(&y.to_vec_f32().unwrap(), &want, 1e-5, "identity");
+    assert_close(&y.to_vec_f32().unwrap(), &want, Tol::abs(1e-5), "identity");
 }
 
 /// Comma-separated numbers from the MONAI fixture's metadata.
@@ -682,10 +697,10 @@ fn matches_monai_sliding_window_inference() {
         assert_eq!(y.shape(), ys.as_slice());
         let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
         // Measured: within 2.4e-7 of the largest entry (the convolutions' rounding).
-        assert_rel(
+        assert_close(
             &y.to_vec_f32().unwrap(),
             &want,
-            2e-6,
+            Tol::of_max(2e-6),
             &format!("MONAI case {i}"),
         );
     }
@@ -761,10 +776,10 @@ fn check_net_sliding_window_file(
         .unwrap();
         let (ys, want) = file.f32(&format!("sw.{i}.output")).unwrap();
         assert_eq!(y.shape(), ys.as_slice());
-        common::assert_grad(
+        common::assert_close(
             &y.to_vec_f32().unwrap(),
             &want,
-            1e-4,
+            Tol::of_max(1e-4),
             &format!("{} sw.{i}", file.path()),
         );
     }

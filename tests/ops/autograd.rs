@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use calibseg::autograd::{Tape, Var};
 use calibseg::{ops, Tensor};
-use common::nn_ref::{assert_rel, group_norm, upsample, Geo};
-use common::{gpu, reference, Rng};
+use common::nn_ref::{group_norm, upsample, Geo};
+use common::{assert_close, gpu, reference, Rng, Tol};
 
 /// Records `L = sum(w * p)` as a custom op producing a scalar `[1]`; its backward is `dL/dp = g * w`.
 fn weighted_sum(tape: &Tape, p: &Var, w: &[f32]) -> Var {
@@ -67,10 +67,10 @@ fn custom_softmax_op_gradient_matches_reference() {
     let pref = reference::softmax(&zv, n, c, v);
     let w64: Vec<f64> = w.iter().map(|&a| a as f64).collect();
     let want = reference::softmax_backward(&pref, &w64, n, c, v);
-    assert_rel(
+    assert_close(
         &grads.get(&z).unwrap().to_vec_f32().unwrap(),
         &want,
-        1e-5,
+        Tol::of_max(1e-5),
         "dL/dz",
     );
     assert!(grads.get(&p).is_none(), "intermediates are not returned");

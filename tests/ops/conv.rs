@@ -6,8 +6,8 @@ use crate::common;
 
 use calibseg::ops;
 use calibseg::{DType, Error, Tensor};
-use common::nn_ref::{assert_rel, conv_transpose, Geo};
-use common::{gpu, Rng};
+use common::nn_ref::{conv_transpose, Geo};
+use common::{assert_close, gpu, Rng, Tol};
 
 fn shape5(n: usize, c: usize, s: [usize; 3], two_d: bool) -> Vec<usize> {
     if two_d {
@@ -38,34 +38,34 @@ fn check_conv(g: Geo, bias: bool, two_d: bool, seed: u64) {
     let y = ops::conv(&xt, &wt, bias.then_some(&bt), &stride, &pad).unwrap();
     assert_eq!(y.shape(), ys.as_slice());
     let want = g.forward(&x, &w, bias.then_some(&b));
-    assert_rel(
+    assert_close(
         &y.to_vec_f32().unwrap(),
         &want,
-        1e-4,
+        Tol::of_max(1e-4),
         &format!("conv {g:?}"),
     );
 
     let dyt = Tensor::from_f32(&gpu, &ys, &dy).unwrap();
     let (dx, dw, db) = g.backward(&x, &w, &dy);
     let gx = ops::conv_backward_data(&dyt, &wt, &xs, &stride, &pad).unwrap();
-    assert_rel(
+    assert_close(
         &gx.to_vec_f32().unwrap(),
         &dx,
-        1e-4,
+        Tol::of_max(1e-4),
         &format!("conv dx {g:?}"),
     );
     let gw = ops::conv_backward_weight(&xt, &dyt, &ws, &stride, &pad).unwrap();
-    assert_rel(
+    assert_close(
         &gw.to_vec_f32().unwrap(),
         &dw,
-        1e-4,
+        Tol::of_max(1e-4),
         &format!("conv dw {g:?}"),
     );
     let gb = ops::conv_backward_bias(&dyt).unwrap();
-    assert_rel(
+    assert_close(
         &gb.to_vec_f32().unwrap(),
         &db,
-        1e-4,
+        Tol::of_max(1e-4),
         &format!("conv db {g:?}"),
     );
 }
@@ -210,7 +210,12 @@ fn check_transpose(g: Geo, op: [usize; 3], bias: bool, seed: u64) {
     let bt = Tensor::from_f32(&gpu, &[g.cout], &b).unwrap();
     let y = ops::conv_transpose(&xt, &wt, bias.then_some(&bt), &g.s, &g.p, &op).unwrap();
     assert_eq!(y.shape(), ys.as_slice());
-    assert_rel(&y.to_vec_f32().unwrap(), &want, 1e-4, "conv_transpose");
+    assert_close(
+        &y.to_vec_f32().unwrap(),
+        &want,
+        Tol::of_max(1e-4),
+        "conv_transpose",
+    );
 
     // Gradients of L = sum(dy * y): the transposed convolution is linear, so dL/dx is the forward of the
     // adjoint — computed here through the reference by unit-vector probing of the scatter definition.
@@ -235,16 +240,16 @@ fn check_transpose(g: Geo, op: [usize; 3], bias: bool, seed: u64) {
             dot(&conv_transpose(&g, op, &x, &e, None).0)
         })
         .collect();
-    assert_rel(
+    assert_close(
         &gx.to_vec_f32().unwrap(),
         &want_dx,
-        1e-4,
+        Tol::of_max(1e-4),
         "conv_transpose dx",
     );
-    assert_rel(
+    assert_close(
         &gw.to_vec_f32().unwrap(),
         &want_dw,
-        1e-4,
+        Tol::of_max(1e-4),
         "conv_transpose dw",
     );
 }

@@ -5,8 +5,8 @@ use crate::common;
 
 use calibseg::ops;
 use calibseg::{DType, Error, Tensor};
-use common::nn_ref::{assert_rel, upsample, upsample_backward};
-use common::{assert_close, gpu, Rng};
+use common::nn_ref::{upsample, upsample_backward};
+use common::{assert_close, gpu, Rng, Tol};
 
 #[test]
 fn relu_and_its_backward() {
@@ -17,7 +17,7 @@ fn relu_and_its_backward() {
     let xt = Tensor::from_f32(&gpu, &[2, 3, 5, 7, 3], &x).unwrap();
     let y = ops::relu(&xt).unwrap();
     let want: Vec<f64> = x.iter().map(|&a| (a as f64).max(0.0)).collect();
-    assert_close(&y.to_vec_f32().unwrap(), &want, 0.0, "relu");
+    assert_close(&y.to_vec_f32().unwrap(), &want, Tol::abs(0.0), "relu");
     let dyt = Tensor::from_f32(&gpu, xt.shape(), &dy).unwrap();
     let dx = ops::relu_backward(&y, &dyt).unwrap();
     let want: Vec<f64> = x
@@ -25,7 +25,12 @@ fn relu_and_its_backward() {
         .zip(&dy)
         .map(|(&a, &g)| if a > 0.0 { g as f64 } else { 0.0 })
         .collect();
-    assert_close(&dx.to_vec_f32().unwrap(), &want, 0.0, "relu backward");
+    assert_close(
+        &dx.to_vec_f32().unwrap(),
+        &want,
+        Tol::abs(0.0),
+        "relu backward",
+    );
 }
 
 #[test]
@@ -38,7 +43,7 @@ fn add_elementwise() {
     let bt = Tensor::from_f32(&gpu, &[1, 7, 11, 13], &b).unwrap();
     let s = ops::add(&at, &bt).unwrap();
     let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x + y) as f64).collect();
-    assert_close(&s.to_vec_f32().unwrap(), &want, 1e-6, "add");
+    assert_close(&s.to_vec_f32().unwrap(), &want, Tol::abs(1e-6), "add");
     let ct = Tensor::from_f32(&gpu, &[1, 7, 143], &a).unwrap();
     assert!(matches!(ops::add(&at, &ct), Err(Error::ShapeMismatch(_))));
 }
@@ -56,12 +61,22 @@ fn check_upsample(shape: &[usize], seed: u64) {
     let xt = Tensor::from_f32(&gpu, shape, &x).unwrap();
     let y = ops::upsample(&xt, 2).unwrap();
     let want = upsample(&x, nc, i3, s3);
-    assert_rel(&y.to_vec_f32().unwrap(), &want, 1e-5, "upsample");
+    assert_close(
+        &y.to_vec_f32().unwrap(),
+        &want,
+        Tol::of_max(1e-5),
+        "upsample",
+    );
     let dy = rng.normals(want.len(), 1.0);
     let dyt = Tensor::from_f32(&gpu, y.shape(), &dy).unwrap();
     let dx = ops::upsample_backward(&dyt, shape, 2).unwrap();
     let want = upsample_backward(&dy, nc, i3, s3);
-    assert_rel(&dx.to_vec_f32().unwrap(), &want, 1e-5, "upsample backward");
+    assert_close(
+        &dx.to_vec_f32().unwrap(),
+        &want,
+        Tol::of_max(1e-5),
+        "upsample backward",
+    );
 }
 
 #[test]
@@ -86,7 +101,12 @@ fn upsample_known_values() {
     let x = Tensor::from_f32(&gpu, &[1, 1, 1, 3], &[0.0, 1.0, 2.0]).unwrap();
     let y = ops::upsample(&x, 2).unwrap();
     let row = &y.to_vec_f32().unwrap()[..6];
-    assert_close(row, &[0.0, 0.25, 0.75, 1.25, 1.75, 2.0], 1e-7, "linear x2");
+    assert_close(
+        row,
+        &[0.0, 0.25, 0.75, 1.25, 1.75, 2.0],
+        Tol::abs(1e-7),
+        "linear x2",
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod host_app;
 
 use calibseg::loss::{AceDiceCeLoss, Binning, Labels};
 use calibseg::{DType, Error, Gpu, Tensor};
+use common::Tol;
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -44,7 +45,7 @@ fn embedded_loss_equals_the_loss_on_uploaded_tensors_bit_for_bit() {
             -(sharpness as f64) * d * d
         })
         .collect();
-    common::assert_close(&z, &want, 1e-5, "application logits");
+    common::assert_close(&z, &want, Tol::abs(1e-5), "application logits");
 
     let mut lshape = shape.clone();
     lshape[1] = 1;
@@ -89,7 +90,12 @@ fn embedded_loss_equals_the_loss_on_uploaded_tensors_bit_for_bit() {
         .zip(&g)
         .map(|(&z, &g)| z as f64 - lr as f64 * g as f64)
         .collect();
-    common::assert_close(&after, &want, 1e-5, "logits after the application's step");
+    common::assert_close(
+        &after,
+        &want,
+        Tol::abs(1e-5),
+        "logits after the application's step",
+    );
     gpu.synchronize().unwrap();
 }
 

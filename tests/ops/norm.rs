@@ -5,8 +5,8 @@ use crate::common;
 
 use calibseg::ops;
 use calibseg::{DType, Error, Tensor};
-use common::nn_ref::{assert_rel, group_norm, group_norm_backward};
-use common::{gpu, Rng};
+use common::nn_ref::{group_norm, group_norm_backward};
+use common::{assert_close, gpu, Rng, Tol};
 
 fn check(shape: &[usize], groups: usize, seed: u64) {
     let Some(gpu) = gpu() else { return };
@@ -27,28 +27,48 @@ fn check(shape: &[usize], groups: usize, seed: u64) {
     let bt = Tensor::from_f32(&gpu, &[c], &beta).unwrap();
     let (y, stats) = ops::group_norm(&xt, groups, &gt, &bt, 1e-5).unwrap();
     let want = group_norm(&x, n, c, v, groups, &gamma, &beta, 1e-5);
-    assert_rel(&y.to_vec_f32().unwrap(), &want, 1e-4, "group norm");
+    assert_close(
+        &y.to_vec_f32().unwrap(),
+        &want,
+        Tol::of_max(1e-4),
+        "group norm",
+    );
     let dyt = Tensor::from_f32(&gpu, shape, &dy).unwrap();
     let g = ops::group_norm_backward(&xt, &dyt, &stats, groups, &gt, 1e-5).unwrap();
     let (dx, dgamma, dbeta) = group_norm_backward(&x, &dy, n, c, v, groups, &gamma, 1e-5);
-    assert_rel(&g.dx.to_vec_f32().unwrap(), &dx, 1e-4, "group norm dx");
-    assert_rel(
+    assert_close(
+        &g.dx.to_vec_f32().unwrap(),
+        &dx,
+        Tol::of_max(1e-4),
+        "group norm dx",
+    );
+    assert_close(
         &g.dgamma.to_vec_f32().unwrap(),
         &dgamma,
-        1e-4,
+        Tol::of_max(1e-4),
         "group norm dgamma",
     );
-    assert_rel(
+    assert_close(
         &g.dbeta.to_vec_f32().unwrap(),
         &dbeta,
-        1e-4,
+        Tol::of_max(1e-4),
         "group norm dbeta",
     );
     if groups == c {
         let (yi, si) = ops::instance_norm(&xt, &gt, &bt, 1e-5).unwrap();
-        assert_rel(&yi.to_vec_f32().unwrap(), &want, 1e-4, "instance norm");
+        assert_close(
+            &yi.to_vec_f32().unwrap(),
+            &want,
+            Tol::of_max(1e-4),
+            "instance norm",
+        );
         let gi = ops::instance_norm_backward(&xt, &dyt, &si, &gt, 1e-5).unwrap();
-        assert_rel(&gi.dx.to_vec_f32().unwrap(), &dx, 1e-4, "instance norm dx");
+        assert_close(
+            &gi.dx.to_vec_f32().unwrap(),
+            &dx,
+            Tol::of_max(1e-4),
+            "instance norm dx",
+        );
     }
 }
 

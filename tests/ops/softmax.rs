@@ -4,7 +4,7 @@
 use crate::common;
 
 use calibseg::{ops, DType, Error, Tensor};
-use common::{assert_close, gpu, reference, Rng};
+use common::{assert_close, gpu, reference, Rng, Tol};
 
 fn check(shape: &[usize], scale: f64, seed: u64) {
     let Some(gpu) = gpu() else { return };
@@ -18,7 +18,7 @@ fn check(shape: &[usize], scale: f64, seed: u64) {
     let p = ops::softmax(&zt).unwrap();
     assert_eq!(p.shape(), shape);
     let want_p = reference::softmax(&z, n, c, v);
-    assert_close(&p.to_vec_f32().unwrap(), &want_p, 1e-6, "softmax");
+    assert_close(&p.to_vec_f32().unwrap(), &want_p, Tol::abs(1e-6), "softmax");
 
     let gt = Tensor::from_f32(&gpu, shape, &g).unwrap();
     let dz = ops::softmax_backward(&p, &gt).unwrap();
@@ -27,7 +27,7 @@ fn check(shape: &[usize], scale: f64, seed: u64) {
     assert_close(
         &dz.to_vec_f32().unwrap(),
         &want_dz,
-        1e-6,
+        Tol::abs(1e-6),
         "softmax backward",
     );
 }

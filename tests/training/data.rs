@@ -7,6 +7,7 @@ use crate::common;
 use calibseg::data::{Augment, DataRng, SyntheticConfig, SyntheticDataset, Volume};
 use calibseg::loss::Labels;
 use calibseg::{Error, Tensor};
+use common::Tol;
 
 /// A default-looking configuration at a smaller size.
 fn small(side: usize) -> SyntheticConfig {
@@ -284,7 +285,7 @@ fn image_pipeline_steps_behave_as_designed() {
         shape,
         1.3,
     );
-    common::assert_close(&blurred.image, &want, 1e-5, "blurred image");
+    common::assert_close(&blurred.image, &want, Tol::abs(1e-5), "blurred image");
     // The bias field multiplies: positive, smooth (neighbouring ratios close to 1), spread ~ bias.
     let biased = SyntheticDataset::new(
         SyntheticConfig {
@@ -471,7 +472,12 @@ fn intensity_augmentation_matches_a_reference() {
                 v * info.scale as f64 + info.shift as f64
             })
             .collect();
-        common::assert_close(&batch.image[b * p..(b + 1) * p], &want, 1e-4, "augmented");
+        common::assert_close(
+            &batch.image[b * p..(b + 1) * p],
+            &want,
+            Tol::abs(1e-4),
+            "augmented",
+        );
     }
     assert!((2..=14).contains(&gammas), "{gammas} of 16 gamma changes");
 }
