@@ -83,6 +83,12 @@ fn fill(template: &str, values: &[(&str, usize)]) -> String {
     s
 }
 
+/// The sizes every kernel reads first, under the names its body uses.
+const SIZES: &str = "    let cin = p.dims.y;
+    let cout = p.dims.z;
+    let ivox = p.isz.w;
+    let ovox = p.osz.w;";
+
 fn join(v: Vec<String>) -> String {
     v.join("\n")
 }

@@ -44,10 +44,7 @@ fn phase_tap(u: u32, r: vec3<u32>, nt: vec3<u32>) -> u32 {{
 @compute @workgroup_size(64)
 fn {backward_data_phase}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32{lane_arg}) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let kvol = p.ksz.w;
     let m0 = wid.y * {m}u;
     let tile = tile_index(wid, nwg);

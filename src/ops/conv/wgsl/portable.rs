@@ -45,10 +45,7 @@ pub(super) fn portable(tn: usize, q: usize, tnw: usize, tr: usize) -> String {
 @compute @workgroup_size(64)
 fn {forward}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let m0 = wid.y * TM;
 {}
 ",
@@ -130,10 +127,7 @@ fn {forward}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 @compute @workgroup_size(64)
 fn {backward_data}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let m0 = wid.y * TM;
     let sd = i32(p.stride.x);
     let sh = i32(p.stride.y);
@@ -226,10 +220,7 @@ var<workgroup> vbase: array<vec4<i32>, {VOXEL_CHUNK}>;  // per voxel: z0, y0, x0
 
 @compute @workgroup_size(64)
 fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let kvol = p.ksz.w;
     let ecount = cin * kvol;
     let m0 = wid.y * TM;
@@ -345,23 +336,14 @@ fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 @compute @workgroup_size(64)
 fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let m0 = wid.y * TM;
     let cred = {cred};
 {rowcode}
     let kdh = p.ksz.x * p.ksz.y;
 "
         );
-        let mut a = Vec::new();
-        for j in 0..tnw {
-            for qq in 0..q {
-                a.push(format!("    var acc{j}_{qq} = vec4<f32>(0.0);"));
-            }
-        }
-        s += &join(a);
+        s += &acc_decl(tnw, q);
         let _ = write!(
             s,
             "
@@ -462,10 +444,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // whose {g} x {kw_n} steps of a kernel row read one window of {rwin} gathered values.
 @compute @workgroup_size(64)
 fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let kvol = p.ksz.w;
     let ecount = cin * kvol;
     let kdh = p.ksz.x * p.ksz.y;

@@ -71,10 +71,7 @@ pub(super) fn subgroup(tn: usize, q: usize, tnw: usize, qw: usize, tr: usize) ->
 @compute @workgroup_size(64)
 fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sgid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let m0 = wid.y * TM;
     let lane = sgid % {sg}u;
     let cred = {cred};
@@ -226,10 +223,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 @compute @workgroup_size(64)
 fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                    @builtin(subgroup_invocation_id) sgid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let kvol = p.ksz.w;
     let ecount = cin * kvol;
     let m0 = wid.y * TM;
@@ -347,10 +341,7 @@ fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 @compute @workgroup_size(64)
 fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sgid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let m0 = wid.y * {rm}u;
     let lane = sgid % {sg}u;
     let cred = {cred};
@@ -360,13 +351,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let kdh = p.ksz.x * p.ksz.y;
 "
         );
-        let mut a = Vec::new();
-        for j in 0..tnw {
-            for qq in 0..qw {
-                a.push(format!("    var acc{j}_{qq} = vec4<f32>(0.0);"));
-            }
-        }
-        s += &join(a);
+        s += &acc_decl(tnw, qw);
         let _ = write!(
             s,
             "
@@ -491,10 +476,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 @compute @workgroup_size(64)
 fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                        @builtin(subgroup_invocation_id) sgid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let ivox = p.isz.w;
-    let ovox = p.osz.w;
+{SIZES}
     let kvol = p.ksz.w;
     let ecount = cin * kvol;
     let kdh = p.ksz.x * p.ksz.y;
