@@ -299,6 +299,28 @@ fn row_fmas(ind: &str, rows: usize, quads: usize, k: usize, operand: &str) -> St
     s
 }
 
+/// The weight-gradient row kernels' reduction steps: step `k` loads each channel operand `{operand}{q}`
+/// (`load(k, q)`) and accumulates it into every kernel row's taps.
+fn row_weight_steps(
+    ind: &str,
+    steps: usize,
+    rows: usize,
+    quads: usize,
+    operand: &str,
+    load: &dyn Fn(usize, usize) -> String,
+) -> String {
+    let mut s = String::new();
+    for k in 0..steps {
+        let _ = writeln!(s, "{ind}{{");
+        for q in 0..quads {
+            let _ = writeln!(s, "{ind}    let {operand}{q} = {};", load(k, q));
+        }
+        s += &row_fmas(&format!("{ind}    "), rows, quads, k, operand);
+        let _ = writeln!(s, "{ind}}}");
+    }
+    s
+}
+
 /// Writes each kernel row's accumulators to the weight-gradient partials (closes the function).
 fn row_weight_store(rows: usize, quads: usize) -> String {
     let mut s = String::from("    let pbase = wid.z * cout * ecount;\n");

@@ -493,17 +493,9 @@ fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         row_weight_setup(tr, q)
     );
     out += &row_window_loads("            ", tr, rwin);
-    for k in 0..g {
-        out += "            {\n";
-        for qq in 0..q {
-            let _ = writeln!(
-                out,
-                "                let g{qq} = dytile[(k0 + {k}u) * Q + {qq}u];"
-            );
-        }
-        out += &row_fmas("                ", tr, q, k, "g");
-        out += "            }\n";
-    }
+    out += &row_weight_steps("            ", g, tr, q, "g", &|k, qq| {
+        format!("dytile[(k0 + {k}u) * Q + {qq}u]")
+    });
     out += "        }\n    }\n";
     out += &row_weight_store(tr, q);
     out

@@ -500,17 +500,9 @@ fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         voxel_lanes("i32(ox)")
     );
     out += &row_window_loads("        ", tr, rwin);
-    for k in 0..sg {
-        out += "        {\n";
-        for qq in 0..q {
-            let _ = writeln!(
-                out,
-                "            let b{qq} = subgroupBroadcast(wl{qq}, {k}u);"
-            );
-        }
-        out += &row_fmas("            ", tr, q, k, "b");
-        out += "        }\n";
-    }
+    out += &row_weight_steps("        ", sg, tr, q, "b", &|k, qq| {
+        format!("subgroupBroadcast(wl{qq}, {k}u)")
+    });
     out += "    }\n";
     out += &row_weight_store(tr, q);
     out
