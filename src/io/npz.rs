@@ -134,7 +134,7 @@ fn read_npy_bounded(
     }
     let header = NpyHeader::from_reader(&bytes[..]).map_err(|e| not_npy(e.to_string()))?;
     let item = match header.dtype() {
-        DType::Plain(t) if !header.uses_pickled_array() => t.size_field() as u64,
+        DType::Plain(t) if !header.uses_pickled_array() => t.size_field(),
         // Refused by the parser with its dtype named; nothing more is read.
         _ => return Ok(bytes),
     };

@@ -1,6 +1,6 @@
 //! Marginal L1 Average Calibration Error (mL1-ACE), hard- and soft-binned, as fused GPU kernels.
 //!
-//! Follows the reference code exactly (see the spec in `shared/spec`): bin edges `linspace(0, 1+eps, M+1)`
+//! Follows the reference code exactly: bin edges `linspace(0, 1+eps, M+1)`
 //! with left-open, right-closed bins; soft bins are triangular kernels on the centres `(k+0.5)/M` with
 //! half-width `(1+eps)/M`, clamped at both ends, and bins whose weight sum is below `empty_weight` are
 //! dropped; per image and class, ACE is the mean over kept bins of `|mean_p - mean_y|`; a class absent from

@@ -536,17 +536,16 @@ mod merge_properties {
     use proptest::prelude::*;
     use std::sync::OnceLock;
 
-    /// One valid shard for every case of the property test.
-    fn base() -> &'static (
+    /// A shard's folder with its statistics' tensors and metadata, as read back.
+    type Shard = (
         PathBuf,
         BTreeMap<String, HostTensor>,
         HashMap<String, String>,
-    ) {
-        static BASE: OnceLock<(
-            PathBuf,
-            BTreeMap<String, HostTensor>,
-            HashMap<String, String>,
-        )> = OnceLock::new();
+    );
+
+    /// One valid shard for every case of the property test.
+    fn base() -> &'static Shard {
+        static BASE: OnceLock<Shard> = OnceLock::new();
         BASE.get_or_init(|| {
             let d = scratch("merge-prop");
             let shard = valid_shard(&d);
