@@ -1,13 +1,13 @@
 //! The launches of the convolution kernels: which tiles and entry point serve a call, the grid, and the
 //! dispatches.
 
-use super::geometry::ConvGeometry;
+use super::geometry::{ConvGeometry, Params};
 use super::tiles::{
     select_tiles, ConvTiles, Entry, POINTWISE_CHANNELS, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK,
     WORKGROUP,
 };
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, GeneratedModule, Gpu, Kernel};
+use crate::gpu::{Arg, Batch, GeneratedModule, Gpu, Kernel};
 use crate::ops::reduce::sum_splits;
 use crate::tensor::{DType, Tensor};
 
@@ -74,6 +74,18 @@ fn row_path(t: &ConvTiles, g: &ConvGeometry, width: usize) -> bool {
     g.kernel[2] == ROW_TAPS && g.stride[2] == 1 && width >= t.row_cols
 }
 
+/// Adds kernel `k` over `grid` to batch `b`, with the uniform `p` and `tensors` bound from binding 1 on.
+fn dispatch(
+    b: &mut Batch<'_>,
+    k: &Kernel,
+    p: &Params,
+    tensors: &[&Tensor],
+    grid: [u32; 3],
+) -> Result<()> {
+    let args: Vec<Arg<'_>> = tensors.iter().map(|t| Arg::whole(t)).collect();
+    b.dispatch_grid(k, bytemuck::bytes_of(p), &args, grid)
+}
+
 pub(super) fn check_f32(ts: &[(&Tensor, &str)]) -> Result<()> {
     for (t, what) in ts {
         t.expect_dtype(DType::F32, what)?;
@@ -111,18 +123,9 @@ pub(crate) fn encode_forward(
         col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?
     };
     let mut b = gpu.batch(format!("conv forward {}", g.short()));
-    b.dispatch_grid(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(x),
-            Arg::whole(w),
-            Arg::whole(bias.unwrap_or(w)),
-            Arg::whole(out),
-            Arg::whole(residual.unwrap_or(w)),
-        ],
-        grid,
-    )?;
+    // Without a bias or residual, `w` stands in for them (bound, never read).
+    let tensors = [x, w, bias.unwrap_or(w), out, residual.unwrap_or(w)];
+    dispatch(&mut b, &k, &p, &tensors, grid)?;
     b.submit()?;
     Ok(())
 }
@@ -164,12 +167,7 @@ pub(crate) fn encode_backward_data(
     };
     let k = conv_kernel(gpu, &t, entry)?;
     let mut b = gpu.batch(format!("conv backward_data {}", g.short()));
-    b.dispatch_grid(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(dy), Arg::whole(w), Arg::whole(dx)],
-        grid,
-    )?;
+    dispatch(&mut b, &k, &p, &[dy, w, dx], grid)?;
     b.submit()?;
     Ok(())
 }
@@ -201,18 +199,16 @@ pub(crate) fn encode_backward_weight(
     let t = tiles_for(gpu).for_call(g.cout, cols);
     let col_tiles = cols.div_ceil(t.workgroup_cols());
     let m_tiles = g.cout.div_ceil(t.channels());
+    let too_large =
+        || Error::InvalidShape(format!("convolution weight gradient {g:?} is too large"));
     if col_tiles > max || m_tiles > max {
-        return Err(Error::InvalidShape(format!(
-            "convolution weight gradient {g:?} is too large"
-        )));
+        return Err(too_large());
     }
     let (entry, label, grid) = if g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3] {
         // 1x1x1: a channel product over voxel splits, 4 x 4 channels per workgroup.
         let tiles = g.cout.div_ceil(POINTWISE_CHANNELS) * g.cin.div_ceil(POINTWISE_CHANNELS);
         if tiles > max {
-            return Err(Error::InvalidShape(format!(
-                "convolution weight gradient {g:?} is too large"
-            )));
+            return Err(too_large());
         }
         (
             Entry::BackwardWeightPointwise,
@@ -244,12 +240,7 @@ pub(crate) fn encode_backward_weight(
         Some(Tensor::uninit(gpu, &[splits * elems], DType::F32)?)
     };
     let target = parts.as_ref().unwrap_or(dw);
-    b.dispatch_grid(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(x), Arg::whole(dy), Arg::whole(target)],
-        grid,
-    )?;
+    dispatch(&mut b, &k, &p, &[x, dy, target], grid)?;
     if let Some(parts) = &parts {
         sum_splits(&mut b, parts, splits, elems, dw)?;
     }

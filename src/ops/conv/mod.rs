@@ -106,13 +106,7 @@ pub fn conv_backward_data(
         (w, "convolution weight"),
     ])?;
     let g = ConvGeometry::from_shapes(input_shape, w.shape(), stride, padding)?;
-    let want = g.output_shape(input_shape.len());
-    if dy.shape() != want.as_slice() {
-        return Err(Error::shape(format!(
-            "convolution output gradient must be {want:?}, got {:?}",
-            dy.shape()
-        )));
-    }
+    check_output_gradient(&g, input_shape.len(), dy)?;
     let dx = Tensor::uninit(dy.gpu(), input_shape, DType::F32)?;
     encode_backward_data(dy.gpu(), &g, dy, w, &dx)?;
     Ok(dx)
@@ -131,16 +125,22 @@ pub fn conv_backward_weight(
         (dy, "convolution output gradient"),
     ])?;
     let g = ConvGeometry::from_shapes(x.shape(), weight_shape, stride, padding)?;
-    let want = g.output_shape(x.shape().len());
+    check_output_gradient(&g, x.shape().len(), dy)?;
+    let dw = Tensor::uninit(x.gpu(), weight_shape, DType::F32)?;
+    encode_backward_weight(x.gpu(), &g, x, dy, &dw)?;
+    Ok(dw)
+}
+
+/// Error unless `dy` has the shape of the convolution's output (an input of rank `rank`).
+fn check_output_gradient(g: &ConvGeometry, rank: usize, dy: &Tensor) -> Result<()> {
+    let want = g.output_shape(rank);
     if dy.shape() != want.as_slice() {
         return Err(Error::shape(format!(
             "convolution output gradient must be {want:?}, got {:?}",
             dy.shape()
         )));
     }
-    let dw = Tensor::uninit(x.gpu(), weight_shape, DType::F32)?;
-    encode_backward_weight(x.gpu(), &g, x, dy, &dw)?;
-    Ok(dw)
+    Ok(())
 }
 
 /// Gradient of [`conv`] with respect to its bias: `dy` summed over images and voxels.

@@ -1,6 +1,7 @@
 //! `backward_data_phase`, the input gradient at strides over 1 by sub-pixel phase, for both modules.
 
-use super::subgroup::{broadcast_fmas, weight_lane_loads};
+use super::portable::{staged_fmas, staged_loads};
+use super::subgroup::broadcast_reduction;
 use super::*;
 use crate::ops::conv::tiles::Entry;
 
@@ -12,7 +13,6 @@ fn phase_columns(tn: usize, q: usize, subgroup: bool) -> String {
     let backward_data_phase = Entry::BackwardDataPhase.name();
     let m = 4 * q;
     let ptile = STAGE * q;
-    let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
     let (staged, lane_arg) = if subgroup {
         (
             "// (weights broadcast from lane loads, as in the module's other kernels)".to_string(),
@@ -65,7 +65,7 @@ fn {backward_data_phase}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let total = select(0u, p.dims.x * cnt.x * cnt.y * cnt.z, cls < st.x * st.y * st.z);
 "
     );
-    s += &per_j(&|j| {
+    s += &per_column(tn, |j| {
         let off = j * WORKGROUP;
         format!(
             "    let col{j} = ctile * COLS + lid + {off}u;
@@ -83,15 +83,32 @@ fn {backward_data_phase}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let xo{j} = n{j} * cin * ivox + (ii{j}.x * isz.y + ii{j}.y) * isz.z + ii{j}.z;"
         )
     });
-    s
+    s + "\n" + &acc_decl(tn, q)
 }
 
+/// The phase kernels' class tap u as its steps jt along each axis, and each column's output voxel for it.
+fn phase_taps(ind: &str, cols: usize, ok: &str, chunk: &str) -> String {
+    format!(
+        "{ind}let jz = u / (nt.y * nt.z);
+{ind}let ju = u - jz * nt.y * nt.z;
+{ind}let jy = ju / nt.z;
+{ind}let jt = vec3<i32>(vec3<u32>(jz, jy, ju - jy * nt.z));
+"
+    ) + &per_column(cols, |j| {
+        format!(
+            "{ind}let o{j} = ob{j} - jt;
+{ind}let ok{j}{ok} = valid{j} && in_range(o{j}.x, p.osz.x) && in_range(o{j}.y, p.osz.y) && in_range(o{j}.z, p.osz.z);
+{ind}let off{j} = u32(yb{j} + (o{j}.x * i32(p.osz.y) + o{j}.y) * i32(p.osz.z) + o{j}.z){chunk};"
+        )
+    })
+}
+
+/// The portable module's `backward_data_phase`: the weights of a chunk of (output channel, class tap) pairs
+/// staged in workgroup memory.
 pub(super) fn phase_data(tn: usize, q: usize) -> String {
     let m = 4 * q;
-    let per_j = |f: &dyn Fn(usize) -> String| join((0..tn).map(f).collect());
+    let ind = " ".repeat(20);
     let mut s = phase_columns(tn, q, false);
-    s += "\n";
-    s += &acc_decl(tn, q);
     let _ = write!(
         s,
         "
@@ -118,54 +135,27 @@ pub(super) fn phase_data(tn: usize, q: usize) -> String {
             workgroupBarrier();
             for (var tl = 0u; tl < tcount; tl++) {{
                 let u = t0 + tl;
-                let jz = u / (nt.y * nt.z);
-                let ju = u - jz * nt.y * nt.z;
-                let jy = ju / nt.z;
-                let jt = vec3<i32>(vec3<u32>(jz, jy, ju - jy * nt.z));
-"
+{}
+                for (var cl = 0u; cl < cn; cl++) {{
+                    let co = cl * ovox;
+{}
+                    let wb = (cl * tcount + tl) * {q}u;
+{}
+                }}
+            }}
+        }}
+    }}
+",
+        phase_taps("                ", tn, "", " + c0 * ovox"),
+        staged_loads(&ind, tn),
+        staged_fmas(&ind, tn, q, "ptile")
     );
-    s += &per_j(&|j| {
-        format!(
-            "                let o{j} = ob{j} - jt;
-                let ok{j} = valid{j} && in_range(o{j}.x, p.osz.x) && in_range(o{j}.y, p.osz.y) && in_range(o{j}.z, p.osz.z);
-                let off{j} = u32(yb{j} + (o{j}.x * i32(p.osz.y) + o{j}.y) * i32(p.osz.z) + o{j}.z) + c0 * ovox;"
-        )
-    });
-    s += "\n                for (var cl = 0u; cl < cn; cl++) {\n                    let co = cl * ovox;\n";
-    for j in 0..tn {
-        let _ = writeln!(
-            s,
-            "                    let xv{j} = select(0.0, src[select(0u, off{j} + co, ok{j})], ok{j});"
-        );
-    }
-    let _ = writeln!(s, "                    let wb = (cl * tcount + tl) * {q}u;");
-    for qq in 0..q {
-        let _ = writeln!(s, "                    let w{qq} = ptile[wb + {qq}u];");
-    }
-    for j in 0..tn {
-        for qq in 0..q {
-            let _ = writeln!(
-                s,
-                "                    acc{j}_{qq} = fma(w{qq}, vec4<f32>(xv{j}), acc{j}_{qq});"
-            );
-        }
-    }
-    s += "                }\n            }\n        }\n    }\n";
     s + &phase_store(tn, q)
 }
 
 /// The phase kernels' guarded stores of the input gradient (closes the function).
 fn phase_store(tn: usize, q: usize) -> String {
-    store(
-        "    ",
-        tn,
-        q,
-        "out3",
-        "cin",
-        &|j| format!("xo{j}"),
-        "ivox",
-        &|_| String::new(),
-    ) + "\n}\n"
+    store(tn, q, "out3", "cin", &|j| format!("xo{j}"), "ivox", None)
 }
 
 /// The subgroup module's `backward_data_phase`: the columns and taps of [`phase_data`], the weights of 8
@@ -173,8 +163,6 @@ fn phase_store(tn: usize, q: usize) -> String {
 pub(super) fn phase_data_subgroup(tn: usize, q: usize) -> String {
     let sg = SUBGROUP_LANES;
     let mut s = phase_columns(tn, q, true);
-    s += "\n";
-    s += &acc_decl(tn, q);
     let _ = write!(
         s,
         "
@@ -183,31 +171,17 @@ pub(super) fn phase_data_subgroup(tn: usize, q: usize) -> String {
     let mlim = cin;
     for (var u = 0u; u < ntaps; u++) {{
         let t = phase_tap(u, r, nt);
-        let jz = u / (nt.y * nt.z);
-        let ju = u - jz * nt.y * nt.z;
-        let jy = ju / nt.z;
-        let jt = vec3<i32>(vec3<u32>(jz, jy, ju - jy * nt.z));
-"
+{}
+{}        }}
+    }}
+",
+        phase_taps("        ", tn, "x", ""),
+        broadcast_reduction(
+            tn,
+            q,
+            &|m| format!("(cl * cin + m0 + {m}u) * kvol + t"),
+            "ovox"
+        )
     );
-    for j in 0..tn {
-        let _ = writeln!(
-            s,
-            "        let o{j} = ob{j} - jt;
-        let ok{j}x = valid{j} && in_range(o{j}.x, p.osz.x) && in_range(o{j}.y, p.osz.y) && in_range(o{j}.z, p.osz.z);
-        let off{j} = u32(yb{j} + (o{j}.x * i32(p.osz.y) + o{j}.y) * i32(p.osz.z) + o{j}.z);"
-        );
-    }
-    let _ = writeln!(s, "        for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{");
-    s += &weight_lane_loads("            ", q, &|m| {
-        format!("(cl * cin + m0 + {m}u) * kvol + t")
-    });
-    s += "\n";
-    for k in 0..sg {
-        let _ = writeln!(s, "            if (c0 + {k}u < cred) {{");
-        let _ = writeln!(s, "                let cs = (c0 + {k}u) * ovox;");
-        s += &broadcast_fmas("                ", tn, q, k);
-        s += "\n            }\n";
-    }
-    s += "        }\n    }\n";
     s + &phase_store(tn, q)
 }
