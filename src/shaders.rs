@@ -165,8 +165,8 @@ pub const ADAMW: Shader = Shader {
     zero_workgroup_memory: true,
 };
 
-/// Sliding-window inference: window gathering (zero padding), importance-weighted accumulation in window
-/// order, and the final division with the crop.
+/// Sliding-window inference: importance-weighted accumulation of each window into the output slabs it
+/// meets, in window order, and the final division with the crop.
 pub const SLIDING_WINDOW: Shader = Shader {
     name: "sliding_window.wgsl",
     source: include_str!("../shaders/sliding_window.wgsl"),

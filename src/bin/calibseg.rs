@@ -287,6 +287,9 @@ struct PredictArgs {
     /// Windows per network call.
     #[arg(long, default_value_t = 1, requires = "roi")]
     sw_batch_size: usize,
+    /// Bytes of device memory the sliding window's own buffers may take (default: four storage bindings).
+    #[arg(long, requires = "roi")]
+    memory_budget: Option<u64>,
 }
 
 fn predict(a: PredictArgs) -> calibseg::Result<()> {
@@ -302,6 +305,7 @@ fn predict(a: PredictArgs) -> calibseg::Result<()> {
                 .with_overlap(a.overlap)
                 .with_sw_batch_size(a.sw_batch_size)
                 .with_mode(a.mode.parse()?);
+            w.memory_budget = a.memory_budget;
             w = if a.sigma_scale.len() == 1 {
                 w.with_sigma_scale(a.sigma_scale[0])
             } else {

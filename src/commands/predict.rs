@@ -1,6 +1,11 @@
 //! `calibseg predict`: a network from MONAI's keyword arguments and weights, run in eval mode on a volume
 //! (whole, or by sliding-window inference), written as logits and probabilities.
 //!
+//! With sliding windows the volume may have any size: the windows are gathered from the volume in host
+//! memory and the logits are blended slab by slab ([`crate::nn::sliding_window_slabs`]), each slab's
+//! softmax taken on the device, both read back into host memory; no tensor needs a storage binding over
+//! the device's limit and the sliding window's own device memory stays within `--memory-budget`.
+//!
 //! Inputs: a safetensors file holding `input` `[B, C_in, D, H, W]`, or a NIfTI image (3D single channel, or
 //! 4D with channels last), given to the network as MONAI's `LoadImage` (nibabel) gives it: `[1, C, x, y, z]`,
 //! so a MONAI checkpoint sees its axes as in MONAI.
@@ -15,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::nifti;
 use crate::io::safetensors::{self as st, HostTensor, TensorFile};
-use crate::nn::{build_network, predict_logits, Arch, SlidingWindowConfig};
+use crate::nn::sliding_window::host_output;
+use crate::nn::{build_network, predict_logits, predict_logits_slabs, Arch, SlidingWindowConfig};
 use crate::ops::softmax;
 use crate::tensor::Tensor;
 
@@ -77,8 +83,9 @@ fn xyz_major(data: &[f32], channels: usize, [nx, ny, nz]: [usize; 3], to_file: b
     out
 }
 
-/// Reads the input volume as `[B, C, D, H, W]` (a NIfTI image as MONAI reads it: `[1, C, x, y, z]`).
-fn read_input(gpu: &Gpu, path: &Path) -> Result<Tensor> {
+/// Reads the input volume into host memory as `[B, C, D, H, W]` (a NIfTI image as MONAI reads it:
+/// `[1, C, x, y, z]`): its shape and values.
+fn read_input(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     if nifti::is_nifti(path) {
         let (dims, data) = nifti::read_f32(path)?;
         let shape = match dims.len() {
@@ -95,7 +102,8 @@ fn read_input(gpu: &Gpu, path: &Path) -> Result<Tensor> {
         };
         // MONAI (nibabel) hands a network the array [C, x, y, z]: the file's x-fastest voxels transposed.
         let xyz = [shape[2], shape[3], shape[4]];
-        Tensor::from_f32(gpu, &shape, &xyz_major(&data, shape[1], xyz, false))
+        let array = xyz_major(&data, shape[1], xyz, false);
+        Ok((shape, array))
     } else {
         let f = TensorFile::open(path)?;
         if !f.contains("input") {
@@ -107,9 +115,45 @@ fn read_input(gpu: &Gpu, path: &Path) -> Result<Tensor> {
                 ),
             });
         }
-        let (shape, data) = f.f32("input")?;
-        Tensor::from_f32(gpu, &shape, &data)
+        f.f32("input")
     }
+}
+
+/// The network's logits and their softmax, in host memory: `(shape, logits, probabilities)`. Sliding
+/// windows stream slab by slab; without them the whole input goes through the network at once.
+fn infer(
+    gpu: &Gpu,
+    net: &dyn crate::nn::Network,
+    shape: &[usize],
+    data: &[f32],
+    window: Option<&SlidingWindowConfig>,
+) -> Result<(Vec<usize>, Vec<f32>, Vec<f32>)> {
+    let Some(window) = window else {
+        let input = Tensor::from_f32(gpu, shape, data)?;
+        let logits = predict_logits(net, &input, None)?;
+        let probs = softmax(&logits)?;
+        return Ok((
+            logits.shape().to_vec(),
+            logits.to_vec_f32()?,
+            probs.to_vec_f32()?,
+        ));
+    };
+    let mut out: Option<(Vec<usize>, Vec<f32>, Vec<f32>)> = None;
+    predict_logits_slabs(net, gpu, shape, data, window, |piece| {
+        if out.is_none() {
+            let classes = piece.tensor.shape()[1];
+            let (out_shape, logits) = host_output(shape, classes)?;
+            let probs = host_output(shape, classes)?.1;
+            out = Some((out_shape, logits, probs));
+        }
+        let Some((out_shape, logits, probs)) = out.as_mut() else {
+            return Ok(()); // made just above
+        };
+        let p = softmax(&piece.tensor)?.to_vec_f32()?;
+        piece.place(&piece.tensor.to_vec_f32()?, logits, out_shape)?;
+        piece.place(&p, probs, out_shape)
+    })?;
+    out.ok_or_else(|| Error::invalid("sliding-window inference produced no output"))
 }
 
 /// Runs `calibseg predict`: everything is checked and computed before anything is written, and the output
@@ -127,20 +171,19 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
     let net = build_network(gpu, o.arch, &o.config, 0)?;
     net.store()
         .load_safetensors(&o.weights, o.weights_prefix.as_deref())?;
-    let input = read_input(gpu, &o.input)?;
-    net.check_input(input.shape()).or_else(|e| {
+    let (shape, data) = read_input(&o.input)?;
+    net.check_input(&shape).or_else(|e| {
         if o.window.is_some() {
             // Windows fix divisibility; rank and channels must still match.
-            let s = input.shape();
+            let s = &shape;
             if s.len() == net.spatial_dims() + 2 && s[0] > 0 && s[1] == net.in_channels() {
                 return Ok(());
             }
         }
         Err(e)
     })?;
-    let logits = predict_logits(net.as_ref(), &input, o.window.as_ref())?;
-    let probs = softmax(&logits)?;
-    let p = probs.to_vec_f32()?;
+    let (s, logits, p) = infer(gpu, net.as_ref(), &shape, &data, o.window.as_ref())?;
+    drop(data);
     let bad = p.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
         return Err(Error::invalid(format!(
@@ -148,7 +191,7 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
         )));
     }
     if to_nifti {
-        let s = probs.shape();
+        drop(logits);
         if s[0] != 1 {
             return Err(Error::invalid(format!(
                 "a NIfTI output holds one image, the input has {}",
@@ -160,14 +203,8 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
         nifti::write_f32_like(&o.output, &o.input, &[s[2], s[3], s[4], s[1]], &file_order)
     } else {
         let mut t = BTreeMap::new();
-        t.insert(
-            "logits".to_string(),
-            HostTensor::F32(logits.shape().to_vec(), logits.to_vec_f32()?),
-        );
-        t.insert(
-            "probs".to_string(),
-            HostTensor::F32(probs.shape().to_vec(), p),
-        );
+        t.insert("logits".to_string(), HostTensor::F32(s.clone(), logits));
+        t.insert("probs".to_string(), HostTensor::F32(s, p));
         st::write(&o.output, &t, None)
     }
 }

@@ -31,6 +31,28 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Prefer a low-power (integrated) adapter over a discrete one.
     pub low_power: bool,
+    /// Plan against at most this many bytes per storage binding instead of the adapter's
+    /// `max_storage_buffer_binding_size` (never above it; rounded down to a multiple of 4, at least
+    /// [`MIN_FORCED_STORAGE_BINDING`]), so that tests and users can exercise the split paths of large
+    /// tensors on any device. `CALIBSEG_MAX_STORAGE_BINDING` (bytes) sets it.
+    pub max_storage_binding: Option<u64>,
+}
+
+/// The smallest storage-binding limit [`GpuOptions::max_storage_binding`] accepts, in bytes.
+pub const MIN_FORCED_STORAGE_BINDING: u64 = 1024;
+
+/// The environment variable that lowers the storage-binding limit the crate plans against.
+pub const MAX_STORAGE_BINDING_ENV: &str = "CALIBSEG_MAX_STORAGE_BINDING";
+
+/// Parses a forced storage-binding limit in bytes (a whole number, at least
+/// [`MIN_FORCED_STORAGE_BINDING`]); the error names [`MAX_STORAGE_BINDING_ENV`].
+pub fn parse_storage_binding(text: &str) -> Result<u64> {
+    match text.trim().parse::<u64>() {
+        Ok(bytes) if bytes >= MIN_FORCED_STORAGE_BINDING => Ok(bytes),
+        _ => Err(Error::invalid(format!(
+            "{MAX_STORAGE_BINDING_ENV}='{text}': expected a number of bytes, at least {MIN_FORCED_STORAGE_BINDING}"
+        ))),
+    }
 }
 
 /// The back-end names `WGPU_BACKEND` accepts (comma-separated, any case), with their aliases.
@@ -58,27 +80,31 @@ pub fn parse_backends(list: &str) -> Result<wgpu::Backends> {
 }
 
 impl GpuOptions {
-    /// Reads `WGPU_BACKEND` (comma list), `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF` (`low`). Unknown
-    /// back-end names are skipped here (all of them unknown: no back end); [`GpuOptions::try_from_env`]
-    /// reports them instead, as [`Gpu::new`] does.
+    /// Reads `WGPU_BACKEND` (comma list), `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF` (`low`) and
+    /// `CALIBSEG_MAX_STORAGE_BINDING` (bytes). Unknown back-end names and a bad binding limit are skipped
+    /// here (all back-end names unknown: no back end); [`GpuOptions::try_from_env`] reports them instead,
+    /// as [`Gpu::new`] does.
     pub fn from_env() -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         GpuOptions {
             backends: env("WGPU_BACKEND").map(|v| wgpu::Backends::from_comma_list(&v)),
             adapter_name: env("WGPU_ADAPTER_NAME"),
             low_power: env("WGPU_POWER_PREF").is_some_and(|v| v.eq_ignore_ascii_case("low")),
+            max_storage_binding: env(MAX_STORAGE_BINDING_ENV)
+                .and_then(|v| parse_storage_binding(&v).ok()),
         }
     }
 
     /// Like [`GpuOptions::from_env`], but an unknown name in `WGPU_BACKEND` is an error listing the valid
-    /// ones ([`parse_backends`]).
+    /// ones ([`parse_backends`]), and so is a bad `CALIBSEG_MAX_STORAGE_BINDING`.
     pub fn try_from_env() -> Result<Self> {
         let mut o = Self::from_env();
-        if let Some(v) = std::env::var("WGPU_BACKEND")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-        {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if let Some(v) = env("WGPU_BACKEND") {
             o.backends = Some(parse_backends(&v)?);
+        }
+        if let Some(v) = env(MAX_STORAGE_BINDING_ENV) {
+            o.max_storage_binding = Some(parse_storage_binding(&v)?);
         }
         Ok(o)
     }
@@ -299,7 +325,8 @@ impl Gpu {
         })
     }
 
-    /// Opens an adapter chosen by `options`.
+    /// Opens an adapter chosen by `options` (with its storage-binding limit lowered to
+    /// [`GpuOptions::max_storage_binding`] where that is set).
     pub fn with_options(options: &GpuOptions) -> Result<Self> {
         let (_, adapters) = Self::enumerate(options.backends);
         let (summary, adapter) = Self::pick(options, adapters)?;
@@ -315,7 +342,7 @@ impl Gpu {
             adapter: summary.info.name.clone(),
             message: e.to_string(),
         })?;
-        Ok(Self::wrap(device, queue))
+        Ok(Self::wrap(device, queue, options.max_storage_binding))
     }
 
     /// Uses a device the caller already owns (for embedding calibseg in a wgpu application): pass clones
@@ -329,10 +356,17 @@ impl Gpu {
     /// the device's uncaptured-error handler and device-lost callback so that errors outside its error
     /// scopes come back as [`Error`]s from its next call.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::wrap(device, queue)
+        Self::wrap(device, queue, None)
     }
 
-    fn wrap(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+    /// `max_storage_binding` lowers only the limit calibseg plans and checks against: the device keeps the
+    /// adapter's, so wgpu's own internal bindings are unaffected.
+    fn wrap(device: wgpu::Device, queue: wgpu::Queue, max_storage_binding: Option<u64>) -> Self {
+        let mut limits = device.limits();
+        if let Some(cap) = max_storage_binding {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap / 4 * 4);
+        }
         let escaped: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
         let slot = escaped.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -354,7 +388,7 @@ impl Gpu {
         Gpu {
             inner: Arc::new(Inner {
                 info: device.adapter_info(),
-                limits: device.limits(),
+                limits,
                 features: device.features(),
                 device,
                 queue,
@@ -390,7 +424,8 @@ impl Gpu {
         &self.inner.info
     }
 
-    /// The device's limits (the adapter's own, for devices made by [`Gpu::new`]).
+    /// The limits calibseg plans against: the device's (the adapter's own, for devices made by
+    /// [`Gpu::new`]), with the storage-binding limit lowered by [`GpuOptions::max_storage_binding`].
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
     }

@@ -8,8 +8,8 @@ pub mod probe;
 mod timer;
 
 pub use context::{
-    driver_description, feature_names, parse_backends, AdapterSummary, Gpu, GpuOptions,
-    BACKEND_NAMES,
+    driver_description, feature_names, parse_backends, parse_storage_binding, AdapterSummary, Gpu,
+    GpuOptions, BACKEND_NAMES, MAX_STORAGE_BINDING_ENV, MIN_FORCED_STORAGE_BINDING,
 };
 pub(crate) use dispatch::MapRequest;
 pub use dispatch::{

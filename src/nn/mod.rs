@@ -25,7 +25,7 @@ pub mod sliding_window;
 mod store;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use inference::{build_network, predict_logits, Arch};
+pub use inference::{build_network, predict_logits, predict_logits_slabs, Arch};
 pub use init::{kaiming_uniform_bound, SeededRng};
 pub use layers::{Conv, ConvConfig, ConvTranspose, Norm, NormKind};
 pub use monai_args::{NormName, NormSpec};
@@ -34,7 +34,8 @@ pub use schedule::WarmupCosineSchedule;
 pub use segresnet::{SegResNet, SegResNetConfig};
 pub use segresnet_ds::{SegResNetDs, SegResNetDsConfig};
 pub use sliding_window::{
-    importance_map, sliding_window_inference, BlendMode, SlidingWindowConfig, SlidingWindowPlan,
+    default_memory_budget, importance_map, sliding_window_inference, sliding_window_inference_host,
+    sliding_window_slabs, BlendMode, OutputSlab, SlabStats, SlidingWindowConfig, SlidingWindowPlan,
 };
 pub use store::{Init, ParamStore, VarBuilder};
 

@@ -12,8 +12,14 @@ pub fn scratch_path(tag: &str, name: &str) -> PathBuf {
 
 /// Runs `calibseg` with `args` and waits for it.
 pub fn run_calibseg(args: &[&str]) -> Output {
+    run_calibseg_with_env(args, &[])
+}
+
+/// Runs `calibseg` with `args` and the environment variables `env` added, and waits for it.
+pub fn run_calibseg_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_calibseg"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }

@@ -18,7 +18,22 @@ use calibseg::Gpu;
 /// With `CI` set, a missing adapter fails the test instead of skipping it.
 pub fn gpu() -> Option<Gpu> {
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Gpu::new().map_err(|e| e.to_string())) {
+    required(GPU.get_or_init(|| Gpu::new().map_err(|e| e.to_string())))
+}
+
+/// A device of its own whose storage-binding limit calibseg plans against is lowered to `bytes`
+/// (`GpuOptions::max_storage_binding`), or `None` as for [`gpu`] (failing under `CI`).
+pub fn gpu_with_binding_limit(bytes: u64) -> Option<Gpu> {
+    let options = calibseg::GpuOptions {
+        max_storage_binding: Some(bytes),
+        ..calibseg::GpuOptions::from_env()
+    };
+    required(&Gpu::with_options(&options).map_err(|e| e.to_string()))
+}
+
+/// The device, or `None` with a printed reason; a panic when `CI` (or `REQUIRE_GPU`) is set.
+fn required(gpu: &Result<Gpu, String>) -> Option<Gpu> {
+    match gpu {
         Ok(g) => Some(g.clone()),
         Err(e) => {
             if std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_GPU").is_some() {

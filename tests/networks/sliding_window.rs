@@ -1,13 +1,16 @@
 //! Sliding-window inference against an f64 CPU reference of MONAI's `sliding_window_inference`
 //! (`_get_scan_interval`, `dense_patch_slices`, `compute_importance_map`, constant zero padding split as
 //! `diff // 2` before, accumulation of `pred * importance` and of the importance, division, crop), with a
-//! 3x3(x3) convolution as the predictor so that a window's prediction depends on where the window lies.
+//! 3x3(x3) convolution as the predictor so that a window's prediction depends on where the window lies;
+//! and the slab-by-slab path under a forced small storage-binding limit and memory budget, bit for bit
+//! against the unsplit result.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use crate::common;
 
 use calibseg::nn::sliding_window::{
-    importance_map, sliding_window_inference, BlendMode, SlidingWindowConfig,
+    host_output, importance_map, sliding_window_inference, sliding_window_slabs, BlendMode,
+    SlabStats, SlidingWindowConfig,
 };
 use calibseg::{ops, DType, Error, Tensor};
 use common::nn_ref::Geo;
@@ -783,4 +786,161 @@ fn check_net_sliding_window_file(
             &format!("{} sw.{i}", file.path()),
         );
     }
+}
+
+/// The storage-binding limit the slab tests force (bytes): below one image's output in each case below.
+const SMALL_BINDING: u64 = 8 << 10;
+
+/// Runs `config` over the host volume `(shape, x)` on `gpu` with a 3x3x3 convolution (weights `w`, bias
+/// `b`) as the predictor, collecting the pieces in host memory: the output and how it was split.
+fn run_slabs(
+    gpu: &calibseg::Gpu,
+    shape: &[usize],
+    x: &[f32],
+    (w, b): (&[f32], &[f32]),
+    cout: usize,
+    config: &SlidingWindowConfig,
+) -> (Vec<f32>, SlabStats) {
+    let wt = Tensor::from_f32(gpu, &[cout, shape[1], 3, 3, 3], w).unwrap();
+    let bt = Tensor::from_f32(gpu, &[cout], b).unwrap();
+    let (out_shape, mut out) = host_output(shape, cout).unwrap();
+    let mut rows_seen = vec![0usize; shape[0]];
+    let stats = sliding_window_slabs(
+        gpu,
+        shape,
+        x,
+        config,
+        |win| ops::conv(win, &wt, Some(&bt), &[1], &[1]),
+        |piece| {
+            // Pieces come image by image, first rows first, and tile the first axis.
+            assert_eq!(piece.first_row, rows_seen[piece.image], "piece order");
+            rows_seen[piece.image] += piece.tensor.shape()[2];
+            piece.place(&piece.tensor.to_vec_f32()?, &mut out, &out_shape)
+        },
+    )
+    .unwrap();
+    assert_eq!(rows_seen, vec![shape[2]; shape[0]], "rows handed over");
+    (out, stats)
+}
+
+#[test]
+fn slabs_under_a_tiny_binding_limit_equal_the_unsplit_result_bit_for_bit() {
+    // Odd sizes and windows that divide none of them; padding on the second axis (3 -> 5) in the first
+    // case and on the slab axis itself (5 -> 8, so some slabs hold padding only) in the second.
+    let Some(gpu) = gpu() else { return };
+    let Some(small) = common::gpu_with_binding_limit(SMALL_BINDING) else {
+        return;
+    };
+    assert_eq!(small.max_binding_bytes(), SMALL_BINDING);
+    let cout = 3;
+    // (shape, roi, a tight budget: a few rows per slab)
+    for (case, (shape, roi, tight)) in [
+        (vec![2usize, 2, 23, 3, 11], vec![6usize, 5, 4], 16_000u64),
+        (vec![1, 1, 5, 14, 10], vec![8, 5, 4], 30_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rng = Rng::new(40 + case as u64);
+        let x = rng.normals(shape.iter().product(), 1.0);
+        let w = rng.normals(cout * shape[1] * 27, 0.3);
+        let b = rng.normals(cout, 0.5);
+        // One image's output alone is over the forced limit, so the small device must split it.
+        let image_bytes = (cout * shape[2..].iter().product::<usize>() * 4) as u64;
+        assert!(
+            image_bytes > SMALL_BINDING,
+            "case {case}: {image_bytes} bytes"
+        );
+        let xt = Tensor::from_f32(&gpu, &shape, &x).unwrap();
+        for mode in [BlendMode::Constant, BlendMode::Gaussian] {
+            for overlap in [0.25, 0.5] {
+                for sw_batch_size in [1, 3] {
+                    let what =
+                        format!("case {case}, {mode:?}, overlap {overlap}, sw {sw_batch_size}");
+                    let config = SlidingWindowConfig::new(&roi)
+                        .with_mode(mode)
+                        .with_overlap(overlap)
+                        .with_sw_batch_size(sw_batch_size);
+                    let (whole, stats) = run_slabs(&gpu, &shape, &x, (&w, &b), cout, &config);
+                    assert_eq!(
+                        stats.slabs_per_image, 1,
+                        "{what}: unsplit on the full device"
+                    );
+                    // The device-tensor API gives the same bits, and both are MONAI's numbers.
+                    let wt = Tensor::from_f32(&gpu, &[cout, shape[1], 3, 3, 3], &w).unwrap();
+                    let bt = Tensor::from_f32(&gpu, &[cout], &b).unwrap();
+                    let device = sliding_window_inference(&xt, &config, |win| {
+                        ops::conv(win, &wt, Some(&bt), &[1], &[1])
+                    })
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
+                    assert_eq!(bits(&device), bits(&whole), "{what}: device API");
+                    let geo = Geo {
+                        n: 1,
+                        cin: shape[1],
+                        cout,
+                        i: [roi[0], roi[1], roi[2]],
+                        k: [3; 3],
+                        s: [1; 3],
+                        p: [1; 3],
+                    };
+                    let want = ref_sliding_window(
+                        &x,
+                        &shape,
+                        &roi,
+                        &[overlap; 3],
+                        mode == BlendMode::Gaussian,
+                        &[0.125; 3],
+                        cout,
+                        |win, _| geo.forward(win, &w, Some(&b)),
+                    );
+                    assert_close(&whole, &want, Tol::of_max(2e-6), &what);
+
+                    // Forced binding limit (the budget follows it), then also a tight budget.
+                    for budget in [None, Some(tight)] {
+                        let mut c = config.clone();
+                        c.memory_budget = budget;
+                        let (split, stats) = run_slabs(&small, &shape, &x, (&w, &b), cout, &c);
+                        assert!(stats.slabs_per_image > 1, "{what}, {budget:?}: {stats:?}");
+                        assert!(
+                            stats.peak_bytes <= stats.budget,
+                            "{what}, {budget:?}: {stats:?}"
+                        );
+                        assert_eq!(bits(&split), bits(&whole), "{what}, budget {budget:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_budget_below_one_slab_is_a_typed_error() {
+    let Some(gpu) = gpu() else { return };
+    let shape = [1usize, 1, 9, 8, 7];
+    let x = vec![0.5f32; 504];
+    let config = SlidingWindowConfig::new(&[4, 4, 4]).with_memory_budget(2_000);
+    let r =
+        calibseg::nn::sliding_window_inference_host(&gpu, &shape, &x, &config, |w| Ok(w.clone()));
+    match r {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("memory budget of 2000 bytes"), "{m}"),
+        other => panic!("expected a budget error, got {other:?}"),
+    }
+    // A host input whose length disagrees with its shape.
+    let r = calibseg::nn::sliding_window_inference_host(&gpu, &shape, &x[..500], &config, |w| {
+        Ok(w.clone())
+    });
+    assert!(matches!(r, Err(Error::ShapeMismatch(_))), "{r:?}");
+    assert!(matches!(
+        SlidingWindowConfig::new(&[4, 4, 4])
+            .with_memory_budget(0)
+            .validate(3),
+        Err(Error::InvalidArgument(m)) if m.contains("memory_budget")
+    ));
+}
+
+/// The bit patterns of `v`, for exact comparisons (NaN included).
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
