@@ -192,6 +192,110 @@ fn reproduces_every_sliding_window_setting() {
     check_output(&out, &ws, &w, "sliding window, sw_batch_size 3");
 }
 
+// ---- Volumes over one storage binding ---------------------------------------------------------------
+
+/// The storage-binding limit forced on `calibseg` below (bytes, `CALIBSEG_MAX_STORAGE_BINDING`).
+const SMALL_BINDING: usize = 192 << 10;
+
+#[test]
+fn a_volume_over_the_binding_limit_predicts_slab_by_slab_with_the_same_bits() {
+    if gpu().is_none() {
+        return;
+    }
+    let name = "net_sliding_window_small.safetensors";
+    let file = fixture_path(name);
+    let config = fixture(name).metadata("config").unwrap();
+    // Three classes of f32 logits over 44 x 32 x 20 voxels: 337,920 bytes, over the forced binding.
+    let shape = [1usize, 1, 44, 32, 20];
+    let classes = 3;
+    assert!(classes * shape.iter().product::<usize>() * 4 > SMALL_BINDING);
+    let input = input_of("large.in.safetensors", &shape);
+    let limit = SMALL_BINDING.to_string();
+    let env = [("CALIBSEG_MAX_STORAGE_BINDING", limit.as_str())];
+    let args = |output: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "predict",
+            "--arch",
+            "segresnetds",
+            "--config",
+            &config,
+            "--weights",
+            &file,
+            "--weights-prefix",
+            "param.",
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(output),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run_env = |a: &[String], env: &[(&str, &str)]| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        common::cli::run_calibseg_with_env(&a, env)
+    };
+    let window = [
+        "--roi",
+        "16,16,16",
+        "--mode",
+        "gaussian",
+        "--sw-batch-size",
+        "2",
+    ];
+    let whole = tmp("large.whole.safetensors");
+    let o = run_env(&args(&whole, &window), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Under the forced limit, and again with a budget of a few rows per slab.
+    for (tag, budget) in [("limit", None), ("budget", Some("400000"))] {
+        let split = tmp(&format!("large.{tag}.safetensors"));
+        let mut extra = window.to_vec();
+        if let Some(b) = budget {
+            extra.extend(["--memory-budget", b]);
+        }
+        let o = run_env(&args(&split, &extra), &env);
+        assert!(
+            o.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (a, b) = (
+            TensorFile::open(&whole).unwrap(),
+            TensorFile::open(&split).unwrap(),
+        );
+        for t in ["logits", "probs"] {
+            let ((sa, va), (sb, vb)) = (a.f32(t).unwrap(), b.f32(t).unwrap());
+            assert_eq!(sa, [1, classes, 44, 32, 20]);
+            assert_eq!(sa, sb, "{tag} {t} shape");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&va) == bits(&vb),
+                "{tag}: {t} differ from the unsplit run"
+            );
+        }
+    }
+    // The limit is in force: the whole volume at once needs bindings over it.
+    let o = run_env(&args(&tmp("large.nowindow.safetensors"), &[]), &env);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("max_storage_buffer_binding_size"),
+        "{err}"
+    );
+    // A limit that is not a number of bytes is refused, naming the variable.
+    let o = run_env(
+        &args(&tmp("large.badlimit.safetensors"), &window),
+        &[("CALIBSEG_MAX_STORAGE_BINDING", "12")],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("CALIBSEG_MAX_STORAGE_BINDING='12'"),
+        "{err}"
+    );
+}
+
 // ---- NIfTI -------------------------------------------------------------------------------------------
 
 /// A NIfTI-1 image's header fields that place it in space, as this test writes and reads them.
@@ -590,6 +694,18 @@ fn bad_input_fails_cleanly() {
         &["--roi", "16,16,16", "--overlap", "1.5"],
         st,
         &["overlap", "1.5"],
+    );
+    fail(
+        good(),
+        &["--roi", "16,16,16", "--memory-budget", "0"],
+        st,
+        &["memory_budget", "positive"],
+    );
+    fail(
+        good(),
+        &["--roi", "16,16,16", "--memory-budget", "1000"],
+        st,
+        &["memory budget of 1000 bytes", "too small"],
     );
 
     // Weights: missing, unexpected and mis-shaped tensors are named.
