@@ -26,6 +26,25 @@ fn path_str(p: &Path) -> &str {
 
 /// Runs `calibseg predict` with the weights under `param.` of `weights` and asserts success.
 fn predict_ok(arch: &str, config: &str, weights: &str, input: &str, output: &Path, extra: &[&str]) {
+    let o = predict_run(arch, config, weights, input, output, extra, &[]);
+    assert!(
+        o.status.success(),
+        "calibseg predict {arch} {input} {extra:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Runs `calibseg predict` with the weights under `param.` of `weights`, `extra` flags and the environment
+/// variables `env` added.
+fn predict_run(
+    arch: &str,
+    config: &str,
+    weights: &str,
+    input: &str,
+    output: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut args = vec![
         "predict",
         "--arch",
@@ -42,12 +61,7 @@ fn predict_ok(arch: &str, config: &str, weights: &str, input: &str, output: &Pat
         path_str(output),
     ];
     args.extend_from_slice(extra);
-    let o = run(&args);
-    assert!(
-        o.status.success(),
-        "calibseg {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::cli::run_calibseg_with_env(&args, env)
 }
 
 /// f64 softmax over the class axis of `[B, C, spatial...]`.
@@ -212,31 +226,9 @@ fn a_volume_over_the_binding_limit_predicts_slab_by_slab_with_the_same_bits() {
     let input = input_of("large.in.safetensors", &shape);
     let limit = SMALL_BINDING.to_string();
     let env = [("CALIBSEG_MAX_STORAGE_BINDING", limit.as_str())];
-    let args = |output: &Path, extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "predict",
-            "--arch",
-            "segresnetds",
-            "--config",
-            &config,
-            "--weights",
-            &file,
-            "--weights-prefix",
-            "param.",
-            "--input",
-            path_str(&input),
-            "--output",
-            path_str(output),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
-    let run_env = |a: &[String], env: &[(&str, &str)]| {
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        common::cli::run_calibseg_with_env(&a, env)
+    let run_env = |output: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let input = path_str(&input);
+        predict_run("segresnetds", &config, &file, input, output, extra, env)
     };
     let window = [
         "--roi",
@@ -247,7 +239,7 @@ fn a_volume_over_the_binding_limit_predicts_slab_by_slab_with_the_same_bits() {
         "2",
     ];
     let whole = tmp("large.whole.safetensors");
-    let o = run_env(&args(&whole, &window), &[]);
+    let o = run_env(&whole, &window, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Under the forced limit, and again with a budget of a few rows per slab.
     for (tag, budget) in [("limit", None), ("budget", Some("400000"))] {
@@ -256,7 +248,7 @@ fn a_volume_over_the_binding_limit_predicts_slab_by_slab_with_the_same_bits() {
         if let Some(b) = budget {
             extra.extend(["--memory-budget", b]);
         }
-        let o = run_env(&args(&split, &extra), &env);
+        let o = run_env(&split, &extra, &env);
         assert!(
             o.status.success(),
             "{tag}: {}",
@@ -278,7 +270,7 @@ fn a_volume_over_the_binding_limit_predicts_slab_by_slab_with_the_same_bits() {
         }
     }
     // The limit is in force: the whole volume at once needs bindings over it.
-    let o = run_env(&args(&tmp("large.nowindow.safetensors"), &[]), &env);
+    let o = run_env(&tmp("large.nowindow.safetensors"), &[], &env);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("max_storage_buffer_binding_size"),
@@ -286,7 +278,8 @@ fn a_volume_over_the_binding_limit_predicts_slab_by_slab_with_the_same_bits() {
     );
     // A limit that is not a number of bytes is refused, naming the variable.
     let o = run_env(
-        &args(&tmp("large.badlimit.safetensors"), &window),
+        &tmp("large.badlimit.safetensors"),
+        &window,
         &[("CALIBSEG_MAX_STORAGE_BINDING", "12")],
     );
     let err = String::from_utf8_lossy(&o.stderr);
