@@ -638,10 +638,14 @@ fn nifti_header_fields_are_checked() {
     let mut b = base.clone();
     put_i16(&mut b, 44, -3);
     assert!(read(&b).unwrap_err().to_string().contains("not positive"));
-    // Infinite scaling is refused; NaN slope means no scaling (as nibabel); a real slope applies.
+    // As nibabel: an infinite or NaN slope means no scaling, a real slope needs a finite intercept, and
+    // a real slope applies.
     let mut b = base.clone();
     put_f32(&mut b, 112, f32::INFINITY);
-    assert!(read(&b).unwrap_err().to_string().contains("scl_slope"));
+    assert_eq!(read(&b).unwrap().1[3], 3.0);
+    put_f32(&mut b, 112, 2.0);
+    put_f32(&mut b, 116, f32::NEG_INFINITY);
+    assert!(read(&b).unwrap_err().to_string().contains("scl_inter"));
     let mut b = base.clone();
     put_f32(&mut b, 112, f32::NAN);
     assert_eq!(read(&b).unwrap().1[3], 3.0);

@@ -1,4 +1,4 @@
-//! Test suite: File formats: safetensors, NIfTI, NumPy .npz, how inputs are opened and the safe-output path.
+//! Test suite: File formats: safetensors, NIfTI (against nibabel), NumPy .npz, how inputs are opened and the safe-output path.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -13,4 +13,5 @@ mod input;
 
 mod io_npz;
 mod io_safetensors;
+mod nifti;
 mod output;
