@@ -50,6 +50,8 @@ enum Command {
     Train(TrainArgs),
     /// Benchmark every kernel family against the adapter's roofline, or compare saved reports.
     Bench(BenchArgs),
+    /// Check an MSD or nnU-Net v2 dataset as nnU-Net's verify_dataset_integrity does; every problem at once.
+    Verify(VerifyArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -545,6 +547,79 @@ fn bench(a: BenchArgs) -> calibseg::Result<()> {
     Ok(())
 }
 
+/// `calibseg verify` flags.
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The dataset folder (holding dataset.json), in the MSD or the nnU-Net v2 raw layout.
+    dataset: PathBuf,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Cases read at once, each thread holding one case in memory (default: one per core, at most 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+/// Prints the report; `Ok(false)` when it holds an error (exit 1).
+fn verify(a: VerifyArgs) -> calibseg::Result<bool> {
+    use calibseg::commands::verify::{run, Event, VerifyOptions};
+    let mut o = VerifyOptions::new(a.dataset);
+    o.json = a.json;
+    if let Some(t) = a.threads {
+        o.threads = t.into();
+    }
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} cases, {msg}")
+            .expect("a valid template"),
+    );
+    let mut on_event = |e: &Event| match e {
+        Event::Listed { total } => {
+            if *total > 1 {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(*total as u64);
+            }
+        }
+        Event::Case { done, name, .. } => {
+            bar.set_position(*done as u64);
+            bar.set_message(name.clone());
+        }
+    };
+    let r = run(&o, &mut on_event);
+    bar.finish_and_clear();
+    let r = r?;
+    for p in &r.problems {
+        out!("{p}");
+    }
+    out!(
+        "{} dataset {}: {} cases, channels {:?}",
+        r.layout,
+        r.dataset,
+        r.cases,
+        r.channels
+    );
+    for c in &r.classes {
+        out!(
+            "  class {} {:?}: in {} of {} cases",
+            c.name,
+            c.values,
+            c.cases,
+            r.cases
+        );
+    }
+    let (errors, warnings) = (r.errors().count(), r.warnings().count());
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    out!(
+        "{}, {}",
+        plural(errors, "error"),
+        plural(warnings, "warning")
+    );
+    if let Some(path) = &o.json {
+        out!("wrote {}", path.display());
+    }
+    Ok(errors == 0)
+}
+
 fn devices() -> calibseg::Result<()> {
     let options = calibseg::GpuOptions::try_from_env()?;
     let all = calibseg::Gpu::adapters(options.backends);
@@ -601,6 +676,12 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict(a),
         Command::Train(a) => train(a),
         Command::Bench(a) => bench(a),
+        Command::Verify(a) => match verify(a) {
+            Ok(true) => Ok(()),
+            // The errors are printed with the report.
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 //!   reports ([`eval::report`]), and `--merge` ([`eval::merge()`]).
 //! - [`predict`]: `calibseg predict`, a network's logits and probabilities for a volume file.
 //! - [`train`]: `calibseg train`, a whole training run in an output folder.
+//! - [`verify`]: `calibseg verify`, nnU-Net's integrity checks on an MSD or nnU-Net v2 dataset.
 //!
 //! `calibseg bench` runs [`crate::bench`], the library of benchmark cases, directly.
 
@@ -15,3 +16,4 @@ pub mod eval;
 pub mod loss;
 pub mod predict;
 pub mod train;
+pub mod verify;

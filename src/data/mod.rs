@@ -1,4 +1,6 @@
-//! Seeded synthetic 3D phantoms for training and evaluating calibrated segmentation networks (CPU-side).
+//! Training data: users' datasets on disk ([`dataset`]: MSD and nnU-Net v2 folders read into one case
+//! list) and seeded synthetic 3D phantoms for training and evaluating calibrated segmentation networks
+//! (CPU-side), described below.
 //!
 //! Each volume is a pure function of `(seed, index)`: a `[1, D, H, W]` f32 image and a `[1, D, H, W]`
 //! class-index label map (u8, `0` = background) with [`SyntheticConfig::foreground_classes`] foreground
@@ -35,6 +37,7 @@
 //! ```
 
 mod augment;
+pub mod dataset;
 mod filters;
 mod phantom;
 mod rng;

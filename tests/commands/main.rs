@@ -1,4 +1,4 @@
-//! Test suite: The `calibseg` command end to end: loss, eval (reports, merges), predict, bench, and hostile inputs.
+//! Test suite: The `calibseg` command end to end: loss, eval (reports, merges), predict, bench, verify, and hostile inputs.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -17,3 +17,4 @@ mod eval;
 mod eval_reports;
 mod hostile;
 mod hostile_io;
+mod verify;
