@@ -144,6 +144,25 @@ def main():
     img.set_sform(None, code=0)
     img.header.set_zooms((0.8, 0.9, 2.5))
     add("no_transform.nii", img, "qform_code 0 and sform_code 0: the pixdim scaling")
+    # Header fields nibabel fixes on load: qfac 0 (taken as 1), a negative and a zero voxel size (their
+    # absolute value, 1), on a qform-only image.
+    img = nib.Nifti1Image(values("int16"), None, dtype="int16")
+    img.set_qform(affine_rotated(0.2, 2, [1.2, 1.1, 2.0], [4, 5, 6]), code=1)
+    img.set_sform(np.eye(4), code=0)
+
+    def patch(raw):
+        struct.pack_into("<ffff", raw, 76, 0.0, 1.2, -1.1, 0.0)
+
+    add("fixed_pixdim_qform.nii", img, "qfac 0, pixdim[2] -1.1, pixdim[3] 0: nibabel's load-time fixes", patch)
+    # 2D: the pixdim scaling padded to three axes.
+    img = nib.Nifti1Image(values("float32")[:, :, 0], None, dtype="float32")
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+
+    def patch(raw):
+        struct.pack_into("<ff", raw, 80, 0.6, 1.7)
+
+    add("no_transform_2d.nii", img, "2D (3, 4), pixdim 0.6 x 1.7, no transform: the pixdim scaling with z = 1", patch)
     # 4D, two channels last (MSD's multi-modal layout).
     four = np.stack([values("float32"), -values("float32")], axis=-1)
     add("channels_last_4d.nii.gz", nib.Nifti1Image(four, base, dtype="float32"), "4D (3, 4, 2, 2), two channels last, gzip")

@@ -81,7 +81,9 @@ pub(super) fn read(ctx: &Json, json: &Map<String, Value>) -> Result<Dataset> {
     let missing: Vec<&str> = REQUIRED
         .into_iter()
         .filter(|k| {
-            !json.contains_key(*k) && !(*k == "channel_names" && json.contains_key("modality"))
+            // The legacy `modality` stands for `channel_names`.
+            let legacy = *k == "channel_names" && json.contains_key("modality");
+            !(json.contains_key(*k) || legacy)
         })
         .collect();
     if !missing.is_empty() {

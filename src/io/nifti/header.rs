@@ -356,15 +356,15 @@ impl Header {
             a[2][3] = qz;
         } else {
             let n = self.dims.len().min(3);
-            for k in 0..3 {
+            for (k, row) in a.iter_mut().take(3).enumerate() {
                 let (size, zoom) = if k < n {
                     (self.dims[k] as f64, self.pixdim[k + 1])
                 } else {
                     (1.0, 1.0)
                 };
                 let zoom = if k == 0 { -zoom } else { zoom };
-                a[k][k] = zoom;
-                a[k][3] = -((size - 1.0) / 2.0) * zoom;
+                row[k] = zoom;
+                row[3] = -((size - 1.0) / 2.0) * zoom;
             }
         }
         Ok(a)
