@@ -92,3 +92,17 @@ pub fn read_regular_text(path: impl AsRef<Path>) -> Result<String> {
         )
     })
 }
+
+/// Reads exactly `buf.len()` bytes unless the stream ends first; returns how many were read.
+pub(crate) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}

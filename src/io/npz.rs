@@ -26,6 +26,7 @@ use std::path::Path;
 use npyz::{DType, NpyFile, NpyHeader, Order, TypeChar};
 
 use crate::error::{Error, Result};
+use crate::io::input::read_up_to;
 use crate::io::safetensors::HostTensor;
 
 fn fmt_err(path: &Path, message: impl Into<String>) -> Error {
@@ -165,20 +166,6 @@ fn read_npy_bounded(
         ));
     }
     Ok(bytes)
-}
-
-/// Reads exactly `buf.len()` bytes unless the stream ends first; returns how many were read.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Parses one `.npy` image held in memory (as [`read_npy_bounded`] returns it: its data complete) into its

@@ -139,6 +139,15 @@ fn msd_dataset(tag: &str) -> PathBuf {
     root
 }
 
+/// Changes the dataset's `dataset.json` with `edit`; returns its path.
+fn edit_dataset_json(root: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let path = root.join("dataset.json");
+    let mut json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -269,6 +278,35 @@ struct Expect<'a> {
     words: &'a [&'a str],
 }
 
+impl<'a> Expect<'a> {
+    fn error(
+        kind: ProblemKind,
+        case: Option<&'a str>,
+        file: &'a Path,
+        words: &'a [&'a str],
+    ) -> Self {
+        Expect {
+            kind,
+            severity: Severity::Error,
+            case,
+            file,
+            words,
+        }
+    }
+
+    fn warning(
+        kind: ProblemKind,
+        case: Option<&'a str>,
+        file: &'a Path,
+        words: &'a [&'a str],
+    ) -> Self {
+        Expect {
+            severity: Severity::Warning,
+            ..Expect::error(kind, case, file, words)
+        }
+    }
+}
+
 /// Verifies `root` through the command and the library and checks that `want` is reported, with the
 /// exit code its severity gives (1 for an error, 0 for warnings alone).
 fn assert_reports(root: &Path, want: Expect) {
@@ -334,13 +372,12 @@ fn a_label_on_another_grid_is_a_shape_error() {
     write(&label, &[6, 5, 3], Voxels::Uint8(&[0; 90]));
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::ShapeMismatch,
-            severity: Severity::Error,
-            case: Some("case_b"),
-            file: &label,
-            words: &["[6, 5, 3]", "[6, 5, 4]", "case_b_0000.nii.gz"],
-        },
+        Expect::error(
+            ProblemKind::ShapeMismatch,
+            Some("case_b"),
+            &label,
+            &["[6, 5, 3]", "[6, 5, 4]", "case_b_0000.nii.gz"],
+        ),
     );
 }
 
@@ -360,13 +397,12 @@ fn a_label_with_another_spacing_is_a_spacing_error() {
     .unwrap();
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::SpacingMismatch,
-            severity: Severity::Error,
-            case: Some("case_c"),
-            file: &label,
-            words: &["spacing", "2.5"],
-        },
+        Expect::error(
+            ProblemKind::SpacingMismatch,
+            Some("case_c"),
+            &label,
+            &["spacing", "2.5"],
+        ),
     );
 }
 
@@ -386,13 +422,12 @@ fn an_affine_that_differs_is_a_warning_only() {
     .unwrap();
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::AffineMismatch,
-            severity: Severity::Warning,
-            case: Some("case_a"),
-            file: &label,
-            words: &["affine", "85"],
-        },
+        Expect::warning(
+            ProblemKind::AffineMismatch,
+            Some("case_a"),
+            &label,
+            &["affine", "85"],
+        ),
     );
     // Float noise far below np.allclose's tolerance is no problem.
     let mut a = affine();
@@ -414,26 +449,24 @@ fn a_wrong_channel_count_is_an_error_in_both_layouts() {
     std::fs::remove_file(&gone).unwrap();
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::ChannelCount,
-            severity: Severity::Error,
-            case: Some("case_c"),
-            file: &root.join("imagesTr/case_c_0000.nii.gz"),
-            words: &["1 channel files", "declares 2 channels"],
-        },
+        Expect::error(
+            ProblemKind::ChannelCount,
+            Some("case_c"),
+            &root.join("imagesTr/case_c_0000.nii.gz"),
+            &["1 channel files", "declares 2 channels"],
+        ),
     );
     let root = msd_dataset("channels-msd");
     let image = root.join("imagesTr/case_a.nii.gz");
     write(&image, &[6, 5, 4, 3], Voxels::Float32(&[1.0; 3 * VOXELS]));
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::ChannelCount,
-            severity: Severity::Error,
-            case: Some("case_a"),
-            file: &image,
-            words: &["holds 3 channels", "declares 2"],
-        },
+        Expect::error(
+            ProblemKind::ChannelCount,
+            Some("case_a"),
+            &image,
+            &["holds 3 channels", "declares 2"],
+        ),
     );
 }
 
@@ -445,16 +478,15 @@ fn nan_or_infinity_in_an_image_is_an_error() {
     adc[7] = f32::NAN;
     adc[40] = f32::INFINITY;
     write(&image, &SHAPE, Voxels::Float32(&adc));
+    // Voxel 7 is (1, 1, 0).
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::NonFinite,
-            severity: Severity::Error,
-            case: Some("case_b"),
-            file: &image,
-            // Voxel 7 is (1, 1, 0).
-            words: &["2 NaN or infinite values", "[1, 1, 0]"],
-        },
+        Expect::error(
+            ProblemKind::NonFinite,
+            Some("case_b"),
+            &image,
+            &["2 NaN or infinite values", "[1, 1, 0]"],
+        ),
     );
 }
 
@@ -467,13 +499,12 @@ fn label_values_that_are_not_integers_are_an_error() {
     write(&label, &SHAPE, Voxels::Float32(&l));
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::LabelNotInteger,
-            severity: Severity::Error,
-            case: Some("case_b"),
-            file: &label,
-            words: &["not integers", "0.5", "[3, 0, 0]"],
-        },
+        Expect::error(
+            ProblemKind::LabelNotInteger,
+            Some("case_b"),
+            &label,
+            &["not integers", "0.5", "[3, 0, 0]"],
+        ),
     );
 }
 
@@ -494,13 +525,12 @@ fn undeclared_label_values_are_an_error_with_the_known_causes_named() {
     write(&label, &SHAPE, Voxels::Uint8(&l));
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::UndeclaredLabel,
-            severity: Severity::Error,
-            case: Some("case_a"),
-            file: &label,
-            words: &["[4]", "remap 4 to 3"],
-        },
+        Expect::error(
+            ProblemKind::UndeclaredLabel,
+            Some("case_a"),
+            &label,
+            &["[4]", "remap 4 to 3"],
+        ),
     );
     // A mask saved as 0/255.
     let root = msd_dataset("mask255");
@@ -513,13 +543,12 @@ fn undeclared_label_values_are_an_error_with_the_known_causes_named() {
     write(&label, &SHAPE, Voxels::Uint8(&l));
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::UndeclaredLabel,
-            severity: Severity::Error,
-            case: Some("case_c"),
-            file: &label,
-            words: &["[255]", "0/255"],
-        },
+        Expect::error(
+            ProblemKind::UndeclaredLabel,
+            Some("case_c"),
+            &label,
+            &["[255]", "0/255"],
+        ),
     );
 }
 
@@ -530,13 +559,12 @@ fn a_missing_file_is_an_error_naming_it() {
     std::fs::remove_file(&label).unwrap();
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::MissingFile,
-            severity: Severity::Error,
-            case: Some("case_b"),
-            file: &label,
-            words: &["label map", "does not exist"],
-        },
+        Expect::error(
+            ProblemKind::MissingFile,
+            Some("case_b"),
+            &label,
+            &["label map", "does not exist"],
+        ),
     );
     // nnU-Net: an image case without its label.
     let root = nnunet_dataset("missing-nnunet");
@@ -544,13 +572,12 @@ fn a_missing_file_is_an_error_naming_it() {
     std::fs::remove_file(&label).unwrap();
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::MissingFile,
-            severity: Severity::Error,
-            case: Some("case_a"),
-            file: &label,
-            words: &["does not exist"],
-        },
+        Expect::error(
+            ProblemKind::MissingFile,
+            Some("case_a"),
+            &label,
+            &["does not exist"],
+        ),
     );
 }
 
@@ -562,54 +589,45 @@ fn a_corrupt_file_is_an_error_naming_it() {
     std::fs::write(&image, &bytes[..bytes.len() / 2]).unwrap();
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::UnreadableFile,
-            severity: Severity::Error,
-            case: Some("case_c"),
-            file: &image,
-            words: &["gzip"],
-        },
+        Expect::error(
+            ProblemKind::UnreadableFile,
+            Some("case_c"),
+            &image,
+            &["gzip"],
+        ),
     );
 }
 
 #[test]
 fn a_wrong_num_training_is_an_error() {
     let root = nnunet_dataset("num-training");
-    let path = root.join("dataset.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    json["numTraining"] = 4.into();
-    std::fs::write(&path, json.to_string()).unwrap();
+    let path = edit_dataset_json(&root, |json| json["numTraining"] = 4.into());
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::CaseCount,
-            severity: Severity::Error,
-            case: None,
-            file: &path,
-            words: &["numTraining is 4 but 3"],
-        },
+        Expect::error(
+            ProblemKind::CaseCount,
+            None,
+            &path,
+            &["numTraining is 4 but 3"],
+        ),
     );
 }
 
 #[test]
 fn labels_that_are_not_consecutive_are_an_error() {
     let root = msd_dataset("consecutive");
-    let path = root.join("dataset.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    json["labels"] =
-        serde_json::json!({"0": "background", "1": "organ", "2": "lesion", "5": "other"});
-    std::fs::write(&path, json.to_string()).unwrap();
+    let path = edit_dataset_json(&root, |json| {
+        json["labels"] =
+            serde_json::json!({"0": "background", "1": "organ", "2": "lesion", "5": "other"})
+    });
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::LabelDeclaration,
-            severity: Severity::Error,
-            case: None,
-            file: &path,
-            words: &["not consecutive", "5 follows 2"],
-        },
+        Expect::error(
+            ProblemKind::LabelDeclaration,
+            None,
+            &path,
+            &["not consecutive", "5 follows 2"],
+        ),
     );
 }
 
@@ -620,13 +638,12 @@ fn a_file_in_images_tr_without_a_channel_suffix_is_an_error() {
     write(&stray, &SHAPE, Voxels::Uint8(&[0; VOXELS]));
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::StrayFile,
-            severity: Severity::Error,
-            case: None,
-            file: &stray,
-            words: &["<case>_XXXX.nii.gz"],
-        },
+        Expect::error(
+            ProblemKind::StrayFile,
+            None,
+            &stray,
+            &["<case>_XXXX.nii.gz"],
+        ),
     );
 }
 
@@ -637,13 +654,12 @@ fn a_label_of_background_only_is_a_warning() {
     write(&label, &SHAPE, Voxels::Uint8(&[0; VOXELS]));
     assert_reports(
         &root,
-        Expect {
-            kind: ProblemKind::OnlyBackground,
-            severity: Severity::Warning,
-            case: Some("case_b"),
-            file: &label,
-            words: &["background (0) only"],
-        },
+        Expect::warning(
+            ProblemKind::OnlyBackground,
+            Some("case_b"),
+            &label,
+            &["background (0) only"],
+        ),
     );
 }
 

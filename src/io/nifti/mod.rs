@@ -20,6 +20,7 @@ use std::io::{BufRead, Read};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::io::input::read_up_to;
 
 pub use header::DataType;
 use header::{Header, NIFTI1_HEADER, NIFTI2_HEADER};
@@ -207,20 +208,6 @@ impl Image {
         self.for_each_value(|x| out.push(x as f32));
         out
     }
-}
-
-/// Reads exactly `buf.len()` bytes unless the stream ends first; returns how many were read.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// How far past the declared size a `.nii.gz` is inflated to reach its end (and check its CRC).

@@ -199,6 +199,18 @@ fn check_len(dims: &[usize], len: usize) -> Result<()> {
     Ok(())
 }
 
+/// Writes voxels with a diagonal sform from `spacing` (missing entries 1).
+fn write_scaled_grid(
+    path: &Path,
+    dims: &[usize],
+    spacing: &[f32],
+    voxels: Voxels<'_>,
+) -> Result<()> {
+    let (t, len, bytes) = voxels.encode();
+    check_len(dims, len)?;
+    write(path, dims, spacing, t, &bytes, None)
+}
+
 /// Writes an f32 image (datatype FLOAT32) atomically; `.gz` in the name compresses it. `spacing` gives the
 /// voxel sizes in mm (missing entries are 1).
 pub fn write_f32(
@@ -207,9 +219,7 @@ pub fn write_f32(
     spacing: &[f32],
     data: &[f32],
 ) -> Result<()> {
-    check_len(dims, data.len())?;
-    let (t, _, bytes) = Voxels::Float32(data).encode();
-    write(path.as_ref(), dims, spacing, t, &bytes, None)
+    write_scaled_grid(path.as_ref(), dims, spacing, Voxels::Float32(data))
 }
 
 /// Writes an i32 image (datatype INT32) atomically; `.gz` in the name compresses it.
@@ -219,9 +229,7 @@ pub fn write_i32(
     spacing: &[f32],
     data: &[i32],
 ) -> Result<()> {
-    check_len(dims, data.len())?;
-    let (t, _, bytes) = Voxels::Int32(data).encode();
-    write(path.as_ref(), dims, spacing, t, &bytes, None)
+    write_scaled_grid(path.as_ref(), dims, spacing, Voxels::Int32(data))
 }
 
 /// Writes an image of any [`DataType`] atomically, placed by `geometry` (e.g.
