@@ -713,3 +713,140 @@ fn a_folder_that_is_no_dataset_is_a_one_line_error() {
         "{err}"
     );
 }
+
+#[test]
+fn an_nnunet_dataset_key_lists_files_anywhere_with_variables_expanded() {
+    let data = nnunet_dataset("listed-data");
+    std::env::set_var("CALIBSEG_VERIFY_TEST_DATA", &data);
+    let root = scratch("listed");
+    // Case c lives inside the dataset folder, named freely; a and b are reached through the variable.
+    std::fs::create_dir_all(root.join("own")).unwrap();
+    for f in [
+        "imagesTr/case_c_0000",
+        "imagesTr/case_c_0001",
+        "labelsTr/case_c",
+    ] {
+        let name = Path::new(f).file_name().unwrap().to_str().unwrap();
+        let to = root.join(format!("own/{name}.nii.gz"));
+        std::fs::copy(data.join(format!("{f}.nii.gz")), to).unwrap();
+    }
+    let listed = |c: &str| {
+        serde_json::json!({
+            "images": [
+                format!("$CALIBSEG_VERIFY_TEST_DATA/imagesTr/{c}_0000.nii.gz"),
+                format!("${{CALIBSEG_VERIFY_TEST_DATA}}/imagesTr/{c}_0001.nii.gz")
+            ],
+            "label": format!("$CALIBSEG_VERIFY_TEST_DATA/labelsTr/{c}.nii.gz")
+        })
+    };
+    let json = serde_json::json!({
+        "channel_names": {"0": "T2", "1": "ADC"},
+        // A region ("any": organ or lesion) overlaps the classes it joins.
+        "labels": {"background": 0, "organ": 1, "lesion": 2, "any": [1, 2]},
+        "numTraining": 3,
+        "file_ending": ".nii.gz",
+        "dataset": {
+            "case_a": listed("case_a"),
+            "case_b": listed("case_b"),
+            "case_c": {
+                "images": ["./own/case_c_0000.nii.gz", "own/case_c_0001.nii.gz"],
+                "label": "own/case_c.nii.gz"
+            }
+        }
+    });
+    std::fs::write(root.join("dataset.json"), json.to_string()).unwrap();
+    let d = Dataset::open(&root).unwrap();
+    assert_eq!(
+        d.cases[0].images,
+        CaseImages::PerChannel(vec![
+            data.join("imagesTr/case_a_0000.nii.gz"),
+            data.join("imagesTr/case_a_0001.nii.gz")
+        ])
+    );
+    assert_eq!(d.cases[2].label, root.join("own/case_c.nii.gz"));
+    let report = verify_lib(&root);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let presence: Vec<(&str, usize)> = report
+        .classes
+        .iter()
+        .map(|c| (c.name.as_str(), c.cases))
+        .collect();
+    assert_eq!(
+        presence,
+        [("background", 3), ("organ", 3), ("any", 3), ("lesion", 2)]
+    );
+    // A listed file that is not there is named.
+    let gone = data.join("imagesTr/case_b_0001.nii.gz");
+    std::fs::remove_file(&gone).unwrap();
+    assert_reports(
+        &root,
+        Expect::error(
+            ProblemKind::MissingFile,
+            Some("case_b"),
+            &gone,
+            &["image", "does not exist"],
+        ),
+    );
+}
+
+#[test]
+fn msd_test_images_are_listed_and_malformed_entries_named() {
+    let root = msd_dataset("msd-lists");
+    edit_dataset_json(
+        &root,
+        |j| {
+            j["test"] = serde_json::json!(["./imagesTs/t0.nii.gz", {"image": "imagesTs/t1.nii.gz"}])
+        },
+    );
+    let d = Dataset::open(&root).unwrap();
+    assert_eq!(
+        d.test,
+        [
+            CaseImages::Stacked(root.join("imagesTs/t0.nii.gz")),
+            CaseImages::Stacked(root.join("imagesTs/t1.nii.gz"))
+        ]
+    );
+    let open_err = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let p = edit_dataset_json(&root, |j| edit(j));
+        let e = Dataset::open(&root).unwrap_err();
+        assert!(matches!(e, calibseg::Error::Format { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.starts_with(&p.display().to_string()), "{text}");
+        text
+    };
+    let e = open_err(&|j| {
+        j["training"][1].as_object_mut().unwrap().remove("label");
+    });
+    assert!(e.contains("\"training\" entry 1 has no \"label\""), "{e}");
+    let e = open_err(&|j| j["training"][1]["label"] = "./labelsTr/case_b.nrrd".into());
+    assert!(e.contains("case_b.nrrd") && e.contains("NIfTI"), "{e}");
+    let e = open_err(&|j| j["labels"] = serde_json::json!({"background": "0"}));
+    assert!(e.contains("\"background\" is not a label value"), "{e}");
+    let e = open_err(&|j| j["modality"] = serde_json::json!({"0": "T2", "2": "ADC"}));
+    assert!(e.contains("channel 1 is missing"), "{e}");
+}
+
+#[test]
+fn the_report_is_the_same_on_any_number_of_threads() {
+    let root = msd_dataset("threads");
+    std::fs::remove_file(root.join("labelsTr/case_a.nii.gz")).unwrap();
+    write(
+        &root.join("labelsTr/case_c.nii.gz"),
+        &SHAPE,
+        Voxels::Uint8(&[7; VOXELS]),
+    );
+    let run = |threads| {
+        let mut o = VerifyOptions::new(&root);
+        o.threads = threads;
+        let mut events = Vec::new();
+        let r = verify::run(&o, &mut |e| events.push(e.clone())).unwrap();
+        (r, events.len())
+    };
+    let (one, events) = run(1);
+    assert_eq!(one.problems.len(), 2, "{:?}", one.problems);
+    // Listed, then one event per case.
+    assert_eq!(events, 1 + CASES.len());
+    for threads in [2, 3, 8] {
+        assert_eq!(run(threads).0, one, "{threads} threads");
+    }
+}

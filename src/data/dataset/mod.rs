@@ -99,7 +99,8 @@ pub struct Dataset {
     pub layout: Layout,
     /// Channel names in channel order (MSD `modality`, nnU-Net `channel_names`).
     pub channels: Vec<String>,
-    /// The declared classes, by increasing value (nnU-Net's `ignore` label excluded).
+    /// The declared classes, by increasing (first) value, a region after the class of its first value
+    /// (nnU-Net's `ignore` label excluded).
     pub labels: Vec<LabelClass>,
     /// nnU-Net's ignore label (the value of the class named `ignore`), if declared.
     pub ignore_label: Option<i64>,
@@ -248,11 +249,12 @@ impl Json<'_> {
     }
 }
 
-/// Sorts classes by their first value, and refuses a value declared twice.
+/// Sorts classes by their first value (a region after the class of that value), and refuses a value given to two single-value classes (nnU-Net's
+/// regions overlap by design: "whole tumor" [1, 2, 3] holds "enhancing tumor" 3).
 fn sorted_classes(ctx: &Json, mut classes: Vec<LabelClass>) -> Result<Vec<LabelClass>> {
-    classes.sort_by_key(|c| c.values.first().copied());
+    classes.sort_by_key(|c| (c.values.first().copied(), c.values.len()));
     let mut seen = std::collections::BTreeMap::new();
-    for c in &classes {
+    for c in classes.iter().filter(|c| c.values.len() == 1) {
         for &v in &c.values {
             if let Some(other) = seen.insert(v, &c.name) {
                 if other != &c.name {
