@@ -11,19 +11,26 @@
 // non-finite values are skipped and counted.
 //
 // Partial record (u32, stride M + 6): per bin `count | (sum_y << 16)` (both <= 16384 per workgroup), then
-// tp, pred, truth, clamped, nonfinite, bad_label. Float partials (stride M): per-bin sum of p.
+// tp, pred, truth, clamped, nonfinite, bad_label. Float partials (stride M): per-bin sum of p. Record
+// `row * row_chunks + chunk` holds chunk `chunk` of (image, class) row `row`. An image too large for one
+// binding is binned in pieces of whole chunks (one dispatch each, `chunk_offset` and `row_offset` placing
+// its records), so every chunk's record, and therefore the result, is the one the whole image gives.
 // Final record (u32, stride 2M + 6): count[M], sum_y[M], tp, pred, truth, clamped, nonfinite, bad_label;
 // final floats (stride M): sum_p[M].
 
 struct Params {
-    voxels: u32,       // voxels per image
+    voxels: u32,       // voxels per image (pass 1: of the bound images, or of the bound piece of one image)
     channels: u32,     // channels of the probability tensor
     class_offset: u32, // first channel evaluated (1 when the background is excluded)
     classes: u32,      // channels evaluated
     bins: u32,         // M
-    chunks: u32,       // workgroups per (image, class) row in pass 1
+    chunks: u32,       // pass 1: workgroups per (image, class) row of this dispatch
     groups: u32,       // pass 1: rows * chunks; pass 2: rows
-    _pad: u32,
+    row_chunks: u32,   // chunk records per row in the partials (pass 2 sums them in order)
+    chunk_offset: u32, // pass 1: the chunk of its row this dispatch's first chunk is (a piece's place)
+    row_offset: u32,   // pass 1: the row this dispatch's first row is (a piece's image * classes)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const WG: u32 = 256u;
@@ -146,14 +153,15 @@ fn partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     workgroupBarrier();
 
     let stride_u = m + NSCALAR;
+    let rec = (params.row_offset + row) * params.row_chunks + params.chunk_offset + chunk;
     if (lid < m) {
-        part_u[g * stride_u + lid] = atomicLoad(&wg_packed[lid]);
+        part_u[rec * stride_u + lid] = atomicLoad(&wg_packed[lid]);
         let hi = f32(atomicLoad(&wg_hi[lid]));
         let lo = f32(atomicLoad(&wg_lo[lid]));
-        part_f[g * m + lid] = hi / HI_SCALE + lo / (HI_SCALE * LO_SCALE);
+        part_f[rec * m + lid] = hi / HI_SCALE + lo / (HI_SCALE * LO_SCALE);
     }
     if (lid < NSCALAR) {
-        part_u[g * stride_u + m + lid] = atomicLoad(&wg_scalar[lid]);
+        part_u[rec * stride_u + m + lid] = atomicLoad(&wg_scalar[lid]);
     }
 }
 
@@ -173,7 +181,7 @@ fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         return;
     }
     let m = params.bins;
-    let chunks = params.chunks;
+    let chunks = params.row_chunks;
     let stride_u = m + NSCALAR;
     let out_stride = 2u * m + NSCALAR;
     for (var s = lid; s < m + NSCALAR; s += WG) {

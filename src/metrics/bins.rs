@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::binning::{check_num_bins, hard_bin_edges};
 use crate::error::{Error, Result};
-use crate::gpu::Arg;
+use crate::gpu::{Arg, Batch, Gpu};
 use crate::loss::Labels;
 use crate::ops::ncv;
 use crate::shaders;
@@ -141,7 +141,7 @@ impl BinStats {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
 struct Params {
     voxels: u32,
     channels: u32,
@@ -150,7 +150,197 @@ struct Params {
     bins: u32,
     chunks: u32,
     groups: u32,
-    _pad: u32,
+    row_chunks: u32,
+    chunk_offset: u32,
+    row_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// The classes evaluated for `channels` channels: `1..C` without the background (when C > 1), else `0..C`.
+fn evaluated_classes(channels: usize, include_background: bool) -> Vec<usize> {
+    (usize::from(!include_background && channels > 1)..channels).collect()
+}
+
+/// The per-chunk partial records of pass 1 for `rows` (image, class) rows of `row_chunks` chunks each, filled
+/// by one or more [`Partials::bin`] dispatches and summed per row, in chunk order, by [`Partials::finish`].
+#[derive(Debug)]
+struct Partials {
+    gpu: Gpu,
+    channels: usize,
+    class_ids: Vec<usize>,
+    num_bins: usize,
+    rows: usize,
+    row_chunks: usize,
+    edges: Tensor,
+    part_u: Tensor,
+    part_f: Tensor,
+}
+
+impl Partials {
+    fn new(
+        gpu: &Gpu,
+        channels: usize,
+        class_ids: Vec<usize>,
+        num_bins: usize,
+        rows: usize,
+        row_chunks: usize,
+    ) -> Result<Self> {
+        let records = rows * row_chunks;
+        if records * (num_bins + NSCALAR) > u32::MAX as usize {
+            return Err(Error::InvalidShape(format!(
+                "{rows} rows of {row_chunks} chunks are too many partial records for one evaluation; \
+                 evaluate fewer images at a time"
+            )));
+        }
+        Ok(Partials {
+            gpu: gpu.clone(),
+            channels,
+            class_ids,
+            num_bins,
+            rows,
+            row_chunks,
+            edges: Tensor::from_f32(gpu, &[num_bins + 1], &hard_bin_edges(num_bins))?,
+            part_u: Tensor::uninit(gpu, &[records, num_bins + NSCALAR], DType::U32)?,
+            part_f: Tensor::uninit(gpu, &[records, num_bins], DType::F32)?,
+        })
+    }
+
+    /// Records pass 1 over `images` bound images (or one piece) of `voxels` voxels each, whose chunk 0 is
+    /// chunk `chunk_offset` of row `row_offset` and on.
+    fn bin(
+        &self,
+        batch: &mut Batch<'_>,
+        (probs, labels): (&Tensor, &Tensor),
+        (images, voxels): (usize, usize),
+        (row_offset, chunk_offset): (usize, usize),
+    ) -> Result<()> {
+        let classes = self.class_ids.len();
+        let chunks = voxels.div_ceil(VOXELS_PER_WORKGROUP);
+        let groups = images * classes * chunks;
+        if groups > u32::MAX as usize || images * self.channels * voxels > u32::MAX as usize {
+            return Err(Error::InvalidShape(format!(
+                "probabilities {:?} are too large for one launch; evaluate fewer images at a time",
+                probs.shape()
+            )));
+        }
+        let p = Params {
+            voxels: voxels as u32,
+            channels: self.channels as u32,
+            class_offset: self.class_ids[0] as u32,
+            classes: classes as u32,
+            bins: self.num_bins as u32,
+            chunks: chunks as u32,
+            groups: groups as u32,
+            row_chunks: self.row_chunks as u32,
+            chunk_offset: chunk_offset as u32,
+            row_offset: row_offset as u32,
+            ..Params::default()
+        };
+        let kernel = self
+            .gpu
+            .kernel(&shaders::CALIBRATION, "", "partials", &[])?;
+        batch.dispatch(
+            &kernel,
+            bytemuck::bytes_of(&p),
+            &[
+                Arg::whole(probs),
+                Arg::whole(labels),
+                Arg::whole(&self.edges),
+                Arg::whole(&self.part_u),
+                Arg::whole(&self.part_f),
+            ],
+            groups as u32,
+        )
+    }
+
+    /// Pass 2 and the read-back: the statistics of `images` images of `voxels` voxels; an error for
+    /// non-finite probabilities or labels outside `0..C`.
+    fn finish(self, images: usize, voxels: usize) -> Result<BinStats> {
+        let (m, rows) = (self.num_bins, self.rows);
+        let gpu = &self.gpu;
+        let out_u = Tensor::uninit(gpu, &[rows, 2 * m + NSCALAR], DType::U32)?;
+        let out_f = Tensor::uninit(gpu, &[rows, m], DType::F32)?;
+        let kernel = gpu.kernel(&shaders::CALIBRATION, "", "finish", &[])?;
+        let p = Params {
+            bins: m as u32,
+            groups: rows as u32,
+            row_chunks: self.row_chunks as u32,
+            ..Params::default()
+        };
+        let mut batch = gpu.batch("calibration binning: finish");
+        batch.dispatch(
+            &kernel,
+            bytemuck::bytes_of(&p),
+            &[
+                Arg::whole(&self.part_u),
+                Arg::whole(&self.part_f),
+                Arg::whole(&out_u),
+                Arg::whole(&out_f),
+            ],
+            rows as u32,
+        )?;
+        batch.submit()?;
+        let u = out_u.to_vec::<u32>()?;
+        let sum_p = out_f.to_vec::<f32>()?;
+        let stride = 2 * m + NSCALAR;
+        let c = self.channels;
+        let mut s = BinStats::empty(self.class_ids, m);
+        s.images = images;
+        s.voxels = voxels;
+        let (mut nonfinite, mut bad) = (0u64, 0u64);
+        for r in 0..rows {
+            let rec = &u[r * stride..(r + 1) * stride];
+            s.count.extend_from_slice(&rec[..m]);
+            s.sum_y.extend_from_slice(&rec[m..2 * m]);
+            let sc = &rec[2 * m..];
+            s.dice_tp.push(sc[0]);
+            s.dice_pred.push(sc[1]);
+            s.dice_true.push(sc[2]);
+            s.clamped.push(sc[3]);
+            nonfinite += sc[4] as u64;
+            bad += sc[5] as u64;
+        }
+        s.sum_p = sum_p;
+        if bad > 0 {
+            return Err(Error::invalid(format!(
+                "labels hold values outside 0..{c} ({} label checks failed)",
+                bad
+            )));
+        }
+        if nonfinite > 0 {
+            return Err(Error::invalid(format!(
+                "probabilities hold {nonfinite} non-finite values (NaN or infinity)"
+            )));
+        }
+        Ok(s)
+    }
+}
+
+/// Checks that `labels` are `[N, 1, spatial...]` beside `probs` `[N, C, spatial...]` (f32) and returns
+/// `(N, C, V)` and the label tensor.
+fn check_pair<'a>(
+    probs: &Tensor,
+    labels: &'a (impl IndexLabels + ?Sized),
+) -> Result<((usize, usize, usize), &'a Tensor)> {
+    probs.expect_dtype(DType::F32, "probabilities")?;
+    let labels = labels.index_tensor()?;
+    let (n, c, v) = ncv(probs, "probabilities")?;
+    let (ln, lc, _) = ncv(labels, "labels")?;
+    if ln != n || lc != 1 || labels.shape()[2..] != probs.shape()[2..] {
+        return Err(Error::shape(format!(
+            "labels must be [N, 1, spatial...] matching probabilities {:?}, got {:?}",
+            probs.shape(),
+            labels.shape()
+        )));
+    }
+    if c == 0 || v == 0 {
+        return Err(Error::InvalidShape(format!(
+            "probabilities {:?} have no channels or no voxels",
+            probs.shape()
+        )));
+    }
+    Ok(((n, c, v), labels))
 }
 
 /// Hard-bins `probs` (`[N, C, spatial...]`, f32) against the one-vs-rest labels of `labels`
@@ -160,7 +350,8 @@ struct Params {
 /// Edges are [`hard_bin_edges`]`(num_bins)`; bin k is `(e_k, e_{k+1}]`. Probabilities outside [0, 1] are
 /// clamped into [0, 1] (so into the first/last bin) and counted in [`BinStats::clamped`]; a non-finite
 /// probability or a label outside `0..C` is an error. With `include_background = false` channel 0 is
-/// skipped (when C > 1). Deterministic: the same input gives the same bits.
+/// skipped (when C > 1). Deterministic: the same input gives the same bits. The tensors are bound whole;
+/// an image over one storage binding is binned in pieces with [`ImageBins`], to the same bits.
 pub fn hard_bin_stats(
     probs: &Tensor,
     labels: &(impl IndexLabels + ?Sized),
@@ -168,116 +359,135 @@ pub fn hard_bin_stats(
     include_background: bool,
 ) -> Result<BinStats> {
     check_num_bins(num_bins)?;
-    probs.expect_dtype(DType::F32, "probabilities")?;
-    let labels = labels.index_tensor()?;
-    let (n, c, v) = ncv(probs, "probabilities")?;
-    let (ln, lc, lv) = ncv(labels, "labels")?;
-    if ln != n || lc != 1 || labels.shape()[2..] != probs.shape()[2..] {
-        return Err(Error::shape(format!(
-            "labels must be [N, 1, spatial...] matching probabilities {:?}, got {:?}",
-            probs.shape(),
-            labels.shape()
-        )));
-    }
-    debug_assert_eq!(lv, v);
-    if c == 0 || v == 0 {
-        return Err(Error::InvalidShape(format!(
-            "probabilities {:?} have no channels or no voxels",
-            probs.shape()
-        )));
-    }
-    let offset = usize::from(!include_background && c > 1);
-    let class_ids: Vec<usize> = (offset..c).collect();
-    let classes = class_ids.len();
+    let ((n, c, v), labels) = check_pair(probs, labels)?;
+    let class_ids = evaluated_classes(c, include_background);
     if n == 0 {
         return Ok(BinStats::empty(class_ids, num_bins));
     }
-    let m = num_bins;
     let gpu = probs.gpu();
-    let rows = n * classes;
-    let chunks = v.div_ceil(VOXELS_PER_WORKGROUP);
-    let groups = rows * chunks;
-    if groups > u32::MAX as usize || n * c * v > u32::MAX as usize {
-        return Err(Error::InvalidShape(format!(
-            "probabilities {:?} are too large for one launch; evaluate fewer images at a time",
-            probs.shape()
-        )));
-    }
-    let edges = Tensor::from_f32(gpu, &[m + 1], &hard_bin_edges(m))?;
-    let part_u = Tensor::uninit(gpu, &[groups, m + NSCALAR], DType::U32)?;
-    let part_f = Tensor::uninit(gpu, &[groups, m], DType::F32)?;
-    let out_u = Tensor::uninit(gpu, &[rows, 2 * m + NSCALAR], DType::U32)?;
-    let out_f = Tensor::uninit(gpu, &[rows, m], DType::F32)?;
-    let k1 = gpu.kernel(&shaders::CALIBRATION, "", "partials", &[])?;
-    let k2 = gpu.kernel(&shaders::CALIBRATION, "", "finish", &[])?;
-    let mut p = Params {
-        voxels: v as u32,
-        channels: c as u32,
-        class_offset: offset as u32,
-        classes: classes as u32,
-        bins: m as u32,
-        chunks: chunks as u32,
-        groups: groups as u32,
-        _pad: 0,
-    };
+    let rows = n * class_ids.len();
+    let partials = Partials::new(
+        gpu,
+        c,
+        class_ids,
+        num_bins,
+        rows,
+        v.div_ceil(VOXELS_PER_WORKGROUP),
+    )?;
     let mut batch = gpu.batch("calibration binning");
-    batch.dispatch(
-        &k1,
-        bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(probs),
-            Arg::whole(labels),
-            Arg::whole(&edges),
-            Arg::whole(&part_u),
-            Arg::whole(&part_f),
-        ],
-        groups as u32,
-    )?;
-    p.groups = rows as u32;
-    batch.dispatch(
-        &k2,
-        bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(&part_u),
-            Arg::whole(&part_f),
-            Arg::whole(&out_u),
-            Arg::whole(&out_f),
-        ],
-        rows as u32,
-    )?;
+    partials.bin(&mut batch, (probs, labels), (n, v), (0, 0))?;
     batch.submit()?;
-    let u = out_u.to_vec::<u32>()?;
-    let sum_p = out_f.to_vec::<f32>()?;
-    let stride = 2 * m + NSCALAR;
-    let mut s = BinStats::empty(class_ids, m);
-    s.images = n;
-    s.voxels = v;
-    let (mut nonfinite, mut bad) = (0u64, 0u64);
-    for r in 0..rows {
-        let rec = &u[r * stride..(r + 1) * stride];
-        s.count.extend_from_slice(&rec[..m]);
-        s.sum_y.extend_from_slice(&rec[m..2 * m]);
-        let sc = &rec[2 * m..];
-        s.dice_tp.push(sc[0]);
-        s.dice_pred.push(sc[1]);
-        s.dice_true.push(sc[2]);
-        s.clamped.push(sc[3]);
-        nonfinite += sc[4] as u64;
-        bad += sc[5] as u64;
+    partials.finish(n, v)
+}
+
+/// The hard-binning statistics of one image given in pieces: voxel ranges over all channels, in order,
+/// each a whole number of [`VOXELS_PER_WORKGROUP`] chunks but the last ([`ImageBins::piece_voxels`] says how
+/// many fit one storage binding). Every chunk is binned as [`hard_bin_stats`] bins it and the chunks are
+/// summed once, in the same order, so [`ImageBins::finish`] gives bit for bit what [`hard_bin_stats`] gives
+/// on the whole image, which need not fit one binding here.
+#[derive(Debug)]
+pub struct ImageBins {
+    partials: Partials,
+    voxels: usize,
+    next_voxel: usize,
+}
+
+impl ImageBins {
+    /// Statistics of an image of `channels` channels and `voxels` voxels, `num_bins` bins, channel 0 left
+    /// out unless `include_background` (or C = 1).
+    pub fn new(
+        gpu: &Gpu,
+        channels: usize,
+        voxels: usize,
+        num_bins: usize,
+        include_background: bool,
+    ) -> Result<Self> {
+        check_num_bins(num_bins)?;
+        if channels == 0 || voxels == 0 {
+            return Err(Error::InvalidShape(format!(
+                "an image of {channels} channels and {voxels} voxels has nothing to bin"
+            )));
+        }
+        let class_ids = evaluated_classes(channels, include_background);
+        let rows = class_ids.len();
+        Ok(ImageBins {
+            partials: Partials::new(
+                gpu,
+                channels,
+                class_ids,
+                num_bins,
+                rows,
+                voxels.div_ceil(VOXELS_PER_WORKGROUP),
+            )?,
+            voxels,
+            next_voxel: 0,
+        })
     }
-    s.sum_p = sum_p;
-    if bad > 0 {
-        return Err(Error::invalid(format!(
-            "labels hold values outside 0..{c} ({} label checks failed)",
-            bad
-        )));
+
+    /// The most voxels of a piece of `channels` f32 channels (with its labels) that fit one storage binding:
+    /// a whole number of chunks, or the whole image of `voxels` voxels when that is less. An error when not
+    /// even one chunk fits.
+    pub fn piece_voxels(gpu: &Gpu, channels: usize, voxels: usize) -> Result<usize> {
+        let bytes_per_voxel = 4 * channels.max(1) as u64;
+        let max = gpu.max_binding_bytes();
+        let chunks = max / (bytes_per_voxel * VOXELS_PER_WORKGROUP as u64);
+        if chunks == 0 {
+            return Err(Error::BufferTooLarge {
+                what: format!(
+                    "a piece of {VOXELS_PER_WORKGROUP} voxels x {channels} channels of probabilities"
+                ),
+                bytes: bytes_per_voxel * VOXELS_PER_WORKGROUP as u64,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: max,
+            });
+        }
+        Ok((chunks as usize * VOXELS_PER_WORKGROUP).min(voxels))
     }
-    if nonfinite > 0 {
-        return Err(Error::invalid(format!(
-            "probabilities hold {nonfinite} non-finite values (NaN or infinity)"
-        )));
+
+    /// Bins the next piece: `probs` `[1, C, L]` (f32; the piece's channels one after the other) and its
+    /// class-index `labels` `[1, 1, L]`, voxels `next..next + L` of the image. L must be a multiple of
+    /// [`VOXELS_PER_WORKGROUP`] unless the piece ends the image.
+    pub fn add(&mut self, probs: &Tensor, labels: &(impl IndexLabels + ?Sized)) -> Result<()> {
+        let ((n, c, len), labels) = check_pair(probs, labels)?;
+        let p = &self.partials;
+        let end = self.next_voxel + len;
+        if n != 1 || c != p.channels || end > self.voxels {
+            return Err(Error::shape(format!(
+                "a piece {:?} does not continue an image of {} channels and {} voxels at voxel {}",
+                probs.shape(),
+                p.channels,
+                self.voxels,
+                self.next_voxel
+            )));
+        }
+        if end < self.voxels && len % VOXELS_PER_WORKGROUP != 0 {
+            return Err(Error::shape(format!(
+                "a piece of {len} voxels that does not end the image must hold whole chunks of \
+                 {VOXELS_PER_WORKGROUP} voxels"
+            )));
+        }
+        let mut batch = p.gpu.batch("calibration binning");
+        p.bin(
+            &mut batch,
+            (probs, labels),
+            (1, len),
+            (0, self.next_voxel / VOXELS_PER_WORKGROUP),
+        )?;
+        batch.submit()?;
+        self.next_voxel = end;
+        Ok(())
     }
-    Ok(s)
+
+    /// The image's statistics, once every voxel was given.
+    pub fn finish(self) -> Result<BinStats> {
+        if self.next_voxel != self.voxels {
+            return Err(Error::shape(format!(
+                "pieces cover {} of the image's {} voxels",
+                self.next_voxel, self.voxels
+            )));
+        }
+        self.partials.finish(1, self.voxels)
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +497,6 @@ mod layout_tests {
 
     #[test]
     fn params_layout_matches_the_wgsl() {
-        assert_layout!(Params, shaders::CALIBRATION.first_variant(), "Params"; voxels, channels, class_offset, classes, bins, chunks, groups, _pad);
+        assert_layout!(Params, shaders::CALIBRATION.first_variant(), "Params"; voxels, channels, class_offset, classes, bins, chunks, groups, row_chunks, chunk_offset, row_offset, _pad0, _pad1);
     }
 }

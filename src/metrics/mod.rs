@@ -21,7 +21,7 @@ pub mod plot;
 pub mod temperature;
 
 pub use accumulator::{CalibrationAccumulator, CalibrationMetrics, MeanStd, Summary};
-pub use bins::{hard_bin_stats, BinStats, IndexLabels};
+pub use bins::{hard_bin_stats, BinStats, ImageBins, IndexLabels, VOXELS_PER_WORKGROUP};
 pub use calibration::{
     macro_mean_std, micro, nan_mean_std, per_image, reliability_heatmap, Errors, MicroPooling,
     PerImage,

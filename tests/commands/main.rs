@@ -17,4 +17,5 @@ mod eval;
 mod eval_reports;
 mod hostile;
 mod hostile_io;
+mod pieces;
 mod verify;

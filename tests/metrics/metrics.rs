@@ -360,6 +360,78 @@ fn accumulator_batches_equal_one_pass_and_reset_resets() {
     assert_eq!(acc.images(), 2);
 }
 
+/// An image over a (forced) storage-binding limit, binned in pieces of whole chunks, gives bit for bit the
+/// statistics of the whole image binned at once; the limit is real (the whole image is refused under it),
+/// and pieces that do not continue the image or leave voxels out are errors.
+#[test]
+fn an_image_binned_in_pieces_equals_the_whole_image_bit_for_bit() {
+    use metrics::{ImageBins, VOXELS_PER_WORKGROUP as CHUNK};
+    let limit = 256 << 10; // one chunk of 3 channels (192 KiB) fits, the image (over 600 KiB) does not
+    let (Some(gpu), Some(small)) = (common::gpu(), common::gpu_with_binding_limit(limit)) else {
+        return;
+    };
+    let mut rng = common::Rng::new(5);
+    let (c, v, m) = (3usize, 3 * CHUNK + 777, 12usize);
+    let (p, l) = random_batch(&mut rng, 1, c, v);
+    let upload = |g: &calibseg::Gpu, p: &[f32], l: &[i32], len: usize| {
+        (
+            Tensor::from_f32(g, &[1, c, len], p).unwrap(),
+            Tensor::from_slice(g, &[1, 1, len], l).unwrap(),
+        )
+    };
+    let (probs, labels) = upload(&gpu, &p, &l, v);
+    for include_background in [false, true] {
+        let whole = metrics::hard_bin_stats(&probs, &labels, m, include_background).unwrap();
+        assert!(whole.total_clamped() > 0, "the input has clamped values");
+        for (g, piece) in [(&small, CHUNK), (&gpu, 2 * CHUNK)] {
+            let mut bins = ImageBins::new(g, c, v, m, include_background).unwrap();
+            for start in (0..v).step_by(piece) {
+                let len = piece.min(v - start);
+                let pp: Vec<f32> = (0..c)
+                    .flat_map(|k| p[k * v + start..k * v + start + len].to_vec())
+                    .collect();
+                let (pt, lt) = upload(g, &pp, &l[start..start + len], len);
+                bins.add(&pt, &lt).unwrap();
+            }
+            let pieces = bins.finish().unwrap();
+            assert_eq!(pieces.count, whole.count, "counts, pieces of {piece}");
+            assert_eq!(
+                pieces.sum_p.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                whole.sum_p.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "sums of p, pieces of {piece}"
+            );
+            assert_eq!(pieces, whole, "pieces of {piece}");
+        }
+    }
+    assert_eq!(ImageBins::piece_voxels(&small, c, v).unwrap(), CHUNK);
+    assert_eq!(ImageBins::piece_voxels(&gpu, c, v).unwrap(), v);
+    let (sp, sl) = upload(&small, &p, &l, v);
+    let err = metrics::hard_bin_stats(&sp, &sl, m, false).unwrap_err();
+    assert!(
+        matches!(err, calibseg::Error::BufferTooLarge { .. }),
+        "{err}"
+    );
+    // A piece of a partial chunk before the end, a piece past the end, and a short image are refused.
+    let mut bins = ImageBins::new(&gpu, c, v, m, false).unwrap();
+    let (pt, lt) = upload(&gpu, &p[..c * 100], &l[..100], 100);
+    assert!(bins
+        .add(&pt, &lt)
+        .unwrap_err()
+        .to_string()
+        .contains("whole chunks"));
+    let (pt, lt) = upload(&gpu, &p[..c * CHUNK], &l[..CHUNK], CHUNK);
+    bins.add(&pt, &lt).unwrap();
+    assert!(bins
+        .finish()
+        .unwrap_err()
+        .to_string()
+        .contains("pieces cover"));
+    let mut bins = ImageBins::new(&gpu, c, 10, m, false).unwrap();
+    bins.add(&pt, &lt).unwrap_err();
+    ImageBins::new(&gpu, 0, 10, m, false).unwrap_err();
+    ImageBins::piece_voxels(&common::gpu_with_binding_limit(4096).unwrap(), c, v).unwrap_err();
+}
+
 #[test]
 fn accumulator_checks_its_input() {
     use calibseg::loss::Labels;

@@ -38,8 +38,8 @@ use crate::io::output::OutputDir;
 use crate::io::safetensors::{HostTensor, TensorFile};
 use crate::loss::Labels;
 use crate::metrics::{
-    apply_temperature, fit_temperature, CalibrationAccumulator, CalibrationMetrics, Summary,
-    TemperatureFit,
+    apply_temperature, fit_temperature, BinStats, CalibrationAccumulator, CalibrationMetrics,
+    ImageBins, Summary, TemperatureFit,
 };
 use crate::ops::softmax;
 use crate::tensor::Tensor;
@@ -567,6 +567,46 @@ fn fit_on_file(gpu: &Gpu, path: &Path, classes: Option<usize>) -> Result<(Temper
     Ok((fit_temperature(&logits, &labels)?, shape[1]))
 }
 
+/// The bin statistics of one case, and with a fitted `temperature` those of its unscaled probabilities too.
+/// The case goes to the GPU in pieces of whole binning chunks that fit one storage binding (one piece when
+/// the whole image fits): softmax and temperature act voxel by voxel and the chunks are binned and summed as
+/// for the whole image, so the statistics are the same bits however the image is split.
+fn bin_case(
+    gpu: &Gpu,
+    o: &EvalOptions,
+    case: &Case,
+    temperature: Option<f64>,
+) -> Result<(BinStats, Option<BinStats>)> {
+    let c = case.shape[1];
+    let v = case.values.len().checked_div(c).unwrap_or(0);
+    let bins = || ImageBins::new(gpu, c, v, o.num_bins, o.include_background);
+    let mut after = bins()?; // an error for an image without channels or voxels
+    let piece = ImageBins::piece_voxels(gpu, c, v)?;
+    let mut unscaled = match temperature {
+        Some(_) => Some(bins()?),
+        None => None,
+    };
+    let mut values = Vec::with_capacity(c * piece);
+    for start in (0..v).step_by(piece) {
+        let len = piece.min(v - start);
+        values.clear();
+        for k in 0..c {
+            values.extend_from_slice(&case.values[k * v + start..k * v + start + len]);
+        }
+        let x = Tensor::from_f32(gpu, &[1, c, len], &values)?;
+        let labels = Labels::from_indices(gpu, &[1, 1, len], &case.labels[start..start + len], c)?;
+        let probs = if o.logits { softmax(&x)? } else { x.clone() };
+        match (temperature, &mut unscaled) {
+            (Some(t), Some(before)) => {
+                before.add(&probs, &labels)?;
+                after.add(&apply_temperature(&x, t)?, &labels)?;
+            }
+            _ => after.add(&probs, &labels)?,
+        }
+    }
+    Ok((after.finish()?, unscaled.map(|b| b.finish()).transpose()?))
+}
+
 /// Runs the evaluation and writes `metrics.csv`, `summary.json`, `calibration.safetensors` and the pictures
 /// (`dataset_reliability.png`/`.svg`, `reliability/<image>.png`) into `out` (see [`OutputDir`] for when an
 /// existing folder is replaced). `on_event` hears of each case and of the writing, for a progress display.
@@ -623,17 +663,11 @@ pub fn run(gpu: &Gpu, o: &EvalOptions, on_event: &mut dyn FnMut(&Event)) -> Resu
             format!("the {kind} of case {} ({})", case.name, case.origin)
         })?;
         check_labels(&case)?;
-        let mut lshape = case.shape.clone();
-        lshape[1] = 1;
-        let x = Tensor::from_f32(gpu, &case.shape, &case.values)?;
-        let labels = Labels::from_indices(gpu, &lshape, &case.labels, c)?;
-        let probs = if o.logits { softmax(&x)? } else { x.clone() };
-        match temperature {
-            Some((fit, _)) => {
-                before.update(&probs, &labels)?;
-                acc.update(&apply_temperature(&x, fit.temperature)?, &labels)?;
-            }
-            None => acc.update(&probs, &labels)?,
+        let fitted = temperature.map(|(fit, _)| fit.temperature);
+        let (after, unscaled) = bin_case(gpu, o, &case, fitted)?;
+        acc.update_stats(after)?;
+        if let Some(s) = unscaled {
+            before.update_stats(s)?;
         }
         names.push(case.name);
     }

@@ -1,0 +1,140 @@
+//! One image over the storage-binding limit: `calibseg eval` under a forced small limit
+//! (`CALIBSEG_MAX_STORAGE_BINDING`) processes the image in pieces and writes the same files, bit for bit, as
+//! without the limit.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use calibseg::gpu::MAX_STORAGE_BINDING_ENV;
+use calibseg::io::safetensors::{self as st, HostTensor};
+
+/// 256 KiB: one binning chunk of 3 channels (192 KiB) fits, one image of 3 x 40^3 voxels (750 KiB) does not.
+const LIMIT: &str = "262144";
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("calibseg-pieces-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `calibseg` with `args`, under the forced binding limit when `limited`; it must succeed.
+fn run(args: &[&str], limited: bool) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_calibseg"));
+    cmd.args(args).env_remove(MAX_STORAGE_BINDING_ENV);
+    if limited {
+        cmd.env(MAX_STORAGE_BINDING_ENV, LIMIT);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "calibseg {args:?} (limited: {limited}): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Every file under `dir` by relative path.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if p.is_dir() {
+            for (k, v) in tree(&p) {
+                out.insert(format!("{name}/{k}"), v);
+            }
+        } else {
+            out.insert(name, std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+/// Random class labels and values `[n, c, side, side, side]`: logits leaning to the label (so a temperature
+/// can be fitted), or probabilities with some outside [0, 1].
+fn write_cases(path: &Path, name: &str, n: usize, c: usize, side: usize, seed: u64) {
+    let mut rng = common::Rng::new(seed);
+    let v = side * side * side;
+    let labels: Vec<i32> = (0..n * v).map(|_| rng.below(c as u64) as i32).collect();
+    let logits = name == "logits";
+    let values: Vec<f32> = (0..n * c * v)
+        .map(|i| {
+            let (image, class, voxel) = (i / (c * v), i / v % c, i % v);
+            let hit = labels[image * v + voxel] == class as i32;
+            match (logits, i % 397) {
+                (true, _) => (rng.normal() * 2.0) as f32 + if hit { 1.5 } else { 0.0 },
+                (false, 0) => 1.5,
+                (false, _) => (rng.uniform() as f32).powi(3),
+            }
+        })
+        .collect();
+    let mut t = BTreeMap::new();
+    t.insert(
+        name.to_string(),
+        HostTensor::F32(vec![n, c, side, side, side], values),
+    );
+    t.insert(
+        "labels".to_string(),
+        HostTensor::I32(vec![n, 1, side, side, side], labels),
+    );
+    st::write(path, &t, None).unwrap();
+}
+
+/// `calibseg eval` on probabilities, and on logits with a fitted temperature (statistics before and after
+/// scaling), writes the same files under the forced limit as without it.
+#[test]
+fn eval_of_images_over_the_binding_limit_equals_the_unsplit_evaluation() {
+    let Some(_gpu) = common::gpu() else { return };
+    let dir = scratch("eval");
+    let probs = dir.join("probs.safetensors");
+    let logits = dir.join("logits.safetensors");
+    let val = dir.join("val.safetensors");
+    write_cases(&probs, "probs", 2, 3, 40, 1);
+    write_cases(&logits, "logits", 2, 3, 40, 2);
+    write_cases(&val, "logits", 2, 3, 8, 3);
+    for (tag, input, extra) in [
+        ("probs", &probs, vec!["--include-background"]),
+        (
+            "logits",
+            &logits,
+            vec!["--logits", "--fit-temperature", val.to_str().unwrap()],
+        ),
+    ] {
+        let mut outs = Vec::new();
+        for limited in [false, true] {
+            let out = dir.join(format!("{tag}-{limited}"));
+            let mut args = vec![
+                "eval",
+                "--probs",
+                input.to_str().unwrap(),
+                "--labels",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--num-bins",
+                "15",
+                "--no-pictures",
+            ];
+            args.extend(&extra);
+            run(&args, limited);
+            outs.push(tree(&out));
+        }
+        assert!(outs[0].contains_key("calibration.safetensors"), "{tag}");
+        assert_eq!(
+            outs[0].keys().collect::<Vec<_>>(),
+            outs[1].keys().collect::<Vec<_>>(),
+            "{tag}: the same files"
+        );
+        for (name, bytes) in &outs[0] {
+            assert!(
+                bytes == &outs[1][name],
+                "{tag}: {name} differs under the limit"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
