@@ -3,7 +3,10 @@
 // cross-entropy sums, as per-workgroup partials. `grad` writes d loss / d input in one more pass from the
 // coefficients that `loss_reduce.wgsl:finalize` derived from those statistics.
 // Layout: input [images, C, V] (logits or probabilities), labels [images, V] (class indices) or [images, C, V]
-// (one-hot). The prelude defines `logit_t` (f32 or f16), `label_t` and `ONEHOT`.
+// (one-hot). The prelude defines `logit_t` (f32 or f16), `label_t` and `ONEHOT`. An image over one storage
+// binding is bound in pieces of whole stats tiles, each [1, C, L] (its channels copied together): V is then the
+// piece's L, and `tile_offset` (stats) or `first_image` (grad) places the piece, so every tile's partials and
+// every voxel's gradient are those of the whole image.
 //
 // The shape of the problem is fixed per pipeline (override constants): the class loops unroll, a voxel's
 // channels live in registers, each input value and label is loaded once, and switched-off terms compile away.
@@ -44,7 +47,8 @@ struct Params {
     dice_batch: u32,    // Dice: 1 when sums run over the whole batch (one coefficient per class)
     weight_offset: u32, // cross-entropy: where the C class weights start in `edges`
     ce_smoothing: u32,  // cross-entropy: 1 if label smoothing is on (the smoothing sum is needed)
-    _pad0: u32,
+    tile_offset: u32,   // stats: the partial row of this dispatch's first tile beyond the image's (a piece of
+                        // one image bound alone: its image's first row plus the piece's first tile)
     _pad1: u32,
     _pad2: u32,
 }
@@ -311,7 +315,7 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 
     // Combine: invocation i sums output slots i, i + SWG, ... over the workgroup's invocations in a fixed order.
     workgroupBarrier();
-    let row = (P.first_image + b) * P.wg_per_image + tile;
+    let row = (P.first_image + b) * P.wg_per_image + P.tile_offset + tile;
     for (var s = lid; s < GROUP * NB; s += SWG) {
         let g = s / NB;
         let k = s - g * NB;

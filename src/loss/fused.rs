@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{AceLoss, Activation, Binning, CrossEntropyLoss, DiceLoss, Labels, Reduction};
 use crate::binning::{check_num_bins, hard_bin_edges, soft_bin_centres};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, Gpu};
+use crate::gpu::{Arg, Batch, Gpu};
 use crate::ops::{binding_alignment, image_runs, window};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
@@ -135,7 +135,8 @@ struct VoxelParams {
     dice_batch: u32,
     weight_offset: u32,
     ce_smoothing: u32,
-    _pad: [u32; 3],
+    tile_offset: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -414,7 +415,9 @@ impl Terms {
 
         let prelude = shaders::loss_prelude(plan.f16, labels.is_one_hot());
         let mut batch = gpu.batch("loss forward");
-        for_each_window(gpu, &plan, input, labels, |first, count, win| {
+        // One stats dispatch per class group and bin range over `count` images of `voxels` voxels bound in
+        // `win`, their tiles written from partial row `tile_offset` of each image on.
+        let stats = |batch: &mut Batch<'_>, first, count, win: &Windows<'_>, tile_offset| {
             for &(group_start, group_size, bin_start, bin_count, extra) in &dispatches {
                 let stats_kernel = gpu.kernel(
                     &shaders::LOSS_VOXEL,
@@ -423,8 +426,10 @@ impl Terms {
                     &plan.constants(group_size, extra, shape),
                 )?;
                 let mut p = plan.voxel_params(self, first, count, win);
+                let tiles = win.voxels.div_ceil(swg * iters);
                 p.iters = iters as u32;
-                p.wg_per_image = wg_per_image as u32;
+                p.wg_per_image = tiles as u32;
+                p.tile_offset = tile_offset as u32;
                 p.group_start = group_start as u32;
                 p.bin_start = bin_start as u32;
                 p.bin_count = bin_count as u32;
@@ -438,11 +443,27 @@ impl Terms {
                         Arg::whole(&edges),
                         Arg::whole(&partials),
                     ],
-                    (count * wg_per_image) as u32,
+                    (count * tiles) as u32,
                 )?;
             }
             Ok(())
-        })?;
+        };
+        match Pieces::new(gpu, &plan, input, labels, swg * iters)? {
+            None => for_each_window(gpu, &plan, input, labels, |first, count, win| {
+                stats(&mut batch, first, count, win, 0)
+            })?,
+            // Pieces of whole tiles: the image's partial rows are the same numbers as unsplit.
+            Some(pieces) => {
+                for image in 0..b {
+                    for start in (0..v).step_by(pieces.len) {
+                        let win = pieces.stage(&mut batch, input, labels, image, start);
+                        let tile_offset = image * wg_per_image + start / (swg * iters);
+                        // Image 0 of its own binding: the row is `tile_offset` plus the piece's tile.
+                        stats(&mut batch, 0, 1, &win, tile_offset)?;
+                    }
+                }
+            }
+        }
 
         let mut rp = ReduceParams {
             images: b as u32,
@@ -550,12 +571,131 @@ fn dice_values_shape(plan: &Plan) -> Vec<usize> {
     }
 }
 
-/// The bound windows of one run of images.
+/// The bound windows of one run of images (or of one piece of one image).
 struct Windows<'a> {
     input: Arg<'a>,
     labels: Arg<'a>,
     input_shift: u32,
     label_shift: u32,
+    /// Voxels per bound image.
+    voxels: usize,
+}
+
+/// An image over one storage binding, bound in pieces of `len` voxels (the last may be shorter): each piece's
+/// channels (and label channels) are copied together into scratch tensors `[1, C, len]` that one binding holds,
+/// and a piece's gradient is copied back into place. `len` is a whole number of stats tiles, so every tile
+/// sums the voxels it sums in the whole image.
+struct Pieces {
+    len: usize,
+    voxels: usize,
+    channels: usize,
+    label_channels: usize,
+    input: Tensor,
+    labels: Tensor,
+    grad: Tensor,
+}
+
+impl Pieces {
+    /// `None` when a whole image fits one binding (the images are bound in windows), else pieces of whole
+    /// tiles of `tile` voxels; an error when not even one tile fits, or for f16 input (whose channels need
+    /// not start on the 4-byte boundaries buffer copies need).
+    fn new(
+        gpu: &Gpu,
+        plan: &Plan,
+        input: &Tensor,
+        labels: &Labels,
+        tile: usize,
+    ) -> Result<Option<Pieces>> {
+        let elem = if plan.f16 { 2 } else { 4 };
+        let label_channels = labels.tensor().shape()[1];
+        let per_voxel = (plan.channels * elem).max(label_channels * 4) as u64;
+        let max = gpu.max_binding_bytes();
+        if per_voxel * plan.voxels as u64 <= max.saturating_sub(binding_alignment(gpu)) {
+            return Ok(None);
+        }
+        let tiles = (max / (per_voxel * tile as u64)) as usize;
+        if tiles == 0 || plan.f16 {
+            return Err(Error::BufferTooLarge {
+                what: format!(
+                    "one image of the loss input{}",
+                    if plan.f16 {
+                        " (f16 input is not split into pieces: use f32)"
+                    } else {
+                        ""
+                    }
+                ),
+                bytes: per_voxel * plan.voxels as u64,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: max,
+            });
+        }
+        let len = (tiles * tile).min(plan.voxels);
+        Ok(Some(Pieces {
+            len,
+            voxels: plan.voxels,
+            channels: plan.channels,
+            label_channels,
+            input: Tensor::uninit(gpu, &[1, plan.channels, len], input.dtype())?,
+            labels: Tensor::uninit(gpu, &[1, label_channels, len], labels.tensor().dtype())?,
+            grad: Tensor::uninit(gpu, &[1, plan.channels, len], input.dtype())?,
+        }))
+    }
+
+    /// Voxels of the piece starting at `start`.
+    fn piece_len(&self, start: usize) -> usize {
+        self.len.min(self.voxels - start)
+    }
+
+    /// Records copying `channels` planes of `len` voxels between `[images, channels, V]` (from voxel
+    /// `start` of `image`) and a piece `[1, channels, len]`, into the piece or, with `back`, out of it.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_planes(
+        &self,
+        batch: &mut Batch<'_>,
+        (whole, piece): (&Tensor, &Tensor),
+        channels: usize,
+        (image, start, len): (usize, usize, usize),
+        back: bool,
+    ) {
+        for c in 0..channels {
+            let at = (((image * channels + c) * self.voxels + start) * 4) as u64;
+            let piece_at = (c * len * 4) as u64;
+            let bytes = (len * 4) as u64;
+            if back {
+                batch.copy_buffer_to_buffer(piece.buffer(), piece_at, whole.buffer(), at, bytes);
+            } else {
+                batch.copy_buffer_to_buffer(whole.buffer(), at, piece.buffer(), piece_at, bytes);
+            }
+        }
+    }
+
+    /// Records copying the piece of `image` from voxel `start` into the scratch tensors; their windows.
+    fn stage<'a>(
+        &'a self,
+        batch: &mut Batch<'_>,
+        input: &Tensor,
+        labels: &Labels,
+        image: usize,
+        start: usize,
+    ) -> Windows<'a> {
+        let len = self.piece_len(start);
+        let at = (image, start, len);
+        self.copy_planes(batch, (input, &self.input), self.channels, at, false);
+        self.copy_planes(
+            batch,
+            (labels.tensor(), &self.labels),
+            self.label_channels,
+            at,
+            false,
+        );
+        Windows {
+            input: Arg::whole(&self.input),
+            labels: Arg::whole(&self.labels),
+            input_shift: 0,
+            label_shift: 0,
+            voxels: len,
+        }
+    }
 }
 
 /// Calls `f(first, count, windows)` for runs of images whose input and label windows fit one binding each.
@@ -583,6 +723,7 @@ fn for_each_window<'a>(
             labels: Arg::window(labels.tensor(), wl.byte_offset, wl.byte_len),
             input_shift: wi.elem_shift,
             label_shift: wl.elem_shift,
+            voxels: plan.voxels,
         };
         f(first, count, &win)?;
     }
@@ -616,7 +757,7 @@ impl Plan {
     ) -> VoxelParams {
         let dice = terms.dice.as_ref().map(|(d, _)| d);
         VoxelParams {
-            voxels: self.voxels as u32,
+            voxels: win.voxels as u32,
             num_bins: self.num_bins as u32,
             class_start: self.class_start as u32,
             classes_out: self.classes_out as u32,
@@ -676,13 +817,13 @@ impl Fused {
             "grad",
             &plan.constants(0, false, StatsShape { swg: 8, slots: 1 }),
         )?;
-        let wg_per_image = plan.voxels.div_ceil(GRAD_VOXELS);
         let align = binding_alignment(gpu);
         let in_elem = if plan.f16 { 2u64 } else { 4 };
         let in_bytes = plan.channels as u64 * plan.voxels as u64 * in_elem;
         let mut batch = gpu.batch("loss backward");
-        for_each_window(gpu, plan, &self.input, &self.labels, |first, count, win| {
-            let wo = window(first, count, in_bytes, in_elem, align);
+        // The gradient of `count` images from `first` (absolute: their coefficient rows) bound in `win`.
+        let grad = |batch: &mut Batch<'_>, first, count, win: &Windows<'_>, out: Arg<'_>| {
+            let wg_per_image = win.voxels.div_ceil(GRAD_VOXELS);
             let mut p = plan.voxel_params(terms, first, count, win);
             p.up_stride = up_stride;
             p.wg_per_image = wg_per_image as u32;
@@ -697,11 +838,40 @@ impl Fused {
                     Arg::whole(&self.edges),
                     Arg::whole(&self.coef),
                     Arg::whole(upstream),
-                    Arg::window(&out, wo.byte_offset, wo.byte_len),
+                    out,
                 ],
                 (count * wg_per_image) as u32,
             )
-        })?;
+        };
+        // The coefficients hold the global statistics: each piece's gradient is its voxels' gradient.
+        match Pieces::new(gpu, plan, &self.input, &self.labels, 1)? {
+            None => for_each_window(gpu, plan, &self.input, &self.labels, |first, count, win| {
+                let wo = window(first, count, in_bytes, in_elem, align);
+                grad(
+                    &mut batch,
+                    first,
+                    count,
+                    win,
+                    Arg::window(&out, wo.byte_offset, wo.byte_len),
+                )
+            })?,
+            Some(pieces) => {
+                for image in 0..plan.images {
+                    for start in (0..plan.voxels).step_by(pieces.len) {
+                        let win = pieces.stage(&mut batch, &self.input, &self.labels, image, start);
+                        grad(&mut batch, image, 1, &win, Arg::whole(&pieces.grad))?;
+                        let at = (image, start, win.voxels);
+                        pieces.copy_planes(
+                            &mut batch,
+                            (&out, &pieces.grad),
+                            plan.channels,
+                            at,
+                            true,
+                        );
+                    }
+                }
+            }
+        }
         batch.submit()?;
         Ok(out)
     }
@@ -714,7 +884,7 @@ mod layout_tests {
 
     #[test]
     fn voxel_params_layout_matches_the_wgsl() {
-        assert_layout!(VoxelParams, shaders::LOSS_VOXEL.first_variant(), "Params"; voxels, num_bins, class_start, classes_out, group_start, wg_per_image, images, first_image, input_shift, label_shift, iters, up_stride, delta, half_step, bin_start, bin_count, extra_offset, ce_offset, ignore_index, squared_pred, dice_start, jaccard, dice_batch, weight_offset, ce_smoothing, _pad);
+        assert_layout!(VoxelParams, shaders::LOSS_VOXEL.first_variant(), "Params"; voxels, num_bins, class_start, classes_out, group_start, wg_per_image, images, first_image, input_shift, label_shift, iters, up_stride, delta, half_step, bin_start, bin_count, extra_offset, ce_offset, ignore_index, squared_pred, dice_start, jaccard, dice_batch, weight_offset, ce_smoothing, tile_offset, _pad);
     }
 
     #[test]

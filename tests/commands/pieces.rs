@@ -1,6 +1,6 @@
-//! One image over the storage-binding limit: `calibseg eval` under a forced small limit
-//! (`CALIBSEG_MAX_STORAGE_BINDING`) processes the image in pieces and writes the same files, bit for bit, as
-//! without the limit.
+//! One image over the storage-binding limit: `calibseg eval` (and `calibseg loss`) run under a forced small
+//! limit (`CALIBSEG_MAX_STORAGE_BINDING`) process the image in pieces and write the same files, bit for bit,
+//! as without the limit.
 
 use crate::common;
 
@@ -138,3 +138,36 @@ fn eval_of_images_over_the_binding_limit_equals_the_unsplit_evaluation() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `calibseg loss` (mL1-ACE with its bin statistics, and the combined loss) writes the same file under the
+/// forced limit as without it.
+#[test]
+fn loss_of_images_over_the_binding_limit_equals_the_unsplit_loss() {
+    let Some(_gpu) = common::gpu() else { return };
+    let dir = scratch("loss");
+    let input = dir.join("input.safetensors");
+    write_cases(&input, "logits", 1, 3, 40, 4);
+    for args in [
+        ["--loss", "ace", "--binning", "soft"],
+        ["--loss", "ace-dice-ce", "--binning", "hard"],
+    ] {
+        let mut outs = Vec::new();
+        for limited in [false, true] {
+            let out = dir.join(format!("{}-{limited}.safetensors", args[1]));
+            let mut all = vec![
+                "loss",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ];
+            all.extend(args);
+            run(&all, limited);
+            outs.push(std::fs::read(&out).unwrap());
+        }
+        assert!(
+            outs[0] == outs[1],
+            "{args:?}: the output differs under the limit"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,3 +8,4 @@ mod ace_fixtures;
 mod deep_supervision;
 mod dice_ce;
 mod loss_fixtures;
+mod pieces;
