@@ -210,6 +210,10 @@ fn le_chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ 
         .map(|c| c.try_into().expect("chunks_exact yields N bytes"))
 }
 
+/// The metadata entry of a safetensors input that names its cases (what `calibseg eval` reports them as): a
+/// JSON list of `N` distinct names, one per image of the `[N, ...]` tensors.
+pub const CASE_NAMES_KEY: &str = "cases";
+
 /// Writes named tensors to `path` atomically through [`crate::io::output`] (a synced temporary beside it,
 /// renamed at the end; only a regular file is replaced), so a failure never leaves a half-written file.
 /// `metadata` goes into `__metadata__`.

@@ -13,7 +13,7 @@ use crate::data::{DataRng, SyntheticDataset};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::output::write_file_atomically;
-use crate::io::safetensors::{self as st, TensorFile};
+use crate::io::safetensors::{self as st, TensorFile, CASE_NAMES_KEY};
 use crate::loss::Labels;
 use crate::metrics::{CalibrationAccumulator, CalibrationMetrics};
 use crate::nn::sliding_window::{BlendMode, SlidingWindowConfig};
@@ -446,8 +446,19 @@ impl Trainer {
         Ok(())
     }
 
+    /// The names of the test volumes, `synthetic-seed<seed>-<index>` (the data seed and the volume's index
+    /// in the dataset): a volume's name says which volume it is, so evaluations of runs on different data
+    /// merge, and the same volume in two runs is the same case.
+    pub fn test_case_names(&self) -> Vec<String> {
+        self.test_indices()
+            .into_iter()
+            .map(|i| format!("synthetic-seed{}-{i:03}", self.data.seed()))
+            .collect()
+    }
+
     /// Predicts the test volumes and writes them with their labels as a safetensors file `probs`
-    /// `[N, C, D, H, W]` + `labels` `[N, 1, D, H, W]` (i32), the input `calibseg eval` reads.
+    /// `[N, C, D, H, W]` + `labels` `[N, 1, D, H, W]` (i32), the input `calibseg eval` reads, with the
+    /// volumes' names ([`Trainer::test_case_names`]) as its `cases` metadata.
     pub fn write_test_predictions(&self, path: &Path) -> Result<()> {
         let (_, kept) = self.evaluate(&self.test_indices(), true)?;
         let n = kept.len();
@@ -463,7 +474,9 @@ impl Trainer {
         let mut t = BTreeMap::new();
         t.insert("probs".to_string(), st::HostTensor::F32(shape, probs));
         t.insert("labels".to_string(), st::HostTensor::I32(lshape, labels));
-        st::write(path, &t, None)
+        let names = serde_json::to_string(&self.test_case_names()).expect("strings serialise");
+        let meta = HashMap::from([(CASE_NAMES_KEY.to_string(), names)]);
+        st::write(path, &t, Some(&meta))
     }
 }
 

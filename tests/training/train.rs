@@ -6,6 +6,7 @@ use crate::common;
 use std::path::PathBuf;
 
 use calibseg::autograd::{Tape, Var};
+use calibseg::commands::eval::{merge, MergeOptions};
 use calibseg::commands::train::{train_in_folder, RunOptions};
 use calibseg::loss::{Binning, Labels};
 use calibseg::nn::{AdamW, AdamWConfig, Mode, Network, SegResNetDs};
@@ -181,7 +182,7 @@ fn resuming_continues_bit_for_bit_and_checkpoints_reload_to_the_same_outputs() {
 }
 
 #[test]
-fn a_run_writes_its_folder_and_the_same_seed_gives_the_same_run() {
+fn a_run_writes_its_folder_the_same_seed_repeats_it_and_other_seeds_merge() {
     let Some(gpu) = gpu() else { return };
     let config = tiny(LossName::Hard);
     let mut logs = Vec::new();
@@ -235,13 +236,74 @@ fn a_run_writes_its_folder_and_the_same_seed_gives_the_same_run() {
         // A second fresh run into the same folder is refused (nothing overwritten).
         let err = train_in_folder(&gpu, config.clone(), &o, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("--resume"), "{err}");
-        let _ = std::fs::remove_dir_all(&out);
+        // The test volumes are named by the data seed and their index in the dataset (3 training and 1
+        // validation volume come first).
+        assert_eq!(
+            outcome.test.images,
+            ["synthetic-seed12345-004", "synthetic-seed12345-005"]
+        );
+        keep_eval(&out, &format!("eval{run}"));
     }
     assert_eq!(logs[0], logs[1], "same seed, same log");
     assert_eq!(
         summaries[0], summaries[1],
         "same seed, same weights and test metrics"
     );
+    // The two evaluations of the same seed hold the same cases: a real overlap, not a naming clash.
+    let merged = temp_dir("merged");
+    let err = merge(&MergeOptions::new(
+        vec![temp_dir_kept("eval0"), temp_dir_kept("eval1")],
+        &merged,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("'synthetic-seed12345-004'") && err.contains("identical statistics"),
+        "{err}"
+    );
+    // A run on another seed evaluates other volumes: the two evaluations merge into one of four cases.
+    let mut other = config.clone();
+    other.seed = 777;
+    let out = temp_dir("run-seed777");
+    let o = RunOptions {
+        out: out.clone(),
+        resume: false,
+        stop: None,
+        pictures: false,
+    };
+    train_in_folder(&gpu, other, &o, &mut |_| {}).unwrap();
+    keep_eval(&out, "eval2");
+    let report = merge(&MergeOptions::new(
+        vec![temp_dir_kept("eval0"), temp_dir_kept("eval2")],
+        &merged,
+    ))
+    .unwrap();
+    assert_eq!(
+        report.images,
+        [
+            "synthetic-seed12345-004",
+            "synthetic-seed12345-005",
+            "synthetic-seed777-004",
+            "synthetic-seed777-005"
+        ]
+    );
+    for d in ["eval0", "eval1", "eval2"] {
+        let _ = std::fs::remove_dir_all(temp_dir_kept(d));
+    }
+    let _ = std::fs::remove_dir_all(&merged);
+}
+
+/// A folder of this test binary's scratch space that [`keep_eval`] fills (not emptied, unlike [`temp_dir`]).
+fn temp_dir_kept(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("calibseg-train-{name}-{}", std::process::id()))
+}
+
+/// Moves the run folder `out`'s `eval/` to [`temp_dir_kept`]`(name)` and removes the run folder.
+fn keep_eval(out: &std::path::Path, name: &str) {
+    let kept = temp_dir_kept(name);
+    let _ = std::fs::remove_dir_all(&kept);
+    std::fs::rename(out.join("eval"), &kept).unwrap();
+    let _ = std::fs::remove_dir_all(out);
 }
 
 #[test]

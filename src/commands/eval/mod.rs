@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 pub mod merge;
 pub mod report;
 
+pub use crate::io::safetensors::CASE_NAMES_KEY;
 pub use merge::{merge, MergeOptions};
 
 use crate::binning::check_num_bins;
@@ -373,9 +374,6 @@ fn holds_numpy(dir: &Path) -> bool {
 fn numpy_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
     pair_cases(list_cases(probs, npz::is_numpy, npz::case_name)?, labels)
 }
-
-/// The metadata entry of a safetensors input that names its cases: a JSON list of `N` distinct names.
-pub const CASE_NAMES_KEY: &str = "cases";
 
 /// The names of the `n` cases of safetensors file `f`: those in its [`CASE_NAMES_KEY`] metadata, else
 /// `<file stem>_<index>` (`test.safetensors` holds `test_000`, `test_001`, ...), so evaluations of
