@@ -648,7 +648,6 @@ impl Pieces {
 
     /// Records copying `channels` planes of `len` voxels between `[images, channels, V]` (from voxel
     /// `start` of `image`) and a piece `[1, channels, len]`, into the piece or, with `back`, out of it.
-    #[allow(clippy::too_many_arguments)]
     fn copy_planes(
         &self,
         batch: &mut Batch<'_>,
