@@ -366,7 +366,7 @@ fn assert_reports(root: &Path, want: Expect) {
 }
 
 #[test]
-fn a_label_on_another_grid_is_a_shape_error() {
+fn a_label_or_channel_on_another_grid_is_a_shape_error() {
     let root = nnunet_dataset("shape");
     let label = root.join("labelsTr/case_b.nii.gz");
     write(&label, &[6, 5, 3], Voxels::Uint8(&[0; 90]));
@@ -376,7 +376,20 @@ fn a_label_on_another_grid_is_a_shape_error() {
             ProblemKind::ShapeMismatch,
             Some("case_b"),
             &label,
-            &["[6, 5, 3]", "[6, 5, 4]", "case_b_0000.nii.gz"],
+            &["label shape [6, 5, 3]", "[6, 5, 4]", "case_b_0000.nii.gz"],
+        ),
+    );
+    // The second channel of a case on another grid than the first.
+    let root = nnunet_dataset("shape-channel");
+    let adc = root.join("imagesTr/case_a_0001.nii.gz");
+    write(&adc, &[5, 6, 4], Voxels::Float32(&[0.0; VOXELS]));
+    assert_reports(
+        &root,
+        Expect::error(
+            ProblemKind::ShapeMismatch,
+            Some("case_a"),
+            &adc,
+            &["channel shape [5, 6, 4]", "[6, 5, 4]", "case_a_0000.nii.gz"],
         ),
     );
 }
