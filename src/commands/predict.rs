@@ -13,13 +13,12 @@
 //! probabilities as a 4D NIfTI image (classes last) carrying the input image's geometry (its header's
 //! spacing, qform and sform), which needs a NIfTI input.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::nifti;
-use crate::io::safetensors::{self as st, HostTensor, TensorFile};
+use crate::io::safetensors::{self as st, TensorFile};
 use crate::nn::sliding_window::host_output;
 use crate::nn::{build_network, predict_logits, predict_logits_slabs, Arch, SlidingWindowConfig};
 use crate::ops::softmax;
@@ -202,9 +201,7 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
         let file_order = xyz_major(&p, s[1], [s[2], s[3], s[4]], true);
         nifti::write_f32_like(&o.output, &o.input, &[s[2], s[3], s[4], s[1]], &file_order)
     } else {
-        let mut t = BTreeMap::new();
-        t.insert("logits".to_string(), HostTensor::F32(s.clone(), logits));
-        t.insert("probs".to_string(), HostTensor::F32(s, p));
-        st::write(&o.output, &t, None)
+        // Streamed to the file: no second copy of the outputs in host memory.
+        st::write_f32_streamed(&o.output, &[("logits", &s, &logits), ("probs", &s, &p)])
     }
 }

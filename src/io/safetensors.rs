@@ -268,6 +268,62 @@ pub fn write(
     write_atomically(path, &sorted_header(&bytes, &p)?)
 }
 
+/// Writes f32 tensors `(name, shape, values)` as [`write`] does with no metadata (the same bytes), but
+/// streams each tensor's values to the file instead of building the file in memory first: the extra host
+/// memory is a small buffer, whatever the tensors' size.
+pub fn write_f32_streamed(
+    path: impl AsRef<Path>,
+    tensors: &[(&str, &[usize], &[f32])],
+) -> Result<()> {
+    let path = path.as_ref();
+    let p = path.display().to_string();
+    // safetensors' own layout for one dtype: tensors sorted by name, data back to back.
+    let mut order: Vec<&(&str, &[usize], &[f32])> = tensors.iter().collect();
+    order.sort_by_key(|t| t.0);
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape, values) in &order {
+        let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elems != Some(values.len()) {
+            return Err(Error::shape(format!(
+                "tensor '{name}' has shape {shape:?} but {} elements",
+                values.len()
+            )));
+        }
+        let end = values
+            .len()
+            .checked_mul(4)
+            .and_then(|n| n.checked_add(offset))
+            .ok_or_else(|| format_err(&p, format!("tensor '{name}' is too large")))?;
+        let entry =
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]});
+        if header.insert(name.to_string(), entry).is_some() {
+            return Err(format_err(&p, format!("tensor '{name}' is given twice")));
+        }
+        offset = end;
+    }
+    // serde_json's map is sorted, as the header `write` produces.
+    let mut text = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| format_err(&p, e.to_string()))?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    crate::io::output::write_file_with(path, |w| {
+        use std::io::Write;
+        w.write_all(&(text.len() as u64).to_le_bytes())?;
+        w.write_all(&text)?;
+        let mut buf = Vec::with_capacity(1 << 16);
+        for (_, _, values) in &order {
+            for chunk in values.chunks(1 << 14) {
+                buf.clear();
+                buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                w.write_all(&buf)?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The same safetensors bytes with the header's keys sorted (the metadata comes from a `HashMap`, whose
 /// order changes from run to run), so equal tensors and metadata always give the same file.
 fn sorted_header(bytes: &[u8], p: &str) -> Result<Vec<u8>> {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use calibseg::io::safetensors::{write, HostTensor, TensorFile};
+use calibseg::io::safetensors::{write, write_f32_streamed, HostTensor, TensorFile};
 use calibseg::Error;
 
 use crate::common::fixture_path as fixture;
@@ -72,4 +72,45 @@ fn unreadable_files_are_typed_errors() {
     std::fs::write(&p, b"not a safetensors file").unwrap();
     assert!(matches!(TensorFile::open(&p), Err(Error::Format { .. })));
     std::fs::remove_file(&p).unwrap();
+}
+
+#[test]
+fn streamed_f32_writes_are_the_bytes_of_write() {
+    // Names given out of order, sizes past one streaming chunk (16384 values), an empty tensor.
+    let dir = std::env::temp_dir().join(format!("calibseg-io-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let probs: Vec<f32> = (0..3 * 7001).map(|i| (i as f32 * 0.37).sin()).collect();
+    let logits: Vec<f32> = (0..3 * 7001).map(|i| i as f32 - 1e4).collect();
+    let shape = [1usize, 3, 7001];
+    let tensors = [
+        ("probs", &shape[..], &probs[..]),
+        ("logits", &shape[..], &logits[..]),
+        ("empty", &[0usize, 4][..], &[][..]),
+    ];
+    let streamed = dir.join("streamed.safetensors");
+    write_f32_streamed(&streamed, &tensors).unwrap();
+    let whole = dir.join("whole.safetensors");
+    let map: BTreeMap<String, HostTensor> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.to_string(), HostTensor::F32(s.to_vec(), v.to_vec())))
+        .collect();
+    write(&whole, &map, None).unwrap();
+    assert_eq!(
+        std::fs::read(&streamed).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    assert_eq!(
+        TensorFile::open(&streamed).unwrap().f32("probs").unwrap(),
+        (shape.to_vec(), probs)
+    );
+    // A shape that disagrees with the values, or a name given twice, is an error and writes nothing.
+    let bad = dir.join("bad.safetensors");
+    assert!(matches!(
+        write_f32_streamed(&bad, &[("x", &[2, 2][..], &[0.0; 3][..])]),
+        Err(Error::ShapeMismatch(_))
+    ));
+    let twice = [("x", &[1usize][..], &[0.0f32][..]); 2];
+    assert!(write_f32_streamed(&bad, &twice).is_err());
+    assert!(!bad.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
