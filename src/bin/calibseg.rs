@@ -329,8 +329,18 @@ fn predict(a: PredictArgs) -> calibseg::Result<()> {
     };
     o.check_output()?;
     let gpu = calibseg::Gpu::new()?;
-    calibseg::commands::predict::run(&gpu, &o)?;
+    let split = calibseg::commands::predict::run(&gpu, &o)?;
     out!("wrote {}", o.output.display());
+    if let Some(s) = split {
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        out!(
+            "sliding window: {} slab(s) of {} rows per image, {:.1} MiB of device memory for its own buffers at most (budget {:.1} MiB)",
+            s.slabs_per_image,
+            s.slab_rows,
+            mib(s.peak_bytes),
+            mib(s.budget)
+        );
+    }
     Ok(())
 }
 

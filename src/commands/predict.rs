@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::nifti;
 use crate::io::safetensors::{self as st, TensorFile};
-use crate::nn::sliding_window::host_output;
+use crate::nn::sliding_window::{host_output, SlabStats};
 use crate::nn::{build_network, predict_logits, predict_logits_slabs, Arch, SlidingWindowConfig};
 use crate::ops::softmax;
 use crate::tensor::Tensor;
@@ -118,15 +118,16 @@ fn read_input(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     }
 }
 
-/// The network's logits and their softmax, in host memory: `(shape, logits, probabilities)`. Sliding
-/// windows stream slab by slab; without them the whole input goes through the network at once.
+/// The network's logits and their softmax in host memory, `(shape, logits, probabilities)`, and the
+/// sliding window's split. Sliding windows stream slab by slab; without them the whole input goes
+/// through the network at once.
 fn infer(
     gpu: &Gpu,
     net: &dyn crate::nn::Network,
     shape: &[usize],
     data: &[f32],
     window: Option<&SlidingWindowConfig>,
-) -> Result<(Vec<usize>, Vec<f32>, Vec<f32>)> {
+) -> Result<Outputs> {
     let Some(window) = window else {
         let input = Tensor::from_f32(gpu, shape, data)?;
         let logits = predict_logits(net, &input, None)?;
@@ -135,10 +136,11 @@ fn infer(
             logits.shape().to_vec(),
             logits.to_vec_f32()?,
             probs.to_vec_f32()?,
+            None,
         ));
     };
     let mut out: Option<(Vec<usize>, Vec<f32>, Vec<f32>)> = None;
-    predict_logits_slabs(net, gpu, shape, data, window, |piece| {
+    let stats = predict_logits_slabs(net, gpu, shape, data, window, |piece| {
         if out.is_none() {
             let classes = piece.tensor.shape()[1];
             let (out_shape, logits) = host_output(shape, classes)?;
@@ -152,12 +154,17 @@ fn infer(
         piece.place(&piece.tensor.to_vec_f32()?, logits, out_shape)?;
         piece.place(&p, probs, out_shape)
     })?;
-    out.ok_or_else(|| Error::invalid("sliding-window inference produced no output"))
+    let (s, logits, probs) =
+        out.ok_or_else(|| Error::invalid("sliding-window inference produced no output"))?;
+    Ok((s, logits, probs, Some(stats)))
 }
 
+/// What [`infer`] returns: the output shape, logits, probabilities and the sliding window's split.
+type Outputs = (Vec<usize>, Vec<f32>, Vec<f32>, Option<SlabStats>);
+
 /// Runs `calibseg predict`: everything is checked and computed before anything is written, and the output
-/// is written atomically.
-pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
+/// is written atomically. Returns how the sliding window split the output, when windows were used.
+pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<Option<SlabStats>> {
     let to_nifti = nifti::is_nifti(&o.output);
     if to_nifti && !nifti::is_nifti(&o.input) {
         return Err(Error::invalid(format!(
@@ -181,7 +188,7 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
         }
         Err(e)
     })?;
-    let (s, logits, p) = infer(gpu, net.as_ref(), &shape, &data, o.window.as_ref())?;
+    let (s, logits, p, stats) = infer(gpu, net.as_ref(), &shape, &data, o.window.as_ref())?;
     drop(data);
     let bad = p.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
@@ -199,9 +206,10 @@ pub fn run(gpu: &Gpu, o: &PredictOptions) -> Result<()> {
         }
         // [1, C, X, Y, Z] row-major back to a (X, Y, Z, C) image with x fastest.
         let file_order = xyz_major(&p, s[1], [s[2], s[3], s[4]], true);
-        nifti::write_f32_like(&o.output, &o.input, &[s[2], s[3], s[4], s[1]], &file_order)
+        nifti::write_f32_like(&o.output, &o.input, &[s[2], s[3], s[4], s[1]], &file_order)?;
     } else {
         // Streamed to the file: no second copy of the outputs in host memory.
-        st::write_f32_streamed(&o.output, &[("logits", &s, &logits), ("probs", &s, &p)])
+        st::write_f32_streamed(&o.output, &[("logits", &s, &logits), ("probs", &s, &p)])?;
     }
+    Ok(stats)
 }

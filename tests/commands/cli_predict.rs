@@ -238,9 +238,19 @@ fn a_volume_over_the_binding_limit_predicts_slab_by_slab_with_the_same_bits() {
         "--sw-batch-size",
         "2",
     ];
+    // The slabs per image that the command reports.
+    let slabs = |o: &std::process::Output| -> usize {
+        let text = String::from_utf8_lossy(&o.stdout);
+        let rest = text
+            .split("sliding window: ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{text}"));
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
     let whole = tmp("large.whole.safetensors");
     let o = run_env(&whole, &window, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(slabs(&o), 1, "unsplit on the full device");
     // Under the forced limit, and again with a budget of a few rows per slab.
     for (tag, budget) in [("limit", None), ("budget", Some("400000"))] {
         let split = tmp(&format!("large.{tag}.safetensors"));
@@ -253,6 +263,11 @@ fn a_volume_over_the_binding_limit_predicts_slab_by_slab_with_the_same_bits() {
             o.status.success(),
             "{tag}: {}",
             String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            slabs(&o) > 1,
+            "{tag}: {}",
+            String::from_utf8_lossy(&o.stdout)
         );
         let (a, b) = (
             TensorFile::open(&whole).unwrap(),
