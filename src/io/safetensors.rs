@@ -268,7 +268,7 @@ pub fn write(
     write_atomically(path, &sorted_header(&bytes, &p)?)
 }
 
-/// Writes f32 tensors `(name, shape, values)` as [`write`] does with no metadata (the same bytes), but
+/// Writes f32 tensors `(name, shape, values)` as [`write()`] does with no metadata (the same bytes), but
 /// streams each tensor's values to the file instead of building the file in memory first: the extra host
 /// memory is a small buffer, whatever the tensors' size.
 pub fn write_f32_streamed(
