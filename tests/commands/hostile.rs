@@ -734,6 +734,9 @@ fn read_nifti_fully(bytes: &[u8], gz: bool) {
         assert_eq!(dims.iter().product::<usize>(), v.len());
     }
     let _ = nifti::read_integers(&p);
+    if let Ok(info) = nifti::read_info(&p) {
+        assert!(info.dims.iter().all(|&d| d > 0));
+    }
 }
 
 fn valid_safetensors() -> Vec<u8> {
@@ -792,6 +795,36 @@ const NIFTI_FIELDS: [(usize, usize); 13] = [
     (344, 4),
 ];
 
+/// NIfTI-2 header fields the reader uses (offset, bytes), written with random values.
+const NIFTI2_FIELDS: [(usize, usize); 16] = [
+    (0, 4),
+    (12, 2),
+    (16, 8),
+    (24, 8),
+    (32, 8),
+    (40, 8),
+    (104, 8),
+    (112, 8),
+    (168, 8),
+    (176, 8),
+    (184, 8),
+    (344, 4),
+    (348, 4),
+    (352, 8),
+    (360, 8),
+    (500, 4),
+];
+
+/// A valid NIfTI-2 image written by nibabel (little- or big-endian).
+fn valid_nifti2(big_endian: bool) -> Vec<u8> {
+    let name = if big_endian {
+        "big_endian_nifti2_float32.nii"
+    } else {
+        "qform_nifti2.nii"
+    };
+    std::fs::read(Path::new(common::FIXTURE_DIR).join("nifti").join(name)).unwrap()
+}
+
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
@@ -842,6 +875,28 @@ proptest! {
         }
         if big_endian_dims {
             b[0..4].copy_from_slice(&348i32.to_be_bytes());
+        }
+        let b = mutate(b, &edits, cut);
+        if gz {
+            read_nifti_fully(&gzip(&b), true);
+        } else {
+            read_nifti_fully(&b, false);
+        }
+    }
+
+    #[test]
+    fn mutated_nifti2_never_panics(
+        fields in prop::collection::vec((0..NIFTI2_FIELDS.len(), any::<u64>()), 0..5),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+        big_endian in any::<bool>(),
+        gz in any::<bool>(),
+    ) {
+        let mut b = valid_nifti2(big_endian);
+        for (f, v) in fields {
+            let (at, len) = NIFTI2_FIELDS[f];
+            let bytes = v.to_le_bytes();
+            b[at..at + len].copy_from_slice(&bytes[..len]);
         }
         let b = mutate(b, &edits, cut);
         if gz {
