@@ -350,8 +350,8 @@ fn check_pair<'a>(
 /// Edges are [`hard_bin_edges`]`(num_bins)`; bin k is `(e_k, e_{k+1}]`. Probabilities outside [0, 1] are
 /// clamped into [0, 1] (so into the first/last bin) and counted in [`BinStats::clamped`]; a non-finite
 /// probability or a label outside `0..C` is an error. With `include_background = false` channel 0 is
-/// skipped (when C > 1). Deterministic: the same input gives the same bits. The tensors are bound whole;
-/// an image over one storage binding is binned in pieces with [`ImageBins`], to the same bits.
+/// skipped (when C > 1). Deterministic: the same input gives the same bits. A batch over one storage
+/// binding is binned image by image, each image in pieces copied on the GPU ([`ImageBins`]), to the same bits.
 pub fn hard_bin_stats(
     probs: &Tensor,
     labels: &(impl IndexLabels + ?Sized),
@@ -365,6 +365,10 @@ pub fn hard_bin_stats(
         return Ok(BinStats::empty(class_ids, num_bins));
     }
     let gpu = probs.gpu();
+    let max = gpu.max_binding_bytes();
+    if probs.byte_len() > max || labels.byte_len() > max {
+        return bin_in_pieces(probs, labels, num_bins, include_background);
+    }
     let rows = n * class_ids.len();
     let partials = Partials::new(
         gpu,
@@ -378,6 +382,46 @@ pub fn hard_bin_stats(
     partials.bin(&mut batch, (probs, labels), (n, v), (0, 0))?;
     batch.submit()?;
     partials.finish(n, v)
+}
+
+/// [`hard_bin_stats`] of a batch over one storage binding: each image's pieces are copied on the GPU into
+/// tensors of their own and binned with [`ImageBins`]; the images' statistics are appended in order.
+fn bin_in_pieces(
+    probs: &Tensor,
+    labels: &Tensor,
+    num_bins: usize,
+    include_background: bool,
+) -> Result<BinStats> {
+    let gpu = probs.gpu();
+    let (n, c, v) = ncv(probs, "probabilities")?;
+    let piece = ImageBins::piece_voxels(gpu, c, v)?;
+    let mut all: Option<BinStats> = None;
+    for image in 0..n {
+        let mut bins = ImageBins::new(gpu, c, v, num_bins, include_background)?;
+        for start in (0..v).step_by(piece) {
+            let len = piece.min(v - start);
+            let piece_probs = Tensor::uninit(gpu, &[1, c, len], DType::F32)?;
+            let piece_labels = Tensor::uninit(gpu, &[1, 1, len], labels.dtype())?;
+            // Where voxel `start` of a [planes, V] plane is, and a piece's bytes per plane.
+            let at = |plane: usize| (((plane * v + start) * 4) as u64, (len * 4) as u64);
+            let mut batch = gpu.batch("calibration binning: a piece");
+            for k in 0..c {
+                let (from, bytes) = at(image * c + k);
+                let to = (k * len * 4) as u64;
+                batch.copy_buffer_to_buffer(probs.buffer(), from, piece_probs.buffer(), to, bytes);
+            }
+            let (from, bytes) = at(image);
+            batch.copy_buffer_to_buffer(labels.buffer(), from, piece_labels.buffer(), 0, bytes);
+            batch.submit()?;
+            bins.add(&piece_probs, &piece_labels)?;
+        }
+        let stats = bins.finish()?;
+        match &mut all {
+            Some(a) => a.append(&stats)?,
+            None => all = Some(stats),
+        }
+    }
+    Ok(all.expect("the batch has images"))
 }
 
 /// The hard-binning statistics of one image given in pieces: voxel ranges over all channels, in order,
