@@ -170,7 +170,8 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn assert_same_tree(a: &Path, b: &Path, what: &str) {
+/// The two folders hold the same files with the same bytes.
+pub(crate) fn assert_same_tree(a: &Path, b: &Path, what: &str) {
     let (ta, tb) = (tree(a), tree(b));
     assert_eq!(
         ta.keys().collect::<Vec<_>>(),
