@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use calibseg::commands::train::{train_in_folder, RunOptions};
+use calibseg::loss::PaperLoss;
 use calibseg::metrics::Summary;
-use calibseg::train::{Event, LossName, TrainConfig};
+use calibseg::train::{Event, TrainConfig};
 use calibseg::{Error, Gpu, Result};
 
 struct Args {
@@ -114,9 +115,9 @@ fn main() -> Result<()> {
         args.config.model.init_filters,
         args.config.model.blocks_down
     );
-    let mut results: Vec<(LossName, Summary, calibseg::metrics::BinStats)> = Vec::new();
-    for loss in [LossName::Baseline, LossName::Hard, LossName::Soft] {
-        let dir = args.out.join(loss.as_str());
+    let mut results: Vec<(PaperLoss, Summary, calibseg::metrics::BinStats)> = Vec::new();
+    for loss in [PaperLoss::Baseline, PaperLoss::Hard, PaperLoss::Soft] {
+        let dir = args.out.join(loss.name());
         clear_previous_run(&dir)?;
         let mut config = args.config.clone();
         config.loss = loss;
@@ -130,7 +131,7 @@ fn main() -> Result<()> {
                 steps_per_second,
             } if step % report_every == 0 => eprintln!(
                 "  {:8} step {step}/{total}: loss {:.4} ({steps_per_second:.2} steps/s)",
-                loss.as_str(),
+                loss.name(),
                 losses.total
             ),
             Event::Validation {
@@ -139,7 +140,7 @@ fn main() -> Result<()> {
                 best,
             } => eprintln!(
                 "  {:8} step {step}: validation DSC {:.4} ACE {:.4} ECE {:.4} MCE {:.4}{}",
-                loss.as_str(),
+                loss.name(),
                 metrics.dsc,
                 metrics.ace,
                 metrics.ece,
@@ -157,7 +158,7 @@ fn main() -> Result<()> {
         let outcome = train_in_folder(&gpu, config, &o, &mut on_event)?;
         eprintln!(
             "  {:8} done in {:.0} s; best validation DSC {:.4} at step {}",
-            loss.as_str(),
+            loss.name(),
             started.elapsed().as_secs_f64(),
             outcome.best.map_or(f64::NAN, |b| b.0),
             outcome.best.map_or(0, |b| b.1)
@@ -177,7 +178,7 @@ fn main() -> Result<()> {
     for (loss, s, _) in &results {
         table.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            loss.as_str(),
+            loss.name(),
             pm(&s.dsc, 4),
             pm(&s.ace, 4),
             pm(&s.ece, 4),
@@ -198,7 +199,7 @@ fn main() -> Result<()> {
     #[cfg(feature = "plots")]
     {
         let panels: Vec<(&str, &calibseg::metrics::BinStats)> =
-            results.iter().map(|(l, _, st)| (l.as_str(), st)).collect();
+            results.iter().map(|(l, _, st)| (l.name(), st)).collect();
         let picture = args.out.join("reliability_comparison.png");
         calibseg::metrics::plot::reliability_comparison(&picture, &panels)?;
         println!(

@@ -23,10 +23,10 @@ macro_rules! out {
     };
 }
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use calibseg::commands::loss::{LossFileOptions, LossKind};
-use calibseg::loss::Binning;
+use calibseg::commands::loss::LossFileOptions;
+use calibseg::loss::{Binning, LossKind, PaperLoss};
 
 /// Calibrated segmentation on any GPU (wgpu).
 #[derive(Parser)]
@@ -54,26 +54,6 @@ enum Command {
     Verify(VerifyArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LossArg {
-    /// mL1-ACE (hard or soft binning).
-    Ace,
-    /// Dice (MONAI: softmax, squared_pred, smooth_dr 1e-5).
-    Dice,
-    /// Cross-entropy.
-    Ce,
-    /// Dice + cross-entropy (weights default 1,1).
-    DiceCe,
-    /// Dice + cross-entropy + mL1-ACE (weights default 0.33,0.33,0.33).
-    AceDiceCe,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BinningArg {
-    Hard,
-    Soft,
-}
-
 #[derive(clap::Args)]
 struct LossArgs {
     /// safetensors file with `logits` (f32 [B, C, spatial...]) and `labels` (integer [B, 1, spatial...]).
@@ -83,11 +63,11 @@ struct LossArgs {
     #[arg(long)]
     output: PathBuf,
     /// The loss.
-    #[arg(long, value_enum)]
-    loss: LossArg,
+    #[arg(long, value_enum, ignore_case = true)]
+    loss: LossKind,
     /// Hard (square) or soft (triangular) binning.
-    #[arg(long, value_enum, default_value = "hard")]
-    binning: BinningArg,
+    #[arg(long, value_enum, ignore_case = true, default_value = "hard")]
+    binning: Binning,
     /// Number of bins.
     #[arg(long, default_value_t = 20)]
     num_bins: usize,
@@ -106,17 +86,8 @@ fn loss(args: &LossArgs) -> calibseg::Result<()> {
     let opts = LossFileOptions {
         input: args.input.clone(),
         output: args.output.clone(),
-        loss: match args.loss {
-            LossArg::Ace => LossKind::Ace,
-            LossArg::Dice => LossKind::Dice,
-            LossArg::Ce => LossKind::Ce,
-            LossArg::DiceCe => LossKind::DiceCe,
-            LossArg::AceDiceCe => LossKind::AceDiceCe,
-        },
-        binning: match args.binning {
-            BinningArg::Hard => Binning::Hard,
-            BinningArg::Soft => Binning::Soft,
-        },
+        loss: args.loss,
+        binning: args.binning,
         num_bins: args.num_bins,
         include_background: !args.no_background,
         empty_weight: args.empty_weight,
@@ -348,8 +319,8 @@ fn predict(a: PredictArgs) -> calibseg::Result<()> {
 #[derive(clap::Args)]
 struct TrainArgs {
     /// The loss: baseline (Dice + CE), hard or soft (0.33 (Dice + CE + mL1-ACE)).
-    #[arg(long)]
-    loss: String,
+    #[arg(long, value_enum, ignore_case = true)]
+    loss: PaperLoss,
     /// Output folder (model.json, config.toml, best/last checkpoints, log.csv, eval/).
     #[arg(long)]
     out: PathBuf,
@@ -403,7 +374,7 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
     } else {
         TrainConfig::default()
     };
-    config.loss = a.loss.parse()?;
+    config.loss = a.loss;
     if let Some(v) = a.steps {
         config.steps = v;
     }

@@ -9,24 +9,10 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::safetensors::{write, HostTensor, TensorFile};
 use crate::loss::{
-    AceDiceCeLoss, AceLoss, Binning, CrossEntropyLoss, DiceCeLoss, DiceLoss, Labels, LossOutput,
+    AceDiceCeLoss, AceLoss, Binning, CrossEntropyLoss, DiceCeLoss, DiceLoss, Labels, LossKind,
+    LossOutput,
 };
 use crate::tensor::Tensor;
-
-/// Which loss to compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LossKind {
-    /// mL1-ACE.
-    Ace,
-    /// Dice (MONAI, squared_pred, smooth_dr 1e-5).
-    Dice,
-    /// Cross-entropy.
-    Ce,
-    /// lambda_dice Dice + lambda_ce CE (default 1, 1).
-    DiceCe,
-    /// lambda_dice Dice + lambda_ce CE + lambda_ace mL1-ACE (default 0.33 each).
-    AceDiceCe,
-}
 
 /// Options of `calibseg loss`.
 #[derive(Clone, Debug)]

@@ -11,19 +11,9 @@
 //! loss and the per-bin gradient coefficients. Backward is one more pass over the input.
 
 use super::fused::{Fused, Terms};
-use super::{Activation, Labels, Reduction};
+use super::{Activation, Binning, Labels, Reduction};
 use crate::error::Result;
 use crate::tensor::Tensor;
-
-/// How voxels are assigned to confidence bins.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Binning {
-    /// Square bins: each voxel counts in exactly one bin (hL1-ACE).
-    #[default]
-    Hard,
-    /// Triangular kernels: each voxel is shared between the two nearest bin centres (sL1-ACE).
-    Soft,
-}
 
 /// The mL1-ACE loss and its options (MONAI-style names; defaults as the paper trained).
 #[derive(Clone, Debug, PartialEq)]

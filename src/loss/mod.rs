@@ -9,6 +9,7 @@
 //!   trait and options: `traits.rs`; labels: `labels.rs`
 //! - the fused engine (statistics pass, gradient pass): `fused.rs`; kernels: `shaders/loss_voxel.wgsl`,
 //!   `shaders/loss_reduce.wgsl` (labels resampled by `shaders/resample.wgsl`)
+//! - names (command line, TOML, files): `names.rs` (`LossKind`, `PaperLoss`, `Binning`)
 //! - tape: `Loss::record`, `DeepSupervision::record`; the `calibseg loss` command: `commands/`
 //! - tests: the suite `tests/losses/` (against the authors' PyTorch losses), the layout unit tests in
 //!   `fused.rs` and `deep_supervision.rs`; bench: `benches/ace.rs` ("ace", "dice_ce", "ace_dice_ce")
@@ -19,9 +20,10 @@ pub mod deep_supervision;
 mod dice;
 mod fused;
 mod labels;
+mod names;
 mod traits;
 
-pub use ace::{AceForward, AceLoss, Binning};
+pub use ace::{AceForward, AceLoss};
 pub use combined::{AceDiceCeLoss, DiceCeLoss, LossOutput};
 pub use deep_supervision::{
     downsample_labels, DeepSupervision, DeepSupervisionOutput, RecordedDeepSupervision,
@@ -29,6 +31,7 @@ pub use deep_supervision::{
 pub use dice::{CrossEntropyLoss, DiceLoss};
 pub use fused::MAX_CHANNELS;
 pub use labels::Labels;
+pub use names::{Binning, LossKind, PaperLoss};
 pub use traits::{Loss, RecordedLoss, TERMS};
 
 /// How per-(image, class) values become the loss.

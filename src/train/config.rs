@@ -7,45 +7,8 @@ use super::step::TrainLoss;
 use crate::data::SyntheticConfig;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::loss::Binning;
+use crate::loss::PaperLoss;
 use crate::nn::SegResNetDsConfig;
-
-/// Which of the paper's training losses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LossName {
-    /// Dice + CE (weights 1, 1).
-    Baseline,
-    /// 0.33 (Dice + CE + hard-binned mL1-ACE).
-    Hard,
-    /// 0.33 (Dice + CE + soft-binned mL1-ACE).
-    Soft,
-}
-
-impl LossName {
-    /// Lower-case name as on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LossName::Baseline => "baseline",
-            LossName::Hard => "hard",
-            LossName::Soft => "soft",
-        }
-    }
-}
-
-impl std::str::FromStr for LossName {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "baseline" => Ok(LossName::Baseline),
-            "hard" => Ok(LossName::Hard),
-            "soft" => Ok(LossName::Soft),
-            _ => Err(Error::invalid(format!(
-                "loss '{s}': expected baseline, hard or soft"
-            ))),
-        }
-    }
-}
 
 /// Sliding-window settings of validation and testing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,7 +56,7 @@ fn overlay(base: &mut toml::Table, given: toml::Table) {
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// The loss.
-    pub loss: LossName,
+    pub loss: PaperLoss,
     /// Weight of the Dice term (baseline 1, ACE losses 0.33).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda_dice: Option<f32>,
@@ -143,7 +106,7 @@ impl Default for TrainConfig {
             ..SyntheticConfig::default()
         };
         TrainConfig {
-            loss: LossName::Baseline,
+            loss: PaperLoss::Baseline,
             lambda_dice: None,
             lambda_ce: None,
             lambda_ace: None,
@@ -227,17 +190,13 @@ impl TrainConfig {
 
     /// The loss with its weights.
     pub fn train_loss(&self) -> TrainLoss {
-        match self.loss {
-            LossName::Baseline => TrainLoss::Baseline {
+        match self.loss.binning() {
+            None => TrainLoss::Baseline {
                 lambda_dice: self.lambda_dice.unwrap_or(1.0),
                 lambda_ce: self.lambda_ce.unwrap_or(1.0),
             },
-            LossName::Hard | LossName::Soft => TrainLoss::Ace {
-                binning: if self.loss == LossName::Hard {
-                    Binning::Hard
-                } else {
-                    Binning::Soft
-                },
+            Some(binning) => TrainLoss::Ace {
+                binning,
                 lambda_dice: self.lambda_dice.unwrap_or(0.33),
                 lambda_ce: self.lambda_ce.unwrap_or(0.33),
                 lambda_ace: self.lambda_ace.unwrap_or(0.33),

@@ -6,7 +6,7 @@ mod config;
 mod step;
 mod trainer;
 
-pub use config::{LossName, TrainConfig, WindowSettings};
+pub use config::{TrainConfig, WindowSettings};
 pub use step::{train_step, StepLosses, TrainLoss};
 pub use trainer::{
     complete_checkpoint_step, log_csv, newest_complete_checkpoint, parse_log_csv, predict_probs,

@@ -222,3 +222,64 @@ fn bad_input_fails_cleanly() {
     ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("needs 3"));
 }
+
+/// Every spelling of `--loss` and `--binning` (`calibseg loss`) and of `--loss` (`calibseg train`) is taken:
+/// the run gets past the arguments to the first check of its files (exit 1, not 2); a bad one is a one-line
+/// argument error (exit 2) that names the choices. No GPU is needed.
+#[test]
+fn cli_loss_names_take_every_spelling_and_a_bad_one_names_the_choices() {
+    let missing = tmp("no-such-folder").join("out.safetensors");
+    let missing = missing.to_str().unwrap();
+    let loss_args = |loss: &'static str, binning: &'static str| {
+        let mut a = vec!["loss", "--input", "in.safetensors", "--output", missing];
+        a.extend(["--loss", loss, "--binning", binning]);
+        a
+    };
+    let train_args = |loss: &'static str| {
+        vec![
+            "train",
+            "--loss",
+            loss,
+            "--out",
+            missing,
+            "--config",
+            "/no/such/run.toml",
+        ]
+    };
+    let mut taken = Vec::new();
+    for (loss, binning) in [
+        ("ace", "hard"),
+        ("dice", "soft"),
+        ("ce", "Hard"),
+        ("dice-ce", "SOFT"),
+        ("ace-dice-ce", "hard"),
+        ("Ace-Dice-CE", "soft"),
+    ] {
+        taken.push(loss_args(loss, binning));
+    }
+    for loss in ["baseline", "hard", "soft", "Baseline", "HARD"] {
+        taken.push(train_args(loss));
+    }
+    for args in taken {
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("invalid value"), "{args:?}: {err}");
+    }
+    for (args, choices) in [
+        (
+            loss_args("nope", "hard"),
+            &["ace", "dice", "ce", "dice-ce", "ace-dice-ce"][..],
+        ),
+        (loss_args("dice", "medium"), &["hard", "soft"]),
+        (train_args("medium"), &["baseline", "hard", "soft"]),
+    ] {
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        let listed = err.split("[possible values: ").nth(1).unwrap_or_default();
+        let listed: Vec<&str> = listed.split(']').next().unwrap().split(", ").collect();
+        assert_eq!(listed, choices, "{err}");
+    }
+}

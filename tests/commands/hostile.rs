@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use calibseg::commands::eval::{self, EvalOptions};
-use calibseg::commands::loss::{LossFileOptions, LossKind};
+use calibseg::commands::loss::LossFileOptions;
 use calibseg::io::nifti;
 use calibseg::io::output::{OutputDir, MANIFEST};
 use calibseg::io::safetensors::{self as st, HostTensor, TensorFile};
-use calibseg::loss::{AceLoss, Binning, Labels};
+use calibseg::loss::{AceLoss, Binning, Labels, LossKind};
 use calibseg::metrics;
 use calibseg::{Error, Tensor};
 use proptest::prelude::*;

@@ -13,8 +13,9 @@ use std::sync::atomic::AtomicBool;
 
 use calibseg::commands::train::{train_in_folder, RunOptions, LOCK_FILE};
 use calibseg::data::{SyntheticConfig, SyntheticDataset};
+use calibseg::loss::PaperLoss;
 use calibseg::nn::{Network, SegResNetDs, SegResNetDsConfig};
-use calibseg::train::{newest_complete_checkpoint, LossName, TrainConfig, Trainer};
+use calibseg::train::{newest_complete_checkpoint, TrainConfig, Trainer};
 use calibseg::Error;
 use common::gpu;
 use proptest::prelude::*;
@@ -92,7 +93,7 @@ fn huge_sizes_in_a_training_configuration_are_refused_before_anything_is_allocat
 fn sizes_over_the_device_buffer_limit_are_refused_before_training() {
     let Some(gpu) = gpu() else { return };
     let limit = gpu.limits().max_buffer_size;
-    let mut c = tiny(LossName::Baseline);
+    let mut c = tiny(PaperLoss::Baseline);
     // A batch whose first activation (batch x init_filters x patch voxels, f32) is over the limit.
     c.batch = (limit / (4 * 4 * 16 * 16 * 16) + 1).min(1 << 20) as usize;
     if (c.batch as u64) * 4 * 4 * 4096 <= limit {
@@ -213,7 +214,7 @@ fn label_noise_radius_is_bounded_by_the_volume() {
 #[test]
 fn a_run_stopped_before_its_first_checkpoint_leaves_nothing_that_looks_resumable() {
     let Some(gpu) = gpu() else { return };
-    let config = tiny(LossName::Baseline);
+    let config = tiny(PaperLoss::Baseline);
     let stop = AtomicBool::new(true);
     // A folder the run creates is removed again; an empty folder given stays empty.
     for existed in [false, true] {
@@ -283,7 +284,7 @@ fn a_run_stopped_before_its_first_checkpoint_leaves_nothing_that_looks_resumable
 #[test]
 fn a_second_run_into_a_folder_in_use_refuses_and_a_stale_lock_does_not_block() {
     let Some(gpu) = gpu() else { return };
-    let config = tiny(LossName::Baseline);
+    let config = tiny(PaperLoss::Baseline);
     let stop = AtomicBool::new(true);
     let out = temp_dir("locked");
     std::fs::create_dir_all(&out).unwrap();
@@ -322,7 +323,7 @@ fn a_second_run_into_a_folder_in_use_refuses_and_a_stale_lock_does_not_block() {
 #[test]
 fn resume_continues_from_the_newest_complete_checkpoint_after_a_kill_between_its_files() {
     let Some(gpu) = gpu() else { return };
-    let config = tiny(LossName::Baseline);
+    let config = tiny(PaperLoss::Baseline);
     // Uninterrupted: 4 steps, checkpoints at 2 and 4.
     let full = temp_dir("pair-full");
     std::fs::create_dir_all(&full).unwrap();
@@ -383,7 +384,7 @@ fn resume_continues_from_the_newest_complete_checkpoint_after_a_kill_between_its
 #[test]
 fn a_foreign_file_in_eval_is_refused_before_training_with_what_to_do() {
     let Some(gpu) = gpu() else { return };
-    let config = tiny(LossName::Baseline);
+    let config = tiny(PaperLoss::Baseline);
     let out = temp_dir("eval-foreign");
     let mut two = config.clone();
     two.steps = 2;
@@ -411,7 +412,7 @@ fn a_foreign_file_in_eval_is_refused_before_training_with_what_to_do() {
 #[test]
 fn an_input_without_images_is_named_so() {
     let Some(gpu) = gpu() else { return };
-    let net = SegResNetDs::new(&gpu, tiny(LossName::Baseline).model, 0).unwrap();
+    let net = SegResNetDs::new(&gpu, tiny(PaperLoss::Baseline).model, 0).unwrap();
     let e = net
         .check_input(&[0, 1, 16, 16, 16])
         .unwrap_err()

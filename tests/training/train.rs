@@ -8,15 +8,13 @@ use std::path::PathBuf;
 use calibseg::autograd::{Tape, Var};
 use calibseg::commands::eval::{merge, MergeOptions};
 use calibseg::commands::train::{train_in_folder, RunOptions};
-use calibseg::loss::{Binning, Labels};
+use calibseg::loss::{Binning, Labels, PaperLoss};
 use calibseg::nn::{AdamW, AdamWConfig, Mode, Network, SegResNetDs};
-use calibseg::train::{
-    log_csv, parse_log_csv, train_step, LossName, TrainConfig, TrainLoss, Trainer,
-};
+use calibseg::train::{log_csv, parse_log_csv, train_step, TrainConfig, TrainLoss, Trainer};
 use calibseg::Tensor;
 use common::gpu;
 
-pub(crate) fn tiny(loss: LossName) -> TrainConfig {
+pub(crate) fn tiny(loss: PaperLoss) -> TrainConfig {
     let mut c = TrainConfig::from_toml(
         r#"
         steps = 4
@@ -62,7 +60,7 @@ fn weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn every_loss_decreases_on_a_fixed_batch() {
     let Some(gpu) = gpu() else { return };
-    let config = tiny(LossName::Baseline);
+    let config = tiny(PaperLoss::Baseline);
     let data = calibseg::data::SyntheticDataset::new(config.data.clone(), 1).unwrap();
     let b = data.full_batch(&[0]).unwrap();
     let x = Tensor::from_f32(&gpu, &b.shape, &b.image).unwrap();
@@ -104,7 +102,7 @@ fn every_loss_decreases_on_a_fixed_batch() {
 #[test]
 fn resuming_continues_bit_for_bit_and_checkpoints_reload_to_the_same_outputs() {
     let Some(gpu) = gpu() else { return };
-    let config = tiny(LossName::Soft);
+    let config = tiny(PaperLoss::Soft);
     // Uninterrupted: 4 steps; `last` written at step 2 and 4.
     let full = temp_dir("full");
     std::fs::create_dir_all(&full).unwrap();
@@ -184,7 +182,7 @@ fn resuming_continues_bit_for_bit_and_checkpoints_reload_to_the_same_outputs() {
 #[test]
 fn a_run_writes_its_folder_the_same_seed_repeats_it_and_other_seeds_merge() {
     let Some(gpu) = gpu() else { return };
-    let config = tiny(LossName::Hard);
+    let config = tiny(PaperLoss::Hard);
     let mut logs = Vec::new();
     let mut summaries = Vec::new();
     for run in 0..2 {
@@ -326,6 +324,55 @@ fn configurations_are_checked_and_round_trip() {
         let e = r.expect_err(toml).to_string();
         assert!(e.contains(what), "{toml}: {e}");
     }
-    assert_eq!("soft".parse::<LossName>().unwrap(), LossName::Soft);
-    assert!("medium".parse::<LossName>().is_err());
+    assert_eq!("soft".parse::<PaperLoss>().unwrap(), PaperLoss::Soft);
+    assert!("medium".parse::<PaperLoss>().is_err());
+}
+
+#[test]
+fn config_loss_takes_every_training_loss_spelling_and_names_the_choices() {
+    for (text, loss, binning) in [
+        ("baseline", PaperLoss::Baseline, None),
+        ("hard", PaperLoss::Hard, Some(Binning::Hard)),
+        ("soft", PaperLoss::Soft, Some(Binning::Soft)),
+        ("Soft", PaperLoss::Soft, Some(Binning::Soft)),
+    ] {
+        let c = TrainConfig::from_toml(&format!("loss = \"{text}\"")).unwrap();
+        assert_eq!(c.loss, loss, "{text}");
+        // Written back under its one name, as runs have always written it.
+        let written = c.to_toml().unwrap();
+        assert!(
+            written.contains(&format!("loss = \"{}\"", loss.name())),
+            "{written}"
+        );
+        match (c.train_loss(), binning) {
+            (
+                TrainLoss::Baseline {
+                    lambda_dice,
+                    lambda_ce,
+                },
+                None,
+            ) => {
+                assert_eq!((lambda_dice, lambda_ce), (1.0, 1.0));
+            }
+            (
+                TrainLoss::Ace {
+                    binning: b,
+                    lambda_ace,
+                    ..
+                },
+                Some(want),
+            ) => {
+                assert_eq!((b, lambda_ace), (want, 0.33));
+            }
+            (other, _) => panic!("{text}: {other:?}"),
+        }
+    }
+    let e = TrainConfig::from_toml("loss = \"medium\"")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("loss 'medium': expected baseline, hard or soft"),
+        "{e}"
+    );
 }
