@@ -15,6 +15,9 @@
 //! ```
 #![warn(missing_docs)]
 
+#[macro_use]
+mod macros;
+
 pub mod autograd;
 pub mod bench;
 pub mod binning;

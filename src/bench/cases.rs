@@ -106,7 +106,7 @@ fn softmax(cases: &mut Vec<Case>) {
 fn loss_case(
     name: &'static str,
     family: &'static str,
-    step: fn(&Tensor, &Labels) -> Result<()>,
+    step: impl Fn(&Tensor, &Labels) -> Result<()> + Copy + 'static,
 ) -> Case {
     Case::new(name, family, move |gpu, scale| {
         let shape = segmentation_shape(scale);
@@ -130,25 +130,23 @@ fn losses(cases: &mut Vec<Case>) {
     cases.push(loss_case("dice_ce_fwd_bwd", "dice_ce", |x, y| {
         DiceCeLoss::default().forward(x, y)?.backward().map(drop)
     }));
-    cases.push(loss_case(
-        "ace_dice_ce_hard_fwd_bwd",
-        "ace_dice_ce",
-        |x, y| {
-            AceDiceCeLoss::new(Binning::Hard)
+    let combined = |binning| {
+        move |x: &Tensor, y: &Labels| -> Result<()> {
+            AceDiceCeLoss::new(binning)
                 .forward(x, y)?
                 .backward()
                 .map(drop)
-        },
+        }
+    };
+    cases.push(loss_case(
+        "ace_dice_ce_hard_fwd_bwd",
+        "ace_dice_ce",
+        combined(Binning::Hard),
     ));
     cases.push(loss_case(
         "ace_dice_ce_soft_fwd_bwd",
         "ace_dice_ce",
-        |x, y| {
-            AceDiceCeLoss::new(Binning::Soft)
-                .forward(x, y)?
-                .backward()
-                .map(drop)
-        },
+        combined(Binning::Soft),
     ));
 }
 
@@ -278,46 +276,30 @@ impl ConvData {
     }
 }
 
+/// One pass of a convolution case.
+type ConvPass = fn(&ConvData) -> Result<()>;
+
 fn convolutions(cases: &mut Vec<Case>) {
+    let passes: [(&str, ConvPass); 3] = [
+        ("fwd", ConvData::forward),
+        ("bwd_data", ConvData::backward_data),
+        ("bwd_weight", ConvData::backward_weight),
+    ];
     for i in 0..4 {
         let tag = conv_specs(Scale::Quick)[i].tag;
-        cases.push(Case::new(
-            format!("conv3d_fwd_{tag}"),
-            "conv3d",
-            move |gpu, scale| {
-                let d = ConvData::new(gpu, conv_specs(scale)[i])?;
-                // Read x and w, write y.
-                let bytes = F32 * (d.x.numel() + d.w.numel() + numel(&d.y_shape)) as f64;
-                let work = Work::bytes_and_flops(bytes, d.flops);
-                Ok(Prepared::described(d.describe(), work, move || d.forward()))
-            },
-        ));
-        cases.push(Case::new(
-            format!("conv3d_bwd_data_{tag}"),
-            "conv3d",
-            move |gpu, scale| {
-                let d = ConvData::new(gpu, conv_specs(scale)[i])?;
-                // Read dy and w, write dx.
-                let bytes = F32 * (d.dy.numel() + d.w.numel() + d.x.numel()) as f64;
-                let work = Work::bytes_and_flops(bytes, d.flops);
-                Ok(Prepared::described(d.describe(), work, move || {
-                    d.backward_data()
-                }))
-            },
-        ));
-        cases.push(Case::new(
-            format!("conv3d_bwd_weight_{tag}"),
-            "conv3d",
-            move |gpu, scale| {
-                let d = ConvData::new(gpu, conv_specs(scale)[i])?;
-                // Read x and dy, write dw.
-                let bytes = F32 * (d.x.numel() + d.dy.numel() + d.w.numel()) as f64;
-                let work = Work::bytes_and_flops(bytes, d.flops);
-                Ok(Prepared::described(d.describe(), work, move || {
-                    d.backward_weight()
-                }))
-            },
-        ));
+        for (pass, run) in passes {
+            cases.push(Case::new(
+                format!("conv3d_{pass}_{tag}"),
+                "conv3d",
+                move |gpu, scale| {
+                    let d = ConvData::new(gpu, conv_specs(scale)[i])?;
+                    // Each pass reads two of x, w and y (dy) and writes the third.
+                    let bytes = F32 * (d.x.numel() + d.w.numel() + numel(&d.y_shape)) as f64;
+                    let work = Work::bytes_and_flops(bytes, d.flops);
+                    Ok(Prepared::described(d.describe(), work, move || run(&d)))
+                },
+            ));
+        }
     }
 }
 
@@ -452,7 +434,12 @@ fn segresnetds_forward_work(net: &crate::nn::SegResNetDs, batch: usize, size: us
 }
 
 fn networks(cases: &mut Vec<Case>) {
-    fn input(gpu: &Gpu, scale: Scale) -> Result<(Tensor, Labels, usize, usize)> {
+    /// The bench network, an input batch with labels, and the forward's (flops, bytes) on it.
+    fn prepare(
+        gpu: &Gpu,
+        scale: Scale,
+    ) -> Result<(crate::nn::SegResNetDs, Tensor, Labels, (f64, f64))> {
+        let net = bench_network(gpu, scale)?;
         let (b, s) = match scale {
             Scale::Quick => (1, 16),
             Scale::Full => (2, 32),
@@ -461,16 +448,15 @@ fn networks(cases: &mut Vec<Case>) {
         let x = Tensor::from_f32(gpu, &shape, &values(numel(&shape), 11, 2.0))?;
         let y: Vec<i32> = class_indices(numel(&shape), 4, 12);
         let labels = Labels::from_indices(gpu, &shape, &y, 4)?;
-        Ok((x, labels, b, s))
+        let work = segresnetds_forward_work(&net, b, s);
+        Ok((net, x, labels, work))
     }
     cases.push(Case::new(
         "segresnetds_train_step",
         "segresnetds",
         |gpu, scale| {
-            let net = bench_network(gpu, scale)?;
-            let (x, labels, b, s) = input(gpu, scale)?;
             // Forward + input and weight gradients: three times the forward's convolution work.
-            let (flops, bytes) = segresnetds_forward_work(&net, b, s);
+            let (net, x, labels, (flops, bytes)) = prepare(gpu, scale)?;
             let mut opt = crate::nn::AdamW::new(crate::nn::AdamWConfig {
                 lr: 1e-4,
                 weight_decay: 1e-5,
@@ -489,9 +475,7 @@ fn networks(cases: &mut Vec<Case>) {
         "segresnetds",
         |gpu, scale| {
             use crate::nn::Network;
-            let net = bench_network(gpu, scale)?;
-            let (x, _, b, s) = input(gpu, scale)?;
-            let (flops, bytes) = segresnetds_forward_work(&net, b, s);
+            let (net, x, _, (flops, bytes)) = prepare(gpu, scale)?;
             let shape = x.shape().to_vec();
             Ok(Prepared::new(
                 &shape,

@@ -301,16 +301,12 @@ impl Report {
             .results
             .iter()
             .map(|r| r.name.len())
-            .chain([6])
-            .max()
-            .unwrap_or(6);
+            .fold(6, usize::max);
         let shape_w = self
             .results
             .iter()
             .map(|r| r.shape.len())
-            .chain([5])
-            .max()
-            .unwrap_or(5);
+            .fold(5, usize::max);
         let _ = writeln!(
             out,
             "{:<name_w$}  {:<shape_w$}  {:>10}  {:>10}  {:>8}  {:>9}  {:>8}  bound",
@@ -369,18 +365,8 @@ pub fn compare(reports: &[Report]) -> String {
             }
         }
     }
-    let name_w = names
-        .iter()
-        .map(|(n, _)| n.len())
-        .chain([16])
-        .max()
-        .unwrap_or(16);
-    let shape_w = names
-        .iter()
-        .map(|(_, s)| s.len())
-        .chain([5])
-        .max()
-        .unwrap_or(5);
+    let name_w = names.iter().map(|(n, _)| n.len()).fold(16, usize::max);
+    let shape_w = names.iter().map(|(_, s)| s.len()).fold(5, usize::max);
     let head_w = name_w + 2 + shape_w;
     let _ = write!(out, "{:<head_w$}", "roofline");
     for l in &labels {

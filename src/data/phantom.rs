@@ -204,6 +204,14 @@ pub(crate) fn generate(config: &SyntheticConfig, seed: u64, index: u64) -> Volum
             level * config.contrast + config.intensity_jitter * rng.normal() as f32
         };
         let mut current = Vec::new();
+        // An ellipsoid of this class with a random rotation and intensity, painted and kept for nesting.
+        let mut place = |centre: [f32; 3], radii: [f32; 3], rng: &mut DataRng| {
+            let rot = random_rotation(rng);
+            let e = Ellipsoid { centre, radii, rot };
+            let v = value(rng);
+            paint_ellipsoid(&e, shape, class as u8, v, &mut labels, &mut base);
+            current.push(e);
+        };
         match kind(class) {
             Kind::Blob => {
                 let (count, lo, hi, margin) = if class == 1 {
@@ -214,11 +222,7 @@ pub(crate) fn generate(config: &SyntheticConfig, seed: u64, index: u64) -> Volum
                 for _ in 0..count {
                     let centre = dims.map(|n| n * rng.range(margin, 1.0 - margin) as f32);
                     let radii = [0; 3].map(|_| s * rng.range(lo, hi) as f32);
-                    let rot = random_rotation(&mut rng);
-                    let e = Ellipsoid { centre, radii, rot };
-                    let v = value(&mut rng);
-                    paint_ellipsoid(&e, shape, class as u8, v, &mut labels, &mut base);
-                    current.push(e);
+                    place(centre, radii, &mut rng);
                 }
             }
             Kind::Nested => {
@@ -229,11 +233,7 @@ pub(crate) fn generate(config: &SyntheticConfig, seed: u64, index: u64) -> Volum
                     for (i, c) in centre.iter_mut().enumerate() {
                         *c += (0..3).map(|k| parent.rot[i][k] * off[k]).sum::<f32>();
                     }
-                    let rot = random_rotation(&mut rng);
-                    let e = Ellipsoid { centre, radii, rot };
-                    let v = value(&mut rng);
-                    paint_ellipsoid(&e, shape, class as u8, v, &mut labels, &mut base);
-                    current.push(e);
+                    place(centre, radii, &mut rng);
                 }
             }
             Kind::Tube => {

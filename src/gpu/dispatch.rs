@@ -206,6 +206,33 @@ impl Gpu {
         }
     }
 
+    /// Blocks until submission `index` has run on the device (a device loss is an error).
+    fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map(drop)
+            .map_err(|e| Error::DeviceLost(e.to_string()))
+    }
+
+    /// One dispatch of `kernel` over `groups` workgroups as a batch of its own named `label`, submitted
+    /// (or appended to the open batching scope).
+    pub fn dispatch_alone(
+        &self,
+        label: impl Into<String>,
+        kernel: &Kernel,
+        params: &[u8],
+        args: &[Arg<'_>],
+        groups: u32,
+    ) -> Result<()> {
+        let mut b = self.batch(label);
+        b.dispatch(kernel, params, args, groups)?;
+        b.submit()
+    }
+
     /// Opens a batching scope (nestable, device-wide: batches from every thread join it): until the
     /// returned guard ends, every batch on this device is appended to one pending submission (flushed
     /// after [`FLUSH_DISPATCHES`] dispatches, and before any read-back or host write into a tensor the
@@ -377,13 +404,7 @@ impl Gpu {
         self.submitted();
         let index = result?;
         if wait {
-            self.inner
-                .device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: Some(index),
-                    timeout: None,
-                })
-                .map_err(|e| Error::DeviceLost(e.to_string()))?;
+            self.wait_for(index)?;
         }
         self.take_escaped()
     }
@@ -735,13 +756,7 @@ impl Batch<'_> {
         let index = gpu.encode_and_submit(&commands, None, &label);
         drop(order);
         let index = index?;
-        gpu.inner
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: None,
-            })
-            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        gpu.wait_for(index)?;
         let took = start.elapsed();
         let mut p = gpu.inner.profile.lock().unwrap_or_else(|p| p.into_inner());
         let e = p.entry(label.clone()).or_insert_with(|| ProfileEntry {

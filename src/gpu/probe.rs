@@ -42,19 +42,13 @@ pub fn record_copy(
     dst: &Tensor,
     bytes: u64,
 ) -> Result<()> {
-    let gpu = batch.gpu().clone();
-    let kernel = gpu.kernel(&shaders::PROBE, "", "copy_vec4", &[])?;
-    let n = (bytes / 16) as u32;
-    let p = Params {
-        n,
-        iters: 0,
-        _pad: [0; 2],
-    };
-    batch.dispatch(
-        &kernel,
-        bytemuck::bytes_of(&p),
-        &[Arg::window(src, 0, bytes), Arg::window(dst, 0, bytes)],
-        n.div_ceil(WORKGROUP_SIZE),
+    record_vec4(
+        batch,
+        "copy_vec4",
+        src,
+        Arg::window(dst, 0, bytes),
+        bytes,
+        0,
     )
 }
 
@@ -66,19 +60,40 @@ pub fn record_read(
     scratch: &Tensor,
     bytes: u64,
 ) -> Result<()> {
+    // A sum of four lanes the probe data (zeros, small values) never reaches.
+    let sentinel = (-1.234_567e30f32).to_bits();
+    record_vec4(
+        batch,
+        "read_vec4",
+        src,
+        Arg::whole(scratch),
+        bytes,
+        sentinel,
+    )
+}
+
+/// Records the probe kernel `entry` over the first `bytes` bytes of `src`, one vec4 per invocation, with
+/// `second` bound after it and `iters` in the params.
+fn record_vec4(
+    batch: &mut super::Batch<'_>,
+    entry: &'static str,
+    src: &Tensor,
+    second: Arg<'_>,
+    bytes: u64,
+    iters: u32,
+) -> Result<()> {
     let gpu = batch.gpu().clone();
-    let kernel = gpu.kernel(&shaders::PROBE, "", "read_vec4", &[])?;
+    let kernel = gpu.kernel(&shaders::PROBE, "", entry, &[])?;
     let n = (bytes / 16) as u32;
     let p = Params {
         n,
-        // A sum of four lanes the probe data (zeros, small values) never reaches.
-        iters: (-1.234_567e30f32).to_bits(),
+        iters,
         _pad: [0; 2],
     };
     batch.dispatch(
         &kernel,
         bytemuck::bytes_of(&p),
-        &[Arg::window(src, 0, bytes), Arg::whole(scratch)],
+        &[Arg::window(src, 0, bytes), second],
         n.div_ceil(WORKGROUP_SIZE),
     )
 }

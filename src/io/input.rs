@@ -20,10 +20,17 @@ fn io_err(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
-/// What a non-regular file is, for messages.
-fn kind_of(t: std::fs::FileType) -> &'static str {
+/// What kind of file system entry `t` is, for messages (a symbolic link only where the type was read
+/// without following links).
+pub(crate) fn kind_of(t: std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        return "a symbolic link";
+    }
     if t.is_dir() {
         return "a folder";
+    }
+    if t.is_file() {
+        return "a regular file";
     }
     #[cfg(unix)]
     {

@@ -50,32 +50,9 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
     out_err(path, format!("{what}: {e}"))
 }
 
-/// What kind of file system entry stands at a path (without following a symbolic link).
+/// What kind of file system entry stands at a path (its metadata read without following a symbolic link).
 fn kind_of(meta: &fs::Metadata) -> &'static str {
-    let t = meta.file_type();
-    if t.is_symlink() {
-        return "a symbolic link";
-    }
-    if t.is_dir() {
-        return "a folder";
-    }
-    if t.is_file() {
-        return "a regular file";
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO (named pipe)";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-        if t.is_block_device() || t.is_char_device() {
-            return "a device";
-        }
-    }
-    "not a regular file"
+    super::input::kind_of(meta.file_type())
 }
 
 /// Error unless `path` is absent or a regular file (the only things a file output may replace).

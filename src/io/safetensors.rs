@@ -157,21 +157,13 @@ impl TensorFile {
     pub fn integers(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let (dtype, shape, data) = self.view(name)?;
         let v: Vec<i64> = match dtype {
-            Dtype::U8 => data.iter().map(|&b| b as i64).collect(),
-            Dtype::I8 => data.iter().map(|&b| b as i8 as i64).collect(),
-            Dtype::I16 => le_chunks::<2>(&data)
-                .map(|b| i16::from_le_bytes(b) as i64)
-                .collect(),
-            Dtype::U16 => le_chunks::<2>(&data)
-                .map(|b| u16::from_le_bytes(b) as i64)
-                .collect(),
-            Dtype::I32 => le_chunks::<4>(&data)
-                .map(|b| i32::from_le_bytes(b) as i64)
-                .collect(),
-            Dtype::U32 => le_chunks::<4>(&data)
-                .map(|b| u32::from_le_bytes(b) as i64)
-                .collect(),
-            Dtype::I64 => le_chunks::<8>(&data).map(i64::from_le_bytes).collect(),
+            Dtype::U8 => widen(&data, u8::from_le_bytes),
+            Dtype::I8 => widen(&data, i8::from_le_bytes),
+            Dtype::I16 => widen(&data, i16::from_le_bytes),
+            Dtype::U16 => widen(&data, u16::from_le_bytes),
+            Dtype::I32 => widen(&data, i32::from_le_bytes),
+            Dtype::U32 => widen(&data, u32::from_le_bytes),
+            Dtype::I64 => widen(&data, i64::from_le_bytes),
             d => {
                 return Err(format_err(
                     &self.path,
@@ -203,6 +195,11 @@ fn sniff(bytes: &[u8]) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Little-endian integers of `N` bytes each, read by `from_le` and widened to i64.
+fn widen<const N: usize, T: Into<i64>>(data: &[u8], from_le: fn([u8; N]) -> T) -> Vec<i64> {
+    le_chunks::<N>(data).map(|b| from_le(b).into()).collect()
 }
 
 fn le_chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {

@@ -82,46 +82,21 @@ impl AceLoss {
         }
     }
 
-    /// Sets the number of bins.
-    pub fn with_num_bins(mut self, num_bins: usize) -> Self {
-        self.num_bins = num_bins;
-        self
-    }
-
-    /// Keeps or drops the background channel.
-    pub fn with_include_background(mut self, include: bool) -> Self {
-        self.include_background = include;
-        self
-    }
-
-    /// Sets the reduction.
-    pub fn with_reduction(mut self, reduction: Reduction) -> Self {
-        self.reduction = reduction;
-        self
-    }
-
-    /// Sets what the input holds.
-    pub fn with_activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// Sets per-class weights (one per class kept).
-    pub fn with_class_weights(mut self, weights: Vec<f32>) -> Self {
-        self.class_weights = Some(weights);
-        self
-    }
-
-    /// Sets the soft-binning empty-bin threshold.
-    pub fn with_empty_weight(mut self, w: f32) -> Self {
-        self.empty_weight = w;
-        self
-    }
-
-    /// Turns the absent-class masking on or off.
-    pub fn with_ignore_empty_classes(mut self, on: bool) -> Self {
-        self.ignore_empty_classes = on;
-        self
+    setters! {
+        /// Sets the number of bins.
+        with_num_bins(num_bins: usize);
+        /// Keeps or drops the background channel.
+        with_include_background(include_background: bool);
+        /// Sets the reduction.
+        with_reduction(reduction: Reduction);
+        /// Sets what the input holds.
+        with_activation(activation: Activation);
+        /// Sets per-class weights (one per class kept).
+        with_class_weights(class_weights: Vec<f32>) => Some(class_weights);
+        /// Sets the soft-binning empty-bin threshold.
+        with_empty_weight(empty_weight: f32);
+        /// Turns the absent-class masking on or off.
+        with_ignore_empty_classes(ignore_empty_classes: bool);
     }
 
     pub(crate) fn terms(&self, lambda: f32) -> Terms {

@@ -44,10 +44,9 @@ impl Default for DiceLoss {
 }
 
 impl DiceLoss {
-    /// Keeps or drops the background channel.
-    pub fn with_include_background(mut self, include: bool) -> Self {
-        self.include_background = include;
-        self
+    setters! {
+        /// Keeps or drops the background channel.
+        with_include_background(include_background: bool);
     }
 
     /// Computes the loss, keeping what backward needs.

@@ -95,29 +95,18 @@ where
     }
 }
 
-impl Loss for DiceLoss {
-    fn forward(&self, input: &Tensor, labels: &Labels) -> Result<LossOutput> {
-        DiceLoss::forward(self, input, labels)
-    }
+/// [`Loss`] for losses whose own `forward` already returns a [`LossOutput`].
+macro_rules! loss_by_own_forward {
+    ($($loss:ident),+) => {$(
+        impl Loss for $loss {
+            fn forward(&self, input: &Tensor, labels: &Labels) -> Result<LossOutput> {
+                $loss::forward(self, input, labels)
+            }
+        }
+    )+};
 }
 
-impl Loss for CrossEntropyLoss {
-    fn forward(&self, input: &Tensor, labels: &Labels) -> Result<LossOutput> {
-        CrossEntropyLoss::forward(self, input, labels)
-    }
-}
-
-impl Loss for DiceCeLoss {
-    fn forward(&self, input: &Tensor, labels: &Labels) -> Result<LossOutput> {
-        DiceCeLoss::forward(self, input, labels)
-    }
-}
-
-impl Loss for AceDiceCeLoss {
-    fn forward(&self, input: &Tensor, labels: &Labels) -> Result<LossOutput> {
-        AceDiceCeLoss::forward(self, input, labels)
-    }
-}
+loss_by_own_forward!(DiceLoss, CrossEntropyLoss, DiceCeLoss, AceDiceCeLoss);
 
 /// mL1-ACE alone (reduced: `Mean` or `Sum`; [`AceLoss::forward`] also gives the unreduced values).
 impl Loss for AceLoss {

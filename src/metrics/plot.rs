@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{FontDesc, FontFamily, FontStyle};
@@ -184,6 +185,40 @@ fn sci(x: f64) -> String {
     }
 }
 
+/// A panel's chart over the unit square: `title` above, axes described by `(x, y)` with 6 labels each, and
+/// a light grid where `grid`.
+fn unit_square_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    grid: bool,
+) -> std::result::Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String>
+{
+    let mut chart = ChartBuilder::on(area)
+        .margin(8)
+        .caption(title, (FONT, 16))
+        .x_label_area_size(36)
+        .y_label_area_size(46)
+        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+        .map_err(s)?;
+    let mut mesh = chart.configure_mesh();
+    if grid {
+        mesh.light_line_style(TRANSPARENT)
+            .bold_line_style(RGBColor(225, 225, 225));
+    } else {
+        mesh.disable_mesh();
+    }
+    mesh.x_labels(6)
+        .y_labels(6)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 12))
+        .draw()
+        .map_err(s)?;
+    Ok(chart)
+}
+
 /// One reliability panel: gap bars at the bin centres, the frequency tick, the dashed diagonal, the errors.
 fn reliability_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -193,25 +228,15 @@ fn reliability_panel<DB: DrawingBackend>(
     errors: (f64, f64, f64),
 ) -> DrawResult {
     let m = mean_p.len();
-    let mut chart = ChartBuilder::on(area)
-        .margin(8)
-        .caption(title, (FONT, 16))
-        .x_label_area_size(36)
-        .y_label_area_size(46)
-        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-        .map_err(s)?;
-    chart
-        .configure_mesh()
-        .x_labels(6)
-        .y_labels(6)
-        .light_line_style(TRANSPARENT)
-        .bold_line_style(RGBColor(225, 225, 225))
-        .x_desc("Mean predicted foreground probability (per bin)")
-        .y_desc("Mean empirical foreground frequency")
-        .label_style((FONT, 12))
-        .axis_desc_style((FONT, 12))
-        .draw()
-        .map_err(s)?;
+    let mut chart = unit_square_chart(
+        area,
+        title,
+        (
+            "Mean predicted foreground probability (per bin)",
+            "Mean empirical foreground frequency",
+        ),
+        true,
+    )?;
     let w = 1.0 / m as f64;
     // Dashed diagonal y = x.
     let dashes = 40;
@@ -376,24 +401,15 @@ fn heatmap_panel<DB: DrawingBackend>(
     h: &[i64],
     m: usize,
 ) -> DrawResult {
-    let mut chart = ChartBuilder::on(area)
-        .margin(8)
-        .caption(title, (FONT, 16))
-        .x_label_area_size(36)
-        .y_label_area_size(46)
-        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-        .map_err(s)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_labels(6)
-        .y_labels(6)
-        .x_desc("Predicted foreground probability")
-        .y_desc("Empirical foreground frequency")
-        .label_style((FONT, 12))
-        .axis_desc_style((FONT, 12))
-        .draw()
-        .map_err(s)?;
+    let mut chart = unit_square_chart(
+        area,
+        title,
+        (
+            "Predicted foreground probability",
+            "Empirical foreground frequency",
+        ),
+        false,
+    )?;
     let w = 1.0 / m as f64;
     let mut cells = Vec::new();
     for k in 0..m {

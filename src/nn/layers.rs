@@ -36,28 +36,15 @@ impl ConvConfig {
         }
     }
 
-    /// With this stride.
-    pub fn stride(mut self, stride: usize) -> Self {
-        self.stride = stride;
-        self
-    }
-
-    /// With this padding.
-    pub fn padding(mut self, padding: usize) -> Self {
-        self.padding = padding;
-        self
-    }
-
-    /// With this output padding (transposed convolutions).
-    pub fn output_padding(mut self, output_padding: usize) -> Self {
-        self.output_padding = output_padding;
-        self
-    }
-
-    /// With or without a bias.
-    pub fn bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
+    setters! {
+        /// With this stride.
+        stride(stride: usize);
+        /// With this padding.
+        padding(padding: usize);
+        /// With this output padding (transposed convolutions).
+        output_padding(output_padding: usize);
+        /// With or without a bias.
+        bias(bias: bool);
     }
 }
 

@@ -32,10 +32,9 @@ impl WarmupCosineSchedule {
         }
     }
 
-    /// With a warm-up starting at `m x base_lr` (`0 <= m <= 1`).
-    pub fn with_warmup_multiplier(mut self, m: f64) -> Self {
-        self.warmup_multiplier = m.clamp(0.0, 1.0);
-        self
+    setters! {
+        /// With a warm-up starting at `warmup_multiplier x base_lr` (clamped to 0 to 1).
+        with_warmup_multiplier(warmup_multiplier: f64) => warmup_multiplier.clamp(0.0, 1.0);
     }
 
     /// The multiplier of `base_lr` at `step` (MONAI's `lr_lambda`).

@@ -90,46 +90,21 @@ impl SlidingWindowConfig {
         }
     }
 
-    /// Sets the device memory budget in bytes (see [`SlidingWindowConfig::memory_budget`]).
-    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
-        self.memory_budget = Some(bytes);
-        self
-    }
-
-    /// Sets `sw_batch_size`.
-    pub fn with_sw_batch_size(mut self, n: usize) -> Self {
-        self.sw_batch_size = n;
-        self
-    }
-
-    /// Sets one overlap for every axis.
-    pub fn with_overlap(mut self, overlap: f64) -> Self {
-        self.overlap = vec![overlap];
-        self
-    }
-
-    /// Sets the overlap per axis.
-    pub fn with_overlap_per_axis(mut self, overlap: &[f64]) -> Self {
-        self.overlap = overlap.to_vec();
-        self
-    }
-
-    /// Sets the blend mode.
-    pub fn with_mode(mut self, mode: BlendMode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Sets one gaussian sigma scale for every axis.
-    pub fn with_sigma_scale(mut self, sigma_scale: f64) -> Self {
-        self.sigma_scale = vec![sigma_scale];
-        self
-    }
-
-    /// Sets the gaussian sigma scale per axis.
-    pub fn with_sigma_scale_per_axis(mut self, sigma_scale: &[f64]) -> Self {
-        self.sigma_scale = sigma_scale.to_vec();
-        self
+    setters! {
+        /// Sets the device memory budget in bytes (see [`SlidingWindowConfig::memory_budget`]).
+        with_memory_budget(memory_budget: u64) => Some(memory_budget);
+        /// Sets `sw_batch_size`.
+        with_sw_batch_size(sw_batch_size: usize);
+        /// Sets one overlap for every axis.
+        with_overlap(overlap: f64) => vec![overlap];
+        /// Sets the overlap per axis.
+        with_overlap_per_axis(overlap: &[f64]) => overlap.to_vec();
+        /// Sets the blend mode.
+        with_mode(mode: BlendMode);
+        /// Sets one gaussian sigma scale for every axis.
+        with_sigma_scale(sigma_scale: f64) => vec![sigma_scale];
+        /// Sets the gaussian sigma scale per axis.
+        with_sigma_scale_per_axis(sigma_scale: &[f64]) => sigma_scale.to_vec();
     }
 
     /// Checks the options for an input with `dims` spatial axes.

@@ -7,19 +7,19 @@
 //! - tape: `autograd/ops.rs` (`Tape::add`)
 //! - tests: `tests/ops/elementwise.rs`; layout: the unit test in `elementwise.rs`
 
-use super::elementwise::launch;
-use super::{ncv, same_shape};
+use super::elementwise::{binary, launch};
+use super::ncv;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
 /// `a + b` element-wise (same shape, f32).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    a.expect_dtype(DType::F32, "add input")?;
-    b.expect_dtype(DType::F32, "add input")?;
-    same_shape(a, b, "add: inputs differ")?;
-    let out = Tensor::uninit(a.gpu(), a.shape(), DType::F32)?;
-    launch("add", &[a, b, &out], a.numel(), 1, 1)?;
-    Ok(out)
+    binary(
+        "add",
+        (a, "add input"),
+        (b, "add input"),
+        "add: inputs differ",
+    )
 }
 
 /// Adds `bias[c]` to every voxel of channel `c` of `x` (`[N, C, spatial...]`), in place.

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, WORKGROUP_SIZE};
 use crate::shaders;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -45,15 +45,24 @@ pub(crate) fn launch(
         _pad: 0,
     };
     let binds: Vec<Arg<'_>> = args.iter().map(|t| Arg::whole(t)).collect();
-    let mut b = gpu.batch(entry);
-    b.dispatch(
-        &k,
-        bytemuck::bytes_of(&p),
-        &binds,
-        n.div_ceil(WORKGROUP_SIZE as usize) as u32,
-    )?;
-    b.submit()?;
-    Ok(())
+    let groups = n.div_ceil(WORKGROUP_SIZE as usize) as u32;
+    gpu.dispatch_alone(entry, &k, bytemuck::bytes_of(&p), &binds, groups)
+}
+
+/// Runs the binary kernel `entry` on `a` and `b` (f32, named `what_a` and `what_b` in errors, the same shape
+/// or the error `mismatch`) into a new tensor of their shape.
+pub(crate) fn binary(
+    entry: &'static str,
+    (a, what_a): (&Tensor, &str),
+    (b, what_b): (&Tensor, &str),
+    mismatch: &str,
+) -> Result<Tensor> {
+    a.expect_dtype(DType::F32, what_a)?;
+    b.expect_dtype(DType::F32, what_b)?;
+    super::same_shape(a, b, mismatch)?;
+    let out = Tensor::uninit(a.gpu(), a.shape(), DType::F32)?;
+    launch(entry, &[a, b, &out], a.numel(), 1, 1)?;
+    Ok(out)
 }
 
 #[cfg(test)]

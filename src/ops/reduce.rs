@@ -73,20 +73,8 @@ pub(crate) fn row_partials_pair(
         eps,
         _pad: 0,
     };
-    let k = gpu.kernel(&shaders::REDUCE, "", "row_partials_pair", &[])?;
-    batch.dispatch(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(dy),
-            Arg::whole(x),
-            Arg::whole(stats),
-            Arg::whole(&sums),
-            Arg::whole(mask.unwrap_or(dy)),
-            Arg::whole(&products),
-        ],
-        (rows * chunks) as u32,
-    )?;
+    let tensors = [dy, x, stats, &sums, mask.unwrap_or(dy), &products];
+    dispatch(batch, "row_partials_pair", &p, &tensors, rows * chunks)?;
     Ok((sums, products, chunks))
 }
 
@@ -120,12 +108,12 @@ pub(crate) fn row_partials(
         eps: 0.0,
         _pad: 0,
     };
-    let k = gpu.kernel(&shaders::REDUCE, "", "row_partials", &[])?;
-    batch.dispatch(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(a), Arg::whole(stats), Arg::whole(&parts)],
-        (rows * chunks) as u32,
+    dispatch(
+        batch,
+        "row_partials",
+        &p,
+        &[a, stats, &parts],
+        rows * chunks,
     )?;
     Ok((parts, chunks))
 }
@@ -142,7 +130,6 @@ pub(crate) fn row_finish(
     out: &Tensor,
     offset: usize,
 ) -> Result<()> {
-    let gpu = batch.gpu().clone();
     let p = Params {
         rows: rows as u32,
         len: 0,
@@ -153,13 +140,22 @@ pub(crate) fn row_finish(
         eps: scale,
         _pad: 0,
     };
-    let k = gpu.kernel(&shaders::REDUCE, "", "row_finish", &[])?;
-    batch.dispatch(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(parts), Arg::whole(out)],
-        rows.div_ceil(WORKGROUP_SIZE as usize) as u32,
-    )
+    let groups = rows.div_ceil(WORKGROUP_SIZE as usize);
+    dispatch(batch, "row_finish", &p, &[parts, out], groups)
+}
+
+/// Adds the reduction kernel `entry` over `groups` workgroups to `batch`, with the uniform `p` and `tensors`
+/// bound in order.
+fn dispatch(
+    batch: &mut Batch<'_>,
+    entry: &'static str,
+    p: &Params,
+    tensors: &[&Tensor],
+    groups: usize,
+) -> Result<()> {
+    let k = batch.gpu().kernel(&shaders::REDUCE, "", entry, &[])?;
+    let args: Vec<Arg<'_>> = tensors.iter().map(|t| Arg::whole(t)).collect();
+    batch.dispatch(&k, bytemuck::bytes_of(p), &args, groups as u32)
 }
 
 /// `out[e] = sum_{k < splits} parts[k * elems + e]` in split order.
@@ -170,7 +166,6 @@ pub(crate) fn sum_splits(
     elems: usize,
     out: &Tensor,
 ) -> Result<()> {
-    let gpu = batch.gpu().clone();
     let p = Params {
         rows: elems as u32,
         len: splits as u32,
@@ -181,13 +176,8 @@ pub(crate) fn sum_splits(
         eps: 0.0,
         _pad: 0,
     };
-    let k = gpu.kernel(&shaders::REDUCE, "", "sum_splits", &[])?;
-    batch.dispatch(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(parts), Arg::whole(out)],
-        elems.div_ceil(WORKGROUP_SIZE as usize) as u32,
-    )
+    let groups = elems.div_ceil(WORKGROUP_SIZE as usize);
+    dispatch(batch, "sum_splits", &p, &[parts, out], groups)
 }
 
 /// Sum of `x` (`[N, C, spatial...]`) over images and voxels: `[C]` (a convolution's bias gradient).

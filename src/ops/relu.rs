@@ -5,8 +5,7 @@
 //! - tape: `autograd/ops.rs` (`Tape::relu`); fused after a norm: `norm.rs` (`group_norm_relu`)
 //! - tests: `tests/ops/elementwise.rs`
 
-use super::elementwise::launch;
-use super::same_shape;
+use super::elementwise::{binary, launch};
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
@@ -20,10 +19,10 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 
 /// Input gradient of [`relu`] from its output `y` and the output gradient `dy`: `dy` where `y > 0`, else 0.
 pub fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    y.expect_dtype(DType::F32, "relu output")?;
-    dy.expect_dtype(DType::F32, "relu output gradient")?;
-    same_shape(y, dy, "relu backward: output and gradient differ")?;
-    let out = Tensor::uninit(y.gpu(), y.shape(), DType::F32)?;
-    launch("relu_backward", &[y, dy, &out], y.numel(), 1, 1)?;
-    Ok(out)
+    binary(
+        "relu_backward",
+        (y, "relu output"),
+        (dy, "relu output gradient"),
+        "relu backward: output and gradient differ",
+    )
 }

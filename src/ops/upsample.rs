@@ -89,15 +89,15 @@ fn launch(entry: &'static str, src: &Tensor, dst: &Tensor, p: &Params, n: usize)
     }
     let gpu = src.gpu();
     let k = gpu.kernel(&shaders::UPSAMPLE, "", entry, &[])?;
-    let mut b = gpu.batch(format!("upsample {entry}"));
-    b.dispatch(
+    let args = [Arg::whole(src), Arg::whole(dst)];
+    let groups = n.div_ceil(WORKGROUP_SIZE as usize) as u32;
+    gpu.dispatch_alone(
+        format!("upsample {entry}"),
         &k,
         bytemuck::bytes_of(p),
-        &[Arg::whole(src), Arg::whole(dst)],
-        n.div_ceil(WORKGROUP_SIZE as usize) as u32,
-    )?;
-    b.submit()?;
-    Ok(())
+        &args,
+        groups,
+    )
 }
 
 #[cfg(test)]
