@@ -243,60 +243,57 @@ impl ConvData {
         )
     }
 
-    fn forward(&self) -> Result<()> {
-        let (s, p) = ([self.spec.stride], [self.spec.pad]);
-        match self.spec.transposed {
-            None => ops::conv(&self.x, &self.w, None, &s, &p).map(drop),
-            Some(op) => ops::conv_transpose(&self.x, &self.w, None, &s, &p, &[op]).map(drop),
-        }
-    }
-
-    /// Gradient with respect to the input.
-    fn backward_data(&self) -> Result<()> {
+    /// Runs one pass: the forward, or the gradient with respect to the input or to the weight.
+    fn run(&self, pass: ConvPass) -> Result<()> {
         let (s, p) = ([self.spec.stride], [self.spec.pad]);
         let (x, w, dy) = (&self.x, &self.w, &self.dy);
-        match self.spec.transposed {
-            None => ops::conv_backward_data(dy, w, x.shape(), &s, &p).map(drop),
-            Some(op) => {
+        match (pass, self.spec.transposed) {
+            (ConvPass::Forward, None) => ops::conv(x, w, None, &s, &p).map(drop),
+            (ConvPass::Forward, Some(op)) => {
+                ops::conv_transpose(x, w, None, &s, &p, &[op]).map(drop)
+            }
+            (ConvPass::BackwardData, None) => {
+                ops::conv_backward_data(dy, w, x.shape(), &s, &p).map(drop)
+            }
+            (ConvPass::BackwardData, Some(op)) => {
                 ops::conv_transpose_backward_data(dy, w, x.shape(), &s, &p, &[op]).map(drop)
             }
-        }
-    }
-
-    /// Gradient with respect to the weight.
-    fn backward_weight(&self) -> Result<()> {
-        let (s, p) = ([self.spec.stride], [self.spec.pad]);
-        let (x, w, dy) = (&self.x, &self.w, &self.dy);
-        match self.spec.transposed {
-            None => ops::conv_backward_weight(x, dy, w.shape(), &s, &p).map(drop),
-            Some(op) => {
+            (ConvPass::BackwardWeight, None) => {
+                ops::conv_backward_weight(x, dy, w.shape(), &s, &p).map(drop)
+            }
+            (ConvPass::BackwardWeight, Some(op)) => {
                 ops::conv_transpose_backward_weight(x, dy, w.shape(), &s, &p, &[op]).map(drop)
             }
         }
     }
 }
 
-/// One pass of a convolution case.
-type ConvPass = fn(&ConvData) -> Result<()>;
+/// The passes of a convolution case, as the case names spell them.
+#[derive(Clone, Copy)]
+enum ConvPass {
+    Forward,
+    BackwardData,
+    BackwardWeight,
+}
 
 fn convolutions(cases: &mut Vec<Case>) {
-    let passes: [(&str, ConvPass); 3] = [
-        ("fwd", ConvData::forward),
-        ("bwd_data", ConvData::backward_data),
-        ("bwd_weight", ConvData::backward_weight),
+    let passes = [
+        ("fwd", ConvPass::Forward),
+        ("bwd_data", ConvPass::BackwardData),
+        ("bwd_weight", ConvPass::BackwardWeight),
     ];
     for i in 0..4 {
         let tag = conv_specs(Scale::Quick)[i].tag;
-        for (pass, run) in passes {
+        for (name, pass) in passes {
             cases.push(Case::new(
-                format!("conv3d_{pass}_{tag}"),
+                format!("conv3d_{name}_{tag}"),
                 "conv3d",
                 move |gpu, scale| {
                     let d = ConvData::new(gpu, conv_specs(scale)[i])?;
                     // Each pass reads two of x, w and y (dy) and writes the third.
                     let bytes = F32 * (d.x.numel() + d.w.numel() + numel(&d.y_shape)) as f64;
                     let work = Work::bytes_and_flops(bytes, d.flops);
-                    Ok(Prepared::described(d.describe(), work, move || run(&d)))
+                    Ok(Prepared::described(d.describe(), work, move || d.run(pass)))
                 },
             ));
         }

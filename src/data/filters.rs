@@ -26,42 +26,64 @@ pub(crate) fn blur3(data: &mut Vec<f32>, shape: [usize; 3], kernel: &[f32]) {
 
 /// One axis of [`blur3`]: `dst = src * kernel` along `axis` (0 = D, 1 = H, 2 = W).
 fn blur_axis(src: &[f32], dst: &mut [f32], shape: [usize; 3], axis: usize, kernel: &[f32]) {
-    let [d, h, w] = shape;
+    let w = shape[2];
     let r = (kernel.len() / 2) as i64;
     if axis == 2 {
         // Each row padded by replication, then one vectorisable pass per tap.
-        let r = r as usize;
-        let mut pad = vec![0f32; w + 2 * r];
-        for (row_in, row_out) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
-            pad[..r].fill(row_in[0]);
-            pad[r..r + w].copy_from_slice(row_in);
-            pad[r + w..].fill(row_in[w - 1]);
+        padded_rows(src, dst, w, r as usize, |pad, _, row_out| {
             row_out.fill(0.0);
             for (k, &kv) in kernel.iter().enumerate() {
                 for (o, &p) in row_out.iter_mut().zip(&pad[k..k + w]) {
                     *o += kv * p;
                 }
             }
-        }
+        });
         return;
     }
     // D or H: whole rows of W at a time (contiguous inner loops).
-    let (outer, n, stride) = if axis == 1 { (d, h, w) } else { (1, d, h * w) };
-    let plane = n * stride;
-    for o in 0..outer {
-        let base = o * plane;
-        for i in 0..n {
-            let out = &mut dst[base + i * stride..base + (i + 1) * stride];
-            out.iter_mut().for_each(|v| *v = 0.0);
-            for (k, &kv) in kernel.iter().enumerate() {
-                let j = (i as i64 + k as i64 - r).clamp(0, n as i64 - 1) as usize;
-                let inp = &src[base + j * stride..base + (j + 1) * stride];
-                for (a, &b) in out.iter_mut().zip(inp) {
-                    *a += kv * b;
-                }
+    let (n, stride, rows) = axis_rows(shape, axis);
+    for (base, i) in rows {
+        let out = &mut dst[base + i * stride..base + (i + 1) * stride];
+        out.iter_mut().for_each(|v| *v = 0.0);
+        for (k, &kv) in kernel.iter().enumerate() {
+            let j = (i as i64 + k as i64 - r).clamp(0, n as i64 - 1) as usize;
+            let inp = &src[base + j * stride..base + (j + 1) * stride];
+            for (a, &b) in out.iter_mut().zip(inp) {
+                *a += kv * b;
             }
         }
     }
+}
+
+/// Along W: each row of `src` padded by `radius` replicated values at both ends, handed to `f` with the
+/// row itself and its output row in `dst`.
+fn padded_rows<T: Copy + Default>(
+    src: &[T],
+    dst: &mut [T],
+    w: usize,
+    radius: usize,
+    mut f: impl FnMut(&[T], &[T], &mut [T]),
+) {
+    let mut pad = vec![T::default(); w + 2 * radius];
+    for (row_in, row_out) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
+        pad[..radius].fill(row_in[0]);
+        pad[radius..radius + w].copy_from_slice(row_in);
+        pad[radius + w..].fill(row_in[w - 1]);
+        f(&pad, row_in, row_out);
+    }
+}
+
+/// Along D (axis 0) or H (axis 1) of `shape`: the rows of W values as `(n, stride, rows)`, where each
+/// `(base, i)` of `rows` is row `i` of the `n` along the axis in the block starting at `base`, rows
+/// `stride` apart.
+fn axis_rows(
+    shape: [usize; 3],
+    axis: usize,
+) -> (usize, usize, impl Iterator<Item = (usize, usize)>) {
+    let [d, h, w] = shape;
+    let (outer, n, stride) = if axis == 1 { (d, h, w) } else { (1, d, h * w) };
+    let rows = (0..outer).flat_map(move |o| (0..n).map(move |i| (o * n * stride, i)));
+    (n, stride, rows)
 }
 
 /// Cubic B-spline weights and first lattice index for each of `n` output positions, lattice spacing
@@ -183,38 +205,30 @@ fn extreme_axis<F: Fn(u8, u8) -> u8>(
     radius: usize,
     op: F,
 ) {
-    let [d, h, w] = shape;
+    let w = shape[2];
     // A window reaching past both ends of the axis covers all of it: the cost stays bounded by the axis.
     let radius = radius.min(shape[axis].saturating_sub(1));
     if axis == 2 {
         // Replicate padding leaves a min / max unchanged.
-        let mut pad = vec![0u8; w + 2 * radius];
-        for (row_in, row_out) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
-            pad[..radius].fill(row_in[0]);
-            pad[radius..radius + w].copy_from_slice(row_in);
-            pad[radius + w..].fill(row_in[w - 1]);
+        padded_rows(src, dst, w, radius, |pad, row_in, row_out| {
             row_out.copy_from_slice(row_in);
             for k in 0..=2 * radius {
                 for (o, &p) in row_out.iter_mut().zip(&pad[k..k + w]) {
                     *o = op(*o, p);
                 }
             }
-        }
+        });
         return;
     }
-    let (outer, n, stride) = if axis == 1 { (d, h, w) } else { (1, d, h * w) };
-    let plane = n * stride;
-    for o in 0..outer {
-        let base = o * plane;
-        for i in 0..n {
-            let (a, b) = (i.saturating_sub(radius), (i + radius).min(n - 1));
-            let out = &mut dst[base + i * stride..base + (i + 1) * stride];
-            out.copy_from_slice(&src[base + i * stride..base + (i + 1) * stride]);
-            for j in a..=b {
-                let inp = &src[base + j * stride..base + (j + 1) * stride];
-                for (v, &s) in out.iter_mut().zip(inp) {
-                    *v = op(*v, s);
-                }
+    let (n, stride, rows) = axis_rows(shape, axis);
+    for (base, i) in rows {
+        let (a, b) = (i.saturating_sub(radius), (i + radius).min(n - 1));
+        let out = &mut dst[base + i * stride..base + (i + 1) * stride];
+        out.copy_from_slice(&src[base + i * stride..base + (i + 1) * stride]);
+        for j in a..=b {
+            let inp = &src[base + j * stride..base + (j + 1) * stride];
+            for (v, &s) in out.iter_mut().zip(inp) {
+                *v = op(*v, s);
             }
         }
     }

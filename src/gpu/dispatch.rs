@@ -601,6 +601,18 @@ impl Batch<'_> {
         self.gpu
     }
 
+    /// [`Batch::dispatch`] with the uniform `params` and each of `tensors` bound whole, in binding order.
+    pub fn dispatch_tensors<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Kernel,
+        params: &P,
+        tensors: &[&Tensor],
+        groups: u32,
+    ) -> Result<()> {
+        let args: Vec<Arg<'_>> = tensors.iter().map(|t| Arg::whole(t)).collect();
+        self.dispatch(kernel, bytemuck::bytes_of(params), &args, groups)
+    }
+
     /// Records one dispatch of `kernel` over `groups` workgroups (linear count, gridded as needed).
     /// Binding 0 is the uniform `params` (padded to 16 bytes), bindings 1.. are `args` in order.
     pub fn dispatch(

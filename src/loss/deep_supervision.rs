@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{Labels, Loss, LossOutput};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, Batch, WORKGROUP_SIZE};
+use crate::gpu::{Batch, WORKGROUP_SIZE};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -63,10 +63,10 @@ pub fn downsample_labels(labels: &Labels, spatial: &[usize]) -> Result<Labels> {
     };
     let kernel = gpu.kernel(&shaders::RESAMPLE, "", "nearest_exact", &[])?;
     let mut batch = gpu.batch("nearest-exact resample");
-    batch.dispatch(
+    batch.dispatch_tensors(
         &kernel,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(t), Arg::whole(&out)],
+        &p,
+        &[t, &out],
         out.numel().div_ceil(WORKGROUP_SIZE as usize) as u32,
     )?;
     batch.submit()?;
@@ -242,10 +242,10 @@ fn rows_kernel(
         _pad: 0,
     };
     let kernel = b.gpu().kernel(&shaders::ELEMENTWISE, "", entry, &[])?;
-    b.dispatch(
+    b.dispatch_tensors(
         &kernel,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(a), Arg::whole(weights), Arg::whole(out)],
+        &p,
+        &[a, weights, out],
         (n * k).div_ceil(WORKGROUP_SIZE as usize) as u32,
     )
 }

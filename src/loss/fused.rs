@@ -504,26 +504,26 @@ impl Terms {
             rp.per_image = per_image as u32;
             rp.src_offset = src_offset as u32;
             rp.dst_offset = dst_offset as u32;
-            batch.dispatch(
+            batch.dispatch_tensors(
                 &reduce,
-                bytemuck::bytes_of(&rp),
-                &[Arg::whole(&partials), Arg::whole(&sums)],
+                &rp,
+                &[&partials, &sums],
                 (b * per_image).div_ceil(64) as u32,
             )?;
         }
         rp.src_offset = ace_sums as u32;
         let finalize = gpu.kernel(&shaders::LOSS_REDUCE, "", "finalize", &[])?;
-        batch.dispatch(
+        batch.dispatch_tensors(
             &finalize,
-            bytemuck::bytes_of(&rp),
+            &rp,
             &[
-                Arg::whole(&sums),
-                Arg::whole(&coef),
-                Arg::whole(&values),
-                Arg::whole(&bin_weight),
-                Arg::whole(&bin_sum_p),
-                Arg::whole(&bin_sum_y),
-                Arg::whole(&weights),
+                &sums,
+                &coef,
+                &values,
+                &bin_weight,
+                &bin_sum_p,
+                &bin_sum_y,
+                &weights,
             ],
             1,
         )?;

@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::binning::{check_num_bins, hard_bin_edges};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, Batch, Gpu};
+use crate::gpu::{Batch, Gpu};
 use crate::loss::Labels;
 use crate::ops::ncv;
 use crate::shaders;
@@ -240,16 +240,10 @@ impl Partials {
         let kernel = self
             .gpu
             .kernel(&shaders::CALIBRATION, "", "partials", &[])?;
-        batch.dispatch(
+        batch.dispatch_tensors(
             &kernel,
-            bytemuck::bytes_of(&p),
-            &[
-                Arg::whole(probs),
-                Arg::whole(labels),
-                Arg::whole(&self.edges),
-                Arg::whole(&self.part_u),
-                Arg::whole(&self.part_f),
-            ],
+            &p,
+            &[probs, labels, &self.edges, &self.part_u, &self.part_f],
             groups as u32,
         )
     }
@@ -269,15 +263,10 @@ impl Partials {
             ..Params::default()
         };
         let mut batch = gpu.batch("calibration binning: finish");
-        batch.dispatch(
+        batch.dispatch_tensors(
             &kernel,
-            bytemuck::bytes_of(&p),
-            &[
-                Arg::whole(&self.part_u),
-                Arg::whole(&self.part_f),
-                Arg::whole(&out_u),
-                Arg::whole(&out_f),
-            ],
+            &p,
+            &[&self.part_u, &self.part_f, &out_u, &out_f],
             rows as u32,
         )?;
         batch.submit()?;
@@ -326,14 +315,7 @@ fn check_pair<'a>(
     probs.expect_dtype(DType::F32, "probabilities")?;
     let labels = labels.index_tensor()?;
     let (n, c, v) = ncv(probs, "probabilities")?;
-    let (ln, lc, _) = ncv(labels, "labels")?;
-    if ln != n || lc != 1 || labels.shape()[2..] != probs.shape()[2..] {
-        return Err(Error::shape(format!(
-            "labels must be [N, 1, spatial...] matching probabilities {:?}, got {:?}",
-            probs.shape(),
-            labels.shape()
-        )));
-    }
+    super::check_label_shape(labels, probs, "probabilities")?;
     if c == 0 || v == 0 {
         return Err(Error::InvalidShape(format!(
             "probabilities {:?} have no channels or no voxels",

@@ -27,3 +27,22 @@ pub use calibration::{
     PerImage,
 };
 pub use temperature::{apply_temperature, fit_temperature, nll_at, scale_logits, TemperatureFit};
+
+/// Error unless `labels` is `[N, 1, spatial...]` with the images and spatial sizes of `input` (`[N, C,
+/// spatial...]`, named `what` in the message).
+pub(crate) fn check_label_shape(
+    labels: &crate::Tensor,
+    input: &crate::Tensor,
+    what: &str,
+) -> crate::Result<()> {
+    let (n, _, _) = crate::ops::ncv(input, what)?;
+    let (ln, lc, _) = crate::ops::ncv(labels, "labels")?;
+    if ln != n || lc != 1 || labels.shape()[2..] != input.shape()[2..] {
+        return Err(crate::Error::shape(format!(
+            "labels must be [N, 1, spatial...] matching {what} {:?}, got {:?}",
+            input.shape(),
+            labels.shape()
+        )));
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::bins::IndexLabels;
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::gpu::WORKGROUP_SIZE;
 use crate::ops::{ncv, softmax};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
@@ -55,14 +55,7 @@ pub struct TemperatureFit {
 fn check(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize, usize)> {
     logits.expect_dtype(DType::F32, "logits")?;
     let (n, c, v) = ncv(logits, "logits")?;
-    let (ln, lc, _) = ncv(labels, "labels")?;
-    if ln != n || lc != 1 || labels.shape()[2..] != logits.shape()[2..] {
-        return Err(Error::shape(format!(
-            "labels must be [N, 1, spatial...] matching logits {:?}, got {:?}",
-            logits.shape(),
-            labels.shape()
-        )));
-    }
+    super::check_label_shape(labels, logits, "logits")?;
     if n * v == 0 || c < 2 {
         return Err(Error::InvalidShape(format!(
             "temperature scaling needs voxels and at least 2 classes, got logits {:?}",
@@ -99,16 +92,7 @@ pub fn nll_at(logits: &Tensor, labels: &(impl IndexLabels + ?Sized), beta: f64) 
         _pad: [0; 3],
     };
     let mut batch = gpu.batch("temperature nll");
-    batch.dispatch(
-        &kernel,
-        bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(logits),
-            Arg::whole(labels),
-            Arg::whole(&partials),
-        ],
-        groups as u32,
-    )?;
+    batch.dispatch_tensors(&kernel, &p, &[logits, labels, &partials], groups as u32)?;
     batch.submit()?;
     let part = partials.to_vec::<f32>()?;
     let mut s = [0f64; 4];
@@ -219,10 +203,10 @@ pub fn scale_logits(logits: &Tensor, temperature: f64) -> Result<Tensor> {
         _pad: [0; 3],
     };
     let mut batch = gpu.batch("temperature scale");
-    batch.dispatch(
+    batch.dispatch_tensors(
         &kernel,
-        bytemuck::bytes_of(&p),
-        &[Arg::whole(logits), Arg::whole(&out)],
+        &p,
+        &[logits, &out],
         total.div_ceil(WORKGROUP_SIZE as usize) as u32,
     )?;
     batch.submit()?;

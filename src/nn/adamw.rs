@@ -10,7 +10,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::autograd::{Grads, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, Gpu, WORKGROUP_SIZE};
+use crate::gpu::{Gpu, WORKGROUP_SIZE};
 use crate::io::safetensors::HostTensor;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
@@ -277,15 +277,10 @@ impl AdamW {
                     bc2_sqrt: bc2.sqrt() as f32,
                     _pad1: [0; 3],
                 };
-                b.dispatch(
+                b.dispatch_tensors(
                     &k,
-                    bytemuck::bytes_of(&params),
-                    &[
-                        Arg::whole(&pack.grads),
-                        Arg::whole(&pack.params),
-                        Arg::whole(&pack.m),
-                        Arg::whole(&pack.v),
-                    ],
+                    &params,
+                    &[&pack.grads, &pack.params, &pack.m, &pack.v],
                     len.div_ceil(WORKGROUP_SIZE as usize) as u32,
                 )?;
             }

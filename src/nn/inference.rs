@@ -12,25 +12,13 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::Tensor;
 
-/// The networks `predict` builds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// MONAI's `SegResNetDS`.
-    SegResNetDs,
-    /// MONAI's `SegResNet`.
-    SegResNet,
-}
-
-impl std::str::FromStr for Arch {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "segresnetds" => Ok(Arch::SegResNetDs),
-            "segresnet" => Ok(Arch::SegResNet),
-            _ => Err(Error::invalid(format!(
-                "architecture '{s}': expected segresnetds or segresnet"
-            ))),
-        }
+names! {
+    /// The networks `predict` builds.
+    pub enum Arch ("architecture") {
+        /// MONAI's `SegResNetDS`.
+        SegResNetDs = "segresnetds",
+        /// MONAI's `SegResNet`.
+        SegResNet = "segresnet",
     }
 }
 

@@ -28,32 +28,19 @@ use std::collections::BTreeMap;
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, Batch, Gpu, Kernel, WORKGROUP_SIZE};
+use crate::gpu::{Batch, Gpu, Kernel, WORKGROUP_SIZE};
 use crate::shaders;
 use crate::tensor::{numel, DType, Tensor};
 
-/// How overlapping window predictions are weighted (MONAI's `BlendMode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BlendMode {
-    /// Every voxel of a window weighs 1 (MONAI's default).
-    #[default]
-    Constant,
-    /// Voxels weigh less towards a window's border: a gaussian of `sigma_scale * roi` per axis.
-    Gaussian,
-}
-
-impl std::str::FromStr for BlendMode {
-    type Err = Error;
-
-    /// `"constant"` or `"gaussian"`, case-insensitive.
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "constant" => Ok(BlendMode::Constant),
-            "gaussian" => Ok(BlendMode::Gaussian),
-            _ => Err(Error::invalid(format!(
-                "sliding-window mode must be constant or gaussian, got {s:?}"
-            ))),
-        }
+names! {
+    /// How overlapping window predictions are weighted (MONAI's `BlendMode`).
+    #[derive(Default)]
+    pub enum BlendMode ("sliding-window mode") {
+        /// Every voxel of a window weighs 1 (MONAI's default).
+        #[default]
+        Constant = "constant",
+        /// Voxels weigh less towards a window's border: a gaussian of `sigma_scale * roi` per axis.
+        Gaussian = "gaussian",
     }
 }
 
@@ -607,15 +594,10 @@ impl Blender<'_> {
                 lo: [slab.lo[0], slab.lo[1], slab.lo[2], self.cout].map(|v| v as u32),
                 slab: size4(slab.size, "slab")?,
             };
-            enc.dispatch(
+            enc.dispatch_tensors(
                 &self.accumulate,
-                bytemuck::bytes_of(&p),
-                &[
-                    Arg::whole(pred),
-                    Arg::whole(imp),
-                    Arg::whole(&slab.sums),
-                    Arg::whole(&slab.counts),
-                ],
+                &p,
+                &[pred, imp, &slab.sums, &slab.counts],
                 groups(self.cout * self.g.roi.iter().product::<usize>()),
             )?;
         }
@@ -661,14 +643,10 @@ impl Blender<'_> {
                 .peak
                 .max(self.live_bytes() + slab.bytes() + 2 * out.byte_len());
             let mut enc = self.gpu.batch("sliding window: blend");
-            enc.dispatch(
+            enc.dispatch_tensors(
                 &self.finish,
-                bytemuck::bytes_of(&p),
-                &[
-                    Arg::whole(&slab.sums),
-                    Arg::whole(&slab.counts),
-                    Arg::whole(&out),
-                ],
+                &p,
+                &[&slab.sums, &slab.counts, &out],
                 groups(out.numel()),
             )?;
             enc.submit()?;

@@ -14,7 +14,7 @@ use bytemuck::{Pod, Zeroable};
 use super::ncv;
 use super::reduce::{row_finish, row_partials, row_partials_pair, Summand};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::gpu::WORKGROUP_SIZE;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -170,18 +170,7 @@ fn group_norm_act(
     )?;
     row_finish(&mut b, &p2, chunks, ng, 1, p.inv_len, &stats, ng)?;
     let k = gpu.kernel(&shaders::NORM, "", "forward", &[])?;
-    b.dispatch(
-        &k,
-        bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(x),
-            Arg::whole(&stats),
-            Arg::whole(gamma),
-            Arg::whole(beta),
-            Arg::whole(&y),
-        ],
-        element_groups(&d),
-    )?;
+    b.dispatch_tensors(&k, &p, &[x, &stats, gamma, beta, &y], element_groups(&d))?;
     b.submit()?;
     drop((p1, p2));
     Ok((y, stats))
@@ -263,30 +252,17 @@ fn norm_backward(
     row_finish(&mut b, &pdy, chunks, d.c, d.n, 1.0, &dbeta, 0)?;
     row_finish(&mut b, &pdyx, chunks, d.c, d.n, 1.0, &dgamma, 0)?;
     let kc = gpu.kernel(&shaders::NORM, "", "group_coef", &[])?;
-    b.dispatch(
+    b.dispatch_tensors(
         &kc,
-        bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(&sdy),
-            Arg::whole(&sdyx),
-            Arg::whole(gamma),
-            Arg::whole(&coef),
-        ],
+        &p,
+        &[&sdy, &sdyx, gamma, &coef],
         ng.div_ceil(WORKGROUP_SIZE as usize) as u32,
     )?;
     let kb = gpu.kernel(&shaders::NORM, "", "backward", &[])?;
-    b.dispatch(
+    b.dispatch_tensors(
         &kb,
-        bytemuck::bytes_of(&p),
-        &[
-            Arg::whole(x),
-            Arg::whole(dy),
-            Arg::whole(stats),
-            Arg::whole(gamma),
-            Arg::whole(&coef),
-            Arg::whole(&dx),
-            Arg::whole(relu_output.unwrap_or(dy)),
-        ],
+        &p,
+        &[x, dy, stats, gamma, &coef, &dx, relu_output.unwrap_or(dy)],
         element_groups(&d),
     )?;
     b.submit()?;

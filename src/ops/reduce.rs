@@ -8,7 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, Batch, WORKGROUP_SIZE};
+use crate::gpu::{Batch, WORKGROUP_SIZE};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -154,8 +154,7 @@ fn dispatch(
     groups: usize,
 ) -> Result<()> {
     let k = batch.gpu().kernel(&shaders::REDUCE, "", entry, &[])?;
-    let args: Vec<Arg<'_>> = tensors.iter().map(|t| Arg::whole(t)).collect();
-    batch.dispatch(&k, bytemuck::bytes_of(p), &args, groups as u32)
+    batch.dispatch_tensors(&k, p, tensors, groups as u32)
 }
 
 /// `out[e] = sum_{k < splits} parts[k * elems + e]` in split order.
