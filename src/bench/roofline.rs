@@ -43,7 +43,7 @@ pub fn measure_roofline(gpu: &Gpu, scale: Scale, timer: Timer) -> Result<Option<
         let scratch = Tensor::zeros(gpu, &[4], DType::F32)?;
         let read_ms = best(&mut || {
             let mut b = gpu.batch("roofline read");
-            probe::record_read(&mut b, &src, &scratch, bytes)?;
+            probe::record_stream(&mut b, &src, probe::Stream::Read(&scratch), bytes)?;
             b.submit().map(drop)
         })?;
         (copy_ms, read_ms)

@@ -35,6 +35,16 @@ pub fn best_of(gpu: &Gpu, reps: usize, mut work: impl FnMut() -> Result<()>) -> 
     Ok(best)
 }
 
+/// What a streaming probe does with the bytes it reads, and the tensor it binds after the source.
+#[derive(Clone, Copy, Debug)]
+pub enum Stream<'a> {
+    /// Copies them into this tensor (at least as large).
+    Copy(&'a Tensor),
+    /// Reads them only: this tensor is bound but only written if the data held a sentinel value it never
+    /// holds.
+    Read(&'a Tensor),
+}
+
 /// Records a vec4 copy of `bytes` bytes from `src` to `dst` (both at least that large).
 pub fn record_copy(
     batch: &mut super::Batch<'_>,
@@ -42,46 +52,26 @@ pub fn record_copy(
     dst: &Tensor,
     bytes: u64,
 ) -> Result<()> {
-    record_vec4(
-        batch,
-        "copy_vec4",
-        src,
-        Arg::window(dst, 0, bytes),
-        bytes,
-        0,
-    )
+    record_stream(batch, src, Stream::Copy(dst), bytes)
 }
 
-/// Records a vec4 read of the first `bytes` bytes of `src` that writes nothing (`scratch` is bound but only
-/// written if the data held a sentinel value it never holds).
-pub fn record_read(
+/// Records a probe that streams the first `bytes` bytes of `src`, one vec4 per invocation, as `stream`
+/// says.
+pub fn record_stream(
     batch: &mut super::Batch<'_>,
     src: &Tensor,
-    scratch: &Tensor,
+    stream: Stream<'_>,
     bytes: u64,
 ) -> Result<()> {
-    // A sum of four lanes the probe data (zeros, small values) never reaches.
-    let sentinel = (-1.234_567e30f32).to_bits();
-    record_vec4(
-        batch,
-        "read_vec4",
-        src,
-        Arg::whole(scratch),
-        bytes,
-        sentinel,
-    )
-}
-
-/// Records the probe kernel `entry` over the first `bytes` bytes of `src`, one vec4 per invocation, with
-/// `second` bound after it and `iters` in the params.
-fn record_vec4(
-    batch: &mut super::Batch<'_>,
-    entry: &'static str,
-    src: &Tensor,
-    second: Arg<'_>,
-    bytes: u64,
-    iters: u32,
-) -> Result<()> {
+    let (entry, second, iters) = match stream {
+        Stream::Copy(dst) => ("copy_vec4", Arg::window(dst, 0, bytes), 0),
+        // A sum of four lanes the probe data (zeros, small values) never reaches.
+        Stream::Read(scratch) => (
+            "read_vec4",
+            Arg::whole(scratch),
+            (-1.234_567e30f32).to_bits(),
+        ),
+    };
     let gpu = batch.gpu().clone();
     let kernel = gpu.kernel(&shaders::PROBE, "", entry, &[])?;
     let n = (bytes / 16) as u32;
