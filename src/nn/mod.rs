@@ -7,10 +7,11 @@
 //! - layers: `layers.rs` (`Conv`, `ConvTranspose`, `Norm`; their ops in `ops/`, tape ops in
 //!   `autograd/ops.rs`); parameters: `store.rs`; initialisation: `init.rs`
 //! - networks: `segresnet_ds.rs`, `segresnet.rs`, `network.rs`, `monai_args.rs`; inference: `inference.rs`,
-//!   `sliding_window.rs` (kernel `shaders/sliding_window.wgsl`)
+//!   `sliding_window/` (options, scan and importance map: `config.rs`; the slabs and kernels: `mod.rs`; kernel
+//!   `shaders/sliding_window.wgsl`)
 //! - optimiser: `adamw.rs` (kernel `shaders/adamw.wgsl`); schedule: `schedule.rs`
 //! - tests: the suite `tests/networks/` (against MONAI), the layout unit tests in `adamw.rs` and
-//!   `sliding_window.rs`; bench: `benches/nn.rs` ("segresnetds", "norm")
+//!   `sliding_window/mod.rs`; bench: `benches/nn.rs` ("segresnetds", "norm")
 
 mod adamw;
 mod inference;
