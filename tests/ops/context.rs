@@ -142,3 +142,39 @@ fn probes_measure_positive_rates() {
     let fma = probe::fma_rate(&gpu, 1).unwrap();
     assert!(copy.is_finite() && copy > 0.0 && fma.is_finite() && fma > 0.0);
 }
+
+#[test]
+fn a_forced_binding_limit_lowers_the_planned_limit_and_never_raises_it() {
+    let Some(gpu) = gpu() else { return };
+    let adapter = gpu.max_binding_bytes();
+    let Some(low) = common::gpu_with_binding_limit(4097) else {
+        return;
+    };
+    // Rounded down to whole 4-byte words; the device's other limits are its own.
+    assert_eq!(low.max_binding_bytes(), 4096);
+    assert_eq!(low.limits().max_buffer_size, gpu.limits().max_buffer_size);
+    let high = common::gpu_with_binding_limit(adapter.saturating_mul(2)).unwrap();
+    assert_eq!(high.max_binding_bytes(), adapter);
+    // One image of 2 x 1024 f32 (8 KiB) is over the lowered limit: a typed error naming it.
+    let x = Tensor::from_f32(&low, &[1, 2, 1024], &[0.5; 2048]).unwrap();
+    match calibseg::ops::softmax(&x) {
+        Err(Error::BufferTooLarge {
+            limit_name, limit, ..
+        }) => assert_eq!(
+            (limit_name, limit),
+            ("max_storage_buffer_binding_size", 4096)
+        ),
+        other => panic!("expected BufferTooLarge, got {other:?}"),
+    }
+    // CALIBSEG_MAX_STORAGE_BINDING's syntax: whole bytes, at least 1024.
+    use calibseg::gpu::parse_storage_binding;
+    assert_eq!(parse_storage_binding(" 1024 ").unwrap(), 1024);
+    for bad in ["1023", "12", "-5", "1e6", "lots", ""] {
+        match parse_storage_binding(bad) {
+            Err(Error::InvalidArgument(m)) => {
+                assert!(m.contains("CALIBSEG_MAX_STORAGE_BINDING"), "{m}")
+            }
+            other => panic!("{bad:?}: expected an error, got {other:?}"),
+        }
+    }
+}
