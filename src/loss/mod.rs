@@ -7,12 +7,13 @@
 //! Where things are:
 //! - losses: `ace.rs`, `dice.rs`, `combined.rs` (Dice + CE, ACE + Dice + CE), `deep_supervision.rs`; the
 //!   trait and options: `traits.rs`; labels: `labels.rs`
-//! - the fused engine (statistics pass, gradient pass): `fused.rs`; kernels: `shaders/loss_voxel.wgsl`,
+//! - the fused engine (statistics pass, gradient pass): `fused/` (binding in windows or pieces:
+//!   `fused/pieces.rs`); kernels: `shaders/loss_voxel.wgsl`,
 //!   `shaders/loss_reduce.wgsl` (labels resampled by `shaders/resample.wgsl`)
 //! - names (command line, TOML, files): `names.rs` (`LossKind`, `PaperLoss`, `Binning`)
 //! - tape: `Loss::record`, `DeepSupervision::record`; the `calibseg loss` command: `commands/`
 //! - tests: the suite `tests/losses/` (against the authors' PyTorch losses), the layout unit tests in
-//!   `fused.rs` and `deep_supervision.rs`; bench: `benches/ace.rs` ("ace", "dice_ce", "ace_dice_ce")
+//!   `fused/mod.rs` and `deep_supervision.rs`; bench: `benches/ace.rs` ("ace", "dice_ce", "ace_dice_ce")
 
 pub mod ace;
 mod combined;
