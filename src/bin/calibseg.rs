@@ -52,6 +52,10 @@ enum Command {
     Bench(BenchArgs),
     /// Check an MSD or nnU-Net v2 dataset as nnU-Net's verify_dataset_integrity does; every problem at once.
     Verify(VerifyArgs),
+    /// Write the synthetic phantoms as an nnU-Net v2 or MSD dataset (NIfTI, realistic headers).
+    Synth(SynthArgs),
+    /// Verify a dataset, take its fingerprint and write its training plan into a cache folder.
+    Prepare(PrepareArgs),
 }
 
 #[derive(clap::Args)]
@@ -601,6 +605,142 @@ fn verify(a: VerifyArgs) -> calibseg::Result<bool> {
     Ok(errors == 0)
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// nnU-Net v2 raw (imagesTr/<case>_0000.nii.gz, labelsTr/, imagesTs/).
+    Nnunet,
+    /// Medical Segmentation Decathlon (training and test lists in dataset.json).
+    Msd,
+}
+
+/// `calibseg synth` flags.
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// The dataset folder to create (absent or empty).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Training cases (a test split of a quarter as many, at least one, is added).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    cases: u32,
+    /// Dataset layout.
+    #[arg(long, value_enum, default_value = "nnunet")]
+    format: FormatArg,
+    /// The phantoms' seed.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+}
+
+fn synth(a: SynthArgs) -> calibseg::Result<()> {
+    use calibseg::commands::synth::{run, SynthFormat, SynthOptions};
+    let mut o = SynthOptions::new(a.out);
+    o.cases = a.cases as usize;
+    o.seed = a.seed;
+    o.format = match a.format {
+        FormatArg::Nnunet => SynthFormat::NnUnet,
+        FormatArg::Msd => SynthFormat::Msd,
+    };
+    let dir = run(&o)?;
+    out!("wrote {} training cases to {}", o.cases, dir.display());
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PresetArg {
+    /// ACDC 2017 bundle (acdc17.yaml).
+    Acdc,
+    /// AMOS 2022 bundle (amos22.yaml).
+    Amos,
+    /// KiTS 2023 bundle (kits23.yaml).
+    Kits,
+    /// BraTS 2021 bundle (brats21.yaml).
+    Brats,
+}
+
+/// `calibseg prepare` flags.
+#[derive(clap::Args)]
+struct PrepareArgs {
+    /// The dataset folder (holding dataset.json), in the MSD or the nnU-Net v2 raw layout.
+    dataset: PathBuf,
+    /// The cache folder (new, empty, or a previous prepare of the same dataset).
+    #[arg(long, value_name = "CACHE")]
+    out: PathBuf,
+    /// Write only the fingerprint and the plan (preprocessing the cases is not built yet).
+    #[arg(long)]
+    plan_only: bool,
+    /// A plan written by hand (JSON); keys left out take the automatic plan's values.
+    #[arg(long, value_name = "FILE", conflicts_with = "preset")]
+    plan: Option<PathBuf>,
+    /// Pin a paper bundle's settings.
+    #[arg(long, value_enum)]
+    preset: Option<PresetArg>,
+    /// Device memory a training batch may take, in bytes, for the automatic patch and batch (default 8 GiB).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    memory_budget: Option<u64>,
+    /// Cases read at once (default: one per core, at most 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+/// `Ok(false)` when verify refused the dataset (its report printed; exit 1).
+fn prepare(a: PrepareArgs) -> calibseg::Result<bool> {
+    use calibseg::commands::prepare::{run, PlanSource, PrepareOptions, Prepared};
+    use calibseg::data::plan::Preset;
+    let mut o = PrepareOptions::new(a.dataset, a.out);
+    o.plan_only = a.plan_only;
+    if let Some(t) = a.threads {
+        o.threads = t.into();
+    }
+    if let Some(b) = a.memory_budget {
+        o.memory_budget = b;
+    }
+    o.plan = match (a.plan, a.preset) {
+        (Some(p), _) => PlanSource::File(p),
+        (None, Some(p)) => PlanSource::Preset(match p {
+            PresetArg::Acdc => Preset::Acdc,
+            PresetArg::Amos => Preset::Amos,
+            PresetArg::Kits => Preset::Kits,
+            PresetArg::Brats => Preset::Brats,
+        }),
+        (None, None) => PlanSource::Automatic,
+    };
+    match run(&o)? {
+        Prepared::Refused(report) => {
+            for p in report.errors() {
+                out!("{p}");
+            }
+            eprintln!(
+                "calibseg: {} has {} verify error(s); nothing was written (fix them, then run prepare again)",
+                report.dataset,
+                report.errors().count()
+            );
+            Ok(false)
+        }
+        Prepared::Planned {
+            report,
+            fingerprint,
+            plan,
+        } => {
+            for p in report.warnings() {
+                out!("{p}");
+            }
+            out!(
+                "{} cases; spacing {:?} mm, patch {:?}, batch {}, {} levels",
+                fingerprint.cases.len(),
+                plan.spacing,
+                plan.patch,
+                plan.batch,
+                plan.model.blocks_down.len()
+            );
+            out!(
+                "wrote {} and {}",
+                o.out.join("fingerprint.json").display(),
+                o.out.join("plan.json").display()
+            );
+            Ok(true)
+        }
+    }
+}
+
 fn devices() -> calibseg::Result<()> {
     let options = calibseg::GpuOptions::try_from_env()?;
     let all = calibseg::Gpu::adapters(options.backends);
@@ -657,6 +797,12 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict(a),
         Command::Train(a) => train(a),
         Command::Bench(a) => bench(a),
+        Command::Synth(a) => synth(a),
+        Command::Prepare(a) => match prepare(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Verify(a) => match verify(a) {
             Ok(true) => Ok(()),
             // The errors are printed with the report.

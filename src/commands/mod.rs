@@ -9,11 +9,15 @@
 //! - [`predict`]: `calibseg predict`, a network's logits and probabilities for a volume file.
 //! - [`train`]: `calibseg train`, a whole training run in an output folder.
 //! - [`verify`]: `calibseg verify`, nnU-Net's integrity checks on an MSD or nnU-Net v2 dataset.
+//! - [`synth`]: `calibseg synth`, the synthetic phantoms written as an nnU-Net v2 or MSD dataset.
+//! - [`prepare`]: `calibseg prepare --plan-only`, a dataset's fingerprint and training plan in a cache.
 //!
 //! `calibseg bench` runs [`crate::bench`], the library of benchmark cases, directly.
 
 pub mod eval;
 pub mod loss;
 pub mod predict;
+pub mod prepare;
+pub mod synth;
 pub mod train;
 pub mod verify;

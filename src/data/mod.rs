@@ -1,5 +1,5 @@
 //! Training data: users' datasets on disk ([`dataset`]: MSD and nnU-Net v2 folders read into one case
-//! list) and seeded synthetic 3D phantoms for training and evaluating calibrated segmentation networks
+//! list; [`plan`]: their fingerprint and training plan) and seeded synthetic 3D phantoms for training and evaluating calibrated segmentation networks
 //! (CPU-side), described below.
 //!
 //! Each volume is a pure function of `(seed, index)`: a `[1, D, H, W]` f32 image and a `[1, D, H, W]`
@@ -40,6 +40,7 @@ mod augment;
 pub mod dataset;
 mod filters;
 mod phantom;
+pub mod plan;
 mod rng;
 
 use std::sync::OnceLock;

@@ -18,4 +18,5 @@ mod eval_reports;
 mod hostile;
 mod hostile_io;
 mod pieces;
+mod plan;
 mod verify;
