@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use calibseg::commands::prepare::{self, PlanSource, PrepareOptions, Prepared};
 use calibseg::commands::synth::{self, SynthFormat, SynthOptions};
 use calibseg::commands::verify::{self, VerifyOptions};
-use calibseg::data::plan::{target_spacing, Fingerprint, Normalization, Plan, Preset};
+use calibseg::data::plan::{ras_axes, target_spacing, Fingerprint, Normalization, Plan, Preset};
 use calibseg::io::nifti::{self, Geometry, Voxels};
 
 use crate::common::cli::run_calibseg;
@@ -206,6 +206,19 @@ fn automatic_spacing_follows_nnunets_anisotropy_rule() {
     let got = target_spacing(&low, &[[200, 200, 20]; 5]);
     assert!(numpy_percentile(&[0.5, 0.6, 6.0, 7.0, 8.0], 10.0) < 1.0);
     assert!(close(got, [1.0, 1.0, 1.0 + 1e-5]), "{got:?}");
+}
+
+#[test]
+fn fingerprint_axes_are_those_orientation_ras_gives() {
+    // Voxel axis 0 runs along S (2 mm), 1 along -R (0.8 mm, slightly oblique), 2 along A (0.9 mm).
+    let a = [
+        [0.0, -0.8 * 0.99, 0.05, 10.0],
+        [0.0, 0.8 * 0.1, 0.9, -5.0],
+        [2.0, 0.0, 0.0, 3.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    assert_eq!(ras_axes(&a), [1, 2, 0]);
+    assert_eq!(ras_axes(&synth::synth_affine()), [0, 1, 2]);
 }
 
 /// A one-channel CT dataset (nnU-Net layout) whose case `i` has foreground value `fg[i]` everywhere in the

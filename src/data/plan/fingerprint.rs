@@ -41,12 +41,13 @@ impl Default for FingerprintOptions {
 pub struct CaseFingerprint {
     /// The case identifier.
     pub name: String,
-    /// Voxel sizes in mm along the array axes (i, j, k), as MONAI's `LoadImage` orders them.
+    /// Voxel sizes in mm along the array axes after `Orientationd(RAS)` ([`ras_axes`]): the order the
+    /// plan's `spacing` and `patch` use.
     pub spacing: [f64; 3],
-    /// The image's shape `(i, j, k)`.
+    /// The image's shape, in the same axis order.
     pub shape: [usize; 3],
     /// The shape of nnU-Net's `crop_to_nonzero` box: the bounding box of voxels that are nonzero in any
-    /// channel (filling holes, as nnU-Net does, never moves a bounding box).
+    /// channel (filling holes, as nnU-Net does, never moves a bounding box), in the same axis order.
     pub shape_after_crop: [usize; 3],
 }
 
@@ -137,8 +138,10 @@ fn stats(mut samples: Vec<f64>) -> Option<IntensityStats> {
 
 /// A case's channels as f32 (nibabel's `get_fdata()` rounded, as nnU-Net's readers give float32), each
 /// `i * j * k` voxels with i fastest, and its shape and spacing.
-pub(crate) fn read_channels(images: &CaseImages) -> Result<(Vec<Vec<f32>>, [usize; 3], [f64; 3])> {
-    let split = |path: &Path| -> Result<(Vec<Vec<f32>>, [usize; 3], [f64; 3])> {
+pub(crate) fn read_channels(
+    images: &CaseImages,
+) -> Result<(Vec<Vec<f32>>, [usize; 3], nifti::ImageInfo)> {
+    let split = |path: &Path| -> Result<(Vec<Vec<f32>>, [usize; 3], nifti::ImageInfo)> {
         let img = nifti::read_image(path)?;
         let info = img.info().clone();
         let n = info.spatial_len();
@@ -146,7 +149,7 @@ pub(crate) fn read_channels(images: &CaseImages) -> Result<(Vec<Vec<f32>>, [usiz
         Ok((
             all.chunks(n).map(<[f32]>::to_vec).collect(),
             info.spatial_shape(),
-            info.spacing,
+            info,
         ))
     };
     match images {
@@ -155,14 +158,14 @@ pub(crate) fn read_channels(images: &CaseImages) -> Result<(Vec<Vec<f32>>, [usiz
             let mut channels = Vec::with_capacity(files.len());
             let mut geometry = None;
             for f in files {
-                let (mut c, shape, spacing) = split(f)?;
+                let (mut c, shape, info) = split(f)?;
                 if c.len() != 1 {
                     return Err(nifti::fmt_err(
                         f,
                         "holds more than one volume; a channel file is 3D",
                     ));
                 }
-                geometry.get_or_insert((shape, spacing));
+                geometry.get_or_insert((shape, info));
                 channels.push(c.remove(0));
             }
             let (shape, spacing) =
@@ -170,6 +173,41 @@ pub(crate) fn read_channels(images: &CaseImages) -> Result<(Vec<Vec<f32>>, [usiz
             Ok((channels, shape, spacing))
         }
     }
+}
+
+/// Which voxel axis becomes each array axis after `Orientationd(axcodes="RAS")`: world axis `w` (R, A, S)
+/// takes the voxel axis whose affine column points most along it, pairs chosen greedily by the largest
+/// absolute direction cosine, as nibabel's `io_orientation` does for the near-orthogonal affines of
+/// scanners.
+pub fn ras_axes(affine: &[[f64; 4]; 4]) -> [usize; 3] {
+    let mut cos = [[0.0f64; 3]; 3];
+    for v in 0..3 {
+        let norm = (0..3)
+            .map(|w| affine[w][v] * affine[w][v])
+            .sum::<f64>()
+            .sqrt()
+            .max(f64::MIN_POSITIVE);
+        for (w, row) in cos.iter_mut().enumerate() {
+            row[v] = (affine[w][v] / norm).abs();
+        }
+    }
+    let mut axes = [usize::MAX; 3];
+    let (mut used_w, mut used_v) = ([false; 3], [false; 3]);
+    for _ in 0..3 {
+        let mut best = (-1.0, 0, 0);
+        for w in (0..3).filter(|&w| !used_w[w]) {
+            for v in (0..3).filter(|&v| !used_v[v]) {
+                if cos[w][v] > best.0 {
+                    best = (cos[w][v], w, v);
+                }
+            }
+        }
+        let (_, w, v) = best;
+        axes[w] = v;
+        used_w[w] = true;
+        used_v[v] = true;
+    }
+    axes
 }
 
 /// The bounding box `[lo, hi)` per axis of voxels nonzero in any channel (`None`: all zero).
@@ -200,7 +238,7 @@ struct CaseResult {
 }
 
 fn fingerprint_case(case: &Case, index: usize, samples_per_case: usize) -> Result<CaseResult> {
-    let (channels, shape, spacing) = read_channels(&case.images)?;
+    let (channels, shape, info) = read_channels(&case.images)?;
     let (ldims, labels) = nifti::read_integers(&case.label)?;
     let n: usize = shape.iter().product();
     if ldims.iter().product::<usize>() != n {
@@ -213,6 +251,9 @@ fn fingerprint_case(case: &Case, index: usize, samples_per_case: usize) -> Resul
         Some(b) => b.map(|[lo, hi]| hi - lo),
         None => [0; 3],
     };
+    // In the axis order Orientationd(RAS) gives the arrays.
+    let axes = ras_axes(&info.affine);
+    let ras = |v: [usize; 3]| axes.map(|a| v[a]);
     let foreground: Vec<usize> = (0..n).filter(|&i| labels[i] > 0).collect();
     let samples = channels
         .iter()
@@ -232,9 +273,9 @@ fn fingerprint_case(case: &Case, index: usize, samples_per_case: usize) -> Resul
     Ok(CaseResult {
         fingerprint: CaseFingerprint {
             name: case.name.clone(),
-            spacing,
-            shape,
-            shape_after_crop,
+            spacing: axes.map(|a| info.spacing[a]),
+            shape: ras(shape),
+            shape_after_crop: ras(shape_after_crop),
         },
         samples,
     })

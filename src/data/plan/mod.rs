@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use fingerprint::{
-    fingerprint, median, percentile, CaseFingerprint, Fingerprint, FingerprintOptions,
+    fingerprint, median, percentile, ras_axes, CaseFingerprint, Fingerprint, FingerprintOptions,
     IntensityStats,
 };
 pub use preset::Preset;
@@ -83,7 +83,7 @@ pub struct ModelPlan {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowPlan {
-    /// Window size `(i, j, k)`.
+    /// Window size, along the axes after `orientation`.
     pub roi: [usize; 3],
     /// Fraction of a window its neighbours overlap.
     pub overlap: f64,
@@ -175,7 +175,8 @@ impl AugmentPlan {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingPlan {
-    /// Weight of patches centred on a foreground voxel.
+    /// Weight of patches centred on a foreground voxel (`pos` and `neg` both 0: centres drawn uniformly,
+    /// as `RandSpatialCropd`).
     pub pos: f64,
     /// Weight of patches centred on a background voxel.
     pub neg: f64,
@@ -193,11 +194,11 @@ pub struct Plan {
     pub orientation: String,
     /// `CropForegroundd(source_key="image")` before resampling.
     pub crop_foreground: bool,
-    /// `Spacingd(pixdim)`: the target voxel size in mm `(i, j, k)`.
+    /// `Spacingd(pixdim)`: the target voxel size in mm along the axes after `orientation`.
     pub spacing: [f64; 3],
     /// One entry per channel, or one for all.
     pub normalization: Vec<Normalization>,
-    /// Training patch `(i, j, k)`.
+    /// Training patch, along the axes after `orientation`.
     pub patch: [usize; 3],
     /// Patches per optimiser step.
     pub batch: usize,
@@ -493,6 +494,19 @@ impl Plan {
             return bad(
                 "batch",
                 "batch, sampling.num_samples and window.sw_batch_size must be at least 1".into(),
+            );
+        }
+        let sampling = &self.sampling;
+        if ![sampling.pos, sampling.neg]
+            .iter()
+            .all(|w| w.is_finite() && *w >= 0.0)
+        {
+            return bad(
+                "sampling",
+                format!(
+                    "pos {} and neg {} must be weights >= 0",
+                    sampling.pos, sampling.neg
+                ),
             );
         }
         if !(0.0..1.0).contains(&self.window.overlap) {

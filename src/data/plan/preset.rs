@@ -96,7 +96,7 @@ impl Preset {
                     "intensity_scale_prob": 0.0, "contrast_prob": 0.0, "gamma_prob": 0.3,
                     "gamma_range": [0.7, 1.5], "lowres_prob": 0.0
                 },
-                "sampling": {"pos": 0.0, "neg": 1.0, "num_samples": 1, "ratios": null},
+                "sampling": {"pos": 0.0, "neg": 0.0, "num_samples": 1, "ratios": null},
                 "learning_rate": 1e-4, "num_epochs": 1250
             }),
         }
