@@ -77,7 +77,7 @@ pub enum Prepared {
         /// The fingerprint written.
         fingerprint: Fingerprint,
         /// The plan written.
-        plan: Plan,
+        plan: Box<Plan>,
     },
 }
 
@@ -201,6 +201,6 @@ pub fn run(o: &PrepareOptions) -> Result<Prepared> {
     Ok(Prepared::Planned {
         report,
         fingerprint,
-        plan,
+        plan: Box::new(plan),
     })
 }

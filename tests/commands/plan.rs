@@ -34,7 +34,7 @@ fn planned(r: Prepared) -> (Fingerprint, Plan) {
     match r {
         Prepared::Planned {
             fingerprint, plan, ..
-        } => (fingerprint, plan),
+        } => (fingerprint, *plan),
         Prepared::Refused(report) => panic!("refused: {:?}", report.problems),
     }
 }
@@ -81,14 +81,15 @@ fn synth_writes_a_dataset_verify_passes_in_both_layouts_the_same_bytes_for_the_s
         assert_eq!(info.datatype, nifti::DataType::Int16);
         assert_eq!(info.spacing, [1.0, 1.0, 2.5]);
         let affine = synth::synth_affine();
-        for r in 0..3 {
-            for c in 0..4 {
-                assert!(
-                    (info.affine[r][c] - affine[r][c]).abs() < 1e-6,
-                    "affine {r},{c}"
-                );
-            }
-        }
+        // Stored as f32 in the sform.
+        let stored = info.affine.iter().flatten();
+        assert!(
+            stored
+                .zip(affine.iter().flatten())
+                .all(|(a, b)| (a - b).abs() < 1e-6),
+            "{:?} vs {affine:?}",
+            info.affine
+        );
         assert!(
             affine[0][0] < 0.0 && affine[1][0] != 0.0,
             "flipped and oblique"

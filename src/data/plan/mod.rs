@@ -476,7 +476,7 @@ impl Plan {
         }
         for n in &self.normalization {
             if let Normalization::Range { a_min, a_max, .. } = n {
-                if !(a_min < a_max) {
+                if a_min.partial_cmp(a_max) != Some(std::cmp::Ordering::Less) {
                     return bad(
                         "normalization",
                         format!("a_min {a_min} must be below a_max {a_max}"),
