@@ -605,14 +605,6 @@ fn verify(a: VerifyArgs) -> calibseg::Result<bool> {
     Ok(errors == 0)
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum FormatArg {
-    /// nnU-Net v2 raw (imagesTr/<case>_0000.nii.gz, labelsTr/, imagesTs/).
-    Nnunet,
-    /// Medical Segmentation Decathlon (training and test lists in dataset.json).
-    Msd,
-}
-
 /// `calibseg synth` flags.
 #[derive(clap::Args)]
 struct SynthArgs {
@@ -623,37 +615,22 @@ struct SynthArgs {
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10000))]
     cases: u32,
     /// Dataset layout.
-    #[arg(long, value_enum, default_value = "nnunet")]
-    format: FormatArg,
+    #[arg(long, value_enum, ignore_case = true, default_value = "nnunet")]
+    format: calibseg::commands::synth::SynthFormat,
     /// The phantoms' seed.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
 }
 
 fn synth(a: SynthArgs) -> calibseg::Result<()> {
-    use calibseg::commands::synth::{run, SynthFormat, SynthOptions};
+    use calibseg::commands::synth::{run, SynthOptions};
     let mut o = SynthOptions::new(a.out);
     o.cases = a.cases as usize;
     o.seed = a.seed;
-    o.format = match a.format {
-        FormatArg::Nnunet => SynthFormat::NnUnet,
-        FormatArg::Msd => SynthFormat::Msd,
-    };
+    o.format = a.format;
     let dir = run(&o)?;
     out!("wrote {} training cases to {}", o.cases, dir.display());
     Ok(())
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PresetArg {
-    /// ACDC 2017 bundle (acdc17.yaml).
-    Acdc,
-    /// AMOS 2022 bundle (amos22.yaml).
-    Amos,
-    /// KiTS 2023 bundle (kits23.yaml).
-    Kits,
-    /// BraTS 2021 bundle (brats21.yaml).
-    Brats,
 }
 
 /// `calibseg prepare` flags.
@@ -671,8 +648,8 @@ struct PrepareArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "preset")]
     plan: Option<PathBuf>,
     /// Pin a paper bundle's settings.
-    #[arg(long, value_enum)]
-    preset: Option<PresetArg>,
+    #[arg(long, value_enum, ignore_case = true)]
+    preset: Option<calibseg::data::plan::Preset>,
     /// Device memory a training batch may take, in bytes, for the automatic patch and batch (default 8 GiB).
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     memory_budget: Option<u64>,
@@ -684,7 +661,6 @@ struct PrepareArgs {
 /// `Ok(false)` when verify refused the dataset (its report printed; exit 1).
 fn prepare(a: PrepareArgs) -> calibseg::Result<bool> {
     use calibseg::commands::prepare::{run, PlanSource, PrepareOptions, Prepared};
-    use calibseg::data::plan::Preset;
     let mut o = PrepareOptions::new(a.dataset, a.out);
     o.plan_only = a.plan_only;
     if let Some(t) = a.threads {
@@ -695,12 +671,7 @@ fn prepare(a: PrepareArgs) -> calibseg::Result<bool> {
     }
     o.plan = match (a.plan, a.preset) {
         (Some(p), _) => PlanSource::File(p),
-        (None, Some(p)) => PlanSource::Preset(match p {
-            PresetArg::Acdc => Preset::Acdc,
-            PresetArg::Amos => Preset::Amos,
-            PresetArg::Kits => Preset::Kits,
-            PresetArg::Brats => Preset::Brats,
-        }),
+        (None, Some(p)) => PlanSource::Preset(p),
         (None, None) => PlanSource::Automatic,
     };
     match run(&o)? {

@@ -24,13 +24,14 @@ pub const SPACING: [f64; 3] = [1.0, 1.0, 2.5];
 /// Class names of the label values 0, 1, 2, 3.
 pub const CLASS_NAMES: [&str; 4] = ["background", "organ", "lesion", "vessel"];
 
-/// Which layout to write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SynthFormat {
-    /// nnU-Net v2 raw: `imagesTr/<case>_0000.nii.gz`, `labelsTr/<case>.nii.gz`, `imagesTs/`.
-    NnUnet,
-    /// Medical Segmentation Decathlon: `training` and `test` lists in `dataset.json`.
-    Msd,
+names! {
+    /// Which layout to write.
+    pub enum SynthFormat ("dataset format") {
+        /// nnU-Net v2 raw: `imagesTr/<case>_0000.nii.gz`, `labelsTr/<case>.nii.gz`, `imagesTs/`.
+        NnUnet = "nnunet",
+        /// Medical Segmentation Decathlon: `training` and `test` lists in `dataset.json`.
+        Msd = "msd",
+    }
 }
 
 /// What `calibseg synth` writes.
