@@ -1,6 +1,7 @@
 // Temperature scaling: the summed negative log-likelihood of softmax(beta * z) (beta = 1 / T) and its first two
 // derivatives in beta, as per-workgroup partials (a fixed-order tree inside the workgroup; the host adds the
-// partials in order). NLL is convex in beta, so the host can run a safeguarded Newton iteration on it.
+// partials in order). Each workgroup covers one chunk of WG * PER_THREAD voxels of one image (image-major, never
+// across images), so an image cut into pieces of whole chunks gives the same partials as the whole image. NLL is convex in beta, so the host can run a safeguarded Newton iteration on it.
 //
 // Per voxel, with s = beta * z, p = softmax(s), y the label:
 //   nll = logsumexp(s) - s_y,  d nll / d beta = E_p[z] - z_y,  d2 nll / d beta2 = Var_p[z].
@@ -9,12 +10,12 @@
 struct Params {
     voxels: u32,   // voxels per image
     channels: u32, // C
-    total: u32,    // images * voxels
-    groups: u32,   // workgroups launched
+    total: u32,    // elements (scale)
+    groups: u32,   // workgroups launched (nll: images * image_groups)
     beta: f32,
+    image_groups: u32, // chunks per image (nll)
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 const WG: u32 = 256u;
@@ -38,12 +39,13 @@ fn nll(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let nc = params.channels;
     let beta = params.beta;
     var acc = vec4<f32>(0.0);
+    let b = g / params.image_groups;
+    let chunk = g - b * params.image_groups;
     for (var i = 0u; i < PER_THREAD; i++) {
-        let t = (g * PER_THREAD + i) * WG + lid;
-        if (t < params.total) {
-            let b = t / nv;
-            let base = b * nc * nv + (t - b * nv);
-            let lab = labels[t];
+        let x = (chunk * PER_THREAD + i) * WG + lid;
+        if (x < nv) {
+            let base = b * nc * nv + x;
+            let lab = labels[b * nv + x];
             if (lab < 0 || u32(lab) >= nc) {
                 acc.w += 1.0;
                 continue;

@@ -26,7 +26,10 @@ pub use calibration::{
     macro_mean_std, micro, nan_mean_std, per_image, reliability_heatmap, Errors, MicroPooling,
     PerImage,
 };
-pub use temperature::{apply_temperature, fit_temperature, nll_at, scale_logits, TemperatureFit};
+pub use temperature::{
+    apply_temperature, fit_temperature, fit_temperature_pieces, nll_at, nll_at_pieces,
+    scale_logits, temperature_piece_voxels, TemperatureFit, TEMPERATURE_CHUNK,
+};
 
 /// Error unless `labels` is `[N, 1, spatial...]` with the images and spatial sizes of `input` (`[N, C,
 /// spatial...]`, named `what` in the message).

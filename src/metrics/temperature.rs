@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::bins::IndexLabels;
 use crate::error::{Error, Result};
-use crate::gpu::WORKGROUP_SIZE;
+use crate::gpu::{Gpu, WORKGROUP_SIZE};
 use crate::ops::{ncv, softmax};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
@@ -23,7 +23,8 @@ struct Params {
     total: u32,
     groups: u32,
     beta: f32,
-    _pad: [u32; 3],
+    image_groups: u32,
+    _pad: [u32; 2],
 }
 
 /// Mean NLL of `softmax(beta * z)` over all voxels and its first and second derivatives in beta.
@@ -71,48 +72,109 @@ fn check(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize, usize)> {
     Ok((n, c, v))
 }
 
-/// Evaluates the mean NLL and its derivatives at `beta` on the GPU (per-workgroup partials added in a
-/// fixed order, so the result is deterministic).
-///
-/// `labels` are class indices `[N, 1, spatial...]`: a [`crate::loss::Labels`] or an i32/u32 tensor.
-pub fn nll_at(logits: &Tensor, labels: &(impl IndexLabels + ?Sized), beta: f64) -> Result<NllAt> {
-    let labels = labels.index_tensor()?;
+/// Voxels of one image that one workgroup of the NLL kernel sums (a chunk): the kernel never sums across
+/// images, so an image cut into pieces of whole chunks gives the partials of the whole image.
+pub const TEMPERATURE_CHUNK: usize = WORKGROUP_SIZE as usize * PER_THREAD;
+
+/// The most voxels of a piece of one image of `channels` f32 logits that fit one storage binding: a whole
+/// number of [`TEMPERATURE_CHUNK`]s, or the image's `voxels` when that is less. An error when not even one
+/// chunk fits.
+pub fn temperature_piece_voxels(gpu: &Gpu, channels: usize, voxels: usize) -> Result<usize> {
+    let chunk_bytes = 4 * channels.max(1) as u64 * TEMPERATURE_CHUNK as u64;
+    let max = gpu.max_binding_bytes();
+    let chunks = max / chunk_bytes;
+    if chunks == 0 {
+        return Err(Error::BufferTooLarge {
+            what: format!("a piece of {TEMPERATURE_CHUNK} voxels x {channels} channels of logits"),
+            bytes: chunk_bytes,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: max,
+        });
+    }
+    Ok((chunks as usize * TEMPERATURE_CHUNK).min(voxels))
+}
+
+/// Adds one piece's summed NLL, derivatives and count of bad labels to `sums` (its per-workgroup partials in
+/// order) and returns its voxel count and channels.
+fn add_piece_sums(
+    logits: &Tensor,
+    labels: &Tensor,
+    beta: f64,
+    sums: &mut [f64; 4],
+) -> Result<(usize, usize)> {
     let (n, c, v) = check(logits, labels)?;
     let gpu = logits.gpu();
-    let total = n * v;
-    let groups = total.div_ceil(WORKGROUP_SIZE as usize * PER_THREAD);
+    let image_groups = v.div_ceil(TEMPERATURE_CHUNK);
+    let groups = n * image_groups;
     let partials = Tensor::uninit(gpu, &[groups, 4], DType::F32)?;
     let kernel = gpu.kernel(&shaders::TEMPERATURE, "", "nll", &[])?;
     let p = Params {
         voxels: v as u32,
         channels: c as u32,
-        total: total as u32,
+        total: (n * v) as u32,
         groups: groups as u32,
         beta: beta as f32,
-        _pad: [0; 3],
+        image_groups: image_groups as u32,
+        _pad: [0; 2],
     };
     let mut batch = gpu.batch("temperature nll");
     batch.dispatch_tensors(&kernel, &p, &[logits, labels, &partials], groups as u32)?;
     batch.submit()?;
-    let part = partials.to_vec::<f32>()?;
-    let mut s = [0f64; 4];
-    for rec in part.chunks_exact(4) {
+    for rec in partials.to_vec::<f32>()?.chunks_exact(4) {
         for j in 0..4 {
-            s[j] += rec[j] as f64;
+            sums[j] += rec[j] as f64;
         }
     }
-    if s[3] > 0.0 {
+    Ok((n * v, c))
+}
+
+/// Evaluates the mean NLL and its derivatives at `beta` on the GPU (per-workgroup partials added in a
+/// fixed order, so the result is deterministic).
+///
+/// `labels` are class indices `[N, 1, spatial...]`: a [`crate::loss::Labels`] or an i32/u32 tensor.
+pub fn nll_at(logits: &Tensor, labels: &(impl IndexLabels + ?Sized), beta: f64) -> Result<NllAt> {
+    nll_at_pieces(&[(logits, labels)], beta)
+}
+
+/// [`nll_at`] over data given in pieces, each `(logits [N, C, L], labels [N, 1, L])`: whole images, or one
+/// image cut along its voxels into pieces of whole [`TEMPERATURE_CHUNK`]s (the last may end the image), in
+/// order. The partials are then added in the order of the uncut data, so the result is the uncut data's bit
+/// for bit, while no piece need fit more than one storage binding ([`temperature_piece_voxels`]).
+pub fn nll_at_pieces<L: IndexLabels + ?Sized>(
+    pieces: &[(&Tensor, &L)],
+    beta: f64,
+) -> Result<NllAt> {
+    let mut sums = [0f64; 4];
+    let mut voxels = 0;
+    let mut channels = None;
+    for (logits, labels) in pieces {
+        let (v, c) = add_piece_sums(logits, labels.index_tensor()?, beta, &mut sums)?;
+        if channels.is_some_and(|k| k != c) {
+            return Err(Error::shape(format!(
+                "pieces of logits with {} and {c} channels",
+                channels.unwrap_or(c)
+            )));
+        }
+        channels = Some(c);
+        voxels += v;
+    }
+    let Some(c) = channels else {
+        return Err(Error::InvalidShape(
+            "temperature scaling needs at least one piece of logits".into(),
+        ));
+    };
+    if sums[3] > 0.0 {
         return Err(Error::invalid(format!(
             "{} labels are outside 0..{c}",
-            s[3] as u64
+            sums[3] as u64
         )));
     }
-    let t = total as f64;
+    let t = voxels as f64;
     Ok(NllAt {
         beta,
-        nll: s[0] / t,
-        grad: s[1] / t,
-        curvature: s[2] / t,
+        nll: sums[0] / t,
+        grad: sums[1] / t,
+        curvature: sums[2] / t,
     })
 }
 
@@ -124,10 +186,18 @@ pub fn fit_temperature(
     logits: &Tensor,
     labels: &(impl IndexLabels + ?Sized),
 ) -> Result<TemperatureFit> {
-    let labels = labels.index_tensor()?;
+    fit_temperature_pieces(&[(logits, labels)])
+}
+
+/// [`fit_temperature`] on validation data given in pieces as [`nll_at_pieces`] takes them: the same fit, bit
+/// for bit, as on the uncut data.
+pub fn fit_temperature_pieces<L: IndexLabels + ?Sized>(
+    pieces: &[(&Tensor, &L)],
+) -> Result<TemperatureFit> {
+    let nll_at = |beta: f64| nll_at_pieces(pieces, beta);
     const BETA_MIN: f64 = 1e-3;
     const BETA_MAX: f64 = 1e3;
-    let start = nll_at(logits, labels, 1.0)?;
+    let start = nll_at(1.0)?;
     if !(start.nll.is_finite() && start.grad.is_finite() && start.curvature.is_finite()) {
         return Err(Error::invalid(format!(
             "the validation NLL at T = 1 is {} (derivative {}): the logits hold non-finite values \
@@ -152,10 +222,10 @@ pub fn fit_temperature(
             (lo * hi).sqrt()
         };
         if (next - cur.beta).abs() <= 1e-7 * cur.beta || hi / lo < 1.0 + 1e-9 {
-            cur = nll_at(logits, labels, next)?;
+            cur = nll_at(next)?;
             break;
         }
-        cur = nll_at(logits, labels, next)?;
+        cur = nll_at(next)?;
     }
     if cur.beta <= BETA_MIN * 1.001 || cur.beta >= BETA_MAX * 0.999 {
         return Err(Error::invalid(format!(
@@ -200,7 +270,8 @@ pub fn scale_logits(logits: &Tensor, temperature: f64) -> Result<Tensor> {
         total: total as u32,
         groups: 0,
         beta: (1.0 / temperature) as f32,
-        _pad: [0; 3],
+        image_groups: 0,
+        _pad: [0; 2],
     };
     let mut batch = gpu.batch("temperature scale");
     batch.dispatch_tensors(
@@ -225,6 +296,6 @@ mod layout_tests {
 
     #[test]
     fn params_layout_matches_the_wgsl() {
-        assert_layout!(Params, shaders::TEMPERATURE.first_variant(), "Params"; voxels, channels, total, groups, beta, _pad);
+        assert_layout!(Params, shaders::TEMPERATURE.first_variant(), "Params"; voxels, channels, total, groups, beta, image_groups, _pad);
     }
 }

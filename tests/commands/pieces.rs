@@ -67,8 +67,9 @@ fn write_cases(path: &Path, name: &str, n: usize, c: usize, side: usize, seed: u
     st::write(path, &t, None).unwrap();
 }
 
-/// `calibseg eval` on probabilities, and on logits with a fitted temperature (statistics before and after
-/// scaling), writes the same files under the forced limit as without it.
+/// `calibseg eval` on probabilities, and on logits with a temperature fitted on validation images that are
+/// also over the limit (statistics before and after scaling), writes the same files under the forced limit
+/// as without it.
 #[test]
 fn eval_of_images_over_the_binding_limit_equals_the_unsplit_evaluation() {
     let Some(_gpu) = common::gpu() else { return };
@@ -78,7 +79,7 @@ fn eval_of_images_over_the_binding_limit_equals_the_unsplit_evaluation() {
     let val = dir.join("val.safetensors");
     write_cases(&probs, "probs", 2, 3, 40, 1);
     write_cases(&logits, "logits", 2, 3, 40, 2);
-    write_cases(&val, "logits", 2, 3, 8, 3);
+    write_cases(&val, "logits", 2, 3, 40, 3);
     for (tag, input, extra) in [
         ("probs", &probs, vec!["--include-background"]),
         (

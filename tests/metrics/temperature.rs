@@ -125,6 +125,77 @@ fn recovers_a_known_temperature() {
     metrics::scale_logits(&logits, 0.0).unwrap_err();
 }
 
+/// The inverse temperature minimising the f64 mean NLL (golden-section search; the NLL is convex in beta).
+fn beta_ref(z: &[f32], l: &[i32], n: usize, c: usize, v: usize) -> f64 {
+    let f = |beta: f64| nll_ref(z, l, n, c, v, beta);
+    let (mut lo, mut hi) = (0.05f64, 5.0f64);
+    let r = (5f64.sqrt() - 1.0) / 2.0;
+    while hi - lo > 1e-9 {
+        let (a, b) = (hi - r * (hi - lo), lo + r * (hi - lo));
+        if f(a) < f(b) {
+            hi = b;
+        } else {
+            lo = a;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+#[test]
+fn a_fit_on_images_in_pieces_equals_the_uncut_fit_and_the_f64_minimiser() {
+    let Some(gpu) = common::gpu() else { return };
+    let chunk = metrics::TEMPERATURE_CHUNK;
+    // Images ending inside a chunk: the kernel's chunks never cross from one image into the next.
+    let (n, c, v) = (3, 3, 2 * chunk + 777);
+    let (z, l) = synthetic(21, n, c, v, 1.8);
+    let logits = Tensor::from_f32(&gpu, &[n, c, v], &z).unwrap();
+    let labels = Tensor::from_slice(&gpu, &[n, 1, v], &l).unwrap();
+    let whole = metrics::fit_temperature(&logits, &labels).unwrap();
+    // Image 0 whole, image 1 as chunk + the rest, image 2 as two chunks + the rest.
+    let cuts: [&[usize]; 3] = [&[0, v], &[0, chunk, v], &[0, 2 * chunk, v]];
+    let mut pieces = Vec::new();
+    for (image, cut) in cuts.iter().enumerate() {
+        for w in cut.windows(2) {
+            let (start, len) = (w[0], w[1] - w[0]);
+            let values: Vec<f32> = (0..c)
+                .flat_map(|k| {
+                    let at = (image * c + k) * v + start;
+                    z[at..at + len].to_vec()
+                })
+                .collect();
+            let at = image * v + start;
+            pieces.push((
+                Tensor::from_f32(&gpu, &[1, c, len], &values).unwrap(),
+                Tensor::from_slice(&gpu, &[1, 1, len], &l[at..at + len]).unwrap(),
+            ));
+        }
+    }
+    let pieces: Vec<(&Tensor, &Tensor)> = pieces.iter().map(|(z, l)| (z, l)).collect();
+    assert_eq!(
+        metrics::nll_at_pieces(&pieces, 0.6).unwrap(),
+        metrics::nll_at(&logits, &labels, 0.6).unwrap()
+    );
+    assert_eq!(metrics::fit_temperature_pieces(&pieces).unwrap(), whole);
+    // The fit is the minimiser of the f64 NLL (the per-image chunks changed the kernel's summation order).
+    let want = 1.0 / beta_ref(&z, &l, n, c, v);
+    assert!(
+        (whole.temperature - want).abs() <= 1e-4 * want,
+        "fitted T = {}, f64 minimiser {want}",
+        whole.temperature
+    );
+    // A binding that holds no chunk is a typed error naming the limit.
+    let Some(small) = common::gpu_with_binding_limit(4 * c as u64 * chunk as u64 - 4) else {
+        return;
+    };
+    let e = metrics::temperature_piece_voxels(&small, c, v).unwrap_err();
+    assert!(matches!(e, calibseg::Error::BufferTooLarge { .. }), "{e}");
+    assert_eq!(
+        metrics::temperature_piece_voxels(&gpu, c, v).unwrap(),
+        v,
+        "an image that fits is one piece"
+    );
+}
+
 // Runs the `calibseg` command, which exists only with the `cli` feature.
 #[cfg(feature = "cli")]
 #[test]

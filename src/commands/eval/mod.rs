@@ -39,8 +39,8 @@ use crate::io::output::OutputDir;
 use crate::io::safetensors::{HostTensor, TensorFile};
 use crate::loss::Labels;
 use crate::metrics::{
-    apply_temperature, fit_temperature, BinStats, CalibrationAccumulator, CalibrationMetrics,
-    ImageBins, Summary, TemperatureFit,
+    apply_temperature, fit_temperature_pieces, temperature_piece_voxels, BinStats,
+    CalibrationAccumulator, CalibrationMetrics, ImageBins, Summary, TemperatureFit,
 };
 use crate::ops::softmax;
 use crate::tensor::Tensor;
@@ -539,7 +539,9 @@ pub enum Event {
 }
 
 /// Loads a safetensors validation file and fits a temperature on its `logits` and `labels`; the logits
-/// must have `classes` channels when given. Returns the fit and the file's channel count.
+/// must have `classes` channels when given. Returns the fit and the file's channel count. Data over one
+/// storage binding goes to the GPU image by image in pieces of whole temperature chunks, which fit the same
+/// temperature bit for bit.
 fn fit_on_file(gpu: &Gpu, path: &Path, classes: Option<usize>) -> Result<(TemperatureFit, usize)> {
     let f = TensorFile::open(path)?;
     let (shape, z) = f.f32("logits")?;
@@ -560,9 +562,39 @@ fn fit_on_file(gpu: &Gpu, path: &Path, classes: Option<usize>) -> Result<(Temper
         }
     }
     Error::check_finite(&z, || format!("'logits' in {}", path.display()))?;
-    let logits = Tensor::from_f32(gpu, &shape, &z)?;
-    let labels = Labels::from_indices(gpu, &lshape, &l, shape[1])?;
-    Ok((fit_temperature(&logits, &labels)?, shape[1]))
+    let (n, c) = (shape[0], shape[1]);
+    let v = z.len().checked_div(n * c).unwrap_or(0);
+    if z.len() as u64 * 4 <= gpu.max_binding_bytes() || n * v == 0 {
+        let logits = Tensor::from_f32(gpu, &shape, &z)?;
+        let labels = Labels::from_indices(gpu, &lshape, &l, c)?;
+        return Ok((fit_temperature_pieces(&[(&logits, &labels)])?, c));
+    }
+    if lshape.len() != shape.len() || lshape[0] != n || lshape[1] != 1 || lshape[2..] != shape[2..]
+    {
+        return Err(Error::shape(format!(
+            "labels {lshape:?} in {} must be [N, 1, spatial...] matching logits {shape:?}",
+            path.display()
+        )));
+    }
+    let piece = temperature_piece_voxels(gpu, c, v)?;
+    let mut pieces = Vec::new();
+    for image in 0..n {
+        for start in (0..v).step_by(piece) {
+            let len = piece.min(v - start);
+            let mut values = Vec::with_capacity(c * len);
+            for k in 0..c {
+                let at = (image * c + k) * v + start;
+                values.extend_from_slice(&z[at..at + len]);
+            }
+            let at = image * v + start;
+            pieces.push((
+                Tensor::from_f32(gpu, &[1, c, len], &values)?,
+                Labels::from_indices(gpu, &[1, 1, len], &l[at..at + len], c)?,
+            ));
+        }
+    }
+    let pieces: Vec<(&Tensor, &Labels)> = pieces.iter().map(|(z, l)| (z, l)).collect();
+    Ok((fit_temperature_pieces(&pieces)?, c))
 }
 
 /// The bin statistics of one case, and with a fitted `temperature` those of its unscaled probabilities too.
