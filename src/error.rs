@@ -127,6 +127,15 @@ pub enum Error {
     /// A long operation was stopped on request (Ctrl-C) at a safe point; the message says what was kept.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// A fresh training run failed before its first checkpoint was complete; what it had written was removed
+    /// again, so its folder is as it was found and a fresh run may start there.
+    #[error("{source}; this was before the run's first checkpoint, so nothing of it was kept in {folder}")]
+    NothingKept {
+        /// The run folder.
+        folder: String,
+        /// Why the run failed.
+        source: Box<Error>,
+    },
     /// Evaluations given to `calibseg eval --merge` cannot be merged: their bins, classes or options
     /// differ, they share case names, or one is not an evaluation this calibseg can read.
     #[error("cannot merge the evaluation in {shard}: {message}")]

@@ -187,10 +187,11 @@ fn check_eval_folder(out: &Path) -> Result<()> {
 }
 
 /// Removes what a fresh run wrote into `dir` when it ends before its first checkpoint is complete, so the
-/// folder is left as it was found (or removed again if the run created it).
-fn discard_unfinished(dir: &Path, created: bool) {
+/// folder is left as it was found (or removed again if the run created it). False, removing nothing, when the
+/// folder holds a complete checkpoint.
+fn discard_unfinished(dir: &Path, created: bool) -> bool {
     if newest_complete_checkpoint(dir).is_some() {
-        return;
+        return false;
     }
     for name in [MODEL_FILE, CONFIG_FILE, "log.csv"]
         .into_iter()
@@ -206,6 +207,7 @@ fn discard_unfinished(dir: &Path, created: bool) {
     if created {
         let _ = std::fs::remove_dir(dir); // only if nothing else is there
     }
+    true
 }
 
 /// Trains `config` in `o.out` (fresh, or resumed from its newest complete checkpoint), then evaluates the
@@ -256,10 +258,16 @@ pub fn train_in_folder(
     }
     let result = run_locked(gpu, config, o, on_event);
     drop(lock);
-    if fresh && result.is_err() {
-        discard_unfinished(out, created);
+    match result {
+        Err(e) if fresh && discard_unfinished(out, created) => Err(match e {
+            e @ Error::Interrupted(_) => e, // says so already
+            e => Error::NothingKept {
+                folder: out.display().to_string(),
+                source: Box::new(e),
+            },
+        }),
+        result => result,
     }
-    result
 }
 
 fn run_locked(

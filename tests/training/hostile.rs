@@ -282,6 +282,65 @@ fn a_run_stopped_before_its_first_checkpoint_leaves_nothing_that_looks_resumable
 }
 
 #[test]
+fn a_run_failing_before_its_first_checkpoint_says_nothing_was_kept_and_a_fresh_run_accepts_its_folder(
+) {
+    let Some(gpu) = gpu() else { return };
+    let stop = AtomicBool::new(true);
+    // A learning rate of 1e30 turns the loss NaN before the first checkpoint (step 4).
+    let mut nan = tiny(PaperLoss::Baseline);
+    nan.lr = 1e30;
+    nan.val_every = 4;
+    // More classes than the data allows: refused before the folder is touched.
+    let mut classes = tiny(PaperLoss::Baseline);
+    classes.data.foreground_classes = 255;
+    classes.model.out_channels = 256;
+    for existed in [false, true] {
+        let out = temp_dir(&format!("failed-early-{existed}"));
+        if existed {
+            std::fs::create_dir_all(&out).unwrap();
+        }
+        let left = |out: &Path| {
+            assert_eq!(out.exists(), existed, "{}", out.display());
+            if existed {
+                assert_eq!(std::fs::read_dir(out).unwrap().count(), 0, "left empty");
+            }
+        };
+        let e = train_in_folder(&gpu, nan.clone(), &options(&out, false, None), &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(e, Error::NothingKept { .. }), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("training loss became NaN") && m.contains("nothing of it was kept"),
+            "{m}"
+        );
+        left(&out);
+        let m = train_in_folder(
+            &gpu,
+            classes.clone(),
+            &options(&out, false, None),
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(m.contains("foreground_classes") && m.contains("255"), "{m}");
+        left(&out);
+        // A fresh run starts there (and is stopped at once).
+        let e = train_in_folder(
+            &gpu,
+            tiny(PaperLoss::Baseline),
+            &options(&out, false, Some(&stop)),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::Interrupted(_)),
+            "a fresh run starts: {e}"
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[test]
 fn a_second_run_into_a_folder_in_use_refuses_and_a_stale_lock_does_not_block() {
     let Some(gpu) = gpu() else { return };
     let config = tiny(PaperLoss::Baseline);
@@ -318,6 +377,72 @@ fn a_second_run_into_a_folder_in_use_refuses_and_a_stale_lock_does_not_block() {
     );
     drop(held);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Two `calibseg train` processes started together on one empty folder: the one that takes the lock runs
+/// (until it is stopped with SIGINT), the other refuses with the lock's message and writes nothing.
+#[cfg(unix)]
+#[test]
+fn two_train_processes_started_together_on_one_folder_one_runs_and_the_other_refuses() {
+    let Some(_gpu) = gpu() else { return };
+    let dir = temp_dir("two-processes");
+    let out = dir.join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut config = tiny(PaperLoss::Baseline);
+    config.steps = 1_000_000; // runs until stopped, so the loser always meets a held lock
+    config.val_every = 1_000_000;
+    let toml = dir.join("config.toml");
+    std::fs::write(&toml, config.to_toml().unwrap()).unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_calibseg"))
+            .args(["train", "--loss", "baseline", "--no-pictures", "--config"])
+            .arg(&toml)
+            .arg("--out")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut runs = [start(), start()];
+    let first_done = loop {
+        if let Some(i) = (0..2).find(|&i| runs[i].try_wait().unwrap().is_some()) {
+            break i;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (loser, winner) = if first_done == 0 {
+        let [a, b] = runs;
+        (a, b)
+    } else {
+        let [a, b] = runs;
+        (b, a)
+    };
+    let refused = loser.wait_with_output().unwrap();
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{message}");
+    assert!(
+        message.contains("in use by another calibseg train") && message.contains(LOCK_FILE),
+        "{message}"
+    );
+    // The winner is still training: stop it as Ctrl-C does.
+    assert!(
+        out.join(LOCK_FILE).exists(),
+        "the running one holds the lock"
+    );
+    let killed = Command::new("kill")
+        .args(["-INT", &winner.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopped = winner.wait_with_output().unwrap();
+    let message = String::from_utf8_lossy(&stopped.stderr);
+    assert!(
+        !stopped.status.success() && message.contains("before the first checkpoint"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "left as found");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
