@@ -16,7 +16,7 @@ use calibseg::data::{SyntheticConfig, SyntheticDataset};
 use calibseg::loss::PaperLoss;
 use calibseg::nn::{Network, SegResNetDs, SegResNetDsConfig};
 use calibseg::train::{newest_complete_checkpoint, TrainConfig, Trainer};
-use calibseg::Error;
+use calibseg::{Error, Gpu};
 use common::gpu;
 use proptest::prelude::*;
 
@@ -29,6 +29,18 @@ fn options<'a>(out: &Path, resume: bool, stop: Option<&'a AtomicBool>) -> RunOpt
         stop,
         pictures: false,
     }
+}
+
+/// Asserts that a fresh run starts in `out` (it is stopped at once, before its first checkpoint).
+fn a_fresh_run_starts(gpu: &Gpu, out: &Path) {
+    let stop = AtomicBool::new(true);
+    let config = tiny(PaperLoss::Baseline);
+    let e =
+        train_in_folder(gpu, config, &options(out, false, Some(&stop)), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(e, Error::Interrupted(_)),
+        "a fresh run starts: {e}"
+    );
 }
 
 fn invalid(toml: &str) -> String {
@@ -258,17 +270,7 @@ fn a_run_stopped_before_its_first_checkpoint_leaves_nothing_that_looks_resumable
         m.contains("no complete checkpoint") && m.contains("config.toml"),
         "{m}"
     );
-    let e = train_in_folder(
-        &gpu,
-        config.clone(),
-        &options(&out, false, Some(&stop)),
-        &mut |_| {},
-    )
-    .unwrap_err();
-    assert!(
-        matches!(e, Error::Interrupted(_)),
-        "a fresh run starts: {e}"
-    );
+    a_fresh_run_starts(&gpu, &out);
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "and cleans up");
     // A folder with someone else's files is refused with what is there, and left alone.
     std::fs::write(out.join("model.json"), "mine").unwrap();
@@ -282,10 +284,8 @@ fn a_run_stopped_before_its_first_checkpoint_leaves_nothing_that_looks_resumable
 }
 
 #[test]
-fn a_run_failing_before_its_first_checkpoint_says_nothing_was_kept_and_a_fresh_run_accepts_its_folder(
-) {
+fn a_run_failing_before_its_first_checkpoint_keeps_nothing_and_says_so() {
     let Some(gpu) = gpu() else { return };
-    let stop = AtomicBool::new(true);
     // A learning rate of 1e30 turns the loss NaN before the first checkpoint (step 4).
     let mut nan = tiny(PaperLoss::Baseline);
     nan.lr = 1e30;
@@ -324,18 +324,7 @@ fn a_run_failing_before_its_first_checkpoint_says_nothing_was_kept_and_a_fresh_r
         .to_string();
         assert!(m.contains("foreground_classes") && m.contains("255"), "{m}");
         left(&out);
-        // A fresh run starts there (and is stopped at once).
-        let e = train_in_folder(
-            &gpu,
-            tiny(PaperLoss::Baseline),
-            &options(&out, false, Some(&stop)),
-            &mut |_| {},
-        )
-        .unwrap_err();
-        assert!(
-            matches!(e, Error::Interrupted(_)),
-            "a fresh run starts: {e}"
-        );
+        a_fresh_run_starts(&gpu, &out);
         let _ = std::fs::remove_dir_all(&out);
     }
 }
