@@ -528,3 +528,55 @@ fn cli_synth_and_prepare_plan_only_and_their_refusals() {
     );
     assert!(!bad_cache.exists());
 }
+
+#[test]
+fn the_automatic_patch_is_the_clipped_aspect_shrunk_to_the_budget_in_whole_steps() {
+    use calibseg::data::plan::{levels_for, patch_size, training_bytes_per_sample, ModelPlan};
+    let median = [160, 160, 64];
+    assert_eq!(levels_for(median), 5);
+    assert_eq!(
+        levels_for([40, 40, 6]),
+        3,
+        "2^(levels - 1) <= the smallest axis"
+    );
+    let model = ModelPlan {
+        spatial_dims: 3,
+        init_filters: 32,
+        in_channels: 1,
+        out_channels: 4,
+        norm: "INSTANCE".into(),
+        blocks_down: vec![1, 2, 2, 4, 4],
+        dsdepth: 4,
+    };
+    let spacing = [1.0, 1.0, 2.5];
+    // Unlimited: the aspect of 1 / spacing at 256^3 voxels, clipped to the median, in multiples of 16.
+    let inv = spacing.map(|s: f64| 1.0 / s);
+    let scale = (256f64.powi(3) / inv.iter().product::<f64>()).cbrt();
+    let expect: [usize; 3] =
+        std::array::from_fn(|a| ((inv[a] * scale).round() as usize).min(median[a]) / 16 * 16);
+    let big = patch_size(spacing, median, &model, u64::MAX);
+    assert_eq!(big, expect);
+    assert_eq!(big, [160, 160, 64]);
+    // A budget that holds a batch of two 64 x 64 x 32 patches: the patch fits it, in steps of 16, and a
+    // larger budget never gives a smaller patch.
+    let budget = 2 * training_bytes_per_sample(&model, [64, 64, 32]);
+    let small = patch_size(spacing, median, &model, budget);
+    assert!(
+        2 * training_bytes_per_sample(&model, small) <= budget,
+        "{small:?}"
+    );
+    assert!(small.iter().all(|p| p % 16 == 0 && *p >= 16), "{small:?}");
+    assert!(small.iter().zip(&big).all(|(s, b)| s <= b) && small != big);
+    let middle = patch_size(spacing, median, &model, 4 * budget);
+    assert!(
+        middle.iter().zip(&small).all(|(m, s)| m >= s),
+        "{middle:?} vs {small:?}"
+    );
+    // Shrinking takes the axis with the largest patch / median first, so the axes' fractions of their
+    // median end at most one step apart.
+    let fractions: Vec<f64> = (0..3).map(|a| small[a] as f64 / median[a] as f64).collect();
+    let step_fraction = (0..3).map(|a| 16.0 / median[a] as f64).fold(0.0, f64::max);
+    let spread = fractions.iter().fold(0.0f64, |m, f| m.max(*f))
+        - fractions.iter().fold(1.0f64, |m, f| m.min(*f));
+    assert!(spread <= step_fraction + 1e-12, "{fractions:?}");
+}
