@@ -394,9 +394,19 @@ fn two_train_processes_started_together_on_one_folder_one_runs_and_the_other_ref
             .unwrap()
     };
     let mut runs = [start(), start()];
+    // Without the lock neither would end: a deadline makes that a failure, not a hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let first_done = loop {
         if let Some(i) = (0..2).find(|&i| runs[i].try_wait().unwrap().is_some()) {
             break i;
+        }
+        if std::time::Instant::now() > deadline {
+            for r in &mut runs {
+                let _ = r.kill();
+                let _ = r.wait();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("both runs still going after 120 s: neither refused the folder in use");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
