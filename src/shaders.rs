@@ -101,6 +101,16 @@ pub const RESAMPLE: Shader = Shader {
     zero_workgroup_memory: true,
 };
 
+/// Resampling of 3D volumes through an affine output-to-input voxel map, trilinear or nearest (border
+/// padding, as MONAI's `SpatialResample`).
+pub const AFFINE_RESAMPLE: Shader = Shader {
+    name: "affine_resample.wgsl",
+    source: include_str!("../shaders/affine_resample.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
 /// Hard binning of probabilities per (image, class) for the calibration metrics and the Dice counts:
 /// per-workgroup partials, then a fixed-order pass.
 pub const CALIBRATION: Shader = Shader {
@@ -183,6 +193,7 @@ pub const ALL: &[Shader] = &[
     LOSS_VOXEL,
     LOSS_REDUCE,
     RESAMPLE,
+    AFFINE_RESAMPLE,
     CALIBRATION,
     TEMPERATURE,
     REDUCE,

@@ -41,6 +41,7 @@ pub mod dataset;
 mod filters;
 mod phantom;
 pub mod plan;
+pub mod preprocess;
 mod rng;
 
 use std::sync::OnceLock;

@@ -2,7 +2,8 @@
 //!
 //! Where things are:
 //! - convolution: `conv/` (its header lists the rest); norms: `norm.rs`; softmax: `softmax.rs`;
-//!   ReLU, add: `relu.rs`, `add.rs` (through `elementwise.rs`); upsample: `upsample.rs`; row sums: `reduce.rs`
+//!   ReLU, add: `relu.rs`, `add.rs` (through `elementwise.rs`); upsample: `upsample.rs`; row sums: `reduce.rs`;
+//!   affine resampling (spacing, augmentation): `resample.rs`
 //! - kernels: `shaders/*.wgsl` (registered in `shaders.rs`), conv's generated in `conv/wgsl/`
 //! - tape ops: `autograd/ops.rs`; layers: `nn/layers.rs`
 //! - tests: the suite `tests/ops/` (one module per family, `shaders_naga.rs` for every shader); each mirrored
@@ -14,6 +15,7 @@ mod elementwise;
 pub mod norm;
 pub mod reduce;
 pub mod relu;
+pub mod resample;
 pub mod softmax;
 pub mod upsample;
 
@@ -30,6 +32,7 @@ pub use norm::{
 };
 pub use reduce::channel_sum;
 pub use relu::{relu, relu_backward};
+pub use resample::{resample, Interpolation};
 pub use softmax::{softmax, softmax_backward};
 pub use upsample::{upsample, upsample_backward};
 

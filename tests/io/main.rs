@@ -1,4 +1,4 @@
-//! Test suite: File formats: safetensors, NIfTI (against nibabel), NumPy .npz, how inputs are opened and the safe-output path.
+//! Test suite: File formats: safetensors, NIfTI (against nibabel), NumPy .npz, preprocessing (against MONAI), how inputs are opened and the safe-output path.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -15,3 +15,4 @@ mod io_npz;
 mod io_safetensors;
 mod nifti;
 mod output;
+mod preprocess;

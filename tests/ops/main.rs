@@ -1,4 +1,4 @@
-//! Test suite: GPU operations: the context, conv, norms, softmax, elementwise ops, the tape, the recording engine, every shader through naga, host interop.
+//! Test suite: GPU operations: the context, conv, norms, softmax, elementwise ops, affine resampling, the tape, the recording engine, every shader through naga, host interop.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -10,5 +10,6 @@ mod elementwise;
 mod engine;
 mod interop;
 mod norm;
+mod resample;
 mod shaders_naga;
 mod softmax;

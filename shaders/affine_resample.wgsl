@@ -1,0 +1,101 @@
+// Resampling of 3D volumes through an affine map from output voxel to input voxel, as MONAI's
+// SpatialResample does it with torch's grid_sample (padding "border": the input coordinate is clamped to
+// [0, size - 1] on each axis, so align_corners only matters through the map itself, which the caller
+// builds). Volumes are row major [X, Y, Z] (z fastest). One invocation per output voxel, no reduction,
+// so every run gives the same bits. A dispatch covers one piece of one volume's output: `piece` places it.
+//
+// The map is affine, so an output voxel's input coordinate is the sum of one term per output axis; the
+// host tabulates those terms in f64 and hands each over in fixed point (an i32 integer part and a u32
+// fraction in units of 2^-32), summed here with integer carries: where a voxel falls (the floor, and
+// nearest's halfway ties, which MONAI's f64 grid decides by parts in 1e8) is decided to 2^-32 voxels,
+// not by f32's rounding of the sum (nor by a compiler's float reassociation).
+
+struct Params {
+    isz: vec4<u32>,    // input x, y, z sizes, unused
+    osz: vec4<u32>,    // output x, y, z sizes, unused
+    piece: vec4<u32>,  // first output voxel of the piece, voxels in it, input element shift, output element shift
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+// Per output axis a and index o (entries x: 0.., y: X.., z: X + Y..): the term M[:, a] * o (the x terms
+// also carry the translation): integer parts (as i32 bits) at 2 * entry, fractions at 2 * entry + 1.
+@group(0) @binding(3) var<storage, read> terms: array<vec4<u32>>;
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+struct Fixed {
+    whole: vec3<i32>,
+    frac: vec3<u32>,
+}
+
+fn add(a: Fixed, b: Fixed) -> Fixed {
+    let f = a.frac + b.frac;
+    let carry = select(vec3<i32>(0), vec3<i32>(1), f < a.frac);
+    return Fixed(a.whole + b.whole + carry, f);
+}
+
+fn term(entry: u32) -> Fixed {
+    return Fixed(bitcast<vec3<i32>>(terms[2u * entry].xyz), terms[2u * entry + 1u].xyz);
+}
+
+// The input coordinate of output voxel `v` (an index within the volume), clamped into the input
+// (border padding): its floor and the fraction past it.
+fn source_coordinate(v: u32) -> Fixed {
+    let yz = p.osz.y * p.osz.z;
+    let ox = v / yz;
+    let r = v - ox * yz;
+    let oy = r / p.osz.z;
+    let oz = r - oy * p.osz.z;
+    let c = add(add(term(ox), term(p.osz.x + oy)), term(p.osz.x + p.osz.y + oz));
+    let last = vec3<i32>(p.isz.xyz - vec3<u32>(1u));
+    let below = c.whole < vec3<i32>(0);
+    let above = c.whole > last | (c.whole == last & c.frac > vec3<u32>(0u));
+    let whole = select(select(c.whole, last, above), vec3<i32>(0), below);
+    return Fixed(whole, select(c.frac, vec3<u32>(0u), below | above));
+}
+
+fn at(x: u32, y: u32, z: u32) -> f32 {
+    return src[p.piece.z + (x * p.isz.y + y) * p.isz.z + z];
+}
+
+@compute @workgroup_size(256)
+fn linear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.piece.y) {
+        return;
+    }
+    let w = source_coordinate(p.piece.x + i);
+    let last = p.isz.xyz - vec3<u32>(1u);
+    let i0 = vec3<u32>(w.whole);
+    let i1 = min(i0 + vec3<u32>(1u), last);
+    let t = vec3<f32>(w.frac) * (1.0 / 4294967296.0);
+    let c00 = mix(at(i0.x, i0.y, i0.z), at(i0.x, i0.y, i1.z), t.z);
+    let c01 = mix(at(i0.x, i1.y, i0.z), at(i0.x, i1.y, i1.z), t.z);
+    let c10 = mix(at(i1.x, i0.y, i0.z), at(i1.x, i0.y, i1.z), t.z);
+    let c11 = mix(at(i1.x, i1.y, i0.z), at(i1.x, i1.y, i1.z), t.z);
+    dst[p.piece.w + i] = mix(mix(c00, c01, t.y), mix(c10, c11, t.y), t.x);
+}
+
+// Nearest: torch rounds the coordinate half to even (nearbyint).
+@compute @workgroup_size(256)
+fn nearest(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.piece.y) {
+        return;
+    }
+    let w = source_coordinate(p.piece.x + i);
+    let cell = vec3<u32>(w.whole);
+    let half = vec3<u32>(0x80000000u);
+    let odd = (cell & vec3<u32>(1u)) == vec3<u32>(1u);
+    let up = w.frac > half | (w.frac == half & odd);
+    let q = min(cell + select(vec3<u32>(0u), vec3<u32>(1u), up), p.isz.xyz - vec3<u32>(1u));
+    dst[p.piece.w + i] = at(q.x, q.y, q.z);
+}

@@ -1,0 +1,538 @@
+//! Preprocessing of one case as MONAI's dictionary transforms do it, number for number, in the order the
+//! paper's bundles use: `LoadImaged` + `EnsureChannelFirstd` ([`load_image`], [`load_label`]) ->
+//! `CropForegroundd(source_key="image")` ([`foreground_box`], [`Volume::crop`]) -> `Orientationd(axcodes)`
+//! ([`Volume::orient`]) -> `Spacingd(pixdim, mode=("bilinear", "nearest"))` ([`SpacingGrid`],
+//! [`Volume::resample`], on the GPU) -> `NormalizeIntensityd(nonzero, channel_wise)` or
+//! `ScaleIntensityRanged(a_min, a_max, b_min, b_max, clip)` ([`Intensity`]); [`preprocess`] runs them all.
+//! The reference is MONAI 1.5.0 (`scripts/make_preprocess_fixtures.py` pins it).
+//!
+//! Arrays are MONAI's: `[C, X, Y, Z]` row major (z fastest), x the NIfTI file's first axis, a 4D file's
+//! channels (its last axis) first; each volume carries its affine (voxel to world, nibabel's `img.affine`).
+//!
+//! Where things are:
+//! - transforms: here; the affine arithmetic (nibabel's orientation functions, MONAI's `zoom_affine` and
+//!   `compute_shape_offset`): `geometry.rs`; the resampling kernel: `ops/resample.rs`
+//! - tests: `tests/io/preprocess.rs` (MONAI's outputs from `tests/fixtures/preprocess/`), the resampling op
+//!   against an f64 reference in `tests/ops/resample.rs`
+
+pub mod geometry;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::io::nifti;
+use crate::ops::resample::{resample, Interpolation};
+use crate::tensor::Tensor;
+use geometry::{inv_ornt_aff, matmul, Affine};
+
+/// A channel-first image on a voxel grid placed in the world.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Volume {
+    /// Channels (`C`).
+    pub channels: usize,
+    /// Spatial size `[X, Y, Z]`.
+    pub shape: [usize; 3],
+    /// `C * X * Y * Z` values, `[C, X, Y, Z]` row major.
+    pub data: Vec<f32>,
+    /// Voxel index `(x, y, z)` to world (mm), row major.
+    pub affine: Affine,
+}
+
+/// Where `CropForegroundd` cut a case: voxels `start..end` of the loaded grid on each axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CropBox {
+    /// First kept voxel per axis.
+    pub start: [usize; 3],
+    /// One past the last kept voxel per axis.
+    pub end: [usize; 3],
+}
+
+/// `LoadImaged` + `EnsureChannelFirstd` on a case's image files: each file's volumes (a 4D file's along
+/// its last axis) become channels in file order, as f32 (nibabel's scaled values). Every file must share
+/// the first one's grid (shape and affine within 1e-4, as nnU-Net's check).
+pub fn load_image(paths: &[PathBuf]) -> Result<Volume> {
+    let mut out: Option<Volume> = None;
+    for path in paths {
+        let v = load(path)?;
+        match &mut out {
+            None => out = Some(v),
+            Some(o) => {
+                let close = o
+                    .affine
+                    .iter()
+                    .flatten()
+                    .zip(v.affine.iter().flatten())
+                    .all(|(a, b)| (a - b).abs() <= 1e-4);
+                if o.shape != v.shape || !close {
+                    return Err(Error::invalid(format!(
+                        "{}: its grid ({:?}, affine {:?}) differs from the first channel's ({:?}, affine {:?})",
+                        path.display(),
+                        v.shape,
+                        v.affine,
+                        o.shape,
+                        o.affine
+                    )));
+                }
+                o.channels += v.channels;
+                o.data.extend_from_slice(&v.data);
+            }
+        }
+    }
+    out.ok_or_else(|| Error::invalid("preprocessing: a case has no image file"))
+}
+
+/// `LoadImaged` + `EnsureChannelFirstd` on a label map: one channel of integer class values in 0..=255.
+pub fn load_label(path: &Path) -> Result<Volume> {
+    let v = load(path)?;
+    if v.channels != 1 {
+        return Err(Error::invalid(format!(
+            "{}: a label map must be 3D, it holds {} volumes",
+            path.display(),
+            v.channels
+        )));
+    }
+    if let Some(bad) = v
+        .data
+        .iter()
+        .find(|&&x| !(0.0..=255.0).contains(&x) || x.fract() != 0.0)
+    {
+        return Err(Error::invalid(format!(
+            "{}: label value {bad} is not an integer class in 0..=255",
+            path.display()
+        )));
+    }
+    Ok(v)
+}
+
+fn load(path: &Path) -> Result<Volume> {
+    let image = nifti::read_image(path)?;
+    let info = image.info();
+    if info.dims.len() < 3 {
+        return Err(Error::invalid(format!(
+            "{}: preprocessing takes 3D images (or 4D with channels last), this one has dimensions {:?}",
+            path.display(),
+            info.dims
+        )));
+    }
+    let shape = info.spatial_shape();
+    let channels = info.volumes();
+    let [nx, ny, nz] = shape;
+    let file = image.to_f32();
+    if let Some(bad) = file.iter().find(|x| !x.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{}: holds a non-finite value ({bad})",
+            path.display()
+        )));
+    }
+    // File order is x fastest, channels slowest; MONAI's array is [C, X, Y, Z] with z fastest.
+    let mut data = vec![0.0f32; file.len()];
+    for c in 0..channels {
+        for z in 0..nz {
+            for y in 0..ny {
+                for x in 0..nx {
+                    data[((c * nx + x) * ny + y) * nz + z] = file[((c * nz + z) * ny + y) * nx + x];
+                }
+            }
+        }
+    }
+    Ok(Volume {
+        channels,
+        shape,
+        data,
+        affine: info.affine,
+    })
+}
+
+/// `CropForegroundd(source_key="image")`'s box with MONAI's defaults (`select_fn = x > 0` on any channel,
+/// margin 0); an image with no positive voxel is an error (MONAI would crop it to nothing).
+pub fn foreground_box(image: &Volume) -> Result<CropBox> {
+    let [nx, ny, nz] = image.shape;
+    let mut start = image.shape;
+    let mut end = [0usize; 3];
+    for (i, &v) in image.data.iter().enumerate() {
+        if v > 0.0 {
+            let r = i % (nx * ny * nz);
+            let p = [r / (ny * nz), r / nz % ny, r % nz];
+            for d in 0..3 {
+                start[d] = start[d].min(p[d]);
+                end[d] = end[d].max(p[d] + 1);
+            }
+        }
+    }
+    if end.contains(&0) {
+        return Err(Error::invalid(
+            "crop foreground: the image has no voxel above 0, so there is no foreground to crop to",
+        ));
+    }
+    Ok(CropBox { start, end })
+}
+
+impl Volume {
+    fn voxels(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The voxels `crop.start..crop.end` of every channel, with the affine moved to the new first voxel
+    /// (MONAI's `SpatialCrop`).
+    pub fn crop(&self, crop: &CropBox) -> Result<Volume> {
+        if (0..3).any(|d| crop.start[d] >= crop.end[d] || crop.end[d] > self.shape[d]) {
+            return Err(Error::InvalidShape(format!(
+                "crop {crop:?} does not fit the grid {:?}",
+                self.shape
+            )));
+        }
+        let shape: [usize; 3] = std::array::from_fn(|d| crop.end[d] - crop.start[d]);
+        let [_, ny, nz] = self.shape;
+        let mut data = Vec::with_capacity(self.channels * shape.iter().product::<usize>());
+        for c in 0..self.channels {
+            for x in crop.start[0]..crop.end[0] {
+                for y in crop.start[1]..crop.end[1] {
+                    let row = ((c * self.shape[0] + x) * ny + y) * nz;
+                    data.extend_from_slice(&self.data[row + crop.start[2]..row + crop.end[2]]);
+                }
+            }
+        }
+        let mut shift = geometry::identity();
+        for (row, &start) in shift.iter_mut().zip(&crop.start) {
+            row[3] = start as f64;
+        }
+        Ok(Volume {
+            channels: self.channels,
+            shape,
+            data,
+            affine: matmul(&self.affine, &shift),
+        })
+    }
+
+    /// `Orientationd(axcodes)`: flips and transposes the axes so they point along `axcodes` (e.g. `"RAS"`:
+    /// x to the right, y anterior, z superior) as nibabel's `io_orientation`/`ornt_transform`/
+    /// `apply_orientation` do, with the affine `affine @ inv_ornt_aff(ornt, shape)`.
+    pub fn orient(&self, axcodes: &str) -> Result<Volume> {
+        let ornt = geometry::ornt_transform(
+            &geometry::io_orientation(&self.affine)?,
+            &geometry::axcodes_to_ornt(axcodes)?,
+        );
+        // Output axis ornt[i].0 is input axis i.
+        let mut from = [0usize; 3];
+        for (i, &(o, _)) in ornt.iter().enumerate() {
+            from[o] = i;
+        }
+        let shape: [usize; 3] = std::array::from_fn(|j| self.shape[from[j]]);
+        let [_, ny, nz] = self.shape;
+        let mut data = Vec::with_capacity(self.data.len());
+        for c in 0..self.channels {
+            for a in 0..shape[0] {
+                for b in 0..shape[1] {
+                    for e in 0..shape[2] {
+                        let mut p = [0usize; 3];
+                        for (j, &v) in [a, b, e].iter().enumerate() {
+                            let i = from[j];
+                            p[i] = if ornt[i].1 < 0.0 {
+                                self.shape[i] - 1 - v
+                            } else {
+                                v
+                            };
+                        }
+                        data.push(self.data[((c * self.shape[0] + p[0]) * ny + p[1]) * nz + p[2]]);
+                    }
+                }
+            }
+        }
+        Ok(Volume {
+            channels: self.channels,
+            shape,
+            data,
+            affine: matmul(&self.affine, &inv_ornt_aff(&ornt, self.shape)),
+        })
+    }
+
+    /// Resamples every channel onto `grid` on the GPU (`SpatialResample` with `grid_sample`'s border
+    /// padding), trilinearly or to the nearest voxel. As MONAI, a grid that is the volume's own (affines
+    /// or the voxel map the identity within `AFFINE_TOL`, the same size) leaves the volume as it is.
+    pub fn resample(&self, gpu: &Gpu, grid: &SpacingGrid, mode: Interpolation) -> Result<Volume> {
+        let out_to_in = grid.out_to_in(&self.affine)?;
+        let near = |a: &Affine, b: &Affine| {
+            a.iter()
+                .flatten()
+                .zip(b.iter().flatten())
+                .all(|(x, y)| (x - y).abs() <= geometry::AFFINE_TOL + 1e-5 * y.abs())
+        };
+        if grid.shape == self.shape
+            && (near(&self.affine, &grid.affine) || near(&out_to_in, &geometry::identity()))
+        {
+            return Ok(self.clone());
+        }
+        let mut shape = vec![self.channels];
+        shape.extend_from_slice(&self.shape);
+        let input = Tensor::from_f32(gpu, &shape, &self.data)?;
+        let output = resample(&input, grid.shape, &out_to_in, mode)?;
+        Ok(Volume {
+            channels: self.channels,
+            shape: grid.shape,
+            data: output.to_vec_f32()?,
+            affine: grid.affine,
+        })
+    }
+}
+
+/// The grid `Spacingd(pixdim)` resamples a volume onto: MONAI's `zoom_affine` (the affine's rotation with
+/// the new voxel sizes) placed by `compute_shape_offset` so that it holds every input voxel centre.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpacingGrid {
+    /// Output size `[X, Y, Z]`.
+    pub shape: [usize; 3],
+    /// Output voxel to world.
+    pub affine: Affine,
+}
+
+impl SpacingGrid {
+    /// The grid for a volume of `shape` voxels placed by `affine`, at voxel sizes `pixdim` (a size `<= 0`
+    /// keeps that axis's own, as MONAI).
+    pub fn new(shape: [usize; 3], affine: &Affine, pixdim: [f64; 3]) -> Result<SpacingGrid> {
+        if pixdim.iter().any(|p| !p.is_finite()) {
+            return Err(Error::invalid(format!(
+                "spacing: pixdim must be finite, got {pixdim:?}"
+            )));
+        }
+        let own = geometry::spacing(affine);
+        // An axis already within AFFINE_TOL of its target keeps its own size, as MONAI's Spacing.
+        let target: [f64; 3] = std::array::from_fn(|d| {
+            if pixdim[d] <= 0.0 || (own[d] - pixdim[d]).abs() <= geometry::AFFINE_TOL {
+                own[d]
+            } else {
+                pixdim[d]
+            }
+        });
+        let mut new_affine = geometry::zoom_affine(affine, target)?;
+        let (out_shape, offset) = geometry::compute_shape_offset(shape, affine, &new_affine)?;
+        for d in 0..3 {
+            new_affine[d][3] = offset[d];
+        }
+        Ok(SpacingGrid {
+            shape: out_shape,
+            affine: new_affine,
+        })
+    }
+
+    /// The map from this grid's voxels to the voxels of a volume placed by `affine`
+    /// (`inv(affine) @ grid affine`, MONAI's `xform`).
+    pub fn out_to_in(&self, affine: &Affine) -> Result<Affine> {
+        let inv = geometry::inverse(affine)
+            .ok_or_else(|| Error::invalid(format!("spacing: the affine {affine:?} is singular")))?;
+        let mut m = matmul(&inv, &self.affine);
+        m[3] = [0.0, 0.0, 0.0, 1.0];
+        Ok(m)
+    }
+}
+
+/// An intensity transform of the image, with MONAI's option names and defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "scheme", deny_unknown_fields)]
+pub enum Intensity {
+    /// `NormalizeIntensityd`: `(x - mean) / std` (population std; 1 where it is 0).
+    #[serde(rename = "zscore")]
+    NormalizeIntensity {
+        /// Statistics and update on the nonzero voxels only (the rest stay 0). Default false.
+        #[serde(default)]
+        nonzero: bool,
+        /// Statistics per channel rather than over the whole image. Default false.
+        #[serde(default)]
+        channel_wise: bool,
+    },
+    /// `ScaleIntensityRanged`: `[a_min, a_max]` mapped linearly onto `[b_min, b_max]`.
+    #[serde(rename = "range")]
+    ScaleIntensityRange {
+        /// Input value mapped to `b_min`.
+        a_min: f64,
+        /// Input value mapped to `b_max`.
+        a_max: f64,
+        /// Output for `a_min`.
+        b_min: f64,
+        /// Output for `a_max`.
+        b_max: f64,
+        /// Clip the result to `[b_min, b_max]`. Default false.
+        #[serde(default)]
+        clip: bool,
+    },
+}
+
+impl Intensity {
+    /// Applies the transform to every channel of `v` in place.
+    pub fn apply(&self, v: &mut Volume) {
+        let voxels = v.voxels();
+        match *self {
+            Intensity::NormalizeIntensity {
+                nonzero,
+                channel_wise: true,
+            } => v
+                .data
+                .chunks_mut(voxels)
+                .for_each(|c| normalize(c, nonzero)),
+            Intensity::NormalizeIntensity { nonzero, .. } => normalize(&mut v.data, nonzero),
+            Intensity::ScaleIntensityRange {
+                a_min,
+                a_max,
+                b_min,
+                b_max,
+                clip,
+            } => {
+                for x in &mut v.data {
+                    let mut y = if a_max - a_min == 0.0 {
+                        f64::from(*x) - a_min + b_min
+                    } else {
+                        (f64::from(*x) - a_min) / (a_max - a_min) * (b_max - b_min) + b_min
+                    };
+                    if clip {
+                        y = y.clamp(b_min.min(b_max), b_max.max(b_min));
+                    }
+                    *x = y as f32;
+                }
+            }
+        }
+    }
+}
+
+/// MONAI's `NormalizeIntensity._normalize` without a given subtrahend or divisor.
+fn normalize(x: &mut [f32], nonzero: bool) {
+    let used = |v: &f32| !nonzero || *v != 0.0;
+    let n = x.iter().filter(|v| used(v)).count();
+    if n == 0 {
+        return;
+    }
+    let mean = x
+        .iter()
+        .filter(|v| used(v))
+        .map(|&v| f64::from(v))
+        .sum::<f64>()
+        / n as f64;
+    let var = x
+        .iter()
+        .filter(|v| used(v))
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n as f64;
+    let (mean, std) = (mean as f32, var.sqrt() as f32);
+    let std = if std == 0.0 { 1.0 } else { std };
+    for v in x.iter_mut().filter(|v| used(v)) {
+        *v = (*v - mean) / std;
+    }
+}
+
+/// What to do to each case, in MONAI's terms and order (the plan's preprocessing part).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transforms {
+    /// `CropForegroundd(source_key="image")` first.
+    pub crop_foreground: bool,
+    /// `Orientationd(axcodes)`, e.g. `"RAS"`; `None` keeps the file's orientation.
+    pub orientation: Option<String>,
+    /// `Spacingd(pixdim)` in mm per axis; `None` keeps the grid.
+    pub spacing: Option<[f64; 3]>,
+    /// One intensity transform for the whole image, or one per channel (each on its channel alone).
+    pub normalization: Vec<Intensity>,
+}
+
+/// A preprocessed case: MONAI's arrays and what is needed to go back to the original grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocessed {
+    /// The image, `[C, X, Y, Z]`, with its final affine.
+    pub image: Volume,
+    /// The label map, `[1, X, Y, Z]` on the image's grid, when the case has one.
+    pub label: Option<Vec<u8>>,
+    /// The loaded image's spatial size.
+    pub original_shape: [usize; 3],
+    /// The loaded image's affine.
+    pub original_affine: Affine,
+    /// The foreground crop, when one was made.
+    pub crop: Option<CropBox>,
+}
+
+/// Runs `transforms` on a case's image files and label map, resampling on `gpu`.
+pub fn preprocess(
+    gpu: &Gpu,
+    images: &[PathBuf],
+    label: Option<&Path>,
+    transforms: &Transforms,
+) -> Result<Preprocessed> {
+    let mut image = load_image(images)?;
+    let mut label_volume = label.map(load_label).transpose()?;
+    if let (Some(l), Some(path)) = (&label_volume, label) {
+        if l.shape != image.shape {
+            return Err(Error::shape(format!(
+                "{}: label grid {:?} differs from the image's {:?}",
+                path.display(),
+                l.shape,
+                image.shape
+            )));
+        }
+    }
+    let (original_shape, original_affine) = (image.shape, image.affine);
+    let n = transforms.normalization.len();
+    if n > 1 && n != image.channels {
+        return Err(Error::invalid(format!(
+            "normalization: {n} entries for an image of {} channels (give one, or one per channel)",
+            image.channels
+        )));
+    }
+    let crop = if transforms.crop_foreground {
+        let b = foreground_box(&image)?;
+        image = image.crop(&b)?;
+        label_volume = label_volume.map(|l| l.crop(&b)).transpose()?;
+        Some(b)
+    } else {
+        None
+    };
+    if let Some(axcodes) = &transforms.orientation {
+        image = image.orient(axcodes)?;
+        label_volume = label_volume.map(|l| l.orient(axcodes)).transpose()?;
+    }
+    if let Some(pixdim) = transforms.spacing {
+        let grid = SpacingGrid::new(image.shape, &image.affine, pixdim)?;
+        let image_spacing = geometry::spacing(&image.affine);
+        let in_shape = image.shape;
+        image = image.resample(gpu, &grid, Interpolation::Linear)?;
+        label_volume = label_volume
+            .map(|l| {
+                // Spacingd gives the label the image's output shape when both had the same grid size
+                // and voxel sizes (its ensure_same_shape).
+                let mut label_grid = SpacingGrid::new(l.shape, &l.affine, pixdim)?;
+                let same = geometry::spacing(&l.affine)
+                    .iter()
+                    .zip(&image_spacing)
+                    .all(|(a, b)| (a - b).abs() <= 1e-3 + 1e-5 * b.abs());
+                if l.shape == in_shape && same {
+                    label_grid.shape = grid.shape;
+                }
+                l.resample(gpu, &label_grid, Interpolation::Nearest)
+            })
+            .transpose()?;
+    }
+    match transforms.normalization.as_slice() {
+        [] => {}
+        [one] => one.apply(&mut image),
+        per_channel => {
+            let voxels = image.voxels();
+            for (c, t) in per_channel.iter().enumerate() {
+                let mut channel = Volume {
+                    channels: 1,
+                    shape: image.shape,
+                    data: image.data[c * voxels..(c + 1) * voxels].to_vec(),
+                    affine: image.affine,
+                };
+                t.apply(&mut channel);
+                image.data[c * voxels..(c + 1) * voxels].copy_from_slice(&channel.data);
+            }
+        }
+    }
+    let label = label_volume.map(|l| l.data.iter().map(|&v| v as u8).collect());
+    Ok(Preprocessed {
+        image,
+        label,
+        original_shape,
+        original_affine,
+        crop,
+    })
+}

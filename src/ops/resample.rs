@@ -1,0 +1,187 @@
+//! Resampling of 3D volumes through a general affine map from output voxel to input voxel, trilinear or
+//! nearest, with torch's `grid_sample` semantics as MONAI's `Spacingd`/`SpatialResample` use them
+//! (padding `border`: coordinates clamped into the input; nearest rounds half to even). Forward only.
+//! The map is any 4x4 affine, so the same op serves spacing and the augmentation's affine resampling.
+//! An output larger than one storage binding is written in pieces, each its own dispatch; every output
+//! voxel is computed alone, so the pieces give the same bits as one dispatch.
+//!
+//! Where things are:
+//! - op: here (`resample`, [`Interpolation`]); kernel: `shaders/affine_resample.wgsl`
+//! - users: `data/preprocess/` (`Spacingd`)
+//! - tests: `tests/ops/resample.rs` (against an f64 CPU reference, pieces against one dispatch), the layout
+//!   unit test here
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{binding_alignment, window};
+use crate::error::{Error, Result};
+use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// How a value between input voxels is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpolation {
+    /// Trilinear (MONAI's `"bilinear"` for 3D).
+    Linear,
+    /// The nearest voxel, ties rounded to even (MONAI's `"nearest"`; for label maps).
+    Nearest,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    isz: [u32; 4],
+    osz: [u32; 4],
+    piece: [u32; 4],
+}
+
+/// Resamples `input` (`[..., X, Y, Z]` f32: any leading dimensions, each volume resampled alike) onto an
+/// output grid of `out_shape` voxels, where output voxel `(i, j, k)` reads the input at the voxel coordinate
+/// `out_to_in * (i, j, k, 1)` (a 4x4 affine, row major, last row `0 0 0 1`), clamped into the input.
+/// The result has the input's leading dimensions and `out_shape`.
+pub fn resample(
+    input: &Tensor,
+    out_shape: [usize; 3],
+    out_to_in: &[[f64; 4]; 4],
+    mode: Interpolation,
+) -> Result<Tensor> {
+    input.expect_dtype(DType::F32, "resample input")?;
+    let shape = input.shape();
+    if shape.len() < 3 || shape.contains(&0) || out_shape.contains(&0) {
+        return Err(Error::InvalidShape(format!(
+            "resample: input [..., X, Y, Z] and output shape must be non-empty, got {shape:?} -> {out_shape:?}"
+        )));
+    }
+    check_affine(out_to_in)?;
+    let lead = &shape[..shape.len() - 3];
+    let volumes: usize = lead.iter().product();
+    let in3: [usize; 3] = std::array::from_fn(|d| shape[shape.len() - 3 + d]);
+    let in_voxels: usize = in3.iter().product();
+    let out_voxels: usize = out_shape.iter().product();
+    if [
+        in3[0],
+        in3[1],
+        in3[2],
+        out_shape[0],
+        out_shape[1],
+        out_shape[2],
+    ]
+    .iter()
+    .any(|&n| n > 1 << 24)
+        || in_voxels > u32::MAX as usize
+        || out_voxels > u32::MAX as usize
+    {
+        return Err(Error::InvalidShape(format!(
+            "resample: {in3:?} -> {out_shape:?} is too large (a side over 2^24 or a volume over 2^32 voxels)"
+        )));
+    }
+    let mut out_full = lead.to_vec();
+    out_full.extend_from_slice(&out_shape);
+    let gpu = input.gpu();
+    let output = Tensor::uninit(gpu, &out_full, DType::F32)?;
+    let align = binding_alignment(gpu);
+    let max = gpu.max_binding_bytes();
+    let in_bytes = in_voxels as u64 * 4;
+    if in_bytes + align > max {
+        return Err(Error::BufferTooLarge {
+            what: format!("one input volume of resample ({in3:?})"),
+            bytes: in_bytes,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: max,
+        });
+    }
+    let piece_voxels = ((max - align) / 4).min(out_voxels as u64) as usize;
+    let terms = Tensor::from_slice(gpu, &[terms_len(out_shape)], &terms(out_to_in, out_shape)?)?;
+    let u = |v: [usize; 3]| [v[0] as u32, v[1] as u32, v[2] as u32, 0];
+    let entry = match mode {
+        Interpolation::Linear => "linear",
+        Interpolation::Nearest => "nearest",
+    };
+    let kernel = gpu.kernel(&shaders::AFFINE_RESAMPLE, "", entry, &[])?;
+    let mut batch = gpu.batch(format!("resample {entry}"));
+    for volume in 0..volumes {
+        let src = window(volume, 1, in_bytes, 4, align);
+        for first in (0..out_voxels).step_by(piece_voxels) {
+            let count = piece_voxels.min(out_voxels - first);
+            let dst = window(volume * out_voxels + first, count, 4, 4, align);
+            let p = Params {
+                isz: u(in3),
+                osz: u(out_shape),
+                piece: [first as u32, count as u32, src.elem_shift, dst.elem_shift],
+            };
+            batch.dispatch(
+                &kernel,
+                bytemuck::bytes_of(&p),
+                &[
+                    Arg::window(input, src.byte_offset, src.byte_len),
+                    Arg::window(&output, dst.byte_offset, dst.byte_len),
+                    Arg::whole(&terms),
+                ],
+                count.div_ceil(WORKGROUP_SIZE as usize) as u32,
+            )?;
+        }
+    }
+    batch.submit()?;
+    Ok(output)
+}
+
+fn terms_len(out_shape: [usize; 3]) -> usize {
+    out_shape.iter().sum::<usize>() * 8
+}
+
+/// The map's per-axis terms as the kernel reads them: for output axis `a` and index `o`, `M[:, a] * o`
+/// (plus the translation on axis 0) in f64, in fixed point: a vec4 of integer parts (i32 bits), then a
+/// vec4 of fractions in units of 2^-32.
+fn terms(m: &[[f64; 4]; 4], out_shape: [usize; 3]) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(terms_len(out_shape));
+    for (axis, &n) in out_shape.iter().enumerate() {
+        for o in 0..n {
+            let v: [f64; 3] = std::array::from_fn(|r| {
+                m[r][axis] * o as f64 + if axis == 0 { m[r][3] } else { 0.0 }
+            });
+            if v.iter().any(|x| x.abs() > f64::from(1u32 << 30)) {
+                return Err(Error::invalid(format!(
+                    "resample: the map {m:?} reaches input coordinates beyond 2^30"
+                )));
+            }
+            let mut whole = [0u32; 4];
+            let mut frac = [0u32; 4];
+            for r in 0..3 {
+                let f = v[r].floor();
+                let units = ((v[r] - f) * 4294967296.0).round();
+                let (f, units) = if units >= 4294967296.0 {
+                    (f + 1.0, 0.0)
+                } else {
+                    (f, units)
+                };
+                whole[r] = (f as i32) as u32;
+                frac[r] = units as u32;
+            }
+            out.extend_from_slice(&whole);
+            out.extend_from_slice(&frac);
+        }
+    }
+    Ok(out)
+}
+
+/// Error unless the map is a finite affine (last row `0 0 0 1`).
+fn check_affine(m: &[[f64; 4]; 4]) -> Result<()> {
+    if m.iter().flatten().any(|v| !v.is_finite()) || m[3] != [0.0, 0.0, 0.0, 1.0] {
+        return Err(Error::invalid(format!(
+            "resample: the output-to-input map must be a finite affine with last row [0, 0, 0, 1], got {m:?}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::Params;
+    use crate::shaders::{self, assert_layout};
+
+    #[test]
+    fn params_layout_matches_the_wgsl() {
+        assert_layout!(Params, shaders::AFFINE_RESAMPLE.first_variant(), "Params"; isz, osz, piece);
+    }
+}
