@@ -160,6 +160,34 @@ fn nearest_decides_near_ties_as_f64_does() {
 }
 
 #[test]
+fn near_ties_summed_across_axes_fall_as_in_f64() {
+    let Some(gpu) = gpu() else { return };
+    // Input x = 0.1 * oy + 0.2 * oz + 0.2 +- 1e-8: at (oy, oz) = (1, 1) within 1e-8 of halfway, from terms
+    // no f32 holds exactly, so a float32 sum of them (or one a compiler reassociates) may fall either way.
+    let n = [2, 2, 2];
+    let x: Vec<f32> = (0..8).map(|i| if i < 4 { 1.0 } else { 2.0 }).collect();
+    for (eps, want) in [(1e-8, 2.0f32), (-1e-8, 1.0)] {
+        let mut m = [[0.0; 4]; 4];
+        m[0] = [0.0, 0.1, 0.2, 0.2 + eps];
+        m[1][1] = 1.0;
+        m[2][2] = 1.0;
+        m[3][3] = 1.0;
+        let reference = reference(&x, n, &m, [1, 2, 2], Interpolation::Nearest);
+        assert_eq!(reference[3], f64::from(want));
+        let got = run(
+            &gpu,
+            &x,
+            &[1, 2, 2, 2],
+            &m,
+            [1, 2, 2],
+            Interpolation::Nearest,
+        );
+        let want: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
+        assert_eq!(got, want, "eps {eps}");
+    }
+}
+
+#[test]
 fn resample_in_pieces_has_the_same_bits() {
     let Some(whole) = gpu() else { return };
     // 4 KiB bindings: each 2 x 24 x 20 x 18 output volume (34 KiB) is written in 9 pieces.
