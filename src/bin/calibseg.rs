@@ -641,7 +641,7 @@ struct PrepareArgs {
     /// The cache folder (new, empty, or a previous prepare of the same dataset).
     #[arg(long, value_name = "CACHE")]
     out: PathBuf,
-    /// Write only the fingerprint and the plan (preprocessing the cases is not built yet).
+    /// Write only the fingerprint and the plan, not the preprocessed cases.
     #[arg(long)]
     plan_only: bool,
     /// A plan written by hand (JSON); keys left out take the automatic plan's values.
@@ -687,6 +687,7 @@ fn prepare(a: PrepareArgs) -> calibseg::Result<bool> {
             Ok(false)
         }
         Prepared::Planned {
+            cases,
             report,
             fingerprint,
             plan,
@@ -707,6 +708,15 @@ fn prepare(a: PrepareArgs) -> calibseg::Result<bool> {
                 o.out.join("fingerprint.json").display(),
                 o.out.join("plan.json").display()
             );
+            if !o.plan_only {
+                out!(
+                    "cached {} cases in {} ({} written, {} unchanged)",
+                    cases.written.len() + cases.kept.len(),
+                    o.out.join(calibseg::commands::prepare::CASES_DIR).display(),
+                    cases.written.len(),
+                    cases.kept.len()
+                );
+            }
             Ok(true)
         }
     }

@@ -1,22 +1,53 @@
-//! `calibseg prepare DATASET --out CACHE --plan-only`: verify the dataset ([`super::verify`], refusing it
+//! `calibseg prepare DATASET --out CACHE [--plan-only]`: verify the dataset ([`super::verify`], refusing it
 //! on any error), take its fingerprint ([`crate::data::plan::fingerprint()`]) into `CACHE/fingerprint.json`
 //! and write the plan ([`Plan`]) into `CACHE/plan.json`: the automatic plan, a preset's, or one written by
-//! hand laid over the automatic one. Each file is written atomically. A cache of another dataset, or a
-//! folder holding anything else, is refused. Preprocessing the cases themselves is not built yet.
+//! hand laid over the automatic one. Then, unless `--plan-only`, every training case preprocessed by the
+//! plan's transforms ([`Plan::transforms`], [`preprocess`]) into `CACHE/cases/<case>.safetensors`
+//! ([`case_path`]; tensors and metadata keys below). Each file is written atomically, so a case that fails
+//! leaves nothing of itself. A case whose file is newer than its inputs and was made by the same
+//! transforms is kept as it is. A cache of another dataset, or a folder holding anything else, is refused.
 
 use std::path::{Path, PathBuf};
 
-use crate::data::dataset::Dataset;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::data::dataset::{Case, Dataset};
 use crate::data::plan::{
     fingerprint, Fingerprint, FingerprintOptions, Plan, PlanInputs, Preset, DEFAULT_MEMORY_BUDGET,
 };
+use crate::data::preprocess::{preprocess, Transforms};
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 use crate::io::output::write_file_atomically;
+use crate::io::safetensors::{self as st, HostTensor, TensorFile};
 
 use super::verify::{self, VerifyOptions, VerifyReport};
 
-/// The files `prepare` writes in a cache (and the only ones it accepts there).
-pub const CACHE_FILES: [&str; 2] = ["fingerprint.json", "plan.json"];
+/// The files and folder `prepare` writes in a cache (and the only ones it accepts there).
+pub const CACHE_FILES: [&str; 3] = ["fingerprint.json", "plan.json", CASES_DIR];
+
+/// The cache's folder of preprocessed cases.
+pub const CASES_DIR: &str = "cases";
+
+/// A cached case's image tensor: f32 `[C, X, Y, Z]`, MONAI's array after every transform.
+pub const IMAGE_TENSOR: &str = "image";
+/// A cached case's label tensor: u8 `[1, X, Y, Z]` on the image's grid.
+pub const LABEL_TENSOR: &str = "label";
+/// Metadata: the cached arrays' voxel-to-world affine (JSON 4x4, row major).
+pub const AFFINE_KEY: &str = "affine";
+/// Metadata: the loaded image's spatial size `[X, Y, Z]` (JSON).
+pub const ORIGINAL_SHAPE_KEY: &str = "original_shape";
+/// Metadata: the loaded image's affine (JSON 4x4, row major).
+pub const ORIGINAL_AFFINE_KEY: &str = "original_affine";
+/// Metadata: the foreground crop on the loaded grid, `{"start": [..], "end": [..]}`, or `null` (JSON).
+pub const CROP_BOX_KEY: &str = "crop_box";
+/// Metadata: the transforms that made the case (JSON), compared on a rerun.
+pub const TRANSFORMS_KEY: &str = "transforms";
+
+/// Where the cache `cache` holds case `name`.
+pub fn case_path(cache: &Path, name: &str) -> PathBuf {
+    cache.join(CASES_DIR).join(format!("{name}.safetensors"))
+}
 
 /// Where the plan comes from besides the fingerprint.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,7 +67,7 @@ pub struct PrepareOptions {
     pub dataset: PathBuf,
     /// The cache folder.
     pub out: PathBuf,
-    /// Only the fingerprint and the plan (the only mode built so far).
+    /// Only the fingerprint and the plan, no cases.
     pub plan_only: bool,
     /// Where the plan comes from.
     pub plan: PlanSource,
@@ -70,8 +101,10 @@ impl PrepareOptions {
 pub enum Prepared {
     /// `verify` found errors: nothing was written.
     Refused(VerifyReport),
-    /// The fingerprint and plan are written.
+    /// The fingerprint and plan are written (and the cases, unless plan only).
     Planned {
+        /// The cases written and kept.
+        cases: CachedCases,
         /// The verify report (warnings only).
         report: VerifyReport,
         /// The fingerprint written.
@@ -79,6 +112,15 @@ pub enum Prepared {
         /// The plan written.
         plan: Box<Plan>,
     },
+}
+
+/// What `prepare` did with the cases.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CachedCases {
+    /// Cases preprocessed and written, in dataset order.
+    pub written: Vec<String>,
+    /// Cases whose file was current and kept as it was.
+    pub kept: Vec<String>,
 }
 
 fn out_err(path: &Path, message: impl Into<String>) -> Error {
@@ -148,12 +190,6 @@ fn classes(dataset: &Dataset) -> usize {
 
 /// Runs `prepare`: see the module docs. Problems in the data come back as [`Prepared::Refused`].
 pub fn run(o: &PrepareOptions) -> Result<Prepared> {
-    if !o.plan_only {
-        return Err(Error::invalid(
-            "prepare: preprocessing the cases into the cache is not built yet; run with --plan-only for the \
-             fingerprint and plan",
-        ));
-    }
     if o.memory_budget == 0 {
         return Err(Error::invalid(
             "prepare: the memory budget must be positive",
@@ -198,9 +234,109 @@ pub fn run(o: &PrepareOptions) -> Result<Prepared> {
     let json = serde_json::to_string_pretty(&fingerprint).expect("a fingerprint serialises") + "\n";
     write_file_atomically(o.out.join("fingerprint.json"), json.as_bytes())?;
     write_file_atomically(o.out.join("plan.json"), plan.to_json().as_bytes())?;
+    let cases = if o.plan_only {
+        CachedCases::default()
+    } else {
+        cache_cases(&Gpu::new()?, &dataset, &plan.transforms(), &o.out)?
+    };
     Ok(Prepared::Planned {
+        cases,
         report,
         fingerprint,
         plan: Box::new(plan),
     })
+}
+
+/// Preprocesses every training case of `dataset` by `transforms` into `cache`'s cases folder, keeping the
+/// files that are current.
+fn cache_cases(
+    gpu: &Gpu,
+    dataset: &Dataset,
+    transforms: &Transforms,
+    cache: &Path,
+) -> Result<CachedCases> {
+    let key = serde_json::to_string(transforms).expect("transforms serialise");
+    let dir = cache.join(CASES_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    let mut done = CachedCases::default();
+    for case in &dataset.cases {
+        let path = case_path(cache, &case.name);
+        if is_current(&path, case, &key) {
+            done.kept.push(case.name.clone());
+            continue;
+        }
+        write_case(gpu, case, transforms, &key, &path).map_err(|e| {
+            out_err(
+                &path,
+                format!("case {} failed, nothing of it was written: {e}", case.name),
+            )
+        })?;
+        done.written.push(case.name.clone());
+    }
+    Ok(done)
+}
+
+/// Whether `path` is newer than every input of `case` and was made by the transforms `key`.
+fn is_current(path: &Path, case: &Case, key: &str) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(made) = modified(path) else {
+        return false;
+    };
+    let inputs_older = case
+        .images
+        .files()
+        .into_iter()
+        .chain([case.label.as_path()])
+        .all(|p| modified(p).is_some_and(|t| t <= made));
+    inputs_older
+        && TensorFile::open(path)
+            .ok()
+            .and_then(|f| f.metadata(TRANSFORMS_KEY))
+            .as_deref()
+            == Some(key)
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("geometry serialises")
+}
+
+fn write_case(
+    gpu: &Gpu,
+    case: &Case,
+    transforms: &Transforms,
+    key: &str,
+    path: &Path,
+) -> Result<()> {
+    let images: Vec<PathBuf> = case
+        .images
+        .files()
+        .into_iter()
+        .map(Path::to_path_buf)
+        .collect();
+    let p = preprocess(gpu, &images, Some(&case.label), transforms)?;
+    let label = p
+        .label
+        .ok_or_else(|| Error::invalid("preprocessing gave no label map"))?;
+    let [x, y, z] = p.image.shape;
+    let tensors = BTreeMap::from([
+        (
+            IMAGE_TENSOR.to_string(),
+            HostTensor::F32(vec![p.image.channels, x, y, z], p.image.data),
+        ),
+        (
+            LABEL_TENSOR.to_string(),
+            HostTensor::U8(vec![1, x, y, z], label),
+        ),
+    ]);
+    let metadata = HashMap::from([
+        (AFFINE_KEY.to_string(), json(&p.image.affine)),
+        (ORIGINAL_SHAPE_KEY.to_string(), json(&p.original_shape)),
+        (ORIGINAL_AFFINE_KEY.to_string(), json(&p.original_affine)),
+        (CROP_BOX_KEY.to_string(), json(&p.crop)),
+        (TRANSFORMS_KEY.to_string(), key.to_string()),
+    ]);
+    st::write(path, &tensors, Some(&metadata))
 }

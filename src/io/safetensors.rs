@@ -17,13 +17,18 @@ pub enum HostTensor {
     I32(Vec<usize>, Vec<i32>),
     /// u32 data and shape (counts).
     U32(Vec<usize>, Vec<u32>),
+    /// u8 data and shape (label maps).
+    U8(Vec<usize>, Vec<u8>),
 }
 
 impl HostTensor {
     /// The shape.
     pub fn shape(&self) -> &[usize] {
         match self {
-            HostTensor::F32(s, _) | HostTensor::I32(s, _) | HostTensor::U32(s, _) => s,
+            HostTensor::F32(s, _)
+            | HostTensor::I32(s, _)
+            | HostTensor::U32(s, _)
+            | HostTensor::U8(s, _) => s,
         }
     }
 }
@@ -239,15 +244,17 @@ pub fn write(
                 s.clone(),
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
+            HostTensor::U8(s, v) => (Dtype::U8, s.clone(), v.clone()),
         };
+        let width = dtype.bitsize() / 8;
         let elems = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .and_then(|n| n.checked_mul(4));
+            .and_then(|n| n.checked_mul(width));
         if elems != Some(bytes.len()) {
             return Err(Error::shape(format!(
                 "tensor '{name}' has shape {shape:?} but {} elements",
-                bytes.len() / 4
+                bytes.len() / width
             )));
         }
         bufs.push((name.clone(), dtype, shape, bytes));

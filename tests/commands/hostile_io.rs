@@ -598,6 +598,7 @@ mod merge_properties {
                     HostTensor::F32(_, data) => { let n = data.len(); data[at.index(n)] = x as f32 }
                     HostTensor::U32(_, data) => { let n = data.len(); data[at.index(n)] = x as u32 }
                     HostTensor::I32(_, data) => { let n = data.len(); data[at.index(n)] = x as i32 }
+                    HostTensor::U8(_, data) => { let n = data.len(); data[at.index(n)] = x as u8 }
                 }
             }
             let mut m = metadata.clone();

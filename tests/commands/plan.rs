@@ -1,15 +1,20 @@
 //! `calibseg synth` and `calibseg prepare --plan-only`: the phantoms as a dataset `verify` passes in both
 //! layouts, byte for byte reproducible; the fingerprint and plan the same from either layout; the automatic
 //! spacing, the CT normalisation and the presets against numbers computed here from their definitions; a
-//! hand plan's missing, unknown and mistyped keys.
+//! hand plan's missing, unknown and mistyped keys; the cache of preprocessed cases the same bytes from either
+//! layout, each case bit for bit what `data::preprocess::preprocess` gives, kept on a rerun, and a failing
+//! case named with nothing of it left.
 
 use std::path::{Path, PathBuf};
 
 use calibseg::commands::prepare::{self, PlanSource, PrepareOptions, Prepared};
 use calibseg::commands::synth::{self, SynthFormat, SynthOptions};
 use calibseg::commands::verify::{self, VerifyOptions};
+use calibseg::data::dataset::Dataset;
 use calibseg::data::plan::{ras_axes, target_spacing, Fingerprint, Normalization, Plan, Preset};
+use calibseg::data::preprocess::preprocess;
 use calibseg::io::nifti::{self, Geometry, Voxels};
+use calibseg::io::safetensors::TensorFile;
 
 use crate::common::cli::run_calibseg;
 
@@ -28,6 +33,142 @@ fn synth_dataset(tag: &str, format: SynthFormat, seed: u64) -> PathBuf {
     o.shape = [16, 16, 8];
     synth::run(&o).unwrap();
     out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A safetensors file's header (JSON).
+fn safetensors_header(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + n]).unwrap()
+}
+
+#[test]
+fn prepare_caches_each_case_as_preprocess_gives_it_the_same_bytes_from_both_layouts_and_keeps_it() {
+    let Some(gpu) = crate::common::gpu() else {
+        return;
+    };
+    let n = synth_dataset("cache-nnunet", SynthFormat::NnUnet, 7);
+    let m = synth_dataset("cache-msd", SynthFormat::Msd, 7);
+    // A spacing other than the files' own, so Spacingd resamples.
+    let hand = write_plan("cache", &serde_json::json!({"spacing": [1.5, 1.25, 2.0]}));
+    let run = |data: &Path, cache: &Path| {
+        let mut o = PrepareOptions::new(data, cache);
+        o.plan_only = false;
+        o.plan = PlanSource::File(hand.clone());
+        match prepare::run(&o).unwrap() {
+            Prepared::Planned { cases, .. } => cases,
+            Prepared::Refused(report) => panic!("refused: {:?}", report.problems),
+        }
+    };
+    let names = ["synth_000", "synth_001", "synth_002"];
+    let caches = [(&n, "cache-cache-n"), (&m, "cache-cache-m")].map(|(data, tag)| {
+        let cache = scratch(tag);
+        assert_eq!(run(data, &cache).written, names);
+        cache
+    });
+    let cached = files(&caches[0].join("cases"));
+    assert_eq!(cached.len(), 3);
+    assert!(
+        cached == files(&caches[1].join("cases")),
+        "the two layouts' caches differ"
+    );
+    // Each cached case is preprocess's output on that case, bit for bit, with its geometry.
+    let dataset = Dataset::open(&n).unwrap();
+    let text = std::fs::read_to_string(caches[0].join("plan.json")).unwrap();
+    let transforms = serde_json::from_str::<Plan>(&text).unwrap().transforms();
+    assert_eq!(transforms.spacing, Some([1.5, 1.25, 2.0]));
+    for case in &dataset.cases {
+        let images: Vec<PathBuf> = case
+            .images
+            .files()
+            .into_iter()
+            .map(Path::to_path_buf)
+            .collect();
+        let want = preprocess(&gpu, &images, Some(&case.label), &transforms).unwrap();
+        let path = prepare::case_path(&caches[0], &case.name);
+        let f = TensorFile::open(&path).unwrap();
+        let [x, y, z] = want.image.shape;
+        assert_ne!(
+            want.image.shape, want.original_shape,
+            "{}: not resampled",
+            case.name
+        );
+        let (shape, image) = f.f32("image").unwrap();
+        assert_eq!(shape, [want.image.channels, x, y, z]);
+        assert_eq!(bits(&image), bits(&want.image.data), "{}", case.name);
+        let (shape, label) = f.integers("label").unwrap();
+        assert_eq!(shape, [1, x, y, z]);
+        let want_label: Vec<i64> = want.label.unwrap().iter().map(|&v| v.into()).collect();
+        assert_eq!(label, want_label, "{}", case.name);
+        let header = safetensors_header(&path);
+        assert_eq!(header["image"]["dtype"], "F32");
+        assert_eq!(header["label"]["dtype"], "U8");
+        let meta = |key: &str| {
+            serde_json::from_str::<serde_json::Value>(&f.metadata(key).unwrap()).unwrap()
+        };
+        assert_eq!(meta("affine"), serde_json::json!(want.image.affine));
+        assert_eq!(
+            meta("original_shape"),
+            serde_json::json!(want.original_shape)
+        );
+        assert_eq!(
+            meta("original_affine"),
+            serde_json::json!(want.original_affine)
+        );
+        let crop = want.crop.unwrap();
+        assert_eq!(
+            meta("crop_box"),
+            serde_json::json!({"start": crop.start, "end": crop.end})
+        );
+    }
+    // A second run keeps every file as it was: the same bytes and modification times.
+    let modified = |dir: &Path| -> Vec<std::time::SystemTime> {
+        names
+            .iter()
+            .map(|c| {
+                std::fs::metadata(prepare::case_path(dir, c))
+                    .unwrap()
+                    .modified()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let before = modified(&caches[0]);
+    let again = run(&n, &caches[0]);
+    assert!(again.written.is_empty() && again.kept == names, "{again:?}");
+    assert_eq!(modified(&caches[0]), before);
+    assert!(
+        files(&caches[0].join("cases")) == cached,
+        "a rerun changed the cache"
+    );
+}
+
+#[test]
+fn a_case_that_fails_preprocessing_is_named_and_leaves_nothing_of_itself() {
+    if crate::common::gpu().is_none() {
+        return;
+    }
+    // ct_01's image has no voxel above 0, so CropForegroundd has nothing to crop to.
+    let data = constant_foreground_dataset("cache-fails", &[500, -50]);
+    let cache = scratch("cache-fails-cache");
+    let mut o = PrepareOptions::new(&data, &cache);
+    o.plan_only = false;
+    let e = prepare::run(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("case ct_01")
+            && e.contains("ct_01.safetensors")
+            && e.contains("no voxel above 0"),
+        "{e}"
+    );
+    let left: Vec<String> = files(&cache.join("cases"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(left, ["ct_00.safetensors"]);
 }
 
 fn planned(r: Prepared) -> (Fingerprint, Plan) {
@@ -468,15 +609,22 @@ fn cli_synth_and_prepare_plan_only_and_their_refusals() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let cache = scratch("cli-cache");
     let c = cache.display().to_string();
-    // Without --plan-only: one line saying preprocessing is not built, exit 1, nothing written.
-    let r = run_calibseg(&["prepare", &d, "--out", &c]);
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert_eq!(r.status.code(), Some(1));
-    assert!(
-        err.contains("not built yet") && err.lines().count() == 1,
-        "{err}"
-    );
-    assert!(!cache.exists());
+    // Without --plan-only: the cases too, one file each.
+    if crate::common::gpu().is_some() {
+        let full = scratch("cli-full");
+        let r = run_calibseg(&["prepare", &d, "--out", &full.display().to_string()]);
+        let said = String::from_utf8_lossy(&r.stdout);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert!(
+            said.contains("cached 2 cases") && said.contains("2 written"),
+            "{said}"
+        );
+        let cached: Vec<String> = files(&full.join("cases"))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(cached, ["synth_000.safetensors", "synth_001.safetensors"]);
+    }
     let r = run_calibseg(&[
         "prepare",
         &d,

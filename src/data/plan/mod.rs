@@ -24,6 +24,7 @@ pub use fingerprint::{
 };
 pub use preset::Preset;
 
+use crate::data::preprocess::{Intensity, Transforms};
 use crate::error::{Error, Result};
 
 /// nnU-Net's `ANISO_THRESHOLD`: an axis this many times coarser than the others is anisotropic.
@@ -320,6 +321,40 @@ pub struct PlanInputs {
 }
 
 impl Plan {
+    /// The plan's preprocessing in the transforms' terms (what `prepare` runs on every case):
+    /// `CropForegroundd` when `crop_foreground`, `Orientationd(orientation)`, `Spacingd(spacing)`, and each
+    /// normalization entry as `NormalizeIntensityd(nonzero, channel_wise=True)` or `ScaleIntensityRanged`.
+    pub fn transforms(&self) -> Transforms {
+        Transforms {
+            crop_foreground: self.crop_foreground,
+            orientation: Some(self.orientation.clone()),
+            spacing: Some(self.spacing),
+            normalization: self
+                .normalization
+                .iter()
+                .map(|n| match *n {
+                    Normalization::Zscore { nonzero } => Intensity::NormalizeIntensity {
+                        nonzero,
+                        channel_wise: true,
+                    },
+                    Normalization::Range {
+                        a_min,
+                        a_max,
+                        b_min,
+                        b_max,
+                        clip,
+                    } => Intensity::ScaleIntensityRange {
+                        a_min,
+                        a_max,
+                        b_min,
+                        b_max,
+                        clip,
+                    },
+                })
+                .collect(),
+        }
+    }
+
     /// The automatic plan of a fingerprint, by nnU-Net's rules (module docs).
     pub fn automatic(f: &Fingerprint, inputs: &PlanInputs) -> Result<Plan> {
         if f.cases.is_empty() {
