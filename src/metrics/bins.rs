@@ -454,20 +454,13 @@ impl ImageBins {
     /// a whole number of chunks, or the whole image of `voxels` voxels when that is less. An error when not
     /// even one chunk fits.
     pub fn piece_voxels(gpu: &Gpu, channels: usize, voxels: usize) -> Result<usize> {
-        let bytes_per_voxel = 4 * channels.max(1) as u64;
-        let max = gpu.max_binding_bytes();
-        let chunks = max / (bytes_per_voxel * VOXELS_PER_WORKGROUP as u64);
-        if chunks == 0 {
-            return Err(Error::BufferTooLarge {
-                what: format!(
-                    "a piece of {VOXELS_PER_WORKGROUP} voxels x {channels} channels of probabilities"
-                ),
-                bytes: bytes_per_voxel * VOXELS_PER_WORKGROUP as u64,
-                limit_name: "max_storage_buffer_binding_size",
-                limit: max,
-            });
-        }
-        Ok((chunks as usize * VOXELS_PER_WORKGROUP).min(voxels))
+        crate::ops::whole_chunks_per_binding(
+            gpu,
+            4 * channels.max(1) as u64,
+            VOXELS_PER_WORKGROUP,
+            voxels,
+            &format!("{channels} channels of probabilities"),
+        )
     }
 
     /// Bins the next piece: `probs` `[1, C, L]` (f32; the piece's channels one after the other) and its

@@ -80,18 +80,13 @@ pub const TEMPERATURE_CHUNK: usize = WORKGROUP_SIZE as usize * PER_THREAD;
 /// number of [`TEMPERATURE_CHUNK`]s, or the image's `voxels` when that is less. An error when not even one
 /// chunk fits.
 pub fn temperature_piece_voxels(gpu: &Gpu, channels: usize, voxels: usize) -> Result<usize> {
-    let chunk_bytes = 4 * channels.max(1) as u64 * TEMPERATURE_CHUNK as u64;
-    let max = gpu.max_binding_bytes();
-    let chunks = max / chunk_bytes;
-    if chunks == 0 {
-        return Err(Error::BufferTooLarge {
-            what: format!("a piece of {TEMPERATURE_CHUNK} voxels x {channels} channels of logits"),
-            bytes: chunk_bytes,
-            limit_name: "max_storage_buffer_binding_size",
-            limit: max,
-        });
-    }
-    Ok((chunks as usize * TEMPERATURE_CHUNK).min(voxels))
+    crate::ops::whole_chunks_per_binding(
+        gpu,
+        4 * channels.max(1) as u64,
+        TEMPERATURE_CHUNK,
+        voxels,
+        &format!("{channels} channels of logits"),
+    )
 }
 
 /// Adds one piece's summed NLL, derivatives and count of bad labels to `sums` (its per-workgroup partials in

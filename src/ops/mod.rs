@@ -71,6 +71,31 @@ pub fn image_chunks(
         .collect())
 }
 
+/// The most voxels of one image that a piece may hold when every voxel takes `bytes_per_voxel` bytes of one
+/// storage binding and pieces are cut in whole `chunk`s of voxels (so per-chunk partials are those of the
+/// whole image): a whole number of chunks, or `voxels` when that is less. An error naming `what` (one chunk
+/// of it) when not even one chunk fits.
+pub fn whole_chunks_per_binding(
+    gpu: &Gpu,
+    bytes_per_voxel: u64,
+    chunk: usize,
+    voxels: usize,
+    what: &str,
+) -> Result<usize> {
+    let chunk_bytes = bytes_per_voxel * chunk as u64;
+    let max = gpu.max_binding_bytes();
+    let chunks = max / chunk_bytes;
+    if chunks == 0 {
+        return Err(Error::BufferTooLarge {
+            what: format!("a piece of {chunk} voxels x {what}"),
+            bytes: chunk_bytes,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: max,
+        });
+    }
+    Ok((chunks as usize * chunk).min(voxels))
+}
+
 /// The device's storage-binding offset alignment in bytes.
 pub fn binding_alignment(gpu: &Gpu) -> u64 {
     u64::from(gpu.limits().min_storage_buffer_offset_alignment).max(4)
