@@ -9,7 +9,8 @@
 //! Where things are:
 //! - binning and per-image metrics: `bins.rs` (kernel `shaders/calibration.wgsl`), `calibration.rs`;
 //!   temperature scaling: `temperature.rs` (kernel `shaders/temperature.wgsl`); the accumulator:
-//!   `accumulator.rs`; pictures: `plot.rs`
+//!   `accumulator.rs`; pictures: `plot.rs`; paired tests over per-case metrics (t-test, Wilcoxon, as
+//!   SciPy): `stats.rs`
 //! - tests: the suite `tests/metrics/` (against MONAI's metrics), `tests/commands/eval*.rs`, the layout unit
 //!   tests in `bins.rs` and `temperature.rs`; bench: `benches/calibration.rs` ("calibration", "temperature")
 
@@ -18,6 +19,7 @@ pub mod bins;
 pub mod calibration;
 #[cfg(feature = "plots")]
 pub mod plot;
+pub mod stats;
 pub mod temperature;
 
 pub use accumulator::{CalibrationAccumulator, CalibrationMetrics, MeanStd, Summary};

@@ -4,4 +4,5 @@
 mod common;
 
 mod metrics;
+mod stats;
 mod temperature;
