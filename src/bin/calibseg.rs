@@ -23,7 +23,11 @@ macro_rules! out {
     };
 }
 
+#[path = "calibseg/predict.rs"]
+mod predict;
+
 use clap::{Parser, Subcommand};
+use predict::{predict, PredictArgs};
 
 use calibseg::commands::loss::LossFileOptions;
 use calibseg::loss::{Binning, LossKind, PaperLoss};
@@ -44,7 +48,7 @@ enum Command {
     Loss(LossArgs),
     /// Calibration metrics (ECE, ACE, MCE), Dice and reliability pictures of predictions on a test set.
     Eval(EvalArgs),
-    /// Run a SegResNetDS or SegResNet (MONAI weights) on a volume: logits and probabilities.
+    /// Segment NIfTI images with training runs (--model), back in each image's space; or run a network on a volume.
     Predict(PredictArgs),
     /// Train SegResNetDS on synthetic 3D data with a calibration loss; checkpoints, log and test evaluation.
     Train(TrainArgs),
@@ -225,97 +229,6 @@ fn print_eval(r: &calibseg::commands::eval::EvalReport, pictures: bool) -> calib
         s.mce.mean, s.mce.std, micro.ace, micro.ece, micro.mce
     );
     out!("wrote {}", r.out.display());
-    Ok(())
-}
-
-/// `calibseg predict` flags.
-#[derive(clap::Args)]
-struct PredictArgs {
-    /// The network: segresnetds or segresnet.
-    #[arg(long)]
-    arch: String,
-    /// MONAI's keyword arguments as JSON, inline or @file.json.
-    #[arg(long)]
-    config: String,
-    /// Weights: safetensors with MONAI state_dict keys.
-    #[arg(long)]
-    weights: PathBuf,
-    /// Read only the weights under this key prefix (removed); `module.`/`model.` are removed automatically.
-    #[arg(long)]
-    weights_prefix: Option<String>,
-    /// Input: safetensors with `input` [B, C_in, D, H, W], or a NIfTI image (3D, or 4D channels last).
-    #[arg(long)]
-    input: PathBuf,
-    /// Output: safetensors (`logits`, `probs`) or, for .nii/.nii.gz, probabilities as a 4D NIfTI image.
-    #[arg(long)]
-    output: PathBuf,
-    /// Sliding-window inference with this window D,H,W (else the whole input at once).
-    #[arg(long, value_delimiter = ',')]
-    roi: Option<Vec<usize>>,
-    /// Window overlap in [0, 1).
-    #[arg(long, default_value_t = 0.25, requires = "roi")]
-    overlap: f64,
-    /// Window blending: constant or gaussian.
-    #[arg(long, default_value = "constant", requires = "roi")]
-    mode: String,
-    /// Gaussian sigma as a fraction of the window: one value, or D,H,W.
-    #[arg(long, value_delimiter = ',', default_value = "0.125", requires = "roi")]
-    sigma_scale: Vec<f64>,
-    /// Windows per network call.
-    #[arg(long, default_value_t = 1, requires = "roi")]
-    sw_batch_size: usize,
-    /// Bytes of device memory the sliding window's own buffers may take (default: four storage bindings).
-    #[arg(long, requires = "roi")]
-    memory_budget: Option<u64>,
-}
-
-fn predict(a: PredictArgs) -> calibseg::Result<()> {
-    use calibseg::nn::sliding_window::SlidingWindowConfig;
-    let config = match a.config.strip_prefix('@') {
-        Some(file) => calibseg::io::input::read_regular_text(file)?,
-        None => a.config.clone(),
-    };
-    let window = match &a.roi {
-        None => None,
-        Some(roi) => {
-            let mut w = SlidingWindowConfig::new(roi)
-                .with_overlap(a.overlap)
-                .with_sw_batch_size(a.sw_batch_size)
-                .with_mode(a.mode.parse()?);
-            w.memory_budget = a.memory_budget;
-            w = if a.sigma_scale.len() == 1 {
-                w.with_sigma_scale(a.sigma_scale[0])
-            } else {
-                w.with_sigma_scale_per_axis(&a.sigma_scale)
-            };
-            w.validate(roi.len())?;
-            Some(w)
-        }
-    };
-    let o = calibseg::commands::predict::PredictOptions {
-        arch: a.arch.parse()?,
-        config,
-        config_file: a.config.strip_prefix('@').map(PathBuf::from),
-        weights: a.weights,
-        weights_prefix: a.weights_prefix,
-        input: a.input,
-        output: a.output,
-        window,
-    };
-    o.check_output()?;
-    let gpu = calibseg::Gpu::new()?;
-    let split = calibseg::commands::predict::run(&gpu, &o)?;
-    out!("wrote {}", o.output.display());
-    if let Some(s) = split {
-        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
-        out!(
-            "sliding window: {} slab(s) of {} rows per image, {:.1} MiB of device memory for its own buffers at most (budget {:.1} MiB)",
-            s.slabs_per_image,
-            s.slab_rows,
-            mib(s.peak_bytes),
-            mib(s.budget)
-        );
-    }
     Ok(())
 }
 

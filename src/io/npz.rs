@@ -354,6 +354,58 @@ pub fn read_probabilities(path: impl AsRef<Path>) -> Result<HostTensor> {
     Ok(t)
 }
 
+/// Writes `data` (f32, C order, of `shape`) as array `name` of a compressed `.npz` archive at `path`, as
+/// `numpy.savez_compressed` does (a `.npy` version 1.0 entry `<name>.npy`, little-endian `<f4`), atomically:
+/// nnU-Net's `<case>.npz` with `name` `probabilities` and shape `(C, z, y, x)`. The archive is built in
+/// memory (compressed) and then written, so an error leaves nothing behind.
+pub fn write_f32(path: impl AsRef<Path>, name: &str, shape: &[usize], data: &[f32]) -> Result<()> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let n: usize = shape.iter().product();
+    if n != data.len() {
+        return Err(Error::shape(format!(
+            "{}: array '{name}' of shape {shape:?} holds {n} values, {} given",
+            path.display(),
+            data.len()
+        )));
+    }
+    let dims: String = shape.iter().map(|d| format!("{d}, ")).collect();
+    let dims = if shape.len() == 1 {
+        dims.trim_end().to_string()
+    } else {
+        dims.trim_end_matches(", ").to_string()
+    };
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}").into_bytes();
+    // Magic (6) + version (2) + length (2) + header + '\n', padded to a multiple of 64 with spaces.
+    let total = (10 + header.len() + 1).div_ceil(64) * 64;
+    header.resize(total - 10 - 1, b' ');
+    header.push(b'\n');
+    let io = |e: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let zip_err =
+        |e: zip::result::ZipError| fmt_err(path, format!("cannot write the archive: {e}"));
+    let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let raw = 10 + header.len() as u64 + 4 * n as u64;
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(raw >= u32::MAX as u64);
+    zw.start_file(format!("{name}.npy"), options)
+        .map_err(zip_err)?;
+    zw.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
+    zw.write_all(&(header.len() as u16).to_le_bytes())
+        .map_err(io)?;
+    zw.write_all(&header).map_err(io)?;
+    for chunk in data.chunks(1 << 16) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        zw.write_all(&bytes).map_err(io)?;
+    }
+    let bytes = zw.finish().map_err(zip_err)?.into_inner();
+    crate::io::output::write_file_atomically(path, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::fortran_to_c;

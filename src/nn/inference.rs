@@ -114,8 +114,107 @@ pub fn predict_logits_slabs(
             "sliding-window input must be [B, C, spatial...], got {shape:?}"
         )));
     }
+    predict_logits_slabs_with(net, gpu, shape, data, window, false, || {}, sink)
+}
+
+/// [`predict_logits_slabs`] with nnU-Net's test-time mirroring when `mirror` (each window batch's logits
+/// are the mean of the network's logits over the 8 combinations of flipping the three spatial axes, each
+/// flipped back, summed in the order none, x, y, z, xy, xz, yz, xyz) and `on_batch` called after each
+/// window batch (for progress: [`SlidingWindowConfig::plan`] tells how many windows there are).
+#[allow(clippy::too_many_arguments)]
+pub fn predict_logits_slabs_with(
+    net: &dyn Network,
+    gpu: &Gpu,
+    shape: &[usize],
+    data: &[f32],
+    window: &SlidingWindowConfig,
+    mirror: bool,
+    mut on_batch: impl FnMut(),
+    sink: impl FnMut(OutputSlab) -> Result<()>,
+) -> Result<SlabStats> {
+    if shape.len() < 2 {
+        return Err(Error::InvalidShape(format!(
+            "sliding-window input must be [B, C, spatial...], got {shape:?}"
+        )));
+    }
     check_window(net, &shape[..2], window)?;
+    if mirror && shape.len() != 5 {
+        return Err(Error::invalid(format!(
+            "mirroring takes 3D inputs [B, C, X, Y, Z], got {shape:?}"
+        )));
+    }
     let tape = Tape::new();
     let _g = tape.no_grad();
-    sliding_window_slabs(gpu, shape, data, window, eval_forward(net, &tape), sink)
+    let mut run = eval_forward(net, &tape);
+    let predictor = |x: &Tensor| -> Result<Tensor> {
+        let y = if mirror {
+            mirrored(x, &mut run)?
+        } else {
+            run(x)?
+        };
+        on_batch();
+        Ok(y)
+    };
+    sliding_window_slabs(gpu, shape, data, window, predictor, sink)
+}
+
+/// The flip combinations of nnU-Net's mirroring over axes (x, y, z), in the order their logits are summed.
+const MIRRORS: [[bool; 3]; 8] = [
+    [false, false, false],
+    [true, false, false],
+    [false, true, false],
+    [false, false, true],
+    [true, true, false],
+    [true, false, true],
+    [false, true, true],
+    [true, true, true],
+];
+
+/// `v` (`[n, C, X, Y, Z]` of `shape`, row major) with the spatial axes in `flip` reversed.
+fn flip_host(v: &[f32], shape: &[usize], flip: [bool; 3]) -> Vec<f32> {
+    let [x, y, z] = [shape[2], shape[3], shape[4]];
+    let mut out = vec![0f32; v.len()];
+    for (src, dst) in v
+        .chunks_exact(x * y * z)
+        .zip(out.chunks_exact_mut(x * y * z))
+    {
+        for i in 0..x {
+            let si = if flip[0] { x - 1 - i } else { i };
+            for j in 0..y {
+                let sj = if flip[1] { y - 1 - j } else { j };
+                for k in 0..z {
+                    let sk = if flip[2] { z - 1 - k } else { k };
+                    dst[(i * y + j) * z + k] = src[(si * y + sj) * z + sk];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The mean of `run`'s outputs over the [`MIRRORS`] of window batch `x`, each flipped back.
+fn mirrored(x: &Tensor, run: &mut impl FnMut(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let host = x.to_vec_f32()?;
+    let mut sum: Option<(Vec<usize>, Vec<f32>)> = None;
+    for flip in MIRRORS {
+        let y = if flip == [false; 3] {
+            run(x)?
+        } else {
+            run(&Tensor::from_f32(
+                x.gpu(),
+                x.shape(),
+                &flip_host(&host, x.shape(), flip),
+            )?)?
+        };
+        let ys = y.shape().to_vec();
+        let back = flip_host(&y.to_vec_f32()?, &ys, flip);
+        match &mut sum {
+            None => sum = Some((ys, back)),
+            Some((_, s)) => s.iter_mut().zip(&back).for_each(|(a, b)| *a += b),
+        }
+    }
+    let (ys, mut s) = sum.ok_or_else(|| Error::invalid("mirroring: no prediction"))?;
+    let n = MIRRORS.len() as f32;
+    s.iter_mut().for_each(|v| *v /= n);
+    Tensor::from_f32(x.gpu(), &ys, &s)
 }

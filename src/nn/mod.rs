@@ -26,7 +26,9 @@ pub mod sliding_window;
 mod store;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use inference::{build_network, predict_logits, predict_logits_slabs, Arch};
+pub use inference::{
+    build_network, predict_logits, predict_logits_slabs, predict_logits_slabs_with, Arch,
+};
 pub use init::{kaiming_uniform_bound, SeededRng};
 pub use layers::{Conv, ConvConfig, ConvTranspose, Norm, NormKind};
 pub use monai_args::{NormName, NormSpec};

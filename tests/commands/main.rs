@@ -19,4 +19,5 @@ mod hostile;
 mod hostile_io;
 mod pieces;
 mod plan;
+mod predict_runs;
 mod verify;

@@ -9,6 +9,10 @@
 //! is deleted. [`merge()`] combines evaluations of disjoint shards of a test set into the evaluation of the
 //! whole, exactly.
 //!
+//! A folder of NIfTI probabilities may also be `calibseg predict --model`'s output: where it holds
+//! `<case>.probabilities.nii.gz` files, those are read and the segmentations `<case>.nii.gz` beside
+//! them are not.
+//!
 //! # nnU-Net and NumPy probabilities
 //!
 //! When the `--probs` folder holds `.npz`/`.npy` files it is read as NumPy probabilities: nnU-Net v2's
@@ -302,7 +306,16 @@ fn pair_cases(
 }
 
 fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
-    let pm = list_cases(probs, nifti::is_nifti, nifti::case_name)?;
+    let mut pm = list_cases(probs, nifti::is_nifti, nifti::case_name)?;
+    // `calibseg predict --model` writes `<case>.probabilities.nii.gz` beside its segmentations
+    // `<case>.nii.gz`: where such files are, they are the probabilities and the rest is not read.
+    let suffix = crate::commands::predict::runs::PROBABILITIES_SUFFIX;
+    if pm.keys().any(|k| k.ends_with(suffix)) {
+        pm = pm
+            .into_iter()
+            .filter_map(|(k, p)| Some((k.strip_suffix(suffix)?.to_string(), p)))
+            .collect();
+    }
     if pm.is_empty() {
         return Err(Error::invalid(format!(
             "{} holds no .nii/.nii.gz files",

@@ -20,6 +20,8 @@
 mod msd;
 mod nnunet;
 
+pub(crate) use nnunet::split_channel_name;
+
 use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;

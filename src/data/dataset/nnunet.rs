@@ -42,7 +42,7 @@ fn expand_vars(s: &str) -> String {
 }
 
 /// The case and channel of an `imagesTr` file name `<case>_XXXX<ending>`, if it is one.
-fn split_channel_name<'a>(name: &'a str, ending: &str) -> Option<(&'a str, usize)> {
+pub(crate) fn split_channel_name<'a>(name: &'a str, ending: &str) -> Option<(&'a str, usize)> {
     let stem = name.strip_suffix(ending)?;
     let (case, digits) = stem.split_at_checked(stem.len().checked_sub(5)?)?;
     let digits = digits.strip_prefix('_')?;

@@ -10,12 +10,15 @@
 //! channels (its last axis) first; each volume carries its affine (voxel to world, nibabel's `img.affine`).
 //!
 //! Where things are:
-//! - transforms: here; the affine arithmetic (nibabel's orientation functions, MONAI's `zoom_affine` and
+//! - transforms: here; their inverse (MONAI's `Invertd`, back onto the loaded grid): `invert.rs`; the affine arithmetic (nibabel's orientation functions, MONAI's `zoom_affine` and
 //!   `compute_shape_offset`): `geometry.rs`; the resampling kernel: `ops/resample.rs`
 //! - tests: `tests/io/preprocess.rs` (MONAI's outputs from `tests/fixtures/preprocess/`), the resampling op
 //!   against an f64 reference in `tests/ops/resample.rs`
 
 pub mod geometry;
+mod invert;
+
+pub use invert::Inversion;
 
 use std::path::{Path, PathBuf};
 
@@ -195,15 +198,11 @@ impl Volume {
                 }
             }
         }
-        let mut shift = geometry::identity();
-        for (row, &start) in shift.iter_mut().zip(&crop.start) {
-            row[3] = start as f64;
-        }
         Ok(Volume {
             channels: self.channels,
             shape,
             data,
-            affine: matmul(&self.affine, &shift),
+            affine: crop_affine(&self.affine, crop),
         })
     }
 
@@ -211,16 +210,9 @@ impl Volume {
     /// x to the right, y anterior, z superior) as nibabel's `io_orientation`/`ornt_transform`/
     /// `apply_orientation` do, with the affine `affine @ inv_ornt_aff(ornt, shape)`.
     pub fn orient(&self, axcodes: &str) -> Result<Volume> {
-        let ornt = geometry::ornt_transform(
-            &geometry::io_orientation(&self.affine)?,
-            &geometry::axcodes_to_ornt(axcodes)?,
-        );
-        // Output axis ornt[i].0 is input axis i.
-        let mut from = [0usize; 3];
-        for (i, &(o, _)) in ornt.iter().enumerate() {
-            from[o] = i;
-        }
-        let shape: [usize; 3] = std::array::from_fn(|j| self.shape[from[j]]);
+        let ornt = orientation_to(&self.affine, axcodes)?;
+        let from = source_axes(&ornt);
+        let shape = oriented_shape(self.shape, &ornt);
         let [_, ny, nz] = self.shape;
         let mut data = Vec::with_capacity(self.data.len());
         for c in 0..self.channels {
@@ -276,6 +268,39 @@ impl Volume {
             affine: grid.affine,
         })
     }
+}
+
+/// The affine of the voxels from `crop.start` on of a grid placed by `affine` (MONAI's `SpatialCrop`).
+pub fn crop_affine(affine: &Affine, crop: &CropBox) -> Affine {
+    let mut shift = geometry::identity();
+    for (row, &start) in shift.iter_mut().zip(&crop.start) {
+        row[3] = start as f64;
+    }
+    matmul(affine, &shift)
+}
+
+/// The orientation `Orientationd(axcodes)` applies to a grid placed by `affine` (nibabel's
+/// `ornt_transform(io_orientation(affine), axcodes2ornt(axcodes))`).
+pub fn orientation_to(affine: &Affine, axcodes: &str) -> Result<geometry::Ornt> {
+    Ok(geometry::ornt_transform(
+        &geometry::io_orientation(affine)?,
+        &geometry::axcodes_to_ornt(axcodes)?,
+    ))
+}
+
+/// For each output axis of `ornt`, the input axis it comes from.
+pub(crate) fn source_axes(ornt: &geometry::Ornt) -> [usize; 3] {
+    let mut from = [0usize; 3];
+    for (i, &(o, _)) in ornt.iter().enumerate() {
+        from[o] = i;
+    }
+    from
+}
+
+/// The size of a grid of `shape` voxels after the orientation `ornt`.
+pub fn oriented_shape(shape: [usize; 3], ornt: &geometry::Ornt) -> [usize; 3] {
+    let from = source_axes(ornt);
+    std::array::from_fn(|j| shape[from[j]])
 }
 
 /// The grid `Spacingd(pixdim)` resamples a volume onto: MONAI's `zoom_affine` (the affine's rotation with

@@ -12,6 +12,16 @@
 //! Outputs: safetensors `logits` and `probs` (softmax over classes), or, for a `.nii`/`.nii.gz` name, the
 //! probabilities as a 4D NIfTI image (classes last) carrying the input image's geometry (its header's
 //! spacing, qform and sform), which needs a NIfTI input.
+//!
+//! `calibseg predict --model RUN` (training runs on NIfTI images, back in each image's own space) is
+//! [`runs`].
+
+pub mod runs;
+
+pub use runs::{
+    run_models, Checkpoint, PredictEvent, PredictSummary, ProbabilitiesFormat, RunPredictOptions,
+    Shard, TrainedModel,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -62,7 +72,12 @@ impl PredictOptions {
 
 /// Converts between a NIfTI image's voxel order (x fastest, then y, z, channel) and MONAI's array
 /// `[C, x, y, z]` (z fastest): `to_file` chooses the direction.
-fn xyz_major(data: &[f32], channels: usize, [nx, ny, nz]: [usize; 3], to_file: bool) -> Vec<f32> {
+pub(super) fn xyz_major(
+    data: &[f32],
+    channels: usize,
+    [nx, ny, nz]: [usize; 3],
+    to_file: bool,
+) -> Vec<f32> {
     let mut out = vec![0f32; data.len()];
     for c in 0..channels {
         for x in 0..nx {
