@@ -116,10 +116,14 @@ fn predict_runs(a: PredictArgs) -> calibseg::Result<()> {
     let summary = run_models(&gpu, &o, &mut on_event)?;
     windows.finish_and_clear();
     cases.finish_and_clear();
+    // Released buffers go back to the pool, so what it holds at the end is the most it needed at once.
+    let pool = gpu.pool_stats();
     out!(
-        "wrote {} case(s) into {}",
+        "wrote {} case(s) into {} ({:.1} MiB of device buffers in the pool at the end, {} allocated)",
         summary.written.len(),
-        o.output.display()
+        o.output.display(),
+        pool.idle_bytes as f64 / f64::from(1u32 << 20),
+        pool.allocations
     );
     if summary.failed.is_empty() {
         return Ok(());
