@@ -10,6 +10,8 @@
 //! - [`train`]: `calibseg train`, a whole training run in an output folder.
 //! - [`verify`]: `calibseg verify`, nnU-Net's integrity checks on an MSD or nnU-Net v2 dataset.
 //! - [`synth`]: `calibseg synth`, the synthetic phantoms written as an nnU-Net v2 or MSD dataset.
+//! - [`study`]: the calibration study (`examples/calibration_study.rs`): three losses and temperature
+//!   scaling over several seeds, paired tests, `results.json` / `results.md` and the reliability picture.
 //! - [`prepare`]: `calibseg prepare --plan-only`, a dataset's fingerprint and training plan in a cache.
 //!
 //! `calibseg bench` runs [`crate::bench`], the library of benchmark cases, directly.
@@ -18,6 +20,7 @@ pub mod eval;
 pub mod loss;
 pub mod predict;
 pub mod prepare;
+pub mod study;
 pub mod synth;
 pub mod train;
 pub mod verify;

@@ -85,6 +85,10 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     /// Seed of the weights, the data and the sampling.
     pub seed: u64,
+    /// Seed of the synthetic data alone, when it must differ from `seed` (a study trains several seeds on
+    /// the same data); absent: `seed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
     /// Held-out volumes for validation.
     pub val_volumes: usize,
     /// Held-out volumes for the final test evaluation.
@@ -119,6 +123,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-5,
             warmup_steps: 10,
             seed: 12345,
+            data_seed: None,
             val_volumes: 3,
             test_volumes: 8,
             // One window covers a whole 48^3 volume: validation and testing cost one forward pass each.

@@ -108,7 +108,8 @@ impl Trainer {
         });
         let schedule = WarmupCosineSchedule::new(config.lr, config.warmup_steps, config.steps)
             .with_warmup_multiplier(0.5);
-        let data = SyntheticDataset::new(config.data.clone(), config.seed)?;
+        let data =
+            SyntheticDataset::new(config.data.clone(), config.data_seed.unwrap_or(config.seed))?;
         let rng = DataRng::new(config.seed ^ SAMPLING_SALT);
         Ok(Trainer {
             config,
@@ -122,6 +123,11 @@ impl Trainer {
             best: None,
             log: Vec::new(),
         })
+    }
+
+    /// The synthetic volumes (training, validation and test).
+    pub fn data(&self) -> &SyntheticDataset {
+        &self.data
     }
 
     /// The configuration.

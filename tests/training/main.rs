@@ -6,4 +6,5 @@ mod common;
 
 mod data;
 mod hostile;
+mod study;
 mod train;
