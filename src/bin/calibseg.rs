@@ -533,6 +533,9 @@ struct SynthArgs {
     /// The phantoms' seed.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
+    /// Image shape I,J,K in voxels (each at least 8; default 64,64,24).
+    #[arg(long, value_name = "I,J,K", value_delimiter = ',')]
+    shape: Option<Vec<usize>>,
 }
 
 fn synth(a: SynthArgs) -> calibseg::Result<()> {
@@ -541,6 +544,11 @@ fn synth(a: SynthArgs) -> calibseg::Result<()> {
     o.cases = a.cases as usize;
     o.seed = a.seed;
     o.format = a.format;
+    if let Some(shape) = a.shape {
+        o.shape = shape.try_into().map_err(|s: Vec<usize>| {
+            calibseg::Error::invalid(format!("synth: --shape takes three sizes I,J,K, not {s:?}"))
+        })?;
+    }
     let dir = run(&o)?;
     out!("wrote {} training cases to {}", o.cases, dir.display());
     Ok(())
@@ -569,6 +577,10 @@ struct PrepareArgs {
     /// Cases read at once (default: one per core, at most 8).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Preprocess only every N-th case, starting at case I (0 <= I < N), into a cache a --plan-only run
+    /// planned with the same options (a cluster's array jobs filling one cache).
+    #[arg(long, value_name = "I/N", conflicts_with = "plan_only")]
+    shard: Option<calibseg::commands::prepare::Shard>,
 }
 
 /// `Ok(false)` when verify refused the dataset (its report printed; exit 1).
@@ -576,6 +588,7 @@ fn prepare(a: PrepareArgs) -> calibseg::Result<bool> {
     use calibseg::commands::prepare::{run, PlanSource, PrepareOptions, Prepared};
     let mut o = PrepareOptions::new(a.dataset, a.out);
     o.plan_only = a.plan_only;
+    o.shard = a.shard;
     if let Some(t) = a.threads {
         o.threads = t.into();
     }
@@ -616,11 +629,19 @@ fn prepare(a: PrepareArgs) -> calibseg::Result<bool> {
                 plan.batch,
                 plan.model.blocks_down.len()
             );
-            out!(
-                "wrote {} and {}",
-                o.out.join("fingerprint.json").display(),
-                o.out.join("plan.json").display()
-            );
+            match o.shard {
+                Some(s) => out!(
+                    "shard {}/{} of the plan in {}",
+                    s.index,
+                    s.count,
+                    o.out.join("plan.json").display()
+                ),
+                None => out!(
+                    "wrote {} and {}",
+                    o.out.join("fingerprint.json").display(),
+                    o.out.join("plan.json").display()
+                ),
+            }
             if !o.plan_only {
                 out!(
                     "cached {} cases in {} ({} written, {} unchanged)",

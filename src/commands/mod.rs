@@ -12,7 +12,7 @@
 //! - [`synth`]: `calibseg synth`, the synthetic phantoms written as an nnU-Net v2 or MSD dataset.
 //! - [`study`]: the calibration study (`examples/calibration_study.rs`): three losses and temperature
 //!   scaling over several seeds, paired tests, `results.json` / `results.md` and the reliability picture.
-//! - [`prepare`]: `calibseg prepare --plan-only`, a dataset's fingerprint and training plan in a cache.
+//! - [`prepare`]: `calibseg prepare`, a dataset's fingerprint, training plan and preprocessed cases in a cache (`--shard`, the memory guard).
 //!
 //! `calibseg bench` runs [`crate::bench`], the library of benchmark cases, directly.
 

@@ -148,6 +148,19 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// The report of a dataset that was not checked here (a `prepare --shard` run, whose `--plan-only`
+    /// run verified it): no problems, no class counts.
+    pub fn unchecked(dataset: &Dataset) -> VerifyReport {
+        VerifyReport {
+            dataset: dataset.root.display().to_string(),
+            layout: dataset.layout,
+            cases: dataset.cases.len(),
+            channels: dataset.channels.clone(),
+            classes: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
     /// The errors.
     pub fn errors(&self) -> impl Iterator<Item = &Problem> {
         self.problems

@@ -39,6 +39,7 @@
 mod augment;
 pub mod dataset;
 mod filters;
+pub mod parallel;
 mod phantom;
 pub mod plan;
 pub mod preprocess;
@@ -49,6 +50,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 pub use augment::{Augment, Batch, PatchInfo, FOREGROUND_TRIES};
+pub use parallel::parallel_map;
 pub use rng::DataRng;
 
 use crate::error::{Error, Result};

@@ -20,4 +20,5 @@ mod hostile_io;
 mod pieces;
 mod plan;
 mod predict_runs;
+mod prepare_shard;
 mod verify;

@@ -18,13 +18,13 @@ use calibseg::io::safetensors::TensorFile;
 
 use crate::common::cli::run_calibseg;
 
-fn scratch(tag: &str) -> PathBuf {
+pub(crate) fn scratch(tag: &str) -> PathBuf {
     let d = crate::common::cli::scratch_path("plan", tag);
     let _ = std::fs::remove_dir_all(&d);
     d
 }
 
-fn synth_dataset(tag: &str, format: SynthFormat, seed: u64) -> PathBuf {
+pub(crate) fn synth_dataset(tag: &str, format: SynthFormat, seed: u64) -> PathBuf {
     let out = scratch(tag);
     let mut o = SynthOptions::new(&out);
     o.cases = 3;
@@ -181,7 +181,7 @@ fn planned(r: Prepared) -> (Fingerprint, Plan) {
 }
 
 /// Every file under `dir` (relative path, bytes), sorted.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -452,7 +452,7 @@ fn ct_normalisation_is_the_foreground_percentiles_and_moments() {
     );
 }
 
-fn write_plan(tag: &str, json: &serde_json::Value) -> PathBuf {
+pub(crate) fn write_plan(tag: &str, json: &serde_json::Value) -> PathBuf {
     let p = crate::common::cli::scratch_path("plan", &format!("{tag}.json"));
     std::fs::write(&p, json.to_string()).unwrap();
     p

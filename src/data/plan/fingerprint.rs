@@ -296,28 +296,14 @@ pub fn fingerprint(dataset: &Dataset, o: &FingerprintOptions) -> Result<Fingerpr
             "lists no training case to take a fingerprint of",
         ));
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<CaseResult>>> = (0..total).map(|_| None).collect();
-    let slots: Vec<std::sync::Mutex<&mut Option<Result<CaseResult>>>> =
-        results.iter_mut().map(std::sync::Mutex::new).collect();
-    std::thread::scope(|s| {
-        for _ in 0..o.threads.clamp(1, total) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let r = fingerprint_case(&dataset.cases[i], i, o.samples_per_case);
-                **slots[i].lock().expect("no thread panics holding a slot") = Some(r);
-            });
-        }
+    let results = crate::data::parallel_map(total, o.threads, |i| {
+        fingerprint_case(&dataset.cases[i], i, o.samples_per_case)
     });
-    drop(slots);
     let mut cases = Vec::with_capacity(total);
     let mut pooled: Vec<Vec<f64>> = vec![Vec::new(); dataset.channels.len()];
     let mut relative = Vec::with_capacity(total);
     for r in results {
-        let r = r.expect("every case read")?;
+        let r = r?;
         if r.samples.len() != pooled.len() {
             return Err(Error::invalid(format!(
                 "case {} has {} channels, the dataset declares {}",

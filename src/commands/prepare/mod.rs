@@ -6,6 +6,20 @@
 //! ([`case_path`]; tensors and metadata keys below). Each file is written atomically, so a case that fails
 //! leaves nothing of itself. A case whose file is newer than its inputs and was made by the same
 //! transforms is kept as it is. A cache of another dataset, or a folder holding anything else, is refused.
+//!
+//! Before any case, the memory guard ([`memory`]) estimates the host memory of the largest case at
+//! `threads` cases at once from the headers and refuses, writing nothing, when it exceeds what is
+//! available. Past one machine, `--plan-only` writes the fingerprint and plan once and `--shard I/N`
+//! ([`Shard`]) runs then preprocess every N-th case into the same cache: a shard reads the cache's
+//! fingerprint (it neither verifies nor takes a fingerprint again), refuses a cache without a plan or
+//! whose plan differs from the one its own options give, and writes the same case files a single run
+//! writes.
+
+pub mod memory;
+
+/// One of `count` array jobs (`I/N`, the same as `predict --shard`): the cases at positions `index`,
+/// `index + count`, ... of the dataset's list.
+pub use crate::commands::predict::Shard;
 
 use std::path::{Path, PathBuf};
 
@@ -77,7 +91,12 @@ pub struct PrepareOptions {
     pub threads: usize,
     /// Foreground voxels sampled per case and channel.
     pub samples_per_case: usize,
+    /// Only this shard's cases, into a cache a `--plan-only` run planned.
+    pub shard: Option<Shard>,
+    /// Host memory (bytes) the cases may take; `None`: [`memory::available_host_memory`].
+    pub host_memory: Option<u64>,
 }
+
 
 impl PrepareOptions {
     /// The automatic plan of `dataset` into `out`, plan only, an 8 GiB budget, verify's thread count.
@@ -92,6 +111,8 @@ impl PrepareOptions {
             memory_budget: DEFAULT_MEMORY_BUDGET,
             threads,
             samples_per_case: FingerprintOptions::default().samples_per_case,
+            shard: None,
+            host_memory: None,
         }
     }
 }
@@ -130,12 +151,13 @@ fn out_err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Refuses a cache folder that holds anything but [`CACHE_FILES`], or a fingerprint of another dataset.
-fn check_cache(out: &Path, dataset_root: &str) -> Result<()> {
+/// Refuses a cache folder that holds anything but [`CACHE_FILES`], or a fingerprint of another dataset;
+/// gives the cache's fingerprint when it has one.
+fn check_cache(out: &Path, dataset_root: &str) -> Result<Option<Fingerprint>> {
     let Ok(entries) = std::fs::read_dir(out) else {
         return match std::fs::symlink_metadata(out) {
             Ok(_) => Err(out_err(out, "is not a folder; the cache must be a folder")),
-            Err(_) => Ok(()),
+            Err(_) => Ok(None),
         };
     };
     for e in entries.flatten() {
@@ -148,7 +170,10 @@ fn check_cache(out: &Path, dataset_root: &str) -> Result<()> {
         }
     }
     let previous = out.join("fingerprint.json");
-    if previous.exists() {
+    if !previous.exists() {
+        return Ok(None);
+    }
+    {
         let text = crate::io::input::read_regular_text(&previous)?;
         let f: Fingerprint = serde_json::from_str(&text).map_err(|e| Error::Format {
             path: previous.display().to_string(),
@@ -163,8 +188,8 @@ fn check_cache(out: &Path, dataset_root: &str) -> Result<()> {
                 ),
             ));
         }
+        Ok(Some(f))
     }
-    Ok(())
 }
 
 /// Reads a hand-written plan file as JSON.
@@ -195,6 +220,19 @@ pub fn run(o: &PrepareOptions) -> Result<Prepared> {
             "prepare: the memory budget must be positive",
         ));
     }
+    if let Some(s) = o.shard {
+        if s.count == 0 || s.index >= s.count {
+            return Err(Error::invalid(format!(
+                "prepare: shard {}/{} does not exist (0 <= I < N)",
+                s.index, s.count
+            )));
+        }
+        if o.plan_only {
+            return Err(Error::invalid(
+                "prepare: --shard preprocesses cases; the plan comes from one --plan-only run before the shards",
+            ));
+        }
+    }
     let overlay = match &o.plan {
         PlanSource::Automatic => None,
         PlanSource::Preset(p) => Some((p.overlay(), format!("preset {}", p.name()))),
@@ -202,42 +240,72 @@ pub fn run(o: &PrepareOptions) -> Result<Prepared> {
     };
     let dataset = Dataset::open(&o.dataset)?;
     let root = std::fs::canonicalize(&dataset.root).unwrap_or_else(|_| dataset.root.clone());
-    check_cache(&o.out, &root.display().to_string())?;
-    let mut v = VerifyOptions::new(&o.dataset);
-    v.threads = o.threads;
-    let report = verify::run(&v, &mut |_| {})?;
-    if !report.is_ok() {
-        return Ok(Prepared::Refused(report));
-    }
-    let fingerprint = fingerprint(
-        &dataset,
-        &FingerprintOptions {
-            samples_per_case: o.samples_per_case,
-            threads: o.threads,
-        },
-    )?;
-    let automatic = Plan::automatic(
-        &fingerprint,
-        &PlanInputs {
-            classes: classes(&dataset),
-            memory_budget: o.memory_budget,
-        },
-    )?;
-    let plan = match &overlay {
-        None => automatic,
-        Some((value, source)) => automatic.merge(value, source)?,
+    let cached = check_cache(&o.out, &root.display().to_string())?;
+    let inputs = PlanInputs {
+        classes: classes(&dataset),
+        memory_budget: o.memory_budget,
     };
-    std::fs::create_dir_all(&o.out).map_err(|e| Error::Io {
-        path: o.out.display().to_string(),
-        source: e,
-    })?;
-    let json = serde_json::to_string_pretty(&fingerprint).expect("a fingerprint serialises") + "\n";
-    write_file_atomically(o.out.join("fingerprint.json"), json.as_bytes())?;
-    write_file_atomically(o.out.join("plan.json"), plan.to_json().as_bytes())?;
+    let make_plan = |fingerprint: &Fingerprint| -> Result<Plan> {
+        let automatic = Plan::automatic(fingerprint, &inputs)?;
+        match &overlay {
+            None => Ok(automatic),
+            Some((value, source)) => automatic.merge(value, source),
+        }
+    };
+    let (report, fingerprint, plan) = match o.shard {
+        Some(shard) => {
+            let (fingerprint, plan) = shard_plan(&o.out, cached, shard, &make_plan)?;
+            (VerifyReport::unchecked(&dataset), fingerprint, plan)
+        }
+        None => {
+            let mut v = VerifyOptions::new(&o.dataset);
+            v.threads = o.threads;
+            let report = verify::run(&v, &mut |_| {})?;
+            if !report.is_ok() {
+                return Ok(Prepared::Refused(report));
+            }
+            let fingerprint = fingerprint(
+                &dataset,
+                &FingerprintOptions {
+                    samples_per_case: o.samples_per_case,
+                    threads: o.threads,
+                },
+            )?;
+            let plan = make_plan(&fingerprint)?;
+            (report, fingerprint, plan)
+        }
+    };
+    let transforms = plan.transforms();
+    let mine: Vec<&Case> = dataset
+        .cases
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| o.shard.is_none_or(|s| i % s.count == s.index))
+        .map(|(_, c)| c)
+        .collect();
+    if !o.plan_only {
+        let available = match o.host_memory {
+            Some(b) => Some(b),
+            None => memory::available_host_memory()?,
+        };
+        if let Some(available) = available {
+            memory::check(&mine, &transforms, o.threads, available)?;
+        }
+    }
+    if o.shard.is_none() {
+        std::fs::create_dir_all(&o.out).map_err(|e| Error::Io {
+            path: o.out.display().to_string(),
+            source: e,
+        })?;
+        let json =
+            serde_json::to_string_pretty(&fingerprint).expect("a fingerprint serialises") + "\n";
+        write_file_atomically(o.out.join("fingerprint.json"), json.as_bytes())?;
+        write_file_atomically(o.out.join("plan.json"), plan.to_json().as_bytes())?;
+    }
     let cases = if o.plan_only {
         CachedCases::default()
     } else {
-        cache_cases(&Gpu::new()?, &dataset, &plan.transforms(), &o.out)?
+        cache_cases(&Gpu::new()?, &mine, &transforms, &o.out, o.threads)?
     };
     Ok(Prepared::Planned {
         cases,
@@ -247,13 +315,44 @@ pub fn run(o: &PrepareOptions) -> Result<Prepared> {
     })
 }
 
-/// Preprocesses every training case of `dataset` by `transforms` into `cache`'s cases folder, keeping the
-/// files that are current.
+/// A shard's fingerprint and plan: the cache's, refused when the cache has none or when the options'
+/// plan (`make_plan` on the cache's fingerprint) is another than the cache's `plan.json`.
+fn shard_plan(
+    out: &Path,
+    cached: Option<Fingerprint>,
+    shard: Shard,
+    make_plan: &dyn Fn(&Fingerprint) -> Result<Plan>,
+) -> Result<(Fingerprint, Plan)> {
+    let plan_path = out.join("plan.json");
+    let (Some(fingerprint), true) = (cached, plan_path.exists()) else {
+        return Err(out_err(
+            out,
+            format!(
+                "has no fingerprint and plan for shard {}/{}; run calibseg prepare --plan-only into it first",
+                shard.index, shard.count
+            ),
+        ));
+    };
+    let plan = make_plan(&fingerprint)?;
+    let text = crate::io::input::read_regular_text(&plan_path)?;
+    if text != plan.to_json() {
+        return Err(out_err(
+            &plan_path,
+            "is another plan than this shard's options give; give the shards the --plan-only run's --plan, --preset and --memory-budget",
+        ));
+    }
+    Ok((fingerprint, plan))
+}
+
+/// Preprocesses `cases` by `transforms` into `cache`'s cases folder, `threads` cases at once, keeping
+/// the files that are current. Each case's file depends only on that case; on a failure the first
+/// failing case in list order is reported, and no case is started after it.
 fn cache_cases(
     gpu: &Gpu,
-    dataset: &Dataset,
+    cases: &[&Case],
     transforms: &Transforms,
     cache: &Path,
+    threads: usize,
 ) -> Result<CachedCases> {
     let key = serde_json::to_string(transforms).expect("transforms serialise");
     let dir = cache.join(CASES_DIR);
@@ -261,22 +360,43 @@ fn cache_cases(
         path: dir.display().to_string(),
         source: e,
     })?;
-    let mut done = CachedCases::default();
-    for case in &dataset.cases {
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results = crate::data::parallel_map(cases.len(), threads, |i| {
+        let case = cases[i];
         let path = case_path(cache, &case.name);
-        if is_current(&path, case, &key) {
-            done.kept.push(case.name.clone());
-            continue;
+        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
         }
-        write_case(gpu, case, transforms, &key, &path).map_err(|e| {
+        if is_current(&path, case, &key) {
+            return Some(Ok(false));
+        }
+        let r = write_case(gpu, case, transforms, &key, &path).map_err(|e| {
             out_err(
                 &path,
                 format!("case {} failed, nothing of it was written: {e}", case.name),
             )
-        })?;
-        done.written.push(case.name.clone());
+        });
+        if r.is_err() {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(r.map(|()| true))
+    });
+    let mut done = CachedCases::default();
+    let mut first_error = None;
+    for (case, r) in cases.iter().zip(results) {
+        match r {
+            Some(Ok(true)) => done.written.push(case.name.clone()),
+            Some(Ok(false)) => done.kept.push(case.name.clone()),
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            None => {}
+        }
     }
-    Ok(done)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
 }
 
 /// Whether `path` is newer than every input of `case` and was made by the transforms `key`.
