@@ -97,7 +97,6 @@ pub struct PrepareOptions {
     pub host_memory: Option<u64>,
 }
 
-
 impl PrepareOptions {
     /// The automatic plan of `dataset` into `out`, plan only, an 8 GiB budget, verify's thread count.
     pub fn new(dataset: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
