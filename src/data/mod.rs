@@ -37,6 +37,7 @@
 //! ```
 
 mod augment;
+pub mod cache;
 pub mod dataset;
 mod filters;
 pub mod parallel;

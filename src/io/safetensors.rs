@@ -33,10 +33,26 @@ impl HostTensor {
     }
 }
 
-/// A safetensors file held in memory.
+/// A safetensors file held in memory, or mapped ([`TensorFile::open_mapped`]).
 pub struct TensorFile {
     path: String,
-    bytes: Vec<u8>,
+    bytes: Bytes,
+}
+
+/// A file's bytes: read into memory, or memory-mapped (pages read as they are touched).
+enum Bytes {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
 }
 
 fn format_err(path: &str, message: impl Into<String>) -> Error {
@@ -51,6 +67,30 @@ impl TensorFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let p = path.as_ref().display().to_string();
         let bytes = crate::io::input::read_regular(path.as_ref())?;
+        Self::checked(p, Bytes::Owned(bytes))
+    }
+
+    /// Maps a safetensors file into memory (the operating system reads the pages a tensor access touches,
+    /// so files larger than RAM can be read) and checks its header. The file must not change while mapped.
+    pub fn open_mapped(path: impl AsRef<Path>) -> Result<Self> {
+        let p = path.as_ref().display().to_string();
+        let file = std::fs::File::open(path.as_ref()).map_err(|e| Error::Io {
+            path: p.clone(),
+            source: e,
+        })?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(format_err(&p, "is not a regular file"));
+        }
+        // SAFETY: the map is read only; a cache file is replaced by rename (write_file_atomically), never
+        // written in place, so the mapped pages do not change under us.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io {
+            path: p.clone(),
+            source: e,
+        })?;
+        Self::checked(p, Bytes::Mapped(map))
+    }
+
+    fn checked(p: String, bytes: Bytes) -> Result<Self> {
         if let Err(e) = SafeTensors::deserialize(&bytes) {
             let found = match sniff(&bytes) {
                 Some(what) => format!("found {what}"),
@@ -93,17 +133,26 @@ impl TensorFile {
         meta.metadata().as_ref()?.get(key).cloned()
     }
 
+    /// Tensor `name`'s dtype, shape and little-endian bytes, borrowed from the file (no copy).
+    pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {
+        let st = self.parsed();
+        let v = st.tensor(name).map_err(|_| self.missing(name))?;
+        Ok((v.dtype(), v.shape().to_vec(), v.data()))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        let names = self.names();
+        let holds = if names.is_empty() {
+            "it holds no tensors".to_string()
+        } else {
+            format!("it holds '{}'", names.join("', '"))
+        };
+        format_err(&self.path, format!("no tensor named '{name}' ({holds})"))
+    }
+
     fn view(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
         let st = self.parsed();
-        let v = st.tensor(name).map_err(|_| {
-            let names = self.names();
-            let holds = if names.is_empty() {
-                "it holds no tensors".to_string()
-            } else {
-                format!("it holds '{}'", names.join("', '"))
-            };
-            format_err(&self.path, format!("no tensor named '{name}' ({holds})"))
-        })?;
+        let v = st.tensor(name).map_err(|_| self.missing(name))?;
         Ok((v.dtype(), v.shape().to_vec(), v.data().to_vec()))
     }
 

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cache;
 mod data;
 mod hostile;
 mod study;

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::data::cache::{class_locations, MAX_LOCATIONS_PER_CLASS};
 use crate::data::dataset::{Case, Dataset};
 use crate::data::plan::{
     fingerprint, Fingerprint, FingerprintOptions, Plan, PlanInputs, Preset, DEFAULT_MEMORY_BUDGET,
@@ -43,10 +44,7 @@ pub const CACHE_FILES: [&str; 3] = ["fingerprint.json", "plan.json", CASES_DIR];
 /// The cache's folder of preprocessed cases.
 pub const CASES_DIR: &str = "cases";
 
-/// A cached case's image tensor: f32 `[C, X, Y, Z]`, MONAI's array after every transform.
-pub const IMAGE_TENSOR: &str = "image";
-/// A cached case's label tensor: u8 `[1, X, Y, Z]` on the image's grid.
-pub const LABEL_TENSOR: &str = "label";
+pub use crate::data::cache::{IMAGE_TENSOR, LABEL_TENSOR, LOCATIONS_KEY, LOCATIONS_TENSOR};
 /// Metadata: the cached arrays' voxel-to-world affine (JSON 4x4, row major).
 pub const AFFINE_KEY: &str = "affine";
 /// Metadata: the loaded image's spatial size `[X, Y, Z]` (JSON).
@@ -55,7 +53,8 @@ pub const ORIGINAL_SHAPE_KEY: &str = "original_shape";
 pub const ORIGINAL_AFFINE_KEY: &str = "original_affine";
 /// Metadata: the foreground crop on the loaded grid, `{"start": [..], "end": [..]}`, or `null` (JSON).
 pub const CROP_BOX_KEY: &str = "crop_box";
-/// Metadata: the transforms that made the case (JSON), compared on a rerun.
+/// Metadata: the transforms that made the case (JSON), compared on a rerun. (Also stored: the class locations,
+/// [`LOCATIONS_TENSOR`] and [`LOCATIONS_KEY`], up to [`MAX_LOCATIONS_PER_CLASS`] voxels per class.)
 pub const TRANSFORMS_KEY: &str = "transforms";
 
 /// Where the cache `cache` holds case `name`.
@@ -304,7 +303,14 @@ pub fn run(o: &PrepareOptions) -> Result<Prepared> {
     let cases = if o.plan_only {
         CachedCases::default()
     } else {
-        cache_cases(&Gpu::new()?, &mine, &transforms, &o.out, o.threads)?
+        cache_cases(
+            &Gpu::new()?,
+            &mine,
+            &transforms,
+            classes(&dataset),
+            &o.out,
+            o.threads,
+        )?
     };
     Ok(Prepared::Planned {
         cases,
@@ -350,6 +356,7 @@ fn cache_cases(
     gpu: &Gpu,
     cases: &[&Case],
     transforms: &Transforms,
+    classes: usize,
     cache: &Path,
     threads: usize,
 ) -> Result<CachedCases> {
@@ -369,7 +376,7 @@ fn cache_cases(
         if is_current(&path, case, &key) {
             return Some(Ok(false));
         }
-        let r = write_case(gpu, case, transforms, &key, &path).map_err(|e| {
+        let r = write_case(gpu, case, transforms, classes, &key, &path).map_err(|e| {
             out_err(
                 &path,
                 format!("case {} failed, nothing of it was written: {e}", case.name),
@@ -398,7 +405,8 @@ fn cache_cases(
     }
 }
 
-/// Whether `path` is newer than every input of `case` and was made by the transforms `key`.
+/// Whether `path` is newer than every input of `case`, was made by the transforms `key` and holds the class
+/// locations (a case file made before they were stored is rebuilt).
 fn is_current(path: &Path, case: &Case, key: &str) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let Some(made) = modified(path) else {
@@ -411,11 +419,10 @@ fn is_current(path: &Path, case: &Case, key: &str) -> bool {
         .chain([case.label.as_path()])
         .all(|p| modified(p).is_some_and(|t| t <= made));
     inputs_older
-        && TensorFile::open(path)
-            .ok()
-            .and_then(|f| f.metadata(TRANSFORMS_KEY))
-            .as_deref()
-            == Some(key)
+        && TensorFile::open(path).ok().is_some_and(|f| {
+            f.metadata(TRANSFORMS_KEY).as_deref() == Some(key)
+                && f.metadata(LOCATIONS_KEY).is_some()
+        })
 }
 
 fn json(value: &impl serde::Serialize) -> String {
@@ -426,6 +433,7 @@ fn write_case(
     gpu: &Gpu,
     case: &Case,
     transforms: &Transforms,
+    classes: usize,
     key: &str,
     path: &Path,
 ) -> Result<()> {
@@ -440,7 +448,9 @@ fn write_case(
         .label
         .ok_or_else(|| Error::invalid("preprocessing gave no label map"))?;
     let [x, y, z] = p.image.shape;
+    let (locations, counts) = class_locations(&label, classes, MAX_LOCATIONS_PER_CLASS).to_stored();
     let tensors = BTreeMap::from([
+        (LOCATIONS_TENSOR.to_string(), locations),
         (
             IMAGE_TENSOR.to_string(),
             HostTensor::F32(vec![p.image.channels, x, y, z], p.image.data),
@@ -456,6 +466,7 @@ fn write_case(
         (ORIGINAL_AFFINE_KEY.to_string(), json(&p.original_affine)),
         (CROP_BOX_KEY.to_string(), json(&p.crop)),
         (TRANSFORMS_KEY.to_string(), key.to_string()),
+        (LOCATIONS_KEY.to_string(), counts),
     ]);
     st::write(path, &tensors, Some(&metadata))
 }
