@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use calibseg::loss::{
-    Activation, AceDiceCeLoss, AceLoss, Binning, DiceCeLoss, DiceLoss, Labels, LossOutput,
+    AceDiceCeLoss, AceLoss, Activation, Binning, DiceCeLoss, DiceLoss, Labels, LossOutput,
 };
 use calibseg::metrics::{BinStats, CalibrationAccumulator, CalibrationMetrics, ImageBins};
 use calibseg::{Error, Gpu, Tensor};
@@ -116,7 +116,9 @@ fn integers(a: &Bound<'_, PyAny>) -> PyResult<(Vec<usize>, Vec<i64>)> {
         let v = x.as_array();
         return Ok((
             v.shape().to_vec(),
-            v.iter().map(|&l| i64::try_from(l).unwrap_or(i64::MAX)).collect(),
+            v.iter()
+                .map(|&l| i64::try_from(l).unwrap_or(i64::MAX))
+                .collect(),
         ));
     }
     Err(PyValueError::new_err(format!(
@@ -164,7 +166,12 @@ impl Batch {
 
     /// Hard-binning statistics, image by image and each image in pieces that fit one storage binding
     /// (the crate's `ImageBins`: bit for bit the statistics of the whole batch).
-    fn bin_stats(&self, gpu: &Gpu, num_bins: usize, include_background: bool) -> calibseg::Result<BinStats> {
+    fn bin_stats(
+        &self,
+        gpu: &Gpu,
+        num_bins: usize,
+        include_background: bool,
+    ) -> calibseg::Result<BinStats> {
         let (n, c, v) = (self.shape[0], self.shape[1], self.voxels());
         let piece = ImageBins::piece_voxels(gpu, c, v)?;
         let mut all: Option<BinStats> = None;
@@ -194,13 +201,21 @@ impl Batch {
     }
 }
 
-fn array_f64<'py>(py: Python<'py>, shape: &[usize], v: Vec<f64>) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+fn array_f64<'py>(
+    py: Python<'py>,
+    shape: &[usize],
+    v: Vec<f64>,
+) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
     Ok(ArrayD::from_shape_vec(IxDyn(shape), v)
         .map_err(|e| PyValueError::new_err(e.to_string()))?
         .into_pyarray(py))
 }
 
-fn array_f32<'py>(py: Python<'py>, shape: &[usize], v: Vec<f32>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+fn array_f32<'py>(
+    py: Python<'py>,
+    shape: &[usize],
+    v: Vec<f32>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     Ok(ArrayD::from_shape_vec(IxDyn(shape), v)
         .map_err(|e| PyValueError::new_err(e.to_string()))?
         .into_pyarray(py))
@@ -218,7 +233,12 @@ fn metrics_dict<'py>(py: Python<'py>, m: &CalibrationMetrics) -> PyResult<Bound<
     d.set_item("classes", m.class_ids().to_vec())?;
     let s = &m.summary;
     let macro_ = PyDict::new(py);
-    for (k, v) in [("dsc", s.dsc), ("ece", s.ece), ("ace", s.ace), ("mce", s.mce)] {
+    for (k, v) in [
+        ("dsc", s.dsc),
+        ("ece", s.ece),
+        ("ace", s.ace),
+        ("mce", s.mce),
+    ] {
         macro_.set_item(k, (v.mean, v.std))?;
     }
     d.set_item("macro", macro_)?;
@@ -279,7 +299,9 @@ fn devices(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
         d.set_item("features", calibseg::gpu::feature_names(a.features))?;
         d.set_item("max_storage_binding", a.max_storage_binding)?;
         let used = chosen.as_ref().is_some_and(|c| {
-            c.info.name == a.info.name && c.info.backend == a.info.backend && c.info.device == a.info.device
+            c.info.name == a.info.name
+                && c.info.backend == a.info.backend
+                && c.info.device == a.info.device
         });
         d.set_item("used", used)?;
         list.append(d)?;
@@ -323,7 +345,12 @@ impl CalibrationMetric {
     }
 
     /// Bins one batch (nothing is kept of a batch that fails).
-    fn update(&mut self, py: Python<'_>, probs: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn update(
+        &mut self,
+        py: Python<'_>,
+        probs: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let b = Batch::new(probs, labels, "probs")?;
         let (nb, bg) = (self.num_bins, self.include_background);
         let s = run(py, || b.bin_stats(&gpu()?, nb, bg))?;

@@ -104,3 +104,20 @@ def test_pictures(tmp_path):
     h = calibseg.dataset_reliability_histogram(f["probs"], f["labels"], str(tmp_path / "h.svg"))
     assert (tmp_path / "h.svg").exists()
     np.testing.assert_array_equal(h["histogram"], f["nobg.reliability_heatmap"])
+
+
+def test_against_monai_calibration_error_metric_on_random_arrays():
+    metrics = pytest.importorskip("monai.metrics")
+    torch = pytest.importorskip("torch")
+    if not hasattr(metrics, "CalibrationErrorMetric"):
+        pytest.skip("this MONAI has no CalibrationErrorMetric (MONAI >= 1.6)")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 9, 7, 5)).astype(np.float32)
+    p = np.exp(x) / np.exp(x).sum(1, keepdims=True)
+    y = rng.integers(0, 4, size=(3, 1, 9, 7, 5))
+    onehot = torch.from_numpy(np.ascontiguousarray(np.eye(4, dtype=np.float32)[y[:, 0]].transpose(0, 4, 1, 2, 3)))
+    r = calibseg.evaluate(p, y, num_bins=15)
+    for key, red in (("ece", "expected"), ("ace", "average"), ("mce", "maximum")):
+        m = metrics.CalibrationErrorMetric(num_bins=15, include_background=False,
+                                           calibration_reduction=red, metric_reduction="none")
+        np.testing.assert_allclose(r[key], m(torch.from_numpy(p), onehot).numpy(), atol=1e-5, equal_nan=True)
