@@ -676,12 +676,12 @@ fn devices() -> calibseg::Result<()> {
 
 /// Parses the arguments; a usage error is printed as one line (`calibseg: ...`) with exit code 2, while
 /// `--help` and `--version` print as usual.
-fn parse() -> Result<Cli, ExitCode> {
-    match Cli::try_parse() {
+fn parse(args: Vec<std::ffi::OsString>) -> Result<Cli, u8> {
+    match Cli::try_parse_from(args) {
         Ok(cli) => Ok(cli),
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            Err(ExitCode::SUCCESS)
+            Err(0)
         }
         Err(e) => {
             // clap's message without its usage and hint lines, joined into one line.
@@ -695,13 +695,19 @@ fn parse() -> Result<Cli, ExitCode> {
                 .join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
             eprintln!("calibseg: {message} (see calibseg --help)");
-            Err(ExitCode::from(2))
+            Err(2)
         }
     }
 }
 
 fn main() -> ExitCode {
-    let cli = match parse() {
+    ExitCode::from(run(std::env::args_os().collect()))
+}
+
+/// Runs the command on `args` (the program name first) and returns its exit status: the whole command,
+/// for `main` and for the Python package's console script.
+pub fn run(args: Vec<std::ffi::OsString>) -> u8 {
+    let cli = match parse(args) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -715,18 +721,18 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth(a),
         Command::Prepare(a) => match prepare(a) {
             Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::FAILURE,
+            Ok(false) => return 1,
             Err(e) => Err(e),
         },
         Command::Verify(a) => match verify(a) {
             Ok(true) => Ok(()),
             // The errors are printed with the report.
-            Ok(false) => return ExitCode::FAILURE,
+            Ok(false) => return 1,
             Err(e) => Err(e),
         },
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             // One line whatever the error holds (wgpu's messages can span several).
             let text = e.to_string();
@@ -736,7 +742,7 @@ fn main() -> ExitCode {
                 .filter(|l| !l.is_empty())
                 .collect();
             eprintln!("calibseg: {}", one.join(" "));
-            ExitCode::FAILURE
+            1
         }
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::dataset::split_channel_name;
 use crate::data::plan::Plan;
-use crate::data::preprocess::{preprocess, Inversion, Transforms, Volume};
+use crate::data::preprocess::{preprocess, Inversion, Preprocessed, Transforms, Volume};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::nifti::{self, Voxels};
@@ -501,6 +501,125 @@ fn argmax(file_order: &[f32], classes: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Predicts preprocessed case `pre` (of `transforms`, from `source`, named in errors) with `models` and
+/// returns the mean of their probabilities on the loaded image's grid, `[classes, X, Y, Z]`.
+fn predict_loaded(
+    gpu: &Gpu,
+    models: &[(&TrainedModel, SlidingWindowConfig)],
+    transforms: &Transforms,
+    pre: Preprocessed,
+    source: &str,
+    tta: bool,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<Volume> {
+    let channels = models[0].0.net.in_channels();
+    if pre.image.channels != channels {
+        return Err(Error::invalid(format!(
+            "{source}: {} channel(s), the plan takes {channels}",
+            pre.image.channels
+        )));
+    }
+    let inversion = Inversion::of(&pre, transforms)?;
+    predict_preprocessed(gpu, models, &pre.image, &inversion, tta, on_batch)
+}
+
+/// Opened runs ready to predict, as `calibseg predict --model` opens them: the networks with their
+/// checkpoints, their sliding windows and the (shared) preprocessing.
+pub struct Ensemble {
+    models: Vec<TrainedModel>,
+    windows: Vec<SlidingWindowConfig>,
+    transforms: Transforms,
+}
+
+impl Ensemble {
+    /// Opens `o.models` (checkpoint `o.checkpoint`), checks that they preprocess alike and takes their
+    /// windows with the overrides of `o`.
+    pub fn open(gpu: &Gpu, o: &RunPredictOptions) -> Result<Ensemble> {
+        let models = o
+            .models
+            .iter()
+            .map(|d| TrainedModel::open(gpu, d, o.checkpoint))
+            .collect::<Result<Vec<_>>>()?;
+        check_compatible(&models)?;
+        let windows = models
+            .iter()
+            .map(|m| m.window(o))
+            .collect::<Result<Vec<_>>>()?;
+        let transforms = models[0].plan.transforms();
+        Ok(Ensemble {
+            models,
+            windows,
+            transforms,
+        })
+    }
+
+    /// Image channels the networks take.
+    pub fn in_channels(&self) -> usize {
+        self.models[0].net.in_channels()
+    }
+
+    /// Classes they predict.
+    pub fn classes(&self) -> usize {
+        self.models[0].net.out_channels()
+    }
+
+    /// The preprocessing of their plans.
+    pub fn transforms(&self) -> &Transforms {
+        &self.transforms
+    }
+
+    fn pairs(&self) -> Vec<(&TrainedModel, SlidingWindowConfig)> {
+        self.models
+            .iter()
+            .zip(&self.windows)
+            .map(|(m, w)| (m, w.clone()))
+            .collect()
+    }
+
+    /// Probabilities `[classes, X, Y, Z]` of one image file (or `<case>_0000` with its channel
+    /// siblings) on its own grid, as `calibseg predict --model` computes them before writing.
+    pub fn predict_file(&self, gpu: &Gpu, path: &Path, tta: bool) -> Result<Volume> {
+        if !path.is_file() {
+            return Err(Error::invalid(format!(
+                "{}: not a NIfTI file (predict takes one image here; the command takes folders)",
+                path.display()
+            )));
+        }
+        let channels = self.in_channels();
+        let mut cases = list_inputs(path, channels)?;
+        let case = cases.remove(0);
+        check_case_files(&case, channels)?;
+        let pre = preprocess(gpu, &case.files, None, &self.transforms)?;
+        let source = case.files[0].display().to_string();
+        let pairs = self.pairs();
+        predict_loaded(
+            gpu,
+            &pairs,
+            &self.transforms,
+            pre,
+            &source,
+            tta,
+            &mut |_, _| (),
+        )
+    }
+
+    /// Probabilities `[classes, X, Y, Z]` of an image in memory (`[C, X, Y, Z]` placed by its affine)
+    /// on its own grid: the same preprocessing, windows and inversion as a file's.
+    pub fn predict_volume(&self, gpu: &Gpu, image: Volume, tta: bool) -> Result<Volume> {
+        let pre = crate::data::preprocess::preprocess_image(gpu, image, &self.transforms)?;
+        let pairs = self.pairs();
+        predict_loaded(
+            gpu,
+            &pairs,
+            &self.transforms,
+            pre,
+            "the image",
+            tta,
+            &mut |_, _| (),
+        )
+    }
+}
+
 /// Predicts one case and writes its files; on error, removes what it wrote.
 fn predict_case(
     gpu: &Gpu,
@@ -534,16 +653,8 @@ fn predict_case(
         crate::io::output::check_not_an_input(p, &inputs)?;
     }
     let pre = preprocess(gpu, &case.files, None, transforms)?;
-    if pre.image.channels != channels {
-        return Err(Error::invalid(format!(
-            "{}: {} channel(s), the plan takes {channels}",
-            case.files[0].display(),
-            pre.image.channels
-        )));
-    }
-    let inversion = Inversion::of(&pre, transforms)?;
-    let probs = predict_preprocessed(gpu, models, &pre.image, &inversion, o.tta, on_batch)?;
-    drop(pre);
+    let source = case.files[0].display().to_string();
+    let probs = predict_loaded(gpu, models, transforms, pre, &source, o.tta, on_batch)?;
     let file_order = super::xyz_major(&probs.data, probs.channels, probs.shape, true);
     let [x, y, z] = probs.shape;
     let seg = argmax(&file_order, probs.channels);
@@ -579,18 +690,10 @@ pub fn run_models(
     o: &RunPredictOptions,
     on_event: &mut dyn FnMut(&PredictEvent),
 ) -> Result<PredictSummary> {
-    let models = o
-        .models
-        .iter()
-        .map(|d| TrainedModel::open(gpu, d, o.checkpoint))
-        .collect::<Result<Vec<_>>>()?;
-    check_compatible(&models)?;
-    let windows = models
-        .iter()
-        .map(|m| Ok((m, m.window(o)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let transforms = models[0].plan.transforms();
-    let mut cases = list_inputs(&o.input, models[0].net.in_channels())?;
+    let ensemble = Ensemble::open(gpu, o)?;
+    let windows = ensemble.pairs();
+    let transforms = ensemble.transforms.clone();
+    let mut cases = list_inputs(&o.input, ensemble.in_channels())?;
     if let Some(s) = o.shard {
         cases = cases
             .into_iter()

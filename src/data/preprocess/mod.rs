@@ -482,8 +482,8 @@ pub fn preprocess(
     label: Option<&Path>,
     transforms: &Transforms,
 ) -> Result<Preprocessed> {
-    let mut image = load_image(images)?;
-    let mut label_volume = label.map(load_label).transpose()?;
+    let image = load_image(images)?;
+    let label_volume = label.map(load_label).transpose()?;
     if let (Some(l), Some(path)) = (&label_volume, label) {
         if l.shape != image.shape {
             return Err(Error::shape(format!(
@@ -494,6 +494,31 @@ pub fn preprocess(
             )));
         }
     }
+    preprocess_loaded(gpu, image, label_volume, transforms)
+}
+
+/// Runs `transforms` on an image already in memory (`[C, X, Y, Z]` placed by its affine, as
+/// [`load_image`] returns it), without a label: what [`preprocess`] does after loading, for images that
+/// come from elsewhere (the Python package's numpy arrays).
+pub fn preprocess_image(gpu: &Gpu, image: Volume, transforms: &Transforms) -> Result<Preprocessed> {
+    if image.channels == 0 || image.data.len() != image.channels * image.voxels() {
+        return Err(Error::shape(format!(
+            "an image of {} channel(s) on a {:?} grid holds {} values",
+            image.channels,
+            image.shape,
+            image.data.len()
+        )));
+    }
+    preprocess_loaded(gpu, image, None, transforms)
+}
+
+/// The transforms of [`preprocess`] on a loaded image and label map of the same grid.
+fn preprocess_loaded(
+    gpu: &Gpu,
+    mut image: Volume,
+    mut label_volume: Option<Volume>,
+    transforms: &Transforms,
+) -> Result<Preprocessed> {
     let (original_shape, original_affine) = (image.shape, image.affine);
     let n = transforms.normalization.len();
     if n > 1 && n != image.channels {
