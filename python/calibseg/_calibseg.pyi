@@ -1,10 +1,11 @@
 from os import PathLike
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 Array = npt.ArrayLike
+PathLikeStr = Union[str, PathLike]
 
 class GpuError(RuntimeError): ...
 
@@ -65,3 +66,13 @@ def ace_dice_ce_loss(
     lambda_ace: float = 0.33,
     empty_weight: float = 0.01,
 ) -> Tuple[float, np.ndarray]: ...
+def predict(
+    model_dir: Union[PathLikeStr, Sequence[PathLikeStr]],
+    image: Union[PathLikeStr, Array],
+    affine: Optional[Array] = None,
+    checkpoint: str = "best",
+    tta: bool = False,
+    overlap: Optional[float] = None,
+    sw_batch_size: Optional[int] = None,
+) -> npt.NDArray[np.float32]: ...
+def run_command(args: List[str]) -> int: ...

@@ -1,10 +1,14 @@
 //! Python bindings of calibseg (module `calibseg._calibseg`): numpy in, numpy out. Only conversion, errors
 //! and the one lazily opened device live here; the work is the crate's (`calibseg::metrics`,
-//! `calibseg::loss`, `calibseg::metrics::plot`).
+//! `calibseg::loss`, `calibseg::metrics::plot`, `calibseg::commands::predict::runs`, and the command itself).
 
+use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Mutex;
+
+use calibseg::commands::predict::runs::{Checkpoint, Ensemble, RunPredictOptions};
+use calibseg::data::preprocess::Volume;
 
 use calibseg::loss::{
     AceDiceCeLoss, AceLoss, Activation, Binning, DiceCeLoss, DiceLoss, Labels, LossOutput,
@@ -388,6 +392,7 @@ fn reliability_diagram<'py>(
     include_background: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let b = Batch::new(probs, labels, "probs")?;
+    check_folder(&path)?;
     let s = run(py, || {
         let s = b.bin_stats(&gpu()?, num_bins, include_background)?;
         let e = calibseg::metrics::per_image(&s);
@@ -410,6 +415,7 @@ fn dataset_reliability_histogram<'py>(
     include_background: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let b = Batch::new(probs, labels, "probs")?;
+    check_folder(&path)?;
     let s = run(py, || {
         let s = b.bin_stats(&gpu()?, num_bins, include_background)?;
         calibseg::metrics::plot::dataset_reliability(&path, &s)?;
@@ -421,6 +427,20 @@ fn dataset_reliability_histogram<'py>(
         .map_err(|x| PyValueError::new_err(x.to_string()))?;
     d.set_item("histogram", h.into_pyarray(py))?;
     Ok(d)
+}
+
+/// `FileNotFoundError` naming `path` unless its folder exists (what `open` in Python would raise), before
+/// any GPU work.
+fn check_folder(path: &std::path::Path) -> PyResult<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match parent {
+        Some(p) if !p.is_dir() => Err(pyo3::exceptions::PyFileNotFoundError::new_err(format!(
+            "{}: no folder {}",
+            path.display(),
+            p.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn binning(name: &str) -> PyResult<Binning> {
@@ -570,6 +590,119 @@ fn ace_dice_ce_loss<'py>(
     loss_and_grad(py, input, labels, Which::AceDiceCe(l))
 }
 
+/// Probabilities `(classes, X, Y, Z)` of one image predicted by training run(s) `model_dir`, through the
+/// code of `calibseg predict --model`: the plan's preprocessing, its sliding window, the softmax, the mean
+/// over runs and back onto the image's grid.
+#[pyfunction]
+#[pyo3(signature = (model_dir, image, affine=None, checkpoint="best", tta=false, overlap=None, sw_batch_size=None))]
+#[allow(clippy::too_many_arguments)]
+fn predict<'py>(
+    py: Python<'py>,
+    model_dir: &Bound<'py, PyAny>,
+    image: &Bound<'py, PyAny>,
+    affine: Option<&Bound<'py, PyAny>>,
+    checkpoint: &str,
+    tta: bool,
+    overlap: Option<f64>,
+    sw_batch_size: Option<usize>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let models = match model_dir.extract::<PathBuf>() {
+        Ok(one) => vec![one],
+        Err(_) => model_dir.extract::<Vec<PathBuf>>().map_err(|_| {
+            PyValueError::new_err(format!(
+                "model_dir must be a run folder or a list of them, got {}",
+                describe(model_dir)
+            ))
+        })?,
+    };
+    let mut o = RunPredictOptions::new(models[0].clone(), PathBuf::new(), PathBuf::new());
+    o.models = models;
+    o.checkpoint = checkpoint.parse::<Checkpoint>().map_err(py_err)?;
+    o.overlap = overlap;
+    o.sw_batch_size = sw_batch_size;
+    let input = match image.extract::<PathBuf>() {
+        Ok(path) => {
+            if affine.is_some() {
+                return Err(PyValueError::new_err(
+                    "affine is for numpy images; a NIfTI file carries its own",
+                ));
+            }
+            Err(path)
+        }
+        Err(_) => Ok(volume(image, affine)?),
+    };
+    let probs = run(py, || {
+        let gpu = gpu()?;
+        let ensemble = Ensemble::open(&gpu, &o)?;
+        match input {
+            Err(path) => ensemble.predict_file(&gpu, &path, tta),
+            Ok(v) => ensemble.predict_volume(&gpu, v, tta),
+        }
+    })?;
+    let mut shape = vec![probs.channels];
+    shape.extend_from_slice(&probs.shape);
+    array_f32(py, &shape, probs.data)
+}
+
+/// A numpy image `(C, X, Y, Z)` or `(X, Y, Z)` (nibabel's axis order) placed by `affine` (4x4, voxel to
+/// world in mm; the identity when `None`).
+fn volume(image: &Bound<'_, PyAny>, affine: Option<&Bound<'_, PyAny>>) -> PyResult<Volume> {
+    let (shape, data) = floats(image, "image")?;
+    let (channels, spatial) = match shape.as_slice() {
+        [x, y, z] => (1, [*x, *y, *z]),
+        [c, x, y, z] => (*c, [*x, *y, *z]),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "image must be (C, X, Y, Z) or (X, Y, Z), got shape {shape:?}"
+            )))
+        }
+    };
+    if channels == 0 || spatial.contains(&0) {
+        return Err(PyValueError::new_err(format!(
+            "image has an empty axis: shape {shape:?}"
+        )));
+    }
+    let mut a = [[0f64; 4]; 4];
+    match affine {
+        None => (0..4).for_each(|i| a[i][i] = 1.0),
+        Some(m) => {
+            let rows: Vec<Vec<f64>> = m.extract().map_err(|_| {
+                PyValueError::new_err(format!(
+                    "affine must be a 4x4 array of numbers, got {}",
+                    describe(m)
+                ))
+            })?;
+            if rows.len() != 4 || rows.iter().any(|r| r.len() != 4) {
+                return Err(PyValueError::new_err("affine must be 4x4"));
+            }
+            if rows.iter().flatten().any(|v| !v.is_finite()) {
+                return Err(PyValueError::new_err("affine holds a non-finite value"));
+            }
+            for (i, r) in rows.iter().enumerate() {
+                a[i].copy_from_slice(r);
+            }
+        }
+    }
+    Ok(Volume {
+        channels,
+        shape: spatial,
+        data,
+        affine: a,
+    })
+}
+
+/// The command itself on `args` (the program name first), for the console script `calibseg`; returns
+/// its exit status.
+#[pyfunction]
+fn run_command(py: Python<'_>, args: Vec<OsString>) -> PyResult<u8> {
+    run(py, || Ok(cli::run(args)))
+}
+
+/// The command's source, compiled into the module so the console script is the command.
+#[allow(dead_code)]
+#[path = "../../src/bin/calibseg.rs"]
+mod cli;
+
 /// The native module.
 #[pymodule]
 fn _calibseg(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -582,5 +715,7 @@ fn _calibseg(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ace_loss, m)?)?;
     m.add_function(wrap_pyfunction!(dice_ce_loss, m)?)?;
     m.add_function(wrap_pyfunction!(ace_dice_ce_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(predict, m)?)?;
+    m.add_function(wrap_pyfunction!(run_command, m)?)?;
     Ok(())
 }
