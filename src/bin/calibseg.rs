@@ -50,7 +50,7 @@ enum Command {
     Eval(EvalArgs),
     /// Segment NIfTI images with training runs (--model), back in each image's space; or run a network on a volume.
     Predict(PredictArgs),
-    /// Train SegResNetDS on synthetic 3D data with a calibration loss; checkpoints, log and test evaluation.
+    /// Train SegResNetDS with a calibration loss on synthetic 3D data or a prepared cache (--data); checkpoints, log, evaluation.
     Train(TrainArgs),
     /// Benchmark every kernel family against the adapter's roofline, or compare saved reports.
     Bench(BenchArgs),
@@ -244,6 +244,14 @@ struct TrainArgs {
     /// Training configuration (TOML); with --resume, the folder's config.toml is used.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Train on a preprocessed cache (`calibseg prepare --out CACHE`) instead of the synthetic data; its
+    /// plan supplies patch, batch, model, window and learning rate unless the configuration or flags do.
+    #[arg(long, value_name = "CACHE")]
+    data: Option<PathBuf>,
+    /// The cross-validation fold of CACHE/splits_final.json to train on (written as nnU-Net's five folds
+    /// when absent). Default 0.
+    #[arg(long, value_name = "K")]
+    fold: Option<usize>,
     /// Optimisation steps.
     #[arg(long)]
     steps: Option<usize>,
@@ -285,11 +293,25 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
                 a.out.display()
             )));
         }
-        TrainConfig::from_toml(&calibseg::io::input::read_regular_text(&saved)?)?
-    } else if let Some(p) = &a.config {
-        TrainConfig::from_toml(&calibseg::io::input::read_regular_text(p)?)?
+        let mut c = TrainConfig::from_toml(&calibseg::io::input::read_regular_text(&saved)?)?;
+        // Given again, they must name what the run trained on (resuming refuses another configuration).
+        if let Some(d) = &a.data {
+            let path = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+            match c.cache.as_mut() {
+                Some(source) => source.path = path,
+                None => c.cache = Some(calibseg::train::CacheSource { path, fold: 0 }),
+            }
+        }
+        if let (Some(k), Some(source)) = (a.fold, c.cache.as_mut()) {
+            source.fold = k;
+        }
+        c
     } else {
-        TrainConfig::default()
+        let text = match &a.config {
+            Some(p) => Some(calibseg::io::input::read_regular_text(p)?),
+            None => None,
+        };
+        TrainConfig::for_run(text.as_deref(), a.data.as_deref(), a.fold)?
     };
     config.loss = a.loss;
     if let Some(v) = a.steps {
@@ -316,6 +338,7 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
         config.seed = v;
     }
     config.validate()?;
+    let config_on_cache = config.cache.is_some();
     let stop = Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
     let flag: &'static std::sync::atomic::AtomicBool = stop;
     let _ = ctrlc::set_handler(move || {
@@ -370,8 +393,13 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
     if let Some((dsc, step)) = outcome.best {
         out!("best validation DSC {dsc:.4} at step {step}");
     }
+    let what = if config_on_cache {
+        "final validation in the original space"
+    } else {
+        "test"
+    };
     out!(
-        "test ({} volumes): DSC {:.4} ± {:.4}, ACE {:.4} ± {:.4}, ECE {:.4} ± {:.4}, MCE {:.4} ± {:.4}",
+        "{what} ({} volumes): DSC {:.4} ± {:.4}, ACE {:.4} ± {:.4}, ECE {:.4} ± {:.4}, MCE {:.4} ± {:.4}",
         outcome.test.images.len(), s.dsc.mean, s.dsc.std, s.ace.mean, s.ace.std, s.ece.mean, s.ece.std,
         s.mce.mean, s.mce.std
     );

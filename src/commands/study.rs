@@ -143,7 +143,9 @@ fn case_values(m: &CalibrationMetrics) -> CaseValues {
 
 /// Logits and labels of volumes `indices` from a trained network (eval mode, sliding windows).
 fn logits_of(gpu: &Gpu, trainer: &Trainer, indices: &[usize]) -> Result<Vec<(Tensor, Labels)>> {
-    let data: &SyntheticDataset = trainer.data();
+    let data: &SyntheticDataset = trainer
+        .synthetic()
+        .ok_or_else(|| Error::invalid("the study trains on the synthetic data, not a cache"))?;
     indices
         .iter()
         .map(|&i| {

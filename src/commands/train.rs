@@ -4,17 +4,32 @@
 //! configuration), `best.safetensors` / `last.safetensors` (MONAI `state_dict` keys) with the optimiser
 //! state beside them (`*.optim.safetensors`), `log.csv`, and `eval/`: what `calibseg eval` writes for the
 //! best checkpoint on the synthetic test volumes.
+//!
+//! A run on a cache (`TrainConfig::cache`) also receives `plan.json` (the cache's plan with the run's
+//! training settings, so the folder is a `calibseg predict --model` run) and ends as nnU-Net's final
+//! validation does: the best checkpoint predicts the fold's validation cases from the dataset's original
+//! NIfTI images into `validation/` (segmentations and `.npz` probabilities on each image's own grid, as
+//! `calibseg predict --model` writes them), and `eval/` is `calibseg eval` of those against the original
+//! label maps.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use super::eval::{self, EvalOptions, EvalReport};
+use super::predict::runs::{run_models_on, InputCase, RunPredictOptions};
+use crate::data::cache::TrainingCache;
+use crate::data::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::output::first_foreign_entry;
 use crate::train::{
     newest_complete_checkpoint, Event, TrainConfig, Trainer, CHECKPOINTS, CONFIG_FILE, MODEL_FILE,
+    PLAN_FILE,
 };
+
+/// The folder of a cache run's final validation predictions (nnU-Net's `validation/`).
+pub const VALIDATION_DIR: &str = "validation";
 
 /// Options of [`train_in_folder`].
 pub struct RunOptions<'a> {
@@ -43,7 +58,7 @@ pub const LOCK_FILE: &str = ".calibseg-train.lock";
 
 /// The files a run writes into its folder before its first checkpoint is complete: a folder holding only
 /// these (and no checkpoint file) is a run that stopped before it had anything to keep.
-const BEFORE_FIRST_CHECKPOINT: [&str; 3] = [LOCK_FILE, MODEL_FILE, CONFIG_FILE];
+const BEFORE_FIRST_CHECKPOINT: [&str; 4] = [LOCK_FILE, MODEL_FILE, CONFIG_FILE, PLAN_FILE];
 
 fn io_err(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
@@ -193,7 +208,7 @@ fn discard_unfinished(dir: &Path, created: bool) -> bool {
     if newest_complete_checkpoint(dir).is_some() {
         return false;
     }
-    for name in [MODEL_FILE, CONFIG_FILE, "log.csv"]
+    for name in [MODEL_FILE, CONFIG_FILE, PLAN_FILE, "log.csv"]
         .into_iter()
         .map(String::from)
         .chain(
@@ -310,6 +325,13 @@ fn run_locked(
 
     trainer.run(out, o.stop, on_event)?;
 
+    if let Some(cache) = trainer.cache() {
+        let test = final_validation(gpu, cache, out, config.num_bins, o.pictures)?;
+        return Ok(RunOutcome {
+            best: trainer.best(),
+            test,
+        });
+    }
     trainer.load_best(out)?;
     let predictions = out.join(".test-predictions.safetensors");
     trainer.write_test_predictions(&predictions)?;
@@ -322,4 +344,76 @@ fn run_locked(
         best: trainer.best(),
         test: test?,
     })
+}
+
+/// nnU-Net's final validation of a cache run in `out`: its best checkpoint predicts the fold's validation
+/// cases from the dataset's original images into `out/validation` (as `calibseg predict --model out` with
+/// `--save-probabilities`), then `calibseg eval` of those probabilities against the original label maps
+/// writes `out/eval`.
+fn final_validation(
+    gpu: &Gpu,
+    cache: &TrainingCache,
+    out: &Path,
+    num_bins: usize,
+    pictures: bool,
+) -> Result<EvalReport> {
+    let root = &cache.fingerprint.dataset;
+    let dataset = Dataset::open(root)?;
+    let wanted: BTreeSet<&str> = cache.split.val.iter().map(String::as_str).collect();
+    let cases: Vec<_> = dataset
+        .cases
+        .iter()
+        .filter(|c| wanted.contains(c.name.as_str()))
+        .collect();
+    if cases.len() != wanted.len() {
+        let found: BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        let missing: Vec<&&str> = wanted.difference(&found).collect();
+        return Err(Error::invalid(format!(
+            "final validation: the dataset {root} (the cache's fingerprint.json) holds no case {missing:?} of the fold"
+        )));
+    }
+    let inputs = cases
+        .iter()
+        .map(|c| InputCase {
+            name: c.name.clone(),
+            files: c
+                .images
+                .files()
+                .into_iter()
+                .map(Path::to_path_buf)
+                .collect(),
+        })
+        .collect();
+    let predictions = out.join(VALIDATION_DIR);
+    let mut po = RunPredictOptions::new(out, root, &predictions);
+    po.save_probabilities = true;
+    let summary = run_models_on(gpu, &po, inputs, &mut |_| {})?;
+    if let Some((name, why)) = summary.failed.first() {
+        return Err(Error::invalid(format!(
+            "final validation: case {name} failed ({why}); {} of {} failed",
+            summary.failed.len(),
+            summary.failed.len() + summary.written.len()
+        )));
+    }
+    // `calibseg eval` pairs every label map of its folder with a prediction: the fold's own label maps,
+    // copied aside for as long as it runs.
+    let labels = out.join(".validation-labels");
+    let io = |path: &Path, source: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let _ = std::fs::remove_dir_all(&labels);
+    std::fs::create_dir_all(&labels).map_err(|e| io(&labels, e))?;
+    let result = (|| {
+        for c in &cases {
+            let name = c.label.file_name().unwrap_or_default();
+            std::fs::copy(&c.label, labels.join(name)).map_err(|e| io(&c.label, e))?;
+        }
+        let mut eo = EvalOptions::new(&predictions, &labels, out.join("eval"));
+        eo.num_bins = num_bins;
+        eo.pictures = pictures;
+        eval::run(gpu, &eo, &mut |_| {})
+    })();
+    let _ = std::fs::remove_dir_all(&labels);
+    result
 }

@@ -1,13 +1,17 @@
 //! The training configuration: everything a run depends on, read from TOML (`calibseg train --config`),
 //! written back as the run's `config.toml`.
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 use super::step::TrainLoss;
+use crate::data::plan::Plan;
 use crate::data::SyntheticConfig;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::loss::PaperLoss;
+use crate::nn::sliding_window::BlendMode;
 use crate::nn::SegResNetDsConfig;
 
 /// Sliding-window settings of validation and testing.
@@ -22,6 +26,9 @@ pub struct WindowSettings {
     pub sw_batch_size: usize,
     /// Gaussian blending (true) or constant.
     pub gaussian: bool,
+    /// The Gaussian's sigma as a fraction of the window (MONAI's `sigma_scale`); absent: MONAI's 0.125.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_scale: Option<f64>,
 }
 
 impl Default for WindowSettings {
@@ -31,8 +38,13 @@ impl Default for WindowSettings {
             overlap: 0.25,
             sw_batch_size: 2,
             gaussian: true,
+            sigma_scale: None,
         }
     }
+}
+
+fn bad_config(m: String) -> Error {
+    Error::invalid(format!("training configuration: {m}"))
 }
 
 /// The most volumes of each split, patches per batch or windows per call a configuration may ask for.
@@ -97,8 +109,22 @@ pub struct TrainConfig {
     pub window: WindowSettings,
     /// The network (MONAI's SegResNetDS keyword arguments; `out_channels` must equal the data's classes).
     pub model: SegResNetDsConfig,
-    /// The synthetic data.
+    /// The synthetic data (unused when `cache` is given).
     pub data: SyntheticConfig,
+    /// Train on a preprocessed cache (`calibseg prepare`'s folder) instead of the synthetic data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSource>,
+}
+
+/// A preprocessed cache and the cross-validation fold trained on (`[cache]` in TOML, `--data`, `--fold`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSource {
+    /// The cache folder (`calibseg prepare --out`).
+    pub path: PathBuf,
+    /// The fold of `CACHE/splits_final.json` (0 to 4 for nnU-Net's five folds).
+    #[serde(default)]
+    pub fold: usize,
 }
 
 impl Default for TrainConfig {
@@ -131,6 +157,7 @@ impl Default for TrainConfig {
                 roi: vec![48, 48, 48],
                 ..WindowSettings::default()
             },
+            cache: None,
             model: SegResNetDsConfig {
                 init_filters: 8,
                 in_channels: 1,
@@ -176,16 +203,123 @@ impl TrainConfig {
     /// table of which some keys are given (`[data]`, `[window]`, `[model]`, `[data.augment]`); unknown keys,
     /// wrong types and arrays of the wrong length are errors.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let bad = |m: String| Error::invalid(format!("training configuration: {m}"));
-        let given: toml::Table = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
-        // The given keys laid over the default run, table by table: serde's `default` would fill a partly
-        // given table from its type's own defaults (64^3 volumes, MONAI's network), not the default run's.
-        let mut merged = toml::Table::try_from(TrainConfig::default())
-            .map_err(|e| bad(format!("the default run does not serialise: {e}")))?;
+        Self::from_toml_over(TrainConfig::default(), text)
+    }
+
+    /// Reads TOML laid over `base` (as [`TrainConfig::from_toml`] lays it over the default run).
+    pub fn from_toml_over(base: TrainConfig, text: &str) -> Result<Self> {
+        let given: toml::Table =
+            toml::from_str(text).map_err(|e| bad_config(e.message().to_string()))?;
+        Self::overlaid(base, given)
+    }
+
+    fn overlaid(base: TrainConfig, given: toml::Table) -> Result<Self> {
+        // The given keys laid over the base, table by table: serde's `default` would fill a partly
+        // given table from its type's own defaults (64^3 volumes, MONAI's network), not the base's.
+        let mut merged = toml::Table::try_from(base)
+            .map_err(|e| bad_config(format!("the base run does not serialise: {e}")))?;
         overlay(&mut merged, given);
         toml::Value::Table(merged)
             .try_into()
-            .map_err(|e: toml::de::Error| bad(e.message().to_string()))
+            .map_err(|e: toml::de::Error| bad_config(e.message().to_string()))
+    }
+
+    /// The configuration of a fresh run: the TOML `text` (if any) laid over the default run, or, when it
+    /// trains on a cache (`data`, else the TOML's `[cache]`), over the default run with the cache plan's
+    /// patch, batch, model, window and learning rate ([`TrainConfig::with_plan`]); then `data` and `fold`
+    /// (default 0) as the cache. `--fold` without a cache is an error.
+    pub fn for_run(text: Option<&str>, data: Option<&Path>, fold: Option<usize>) -> Result<Self> {
+        let given: toml::Table = match text {
+            Some(t) => toml::from_str(t).map_err(|e| bad_config(e.message().to_string()))?,
+            None => toml::Table::new(),
+        };
+        let from_toml = given
+            .get("cache")
+            .and_then(|c| c.get("path"))
+            .and_then(|p| p.as_str())
+            .map(PathBuf::from);
+        let Some(path) = data.map(Path::to_path_buf).or(from_toml) else {
+            if fold.is_some() {
+                return Err(Error::invalid(
+                    "--fold needs a cache to train on: give --data CACHE (or [cache] path in the configuration)",
+                ));
+            }
+            return Self::overlaid(TrainConfig::default(), given);
+        };
+        let (plan, _) = crate::data::cache::loader::read_plan(&path)?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        let base = TrainConfig {
+            cache: Some(CacheSource {
+                path: path.clone(),
+                fold: 0,
+            }),
+            ..TrainConfig::default()
+        }
+        .with_plan(&plan)?;
+        let mut config = Self::overlaid(base, given)?;
+        let source = config.cache.get_or_insert(CacheSource {
+            path: path.clone(),
+            fold: 0,
+        });
+        source.path = path;
+        if let Some(k) = fold {
+            source.fold = k;
+        }
+        Ok(config)
+    }
+
+    /// This configuration with a cache plan's training settings: `patch`, `batch`, the network (`model`,
+    /// SegResNetDS's keyword arguments), the sliding `window` and `lr` (the plan's `learning_rate`).
+    pub fn with_plan(mut self, plan: &Plan) -> Result<Self> {
+        let source = "the cache's plan.json";
+        let model = serde_json::to_string(&plan.model).expect("a plan serialises");
+        self.model = SegResNetDsConfig::from_json(&model)
+            .map_err(|e| Error::invalid(format!("{source}: model: {e}")))?;
+        self.patch = plan.patch;
+        self.batch = plan.batch;
+        self.lr = plan.learning_rate;
+        let mode: BlendMode = plan.window.mode.parse()?;
+        self.window = WindowSettings {
+            roi: plan.window.roi.to_vec(),
+            overlap: plan.window.overlap,
+            sw_batch_size: plan.window.sw_batch_size,
+            gaussian: mode == BlendMode::Gaussian,
+            sigma_scale: Some(plan.window.sigma_scale),
+        };
+        Ok(self)
+    }
+
+    /// `plan` with this configuration's training settings (the inverse of [`TrainConfig::with_plan`]): what
+    /// a run folder's `plan.json` holds, so `calibseg predict --model RUN` preprocesses as the cache did and
+    /// slides the window training validated with.
+    pub fn effective_plan(&self, plan: &Plan) -> Plan {
+        let mut p = plan.clone();
+        p.patch = self.patch;
+        p.batch = self.batch;
+        p.learning_rate = self.lr;
+        let roi = self.roi();
+        if let Ok(roi) = <[usize; 3]>::try_from(roi.as_slice()) {
+            p.window.roi = roi;
+        }
+        p.window.overlap = self.window.overlap;
+        p.window.sw_batch_size = self.window.sw_batch_size;
+        p.window.mode = if self.window.gaussian {
+            "gaussian"
+        } else {
+            "constant"
+        }
+        .into();
+        if let Some(s) = self.window.sigma_scale {
+            p.window.sigma_scale = s;
+        }
+        let m = &self.model;
+        p.model.spatial_dims = m.spatial_dims;
+        p.model.init_filters = m.init_filters;
+        p.model.in_channels = m.in_channels;
+        p.model.out_channels = m.out_channels;
+        p.model.blocks_down = m.blocks_down.clone();
+        p.model.dsdepth = m.dsdepth;
+        p
     }
 
     /// The configuration as TOML.
@@ -245,9 +379,11 @@ impl TrainConfig {
         }
         let volume = voxels(&self.data.shape).unwrap_or(u64::MAX);
         let classes = self.data.foreground_classes as u64 + 1;
-        let cached = (self.data.volumes as u64).checked_mul(volume * 5);
+        // A cache is memory-mapped and its cases predicted one at a time: neither is kept.
+        let kept = |n: usize| if self.cache.is_some() { 0 } else { n as u64 };
+        let cached = kept(self.data.volumes).checked_mul(volume * 5);
         // The test volumes' probabilities (f32) and labels are kept, then laid out again as one file.
-        let test = (self.test_volumes as u64).checked_mul(volume * (classes * 4 + 5) * 2);
+        let test = kept(self.test_volumes).checked_mul(volume * (classes * 4 + 5) * 2);
         let batch = (self.batch as u64).checked_mul(voxels(&self.patch).unwrap_or(u64::MAX) * 5);
         // Weights, gradients and AdamW's two moments, f32 each.
         let network = self.model.parameter_count().and_then(|p| p.checked_mul(16));
@@ -305,13 +441,15 @@ impl TrainConfig {
         self.model.validate()?;
         self.data.validate()?;
         let classes = self.data.foreground_classes + 1;
-        if self.model.out_channels != classes {
+        // A cache's channels and classes are checked against its cases when it is opened.
+        let synthetic = self.cache.is_none();
+        if synthetic && self.model.out_channels != classes {
             return Err(Error::invalid(format!(
                 "model.out_channels is {} but the data has {classes} classes",
                 self.model.out_channels
             )));
         }
-        if self.model.in_channels != 1 {
+        if synthetic && self.model.in_channels != 1 {
             return Err(Error::invalid(
                 "model.in_channels must be 1 for the synthetic data",
             ));
@@ -327,7 +465,8 @@ impl TrainConfig {
                 )));
             }
         }
-        if self.patch.iter().zip(&self.data.shape).any(|(p, s)| p > s) {
+        // A cache's patches are padded where a case is smaller (SpatialPadd).
+        if synthetic && self.patch.iter().zip(&self.data.shape).any(|(p, s)| p > s) {
             return Err(Error::invalid(format!(
                 "patch {:?} is larger than the volumes {:?}",
                 self.patch, self.data.shape

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::config::TrainConfig;
 use super::step::{train_step, StepLosses};
+use crate::data::cache::{training_batch, TrainingCache};
 use crate::data::{DataRng, SyntheticDataset};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -81,6 +82,24 @@ pub enum Event {
     },
 }
 
+/// What a run trains on.
+pub enum TrainingData {
+    /// The synthetic phantoms: training volumes `0..data.volumes`, then the validation and test volumes.
+    Synthetic(SyntheticDataset),
+    /// A preprocessed cache's fold: its training cases sampled, its validation cases validated on.
+    Cache(Box<TrainingCache>),
+}
+
+impl TrainingData {
+    /// Classes, background included.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            TrainingData::Synthetic(d) => d.num_classes(),
+            TrainingData::Cache(c) => c.classes(),
+        }
+    }
+}
+
 /// A training run in progress.
 pub struct Trainer {
     config: TrainConfig,
@@ -88,7 +107,7 @@ pub struct Trainer {
     net: SegResNetDs,
     optimizer: AdamW,
     schedule: WarmupCosineSchedule,
-    data: SyntheticDataset,
+    data: TrainingData,
     rng: DataRng,
     step: usize,
     best: Option<(f64, usize)>,
@@ -108,8 +127,17 @@ impl Trainer {
         });
         let schedule = WarmupCosineSchedule::new(config.lr, config.warmup_steps, config.steps)
             .with_warmup_multiplier(0.5);
-        let data =
-            SyntheticDataset::new(config.data.clone(), config.data_seed.unwrap_or(config.seed))?;
+        let data = match &config.cache {
+            None => TrainingData::Synthetic(SyntheticDataset::new(
+                config.data.clone(),
+                config.data_seed.unwrap_or(config.seed),
+            )?),
+            Some(source) => {
+                let cache = TrainingCache::open(&source.path, source.fold)?;
+                check_against_cache(&config, &cache)?;
+                TrainingData::Cache(Box::new(cache))
+            }
+        };
         let rng = DataRng::new(config.seed ^ SAMPLING_SALT);
         Ok(Trainer {
             config,
@@ -125,9 +153,25 @@ impl Trainer {
         })
     }
 
-    /// The synthetic volumes (training, validation and test).
-    pub fn data(&self) -> &SyntheticDataset {
+    /// What the run trains on.
+    pub fn data(&self) -> &TrainingData {
         &self.data
+    }
+
+    /// The synthetic volumes (training, validation and test), when the run trains on them.
+    pub fn synthetic(&self) -> Option<&SyntheticDataset> {
+        match &self.data {
+            TrainingData::Synthetic(d) => Some(d),
+            TrainingData::Cache(_) => None,
+        }
+    }
+
+    /// The cache's fold, when the run trains on a cache.
+    pub fn cache(&self) -> Option<&TrainingCache> {
+        match &self.data {
+            TrainingData::Synthetic(_) => None,
+            TrainingData::Cache(c) => Some(c),
+        }
     }
 
     /// The configuration.
@@ -159,16 +203,29 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepLosses> {
         let lr = self.schedule.lr(self.step);
         self.optimizer.config.lr = lr;
-        let batch = self
-            .data
-            .sample_batch(&mut self.rng, self.config.batch, self.config.patch)?;
-        let x = Tensor::from_f32(&self.gpu, &batch.shape, &batch.image)?;
-        let mut label_shape = batch.shape;
+        let (shape, image, label_values) = match &self.data {
+            TrainingData::Synthetic(d) => {
+                let b = d.sample_batch(&mut self.rng, self.config.batch, self.config.patch)?;
+                (b.shape, b.image, b.labels)
+            }
+            TrainingData::Cache(c) => {
+                let b = training_batch(
+                    c,
+                    self.config.patch,
+                    self.config.batch,
+                    self.config.seed,
+                    self.step,
+                )?;
+                (b.shape, b.image, b.labels)
+            }
+        };
+        let x = Tensor::from_f32(&self.gpu, &shape, &image)?;
+        let mut label_shape = shape;
         label_shape[1] = 1;
         let labels = Labels::from_indices(
             &self.gpu,
             &label_shape,
-            &batch.labels,
+            &label_values,
             self.data.num_classes(),
         )?;
         let losses = train_step(
@@ -188,14 +245,22 @@ impl Trainer {
         Ok(losses)
     }
 
-    /// Indices of the held-out validation volumes (after the training volumes).
+    /// Indices of the held-out validation volumes (after the training volumes); on a cache, of the fold's
+    /// validation cases.
     pub fn validation_indices(&self) -> Vec<usize> {
+        if let TrainingData::Cache(c) = &self.data {
+            return (0..c.val.len()).collect();
+        }
         let start = self.config.data.volumes;
         (start..start + self.config.val_volumes).collect()
     }
 
-    /// Indices of the held-out test volumes (after the validation volumes).
+    /// Indices of the held-out test volumes (after the validation volumes); on a cache, the fold's
+    /// validation cases (a cache has no test set of its own).
     pub fn test_indices(&self) -> Vec<usize> {
+        if let TrainingData::Cache(c) = &self.data {
+            return (0..c.val.len()).collect();
+        }
         let start = self.config.data.volumes + self.config.val_volumes;
         (start..start + self.config.test_volumes).collect()
     }
@@ -203,14 +268,38 @@ impl Trainer {
     /// The sliding-window settings of validation and testing.
     pub fn window(&self) -> SlidingWindowConfig {
         let w = &self.config.window;
-        SlidingWindowConfig::new(&self.config.roi())
+        let c = SlidingWindowConfig::new(&self.config.roi())
             .with_overlap(w.overlap)
             .with_sw_batch_size(w.sw_batch_size)
             .with_mode(if w.gaussian {
                 BlendMode::Gaussian
             } else {
                 BlendMode::Constant
-            })
+            });
+        match w.sigma_scale {
+            Some(s) => c.with_sigma_scale(s),
+            None => c,
+        }
+    }
+
+    /// Whole held-out volume `index` (of [`Trainer::validation_indices`] or [`Trainer::test_indices`]):
+    /// its image shape `[1, C, spatial...]`, image and labels.
+    fn held_out(&self, index: usize) -> Result<([usize; 5], Vec<f32>, Vec<u8>)> {
+        match &self.data {
+            TrainingData::Synthetic(d) => {
+                let b = d.full_batch(&[index])?;
+                Ok((b.shape, b.image, b.labels))
+            }
+            TrainingData::Cache(c) => {
+                let case = c.val.get(index).ok_or_else(|| {
+                    Error::invalid(format!("the fold has no validation case {index}"))
+                })?;
+                let [x, y, z] = case.shape;
+                let (mut image, mut labels) = (Vec::new(), Vec::new());
+                case.crop([0, 0, 0], case.shape, &mut image, &mut labels)?;
+                Ok(([1, case.channels, x, y, z], image, labels))
+            }
+        }
     }
 
     /// Probabilities `[1, C, D, H, W]` of one whole volume by sliding-window inference in eval mode.
@@ -230,16 +319,20 @@ impl Trainer {
         let mut acc = CalibrationAccumulator::new(self.config.num_bins, false)?;
         let mut kept = Vec::new();
         for &i in indices {
-            let b = self.data.full_batch(&[i])?;
-            let image = Tensor::from_f32(&self.gpu, &b.shape, &b.image)?;
-            let mut label_shape = b.shape;
+            let (shape, image, label_values) = self.held_out(i)?;
+            let image = Tensor::from_f32(&self.gpu, &shape, &image)?;
+            let mut label_shape = shape;
             label_shape[1] = 1;
-            let labels =
-                Labels::from_indices(&self.gpu, &label_shape, &b.labels, self.data.num_classes())?;
+            let labels = Labels::from_indices(
+                &self.gpu,
+                &label_shape,
+                &label_values,
+                self.data.num_classes(),
+            )?;
             let probs = self.predict_volume(&image)?;
             acc.update(&probs, &labels)?;
             if keep {
-                kept.push((probs.shape().to_vec(), probs.to_vec_f32()?, b.labels));
+                kept.push((probs.shape().to_vec(), probs.to_vec_f32()?, label_values));
             }
         }
         Ok((acc.aggregate()?, kept))
@@ -440,6 +533,11 @@ impl Trainer {
         let model = serde_json::to_vec_pretty(&self.config.model.to_json())
             .map_err(|e| Error::invalid(format!("model.json: {e}")))?;
         write_file_atomically(dir.join(MODEL_FILE), &model)?;
+        if let TrainingData::Cache(c) = &self.data {
+            // The cache's plan with the settings this run trained with: `calibseg predict --model` reads it.
+            let plan = self.config.effective_plan(&c.plan);
+            write_file_atomically(dir.join(PLAN_FILE), plan.to_json().as_bytes())?;
+        }
         write_file_atomically(dir.join(CONFIG_FILE), self.config.to_toml()?.as_bytes())
     }
 
@@ -456,9 +554,13 @@ impl Trainer {
     /// in the dataset): a volume's name says which volume it is, so evaluations of runs on different data
     /// merge, and the same volume in two runs is the same case.
     pub fn test_case_names(&self) -> Vec<String> {
+        let seed = match &self.data {
+            TrainingData::Cache(c) => return c.val.iter().map(|v| v.name.clone()).collect(),
+            TrainingData::Synthetic(d) => d.seed(),
+        };
         self.test_indices()
             .into_iter()
-            .map(|i| format!("synthetic-seed{}-{i:03}", self.data.seed()))
+            .map(|i| format!("synthetic-seed{seed}-{i:03}"))
             .collect()
     }
 
@@ -490,6 +592,25 @@ impl Trainer {
 pub const MODEL_FILE: &str = "model.json";
 /// The configuration in a run folder.
 pub const CONFIG_FILE: &str = "config.toml";
+/// The plan in the folder of a run that trained on a cache (the cache's, with the run's training settings).
+pub const PLAN_FILE: &str = "plan.json";
+
+/// Error unless `config`'s network takes the cache's channels and predicts its classes.
+fn check_against_cache(config: &TrainConfig, cache: &TrainingCache) -> Result<()> {
+    let plan = cache.root.join(crate::data::cache::loader::PLAN_FILE);
+    let m = &config.model;
+    if m.in_channels != cache.channels() || m.out_channels != cache.classes() {
+        return Err(Error::invalid(format!(
+            "model.in_channels {} and model.out_channels {} must be the cache's {} channel(s) and {} classes ({})",
+            m.in_channels,
+            m.out_channels,
+            cache.channels(),
+            cache.classes(),
+            plan.display()
+        )));
+    }
+    Ok(())
+}
 /// The checkpoints of a run folder, by name (`<name>.safetensors` + `<name>.optim.safetensors`).
 pub const CHECKPOINTS: [&str; 2] = ["last", "best"];
 

@@ -9,3 +9,4 @@ mod data;
 mod hostile;
 mod study;
 mod train;
+mod train_cache;

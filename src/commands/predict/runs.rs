@@ -691,9 +691,31 @@ pub fn run_models(
     on_event: &mut dyn FnMut(&PredictEvent),
 ) -> Result<PredictSummary> {
     let ensemble = Ensemble::open(gpu, o)?;
+    let cases = list_inputs(&o.input, ensemble.in_channels())?;
+    predict_cases(gpu, &ensemble, o, cases, on_event)
+}
+
+/// [`run_models`] on the given cases instead of `o.input`'s (a training run's final validation predicts
+/// its fold's validation cases from the dataset's own files).
+pub fn run_models_on(
+    gpu: &Gpu,
+    o: &RunPredictOptions,
+    cases: Vec<InputCase>,
+    on_event: &mut dyn FnMut(&PredictEvent),
+) -> Result<PredictSummary> {
+    let ensemble = Ensemble::open(gpu, o)?;
+    predict_cases(gpu, &ensemble, o, cases, on_event)
+}
+
+fn predict_cases(
+    gpu: &Gpu,
+    ensemble: &Ensemble,
+    o: &RunPredictOptions,
+    mut cases: Vec<InputCase>,
+    on_event: &mut dyn FnMut(&PredictEvent),
+) -> Result<PredictSummary> {
     let windows = ensemble.pairs();
     let transforms = ensemble.transforms.clone();
-    let mut cases = list_inputs(&o.input, ensemble.in_channels())?;
     if let Some(s) = o.shard {
         cases = cases
             .into_iter()

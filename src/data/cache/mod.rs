@@ -2,6 +2,7 @@
 //! ([`splits`]), the stored per-class voxel locations ([`class_locations`]), the cases read memory-mapped
 //! ([`CachedCase`]) and MONAI's patch sampling on them ([`sampler`]).
 
+pub mod loader;
 pub mod sampler;
 pub mod splits;
 
@@ -11,8 +12,14 @@ use crate::data::DataRng;
 use crate::error::{Error, Result};
 use crate::io::safetensors::{HostTensor, TensorFile};
 
+pub use loader::{training_batch, CacheBatch, PatchDraw, TrainingCache};
 pub use sampler::{correct_crop_centre, crop_into, draw_centre, patch_start, ClassLocations};
 pub use splits::{kfold_splits, read_splits, Split, FOLDS, SPLITS_FILE};
+
+/// Where cache `cache` holds case `name`: `CACHE/cases/<name>.safetensors`.
+pub fn case_file(cache: &Path, name: &str) -> std::path::PathBuf {
+    cache.join("cases").join(format!("{name}.safetensors"))
+}
 
 /// Voxels of each class kept per case at most (nnU-Net's `class_locations` keeps 10,000).
 pub const MAX_LOCATIONS_PER_CLASS: usize = 10_000;
