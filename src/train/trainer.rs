@@ -219,15 +219,7 @@ impl Trainer {
                 (b.shape, b.image, b.labels)
             }
         };
-        let x = Tensor::from_f32(&self.gpu, &shape, &image)?;
-        let mut label_shape = shape;
-        label_shape[1] = 1;
-        let labels = Labels::from_indices(
-            &self.gpu,
-            &label_shape,
-            &label_values,
-            self.data.num_classes(),
-        )?;
+        let (x, labels) = self.upload(shape, &image, &label_values)?;
         let losses = train_step(
             &self.net,
             &mut self.optimizer,
@@ -282,6 +274,16 @@ impl Trainer {
         }
     }
 
+    /// An image `[B, C, X, Y, Z]` and its class indices `[B, 1, X, Y, Z]` on the device.
+    fn upload(&self, shape: [usize; 5], image: &[f32], labels: &[u8]) -> Result<(Tensor, Labels)> {
+        let x = Tensor::from_f32(&self.gpu, &shape, image)?;
+        let mut label_shape = shape;
+        label_shape[1] = 1;
+        let labels =
+            Labels::from_indices(&self.gpu, &label_shape, labels, self.data.num_classes())?;
+        Ok((x, labels))
+    }
+
     /// Whole held-out volume `index` (of [`Trainer::validation_indices`] or [`Trainer::test_indices`]):
     /// its image shape `[1, C, spatial...]`, image and labels.
     fn held_out(&self, index: usize) -> Result<([usize; 5], Vec<f32>, Vec<u8>)> {
@@ -320,15 +322,7 @@ impl Trainer {
         let mut kept = Vec::new();
         for &i in indices {
             let (shape, image, label_values) = self.held_out(i)?;
-            let image = Tensor::from_f32(&self.gpu, &shape, &image)?;
-            let mut label_shape = shape;
-            label_shape[1] = 1;
-            let labels = Labels::from_indices(
-                &self.gpu,
-                &label_shape,
-                &label_values,
-                self.data.num_classes(),
-            )?;
+            let (image, labels) = self.upload(shape, &image, &label_values)?;
             let probs = self.predict_volume(&image)?;
             acc.update(&probs, &labels)?;
             if keep {
