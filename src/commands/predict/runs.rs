@@ -590,30 +590,31 @@ impl Ensemble {
         let case = cases.remove(0);
         check_case_files(&case, channels)?;
         let pre = preprocess(gpu, &case.files, None, &self.transforms)?;
-        let source = case.files[0].display().to_string();
-        let pairs = self.pairs();
-        predict_loaded(
-            gpu,
-            &pairs,
-            &self.transforms,
-            pre,
-            &source,
-            tta,
-            &mut |_, _| (),
-        )
+        self.probabilities_of(gpu, pre, &case.files[0].display().to_string(), tta)
     }
 
     /// Probabilities `[classes, X, Y, Z]` of an image in memory (`[C, X, Y, Z]` placed by its affine)
     /// on its own grid: the same preprocessing, windows and inversion as a file's.
     pub fn predict_volume(&self, gpu: &Gpu, image: Volume, tta: bool) -> Result<Volume> {
         let pre = crate::data::preprocess::preprocess_image(gpu, image, &self.transforms)?;
+        self.probabilities_of(gpu, pre, "the image", tta)
+    }
+
+    /// A preprocessed image's probabilities on its original grid (`source` names it in errors).
+    fn probabilities_of(
+        &self,
+        gpu: &Gpu,
+        pre: Preprocessed,
+        source: &str,
+        tta: bool,
+    ) -> Result<Volume> {
         let pairs = self.pairs();
         predict_loaded(
             gpu,
             &pairs,
             &self.transforms,
             pre,
-            "the image",
+            source,
             tta,
             &mut |_, _| (),
         )
