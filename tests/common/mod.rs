@@ -21,6 +21,11 @@ pub fn gpu() -> Option<Gpu> {
     required(GPU.get_or_init(|| Gpu::new().map_err(|e| e.to_string())))
 }
 
+/// A device of its own (its buffer pool shared with no other test), or `None` as for [`gpu`] (failing under `CI`).
+pub fn own_gpu() -> Option<Gpu> {
+    required(&Gpu::with_options(&calibseg::GpuOptions::from_env()).map_err(|e| e.to_string()))
+}
+
 /// A device of its own whose storage-binding limit calibseg plans against is lowered to `bytes`
 /// (`GpuOptions::max_storage_binding`), or `None` as for [`gpu`] (failing under `CI`).
 pub fn gpu_with_binding_limit(bytes: u64) -> Option<Gpu> {

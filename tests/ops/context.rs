@@ -4,7 +4,7 @@ use crate::common;
 
 use calibseg::gpu::probe;
 use calibseg::{DType, Error, Gpu, GpuOptions, Tensor};
-use common::gpu;
+use common::{gpu, own_gpu};
 
 #[test]
 fn impossible_backend_gives_the_no_adapter_error() {
@@ -111,8 +111,8 @@ fn buffers_over_the_device_limit_are_refused() {
 
 #[test]
 fn pool_reuses_buffers() {
-    let Some(gpu) = gpu() else { return };
-    // A size nothing else in this binary uses, so the other tests running in parallel do not interfere.
+    // A device of its own: on the shared one a recording in a parallel test holds released buffers back.
+    let Some(gpu) = own_gpu() else { return };
     let shape = [3, 333, 333];
     drop(Tensor::uninit(&gpu, &shape, DType::F32).unwrap());
     let before = gpu.pool_stats();
