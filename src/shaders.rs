@@ -111,6 +111,16 @@ pub const AFFINE_RESAMPLE: Shader = Shader {
     zero_workgroup_memory: true,
 };
 
+/// The augmentation's intensity kernels: hashed Gaussian noise, per-volume statistics, brightness /
+/// contrast / gamma, separable Gaussian smoothing, simulated low resolution.
+pub const AUGMENT: Shader = Shader {
+    name: "augment.wgsl",
+    source: include_str!("../shaders/augment.wgsl"),
+    preludes: &[""],
+    trusted: false,
+    zero_workgroup_memory: true,
+};
+
 /// Hard binning of probabilities per (image, class) for the calibration metrics and the Dice counts:
 /// per-workgroup partials, then a fixed-order pass.
 pub const CALIBRATION: Shader = Shader {
@@ -194,6 +204,7 @@ pub const ALL: &[Shader] = &[
     LOSS_REDUCE,
     RESAMPLE,
     AFFINE_RESAMPLE,
+    AUGMENT,
     CALIBRATION,
     TEMPERATURE,
     REDUCE,

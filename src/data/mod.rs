@@ -36,7 +36,7 @@
 //! # Ok(()) }
 //! ```
 
-mod augment;
+pub mod augment;
 pub mod cache;
 pub mod dataset;
 mod filters;

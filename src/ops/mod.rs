@@ -10,6 +10,7 @@
 //!   `Params` struct has a layout unit test beside it; benches: `benches/conv.rs`, `benches/nn.rs`
 
 pub mod add;
+pub mod augment;
 pub mod conv;
 mod elementwise;
 pub mod norm;
@@ -32,7 +33,7 @@ pub use norm::{
 };
 pub use reduce::channel_sum;
 pub use relu::{relu, relu_backward};
-pub use resample::{resample, Interpolation};
+pub use resample::{resample, resample_each, Interpolation};
 pub use softmax::{softmax, softmax_backward};
 pub use upsample::{upsample, upsample_backward};
 

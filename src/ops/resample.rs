@@ -46,6 +46,18 @@ pub fn resample(
     out_to_in: &[[f64; 4]; 4],
     mode: Interpolation,
 ) -> Result<Tensor> {
+    resample_each(input, out_shape, std::slice::from_ref(out_to_in), mode)
+}
+
+/// [`resample`] with one map per item of the first leading dimension: `input` `[B, ..., X, Y, Z]` and
+/// `maps` of length `B`, each item's volumes resampled through its own map (the augmentation's per-patch
+/// affine). One map resamples every volume alike, as [`resample`].
+pub fn resample_each(
+    input: &Tensor,
+    out_shape: [usize; 3],
+    maps: &[[[f64; 4]; 4]],
+    mode: Interpolation,
+) -> Result<Tensor> {
     input.expect_dtype(DType::F32, "resample input")?;
     let shape = input.shape();
     if shape.len() < 3 || shape.contains(&0) || out_shape.contains(&0) {
@@ -53,9 +65,17 @@ pub fn resample(
             "resample: input [..., X, Y, Z] and output shape must be non-empty, got {shape:?} -> {out_shape:?}"
         )));
     }
-    check_affine(out_to_in)?;
     let lead = &shape[..shape.len() - 3];
     let volumes: usize = lead.iter().product();
+    if maps.is_empty() || (maps.len() > 1 && lead.first() != Some(&maps.len())) {
+        return Err(Error::InvalidShape(format!(
+            "resample: {} maps for an input of shape {shape:?} (one map, or one per item of the first dimension)",
+            maps.len()
+        )));
+    }
+    for m in maps {
+        check_affine(m)?;
+    }
     let in3: [usize; 3] = std::array::from_fn(|d| shape[shape.len() - 3 + d]);
     let in_voxels: usize = in3.iter().product();
     let out_voxels: usize = out_shape.iter().product();
@@ -92,7 +112,11 @@ pub fn resample(
         });
     }
     let piece_voxels = ((max - align) / 4).min(out_voxels as u64) as usize;
-    let terms = Tensor::from_slice(gpu, &[terms_len(out_shape)], &terms(out_to_in, out_shape)?)?;
+    let tables = maps
+        .iter()
+        .map(|m| Tensor::from_slice(gpu, &[terms_len(out_shape)], &terms(m, out_shape)?))
+        .collect::<Result<Vec<_>>>()?;
+    let per_map = volumes / maps.len();
     let u = |v: [usize; 3]| [v[0] as u32, v[1] as u32, v[2] as u32, 0];
     let entry = match mode {
         Interpolation::Linear => "linear",
@@ -116,7 +140,7 @@ pub fn resample(
                 &[
                     Arg::window(input, src.byte_offset, src.byte_len),
                     Arg::window(&output, dst.byte_offset, dst.byte_len),
-                    Arg::whole(&terms),
+                    Arg::whole(&tables[volume / per_map]),
                 ],
                 count.div_ceil(WORKGROUP_SIZE as usize) as u32,
             )?;

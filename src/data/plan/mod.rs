@@ -97,54 +97,87 @@ pub struct WindowPlan {
 }
 
 /// Augmentation: the probability of each transform per sample and its range (rotations in radians,
-/// factors as `[min, max]`).
+/// factors as `[min, max]`). Applied on the GPU in nnU-Net v2's order (`data::augment::augment_batch`):
+/// rotation, scaling, shear and translation (MONAI's `RandAffine` grid) with the flips as one resampling,
+/// then noise, smoothing, brightness, contrast, low resolution, inverted gamma and gamma. Keys added after
+/// the first plans (`translate_range` and the per-channel / gamma options) default to "off" when a stored
+/// plan lacks them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AugmentPlan {
-    /// Probability of a rotation.
+    /// Probability of a rotation (all three angles drawn together).
     pub rotate_prob: f64,
     /// Rotation angle range per axis, `[-r, r]` radians.
     pub rotate_range: f64,
     /// Probability of a scaling (one factor for all axes).
     pub scale_prob: f64,
-    /// Scaling factors `[min, max]`.
+    /// Scaling factors `[min, max]` of the sampling grid (MONAI's `scale_params`: above 1 zooms out).
     pub scale_range: [f64; 2],
     /// Probability of a shear.
     pub shear_prob: f64,
-    /// Shear range `[-s, s]`.
+    /// Shear range `[-s, s]` for each of the six coefficients.
     pub shear_range: f64,
+    /// Translation range `[-t, t]` voxels per axis, always drawn (MONAI's `translate_range`; the
+    /// sampler's random centres already translate, so nnU-Net's plans leave it 0).
+    #[serde(default)]
+    pub translate_range: f64,
     /// Probability of flipping each of `flip_axes`.
     pub flip_prob: f64,
     /// Axes that may be flipped.
     pub flip_axes: Vec<usize>,
-    /// Probability of Gaussian noise.
+    /// Probability of Gaussian noise (one standard deviation for all channels, as nnU-Net).
     pub noise_prob: f64,
-    /// Noise standard deviation drawn from `[0, noise_std]`.
+    /// Noise standard deviation drawn from `[0, noise_std]` (MONAI's `RandGaussianNoise(std)`;
+    /// nnU-Net's `noise_variance=(0, 0.1)` is passed to `np.random.normal` as the scale, so 0.1 too).
     pub noise_std: f64,
-    /// Probability of Gaussian smoothing.
+    /// Probability of Gaussian smoothing per sample.
     pub smooth_prob: f64,
-    /// Smoothing sigma `[min, max]` voxels.
+    /// Probability, once a sample is smoothed, that each channel is (nnU-Net 0.5; MONAI 1).
+    #[serde(default = "one")]
+    pub smooth_prob_per_channel: f64,
+    /// Smoothing sigma `[min, max]` voxels, drawn per axis and channel.
     pub smooth_sigma: [f64; 2],
-    /// Probability of a multiplicative brightness change.
+    /// Probability of a multiplicative brightness change (a factor per channel).
     pub intensity_scale_prob: f64,
     /// Brightness factors `[min, max]`.
     pub intensity_scale_range: [f64; 2],
-    /// Probability of a contrast change.
+    /// Probability of a contrast change (a factor per channel, range preserved).
     pub contrast_prob: f64,
     /// Contrast factors `[min, max]`.
     pub contrast_range: [f64; 2],
-    /// Probability of a gamma change.
+    /// Probability of a gamma change (a gamma per channel).
     pub gamma_prob: f64,
     /// Gamma `[min, max]`.
     pub gamma_range: [f64; 2],
-    /// Probability of simulated low resolution.
+    /// Probability of a gamma change of the inverted image (nnU-Net's first `GammaTransform`,
+    /// `p_invert_image=1`), drawn from `gamma_range`, before the plain one.
+    #[serde(default)]
+    pub gamma_invert_prob: f64,
+    /// Whether gamma keeps each channel's mean and standard deviation (nnU-Net's `p_retain_stats=1`;
+    /// MONAI's `retain_stats`, default false).
+    #[serde(default)]
+    pub gamma_retain_stats: bool,
+    /// Whether brightness, contrast and gamma factors are drawn as nnU-Net's `BGContrast`: with chance
+    /// 1/2 (when `min < 1`) uniform in `[min, 1)`, otherwise in `[max(min, 1), max)`; false: uniform
+    /// in `[min, max)` (MONAI).
+    #[serde(default)]
+    pub split_factors_at_one: bool,
+    /// Probability of simulated low resolution per sample.
     pub lowres_prob: f64,
-    /// Low-resolution zoom `[min, max]`.
+    /// Probability, once a sample is, that each channel is (nnU-Net 0.5).
+    #[serde(default = "one")]
+    pub lowres_prob_per_channel: f64,
+    /// Low-resolution zoom `[min, max]` (one factor for all axes, per channel).
     pub lowres_zoom: [f64; 2],
 }
 
+fn one() -> f64 {
+    1.0
+}
+
 impl AugmentPlan {
-    /// nnU-Net v2's training augmentation (`nnUNetTrainer.get_training_transforms`).
+    /// nnU-Net v2's training augmentation (`nnUNetTrainer.get_training_transforms` with
+    /// batchgeneratorsv2's transforms), without its dummy-2D variant for anisotropic patches.
     pub fn nnunet() -> Self {
         AugmentPlan {
             rotate_prob: 0.2,
@@ -153,12 +186,13 @@ impl AugmentPlan {
             scale_range: [0.7, 1.4],
             shear_prob: 0.0,
             shear_range: 0.0,
+            translate_range: 0.0,
             flip_prob: 0.5,
             flip_axes: vec![0, 1, 2],
             noise_prob: 0.1,
-            // Variance U(0, 0.1): standard deviations up to sqrt(0.1).
-            noise_std: 0.1f64.sqrt(),
+            noise_std: 0.1,
             smooth_prob: 0.2,
+            smooth_prob_per_channel: 0.5,
             smooth_sigma: [0.5, 1.0],
             intensity_scale_prob: 0.15,
             intensity_scale_range: [0.75, 1.25],
@@ -166,8 +200,32 @@ impl AugmentPlan {
             contrast_range: [0.75, 1.25],
             gamma_prob: 0.3,
             gamma_range: [0.7, 1.5],
+            gamma_invert_prob: 0.1,
+            gamma_retain_stats: true,
+            split_factors_at_one: true,
             lowres_prob: 0.25,
+            lowres_prob_per_channel: 0.5,
             lowres_zoom: [0.5, 1.0],
+        }
+    }
+
+    /// No augmentation: every probability 0 (the ranges as nnU-Net's). Training with it gives the
+    /// unaugmented crops bit for bit.
+    pub fn none() -> Self {
+        AugmentPlan {
+            rotate_prob: 0.0,
+            scale_prob: 0.0,
+            shear_prob: 0.0,
+            translate_range: 0.0,
+            flip_prob: 0.0,
+            noise_prob: 0.0,
+            smooth_prob: 0.0,
+            intensity_scale_prob: 0.0,
+            contrast_prob: 0.0,
+            gamma_prob: 0.0,
+            gamma_invert_prob: 0.0,
+            lowres_prob: 0.0,
+            ..AugmentPlan::nnunet()
         }
     }
 }
@@ -550,22 +608,7 @@ impl Plan {
                 format!("overlap {} must be in [0, 1)", self.window.overlap),
             );
         }
-        let a = &self.augment;
-        let probs = [
-            a.rotate_prob,
-            a.scale_prob,
-            a.shear_prob,
-            a.flip_prob,
-            a.noise_prob,
-            a.smooth_prob,
-            a.intensity_scale_prob,
-            a.contrast_prob,
-            a.gamma_prob,
-            a.lowres_prob,
-        ];
-        if probs.iter().any(|p| !(0.0..=1.0).contains(p)) {
-            return bad("augment", "every *_prob must be in [0, 1]".into());
-        }
+        crate::data::augment::check_plan(&self.augment, source)?;
         if self.model.blocks_down.is_empty() {
             return bad("model", "blocks_down must list at least one level".into());
         }

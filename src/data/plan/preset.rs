@@ -20,12 +20,15 @@ names! {
 impl Preset {
     /// The plan keys this preset pins, laid over the automatic plan with [`super::Plan::merge`].
     pub fn overlay(self) -> Value {
-        // ACDC, AMOS, KiTS: RandAffined(prob 0.5, rotate_range 0.1, shear_range 0.1, scale_range 0.1), then
-        // RandCropByPosNegLabeld(pos 1, neg 1); no flips, noise or intensity augmentation.
+        // ACDC, AMOS, KiTS: RandAffined(prob 0.5, rotate_range 0.1, shear_range 0.1, translate_range 0.1
+        // voxels, scale_range 0.1), then RandCropByPosNegLabeld(pos 1, neg 1); no flips, noise or intensity
+        // augmentation. The last keys undo nnU-Net's per-channel, gamma and factor-drawing choices.
         let affine_only = json!({
             "rotate_prob": 0.5, "rotate_range": 0.1, "scale_prob": 0.5, "scale_range": [0.9, 1.1],
-            "shear_prob": 0.5, "shear_range": 0.1, "flip_prob": 0.0, "noise_prob": 0.0, "smooth_prob": 0.0,
-            "intensity_scale_prob": 0.0, "contrast_prob": 0.0, "gamma_prob": 0.0, "lowres_prob": 0.0
+            "shear_prob": 0.5, "shear_range": 0.1, "translate_range": 0.1, "flip_prob": 0.0, "noise_prob": 0.0,
+            "smooth_prob": 0.0, "intensity_scale_prob": 0.0, "contrast_prob": 0.0, "gamma_prob": 0.0,
+            "lowres_prob": 0.0, "gamma_invert_prob": 0.0, "gamma_retain_stats": false, "split_factors_at_one": false,
+            "smooth_prob_per_channel": 1.0, "lowres_prob_per_channel": 1.0
         });
         let range = |a_min: f64, a_max: f64| json!([{"scheme": "range", "a_min": a_min, "a_max": a_max, "b_min": 0.0, "b_max": 1.0, "clip": true}]);
         let zscore = json!([{"scheme": "zscore", "nonzero": true}]);
@@ -89,7 +92,8 @@ impl Preset {
                     "shear_prob": 0.0, "shear_range": 0.0, "flip_prob": 0.5, "flip_axes": [0],
                     "noise_prob": 0.2, "noise_std": 0.1, "smooth_prob": 0.2, "smooth_sigma": [0.5, 1.15],
                     "intensity_scale_prob": 0.0, "contrast_prob": 0.0, "gamma_prob": 0.3,
-                    "gamma_range": [0.7, 1.5], "lowres_prob": 0.0
+                    "gamma_range": [0.7, 1.5], "lowres_prob": 0.0, "gamma_invert_prob": 0.0, "gamma_retain_stats": false, "split_factors_at_one": false,
+                    "smooth_prob_per_channel": 1.0, "lowres_prob_per_channel": 1.0
                 }),
                 pos_neg: 0.0,
                 num_samples: 1,

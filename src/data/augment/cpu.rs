@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rng::DataRng;
-use super::Volume;
+use crate::data::rng::DataRng;
+use crate::data::Volume;
 use crate::error::{Error, Result};
 
 /// On-the-fly augmentation of training patches. The intensity steps run in this order: gamma (MONAI's
@@ -24,7 +24,7 @@ pub struct Augment {
     /// Probability of a gamma (contrast) change. Default 0.3.
     pub gamma_prob: f32,
     /// Range of the gamma exponent, drawn log-uniformly (`0 < lo <= hi`). Default `[0.7, 1.5]`.
-    #[serde(deserialize_with = "super::exact_array")]
+    #[serde(deserialize_with = "crate::data::exact_array")]
     pub gamma_range: [f32; 2],
 }
 
