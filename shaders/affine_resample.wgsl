@@ -19,8 +19,10 @@ struct Params {
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+// Elements as bits: linear reads and writes f32 through bitcasts, nearest copies any 4-byte element (f32
+// images, u32 label maps) bit for bit.
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<u32>;
 // Per output axis a and index o (entries x: 0.., y: X.., z: X + Y..): the term M[:, a] * o (the x terms
 // also carry the translation): integer parts (as i32 bits) at 2 * entry, fractions at 2 * entry + 1.
 @group(0) @binding(3) var<storage, read> terms: array<vec4<u32>>;
@@ -60,8 +62,12 @@ fn source_coordinate(v: u32) -> Fixed {
     return Fixed(whole, select(c.frac, vec3<u32>(0u), below | above));
 }
 
-fn at(x: u32, y: u32, z: u32) -> f32 {
+fn raw(x: u32, y: u32, z: u32) -> u32 {
     return src[p.piece.z + (x * p.isz.y + y) * p.isz.z + z];
+}
+
+fn at(x: u32, y: u32, z: u32) -> f32 {
+    return bitcast<f32>(raw(x, y, z));
 }
 
 @compute @workgroup_size(256)
@@ -80,7 +86,7 @@ fn linear(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let c01 = mix(at(i0.x, i1.y, i0.z), at(i0.x, i1.y, i1.z), t.z);
     let c10 = mix(at(i1.x, i0.y, i0.z), at(i1.x, i0.y, i1.z), t.z);
     let c11 = mix(at(i1.x, i1.y, i0.z), at(i1.x, i1.y, i1.z), t.z);
-    dst[p.piece.w + i] = mix(mix(c00, c01, t.y), mix(c10, c11, t.y), t.x);
+    dst[p.piece.w + i] = bitcast<u32>(mix(mix(c00, c01, t.y), mix(c10, c11, t.y), t.x));
 }
 
 // Nearest: torch rounds the coordinate half to even (nearbyint).
@@ -97,5 +103,5 @@ fn nearest(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let odd = (cell & vec3<u32>(1u)) == vec3<u32>(1u);
     let up = w.frac > half | (w.frac == half & odd);
     let q = min(cell + select(vec3<u32>(0u), vec3<u32>(1u), up), p.isz.xyz - vec3<u32>(1u));
-    dst[p.piece.w + i] = at(q.x, q.y, q.z);
+    dst[p.piece.w + i] = raw(q.x, q.y, q.z);
 }

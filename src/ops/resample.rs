@@ -36,10 +36,11 @@ struct Params {
     piece: [u32; 4],
 }
 
-/// Resamples `input` (`[..., X, Y, Z]` f32: any leading dimensions, each volume resampled alike) onto an
+/// Resamples `input` (`[..., X, Y, Z]` f32, or u32/i32 for [`Interpolation::Nearest`], which copies
+/// elements bit for bit: any leading dimensions, each volume resampled alike) onto an
 /// output grid of `out_shape` voxels, where output voxel `(i, j, k)` reads the input at the voxel coordinate
 /// `out_to_in * (i, j, k, 1)` (a 4x4 affine, row major, last row `0 0 0 1`), clamped into the input.
-/// The result has the input's leading dimensions and `out_shape`.
+/// The result has the input's dtype, its leading dimensions and `out_shape`.
 pub fn resample(
     input: &Tensor,
     out_shape: [usize; 3],
@@ -58,7 +59,14 @@ pub fn resample_each(
     maps: &[[[f64; 4]; 4]],
     mode: Interpolation,
 ) -> Result<Tensor> {
-    input.expect_dtype(DType::F32, "resample input")?;
+    match (mode, input.dtype()) {
+        (_, DType::F32) | (Interpolation::Nearest, DType::U32 | DType::I32) => {}
+        (_, d) => {
+            return Err(Error::WrongDType(format!(
+                "resample input: f32 (or u32/i32 for nearest), got {d}"
+            )))
+        }
+    }
     let shape = input.shape();
     if shape.len() < 3 || shape.contains(&0) || out_shape.contains(&0) {
         return Err(Error::InvalidShape(format!(
@@ -99,7 +107,7 @@ pub fn resample_each(
     let mut out_full = lead.to_vec();
     out_full.extend_from_slice(&out_shape);
     let gpu = input.gpu();
-    let output = Tensor::uninit(gpu, &out_full, DType::F32)?;
+    let output = Tensor::uninit(gpu, &out_full, input.dtype())?;
     let align = binding_alignment(gpu);
     let max = gpu.max_binding_bytes();
     let in_bytes = in_voxels as u64 * 4;

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::config::TrainConfig;
 use super::step::{train_step, StepLosses};
+use crate::data::augment::augment_batch;
 use crate::data::cache::{training_batch, TrainingCache};
 use crate::data::{DataRng, SyntheticDataset};
 use crate::error::{Error, Result};
@@ -203,10 +204,10 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepLosses> {
         let lr = self.schedule.lr(self.step);
         self.optimizer.config.lr = lr;
-        let (shape, image, label_values) = match &self.data {
+        let (x, labels) = match &self.data {
             TrainingData::Synthetic(d) => {
                 let b = d.sample_batch(&mut self.rng, self.config.batch, self.config.patch)?;
-                (b.shape, b.image, b.labels)
+                self.upload(b.shape, &b.image, &b.labels)?
             }
             TrainingData::Cache(c) => {
                 let b = training_batch(
@@ -216,10 +217,15 @@ impl Trainer {
                     self.config.seed,
                     self.step,
                 )?;
-                (b.shape, b.image, b.labels)
+                let (x, labels) = self.upload(b.shape, &b.image, &b.labels)?;
+                if b.is_plain() {
+                    (x, labels)
+                } else {
+                    let (x, y) = augment_batch(&x, labels.tensor(), b.patch, &b.augment)?;
+                    (x, Labels::indices(y)?)
+                }
             }
         };
-        let (x, labels) = self.upload(shape, &image, &label_values)?;
         let losses = train_step(
             &self.net,
             &mut self.optimizer,

@@ -233,4 +233,15 @@ fn bad_maps_and_shapes_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("non-empty"), "{e}");
+    // Integer label maps: nearest copies their bits; trilinear is refused.
+    let labels: Vec<u32> = (0..8).map(|v| v * 0x0101_0101).collect();
+    let u = Tensor::from_slice(&gpu, &[1, 2, 2, 2], &labels).unwrap();
+    let e = resample(&u, [2, 2, 2], &m, Interpolation::Linear)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("u32"), "{e}");
+    let identity: [[f64; 4]; 4] =
+        std::array::from_fn(|r| std::array::from_fn(|c| f64::from(u8::from(r == c))));
+    let same = resample(&u, [2, 2, 2], &identity, Interpolation::Nearest).unwrap();
+    assert_eq!(same.to_vec::<u32>().unwrap(), labels);
 }

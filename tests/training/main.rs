@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod augment_gpu;
 mod cache;
 mod data;
 mod hostile;

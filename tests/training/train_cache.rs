@@ -1,4 +1,5 @@
-//! Training on a preprocessed cache (`calibseg train --data CACHE --fold K`), on a small cache built here by
+//! Training on a preprocessed cache (`calibseg train --data CACHE --fold K`, augmented on the GPU by the
+//! automatic plan's nnU-Net augmentation), on a small cache built here by
 //! `synth` and `prepare` through the library: the same seed gives the same checkpoint bits; N steps equal
 //! N/2 steps, a resume and N/2 more, bit for bit; a hand-written `splits_final.json` is used as it is; the
 //! plan supplies the training settings and the run folder receives it; the final validation in the original
@@ -41,7 +42,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A cache of 6 synthetic cases (5 folds of 1 or 2 validation cases), made once per test process; the
 /// tests that write into a cache take a copy ([`cache_copy`]).
-fn cache() -> &'static Path {
+pub(crate) fn cache() -> &'static Path {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
     CACHE.get_or_init(|| {
         let data = scratch("dataset");

@@ -77,6 +77,15 @@ impl AugmentDraw {
         }
     }
 
+    /// Whether the draw changes nothing: every transform at its identity value (the noise key and the
+    /// retain-stats choice matter only once noise or a gamma is drawn).
+    pub fn is_identity(&self) -> bool {
+        let mut d = self.clone();
+        d.noise_seed = 0;
+        d.retain_stats = false;
+        d == AugmentDraw::identity(self.channels.len())
+    }
+
     /// Draws one patch's parameters for a `channels`-channel image from `rng`. The order is fixed and
     /// every value is drawn whether its transform applies or not (a chance, then its values), so the
     /// number of draws depends only on `channels`, and changing one probability never shifts another

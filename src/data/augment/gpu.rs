@@ -7,7 +7,8 @@ use crate::ops::augment::{self, IntensityMode};
 use crate::ops::{resample_each, Interpolation};
 use crate::tensor::Tensor;
 
-/// Augments a batch: `image` `[B, C, sx, sy, sz]` and `label` `[B, 1, sx, sy, sz]` (f32 class indices),
+/// Augments a batch: `image` `[B, C, sx, sy, sz]` (f32) and `label` `[B, 1, sx, sy, sz]` (u32 class
+/// indices, as [`Labels::Indices`](crate::loss::Labels::Indices) holds them; copied bit for bit),
 /// source crops of [`source_extent`](super::source_extent) centred on each patch, become `[B, C, px, py,
 /// pz]` and `[B, 1, px, py, pz]` for `patch`, with `draws[b]` (of `C` channels) for item `b`. In nnU-Net
 /// v2's order: the spatial transform and the flips as one resampling per item ([`patch_affine`];
@@ -31,6 +32,7 @@ pub fn augment_batch(
             "augment_batch: image [B, C, X, Y, Z] and label [B, 1, X, Y, Z] of one source shape, got {s:?} and {l:?}"
         )));
     }
+    label.expect_dtype(crate::tensor::DType::U32, "augment_batch labels")?;
     let (b, c) = (s[0], s[1]);
     if b == 0
         || draws.len() != b

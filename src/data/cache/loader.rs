@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::sampler::{draw_centre, patch_start};
 use super::splits::{self, Split, SPLITS_FILE};
 use super::CachedCase;
+use crate::data::augment::{source_margin, AugmentDraw};
 use crate::data::plan::{Fingerprint, Plan, SamplingPlan};
 use crate::data::rng::hash_at;
 use crate::data::DataRng;
@@ -166,17 +167,32 @@ pub struct PatchDraw {
     pub start: [i64; 3],
 }
 
-/// One training batch: images `[B, C, X, Y, Z]` and labels `[B, 1, X, Y, Z]`, contiguous.
+/// One training batch before augmentation: source crops `[B, C, X, Y, Z]` (each patch's box with the
+/// augmentation's [`source_margin`] on every side) and their labels `[B, 1, X, Y, Z]`, contiguous, with
+/// each patch's augmentation drawn; [`augment_batch`](crate::data::augment::augment_batch) turns them
+/// into the network's `patch`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheBatch {
     /// Images, `B * C * X * Y * Z` values.
     pub image: Vec<f32>,
     /// Class indices, `B * X * Y * Z` values.
     pub labels: Vec<u8>,
-    /// `[B, C, X, Y, Z]`.
+    /// `[B, C, X, Y, Z]` of the source crops.
     pub shape: [usize; 5],
+    /// The patch the network sees (the centre of each source crop before augmentation).
+    pub patch: [usize; 3],
     /// Each patch's case and box.
     pub draws: Vec<PatchDraw>,
+    /// Each patch's augmentation (identity values for the transforms the plan did not draw).
+    pub augment: Vec<AugmentDraw>,
+}
+
+impl CacheBatch {
+    /// Whether the crops are the patches as they stand: no margin and no transform drawn, so
+    /// augmentation would copy them.
+    pub fn is_plain(&self) -> bool {
+        self.shape[2..] == self.patch && self.augment.iter().all(AugmentDraw::is_identity)
+    }
 }
 
 /// The generator of step `step`'s batch in a run of seed `seed`: a function of the two alone.
@@ -219,30 +235,39 @@ pub fn draw_patches(
     Ok(draws)
 }
 
-/// Cuts the drawn patches from the mapped cases (zero outside a case) into one batch.
+/// Cuts the drawn patches from the mapped cases (zero outside a case) into one batch: each patch's box
+/// widened by `margin` voxels on both sides of each axis, with the patches' augmentation `augment`.
 pub fn crop_batch(
     cases: &[CachedCase],
     draws: &[PatchDraw],
     patch: [usize; 3],
+    margin: [usize; 3],
+    augment: Vec<AugmentDraw>,
 ) -> Result<CacheBatch> {
     let channels = cases.first().map_or(1, |c| c.channels);
-    let voxels = patch.iter().product::<usize>();
+    let extent: [usize; 3] = std::array::from_fn(|a| patch[a] + 2 * margin[a]);
+    let voxels = extent.iter().product::<usize>();
     let mut image = Vec::with_capacity(draws.len() * channels * voxels);
     let mut labels = Vec::with_capacity(draws.len() * voxels);
     for d in draws {
-        cases[d.case].crop(d.start, patch, &mut image, &mut labels)?;
+        let start = std::array::from_fn(|a| d.start[a] - margin[a] as i64);
+        cases[d.case].crop(start, extent, &mut image, &mut labels)?;
     }
     Ok(CacheBatch {
         image,
         labels,
-        shape: [draws.len(), channels, patch[0], patch[1], patch[2]],
+        shape: [draws.len(), channels, extent[0], extent[1], extent[2]],
+        patch,
         draws: draws.to_vec(),
+        augment,
     })
 }
 
 /// Step `step`'s training batch of a run of seed `seed`: `batch` patches drawn ([`draw_patches`], from
-/// [`batch_rng`]) and cropped ([`crop_batch`]). Depends on `(seed, step)` and the cache only, so any thread
-/// may build it ahead of the training loop.
+/// [`batch_rng`]), then each patch's augmentation ([`AugmentDraw::sample`] from the plan's `augment`,
+/// from the same generator after every centre), then the source crops ([`crop_batch`] with the plan's
+/// [`source_margin`]). Depends on `(seed, step)` and the cache only, so any thread may build it ahead of
+/// the training loop.
 pub fn training_batch(
     cache: &TrainingCache,
     patch: [usize; 3],
@@ -252,8 +277,16 @@ pub fn training_batch(
 ) -> Result<CacheBatch> {
     let mut rng = batch_rng(seed, step);
     let draws = draw_patches(&mut rng, &cache.train, &cache.plan.sampling, patch, batch)?;
-    // Augmentation seam: `data::augment::augment_batch(image, label, patch, draws)` with
-    // `AugmentDraw::sample(&cache.plan, &mut rng)` per patch, drawn from this same `rng` after the centres,
-    // plugs in here (crop a larger box around each centre, then resample it to `patch`).
-    crop_batch(&cache.train, &draws, patch)
+    let plan = &cache.plan.augment;
+    let augment = draws
+        .iter()
+        .map(|_| AugmentDraw::sample(plan, cache.channels(), &mut rng))
+        .collect();
+    crop_batch(
+        &cache.train,
+        &draws,
+        patch,
+        source_margin(plan, patch),
+        augment,
+    )
 }
