@@ -154,6 +154,10 @@ struct EvalArgs {
     /// previous run wrote, or an empty one, is replaced without it).
     #[arg(long)]
     overwrite: bool,
+    /// With folders: evaluate only every N-th case of --labels from the I-th on, by case name (0 <= I <
+    /// N), as `predict --shard I/N` predicts them; `eval --merge` of the shards equals one evaluation.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    shard: Option<calibseg::commands::predict::Shard>,
 }
 
 fn eval(a: EvalArgs) -> calibseg::Result<()> {
@@ -178,6 +182,7 @@ fn eval(a: EvalArgs) -> calibseg::Result<()> {
     o.fit_temperature = a.fit_temperature;
     o.pictures = !a.no_pictures;
     o.overwrite = a.overwrite;
+    o.shard = a.shard;
     // indicatif draws only when stderr is a terminal; one case needs no bar.
     let bar = indicatif::ProgressBar::hidden();
     bar.set_style(

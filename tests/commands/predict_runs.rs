@@ -4,7 +4,8 @@
 //! output geometry equals the input's; probabilities inside the crop box equal MONAI's `Invertd` path
 //! (1e-4 of the largest), one-hot background outside; `eval` of the `.npz` equals `eval` of the NIfTI
 //! probabilities; an ensemble is the mean of its runs; `--tta` is MONAI's path with nnU-Net's mirroring;
-//! a tiny `--memory-budget` changes no bit; shards give the files of one run; a failing case is named,
+//! a tiny `--memory-budget` changes no bit; shards give the files of one run, and `eval --shard` of each
+//! merged by `eval --merge` gives one run's evaluation; a failing case is named,
 //! nothing of it written, and the others written.
 
 use crate::common;
@@ -324,6 +325,61 @@ fn ensembles_tta_budgets_and_shards() {
                 "{name}: in exactly one shard, as one run writes it"
             );
         }
+    }
+    // The shards' evaluations merged equal the evaluation of one run.
+    let labels = fixture_path("predict/labelsTs");
+    let evaluate = |args: &[&str], tag: &str| -> PathBuf {
+        let e = tmp(tag);
+        let mut all = vec!["eval"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--out", s(&e), "--no-pictures"]);
+        let o = common::cli::run_calibseg(&all);
+        assert!(
+            o.status.success(),
+            "eval {tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        e
+    };
+    let whole = evaluate(&["--probs", s(&a), "--labels", &labels], "eval_whole");
+    let parts: Vec<PathBuf> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let shard = format!("{i}/2");
+            evaluate(
+                &["--probs", s(d), "--labels", &labels, "--shard", &shard],
+                &format!("eval_shard_{i}"),
+            )
+        })
+        .collect();
+    // Without --shard, a shard's predictions against the whole label folder are refused, naming the rest.
+    let o = common::cli::run_calibseg(&[
+        "eval",
+        "--probs",
+        s(&shards[0]),
+        "--labels",
+        &labels,
+        "--out",
+        s(&tmp("eval_unsharded")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("without predictions"),
+        "{err}"
+    );
+    let merged = evaluate(&["--merge", s(&parts[0]), s(&parts[1])], "eval_merged");
+    for file in [
+        "metrics.csv",
+        "summary.json",
+        "ace_raw.csv",
+        "dsc_summary.csv",
+    ] {
+        assert_eq!(
+            std::fs::read(merged.join(file)).unwrap(),
+            std::fs::read(whole.join(file)).unwrap(),
+            "{file}: eval --merge of the shards' evaluations vs one evaluation"
+        );
     }
 }
 

@@ -35,6 +35,7 @@ pub use crate::io::safetensors::CASE_NAMES_KEY;
 pub use merge::{merge, MergeOptions};
 
 use crate::binning::check_num_bins;
+use crate::commands::predict::Shard;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::nifti;
@@ -72,6 +73,10 @@ pub struct EvalOptions {
     pub fit_temperature: Option<PathBuf>,
     /// Draw the pictures.
     pub pictures: bool,
+    /// With folders: only this shard of the label maps' cases (every `count`-th by case name, as
+    /// `predict --shard` takes them), so each array job evaluates its own predictions against the whole
+    /// label folder and `eval --merge` of the shards equals one evaluation.
+    pub shard: Option<Shard>,
 }
 
 impl EvalOptions {
@@ -91,6 +96,7 @@ impl EvalOptions {
             logits: false,
             fit_temperature: None,
             pictures: true,
+            shard: None,
         }
     }
 }
@@ -276,12 +282,22 @@ fn list_cases(
     Ok(m)
 }
 
-/// Pairs the prediction files `pm` with the label maps in `labels` by case name; every case needs both.
+/// Pairs the prediction files `pm` with the label maps in `labels` by case name (with `shard`, the
+/// shard's label maps alone); every case needs both.
 fn pair_cases(
     pm: BTreeMap<String, PathBuf>,
     labels: &Path,
+    shard: Option<Shard>,
 ) -> Result<Vec<(String, PathBuf, PathBuf)>> {
-    let lm = list_cases(labels, nifti::is_nifti, nifti::case_name)?;
+    let mut lm = list_cases(labels, nifti::is_nifti, nifti::case_name)?;
+    if let Some(s) = shard {
+        lm = lm
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % s.count == s.index)
+            .map(|(_, case)| case)
+            .collect();
+    }
     let missing: Vec<&String> = pm.keys().filter(|k| !lm.contains_key(*k)).collect();
     if !missing.is_empty() {
         return Err(Error::invalid(format!(
@@ -305,7 +321,11 @@ fn pair_cases(
         .collect())
 }
 
-fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+fn nifti_cases(
+    probs: &Path,
+    labels: &Path,
+    shard: Option<Shard>,
+) -> Result<Vec<(String, PathBuf, PathBuf)>> {
     let mut pm = list_cases(probs, nifti::is_nifti, nifti::case_name)?;
     // `calibseg predict --model` writes `<case>.probabilities.nii.gz` beside its segmentations
     // `<case>.nii.gz`: where such files are, they are the probabilities and the rest is not read.
@@ -322,7 +342,7 @@ fn nifti_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, Path
             probs.display()
         )));
     }
-    pair_cases(pm, labels)
+    pair_cases(pm, labels, shard)
 }
 
 /// Dims without trailing ones (a 2D image stored as `(x, y, 1)` is `(x, y)`).
@@ -384,8 +404,16 @@ fn holds_numpy(dir: &Path) -> bool {
     })
 }
 
-fn numpy_cases(probs: &Path, labels: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
-    pair_cases(list_cases(probs, npz::is_numpy, npz::case_name)?, labels)
+fn numpy_cases(
+    probs: &Path,
+    labels: &Path,
+    shard: Option<Shard>,
+) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+    pair_cases(
+        list_cases(probs, npz::is_numpy, npz::case_name)?,
+        labels,
+        shard,
+    )
 }
 
 /// The names of the `n` cases of safetensors file `f`: those in its [`CASE_NAMES_KEY`] metadata, else
@@ -491,14 +519,17 @@ fn open_source(o: &EvalOptions) -> Result<Box<dyn CaseSource>> {
     match (pd, ld) {
         (true, true) if holds_numpy(&o.probs) => {
             Ok(Box::new(PairedFiles {
-                cases: numpy_cases(&o.probs, &o.labels)?,
+                cases: numpy_cases(&o.probs, &o.labels, o.shard)?,
                 read: read_numpy_case,
             }))
         }
         (true, true) => Ok(Box::new(PairedFiles {
-            cases: nifti_cases(&o.probs, &o.labels)?,
+            cases: nifti_cases(&o.probs, &o.labels, o.shard)?,
             read: read_nifti_case,
         })),
+        (false, false) if o.shard.is_some() => Err(Error::invalid(
+            "--shard takes folders of predictions and label maps, not safetensors files",
+        )),
         (false, false) => Ok(Box::new(read_tensors(&o.probs, &o.labels, o.logits)?)),
         _ => Err(Error::invalid(format!(
             "--probs {} is {} but --labels {} is {}: expected both safetensors files or both folders \
