@@ -398,6 +398,15 @@ fn train(a: TrainArgs) -> calibseg::Result<()> {
     if let Some((dsc, step)) = outcome.best {
         out!("best validation DSC {dsc:.4} at step {step}");
     }
+    let d = outcome.data;
+    if d.steps > 0 {
+        out!(
+            "{} steps in {:.1} s, {:.1}% of it waiting for batches",
+            d.steps,
+            d.total.as_secs_f64(),
+            100.0 * d.waiting_fraction()
+        );
+    }
     let what = if config_on_cache {
         "final validation in the original space"
     } else {

@@ -24,8 +24,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::output::first_foreign_entry;
 use crate::train::{
-    newest_complete_checkpoint, Event, TrainConfig, Trainer, CHECKPOINTS, CONFIG_FILE, MODEL_FILE,
-    PLAN_FILE,
+    newest_complete_checkpoint, DataTiming, Event, TrainConfig, Trainer, CHECKPOINTS, CONFIG_FILE,
+    MODEL_FILE, PLAN_FILE,
 };
 
 /// The folder of a cache run's final validation predictions (nnU-Net's `validation/`).
@@ -51,6 +51,8 @@ pub struct RunOutcome {
     pub best: Option<(f64, usize)>,
     /// The test evaluation of the best checkpoint (also written to `out/eval`).
     pub test: EvalReport,
+    /// The steps' time and the part of it spent waiting for batches (this process's steps).
+    pub data: DataTiming,
 }
 
 /// The lock file a run holds in its folder for as long as it runs.
@@ -330,6 +332,7 @@ fn run_locked(
         return Ok(RunOutcome {
             best: trainer.best(),
             test,
+            data: trainer.data_timing(),
         });
     }
     trainer.load_best(out)?;
@@ -343,6 +346,7 @@ fn run_locked(
     Ok(RunOutcome {
         best: trainer.best(),
         test: test?,
+        data: trainer.data_timing(),
     })
 }
 

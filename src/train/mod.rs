@@ -10,6 +10,6 @@ pub use config::{CacheSource, TrainConfig, WindowSettings};
 pub use step::{train_step, StepLosses, TrainLoss};
 pub use trainer::{
     complete_checkpoint_step, log_csv, newest_complete_checkpoint, parse_log_csv, predict_probs,
-    summarise, Event, KeptVolume, LogRow, Trainer, TrainingData, Validation, CHECKPOINTS,
-    CONFIG_FILE, MODEL_FILE, PLAN_FILE,
+    summarise, DataTiming, Event, KeptVolume, LogRow, Trainer, TrainingData, Validation,
+    CHECKPOINTS, CONFIG_FILE, MODEL_FILE, PLAN_FILE,
 };

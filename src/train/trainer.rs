@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::config::TrainConfig;
 use super::step::{train_step, StepLosses};
 use crate::data::augment::augment_batch;
-use crate::data::cache::{training_batch, TrainingCache};
+use crate::data::cache::{BatchPrefetcher, TrainingCache};
 use crate::data::{DataRng, SyntheticDataset};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -25,6 +26,9 @@ use crate::tensor::Tensor;
 
 /// The metadata entry of an optimiser checkpoint that holds the training state (JSON).
 const STATE_KEY: &str = "calibseg_train_state";
+
+/// Step batches a cache run's loader thread may build ahead of the training loop.
+const PREFETCH_AHEAD: usize = 2;
 
 /// Salt separating the sampling stream from the weight initialisation (both derive from the seed).
 const SAMPLING_SALT: u64 = 0x5EED_DA7A_0000_0001;
@@ -88,7 +92,7 @@ pub enum TrainingData {
     /// The synthetic phantoms: training volumes `0..data.volumes`, then the validation and test volumes.
     Synthetic(SyntheticDataset),
     /// A preprocessed cache's fold: its training cases sampled, its validation cases validated on.
-    Cache(Box<TrainingCache>),
+    Cache(Arc<TrainingCache>),
 }
 
 impl TrainingData {
@@ -113,6 +117,31 @@ pub struct Trainer {
     step: usize,
     best: Option<(f64, usize)>,
     log: Vec<LogRow>,
+    prefetch: Option<BatchPrefetcher>,
+    timing: DataTiming,
+}
+
+/// How long the training steps took and how much of it went waiting for their batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DataTiming {
+    /// Steps timed.
+    pub steps: usize,
+    /// Their whole time, batch to optimiser update.
+    pub total: Duration,
+    /// The part spent waiting for (or, on the phantoms, making) the batches.
+    pub waiting: Duration,
+}
+
+impl DataTiming {
+    /// The fraction of the step time spent waiting for data (0 before any step).
+    pub fn waiting_fraction(&self) -> f64 {
+        let total = self.total.as_secs_f64();
+        if total > 0.0 {
+            self.waiting.as_secs_f64() / total
+        } else {
+            0.0
+        }
+    }
 }
 
 impl Trainer {
@@ -136,7 +165,7 @@ impl Trainer {
             Some(source) => {
                 let cache = TrainingCache::open(&source.path, source.fold)?;
                 check_against_cache(&config, &cache)?;
-                TrainingData::Cache(Box::new(cache))
+                TrainingData::Cache(Arc::new(cache))
             }
         };
         let rng = DataRng::new(config.seed ^ SAMPLING_SALT);
@@ -151,6 +180,8 @@ impl Trainer {
             step: 0,
             best: None,
             log: Vec::new(),
+            prefetch: None,
+            timing: DataTiming::default(),
         })
     }
 
@@ -200,23 +231,48 @@ impl Trainer {
         &self.log
     }
 
-    /// One optimisation step on a freshly sampled batch.
+    /// How long the steps so far took and how much of it went waiting for data.
+    pub fn data_timing(&self) -> DataTiming {
+        self.timing
+    }
+
+    /// One optimisation step on a freshly sampled batch. On a cache, the batches of the next steps are
+    /// built meanwhile on a background thread ([`BatchPrefetcher`]; the same batches as built in place).
     pub fn step(&mut self) -> Result<StepLosses> {
         let lr = self.schedule.lr(self.step);
         self.optimizer.config.lr = lr;
+        let started = Instant::now();
         let (x, labels) = match &self.data {
             TrainingData::Synthetic(d) => {
                 let b = d.sample_batch(&mut self.rng, self.config.batch, self.config.patch)?;
+                self.timing.waiting += started.elapsed();
                 self.upload(b.shape, &b.image, &b.labels)?
             }
             TrainingData::Cache(c) => {
-                let b = training_batch(
-                    c,
-                    self.config.patch,
-                    self.config.batch,
-                    self.config.seed,
-                    self.step,
-                )?;
+                let current = self
+                    .prefetch
+                    .as_ref()
+                    .is_some_and(|p| p.next_step() == self.step);
+                if !current {
+                    // A fresh run, a resume, or steps taken out of order: start over from this step.
+                    self.prefetch = None;
+                }
+                let (config, step) = (&self.config, self.step);
+                let b = self
+                    .prefetch
+                    .get_or_insert_with(|| {
+                        BatchPrefetcher::start(
+                            Arc::clone(c),
+                            config.patch,
+                            config.batch,
+                            config.seed,
+                            step,
+                            config.steps.max(step + 1),
+                            PREFETCH_AHEAD,
+                        )
+                    })
+                    .next_batch()?;
+                self.timing.waiting += started.elapsed();
                 let (x, labels) = self.upload(b.shape, &b.image, &b.labels)?;
                 if b.is_plain() {
                     (x, labels)
@@ -233,6 +289,8 @@ impl Trainer {
             &x,
             &labels,
         )?;
+        self.timing.total += started.elapsed();
+        self.timing.steps += 1;
         self.step += 1;
         self.log.push(LogRow {
             step: self.step,

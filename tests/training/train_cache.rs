@@ -293,3 +293,26 @@ fn a_fold_out_of_range_or_a_cache_without_a_plan_is_one_line_naming_the_file() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!out.exists());
 }
+
+#[test]
+fn the_loader_thread_hands_over_the_batches_built_in_place_in_step_order() {
+    use calibseg::data::cache::{training_batch, BatchPrefetcher, TrainingCache};
+    let cache = std::sync::Arc::new(TrainingCache::open(cache(), 0).unwrap());
+    let patch = [8, 8, 8];
+    let mut p = BatchPrefetcher::start(cache.clone(), patch, 2, 9, 3, 7, 2);
+    for step in 3..7 {
+        assert_eq!(p.next_step(), step);
+        let b = p.next_batch().unwrap();
+        assert_eq!(
+            b,
+            training_batch(&cache, patch, 2, 9, step).unwrap(),
+            "step {step}"
+        );
+    }
+    let e = p.next_batch().unwrap_err().to_string();
+    assert!(e.contains("past the run's last step"), "{e}");
+    // Dropped with batches waiting and the thread blocked on a full channel: returns.
+    let waiting = BatchPrefetcher::start(cache, patch, 2, 9, 0, 100, 1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(waiting);
+}

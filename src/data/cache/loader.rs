@@ -290,3 +290,86 @@ pub fn training_batch(
         augment,
     )
 }
+
+/// Step batches built ahead of the training loop on a background thread: [`training_batch`] of steps
+/// `first, first + 1, ...` (below `end`), at most `ahead` of them waiting, handed over in step order.
+/// Each batch depends on `(seed, step)` alone, so a prefetched run trains on the same bits as one that
+/// builds every batch when it needs it. Dropping it stops the thread.
+pub struct BatchPrefetcher {
+    next: usize,
+    end: usize,
+    rx: Option<std::sync::mpsc::Receiver<Result<CacheBatch>>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BatchPrefetcher {
+    /// Starts building the batches of steps `first..end` of a run of seed `seed` (`batch` patches of
+    /// `patch` each), up to `ahead` (at least 1) before they are asked for.
+    pub fn start(
+        cache: std::sync::Arc<TrainingCache>,
+        patch: [usize; 3],
+        batch: usize,
+        seed: u64,
+        first: usize,
+        end: usize,
+        ahead: usize,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(ahead.max(1));
+        let worker = std::thread::Builder::new()
+            .name("calibseg batches".into())
+            .spawn(move || {
+                for step in first..end {
+                    let b = training_batch(&cache, patch, batch, seed, step);
+                    let failed = b.is_err();
+                    // A closed channel: the trainer is gone or started over.
+                    if tx.send(b).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .ok();
+        BatchPrefetcher {
+            next: first,
+            end,
+            rx: Some(rx),
+            worker,
+        }
+    }
+
+    /// The step whose batch [`BatchPrefetcher::next_batch`] returns next.
+    pub fn next_step(&self) -> usize {
+        self.next
+    }
+
+    /// The next step's batch, waiting for the thread where it is not ready yet.
+    pub fn next_batch(&mut self) -> Result<CacheBatch> {
+        if self.next >= self.end {
+            return Err(Error::invalid(format!(
+                "training batches: step {} is past the run's last step {}",
+                self.next, self.end
+            )));
+        }
+        let b = match (&self.rx, &self.worker) {
+            (Some(rx), Some(_)) => rx
+                .recv()
+                .map_err(|_| Error::invalid("training batches: the loader thread stopped"))?,
+            _ => {
+                return Err(Error::invalid(
+                    "training batches: the loader thread could not be started",
+                ))
+            }
+        }?;
+        self.next += 1;
+        Ok(b)
+    }
+}
+
+impl Drop for BatchPrefetcher {
+    fn drop(&mut self) {
+        // Closing the channel first wakes a thread blocked on a full one.
+        drop(self.rx.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::data::DataRng;
 use crate::error::{Error, Result};
 use crate::io::safetensors::{HostTensor, TensorFile};
 
-pub use loader::{training_batch, CacheBatch, PatchDraw, TrainingCache};
+pub use loader::{training_batch, BatchPrefetcher, CacheBatch, PatchDraw, TrainingCache};
 pub use sampler::{correct_crop_centre, crop_into, draw_centre, patch_start, ClassLocations};
 pub use splits::{kfold_splits, read_splits, Split, FOLDS, SPLITS_FILE};
 
