@@ -7,6 +7,7 @@
 //! cargo run --release --example calibration_study -- --seeds 1,2,3,4,5     # more seeds
 //! cargo run --release --example calibration_study -- --full                # the paper's scale (real GPU)
 //! cargo run --release --example calibration_study -- --config my.toml      # any calibseg train configuration
+//! cargo run --release --example calibration_study -- --seeds 1 --volumes 8 # the same regime with 4x the data
 //! ```
 //!
 //! Everything goes to `target/calibration_study/` (or `--out DIR`): `results.md`, `results.json`,
@@ -21,14 +22,14 @@ use calibseg::{Error, Gpu, Result};
 
 fn usage() -> Error {
     Error::invalid(
-        "usage: calibration_study [--out DIR] [--full | --config FILE.toml] [--seeds S1,S2,..] [--data-seed S] [--steps N] [--val-every N]",
+        "usage: calibration_study [--out DIR] [--full | --config FILE.toml] [--seeds S1,S2,..] [--data-seed S] [--steps N] [--val-every N] [--volumes N]",
     )
 }
 
 fn parse_args() -> Result<(PathBuf, StudyConfig)> {
     let mut out = PathBuf::from("target/calibration_study");
     let mut study = StudyConfig::default();
-    let (mut steps, mut val_every) = (None, None);
+    let (mut steps, mut val_every, mut volumes) = (None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(usage);
@@ -50,6 +51,7 @@ fn parse_args() -> Result<(PathBuf, StudyConfig)> {
             "--data-seed" => study.data_seed = value()?.parse().map_err(|_| usage())?,
             "--steps" => steps = Some(value()?.parse().map_err(|_| usage())?),
             "--val-every" => val_every = Some(value()?.parse().map_err(|_| usage())?),
+            "--volumes" => volumes = Some(value()?.parse().map_err(|_| usage())?),
             _ => return Err(usage()),
         }
     }
@@ -59,6 +61,9 @@ fn parse_args() -> Result<(PathBuf, StudyConfig)> {
     }
     if let Some(v) = val_every {
         study.train.val_every = v;
+    }
+    if let Some(v) = volumes {
+        study.train.data.volumes = v;
     }
     Ok((out, study))
 }

@@ -1,8 +1,13 @@
-//! The main job: train SegResNetDS on synthetic 3D phantoms with each of the paper's three losses (Dice + CE,
-//! and 0.33 (Dice + CE + hard / soft mL1-ACE)) from one seed on the same data, evaluate the best checkpoint of
-//! each on held-out test volumes, and print a table like the paper's: DSC, ACE, ECE and MCE as mean ± std over
-//! the test volumes, with the relative change against the baseline. The three dataset reliability histograms
-//! are drawn side by side in one picture.
+//! The main path a user takes, end to end on synthetic data: `calibseg synth` writes seeded 3D phantoms as
+//! an nnU-Net v2 NIfTI dataset (anisotropic voxels, a flipped and oblique affine), `calibseg prepare`
+//! verifies, plans and preprocesses it into a cache (the training settings below as the plan's), and
+//! `calibseg train --data CACHE` trains SegResNetDS with each of the paper's three losses (Dice + CE, and
+//! 0.33 (Dice + CE + hard / soft mL1-ACE)) from one seed on fold 0, augmented on the GPU, ending with
+//! nnU-Net's final validation: the best checkpoint predicts the validation cases from their original NIfTI
+//! files, back on their own grids, and is evaluated against the original label maps. It prints a table
+//! like the paper's: DSC, ACE, ECE and MCE as mean ± std over those cases, with the relative change
+//! against the baseline, and draws the three dataset reliability histograms side by side. (The paper's
+//! comparison with several seeds and paired tests is `examples/calibration_study.rs`.)
 //!
 //! ```sh
 //! cargo run --release --example train_synthetic                      # default: minutes on a CPU driver
@@ -11,13 +16,18 @@
 //! cargo run --release --example train_synthetic -- --config my.toml  # any calibseg train configuration
 //! ```
 //!
-//! Everything goes to `target/train_synthetic/` (or `--out DIR`): one `calibseg train` folder per loss, the
-//! picture `reliability_comparison.png` and the table `results.md`.
+//! Everything goes to `target/train_synthetic/` (or `--out DIR`): the dataset in `dataset/`, the cache in
+//! `cache/` (its `splits_final.json`: fold 0 trains on the first `data.volumes` cases and validates on the
+//! next `test_volumes`), one `calibseg train --data` folder per loss, the picture
+//! `reliability_comparison.png` and the table `results.md`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use calibseg::commands::prepare::{self, PlanSource, PrepareOptions, Prepared};
+use calibseg::commands::synth::{self, SynthOptions};
 use calibseg::commands::train::{train_in_folder, RunOptions};
+use calibseg::data::cache::SPLITS_FILE;
 use calibseg::loss::PaperLoss;
 use calibseg::metrics::Summary;
 use calibseg::train::{Event, TrainConfig};
@@ -72,15 +82,16 @@ fn parse_args() -> Result<Args> {
     Ok(Args { out, config })
 }
 
-/// Removes a previous run of this example (a folder holding a `calibseg train` run), never anything else.
-fn clear_previous_run(dir: &Path) -> Result<()> {
+/// Removes what a previous run of this example left in `dir` (a folder holding `marker`: a training run's
+/// `model.json`, a dataset's `dataset.json`, a cache's `plan.json`), never anything else.
+fn clear_previous(dir: &Path, marker: &str) -> Result<()> {
     if !dir.exists() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
-        // Absent, or empty (a run stopped before its first checkpoint leaves nothing): nothing to clear.
+        // Absent, or empty (a run stopped before its first file leaves nothing): nothing to clear.
         return Ok(());
     }
-    if !(dir.join("config.toml").is_file() && dir.join("model.json").is_file()) {
+    if !dir.join(marker).is_file() {
         return Err(Error::invalid(format!(
-            "{} exists and does not hold a previous training run; choose another --out",
+            "{} exists and is not what a previous run of this example left (no {marker}); choose another --out",
             dir.display()
         )));
     }
@@ -88,6 +99,79 @@ fn clear_previous_run(dir: &Path) -> Result<()> {
         path: dir.display().to_string(),
         source,
     })
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The training settings of `config` as a plan laid over the automatic plan (`prepare --plan`): what
+/// `train --data` then takes from the cache.
+fn plan_json(config: &TrainConfig) -> String {
+    let w = &config.window;
+    let roi: Vec<usize> = w.roi.iter().copied().cycle().take(3).collect();
+    serde_json::json!({
+        "patch": config.patch,
+        "batch": config.batch,
+        "learning_rate": config.lr,
+        "model": {
+            "init_filters": config.model.init_filters,
+            "blocks_down": config.model.blocks_down,
+            "dsdepth": config.model.dsdepth,
+        },
+        "window": {
+            "roi": roi,
+            "overlap": w.overlap,
+            "sw_batch_size": w.sw_batch_size,
+            "mode": if w.gaussian { "gaussian" } else { "constant" },
+        },
+    })
+    .to_string()
+}
+
+/// synth -> prepare: the dataset and its cache for `config` (its `data.shape`, `data.volumes` training
+/// and `test_volumes` validation cases, phantoms of `data_seed`), fold 0 written by hand.
+fn prepare_cache(out: &Path, config: &TrainConfig) -> Result<PathBuf> {
+    let dataset = out.join("dataset");
+    let cache = out.join("cache");
+    clear_previous(&dataset, "dataset.json")?;
+    clear_previous(&cache, "plan.json")?;
+    let [d, h, w] = config.data.shape;
+    let (train, val) = (config.data.volumes, config.test_volumes);
+    let mut s = SynthOptions::new(&dataset);
+    s.cases = train + val;
+    s.shape = [w, h, d];
+    s.seed = config.data_seed.unwrap_or(config.seed);
+    synth::run(&s)?;
+    std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+    let plan = out.join("plan.json");
+    std::fs::write(&plan, plan_json(config)).map_err(|e| io_error(&plan, e))?;
+    let mut p = PrepareOptions::new(&dataset, &cache);
+    p.plan_only = false;
+    p.plan = PlanSource::File(plan);
+    match prepare::run(&p)? {
+        Prepared::Planned { cases, .. } => eprintln!(
+            "prepared {} cases of {} into {}",
+            cases.written.len() + cases.kept.len(),
+            dataset.display(),
+            cache.display()
+        ),
+        Prepared::Refused(report) => {
+            let first = report.errors().next().map(|p| p.to_string());
+            return Err(Error::invalid(format!(
+                "prepare refused the synthetic dataset: {}",
+                first.unwrap_or_default()
+            )));
+        }
+    }
+    let names: Vec<String> = (0..train + val).map(synth::case_name).collect();
+    let splits = serde_json::json!([{"train": names[..train], "val": names[train..]}]);
+    let path = cache.join(SPLITS_FILE);
+    std::fs::write(&path, splits.to_string()).map_err(|e| io_error(&path, e))?;
+    Ok(cache)
 }
 
 fn pm(m: &calibseg::metrics::MeanStd, digits: usize) -> String {
@@ -115,11 +199,18 @@ fn main() -> Result<()> {
         args.config.model.init_filters,
         args.config.model.blocks_down
     );
+    let cache = prepare_cache(&args.out, &args.config)?;
+    // The run's own keys; patch, batch, model, window and learning rate come from the cache's plan.
+    let c = &args.config;
+    let run = format!(
+        "steps = {}\nval_every = {}\nwarmup_steps = {}\nseed = {}\n",
+        c.steps, c.val_every, c.warmup_steps, c.seed
+    );
     let mut results: Vec<(PaperLoss, Summary, calibseg::metrics::BinStats)> = Vec::new();
     for loss in [PaperLoss::Baseline, PaperLoss::Hard, PaperLoss::Soft] {
         let dir = args.out.join(loss.name());
-        clear_previous_run(&dir)?;
-        let mut config = args.config.clone();
+        clear_previous(&dir, "model.json")?;
+        let mut config = TrainConfig::for_run(Some(&run), Some(&cache), Some(0))?;
         config.loss = loss;
         let started = Instant::now();
         let report_every = (config.steps / 10).max(1);
@@ -157,11 +248,12 @@ fn main() -> Result<()> {
         };
         let outcome = train_in_folder(&gpu, config, &o, &mut on_event)?;
         eprintln!(
-            "  {:8} done in {:.0} s; best validation DSC {:.4} at step {}",
+            "  {:8} done in {:.0} s; best validation DSC {:.4} at step {}; {:.1}% of the step time waiting for batches",
             loss.name(),
             started.elapsed().as_secs_f64(),
             outcome.best.map_or(f64::NAN, |b| b.0),
-            outcome.best.map_or(0, |b| b.1)
+            outcome.best.map_or(0, |b| b.1),
+            100.0 * outcome.data.waiting_fraction()
         );
         results.push((
             loss,
@@ -190,7 +282,7 @@ fn main() -> Result<()> {
         ));
     }
     println!(
-        "\nTest set ({} volumes, background excluded, 20 bins):\n",
+        "\nFold 0's validation cases ({}, in their original space; background excluded, 20 bins):\n",
         args.config.test_volumes
     );
     print!("{table}");

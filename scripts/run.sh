@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the main job: installs the software Vulkan driver first where no GPU driver exists, then the
-# train_synthetic example (or the example named by the first argument, with the rest passed to it).
+# calibration_study example (or the example named by the first argument, with the rest passed to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-gpu-driver.sh
-cargo run --release --example "${1:-train_synthetic}" -- "${@:2}"
+cargo run --release --example "${1:-calibration_study}" -- "${@:2}"
