@@ -7,7 +7,7 @@
 //! x and dy read twice, dx written once). Convolution flops are 2 x C_in x C_out x taps x output voxels per
 //! image, the same for the forward pass and for each gradient (input, weight).
 
-use super::{Case, Prepared, Scale, Skipped, Work};
+use super::{shape_string, Case, Prepared, Scale, Skipped, Work};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::loss::{AceDiceCeLoss, AceLoss, Binning, DiceCeLoss, Labels};
@@ -24,6 +24,7 @@ pub fn registry() -> Vec<Case> {
     norms(&mut cases);
     calibration(&mut cases);
     networks(&mut cases);
+    data(&mut cases);
     cases
 }
 
@@ -490,4 +491,83 @@ fn networks(cases: &mut Vec<Case>) {
             ))
         },
     ));
+}
+
+/// The data path's GPU work: preprocessing's trilinear resampling of one volume (`Spacingd`) and a
+/// training step's augmentation of a batch of two patches with every transform drawn (nnU-Net's ranges:
+/// one resampling of the source crops, then noise, smoothing, brightness, contrast, low resolution and
+/// both gammas). Work: the fewest passes, one read of what the output needs and one write.
+fn data(cases: &mut Vec<Case>) {
+    use crate::data::augment::{augment_batch, source_extent, AugmentDraw};
+    use crate::data::plan::AugmentPlan;
+    use crate::data::DataRng;
+    cases.push(Case::new("resample_linear", "resample", |gpu, scale| {
+        // A CT-like volume to a 1.25x finer grid per axis.
+        let (input, output) = match scale {
+            Scale::Quick => ([96, 96, 40], [120, 120, 50]),
+            Scale::Full => ([256, 256, 100], [320, 320, 125]),
+        };
+        let x = Tensor::from_f32(
+            gpu,
+            &[1, input[0], input[1], input[2]],
+            &values(numel(&input), 5, 2.0),
+        )?;
+        let mut map = [[0.0; 4]; 4];
+        for a in 0..3 {
+            map[a][a] = (input[a] - 1) as f64 / (output[a] - 1) as f64;
+        }
+        map[3][3] = 1.0;
+        let work = Work::bytes(F32 * (numel(&input) + numel(&output)) as f64);
+        Ok(Prepared::described(
+            format!("{} -> {}", shape_string(&input), shape_string(&output)),
+            work,
+            move || ops::resample(&x, output, &map, ops::Interpolation::Linear).map(drop),
+        ))
+    }));
+    cases.push(Case::new("augment_batch", "augment", |gpu, scale| {
+        let patch = match scale {
+            Scale::Quick => [32, 32, 32],
+            Scale::Full => [64, 64, 64],
+        };
+        let mut plan = AugmentPlan::nnunet();
+        for p in [
+            &mut plan.rotate_prob,
+            &mut plan.scale_prob,
+            &mut plan.noise_prob,
+            &mut plan.smooth_prob,
+            &mut plan.smooth_prob_per_channel,
+            &mut plan.intensity_scale_prob,
+            &mut plan.contrast_prob,
+            &mut plan.lowres_prob,
+            &mut plan.lowres_prob_per_channel,
+            &mut plan.gamma_invert_prob,
+            &mut plan.gamma_prob,
+        ] {
+            *p = 1.0;
+        }
+        let source = source_extent(&plan, patch);
+        let shape = [2, 1, source[0], source[1], source[2]];
+        let x = Tensor::from_f32(gpu, &shape, &values(numel(&shape), 6, 2.0))?;
+        let labels: Vec<u32> = class_indices(numel(&shape), 4, 7)
+            .into_iter()
+            .map(|l| l as u32)
+            .collect();
+        let y = Tensor::from_slice(gpu, &shape, &labels)?;
+        let mut rng = DataRng::new(8);
+        let draws: Vec<AugmentDraw> = (0..2)
+            .map(|_| AugmentDraw::sample(&plan, 1, &mut rng))
+            .collect();
+        let out = 2 * numel(&patch);
+        // Image and label: read once where the output needs them, written once.
+        let work = Work::bytes(2.0 * 2.0 * F32 * out as f64);
+        Ok(Prepared::described(
+            format!(
+                "2x1x{} from 2x1x{}",
+                shape_string(&patch),
+                shape_string(&source)
+            ),
+            work,
+            move || augment_batch(&x, &y, patch, &draws).map(drop),
+        ))
+    }));
 }

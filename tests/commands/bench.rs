@@ -177,6 +177,14 @@ fn work_of_cases_matches_their_sizes() {
         prep("conv3d_fwd_transpose_k3s2").work.flops,
         2.0 * 32.0 * 16.0 * 27.0 * 512.0
     );
+    // Quick resampling: 96 x 96 x 40 read, 120 x 120 x 50 written, f32.
+    let p = prep("resample_linear");
+    assert_eq!(p.work.bytes, 4.0 * (96.0 * 96.0 * 40.0 + 120.0 * 120.0 * 50.0));
+    assert_eq!(p.shape, "96x96x40 -> 120x120x50");
+    // Quick augmentation: two 32^3 patches of image and label, each read once and written once.
+    let p = prep("augment_batch");
+    assert_eq!(p.work.bytes, 2.0 * 2.0 * 4.0 * 2.0 * 32768.0);
+    assert!(p.shape.starts_with("2x1x32x32x32 from 2x1x"), "{}", p.shape);
 }
 
 #[test]

@@ -230,7 +230,7 @@ pub fn finite_differences(f: impl Fn(&[f64]) -> f64, z: &[f64], h: f64) -> Vec<f
 
 /// The benchmark cases issue 15 asks for, named here independently of the registry (SegResNetDS's are checked
 /// separately: benchmarked or listed as skipped).
-pub const BENCH_CASES: [&str; 26] = [
+pub const BENCH_CASES: [&str; 28] = [
     "softmax_fwd",
     "softmax_bwd",
     "ace_hard_fwd_bwd",
@@ -257,4 +257,6 @@ pub const BENCH_CASES: [&str; 26] = [
     "calibration_hard_bins",
     "temperature_nll",
     "temperature_apply",
+    "resample_linear",
+    "augment_batch",
 ];
