@@ -179,7 +179,10 @@ fn work_of_cases_matches_their_sizes() {
     );
     // Quick resampling: 96 x 96 x 40 read, 120 x 120 x 50 written, f32.
     let p = prep("resample_linear");
-    assert_eq!(p.work.bytes, 4.0 * (96.0 * 96.0 * 40.0 + 120.0 * 120.0 * 50.0));
+    assert_eq!(
+        p.work.bytes,
+        4.0 * (96.0 * 96.0 * 40.0 + 120.0 * 120.0 * 50.0)
+    );
     assert_eq!(p.shape, "96x96x40 -> 120x120x50");
     // Quick augmentation: two 32^3 patches of image and label, each read once and written once.
     let p = prep("augment_batch");
