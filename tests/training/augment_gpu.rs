@@ -248,7 +248,7 @@ fn bad_shapes_and_label_types_are_typed_errors() {
     let y = Tensor::from_slice(&gpu, &[1, 1, 4, 4, 4], &[0u32; 64]).unwrap();
     let yf = Tensor::from_f32(&gpu, &[1, 1, 4, 4, 4], &[0.0; 64]).unwrap();
     let d = [AugmentDraw::identity(1)];
-    let msg = |r: calibseg::Result<(Tensor, Tensor)>| r.err().expect("accepted").to_string();
+    let msg = |r: calibseg::Result<(Tensor, Tensor)>| r.expect_err("accepted").to_string();
     assert!(msg(augment_batch(&x, &yf, s, &d)).contains("labels"));
     assert!(msg(augment_batch(&x, &y, s, &[])).contains("draws"));
     assert!(msg(augment_batch(&x, &y, [0, 4, 4], &d)).contains("patch"));
