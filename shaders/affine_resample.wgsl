@@ -2,7 +2,9 @@
 // SpatialResample does it with torch's grid_sample (padding "border": the input coordinate is clamped to
 // [0, size - 1] on each axis, so align_corners only matters through the map itself, which the caller
 // builds). Volumes are row major [X, Y, Z] (z fastest). One invocation per output voxel, no reduction,
-// so every run gives the same bits. A dispatch covers one piece of one volume's output: `piece` places it.
+// so every run gives the same bits. A dispatch covers one piece of one volume's output: `piece` places it,
+// and the input is bound from plane `isz.w` on (the planes the piece reads), so neither the input nor the
+// output needs one binding whole.
 //
 // The map is affine, so an output voxel's input coordinate is the sum of one term per output axis; the
 // host tabulates those terms in f64 and hands each over in fixed point (an i32 integer part and a u32
@@ -11,7 +13,7 @@
 // not by f32's rounding of the sum (nor by a compiler's float reassociation).
 
 struct Params {
-    isz: vec4<u32>,    // input x, y, z sizes, unused
+    isz: vec4<u32>,    // input x, y, z sizes, the first input plane bound (the binding starts there)
     osz: vec4<u32>,    // output x, y, z sizes, unused
     piece: vec4<u32>,  // first output voxel of the piece, voxels in it, input element shift, output element shift
 }
@@ -63,7 +65,7 @@ fn source_coordinate(v: u32) -> Fixed {
 }
 
 fn raw(x: u32, y: u32, z: u32) -> u32 {
-    return src[p.piece.z + (x * p.isz.y + y) * p.isz.z + z];
+    return src[p.piece.z + ((x - p.isz.w) * p.isz.y + y) * p.isz.z + z];
 }
 
 fn at(x: u32, y: u32, z: u32) -> f32 {

@@ -2,8 +2,9 @@
 //! nearest, with torch's `grid_sample` semantics as MONAI's `Spacingd`/`SpatialResample` use them
 //! (padding `border`: coordinates clamped into the input; nearest rounds half to even). Forward only.
 //! The map is any 4x4 affine, so the same op serves spacing and the augmentation's affine resampling.
-//! An output larger than one storage binding is written in pieces, each its own dispatch; every output
-//! voxel is computed alone, so the pieces give the same bits as one dispatch.
+//! An output larger than one storage binding is written in pieces, each its own dispatch binding only the
+//! input planes it reads, so neither tensor needs one binding whole (a 512 x 512 x 300 CT on a 128 MiB
+//! limit); every output voxel is computed alone, so the pieces give the same bits as one dispatch.
 //!
 //! Where things are:
 //! - op: here (`resample`, [`Interpolation`]); kernel: `shaders/affine_resample.wgsl`
@@ -110,15 +111,7 @@ pub fn resample_each(
     let output = Tensor::uninit(gpu, &out_full, input.dtype())?;
     let align = binding_alignment(gpu);
     let max = gpu.max_binding_bytes();
-    let in_bytes = in_voxels as u64 * 4;
-    if in_bytes + align > max {
-        return Err(Error::BufferTooLarge {
-            what: format!("one input volume of resample ({in3:?})"),
-            bytes: in_bytes,
-            limit_name: "max_storage_buffer_binding_size",
-            limit: max,
-        });
-    }
+    let plane_bytes = (in3[1] * in3[2]) as u64 * 4;
     let piece_voxels = ((max - align) / 4).min(out_voxels as u64) as usize;
     let tables = maps
         .iter()
@@ -133,12 +126,36 @@ pub fn resample_each(
     let kernel = gpu.kernel(&shaders::AFFINE_RESAMPLE, "", entry, &[])?;
     let mut batch = gpu.batch(format!("resample {entry}"));
     for volume in 0..volumes {
-        let src = window(volume, 1, in_bytes, 4, align);
-        for first in (0..out_voxels).step_by(piece_voxels) {
-            let count = piece_voxels.min(out_voxels - first);
+        let map = &maps[volume / per_map];
+        let mut first = 0;
+        while first < out_voxels {
+            // The largest piece (of output voxels) whose input planes fit one binding beside it.
+            let mut count = piece_voxels.min(out_voxels - first);
+            let (x0, x1) = loop {
+                let (x0, x1) = input_planes(map, in3, out_shape, first, count);
+                if (x1 - x0 + 1) as u64 * plane_bytes + align <= max {
+                    break (x0, x1);
+                }
+                if count == 1 {
+                    return Err(Error::BufferTooLarge {
+                        what: format!(
+                            "the input planes one output voxel of resample reads ({} of {:?})",
+                            x1 - x0 + 1,
+                            [in3[1], in3[2]]
+                        ),
+                        bytes: (x1 - x0 + 1) as u64 * plane_bytes,
+                        limit_name: "max_storage_buffer_binding_size",
+                        limit: max,
+                    });
+                }
+                count = count.div_ceil(2);
+            };
+            let src = window(volume * in3[0] + x0, x1 - x0 + 1, plane_bytes, 4, align);
             let dst = window(volume * out_voxels + first, count, 4, 4, align);
+            let mut isz = u(in3);
+            isz[3] = x0 as u32;
             let p = Params {
-                isz: u(in3),
+                isz,
                 osz: u(out_shape),
                 piece: [first as u32, count as u32, src.elem_shift, dst.elem_shift],
             };
@@ -152,10 +169,55 @@ pub fn resample_each(
                 ],
                 count.div_ceil(WORKGROUP_SIZE as usize) as u32,
             )?;
+            first += count;
         }
     }
     batch.submit()?;
     Ok(output)
+}
+
+/// The input planes (first-axis indices `x0..=x1`) that output voxels `first..first + count` of one
+/// volume can read through `map`: the map of the corners of their bounding box (exact rows or planes
+/// where the piece lies within one), the linear neighbour's plane after the last, a margin of 1e-6 of
+/// a voxel for the kernel's fixed-point rounding, clamped into the input as the kernel clamps.
+fn input_planes(
+    map: &[[f64; 4]; 4],
+    in3: [usize; 3],
+    out: [usize; 3],
+    first: usize,
+    count: usize,
+) -> (usize, usize) {
+    let last = first + count - 1;
+    let yz = out[1] * out[2];
+    let (xa, xb) = (first / yz, last / yz);
+    let (ya, yb) = if xa == xb {
+        ((first % yz) / out[2], (last % yz) / out[2])
+    } else {
+        (0, out[1] - 1)
+    };
+    let (za, zb) = if xa == xb && ya == yb {
+        (first % out[2], last % out[2])
+    } else {
+        (0, out[2] - 1)
+    };
+    let mut lo = f64::INFINITY;
+    let mut hi = f64::NEG_INFINITY;
+    for ox in [xa, xb] {
+        for oy in [ya, yb] {
+            for oz in [za, zb] {
+                let x = map[0][0] * ox as f64
+                    + map[0][1] * oy as f64
+                    + map[0][2] * oz as f64
+                    + map[0][3];
+                lo = lo.min(x);
+                hi = hi.max(x);
+            }
+        }
+    }
+    let top = in3[0] as f64 - 1.0;
+    let x0 = (lo - 1e-6).floor().clamp(0.0, top) as usize;
+    let x1 = ((hi + 1e-6).floor() + 1.0).clamp(0.0, top) as usize;
+    (x0, x1.max(x0))
 }
 
 fn terms_len(out_shape: [usize; 3]) -> usize {

@@ -207,11 +207,24 @@ fn resample_in_pieces_has_the_same_bits() {
             "{mode:?}"
         );
     }
-    let big = Tensor::from_f32(&small, &[1, 20, 20, 20], &vec![0.0; 8000]).unwrap();
-    let e = resample(&big, [2, 2, 2], &m, Interpolation::Linear)
+    // An input volume of 32 KB, 8 times the binding: each piece binds the input planes it reads.
+    let n = [20, 20, 20];
+    let x = rng.normals(n.iter().product::<usize>(), 1.0);
+    let m = random_map(&mut rng, n);
+    for mode in [Interpolation::Linear, Interpolation::Nearest] {
+        let a = run(&whole, &x, &[1, n[0], n[1], n[2]], &m, [12, 14, 16], mode);
+        let b = run(&small, &x, &[1, n[0], n[1], n[2]], &m, [12, 14, 16], mode);
+        assert!(
+            a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{mode:?}: an input over the binding"
+        );
+    }
+    // Planes of 6,400 bytes: not even one output voxel's input fits 4 KiB.
+    let wide = Tensor::from_f32(&small, &[1, 4, 40, 40], &vec![0.0; 6400]).unwrap();
+    let e = resample(&wide, [2, 2, 2], &m, Interpolation::Linear)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("input volume"), "{e}");
+    assert!(e.contains("input planes"), "{e}");
 }
 
 #[test]
