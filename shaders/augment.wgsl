@@ -232,12 +232,11 @@ fn reflect(i: i32, n: i32) -> i32 {
     if (n == 1) {
         return 0;
     }
-    let period = 2 * (n - 1);
-    var m = i % period;
-    if (m < 0) {
-        m += period;
-    }
-    return select(m, period - m, m >= n);
+    // The mirror is symmetric about 0, so |i| in unsigned arithmetic: GLSL leaves `%` of a negative
+    // operand undefined (wgpu's GL back end gave wrong voxels).
+    let period = u32(2 * (n - 1));
+    let m = i32(u32(abs(i)) % period);
+    return select(m, i32(period) - m, m >= n);
 }
 
 // One axis (extra.x) of the separable Gaussian: the volume's weights w[0..2r] at offsets -r..r, summed in
