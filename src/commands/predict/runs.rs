@@ -298,13 +298,25 @@ pub fn check_compatible(models: &[TrainedModel]) -> Result<()> {
 
 /// Predicts preprocessed `image` (`[C, X, Y, Z]` on the plan's grid) with every model and maps the mean
 /// of their probabilities back onto the loaded grid through `inversion`: `[classes, X, Y, Z]` there.
-/// `on_batch(done, total)` follows the window batches. What the trainer's original-space validation
-/// calls with a cached case ([`Inversion::new`] from its metadata).
+/// `on_batch(done, total)` follows the window batches. For a cached case, [`Inversion::new`] rebuilds
+/// the chain from its metadata.
 pub fn predict_preprocessed(
     gpu: &Gpu,
     models: &[(&TrainedModel, SlidingWindowConfig)],
     image: &Volume,
     inversion: &Inversion,
+    tta: bool,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<Volume> {
+    let probs = mean_probabilities(gpu, models, image, tta, on_batch)?;
+    inversion.invert(gpu, &probs)
+}
+
+/// The mean of the models' probabilities of preprocessed `image`, on its grid (`[classes, X, Y, Z]`).
+fn mean_probabilities(
+    gpu: &Gpu,
+    models: &[(&TrainedModel, SlidingWindowConfig)],
+    image: &Volume,
     tta: bool,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<Volume> {
@@ -368,13 +380,12 @@ pub fn predict_preprocessed(
             "the network produced a non-finite probability ({bad}): non-finite weights?"
         )));
     }
-    let probs = Volume {
+    Ok(Volume {
         channels: s[1],
         shape: image.shape,
         data: p,
         affine: image.affine,
-    };
-    inversion.invert(gpu, &probs)
+    })
 }
 
 /// One input case: its name and image files (channels in order, or one 4D file).
@@ -511,7 +522,7 @@ fn predict_loaded(
     source: &str,
     tta: bool,
     on_batch: &mut dyn FnMut(usize, usize),
-) -> Result<Volume> {
+) -> Result<(Volume, Inversion)> {
     let channels = models[0].0.net.in_channels();
     if pre.image.channels != channels {
         return Err(Error::invalid(format!(
@@ -520,7 +531,11 @@ fn predict_loaded(
         )));
     }
     let inversion = Inversion::of(&pre, transforms)?;
-    predict_preprocessed(gpu, models, &pre.image, &inversion, tta, on_batch)
+    let probs = mean_probabilities(gpu, models, &pre.image, tta, on_batch)?;
+    // The sliding window's idle buffers go back to the driver before the inversion's resampling asks for
+    // buffers of other sizes, so that device memory peaks at the larger of the two, not their sum.
+    gpu.clear_pool();
+    Ok((probs, inversion))
 }
 
 /// Opened runs ready to predict, as `calibseg predict --model` opens them: the networks with their
@@ -609,7 +624,7 @@ impl Ensemble {
         tta: bool,
     ) -> Result<Volume> {
         let pairs = self.pairs();
-        predict_loaded(
+        let (probs, inversion) = predict_loaded(
             gpu,
             &pairs,
             &self.transforms,
@@ -617,7 +632,8 @@ impl Ensemble {
             source,
             tta,
             &mut |_, _| (),
-        )
+        )?;
+        inversion.invert(gpu, &probs)
     }
 }
 
@@ -655,10 +671,13 @@ fn predict_case(
     }
     let pre = preprocess(gpu, &case.files, None, transforms)?;
     let source = case.files[0].display().to_string();
-    let probs = predict_loaded(gpu, models, transforms, pre, &source, o.tta, on_batch)?;
-    let file_order = super::xyz_major(&probs.data, probs.channels, probs.shape, true);
-    let [x, y, z] = probs.shape;
-    let seg = argmax(&file_order, probs.channels);
+    let (probs, inversion) =
+        predict_loaded(gpu, models, transforms, pre, &source, o.tta, on_batch)?;
+    // From here on one volume of probabilities is held besides the one being made (the loaded image and
+    // the preprocessed probabilities go as soon as they are used).
+    let file_order = inversion.invert_to_file_order(gpu, probs)?;
+    let [x, y, z] = inversion.original_shape();
+    let seg = argmax(&file_order, classes);
     let template = &case.files[0];
     let geometry = nifti::read_geometry(template)?;
     nifti::write_image(&seg_path, &[x, y, z], Voxels::Uint8(&seg), &geometry)?;
@@ -668,11 +687,11 @@ fn predict_case(
             ProbabilitiesFormat::Npz => npz::write_f32(
                 p,
                 npz::PROBABILITY_NAMES[0],
-                &[probs.channels, z, y, x],
+                &[classes, z, y, x],
                 &file_order,
             ),
             ProbabilitiesFormat::Nifti => {
-                nifti::write_f32_like(p, template, &[x, y, z, probs.channels], &file_order)
+                nifti::write_f32_like(p, template, &[x, y, z, classes], &file_order)
             }
         },
     };

@@ -113,7 +113,24 @@ impl Inversion {
     /// `Spacingd`, reoriented, and placed into the loaded extent with class 0 at 1 and the others at 0
     /// outside the crop box. Returns `[C, X, Y, Z]` on the loaded grid.
     pub fn invert(&self, gpu: &Gpu, v: &Volume) -> Result<Volume> {
-        let mut v = match &self.spaced {
+        let data = self.invert_into(gpu, v.clone(), Order::Array)?;
+        Ok(Volume {
+            channels: v.channels,
+            shape: self.original_shape,
+            data,
+            affine: geometry::identity(),
+        })
+    }
+
+    /// [`Inversion::invert`] of `v` (taken, so that its memory goes as soon as it is resampled) in NIfTI
+    /// file order: x fastest, then y, z and the class (what `calibseg predict` writes). At most two
+    /// volumes' worth of values are held at once: the resampled one and the result.
+    pub fn invert_to_file_order(&self, gpu: &Gpu, v: Volume) -> Result<Vec<f32>> {
+        self.invert_into(gpu, v, Order::File)
+    }
+
+    fn invert_into(&self, gpu: &Gpu, v: Volume, order: Order) -> Result<Vec<f32>> {
+        let v = match &self.spaced {
             Some(grid) => {
                 if v.shape != grid.shape {
                     return Err(Error::shape(format!(
@@ -121,9 +138,9 @@ impl Inversion {
                         v.shape, grid.shape
                     )));
                 }
-                v.resample(gpu, &self.oriented, Interpolation::Linear)?
+                v.into_resampled(gpu, &self.oriented, Interpolation::Linear)?
             }
-            None => v.clone(),
+            None => v,
         };
         if v.shape != self.oriented.shape {
             return Err(Error::shape(format!(
@@ -131,66 +148,153 @@ impl Inversion {
                 v.shape, self.oriented.shape
             )));
         }
-        if let Some(ornt) = &self.ornt {
-            v = unorient(&v, ornt, self.cropped_shape);
-        }
-        v.affine = geometry::identity();
-        Ok(match &self.crop {
-            Some(b) => uncrop(&v, b, self.original_shape),
-            None => v,
-        })
+        Ok(self.place(&v, order))
     }
-}
 
-/// The inverse of [`Volume::orient`] with orientation `ornt`: back to the `shape` it was applied to.
-fn unorient(v: &Volume, ornt: &Ornt, shape: [usize; 3]) -> Volume {
-    let from = source_axes(ornt);
-    let o = v.shape;
-    let mut data = vec![0f32; v.data.len()];
-    let n: usize = shape.iter().product();
-    for c in 0..v.channels {
-        for a in 0..o[0] {
-            for b in 0..o[1] {
-                for e in 0..o[2] {
-                    let mut p = [0usize; 3];
-                    for (j, &q) in [a, b, e].iter().enumerate() {
-                        let i = from[j];
-                        p[i] = if ornt[i].1 < 0.0 { shape[i] - 1 - q } else { q };
+    /// The oriented values `v` flipped and transposed back (the inverse of [`Volume::orient`]) and placed
+    /// at the crop box into the loaded extent (channel 0 at 1 and the others at 0 outside it), in one pass.
+    fn place(&self, v: &Volume, order: Order) -> Vec<f32> {
+        let shape = self.original_shape;
+        let n: usize = shape.iter().product();
+        let mut data = vec![0f32; v.channels * n];
+        if self.crop.is_some() {
+            data[..n].fill(1.0);
+        }
+        let start = self.crop.map_or([0; 3], |b| b.start);
+        // Loaded-grid voxel (p0, p1, p2) of channel c, for the chosen order.
+        let stride = match order {
+            Order::Array => [shape[1] * shape[2], shape[2], 1],
+            Order::File => [1, shape[0], shape[0] * shape[1]],
+        };
+        // Per oriented axis j: the loaded axis it came from, and whether it runs backwards.
+        let (from, flip) = match &self.ornt {
+            Some(ornt) => {
+                let from = source_axes(ornt);
+                (from, from.map(|i| ornt[i].1 < 0.0))
+            }
+            None => ([0, 1, 2], [false; 3]),
+        };
+        let o = v.shape;
+        let mut step = [0isize; 3];
+        let mut first = 0isize;
+        for j in 0..3 {
+            let i = from[j];
+            let s = stride[i] as isize;
+            let (origin, dir) = if flip[j] {
+                (start[i] + self.cropped_shape[i] - 1, -s)
+            } else {
+                (start[i], s)
+            };
+            first += origin as isize * s;
+            step[j] = dir;
+        }
+        for c in 0..v.channels {
+            let base = (c * n) as isize + first;
+            for a in 0..o[0] {
+                for b in 0..o[1] {
+                    let row = ((c * o[0] + a) * o[1] + b) * o[2];
+                    let mut at = base + a as isize * step[0] + b as isize * step[1];
+                    for &value in &v.data[row..row + o[2]] {
+                        data[at as usize] = value;
+                        at += step[2];
                     }
-                    data[c * n + (p[0] * shape[1] + p[1]) * shape[2] + p[2]] =
-                        v.data[((c * o[0] + a) * o[1] + b) * o[2] + e];
                 }
             }
         }
-    }
-    Volume {
-        channels: v.channels,
-        shape,
-        data,
-        affine: v.affine,
+        data
     }
 }
 
-/// `v` placed at `b` into a grid of `shape`; outside it channel 0 is 1 and the others 0.
-fn uncrop(v: &Volume, b: &CropBox, shape: [usize; 3]) -> Volume {
-    let n: usize = shape.iter().product();
-    let mut data = vec![0f32; v.channels * n];
-    data[..n].fill(1.0);
-    let s = v.shape;
-    for c in 0..v.channels {
-        for x in 0..s[0] {
-            for y in 0..s[1] {
-                let src = ((c * s[0] + x) * s[1] + y) * s[2];
-                let dst =
-                    c * n + ((b.start[0] + x) * shape[1] + b.start[1] + y) * shape[2] + b.start[2];
-                data[dst..dst + s[2]].copy_from_slice(&v.data[src..src + s[2]]);
+/// The layout of inverted values: `[C, X, Y, Z]` row major, or NIfTI's file order (x fastest).
+#[derive(Clone, Copy)]
+enum Order {
+    Array,
+    File,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Inversion, Order, Volume};
+    use crate::data::preprocess::{geometry, CropBox, Transforms};
+
+    /// A loaded grid whose axes run (-y, z, -x) in world space: orienting it to RAS transposes every axis
+    /// and flips two, so every stride and direction of the inverse placement is exercised.
+    fn transposed_and_flipped() -> (Inversion, [usize; 3], CropBox) {
+        let affine = [
+            [0.0, 0.0, -2.0, 10.0],
+            [-1.5, 0.0, 0.0, 5.0],
+            [0.0, 3.0, 0.0, -7.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let shape = [7, 5, 6];
+        let crop = CropBox {
+            start: [1, 2, 0],
+            end: [6, 4, 5],
+        };
+        let transforms = Transforms {
+            crop_foreground: true,
+            orientation: Some("RAS".into()),
+            spacing: None,
+            normalization: Vec::new(),
+        };
+        let inv = Inversion::new(shape, &affine, Some(crop), &transforms).unwrap();
+        (inv, shape, crop)
+    }
+
+    #[test]
+    fn placing_back_undoes_the_orientation_and_the_crop_in_both_orders() {
+        let (inv, shape, crop) = transposed_and_flipped();
+        let ornt = inv.ornt.expect("an orientation");
+        let o = inv.oriented.shape;
+        let channels = 3;
+        let v = Volume {
+            channels,
+            shape: o,
+            data: (0..channels * o.iter().product::<usize>())
+                .map(|i| i as f32 + 0.25)
+                .collect(),
+            affine: geometry::identity(),
+        };
+        // The definition: loaded voxel q inside the box is crop voxel p = q - start; each loaded axis i
+        // lands on oriented axis ornt[i].0, reversed when ornt[i].1 is negative.
+        let cropped: [usize; 3] = std::array::from_fn(|i| crop.end[i] - crop.start[i]);
+        let n: usize = shape.iter().product();
+        let mut want = vec![0f32; channels * n];
+        for c in 0..channels {
+            for q0 in 0..shape[0] {
+                for q1 in 0..shape[1] {
+                    for q2 in 0..shape[2] {
+                        let q = [q0, q1, q2];
+                        let at = c * n + (q0 * shape[1] + q1) * shape[2] + q2;
+                        if (0..3).any(|i| q[i] < crop.start[i] || q[i] >= crop.end[i]) {
+                            want[at] = if c == 0 { 1.0 } else { 0.0 };
+                            continue;
+                        }
+                        let mut r = [0usize; 3];
+                        for i in 0..3 {
+                            let p = q[i] - crop.start[i];
+                            let (j, sign) = ornt[i];
+                            r[j] = if sign < 0.0 { cropped[i] - 1 - p } else { p };
+                        }
+                        want[at] = v.data[((c * o[0] + r[0]) * o[1] + r[1]) * o[2] + r[2]];
+                    }
+                }
             }
         }
-    }
-    Volume {
-        channels: v.channels,
-        shape,
-        data,
-        affine: v.affine,
+        assert_ne!(o, shape, "the orientation must transpose");
+        assert!(ornt.iter().any(|a| a.1 < 0.0), "the orientation must flip");
+        assert_eq!(inv.place(&v, Order::Array), want);
+        let file = inv.place(&v, Order::File);
+        for c in 0..channels {
+            for q0 in 0..shape[0] {
+                for q1 in 0..shape[1] {
+                    for q2 in 0..shape[2] {
+                        let array = c * n + (q0 * shape[1] + q1) * shape[2] + q2;
+                        let in_file = c * n + q0 + shape[0] * (q1 + shape[1] * q2);
+                        assert_eq!(file[in_file], want[array], "voxel {c} {q0} {q1} {q2}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -257,6 +257,36 @@ impl Volume {
     /// padding), trilinearly or to the nearest voxel. As MONAI, a grid that is the volume's own (affines
     /// or the voxel map the identity within `AFFINE_TOL`, the same size) leaves the volume as it is.
     pub fn resample(&self, gpu: &Gpu, grid: &SpacingGrid, mode: Interpolation) -> Result<Volume> {
+        match self.voxel_map_to(grid)? {
+            None => Ok(self.clone()),
+            Some(out_to_in) => {
+                let input = self.upload(gpu)?;
+                Volume::resampled(self.channels, &input, grid, &out_to_in, mode)
+            }
+        }
+    }
+
+    /// [`Volume::resample`] of a volume given up: its host values go once they are on the device, so the
+    /// host holds the input or the output, not both.
+    pub fn into_resampled(
+        self,
+        gpu: &Gpu,
+        grid: &SpacingGrid,
+        mode: Interpolation,
+    ) -> Result<Volume> {
+        match self.voxel_map_to(grid)? {
+            None => Ok(self),
+            Some(out_to_in) => {
+                let input = self.upload(gpu)?;
+                let channels = self.channels;
+                drop(self);
+                Volume::resampled(channels, &input, grid, &out_to_in, mode)
+            }
+        }
+    }
+
+    /// The map from `grid`'s voxels to this volume's, or `None` where the grid is the volume's own.
+    fn voxel_map_to(&self, grid: &SpacingGrid) -> Result<Option<Affine>> {
         let out_to_in = grid.out_to_in(&self.affine)?;
         let near = |a: &Affine, b: &Affine| {
             a.iter()
@@ -264,17 +294,29 @@ impl Volume {
                 .zip(b.iter().flatten())
                 .all(|(x, y)| (x - y).abs() <= geometry::AFFINE_TOL + 1e-5 * y.abs())
         };
-        if grid.shape == self.shape
-            && (near(&self.affine, &grid.affine) || near(&out_to_in, &geometry::identity()))
-        {
-            return Ok(self.clone());
-        }
+        let own = grid.shape == self.shape
+            && (near(&self.affine, &grid.affine) || near(&out_to_in, &geometry::identity()));
+        Ok((!own).then_some(out_to_in))
+    }
+
+    /// The values as a `[C, X, Y, Z]` tensor on `gpu`.
+    fn upload(&self, gpu: &Gpu) -> Result<Tensor> {
         let mut shape = vec![self.channels];
         shape.extend_from_slice(&self.shape);
-        let input = Tensor::from_f32(gpu, &shape, &self.data)?;
-        let output = resample(&input, grid.shape, &out_to_in, mode)?;
+        Tensor::from_f32(gpu, &shape, &self.data)
+    }
+
+    /// `input` (`[C, X, Y, Z]` on the device) resampled onto `grid` through `out_to_in`, read back.
+    fn resampled(
+        channels: usize,
+        input: &Tensor,
+        grid: &SpacingGrid,
+        out_to_in: &Affine,
+        mode: Interpolation,
+    ) -> Result<Volume> {
+        let output = resample(input, grid.shape, out_to_in, mode)?;
         Ok(Volume {
-            channels: self.channels,
+            channels,
             shape: grid.shape,
             data: output.to_vec_f32()?,
             affine: grid.affine,
