@@ -9,6 +9,8 @@
 //! The chain is rebuilt from what a cached case keeps (the loaded shape and affine and the crop box) and
 //! the transforms, so predictions of cached cases can be inverted as well as those of fresh files.
 
+use std::borrow::Cow;
+
 use super::geometry::{self, inv_ornt_aff, matmul, Affine, Ornt};
 use super::{
     crop_affine, orientation_to, oriented_shape, source_axes, CropBox, Preprocessed, SpacingGrid,
@@ -113,7 +115,7 @@ impl Inversion {
     /// `Spacingd`, reoriented, and placed into the loaded extent with class 0 at 1 and the others at 0
     /// outside the crop box. Returns `[C, X, Y, Z]` on the loaded grid.
     pub fn invert(&self, gpu: &Gpu, v: &Volume) -> Result<Volume> {
-        let data = self.invert_into(gpu, v.clone(), Order::Array)?;
+        let data = self.invert_into(gpu, Cow::Borrowed(v), Order::Array)?;
         Ok(Volume {
             channels: v.channels,
             shape: self.original_shape,
@@ -126,10 +128,11 @@ impl Inversion {
     /// file order: x fastest, then y, z and the class (what `calibseg predict` writes). At most two
     /// volumes' worth of values are held at once: the resampled one and the result.
     pub fn invert_to_file_order(&self, gpu: &Gpu, v: Volume) -> Result<Vec<f32>> {
-        self.invert_into(gpu, v, Order::File)
+        self.invert_into(gpu, Cow::Owned(v), Order::File)
     }
 
-    fn invert_into(&self, gpu: &Gpu, v: Volume, order: Order) -> Result<Vec<f32>> {
+    /// A borrowed `v` is resampled from where it is; an owned one is given up to the resampling.
+    fn invert_into(&self, gpu: &Gpu, v: Cow<'_, Volume>, order: Order) -> Result<Vec<f32>> {
         let v = match &self.spaced {
             Some(grid) => {
                 if v.shape != grid.shape {
@@ -138,7 +141,12 @@ impl Inversion {
                         v.shape, grid.shape
                     )));
                 }
-                v.into_resampled(gpu, &self.oriented, Interpolation::Linear)?
+                Cow::Owned(match v {
+                    Cow::Borrowed(v) => v.resample(gpu, &self.oriented, Interpolation::Linear)?,
+                    Cow::Owned(v) => {
+                        v.into_resampled(gpu, &self.oriented, Interpolation::Linear)?
+                    }
+                })
             }
             None => v,
         };
