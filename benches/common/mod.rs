@@ -31,7 +31,7 @@ pub fn bench_families(c: &mut Criterion, families: &[&str]) {
     println!("{}", report.roofline_line());
     for case in bench::registry()
         .iter()
-        .filter(|c| families.contains(&c.family()))
+        .filter(|c| !c.is_explicit() && families.contains(&c.family()))
     {
         let mut p = case.prepare(&gpu, Scale::Full).expect("case setup");
         (p.run)().expect("warm-up run"); // compile pipelines and fill the buffer pool outside the timing

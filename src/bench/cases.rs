@@ -388,15 +388,34 @@ fn bench_network(gpu: &Gpu, scale: Scale) -> Result<crate::nn::SegResNetDs> {
         Scale::Quick => 4,
         Scale::Full => 8,
     };
+    segresnetds(gpu, init, vec![1, 2, 2, 4], 2)
+}
+
+/// A SegResNetDS of one input channel and 4 classes, seed 0.
+fn segresnetds(
+    gpu: &Gpu,
+    init_filters: usize,
+    blocks_down: Vec<usize>,
+    dsdepth: usize,
+) -> Result<crate::nn::SegResNetDs> {
     let config = crate::nn::SegResNetDsConfig {
-        init_filters: init,
+        init_filters,
         in_channels: 1,
         out_channels: 4,
-        blocks_down: vec![1, 2, 2, 4],
-        dsdepth: 2,
+        blocks_down,
+        dsdepth,
         ..Default::default()
     };
     crate::nn::SegResNetDs::new(gpu, config, 0)
+}
+
+/// The paper's network and patch (`../shared/spec`: init 32, blocks 1,2,2,4,4, dsdepth 4, 128^3 patches
+/// in batches of 2, 4 classes), at either scale.
+const PAPER_BATCH: usize = 2;
+const PAPER_SIZE: usize = 128;
+
+fn paper_network(gpu: &Gpu) -> Result<crate::nn::SegResNetDs> {
+    segresnetds(gpu, 32, vec![1, 2, 2, 4, 4], 4)
 }
 
 /// Forward work of a SegResNetDS's convolutions on `[B, 1, S, S, S]`: flops (2 x C_in x C_out x taps x
@@ -432,16 +451,9 @@ fn segresnetds_forward_work(net: &crate::nn::SegResNetDs, batch: usize, size: us
 }
 
 fn networks(cases: &mut Vec<Case>) {
-    /// The bench network, an input batch with labels, and the forward's (flops, bytes) on it.
-    fn prepare(
-        gpu: &Gpu,
-        scale: Scale,
-    ) -> Result<(crate::nn::SegResNetDs, Tensor, Labels, (f64, f64))> {
-        let net = bench_network(gpu, scale)?;
-        let (b, s) = match scale {
-            Scale::Quick => (1, 16),
-            Scale::Full => (2, 32),
-        };
+    /// `net`, an input batch of `b` volumes of `s`^3 with labels, and the forward's (flops, bytes) on it.
+    type Inputs = (crate::nn::SegResNetDs, Tensor, Labels, (f64, f64));
+    fn inputs(gpu: &Gpu, net: crate::nn::SegResNetDs, b: usize, s: usize) -> Result<Inputs> {
         let shape = [b, 1, s, s, s];
         let x = Tensor::from_f32(gpu, &shape, &values(numel(&shape), 11, 2.0))?;
         let y: Vec<i32> = class_indices(numel(&shape), 4, 12);
@@ -449,23 +461,40 @@ fn networks(cases: &mut Vec<Case>) {
         let work = segresnetds_forward_work(&net, b, s);
         Ok((net, x, labels, work))
     }
+    /// The bench network and its batch at `scale`.
+    fn prepare(gpu: &Gpu, scale: Scale) -> Result<Inputs> {
+        let (b, s) = match scale {
+            Scale::Quick => (1, 16),
+            Scale::Full => (2, 32),
+        };
+        inputs(gpu, bench_network(gpu, scale)?, b, s)
+    }
+    /// One training step of 0.33 (Dice + CE + hard mL1-ACE) with AdamW: forward + input and weight
+    /// gradients, three times the forward's convolution work.
+    fn train_step((net, x, labels, (flops, bytes)): Inputs) -> Prepared {
+        let mut opt = crate::nn::AdamW::new(crate::nn::AdamWConfig {
+            lr: 1e-4,
+            weight_decay: 1e-5,
+            ..Default::default()
+        });
+        let loss = crate::train::TrainLoss::ace(Binning::Hard);
+        let shape = x.shape().to_vec();
+        let work = Work::bytes_and_flops(3.0 * bytes, 3.0 * flops);
+        Prepared::new(&shape, work, move || {
+            crate::train::train_step(&net, &mut opt, &loss, &x, &labels).map(drop)
+        })
+    }
     cases.push(Case::new(
         "segresnetds_train_step",
         "segresnetds",
-        |gpu, scale| {
-            // Forward + input and weight gradients: three times the forward's convolution work.
-            let (net, x, labels, (flops, bytes)) = prepare(gpu, scale)?;
-            let mut opt = crate::nn::AdamW::new(crate::nn::AdamWConfig {
-                lr: 1e-4,
-                weight_decay: 1e-5,
-                ..Default::default()
-            });
-            let loss = crate::train::TrainLoss::ace(Binning::Hard);
-            let shape = x.shape().to_vec();
-            let work = Work::bytes_and_flops(3.0 * bytes, 3.0 * flops);
-            Ok(Prepared::new(&shape, work, move || {
-                crate::train::train_step(&net, &mut opt, &loss, &x, &labels).map(drop)
-            }))
+        |gpu, scale| Ok(train_step(prepare(gpu, scale)?)),
+    ));
+    cases.push(Case::explicit(
+        "segresnetds_train_step_paper",
+        "segresnetds",
+        |gpu, _| {
+            let net = paper_network(gpu)?;
+            Ok(train_step(inputs(gpu, net, PAPER_BATCH, PAPER_SIZE)?))
         },
     ));
     cases.push(Case::new(

@@ -156,6 +156,8 @@ pub struct Case {
     name: String,
     family: &'static str,
     setup: Box<SetupFn>,
+    /// Runs only when the filter selects no other case (work too long for every run).
+    explicit: bool,
 }
 
 impl std::fmt::Debug for Case {
@@ -178,7 +180,27 @@ impl Case {
             name: name.into(),
             family,
             setup: Box::new(setup),
+            explicit: false,
         }
+    }
+
+    /// A case as [`Case::new`] that runs only when asked for: when `--filter` matches it and no case of
+    /// every run (one step of it takes minutes where the others take milliseconds). It is timed once,
+    /// after one warm-up run, at either scale.
+    pub fn explicit(
+        name: impl Into<String>,
+        family: &'static str,
+        setup: impl Fn(&Gpu, Scale) -> Result<Prepared> + 'static,
+    ) -> Self {
+        Case {
+            explicit: true,
+            ..Case::new(name, family, setup)
+        }
+    }
+
+    /// Whether the case runs only when asked for ([`Case::explicit`]).
+    pub fn is_explicit(&self) -> bool {
+        self.explicit
     }
 
     /// The case's name (what `--filter` matches and the JSON's `name`).
@@ -306,9 +328,18 @@ pub fn measure(
     scale: Scale,
     run: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Timings> {
+    measure_repeated(gpu, timer, scale.repetitions(), run)
+}
+
+/// [`measure`] with (fewest, most) repetitions and the time after which no more are started.
+fn measure_repeated(
+    gpu: &Gpu,
+    timer: Timer,
+    (fewest, most, budget): (usize, usize, Duration),
+    run: &mut dyn FnMut() -> Result<()>,
+) -> Result<Timings> {
     run()?;
     gpu.synchronize()?;
-    let (fewest, most, budget) = scale.repetitions();
     let start = Instant::now();
     let mut samples = Vec::with_capacity(most);
     while samples.len() < fewest || (samples.len() < most && start.elapsed() < budget) {
@@ -339,15 +370,24 @@ impl Options {
     }
 }
 
-/// The registry's cases that `filter` selects (all for `None`; an error naming the cases when none match).
+/// The registry's cases that `filter` selects: those whose name contains it (every case for `None`), and
+/// the [`Case::explicit`] ones only where it matches nothing else. An error naming the cases when none match.
 pub fn select(filter: Option<&str>) -> Result<Vec<Case>> {
     let all = registry();
+    let names: Vec<String> = all.iter().map(|c| c.name.clone()).collect();
     let Some(f) = filter else {
-        return Ok(all);
+        return Ok(all.into_iter().filter(|c| !c.explicit).collect());
     };
     let f = f.to_lowercase();
-    let names: Vec<String> = all.iter().map(|c| c.name.clone()).collect();
-    let chosen: Vec<Case> = all.into_iter().filter(|c| c.name.contains(&f)).collect();
+    let (explicit, every_run): (Vec<Case>, Vec<Case>) = all
+        .into_iter()
+        .filter(|c| c.name.contains(&f))
+        .partition(|c| c.explicit);
+    let chosen = if every_run.is_empty() {
+        explicit
+    } else {
+        every_run
+    };
     if chosen.is_empty() {
         return Err(Error::invalid(format!(
             "--filter '{f}' matches no benchmark; the names are: {}",
@@ -413,10 +453,30 @@ pub fn run(gpu: &Gpu, options: &Options, mut progress: impl FnMut(&CaseResult)) 
     report
         .skipped
         .extend(skipped().into_iter().filter(|s| wanted(&s.name)));
+    let ran: Vec<&str> = cases.iter().map(|c| c.name()).collect();
+    report.skipped.extend(
+        registry()
+            .into_iter()
+            .filter(|c| c.explicit && wanted(&c.name) && !ran.contains(&c.name()))
+            .map(|c| Skipped {
+                reason: format!(
+                    "runs only when asked for: --filter {}",
+                    explicit_filter(&c.name)
+                ),
+                name: c.name,
+            }),
+    );
     Ok(report)
 }
 
-/// Prepares, warms up and times one case, and relates it to the roofline.
+/// The shortest tail of `name` after an `_` that selects it alone: `paper` for
+/// `segresnetds_train_step_paper`.
+fn explicit_filter(name: &str) -> &str {
+    name.rsplit('_').next().unwrap_or(name)
+}
+
+/// Prepares, warms up and times one case, and relates it to the roofline. The pool's idle buffers are
+/// released first, so that the case's peak device bytes are its own.
 pub fn run_case(
     gpu: &Gpu,
     timer: Timer,
@@ -424,14 +484,19 @@ pub fn run_case(
     case: &Case,
     roofline: &RooflineReport,
 ) -> Result<CaseResult> {
+    gpu.synchronize()?;
+    gpu.clear_pool();
+    gpu.reset_pool_peak();
     let mut prepared = case.prepare(gpu, scale)?;
-    let timings = measure(gpu, timer, scale, &mut prepared.run)?;
+    let repetitions = if case.explicit {
+        (1, 1, Duration::ZERO)
+    } else {
+        scale.repetitions()
+    };
+    let timings = measure_repeated(gpu, timer, repetitions, &mut prepared.run)?;
     drop(prepared.run);
-    Ok(CaseResult::new(
-        case,
-        prepared.shape,
-        prepared.work,
-        &timings,
-        roofline,
-    ))
+    let mut result = CaseResult::new(case, prepared.shape, prepared.work, &timings, roofline);
+    result.peak_device_bytes = Some(gpu.pool_stats().peak_device_bytes);
+    gpu.clear_pool();
+    Ok(result)
 }

@@ -141,6 +141,10 @@ pub struct CaseResult {
     pub roofline_fraction: f64,
     /// `memory` or `compute`: which roof bounds the case.
     pub bound: String,
+    /// The most bytes the buffer pool's tensors took on the device during the case (inputs, warm-up and
+    /// timed runs); absent in reports written before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_bytes: Option<u64>,
 }
 
 impl CaseResult {
@@ -168,6 +172,7 @@ impl CaseResult {
             roofline_ms: f64::NAN,
             roofline_fraction: f64::NAN,
             bound: String::new(),
+            peak_device_bytes: None,
         };
         r.relate(roofline);
         r
@@ -309,13 +314,13 @@ impl Report {
             .fold(5, usize::max);
         let _ = writeln!(
             out,
-            "{:<name_w$}  {:<shape_w$}  {:>10}  {:>10}  {:>8}  {:>9}  {:>8}  bound",
-            "kernel", "shape", "ms", "wall ms", "GB/s", "GFLOP/s", "roofline"
+            "{:<name_w$}  {:<shape_w$}  {:>10}  {:>10}  {:>8}  {:>9}  {:>8}  {:>10}  bound",
+            "kernel", "shape", "ms", "wall ms", "GB/s", "GFLOP/s", "roofline", "device MiB"
         );
         for r in &self.results {
             let _ = writeln!(
                 out,
-                "{:<name_w$}  {:<shape_w$}  {:>10.3}  {:>10.3}  {:>8.2}  {:>9}  {:>7.1}%  {}",
+                "{:<name_w$}  {:<shape_w$}  {:>10.3}  {:>10.3}  {:>8.2}  {:>9}  {:>7.1}%  {:>10}  {}",
                 r.name,
                 r.shape,
                 r.ms,
@@ -327,6 +332,8 @@ impl Report {
                     "-".to_string()
                 },
                 100.0 * r.roofline_fraction,
+                r.peak_device_bytes
+                    .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / MIB)),
                 r.bound
             );
         }
@@ -339,6 +346,8 @@ impl Report {
         out
     }
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// Reports from several machines side by side: a header per report (labelled A, B, ...), the rooflines, then
 /// each case's median time and fraction of its own machine's roofline. Cases are matched by name; a `*`

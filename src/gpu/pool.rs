@@ -25,6 +25,10 @@ pub struct PoolStats {
     pub reuses: u64,
     /// Bytes idle in the pool now.
     pub idle_bytes: u64,
+    /// Bytes of the pool's buffers that exist now, in use or idle (the device memory tensors take).
+    pub device_bytes: u64,
+    /// The most `device_bytes` has been since the pool began or [`super::Gpu::reset_pool_peak`].
+    pub peak_device_bytes: u64,
 }
 
 #[derive(Default)]
@@ -82,6 +86,8 @@ impl PoolState {
         if s.stats.idle_bytes + size <= DEFAULT_RETAIN_BYTES {
             s.stats.idle_bytes += size;
             s.free.entry(size).or_default().push(buffer);
+        } else {
+            s.stats.device_bytes -= size;
         }
     }
 }
@@ -107,6 +113,8 @@ impl BufferPool {
             }
             None => {
                 s.stats.allocations += 1;
+                s.stats.device_bytes += size;
+                s.stats.peak_device_bytes = s.stats.peak_device_bytes.max(s.stats.device_bytes);
                 drop(s);
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("calibseg tensor"),
@@ -152,7 +160,13 @@ impl BufferPool {
     pub(crate) fn clear(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.free.clear();
+        s.stats.device_bytes -= s.stats.idle_bytes;
         s.stats.idle_bytes = 0;
+    }
+
+    pub(crate) fn reset_peak(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.stats.peak_device_bytes = s.stats.device_bytes;
     }
 }
 
@@ -166,6 +180,11 @@ impl super::Gpu {
     pub fn clear_pool(&self) {
         self.clear_bind_groups();
         self.inner.pool.clear()
+    }
+
+    /// Starts [`PoolStats::peak_device_bytes`] again from the bytes the pool's buffers take now.
+    pub fn reset_pool_peak(&self) {
+        self.inner.pool.reset_peak()
     }
 }
 

@@ -79,6 +79,19 @@ fn filter_selects_by_substring_and_rejects_a_filter_that_matches_nothing() {
             "conv3d_fwd_transpose_k3s2"
         ]
     );
+    // The paper-scale step only when the filter selects nothing else.
+    let names = |f: Option<&str>| -> Vec<String> {
+        bench::select(f)
+            .unwrap()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect()
+    };
+    let paper = "segresnetds_train_step_paper".to_string();
+    assert!(!names(None).contains(&paper));
+    assert_eq!(names(Some("segresnetds_train")), ["segresnetds_train_step"]);
+    assert_eq!(names(Some("paper")), std::slice::from_ref(&paper));
+    assert_eq!(names(Some("train_step_paper")), [paper]);
     match bench::select(Some("no_such_kernel")) {
         Err(Error::InvalidArgument(m)) => {
             assert!(
@@ -188,6 +201,51 @@ fn work_of_cases_matches_their_sizes() {
     let p = prep("augment_batch");
     assert_eq!(p.work.bytes, 2.0 * 2.0 * 4.0 * 2.0 * 32768.0);
     assert!(p.shape.starts_with("2x1x32x32x32 from 2x1x"), "{}", p.shape);
+}
+
+/// Flops of one forward pass of the paper's SegResNetDS (init 32, blocks 1,2,2,4,4, one block per up
+/// level, dsdepth 4, 1 channel in, 4 classes) on `[2, 1, 128^3]`, counted from MONAI's layers: the stem,
+/// two 3x3x3 convolutions per residual block, a stride-2 3x3x3 down to each next level, a transposed
+/// 3x3x3 (counted on its input voxels) up from it, and a 1x1x1 head on each of the 4 upper levels.
+fn paper_forward_flops() -> f64 {
+    let batch = 2.0;
+    let ch = |l: i32| 32.0 * 2f64.powi(l);
+    let vox = |l: i32| (128.0 / 2f64.powi(l)).powi(3) * batch;
+    let conv = |cin: f64, cout: f64, taps: f64, voxels: f64| 2.0 * cin * cout * taps * voxels;
+    let mut f = conv(1.0, 32.0, 27.0, vox(0));
+    for (l, blocks) in [1.0, 2.0, 2.0, 4.0, 4.0].into_iter().enumerate() {
+        let l = l as i32;
+        f += blocks * 2.0 * conv(ch(l), ch(l), 27.0, vox(l));
+        if l < 4 {
+            let down = conv(ch(l), ch(l + 1), 27.0, vox(l + 1));
+            let up = conv(ch(l + 1), ch(l), 27.0, vox(l + 1));
+            let up_block = 2.0 * conv(ch(l), ch(l), 27.0, vox(l));
+            let head = conv(ch(l), 4.0, 1.0, vox(l));
+            f += down + up + up_block + head;
+        }
+    }
+    f
+}
+
+#[test]
+fn the_paper_scale_step_is_the_papers_network_and_patch() {
+    let Some(gpu) = gpu() else { return };
+    let case = bench::registry()
+        .into_iter()
+        .find(|c| c.name() == "segresnetds_train_step_paper")
+        .expect("the paper-scale case");
+    assert!(case.is_explicit());
+    let p = case.prepare(&gpu, Scale::Quick).unwrap();
+    assert_eq!(p.shape, "2x1x128x128x128");
+    // Forward, input gradients and weight gradients.
+    let want = 3.0 * paper_forward_flops();
+    assert!(
+        (p.work.flops - want).abs() <= 1e-12 * want,
+        "{} vs {want}",
+        p.work.flops
+    );
+    // About 7.8 TFLOP a step: some 1100 times the full-scale bench step's 7.15 GFLOP.
+    assert!((7.5e12..8.1e12).contains(&p.work.flops), "{}", p.work.flops);
 }
 
 #[test]

@@ -182,6 +182,19 @@ fn quick_report_is_complete_and_well_formed() {
             .any(|s| s["reason"].as_str().unwrap().starts_with("failed")),
         "{skipped:?}"
     );
+    // The paper-scale step does not run unasked, and the report says how to ask for it.
+    assert!(!names.iter().any(|n| n == "segresnetds_train_step_paper"));
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s["name"] == "segresnetds_train_step_paper"
+                && s["reason"] == "runs only when asked for: --filter paper"),
+        "{skipped:?}"
+    );
+    // Every case that ran says how much device memory its tensors took.
+    for c in results {
+        positive(&c["peak_device_bytes"], "peak_device_bytes");
+    }
 }
 
 #[test]

@@ -121,6 +121,32 @@ fn pool_reuses_buffers() {
 }
 
 #[test]
+fn the_pool_counts_the_device_bytes_of_its_buffers_and_their_peak() {
+    let Some(gpu) = own_gpu() else { return };
+    gpu.clear_pool();
+    gpu.reset_pool_peak();
+    let base = gpu.pool_stats().device_bytes;
+    // Buckets: 1000 f32 = 4000 bytes -> 4096; 333 x 333 f32 = 443556 bytes -> 458752 (7 x 2^16).
+    let a = Tensor::uninit(&gpu, &[1000], DType::F32).unwrap();
+    let b = Tensor::uninit(&gpu, &[333, 333], DType::F32).unwrap();
+    let both = 4096 + 458_752;
+    assert_eq!(gpu.pool_stats().device_bytes, base + both);
+    drop(b);
+    // Idle in the pool: still device memory, and reused rather than allocated again.
+    let stats = gpu.pool_stats();
+    assert_eq!(stats.device_bytes, base + both);
+    let b = Tensor::uninit(&gpu, &[333, 333], DType::F32).unwrap();
+    assert_eq!(gpu.pool_stats().device_bytes, base + both);
+    drop((a, b));
+    gpu.clear_pool();
+    let stats = gpu.pool_stats();
+    assert_eq!((stats.device_bytes, stats.idle_bytes), (base, 0));
+    assert_eq!(stats.peak_device_bytes, base + both);
+    gpu.reset_pool_peak();
+    assert_eq!(gpu.pool_stats().peak_device_bytes, base);
+}
+
+#[test]
 fn grid_covers_more_than_65535_groups() {
     let Some(gpu) = gpu() else { return };
     let max = gpu.limits().max_compute_workgroups_per_dimension;
