@@ -722,3 +722,97 @@ fn conv_add_equals_conv_then_add_bit_for_bit() {
     let e = ops::conv_add(&x, &w, None, &wrong, &[1], &[1]).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch(_)), "{e:?}");
 }
+
+/// Zero-pads `[n, c, d, h, w]` data by one voxel on every side of every spatial axis.
+fn pad_one(v: &[f32], n: usize, c: usize, s: [usize; 3]) -> Vec<f32> {
+    let [d, h, w] = s;
+    let (pd, ph, pw) = (d + 2, h + 2, w + 2);
+    let mut out = vec![0.0; n * c * pd * ph * pw];
+    for img in 0..n * c {
+        for z in 0..d {
+            for y in 0..h {
+                let from = ((img * d + z) * h + y) * w;
+                let to = ((img * pd + z + 1) * ph + y + 1) * pw + 1;
+                out[to..to + w].copy_from_slice(&v[from..from + w]);
+            }
+        }
+    }
+    out
+}
+
+/// The interior of padded `[n, c, d + 2, h + 2, w + 2]` data: what `pad_one` padded.
+fn interior(v: &[f32], n: usize, c: usize, s: [usize; 3]) -> Vec<f32> {
+    let [d, h, w] = s;
+    let (pd, ph, pw) = (d + 2, h + 2, w + 2);
+    let mut out = Vec::with_capacity(n * c * d * h * w);
+    for img in 0..n * c {
+        for z in 0..d {
+            for y in 0..h {
+                let from = ((img * pd + z + 1) * ph + y + 1) * pw + 1;
+                out.extend_from_slice(&v[from..from + w]);
+            }
+        }
+    }
+    out
+}
+
+/// The 1x1x1 kernels at stride 1 without padding run as channel matrix products; with padding 1 the same
+/// convolution runs on the general kernel, whose interior is the same sums in the same order: the forward
+/// (with bias) and the input gradient agree bit for bit, on channel counts off the tiles and 2 images.
+#[test]
+fn pointwise_kernels_equal_the_general_kernel_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(91);
+    for (n, cin, cout, s) in [
+        (2usize, 19usize, 6usize, [5usize, 7, 9]),
+        (1, 64, 64, [8, 8, 8]),
+        (1, 3, 33, [3, 4, 17]),
+    ] {
+        let vox: usize = s.iter().product();
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
+        let host = |r: calibseg::Result<Tensor>| r.unwrap().to_vec_f32().unwrap();
+        let x = rng.normals(n * cin * vox, 1.0);
+        let w = t(&rng.normals(cout * cin, 0.3), &[cout, cin, 1, 1, 1]);
+        let b = t(&rng.normals(cout, 0.5), &[cout]);
+        let dy = rng.normals(n * cout * vox, 1.0);
+        let xs = [n, cin, s[0], s[1], s[2]];
+        let what = format!("{n} x {cin} -> {cout} over {s:?}");
+
+        let pointwise = host(ops::conv(&t(&x, &xs), &w, Some(&b), &[1], &[0]));
+        let general = host(ops::conv(&t(&x, &xs), &w, Some(&b), &[1], &[1]));
+        let want = Geo {
+            n,
+            cin,
+            cout,
+            i: s,
+            k: [1; 3],
+            s: [1; 3],
+            p: [0; 3],
+        }
+        .forward(&x, &w.to_vec_f32().unwrap(), Some(&b.to_vec_f32().unwrap()));
+        assert_close(
+            &pointwise,
+            &want,
+            Tol::of_max(1e-4),
+            &format!("forward {what}"),
+        );
+        assert_eq!(
+            pointwise,
+            interior(&general, n, cout, s),
+            "forward {what}: pointwise against general"
+        );
+
+        let dys = [n, cout, s[0], s[1], s[2]];
+        let pointwise = host(ops::conv_backward_data(&t(&dy, &dys), &w, &xs, &[1], &[0]));
+        let padded_dy = t(
+            &pad_one(&dy, n, cout, s),
+            &[n, cout, s[0] + 2, s[1] + 2, s[2] + 2],
+        );
+        // dx[v] = sum_co w[co, ci] dy_padded[v + 1]: the padded input gradient of the padded dy.
+        let general = host(ops::conv_backward_data(&padded_dy, &w, &xs, &[1], &[1]));
+        assert_eq!(
+            pointwise, general,
+            "input gradient {what}: pointwise against general"
+        );
+    }
+}

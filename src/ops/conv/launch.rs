@@ -74,6 +74,11 @@ fn row_path(t: &ConvTiles, g: &ConvGeometry, width: usize) -> bool {
     g.kernel[2] == ROW_TAPS && g.stride[2] == 1 && width >= t.row_cols
 }
 
+/// Whether the 1x1x1 kernels (channel matrix products) apply: one tap, stride 1, no padding.
+fn pointwise(g: &ConvGeometry) -> bool {
+    g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3]
+}
+
 /// Adds kernel `k` over `grid` to batch `b`, with the uniform `p` and `tensors` bound from binding 1 on.
 fn dispatch(
     b: &mut Batch<'_>,
@@ -108,20 +113,18 @@ pub(crate) fn encode_forward(
         return Ok(());
     }
     let t = tiles_for(gpu).for_call(g.cout, g.n * g.output_voxels());
-    let row = row_path(&t, g, g.output[2]);
-    let entry = if row {
-        Entry::ForwardRow
+    let (entry, grid) = if pointwise(g) {
+        let grid = col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?;
+        (Entry::ForwardPointwise, grid)
+    } else if row_path(&t, g, g.output[2]) {
+        (Entry::ForwardRow, row_grid(gpu, &t, g.n, g.output, g.cout)?)
     } else {
-        Entry::Forward
+        let grid = col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?;
+        (Entry::Forward, grid)
     };
     let k = conv_kernel(gpu, &t, entry)?;
     let mut p = g.params(0, bias.is_some());
     p.stride[3] = u32::from(residual.is_some());
-    let grid = if row {
-        row_grid(gpu, &t, g.n, g.output, g.cout)?
-    } else {
-        col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?
-    };
     let mut b = gpu.batch(format!("conv forward {}", g.short()));
     // Without a bias or residual, `w` stands in for them (bound, never read).
     let tensors = [x, w, bias.unwrap_or(w), out, residual.unwrap_or(w)];
@@ -154,6 +157,9 @@ pub(crate) fn encode_backward_data(
         p.chunk[3] = per_class as u32;
         let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
         (Entry::BackwardDataPhase, grid)
+    } else if pointwise(g) {
+        let grid = col_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?;
+        (Entry::BackwardDataPointwise, grid)
     } else if row_path(&t, g, g.input[2]) {
         (
             Entry::BackwardDataRow,
@@ -204,7 +210,7 @@ pub(crate) fn encode_backward_weight(
     if col_tiles > max || m_tiles > max {
         return Err(too_large());
     }
-    let (entry, label, grid) = if g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3] {
+    let (entry, label, grid) = if pointwise(g) {
         // 1x1x1: a channel product over voxel splits, 4 x 4 channels per workgroup.
         let tiles = g.cout.div_ceil(POINTWISE_CHANNELS) * g.cin.div_ceil(POINTWISE_CHANNELS);
         if tiles > max {

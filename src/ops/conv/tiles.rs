@@ -186,11 +186,15 @@ pub enum Entry {
     BackwardWeightRow,
     /// The weight gradient of 1x1x1 kernels at stride 1 without padding.
     BackwardWeightPointwise,
+    /// The forward convolution of 1x1x1 kernels at stride 1 without padding (a channel matrix product).
+    ForwardPointwise,
+    /// The input gradient of 1x1x1 kernels at stride 1 without padding.
+    BackwardDataPointwise,
 }
 
 impl Entry {
     /// Every entry point, in the order the module defines them.
-    pub const ALL: [Entry; 8] = [
+    pub const ALL: [Entry; 10] = [
         Entry::Forward,
         Entry::BackwardData,
         Entry::BackwardWeight,
@@ -198,6 +202,8 @@ impl Entry {
         Entry::BackwardDataRow,
         Entry::BackwardWeightRow,
         Entry::BackwardDataPhase,
+        Entry::ForwardPointwise,
+        Entry::BackwardDataPointwise,
         Entry::BackwardWeightPointwise,
     ];
 
@@ -212,6 +218,8 @@ impl Entry {
             Entry::BackwardWeight => "backward_weight",
             Entry::BackwardWeightRow => "backward_weight_row",
             Entry::BackwardWeightPointwise => "backward_weight_pointwise",
+            Entry::ForwardPointwise => "forward_pointwise",
+            Entry::BackwardDataPointwise => "backward_data_pointwise",
         }
     }
 }

@@ -6,8 +6,8 @@
 //! Here: the module's assembly and the stores every kernel uses; `pass.rs` (what the forward and
 //! input-gradient kernels differ in), `weights.rs` (the weight-gradient kernels' shared parts),
 //! `portable.rs` (workgroup-memory kernels), `subgroup.rs` (subgroup-broadcast kernels), `phase.rs` (the
-//! strided input gradient of both); the fixed text in `common.wgsl`, `portable.wgsl`, `subgroup.wgsl`,
-//! `pointwise.wgsl`.
+//! strided input gradient of both), `pointwise.rs` (1x1x1 forward and input gradient); the fixed text
+//! in `common.wgsl`, `portable.wgsl`, `subgroup.wgsl`, `pointwise.wgsl` (1x1x1 weight gradient).
 
 use std::fmt::Write as _;
 
@@ -15,6 +15,7 @@ use super::tiles::{ConvTiles, ROW_TAPS, STAGE, SUBGROUP_LANES, VOXEL_CHUNK, WORK
 
 mod pass;
 mod phase;
+mod pointwise;
 mod portable;
 mod subgroup;
 mod weights;
@@ -36,7 +37,7 @@ const SUBGROUP_HEADER: &str = include_str!("subgroup.wgsl");
 
 impl ConvTiles {
     /// The WGSL module of these tiles: the module's header, the shared header, its kernels, the phase
-    /// kernel and the 1x1x1 weight gradient.
+    /// kernel and the 1x1x1 kernels (forward, input and weight gradients).
     pub fn source(&self) -> String {
         let (header, kernels, phase) = if self.subgroup {
             (
@@ -73,6 +74,7 @@ impl ConvTiles {
             + &fill(COMMON, &values)
             + &kernels
             + &phase
+            + &pointwise::pointwise(self.cols, self.quads)
             + "\n"
             + POINTWISE_WEIGHT
     }
@@ -226,16 +228,16 @@ mod tests {
     /// change updates it in the same commit (the failure message prints the new list). FNV-1a is written out
     /// because `DefaultHasher`'s algorithm may change between Rust releases.
     const DIGESTS: &[(&str, u64)] = &[
-        ("conv-sg-c2x8-r8x8x1", 0x3011801482819b4f),
-        ("conv-sg-c4x8-r8x8x1", 0x1822f9cb34bcf394),
-        ("conv-sg-c2x16-r8x8x1", 0xafb7a080f372e5d1),
-        ("conv-sg-c4x16-r8x8x1", 0x79b267deea215c78),
-        ("conv-wg-c2x8-r4x8x1", 0xbf24cf29e50308e1),
-        ("conv-wg-c4x8-r4x8x1", 0x47dcd99ddb08834d),
-        ("conv-wg-c2x16-r4x16x1", 0x674310c6dc620437),
-        ("conv-wg-c4x16-r4x16x1", 0x5d6097a4d3e7edf7),
-        ("conv-wg-c2x4-r4x4x1", 0x6a932fdcf3de9111),
-        ("conv-wg-c4x4-r4x4x1", 0xebdaa2af58ca2b37),
+        ("conv-sg-c2x8-r8x8x1", 0x354687103dfbe979),
+        ("conv-sg-c4x8-r8x8x1", 0x61472780177ab576),
+        ("conv-sg-c2x16-r8x8x1", 0x6e9040bd8ec3941d),
+        ("conv-sg-c4x16-r8x8x1", 0x1689ad7014ec1126),
+        ("conv-wg-c2x8-r4x8x1", 0x969a31a9cf020cfb),
+        ("conv-wg-c4x8-r4x8x1", 0xb8b115c07658b6e3),
+        ("conv-wg-c2x16-r4x16x1", 0xcfc06098f2a65acb),
+        ("conv-wg-c4x16-r4x16x1", 0x30398fa19e574949),
+        ("conv-wg-c2x4-r4x4x1", 0x59eee5ecf6d743d3),
+        ("conv-wg-c4x4-r4x4x1", 0x5327527a59d82581),
     ];
 
     fn fnv1a(text: &str) -> u64 {
