@@ -3,8 +3,8 @@
 
 use super::geometry::{ConvGeometry, Params};
 use super::tiles::{
-    select_tiles, ConvTiles, Entry, POINTWISE_CHANNELS, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK,
-    WORKGROUP,
+    select_tiles, ConvTiles, Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, ROW_TAPS,
+    SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, Batch, GeneratedModule, Gpu, Kernel};
@@ -79,6 +79,21 @@ fn pointwise(g: &ConvGeometry) -> bool {
     g.kernel == [1; 3] && g.stride == [1; 3] && g.padding == [0; 3]
 }
 
+/// Whether the 1x1x1 forward and input-gradient products apply: [`pointwise`], with each image's voxels a
+/// multiple of [`POINTWISE_COLS`] (each invocation reads one aligned vec4 of them per channel).
+fn pointwise_product(g: &ConvGeometry) -> bool {
+    pointwise(g) && g.output_voxels().is_multiple_of(POINTWISE_COLS)
+}
+
+/// Grid of the 1x1x1 products over `voxels` voxels and `m` result channels.
+fn pointwise_grid(gpu: &Gpu, t: &ConvTiles, voxels: usize, m: usize) -> Result<[u32; 3]> {
+    let per_workgroup = ConvTiles {
+        cols: POINTWISE_COLS,
+        ..*t
+    };
+    col_grid(gpu, &per_workgroup, voxels, m)
+}
+
 /// Adds kernel `k` over `grid` to batch `b`, with the uniform `p` and `tensors` bound from binding 1 on.
 fn dispatch(
     b: &mut Batch<'_>,
@@ -113,8 +128,8 @@ pub(crate) fn encode_forward(
         return Ok(());
     }
     let t = tiles_for(gpu).for_call(g.cout, g.n * g.output_voxels());
-    let (entry, grid) = if pointwise(g) {
-        let grid = col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?;
+    let (entry, grid) = if pointwise_product(g) {
+        let grid = pointwise_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?;
         (Entry::ForwardPointwise, grid)
     } else if row_path(&t, g, g.output[2]) {
         (Entry::ForwardRow, row_grid(gpu, &t, g.n, g.output, g.cout)?)
@@ -157,8 +172,8 @@ pub(crate) fn encode_backward_data(
         p.chunk[3] = per_class as u32;
         let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
         (Entry::BackwardDataPhase, grid)
-    } else if pointwise(g) {
-        let grid = col_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?;
+    } else if pointwise_product(g) {
+        let grid = pointwise_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?;
         (Entry::BackwardDataPointwise, grid)
     } else if row_path(&t, g, g.input[2]) {
         (
@@ -211,8 +226,8 @@ pub(crate) fn encode_backward_weight(
         return Err(too_large());
     }
     let (entry, label, grid) = if pointwise(g) {
-        // 1x1x1: a channel product over voxel splits, 4 x 4 channels per workgroup.
-        let tiles = g.cout.div_ceil(POINTWISE_CHANNELS) * g.cin.div_ceil(POINTWISE_CHANNELS);
+        // 1x1x1: a channel product over voxel splits, 4 x 16 channels per workgroup.
+        let tiles = g.cout.div_ceil(POINTWISE_OUT) * g.cin.div_ceil(POINTWISE_IN);
         if tiles > max {
             return Err(too_large());
         }

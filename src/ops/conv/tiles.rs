@@ -12,10 +12,15 @@ pub const STAGE: usize = 216;
 pub const VOXEL_CHUNK: usize = 128;
 /// Taps along W the row kernels are written for (stride 1).
 pub const ROW_TAPS: usize = 3;
-/// Output x input channels one workgroup of the 1x1x1 weight-gradient kernel owns (4 x 4).
-pub const POINTWISE_CHANNELS: usize = 4;
-/// Lanes of the 1x1x1 weight-gradient kernel (its fixed-order tree sums this many partials).
-const POINTWISE_LANES: usize = 64;
+/// Voxels per invocation of the 1x1x1 forward and input-gradient kernels: one aligned vec4 of the source
+/// (so they run where an image's voxels are a multiple of 4).
+pub const POINTWISE_COLS: usize = 4;
+/// Output channels one workgroup of the 1x1x1 weight-gradient kernel owns (SegResNetDS's heads have 3 or 4).
+pub const POINTWISE_OUT: usize = 4;
+/// Input channels one workgroup of the 1x1x1 weight-gradient kernel owns (a multiple of 4).
+pub const POINTWISE_IN: usize = 16;
+/// Rounds of the 1x1x1 weight gradient's lane tree (each sums a share of the accumulators).
+pub const POINTWISE_ROUNDS: usize = 2;
 
 /// Tile sizes of one generated kernel module: everything the generated text and its launcher share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,7 +79,9 @@ impl ConvTiles {
         } else {
             VOXEL_CHUNK * self.quads * 16 + VOXEL_CHUNK * 16
         };
-        weights.max(voxels).max(POINTWISE_LANES * 4 * 16)
+        weights
+            .max(voxels)
+            .max(WORKGROUP * POINTWISE_OUT * POINTWISE_IN / POINTWISE_ROUNDS * 4)
     }
 
     /// The variant of these tiles for one launch with `result_channels` channels per result and `columns`

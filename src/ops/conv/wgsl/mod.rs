@@ -6,8 +6,8 @@
 //! Here: the module's assembly and the stores every kernel uses; `pass.rs` (what the forward and
 //! input-gradient kernels differ in), `weights.rs` (the weight-gradient kernels' shared parts),
 //! `portable.rs` (workgroup-memory kernels), `subgroup.rs` (subgroup-broadcast kernels), `phase.rs` (the
-//! strided input gradient of both), `pointwise.rs` (1x1x1 forward and input gradient); the fixed text
-//! in `common.wgsl`, `portable.wgsl`, `subgroup.wgsl`, `pointwise.wgsl` (1x1x1 weight gradient).
+//! strided input gradient of both), `pointwise.rs` (the 1x1x1 kernels); the fixed text in `common.wgsl`,
+//! `portable.wgsl`, `subgroup.wgsl`.
 
 use std::fmt::Write as _;
 
@@ -23,10 +23,6 @@ mod weights;
 use phase::{phase_data, phase_data_subgroup};
 use portable::portable;
 use subgroup::subgroup;
-
-/// The weight gradient of 1x1x1 kernels at stride 1 without padding (`backward_weight_pointwise`): a matrix
-/// product over voxels, `dw[co, ci] = sum dy[n, co, v] x[n, ci, v]`. Appended to both modules.
-const POINTWISE_WEIGHT: &str = include_str!("pointwise.wgsl");
 
 /// The header both modules share: `Params`, the bindings, the tile constants, `put_forward`.
 const COMMON: &str = include_str!("common.wgsl");
@@ -74,9 +70,8 @@ impl ConvTiles {
             + &fill(COMMON, &values)
             + &kernels
             + &phase
-            + &pointwise::pointwise(self.cols, self.quads)
-            + "\n"
-            + POINTWISE_WEIGHT
+            + &pointwise::pointwise(self.quads, self.subgroup)
+            + &pointwise::pointwise_weight()
     }
 }
 
@@ -228,16 +223,16 @@ mod tests {
     /// change updates it in the same commit (the failure message prints the new list). FNV-1a is written out
     /// because `DefaultHasher`'s algorithm may change between Rust releases.
     const DIGESTS: &[(&str, u64)] = &[
-        ("conv-sg-c2x8-r8x8x1", 0x354687103dfbe979),
-        ("conv-sg-c4x8-r8x8x1", 0x61472780177ab576),
-        ("conv-sg-c2x16-r8x8x1", 0x6e9040bd8ec3941d),
-        ("conv-sg-c4x16-r8x8x1", 0x1689ad7014ec1126),
-        ("conv-wg-c2x8-r4x8x1", 0x969a31a9cf020cfb),
-        ("conv-wg-c4x8-r4x8x1", 0xb8b115c07658b6e3),
-        ("conv-wg-c2x16-r4x16x1", 0xcfc06098f2a65acb),
-        ("conv-wg-c4x16-r4x16x1", 0x30398fa19e574949),
-        ("conv-wg-c2x4-r4x4x1", 0x59eee5ecf6d743d3),
-        ("conv-wg-c4x4-r4x4x1", 0x5327527a59d82581),
+        ("conv-sg-c2x8-r8x8x1", 0xdf257ea0941f3e7e),
+        ("conv-sg-c4x8-r8x8x1", 0xeb38d080f7b35659),
+        ("conv-sg-c2x16-r8x8x1", 0x4471b25a4ac90218),
+        ("conv-sg-c4x16-r8x8x1", 0x8aa0315d1e86bdc1),
+        ("conv-wg-c2x8-r4x8x1", 0xc76e77907072be8d),
+        ("conv-wg-c4x8-r4x8x1", 0x174d69b030952ce9),
+        ("conv-wg-c2x16-r4x16x1", 0xbbe2354d2d8da74d),
+        ("conv-wg-c4x16-r4x16x1", 0x2097e293e82a2c0d),
+        ("conv-wg-c2x4-r4x4x1", 0x83041fea217c1edf),
+        ("conv-wg-c4x4-r4x4x1", 0x1c7802c5c667b659),
     ];
 
     fn fnv1a(text: &str) -> u64 {

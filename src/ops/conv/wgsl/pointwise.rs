@@ -1,27 +1,34 @@
 //! The 1x1x1 convolutions at stride 1 without padding as channel matrix products, in both modules:
 //! `forward_pointwise` (`y[n, co, v] = sum_ci w[co, ci] x[n, ci, v]`), `backward_data_pointwise`
-//! (`dx[n, ci, v] = sum_co w[co, ci] dy[n, co, v]`) and the weight gradient (`pointwise.wgsl`).
+//! (`dx[n, ci, v] = sum_co w[co, ci] dy[n, co, v]`) and the weight gradient `backward_weight_pointwise`.
 //!
 //! Every invocation of a workgroup owns the same result channels, so the weights it reads are the same
-//! for all of them (uniform loads: one read per workgroup step, no subgroup broadcast or staging needed)
-//! and each reduction step is one gathered value per column for `4 x quads` fused multiply-adds. Each
+//! for all of them (uniform loads: one read per workgroup step, no subgroup broadcast or staging needed),
+//! and four consecutive voxels, so each reduction step is one vec4 load for `16 x quads` fused
+//! multiply-adds (one wide load where a driver gathers lane by lane, coalesced on GPUs). Each
 //! result is reduced over its channels in ascending order from zero, as the general kernels do for a
 //! one-tap kernel, so both paths give the same bits.
 
 use super::pass::Pass;
+use super::subgroup::weight_lane_loads;
 use super::*;
-use crate::ops::conv::tiles::Entry;
+use crate::ops::conv::tiles::{
+    Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS,
+};
 
-/// The forward and input-gradient matrix-product kernels of `cols` columns x `quads` vec4s of result
-/// channels per invocation.
-pub(super) fn pointwise(cols: usize, quads: usize) -> String {
-    Pass::BOTH
-        .iter()
-        .map(|&pass| pointwise_pass(pass, cols, quads))
-        .collect()
+/// The forward and input-gradient matrix-product kernels of [`POINTWISE_COLS`] voxels x `quads` vec4s of
+/// result channels per invocation, and the source's vec4 view they read.
+pub(super) fn pointwise(quads: usize, subgroup: bool) -> String {
+    let view = "
+// The source as vec4s, for the 1x1x1 matrix products (one load of four voxels per lane and step).
+@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
+";
+    Pass::BOTH.iter().fold(view.to_string(), |s, &pass| {
+        s + &pointwise_pass(pass, quads, subgroup)
+    })
 }
 
-fn pointwise_pass(pass: Pass, cols: usize, quads: usize) -> String {
+fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
     let (entry, weight_row, weight_step, what) = match pass {
         // w[co, ci] at co * cin + ci: a result row is cin apart, a reduction step 1.
         Pass::Forward => (
@@ -46,17 +53,21 @@ fn pointwise_pass(pass: Pass, cols: usize, quads: usize) -> String {
             .map(|m| format!("    let wr{m} = min(m0 + {m}u, {mlim} - 1u) * {weight_row};"))
             .collect(),
     );
-    let columns = per_column(cols, |j| {
-        let off = j * WORKGROUP;
-        format!(
-            "    let col{j} = tile_index(wid, nwg) * COLS + lid + {off}u;
-    let valid{j} = col{j} < p.dims.x * vox;
-    let cc{j} = select(0u, col{j}, valid{j});
-    let n{j} = cc{j} / vox;
-    let v{j} = cc{j} - n{j} * vox;
-    let sb{j} = n{j} * {cred} * vox + v{j};"
-        )
-    });
+    // Column j of a lane is voxel 4 x (its quad) + j: the four are one aligned vec4 of `src4`, and all in
+    // one image (the launch requires voxels a multiple of 4).
+    let columns = format!(
+        "    let quad = tile_index(wid, nwg) * WGS + lid;
+    let col0 = quad * 4u;
+    let valid = col0 < p.dims.x * vox;
+    let cc = select(0u, col0, valid);
+    let n = cc / vox;
+    let v = cc - n * vox;
+    let sb = n * {cred} * vox + v;
+{}",
+        per_column(POINTWISE_COLS, |j| format!(
+            "    let valid{j} = valid;\n    let n{j} = n;\n    let v{j} = v + {j}u;"
+        ))
+    );
     let weights = join(
         (0..quads)
             .map(|q| {
@@ -67,19 +78,61 @@ fn pointwise_pass(pass: Pass, cols: usize, quads: usize) -> String {
             })
             .collect(),
     );
-    let fmas = per_column(cols, |j| {
-        let mut s = format!("        let x{j} = vec4<f32>(src[sb{j} + cs]);");
-        for q in 0..quads {
-            let _ = write!(s, "\n        acc{j}_{q} = fma(w{q}, x{j}, acc{j}_{q});");
+    // One reduction step at `cs`: the four voxels' values, times the weights `{w}{q}`.
+    let fmas = |ind: &str, w: &str| {
+        let mut s = format!("{ind}let xq = src4[(sb + cs) / 4u];");
+        for j in 0..POINTWISE_COLS {
+            let _ = write!(s, "\n{ind}let x{j} = vec4<f32>(xq[{j}]);");
+            for q in 0..quads {
+                let _ = write!(s, "\n{ind}acc{j}_{q} = fma({w}{q}, x{j}, acc{j}_{q});");
+            }
         }
         s
-    });
+    };
+    let reduction = if subgroup {
+        // Lane k of each 8 loads the weights of reduced channel c0 + k; 8 broadcast steps use them.
+        let widx: &dyn Fn(usize) -> String = match pass {
+            Pass::Forward => &|m| format!("(m0 + {m}u) * cin + cl"),
+            Pass::BackwardData => &|m| format!("cl * cin + m0 + {m}u"),
+        };
+        let sg = SUBGROUP_LANES;
+        let mut s = format!(
+            "    let lane = sgid % {sg}u;
+    let cred = {cred};
+    let mlim = {mlim};
+    for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{
+{}
+",
+            weight_lane_loads("        ", quads, widx)
+        );
+        for k in 0..sg {
+            let _ = writeln!(s, "        if (c0 + {k}u < cred) {{");
+            let _ = writeln!(s, "            let cs = (c0 + {k}u) * vox;");
+            for q in 0..quads {
+                let _ = writeln!(s, "            let b{q} = subgroupBroadcast(wl{q}, {k}u);");
+            }
+            s += &fmas("            ", "b");
+            s += "\n        }\n";
+        }
+        s + "    }"
+    } else {
+        format!(
+            "{row_offsets}
+    for (var c = 0u; c < {cred}; c++) {{
+        let wc = c * {weight_step};
+        let cs = c * vox;
+{weights}
+{}
+    }}",
+            fmas("        ", "w")
+        )
+    };
     let (bias, out, bias_name) = match pass {
         Pass::Forward => (bias_read("bv", "TM"), FORWARD_OUT, Some("bv")),
         Pass::BackwardData => (String::new(), "out3", None),
     };
     let stores = store(
-        cols,
+        POINTWISE_COLS,
         quads,
         out,
         mlim,
@@ -87,25 +140,150 @@ fn pointwise_pass(pass: Pass, cols: usize, quads: usize) -> String {
         "vox",
         bias_name,
     );
-    let acc = acc_decl(cols, quads);
+    let acc = acc_decl(POINTWISE_COLS, quads);
+    let sgid = if subgroup {
+        ", @builtin(subgroup_invocation_id) sgid: u32"
+    } else {
+        ""
+    };
     format!(
         "
 // {what}: a 1x1x1 kernel at stride 1 without padding.
 @compute @workgroup_size(64)
 fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {{
+          @builtin(local_invocation_index) lid: u32{sgid}) {{
 {SIZES}
     let vox = ovox;
     let m0 = wid.y * TM;
-{row_offsets}
 {columns}
 {acc}
-    for (var c = 0u; c < {cred}; c++) {{
-        let wc = c * {weight_step};
-        let cs = c * vox;
-{weights}
-{fmas}
-    }}
+{reduction}
 {bias}{stores}"
+    )
+}
+
+/// The 1x1x1 weight gradient (`backward_weight_pointwise`), `dw[co, ci] = sum_v dy[n, co, v] x[n, ci, v]`:
+/// a workgroup owns [`POINTWISE_OUT`] output x [`POINTWISE_IN`] input channels (`wid.y`) and the voxels of
+/// split `wid.x` (`chunk.z` of them, over images); lane l sums voxels l, l + 64, ... in ascending order,
+/// then the 64 lanes' sums are added in a fixed tree and written to the split's partials. Each lane reads
+/// one voxel of 4 + 16 channels per step for 64 fused multiply-adds. The channel tile does not enter the
+/// order of any sum, so every tiling gives the same bits.
+pub(super) fn pointwise_weight() -> String {
+    let (outs, quads) = (POINTWISE_OUT, POINTWISE_IN / 4);
+    // Channels past the last one read the last one: their sums are never stored.
+    let x_rows = join(
+        (0..POINTWISE_IN)
+            .map(|k| format!("    let xr{k} = min(ci0 + {k}u, cin - 1u) * vox;"))
+            .collect(),
+    );
+    let g_rows = join(
+        (0..outs)
+            .map(|o| format!("    let gr{o} = min(co0 + {o}u, cout - 1u) * vox;"))
+            .collect(),
+    );
+    let mut acc = Vec::new();
+    for o in 0..outs {
+        for q in 0..quads {
+            acc.push(format!("    var a{o}_{q} = vec4<f32>(0.0);"));
+        }
+    }
+    let acc = join(acc);
+    let mut step = String::new();
+    for q in 0..quads {
+        let lanes: Vec<String> = (0..4)
+            .map(|r| format!("src[xb + xr{}]", 4 * q + r))
+            .collect();
+        let _ = writeln!(step, "        let x{q} = vec4<f32>({});", lanes.join(", "));
+    }
+    for o in 0..outs {
+        let _ = writeln!(step, "        let g{o} = vec4<f32>(wts[gb + gr{o}]);");
+        for q in 0..quads {
+            let _ = writeln!(step, "        a{o}_{q} = fma(g{o}, x{q}, a{o}_{q});");
+        }
+    }
+    // The tree runs in rounds over a share of the accumulators each, which keeps `pwsum` small.
+    let per_round = outs * quads / POINTWISE_ROUNDS;
+    let mut rounds = String::new();
+    for round in 0..POINTWISE_ROUNDS {
+        let q0 = round * quads / POINTWISE_ROUNDS;
+        let mut put = String::new();
+        let mut i = 0;
+        for o in 0..outs {
+            for q in q0..q0 + quads / POINTWISE_ROUNDS {
+                let _ = writeln!(put, "    pwsum[lid * {per_round}u + {i}u] = a{o}_{q};");
+                i += 1;
+            }
+        }
+        let qr = quads / POINTWISE_ROUNDS;
+        let _ = write!(
+            rounds,
+            "{barrier}{put}    for (var h = 32u; h > 0u; h = h / 2u) {{
+        workgroupBarrier();
+        if (lid < h) {{
+            for (var i = 0u; i < {per_round}u; i++) {{
+                pwsum[lid * {per_round}u + i] = pwsum[lid * {per_round}u + i] + pwsum[(lid + h) * {per_round}u + i];
+            }}
+        }}
+    }}
+    workgroupBarrier();
+    if (lid < {per_round}u) {{
+        // Lane 0's sums: output channel lid / {qr}, input channels from 4 * ({q0} + lid % {qr}).
+        let co = co0 + lid / {qr}u;
+        let ci = ci0 + 4u * ({q0}u + lid % {qr}u);
+        let sum = pwsum[lid];
+        if (co < cout) {{
+            for (var r = 0u; r < 4u; r++) {{
+                if (ci + r < cin) {{
+                    out3[e0 + co * cin + ci + r] = sum[r];
+                }}
+            }}
+        }}
+    }}
+",
+            barrier = if round == 0 {
+                ""
+            } else {
+                "    workgroupBarrier();\n"
+            },
+        );
+    }
+    format!(
+        "
+var<workgroup> pwsum: array<vec4<f32>, {lane_sums}>; // lane x (output channel, input quad) of one round
+
+// dw of a 1x1x1 kernel at stride 1 without padding, per voxel split.
+@compute @workgroup_size(64)
+fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
+    let cin = p.dims.y;
+    let cout = p.dims.z;
+    let vox = p.osz.w;
+    let total = p.dims.x * vox;
+    let cit = (cin + {cin_tile}u) / {POINTWISE_IN}u;
+    let co0 = (wid.y / cit) * {outs}u;
+    let ci0 = (wid.y % cit) * {POINTWISE_IN}u;
+    let v_begin = wid.x * p.chunk.z;
+    let v_end = min(total, v_begin + p.chunk.z);
+    let e0 = wid.x * cout * cin;
+{x_rows}
+{g_rows}
+{acc}
+    // Voxel `col` of the split is voxel v of image n; both advance by 64 per step without a division.
+    var col = v_begin + lid;
+    var n = col / vox;
+    var v = col - n * vox;
+    for (; col < v_end; col += 64u) {{
+        let xb = n * cin * vox + v;
+        let gb = n * cout * vox + v;
+{step}        v += 64u;
+        while (v >= vox) {{
+            v -= vox;
+            n += 1u;
+        }}
+    }}
+{rounds}}}
+",
+        name = Entry::BackwardWeightPointwise.name(),
+        lane_sums = WORKGROUP * per_round,
+        cin_tile = POINTWISE_IN - 1,
     )
 }

@@ -36,7 +36,7 @@ fn broadcast_fmas(ind: &str, tn: usize, q: usize, k: usize) -> String {
 
 /// Lane `lane` of each group of 8 loads the weights `wts[widx(m)]` of reduced channel `c0 + lane` for the
 /// result channels (zero past `cred` and `mlim`).
-fn weight_lane_loads(ind: &str, quads: usize, widx: &dyn Fn(usize) -> String) -> String {
+pub(super) fn weight_lane_loads(ind: &str, quads: usize, widx: &dyn Fn(usize) -> String) -> String {
     let mut s = vec![
         format!("{ind}let cl = c0 + lane;"),
         format!("{ind}let cok = cl < cred;"),
