@@ -12,6 +12,9 @@ pub const STAGE: usize = 216;
 pub const VOXEL_CHUNK: usize = 128;
 /// Taps along W the row kernels are written for (stride 1).
 pub const ROW_TAPS: usize = 3;
+/// Consecutive results along W per invocation of the forward row kernel at stride 2 (with all the general
+/// tiles' channels: 4 x 16 accumulators, a window of 9 values for 12 taps).
+pub const ROW_STRIDE2_COLS: usize = 4;
 /// Voxels per invocation of the 1x1x1 forward and input-gradient kernels: one aligned vec4 of the source
 /// (so they run where an image's voxels are a multiple of 4).
 pub const POINTWISE_COLS: usize = 4;
@@ -197,11 +200,13 @@ pub enum Entry {
     ForwardPointwise,
     /// The input gradient of 1x1x1 kernels at stride 1 without padding.
     BackwardDataPointwise,
+    /// The forward row kernel at stride 2 along W (3 taps along W).
+    ForwardRowStride2,
 }
 
 impl Entry {
     /// Every entry point, in the order the module defines them.
-    pub const ALL: [Entry; 10] = [
+    pub const ALL: [Entry; 11] = [
         Entry::Forward,
         Entry::BackwardData,
         Entry::BackwardWeight,
@@ -212,6 +217,7 @@ impl Entry {
         Entry::ForwardPointwise,
         Entry::BackwardDataPointwise,
         Entry::BackwardWeightPointwise,
+        Entry::ForwardRowStride2,
     ];
 
     /// The entry point's name in the WGSL.
@@ -227,6 +233,7 @@ impl Entry {
             Entry::BackwardWeightPointwise => "backward_weight_pointwise",
             Entry::ForwardPointwise => "forward_pointwise",
             Entry::BackwardDataPointwise => "backward_data_pointwise",
+            Entry::ForwardRowStride2 => "forward_row_s2",
         }
     }
 }

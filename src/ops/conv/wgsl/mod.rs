@@ -11,7 +11,9 @@
 
 use std::fmt::Write as _;
 
-use super::tiles::{ConvTiles, ROW_TAPS, STAGE, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP};
+use super::tiles::{
+    ConvTiles, ROW_STRIDE2_COLS, ROW_TAPS, STAGE, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
+};
 
 mod pass;
 mod phase;
@@ -33,9 +35,10 @@ const SUBGROUP_HEADER: &str = include_str!("subgroup.wgsl");
 
 impl ConvTiles {
     /// The WGSL module of these tiles: the module's header, the shared header, its kernels, the phase
-    /// kernel and the 1x1x1 kernels (forward, input and weight gradients).
+    /// kernel, the 1x1x1 kernels (forward, input and weight gradients) and the forward row kernel at stride
+    /// 2 along W.
     pub fn source(&self) -> String {
-        let (header, kernels, phase) = if self.subgroup {
+        let (header, kernels, phase, row_stride2) = if self.subgroup {
             (
                 SUBGROUP_HEADER,
                 subgroup(
@@ -46,12 +49,14 @@ impl ConvTiles {
                     self.row_kernel_rows,
                 ),
                 phase_data_subgroup(self.cols, self.quads),
+                subgroup::forward_row_stride2(ROW_STRIDE2_COLS, self.quads),
             )
         } else {
             (
                 PORTABLE_HEADER,
                 portable(self.cols, self.quads, self.row_cols, self.row_kernel_rows),
                 phase_data(self.cols, self.quads),
+                portable::forward_row_stride2(ROW_STRIDE2_COLS, self.quads),
             )
         };
         let values = [
@@ -72,6 +77,7 @@ impl ConvTiles {
             + &phase
             + &pointwise::pointwise(self.quads, self.subgroup)
             + &pointwise::pointwise_weight()
+            + &row_stride2
     }
 }
 
@@ -223,16 +229,16 @@ mod tests {
     /// change updates it in the same commit (the failure message prints the new list). FNV-1a is written out
     /// because `DefaultHasher`'s algorithm may change between Rust releases.
     const DIGESTS: &[(&str, u64)] = &[
-        ("conv-sg-c2x8-r8x8x1", 0xdf257ea0941f3e7e),
-        ("conv-sg-c4x8-r8x8x1", 0xeb38d080f7b35659),
-        ("conv-sg-c2x16-r8x8x1", 0x4471b25a4ac90218),
-        ("conv-sg-c4x16-r8x8x1", 0x8aa0315d1e86bdc1),
-        ("conv-wg-c2x8-r4x8x1", 0xc76e77907072be8d),
-        ("conv-wg-c4x8-r4x8x1", 0x174d69b030952ce9),
-        ("conv-wg-c2x16-r4x16x1", 0xbbe2354d2d8da74d),
-        ("conv-wg-c4x16-r4x16x1", 0x2097e293e82a2c0d),
-        ("conv-wg-c2x4-r4x4x1", 0x83041fea217c1edf),
-        ("conv-wg-c4x4-r4x4x1", 0x1c7802c5c667b659),
+        ("conv-sg-c2x8-r8x8x1", 0x74cbcc9c09436b21),
+        ("conv-sg-c4x8-r8x8x1", 0xa02e2ca697837c7c),
+        ("conv-sg-c2x16-r8x8x1", 0x60e803269e353f08),
+        ("conv-sg-c4x16-r8x8x1", 0x689e66385181aa83),
+        ("conv-wg-c2x8-r4x8x1", 0x5d7be3ae1eed2018),
+        ("conv-wg-c4x8-r4x8x1", 0x2cacaaaee9023d9c),
+        ("conv-wg-c2x16-r4x16x1", 0xd971d3a119bf07d0),
+        ("conv-wg-c4x16-r4x16x1", 0x2e4f83334d281a90),
+        ("conv-wg-c2x4-r4x4x1", 0x23d0cffb3e0fccc3),
+        ("conv-wg-c4x4-r4x4x1", 0xeb74794c0ce4b50d),
     ];
 
     fn fnv1a(text: &str) -> u64 {

@@ -27,6 +27,20 @@ impl Pass {
         }
     }
 
+    /// The row kernel of this pass for stride `sw` along W (2 only for the forward pass).
+    pub(super) fn row_entry(self, sw: usize) -> Entry {
+        match (self, sw) {
+            (Pass::Forward, 2) => Entry::ForwardRowStride2,
+            (Pass::Forward, _) => Entry::ForwardRow,
+            (Pass::BackwardData, _) => Entry::BackwardDataRow,
+        }
+    }
+
+    /// Values along W one row segment of `tnw` results reads for 3 taps at stride `sw`.
+    pub(super) fn row_window_len(tnw: usize, sw: usize) -> usize {
+        sw * (tnw - 1) + ROW_TAPS
+    }
+
     /// The channels reduced over.
     pub(super) fn reduced(self) -> &'static str {
         match self {
@@ -139,7 +153,7 @@ impl Pass {
     /// The row kernels' decoding: the row's results from `xs` (and their validity per result), and the
     /// corner of their window along W. Forward: in the input; input gradient: shifted by the padding and
     /// along W by the taps (so the window runs forwards), with the image's offset in dy.
-    pub(super) fn row_origins(self, cols: usize) -> String {
+    pub(super) fn row_origins(self, cols: usize, sw: usize) -> String {
         let sz = match self {
             Pass::Forward => "p.osz",
             Pass::BackwardData => "p.isz",
@@ -163,12 +177,17 @@ impl Pass {
             format!("    let valid{j} = valid && xs + {j}u < {sz}.z;")
         });
         s + &match self {
-            Pass::Forward => String::from(
+            Pass::Forward => format!(
                 "
     let z0 = i32(zz * p.stride.x) - i32(p.pad.x);
     let y0 = i32(yy * p.stride.y) - i32(p.pad.y);
-    let x0 = i32(xs) - i32(p.pad.z);
+    let x0 = i32({}) - i32(p.pad.z);
     let xb = i32(n * cin * ivox);",
+                if sw == 1 {
+                    "xs".to_string()
+                } else {
+                    format!("xs * {sw}u")
+                }
             ),
             Pass::BackwardData => format!(
                 "
@@ -221,11 +240,12 @@ impl Pass {
 
     /// One reduced channel's step of the row kernels (in their channel loop): the weights
     /// `{operand}{kw}_{q}` = `load(kw, q)` of each tap along W, accumulated with the window into the row's
-    /// `tnw` results. Tap kw of result j reads window value `j + kw` (forward) or `j + 2 - kw` (input
-    /// gradient, whose window runs the other way).
+    /// `tnw` results. Tap kw of result j reads window value `sw j + kw` (forward at stride `sw` along W)
+    /// or `j + 2 - kw` (input gradient, stride 1, whose window runs the other way).
     pub(super) fn row_step(
         self,
         tnw: usize,
+        sw: usize,
         quads: usize,
         operand: &str,
         load: &dyn Fn(usize, usize) -> String,
@@ -240,7 +260,7 @@ impl Pass {
         for kw in 0..ROW_TAPS {
             for j in 0..tnw {
                 let xi = match self {
-                    Pass::Forward => j + kw,
+                    Pass::Forward => sw * j + kw,
                     Pass::BackwardData => j + ROW_TAPS - 1 - kw,
                 };
                 for q in 0..quads {

@@ -10,8 +10,13 @@ use crate::ops::conv::tiles::Entry;
 pub(super) fn portable(tn: usize, q: usize, tnw: usize, tr: usize) -> String {
     Pass::BOTH.map(|pass| general(pass, tn, q)).concat()
         + &backward_weight(tn, q)
-        + &Pass::BOTH.map(|pass| row(pass, tnw, q)).concat()
+        + &Pass::BOTH.map(|pass| row(pass, tnw, q, 1)).concat()
         + &backward_weight_row(tr, q)
+}
+
+/// The forward row kernel at stride 2 along W (appended after the 1x1x1 kernels).
+pub(super) fn forward_row_stride2(tnw: usize, q: usize) -> String {
+    row(Pass::Forward, tnw, q, 2)
 }
 
 /// The portable kernels' gathers of a reduction step: each column's value at `off{j} + co` (zero where
@@ -192,12 +197,12 @@ fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 
 /// The forward or input-gradient row kernel (stride 1, 3 taps along W): `tnw` consecutive results of a row
 /// per invocation reading one window of gathered values per reduced channel.
-fn row(pass: Pass, tnw: usize, q: usize) -> String {
-    let win = tnw + ROW_TAPS - 1;
+fn row(pass: Pass, tnw: usize, q: usize, sw: usize) -> String {
+    let win = Pass::row_window_len(tnw, sw);
     let kw_n = ROW_TAPS;
     let (comment, stage_args) = match pass {
         Pass::Forward => (
-            format!("forward for stride 1 and {kw_n} taps along W: {tnw} consecutive results of a row per invocation, the {kw_n} taps\n// along W reading one window of {win} gathered values per input channel."),
+            format!("forward for stride {sw} and {kw_n} taps along W: {tnw} consecutive results of a row per invocation, the {kw_n} taps\n// along W reading one window of {win} gathered values per input channel."),
             "cin, 1u, m0, cout",
         ),
         Pass::BackwardData => (
@@ -205,7 +210,7 @@ fn row(pass: Pass, tnw: usize, q: usize) -> String {
             "1u, cin, m0, cin",
         ),
     };
-    let name = pass.entry(true).name();
+    let name = pass.row_entry(sw).name();
     let mut s = format!(
         "
 // {comment}
@@ -231,13 +236,13 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 let co = (c0 + cl) * {};
 {}",
         pass.reduced(),
-        pass.row_origins(tnw),
+        pass.row_origins(tnw, sw),
         acc_decl(tnw, q),
         pass.row_window(win),
         pass.reduced_stride(),
         window_gathers("                ", win, "co")
     );
-    s += &pass.row_step(tnw, q, "w", &|kw, qq| {
+    s += &pass.row_step(tnw, sw, q, "w", &|kw, qq| {
         format!("wtile[(cl * {kw_n}u + {kw}u) * Q + {qq}u]")
     });
     s += "            }\n        }\n    }\n";

@@ -10,8 +10,13 @@ use crate::ops::conv::tiles::Entry;
 pub(super) fn subgroup(tn: usize, q: usize, tnw: usize, qw: usize, tr: usize) -> String {
     Pass::BOTH.map(|pass| general(pass, tn, q)).concat()
         + &backward_weight(tn, q)
-        + &Pass::BOTH.map(|pass| row(pass, tnw, qw)).concat()
+        + &Pass::BOTH.map(|pass| row(pass, tnw, qw, 1)).concat()
         + &backward_weight_row(tr, q)
+}
+
+/// The forward row kernel at stride 2 along W (appended after the 1x1x1 kernels).
+pub(super) fn forward_row_stride2(tnw: usize, qw: usize) -> String {
+    row(Pass::Forward, tnw, qw, 2)
 }
 
 /// One reduction step of the subgroup kernels: lane `k`'s weights broadcast to every lane, each column's
@@ -223,10 +228,10 @@ fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 /// The forward or input-gradient row kernel (stride 1, 3 taps along W): `tnw` consecutive results
 /// of a row and `4 qw` channels per invocation, stepping through a group of 8 lanes' weights with
 /// subgroupShuffle.
-fn row(pass: Pass, tnw: usize, qw: usize) -> String {
+fn row(pass: Pass, tnw: usize, qw: usize, sw: usize) -> String {
     let sg = SUBGROUP_LANES;
     let kw_n = ROW_TAPS;
-    let win = tnw + kw_n - 1;
+    let win = Pass::row_window_len(tnw, sw);
     let rm = 4 * qw;
     let (comment, widx): (_, &dyn Fn(usize, usize) -> String) = match pass {
         Pass::Forward => ("forward, row kernel (see forward).", &|mm, kw| {
@@ -237,16 +242,18 @@ fn row(pass: Pass, tnw: usize, qw: usize) -> String {
             &|mm, kw| format!("(cl * cin + m0 + {mm}u) * kvol + t + {kw}u"),
         ),
     };
-    let name = pass.entry(true).name();
+    let name = pass.row_entry(sw).name();
     let cred = pass.reduced();
     let mlim = pass.results();
     let redstride = pass.reduced_stride();
     // These kernels index their columns with the workgroup size written out.
-    let rowcode = pass.row_origins(tnw).replace("* WGS + lid", "* 64u + lid");
+    let rowcode = pass
+        .row_origins(tnw, sw)
+        .replace("* WGS + lid", "* 64u + lid");
     let mut s = format!(
         "
 // {comment}
-// Stride 1 along W and {kw_n} taps along W: each invocation owns {tnw} consecutive results of a row and {rm}
+// Stride {sw} along W and {kw_n} taps along W: each invocation owns {tnw} consecutive results of a row and {rm}
 // channels; one window of {win} gathered values per reduced channel serves all {kw_n} taps along W.
 @compute @workgroup_size(64)
 fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -298,7 +305,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     );
     let _ = writeln!(s, "                let cs = (c0 + k) * {redstride};");
     s += &window_gathers("                ", win, "cs");
-    s += &pass.row_step(tnw, qw, "b", &|kw, qq| {
+    s += &pass.row_step(tnw, sw, qw, "b", &|kw, qq| {
         format!("subgroupShuffle(wl{kw}_{qq}, k)")
     });
     s += "            }\n";
