@@ -3,14 +3,14 @@
 //! (`dx[n, ci, v] = sum_co w[co, ci] dy[n, co, v]`) and the weight gradient `backward_weight_pointwise`.
 //!
 //! Every invocation of a workgroup owns the same result channels, so the weights it reads are the same
-//! for all of them (uniform loads: one read per workgroup step, no subgroup broadcast or staging needed),
-//! and four consecutive voxels, so each reduction step is one vec4 load for `16 x quads` fused
-//! multiply-adds (one wide load where a driver gathers lane by lane, coalesced on GPUs). Each
-//! result is reduced over its channels in ascending order from zero, as the general kernels do for a
-//! one-tap kernel, so both paths give the same bits.
+//! for all of them: the subgroup module loads 8 reduced channels' weights once per 8 lanes and broadcasts
+//! them, as its general kernels do; the portable module reads them as uniform loads. Each invocation owns
+//! four consecutive voxels, so each reduction step is one vec4 load (coalesced on GPUs) for `16 x quads`
+//! fused multiply-adds. Each result is reduced over its channels in ascending order from zero, as the
+//! general kernels do for a one-tap kernel, so both paths give the same bits.
 
 use super::pass::Pass;
-use super::subgroup::weight_lane_loads;
+use super::subgroup::broadcast_steps;
 use super::*;
 use crate::ops::conv::tiles::{
     Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS,
@@ -46,13 +46,6 @@ fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
     };
     let name = entry.name();
     let (cred, mlim) = (pass.reduced(), pass.results());
-    let rows = 4 * quads;
-    // Rows of w past the last result channel read the last one: their results are never stored.
-    let row_offsets = join(
-        (0..rows)
-            .map(|m| format!("    let wr{m} = min(m0 + {m}u, {mlim} - 1u) * {weight_row};"))
-            .collect(),
-    );
     // Column j of a lane is voxel 4 x (its quad) + j: the four are one aligned vec4 of `src4`, and all in
     // one image (the launch requires voxels a multiple of 4).
     let columns = format!(
@@ -67,16 +60,6 @@ fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
         per_column(POINTWISE_COLS, |j| format!(
             "    let valid{j} = valid;\n    let n{j} = n;\n    let v{j} = v + {j}u;"
         ))
-    );
-    let weights = join(
-        (0..quads)
-            .map(|q| {
-                let lanes: Vec<String> = (0..4)
-                    .map(|r| format!("wts[wr{} + wc]", 4 * q + r))
-                    .collect();
-                format!("        let w{q} = vec4<f32>({});", lanes.join(", "))
-            })
-            .collect(),
     );
     // One reduction step at `cs`: the four voxels' values, times the weights `{w}{q}`.
     let fmas = |ind: &str, w: &str| {
@@ -95,27 +78,30 @@ fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
             Pass::Forward => &|m| format!("(m0 + {m}u) * cin + cl"),
             Pass::BackwardData => &|m| format!("cl * cin + m0 + {m}u"),
         };
-        let sg = SUBGROUP_LANES;
-        let mut s = format!(
-            "    let lane = sgid % {sg}u;
+        format!(
+            "    let lane = sgid % {SUBGROUP_LANES}u;
     let cred = {cred};
     let mlim = {mlim};
-    for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{
-{}
-",
-            weight_lane_loads("        ", quads, widx)
-        );
-        for k in 0..sg {
-            let _ = writeln!(s, "        if (c0 + {k}u < cred) {{");
-            let _ = writeln!(s, "            let cs = (c0 + {k}u) * vox;");
-            for q in 0..quads {
-                let _ = writeln!(s, "            let b{q} = subgroupBroadcast(wl{q}, {k}u);");
-            }
-            s += &fmas("            ", "b");
-            s += "\n        }\n";
-        }
-        s + "    }"
+{}    }}",
+            broadcast_steps("    ", quads, widx, "vox", &|ind| fmas(ind, "b"))
+        )
     } else {
+        // Rows of w past the last result channel read the last one: their results are never stored.
+        let row_offsets = join(
+            (0..4 * quads)
+                .map(|m| format!("    let wr{m} = min(m0 + {m}u, {mlim} - 1u) * {weight_row};"))
+                .collect(),
+        );
+        let weights = join(
+            (0..quads)
+                .map(|q| {
+                    let lanes: Vec<String> = (0..4)
+                        .map(|r| format!("wts[wr{} + wc]", 4 * q + r))
+                        .collect();
+                    format!("        let w{q} = vec4<f32>({});", lanes.join(", "))
+                })
+                .collect(),
+        );
         format!(
             "{row_offsets}
     for (var c = 0u; c < {cred}; c++) {{

@@ -19,13 +19,10 @@ pub(super) fn forward_row_stride2(tnw: usize, qw: usize) -> String {
     row(Pass::Forward, tnw, qw, 2)
 }
 
-/// One reduction step of the subgroup kernels: lane `k`'s weights broadcast to every lane, each column's
-/// value gathered at `off{j} + cs` (zero where `ok{j}x` is false) and accumulated.
-fn broadcast_fmas(ind: &str, tn: usize, q: usize, k: usize) -> String {
+/// One reduction step of the general subgroup kernels after the broadcasts: each column's value gathered
+/// at `off{j} + cs` (zero where `ok{j}x` is false) and accumulated with the broadcast weights `b{q}`.
+fn column_fmas(ind: &str, tn: usize, q: usize) -> String {
     let mut s = Vec::new();
-    for qq in 0..q {
-        s.push(format!("{ind}let b{qq} = subgroupBroadcast(wl{qq}, {k}u);"));
-    }
     for j in 0..tn {
         s.push(format!(
             "{ind}let x{j} = select(0.0, src[select(0u, off{j} + cs, ok{j}x)], ok{j}x);"
@@ -41,7 +38,7 @@ fn broadcast_fmas(ind: &str, tn: usize, q: usize, k: usize) -> String {
 
 /// Lane `lane` of each group of 8 loads the weights `wts[widx(m)]` of reduced channel `c0 + lane` for the
 /// result channels (zero past `cred` and `mlim`).
-pub(super) fn weight_lane_loads(ind: &str, quads: usize, widx: &dyn Fn(usize) -> String) -> String {
+fn weight_lane_loads(ind: &str, quads: usize, widx: &dyn Fn(usize) -> String) -> String {
     let mut s = vec![
         format!("{ind}let cl = c0 + lane;"),
         format!("{ind}let cok = cl < cred;"),
@@ -70,16 +67,34 @@ pub(super) fn broadcast_reduction(
     widx: &dyn Fn(usize) -> String,
     rstride: &str,
 ) -> String {
+    broadcast_steps("        ", q, widx, rstride, &|ind| column_fmas(ind, tn, q))
+}
+
+/// The channel loop of the subgroup kernels at indent `ind`, 8 reduced channels at a time: lane k of each
+/// 8 loads the weights `wts[widx(m)]` of channel `c0 + k`, then for each of the 8 channels `c` (below
+/// `cred`) `cs = c * rstride`, the broadcast weights `b{q}` and the statements `step(indent)`. Leaves the
+/// channel loop open.
+pub(super) fn broadcast_steps(
+    ind: &str,
+    q: usize,
+    widx: &dyn Fn(usize) -> String,
+    rstride: &str,
+    step: &dyn Fn(&str) -> String,
+) -> String {
     let sg = SUBGROUP_LANES;
+    let (in1, in2) = (format!("{ind}    "), format!("{ind}        "));
     let mut s = format!(
-        "        for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{\n{}\n",
-        weight_lane_loads("            ", q, widx)
+        "{ind}for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{\n{}\n",
+        weight_lane_loads(&in1, q, widx)
     );
     for k in 0..sg {
-        let _ = writeln!(s, "            if (c0 + {k}u < cred) {{");
-        let _ = writeln!(s, "                let cs = (c0 + {k}u) * {rstride};");
-        s += &broadcast_fmas("                ", tn, q, k);
-        s += "\n            }\n";
+        let _ = writeln!(s, "{in1}if (c0 + {k}u < cred) {{");
+        let _ = writeln!(s, "{in2}let cs = (c0 + {k}u) * {rstride};");
+        for qq in 0..q {
+            let _ = writeln!(s, "{in2}let b{qq} = subgroupBroadcast(wl{qq}, {k}u);");
+        }
+        s += &step(&in2);
+        let _ = write!(s, "\n{in1}}}\n");
     }
     s
 }
