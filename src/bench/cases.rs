@@ -409,7 +409,7 @@ fn segresnetds(
     crate::nn::SegResNetDs::new(gpu, config, 0)
 }
 
-/// The paper's network and patch (`../shared/spec`: init 32, blocks 1,2,2,4,4, dsdepth 4, 128^3 patches
+/// The paper's network and patch (Barfoot et al. 2025: init 32, blocks 1,2,2,4,4, dsdepth 4, 128^3 patches
 /// in batches of 2, 4 classes), at either scale.
 const PAPER_BATCH: usize = 2;
 const PAPER_SIZE: usize = 128;

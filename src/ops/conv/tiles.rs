@@ -24,6 +24,8 @@ pub const POINTWISE_OUT: usize = 4;
 pub const POINTWISE_IN: usize = 16;
 /// Rounds of the 1x1x1 weight gradient's lane tree (each sums a share of the accumulators).
 pub const POINTWISE_ROUNDS: usize = 2;
+/// Vec4 sums per lane in one round of that tree (its workgroup memory holds this many per lane).
+pub const POINTWISE_ROUND_SUMS: usize = POINTWISE_OUT * POINTWISE_IN / 4 / POINTWISE_ROUNDS;
 
 /// Tile sizes of one generated kernel module: everything the generated text and its launcher share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,7 +86,7 @@ impl ConvTiles {
         };
         weights
             .max(voxels)
-            .max(WORKGROUP * POINTWISE_OUT * POINTWISE_IN / POINTWISE_ROUNDS * 4)
+            .max(WORKGROUP * POINTWISE_ROUND_SUMS * 16)
     }
 
     /// The variant of these tiles for one launch with `result_channels` channels per result and `columns`

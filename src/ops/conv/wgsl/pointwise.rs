@@ -13,7 +13,7 @@ use super::pass::Pass;
 use super::subgroup::broadcast_steps;
 use super::*;
 use crate::ops::conv::tiles::{
-    Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS,
+    Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS, POINTWISE_ROUND_SUMS,
 };
 
 /// The forward and input-gradient matrix-product kernels of [`POINTWISE_COLS`] voxels x `quads` vec4s of
@@ -188,7 +188,7 @@ pub(super) fn pointwise_weight() -> String {
         }
     }
     // The tree runs in rounds over a share of the accumulators each, which keeps `pwsum` small.
-    let per_round = outs * quads / POINTWISE_ROUNDS;
+    let per_round = POINTWISE_ROUND_SUMS;
     let mut rounds = String::new();
     for round in 0..POINTWISE_ROUNDS {
         let q0 = round * quads / POINTWISE_ROUNDS;
