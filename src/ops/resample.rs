@@ -113,16 +113,27 @@ pub fn resample_each(
     let max = gpu.max_binding_bytes();
     let plane_bytes = (in3[1] * in3[2]) as u64 * 4;
     let piece_voxels = ((max - align) / 4).min(out_voxels as u64) as usize;
-    let tables = maps
+    let fixed = maps
         .iter()
-        .map(|m| Tensor::from_slice(gpu, &[terms_len(out_shape)], &terms(m, out_shape)?))
+        .map(|m| terms(m, out_shape))
+        .collect::<Result<Vec<_>>>()?;
+    // Maps that keep the axes apart (Spacingd's) read their coordinates from per-axis tables.
+    let per_axis = fixed
+        .iter()
+        .map(|t| axis_table(t, in3, out_shape))
+        .collect::<Option<Vec<_>>>();
+    let (tables, entry) = match (&per_axis, mode) {
+        (Some(t), Interpolation::Linear) => (t, "linear_axes"),
+        (Some(t), Interpolation::Nearest) => (t, "nearest_axes"),
+        (None, Interpolation::Linear) => (&fixed, "linear"),
+        (None, Interpolation::Nearest) => (&fixed, "nearest"),
+    };
+    let tables = tables
+        .iter()
+        .map(|t| Tensor::from_slice(gpu, &[t.len()], t))
         .collect::<Result<Vec<_>>>()?;
     let per_map = volumes / maps.len();
     let u = |v: [usize; 3]| [v[0] as u32, v[1] as u32, v[2] as u32, 0];
-    let entry = match mode {
-        Interpolation::Linear => "linear",
-        Interpolation::Nearest => "nearest",
-    };
     let kernel = gpu.kernel(&shaders::AFFINE_RESAMPLE, "", entry, &[])?;
     let mut batch = gpu.batch(format!("resample {entry}"));
     for volume in 0..volumes {
@@ -257,6 +268,53 @@ fn terms(m: &[[f64; 4]; 4], out_shape: [usize; 3]) -> Result<Vec<u32>> {
         }
     }
     Ok(out)
+}
+
+/// The coordinates of a map that keeps the axes apart (input axis `r` moves with output axis `r` alone:
+/// every other axis's term on it is one constant), tabulated per output axis and index as the
+/// `_axes` kernels read them: `[floor, next voxel, fraction in 2^-32, nearest voxel]`, each clamped
+/// into the input exactly as the general kernel clamps the summed fixed-point coordinate, so both
+/// give the same bits. `None` for any other map (or one whose sums would leave the kernel's i32).
+fn axis_table(fixed: &[u32], in3: [usize; 3], out_shape: [usize; 3]) -> Option<Vec<u32>> {
+    // Entry `e`'s term on input axis `r` in units of 2^-32.
+    let term = |e: usize, r: usize| {
+        (i64::from(fixed[8 * e + r] as i32) << 32) + i64::from(fixed[8 * e + 4 + r])
+    };
+    let starts = [0, out_shape[0], out_shape[0] + out_shape[1]];
+    let mut constant = [0i64; 3];
+    for r in 0..3 {
+        for a in (0..3).filter(|&a| a != r) {
+            let first = term(starts[a], r);
+            if (1..out_shape[a]).any(|o| term(starts[a] + o, r) != first) {
+                return None;
+            }
+            constant[r] += first;
+        }
+    }
+    let mut table = Vec::with_capacity(4 * (starts[2] + out_shape[2]));
+    for r in 0..3 {
+        let last = in3[r] as i64 - 1;
+        for o in 0..out_shape[r] {
+            let c = term(starts[r] + o, r) + constant[r];
+            let (whole, frac) = (c >> 32, (c & 0xffff_ffff) as u32);
+            if i32::try_from(whole).is_err() {
+                return None;
+            }
+            let (whole, frac) = if whole < 0 {
+                (0, 0)
+            } else if whole > last || (whole == last && frac > 0) {
+                (last, 0)
+            } else {
+                (whole, frac)
+            };
+            let cell = whole as u32;
+            let next = (cell + 1).min(last as u32);
+            let up = frac > 1 << 31 || (frac == 1 << 31 && cell & 1 == 1);
+            let nearest = (cell + u32::from(up)).min(last as u32);
+            table.extend_from_slice(&[cell, next, frac, nearest]);
+        }
+    }
+    Some(table)
 }
 
 /// Error unless the map is a finite affine (last row `0 0 0 1`).
