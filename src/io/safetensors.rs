@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
@@ -273,67 +273,110 @@ pub fn write(
     tensors: &BTreeMap<String, HostTensor>,
     metadata: Option<&std::collections::HashMap<String, String>>,
 ) -> Result<()> {
-    let path = path.as_ref();
-    let p = path.display().to_string();
-    let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, t) in tensors {
-        let (dtype, shape, bytes): (Dtype, Vec<usize>, Vec<u8>) = match t {
-            HostTensor::F32(s, v) => (
-                Dtype::F32,
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-            HostTensor::I32(s, v) => (
-                Dtype::I32,
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-            HostTensor::U32(s, v) => (
-                Dtype::U32,
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-            HostTensor::U8(s, v) => (Dtype::U8, s.clone(), v.clone()),
-        };
-        let width = dtype.bitsize() / 8;
-        let elems = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .and_then(|n| n.checked_mul(width));
-        if elems != Some(bytes.len()) {
-            return Err(Error::shape(format!(
-                "tensor '{name}' has shape {shape:?} but {} elements",
-                bytes.len() / width
-            )));
-        }
-        bufs.push((name.clone(), dtype, shape, bytes));
-    }
-    let views: Vec<(String, TensorView<'_>)> = bufs
+    let views: Vec<(&str, &[usize], Values<'_>)> = tensors
         .iter()
-        .map(|(n, d, s, b)| {
-            TensorView::new(*d, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| format_err(&p, e.to_string()))
+        .map(|(name, t)| {
+            let values = match t {
+                HostTensor::F32(_, v) => Values::F32(v),
+                HostTensor::I32(_, v) => Values::I32(v),
+                HostTensor::U32(_, v) => Values::U32(v),
+                HostTensor::U8(_, v) => Values::U8(v),
+            };
+            (name.as_str(), t.shape(), values)
         })
-        .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, metadata.cloned())
-        .map_err(|e| format_err(&p, e.to_string()))?;
-    write_atomically(path, &sorted_header(&bytes, &p)?)
+        .collect();
+    write_views(path.as_ref(), &views, metadata)
 }
 
-/// Writes f32 tensors `(name, shape, values)` as [`write()`] does with no metadata (the same bytes), but
-/// streams each tensor's values to the file instead of building the file in memory first: the extra host
-/// memory is a small buffer, whatever the tensors' size.
+/// Writes f32 tensors `(name, shape, values)` as [`write()`] does with no metadata (the same bytes), from
+/// borrowed values: nothing is copied into a file image first, whatever the tensors' size.
 pub fn write_f32_streamed(
     path: impl AsRef<Path>,
     tensors: &[(&str, &[usize], &[f32])],
 ) -> Result<()> {
-    let path = path.as_ref();
+    let views: Vec<(&str, &[usize], Values<'_>)> = tensors
+        .iter()
+        .map(|&(name, shape, v)| (name, shape, Values::F32(v)))
+        .collect();
+    write_views(path.as_ref(), &views, None)
+}
+
+/// A tensor's values, borrowed.
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    F32(&'a [f32]),
+    I32(&'a [i32]),
+    U32(&'a [u32]),
+    U8(&'a [u8]),
+}
+
+impl Values<'_> {
+    fn dtype(self) -> Dtype {
+        match self {
+            Values::F32(_) => Dtype::F32,
+            Values::I32(_) => Dtype::I32,
+            Values::U32(_) => Dtype::U32,
+            Values::U8(_) => Dtype::U8,
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::I32(v) => v.len(),
+            Values::U32(v) => v.len(),
+            Values::U8(v) => v.len(),
+        }
+    }
+
+    /// The little-endian bytes, a chunk at a time (the values themselves where the machine is
+    /// little-endian).
+    fn write_le(self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        fn words<T: bytemuck::Pod>(
+            v: &[T],
+            le: impl Fn(&T) -> [u8; 4],
+            w: &mut impl std::io::Write,
+        ) -> std::io::Result<()> {
+            if cfg!(target_endian = "little") {
+                return w.write_all(bytemuck::cast_slice(v));
+            }
+            let mut buf = Vec::with_capacity(1 << 16);
+            for chunk in v.chunks(1 << 14) {
+                buf.clear();
+                buf.extend(chunk.iter().flat_map(&le));
+                w.write_all(&buf)?;
+            }
+            Ok(())
+        }
+        match self {
+            Values::F32(v) => words(v, |x| x.to_le_bytes(), w),
+            Values::I32(v) => words(v, |x| x.to_le_bytes(), w),
+            Values::U32(v) => words(v, |x| x.to_le_bytes(), w),
+            Values::U8(v) => w.write_all(v),
+        }
+    }
+}
+
+/// The bytes `safetensors::serialize` gives (tensors ordered by descending dtype, then name, data back
+/// to back), with the header's keys sorted (the metadata comes from a `HashMap`, whose order changes from
+/// run to run, so equal tensors and metadata always give the same file), streamed to `path` atomically
+/// from the borrowed values.
+fn write_views(
+    path: &Path,
+    tensors: &[(&str, &[usize], Values<'_>)],
+    metadata: Option<&std::collections::HashMap<String, String>>,
+) -> Result<()> {
     let p = path.display().to_string();
-    // safetensors' own layout for one dtype: tensors sorted by name, data back to back.
-    let mut order: Vec<&(&str, &[usize], &[f32])> = tensors.iter().collect();
-    order.sort_by_key(|t| t.0);
+    let mut order: Vec<&(&str, &[usize], Values<'_>)> = tensors.iter().collect();
+    order.sort_by(|a, b| b.2.dtype().cmp(&a.2.dtype()).then(a.0.cmp(b.0)));
     let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        let sorted: BTreeMap<&String, &String> = m.iter().collect();
+        header.insert(
+            "__metadata__".to_string(),
+            serde_json::to_value(sorted).map_err(|e| format_err(&p, e.to_string()))?,
+        );
+    }
     let mut offset = 0usize;
     for (name, shape, values) in &order {
         let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -345,17 +388,23 @@ pub fn write_f32_streamed(
         }
         let end = values
             .len()
-            .checked_mul(4)
+            .checked_mul(values.dtype().bitsize() / 8)
             .and_then(|n| n.checked_add(offset))
             .ok_or_else(|| format_err(&p, format!("tensor '{name}' is too large")))?;
-        let entry =
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]});
+        let entry = serde_json::json!({
+            "dtype": values.dtype(),
+            "shape": shape,
+            "data_offsets": [offset, end],
+        });
         if header.insert(name.to_string(), entry).is_some() {
-            return Err(format_err(&p, format!("tensor '{name}' is given twice")));
+            return Err(format_err(
+                &p,
+                format!("tensor '{name}' is given twice (or is named as the metadata)"),
+            ));
         }
         offset = end;
     }
-    // serde_json's map is sorted, as the header `write` produces.
+    // serde_json's map is sorted (no `preserve_order`).
     let mut text = serde_json::to_vec(&serde_json::Value::Object(header))
         .map_err(|e| format_err(&p, e.to_string()))?;
     while text.len() % 8 != 0 {
@@ -365,50 +414,9 @@ pub fn write_f32_streamed(
         use std::io::Write;
         w.write_all(&(text.len() as u64).to_le_bytes())?;
         w.write_all(&text)?;
-        let mut buf = Vec::with_capacity(1 << 16);
         for (_, _, values) in &order {
-            for chunk in values.chunks(1 << 14) {
-                buf.clear();
-                buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
-                w.write_all(&buf)?;
-            }
+            values.write_le(w)?;
         }
         Ok(())
     })
-}
-
-/// The same safetensors bytes with the header's keys sorted (the metadata comes from a `HashMap`, whose
-/// order changes from run to run), so equal tensors and metadata always give the same file.
-fn sorted_header(bytes: &[u8], p: &str) -> Result<Vec<u8>> {
-    let bad = || format_err(p, "serialised header is malformed");
-    let n = u64::from_le_bytes(
-        bytes
-            .get(..8)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
-    let end = usize::try_from(n)
-        .ok()
-        .and_then(|n| n.checked_add(8))
-        .ok_or_else(bad)?;
-    let header: serde_json::Value =
-        serde_json::from_slice(bytes.get(8..end).ok_or_else(bad)?).map_err(|_| bad())?;
-    // serde_json's map is a BTreeMap (no `preserve_order`): keys come out sorted; tensor entries keep their
-    // explicit data offsets, so the data is unchanged.
-    let mut text = serde_json::to_vec(&header).map_err(|_| bad())?;
-    while text.len() % 8 != 0 {
-        text.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
-    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
-    out.extend_from_slice(&text);
-    out.extend_from_slice(&bytes[end..]);
-    Ok(out)
-}
-
-/// Writes `bytes` to `path` atomically: [`crate::io::output::write_file_atomically`] (kept under this name
-/// for existing callers).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::io::output::write_file_atomically(path, bytes)
 }

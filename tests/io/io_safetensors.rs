@@ -47,6 +47,86 @@ fn round_trip_with_metadata() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The bytes of `safetensors::serialize` (the crate's own writer) with the header's keys sorted, as
+/// `write` promises.
+fn serialize_sorted(
+    tensors: &BTreeMap<String, HostTensor>,
+    meta: &HashMap<String, String>,
+) -> Vec<u8> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let (d, b): (Dtype, Vec<u8>) = match t {
+                HostTensor::F32(_, v) => {
+                    (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                HostTensor::I32(_, v) => {
+                    (Dtype::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                HostTensor::U32(_, v) => {
+                    (Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                HostTensor::U8(_, v) => (Dtype::U8, v.clone()),
+            };
+            (n.clone(), d, t.shape().to_vec(), b)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let file = safetensors::serialize(views, Some(meta.clone())).unwrap();
+    let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + n]).unwrap();
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&file[8 + n..]);
+    out
+}
+
+#[test]
+fn writes_the_bytes_of_the_safetensors_crate_with_sorted_keys() {
+    // Every dtype, names whose order differs from the dtype order, odd byte counts, metadata.
+    let dir = std::env::temp_dir().join(format!("calibseg-io-bytes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tensors = BTreeMap::from([
+        (
+            "a_label".to_string(),
+            HostTensor::U8(vec![1, 3, 5], (0..15).collect()),
+        ),
+        (
+            "image".to_string(),
+            HostTensor::F32(
+                vec![2, 20001],
+                (0..40002).map(|i| (i as f32).sqrt()).collect(),
+            ),
+        ),
+        (
+            "counts".to_string(),
+            HostTensor::U32(vec![3], vec![7, 0, u32::MAX]),
+        ),
+        ("z".to_string(), HostTensor::I32(vec![2], vec![-5, 9])),
+        ("empty".to_string(), HostTensor::F32(vec![0, 4], vec![])),
+    ]);
+    let meta = HashMap::from([
+        ("zeta".to_string(), "1".to_string()),
+        ("affine".to_string(), "[[1.0]]".to_string()),
+        ("b".to_string(), "\"quoted\" \u{e9}".to_string()),
+    ]);
+    let path = dir.join("t.safetensors");
+    write(&path, &tensors, Some(&meta)).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        serialize_sorted(&tensors, &meta)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn reads_the_fixtures() {
     let f = TensorFile::open(fixture("loss_b2_c4_8x8x8.safetensors")).unwrap();
