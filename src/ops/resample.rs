@@ -282,13 +282,13 @@ fn axis_table(fixed: &[u32], in3: [usize; 3], out_shape: [usize; 3]) -> Option<V
     };
     let starts = [0, out_shape[0], out_shape[0] + out_shape[1]];
     let mut constant = [0i64; 3];
-    for r in 0..3 {
+    for (r, sum) in constant.iter_mut().enumerate() {
         for a in (0..3).filter(|&a| a != r) {
             let first = term(starts[a], r);
             if (1..out_shape[a]).any(|o| term(starts[a] + o, r) != first) {
                 return None;
             }
-            constant[r] += first;
+            *sum += first;
         }
     }
     let mut table = Vec::with_capacity(4 * (starts[2] + out_shape[2]));
@@ -335,5 +335,31 @@ mod layout_tests {
     #[test]
     fn params_layout_matches_the_wgsl() {
         assert_layout!(Params, shaders::AFFINE_RESAMPLE.first_variant(), "Params"; isz, osz, piece);
+    }
+}
+
+#[cfg(test)]
+mod axis_tests {
+    use super::{axis_table, terms};
+
+    #[test]
+    fn spacing_maps_take_the_per_axis_tables_and_oblique_maps_do_not() {
+        let mut m = [[0.0; 4]; 4];
+        m[0] = [1.25, 1e-17, -1e-17, 0.4];
+        m[1] = [-1e-17, 0.8, 0.0, -2.0];
+        m[2] = [0.0, 1e-17, 2.5, 3.75];
+        m[3][3] = 1.0;
+        let (n, out) = ([10, 12, 6], [9, 14, 3]);
+        let table = axis_table(&terms(&m, out).unwrap(), n, out).expect("per-axis");
+        // x index 3 reads 1.25 * 3 + 0.4 = 4.15: floor 4, next 5, 0.15 in 2^-32, nearest 4.
+        let e = &table[4 * 3..4 * 4];
+        assert_eq!(&e[..2], &[4, 5]);
+        assert!((f64::from(e[2]) / 4294967296.0 - 0.15).abs() < 1e-9);
+        assert_eq!(e[3], 4);
+        // y index 0 reads -2.0: clamped to voxel 0; z index 2 reads 8.75, past the last voxel 5.
+        assert_eq!(&table[4 * 9..4 * 10], &[0, 1, 0, 0]);
+        assert_eq!(&table[4 * (9 + 14 + 2)..], &[5, 5, 0, 5]);
+        m[1][0] = 0.01;
+        assert!(axis_table(&terms(&m, out).unwrap(), n, out).is_none());
     }
 }

@@ -117,6 +117,66 @@ fn resample_matches_the_f64_reference_for_random_maps() {
     }
 }
 
+/// A map that keeps the axes apart as Spacingd's do (`inv(A) @ A'` of two affines with the same
+/// directions): per-axis scales and shifts, with off-diagonal terms of f64 rounding size (1e-17).
+fn spacing_map(rng: &mut Rng, n: [usize; 3]) -> Map {
+    let mut m = [[0.0; 4]; 4];
+    for (r, row) in m.iter_mut().take(3).enumerate() {
+        for (c, v) in row.iter_mut().take(3).enumerate() {
+            *v = if r == c {
+                0.3 + 1.7 * rng.uniform()
+            } else {
+                1e-17 * (rng.uniform() - 0.5)
+            };
+        }
+        row[3] = (rng.uniform() - 0.5) * n[r] as f64 * 0.3;
+    }
+    m[3][3] = 1.0;
+    m
+}
+
+#[test]
+fn maps_that_keep_the_axes_apart_match_the_f64_reference() {
+    // Spacingd's maps take the per-axis path (tabulated coordinates); an axis left as it is (scale 1,
+    // no shift) and one read past both ends (border padding) are among the cases.
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(62);
+    for case in 0..6 {
+        let n = [6 + case, 9, 5 + 2 * case];
+        let out = [7 + case, 5, 11];
+        let channels = 1 + case % 2;
+        let x = rng.normals(channels * n.iter().product::<usize>(), 1.0);
+        let mut m = spacing_map(&mut rng, n);
+        if case == 1 {
+            m[1] = [0.0, 1.0, 0.0, 0.0];
+        }
+        if case == 2 {
+            m[2] = [0.0, 0.0, 2.5, -4.0];
+        }
+        let shape = [channels, n[0], n[1], n[2]];
+        let iv: usize = n.iter().product();
+        for mode in [Interpolation::Linear, Interpolation::Nearest] {
+            let got = run(&gpu, &x, &shape, &m, out, mode);
+            let want: Vec<f64> = (0..channels)
+                .flat_map(|c| reference(&x[c * iv..(c + 1) * iv], n, &m, out, mode))
+                .collect();
+            match mode {
+                Interpolation::Linear => {
+                    assert_close(&got, &want, Tol::abs(2e-5), &format!("case {case} linear"))
+                }
+                Interpolation::Nearest => {
+                    let wrong = got
+                        .iter()
+                        .zip(&want)
+                        .filter(|(g, w)| f64::from(**g) != **w)
+                        .count();
+                    assert_eq!(wrong, 0, "case {case}: nearest voxels differ");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn nearest_decides_near_ties_as_f64_does() {
     let Some(gpu) = gpu() else { return };
@@ -217,6 +277,16 @@ fn resample_in_pieces_has_the_same_bits() {
         assert!(
             a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
             "{mode:?}: an input over the binding"
+        );
+    }
+    // The per-axis path in pieces: Spacingd's kind of map over an input of 8 bindings.
+    let m = spacing_map(&mut rng, n);
+    for mode in [Interpolation::Linear, Interpolation::Nearest] {
+        let a = run(&whole, &x, &[1, n[0], n[1], n[2]], &m, [26, 15, 17], mode);
+        let b = run(&small, &x, &[1, n[0], n[1], n[2]], &m, [26, 15, 17], mode);
+        assert!(
+            a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{mode:?}: a map that keeps the axes apart, in pieces"
         );
     }
     // Planes of 6,400 bytes: not even one output voxel's input fits 4 KiB.
