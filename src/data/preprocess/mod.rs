@@ -130,18 +130,27 @@ fn load(path: &Path) -> Result<Volume> {
             path.display()
         )));
     }
-    // File order is x fastest, channels slowest; MONAI's array is [C, X, Y, Z] with z fastest.
-    // Per strip of 16 x (one cache line of f32 read per z), 16 sequential z runs written.
+    // File order is x fastest, channels slowest; MONAI's array is [C, X, Y, Z] with z fastest. Per
+    // strip of 16 x and one y, the strip's z rows (one cache line each) are gathered into a tile, then
+    // each x's run along z is written out in one piece.
     const STRIP: usize = 16;
     let mut data = vec![0.0f32; file.len()];
+    let mut tile = vec![0.0f32; STRIP * nz];
     for c in 0..channels {
         for x0 in (0..nx).step_by(STRIP) {
-            let x1 = (x0 + STRIP).min(nx);
+            let width = STRIP.min(nx - x0);
             for y in 0..ny {
                 for z in 0..nz {
-                    let row = ((c * nz + z) * ny + y) * nx;
-                    for x in x0..x1 {
-                        data[((c * nx + x) * ny + y) * nz + z] = file[row + x];
+                    let row = ((c * nz + z) * ny + y) * nx + x0;
+                    tile[z * STRIP..z * STRIP + width].copy_from_slice(&file[row..row + width]);
+                }
+                for dx in 0..width {
+                    let start = ((c * nx + x0 + dx) * ny + y) * nz;
+                    for (out, t) in data[start..start + nz]
+                        .iter_mut()
+                        .zip(tile.chunks_exact(STRIP))
+                    {
+                        *out = t[dx];
                     }
                 }
             }
