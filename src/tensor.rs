@@ -224,10 +224,12 @@ impl Tensor {
                 T::DTYPE
             )));
         }
-        let n = self.numel();
-        let bytes = self.gpu.read_bytes(self.buffer(), 0, self.byte_len())?;
-        let mut out = vec![T::zeroed(); n];
-        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..n * T::DTYPE.size()]);
+        let mut out = vec![T::zeroed(); self.numel()];
+        self.gpu.read_into(
+            self.buffer(),
+            0,
+            bytemuck::cast_slice_mut::<T, u8>(&mut out),
+        )?;
         Ok(out)
     }
 
@@ -308,10 +310,19 @@ impl Tensor {
 
 impl Gpu {
     /// Reads `len` bytes of `buffer` from `offset` through the reused staging buffer, after submitting any
-    /// pending recorded work (in the same submission). Every read-back of calibseg goes through here.
+    /// pending recorded work (in the same submission): [`Gpu::read_into`] a new vector.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; len as usize];
+        self.read_into(buffer, offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads `out.len()` bytes of `buffer` from `offset` into `out` through the reused staging buffer,
+    /// after submitting any pending recorded work (in the same submission). Every read-back of calibseg
+    /// goes through here.
+    pub fn read_into(&self, buffer: &wgpu::Buffer, offset: u64, out: &mut [u8]) -> Result<()> {
         const STAGING_MAX: u64 = 64 << 20;
-        let mut out = Vec::with_capacity(len as usize);
+        let len = out.len() as u64;
         let mut staging = self.inner.staging.lock().unwrap_or_else(|p| p.into_inner());
         let mut done = 0u64;
         while done < len {
@@ -348,11 +359,12 @@ impl Gpu {
                 let view = stage
                     .get_mapped_range(0..copy)
                     .map_err(|e| Error::Readback(e.to_string()))?;
-                out.extend_from_slice(&view[..chunk as usize]);
+                out[done as usize..(done + chunk) as usize]
+                    .copy_from_slice(&view[..chunk as usize]);
             }
             stage.unmap();
             done += chunk;
         }
-        Ok(out)
+        Ok(())
     }
 }
