@@ -146,11 +146,12 @@ pub(crate) fn read_channels(
         let info = img.info().clone();
         let n = info.spatial_len();
         let all = img.to_f32();
-        Ok((
-            all.chunks(n).map(<[f32]>::to_vec).collect(),
-            info.spatial_shape(),
-            info,
-        ))
+        let volumes = if all.len() == n {
+            vec![all]
+        } else {
+            all.chunks(n).map(<[f32]>::to_vec).collect()
+        };
+        Ok((volumes, info.spatial_shape(), info))
     };
     match images {
         CaseImages::Stacked(p) => split(p),
@@ -239,14 +240,35 @@ struct CaseResult {
 
 fn fingerprint_case(case: &Case, index: usize, samples_per_case: usize) -> Result<CaseResult> {
     let (channels, shape, info) = read_channels(&case.images)?;
-    let (ldims, labels) = nifti::read_integers(&case.label)?;
+    let label = nifti::read_image(&case.label)?;
     let n: usize = shape.iter().product();
+    let ldims = &label.info().dims;
     if ldims.iter().product::<usize>() != n {
         return Err(nifti::fmt_err(
             &case.label,
             format!("label dims {ldims:?} do not match the image's {shape:?}"),
         ));
     }
+    // The foreground voxels, read straight from the file's values (no integer copy of the map).
+    let mut foreground = Vec::new();
+    let mut bad = None;
+    let mut i = 0usize;
+    label.for_each_value(|x| {
+        if bad.is_none() && (x.fract() != 0.0 || !x.is_finite()) {
+            bad = Some((i, x));
+        }
+        if x > 0.0 {
+            foreground.push(i);
+        }
+        i += 1;
+    });
+    if let Some((i, x)) = bad {
+        return Err(nifti::fmt_err(
+            &case.label,
+            format!("voxel {i} holds {x}, not an integer label"),
+        ));
+    }
+    drop(label);
     let shape_after_crop = match nonzero_box(&channels, shape) {
         Some(b) => b.map(|[lo, hi]| hi - lo),
         None => [0; 3],
@@ -254,7 +276,6 @@ fn fingerprint_case(case: &Case, index: usize, samples_per_case: usize) -> Resul
     // In the axis order Orientationd(RAS) gives the arrays.
     let axes = ras_axes(&info.affine);
     let ras = |v: [usize; 3]| axes.map(|a| v[a]);
-    let foreground: Vec<usize> = (0..n).filter(|&i| labels[i] > 0).collect();
     let samples = channels
         .iter()
         .enumerate()
