@@ -146,11 +146,67 @@ fn nearest(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (i >= p.piece.y) {
         return;
     }
-    let w = source_coordinate(p.piece.x + i);
+    let q = nearest_voxel(source_coordinate(p.piece.x + i));
+    dst[p.piece.w + i] = raw(q.x, q.y, q.z);
+}
+
+fn nearest_voxel(w: Fixed) -> vec3<u32> {
     let cell = vec3<u32>(w.whole);
     let half = vec3<u32>(0x80000000u);
     let odd = (cell & vec3<u32>(1u)) == vec3<u32>(1u);
     let up = w.frac > half | (w.frac == half & odd);
-    let q = min(cell + select(vec3<u32>(0u), vec3<u32>(1u), up), p.isz.xyz - vec3<u32>(1u));
-    dst[p.piece.w + i] = raw(q.x, q.y, q.z);
+    return min(cell + select(vec3<u32>(0u), vec3<u32>(1u), up), p.isz.xyz - vec3<u32>(1u));
+}
+
+// u8 label maps, packed four voxels to a word (the first in the low byte) in `src` and `dst`; the
+// input's element shift counts bytes, the output's words. Invocation i writes the piece's output voxels
+// 4i..4i+3 as one word (a piece starts at a multiple of 4 voxels).
+fn byte_at(q: vec3<u32>) -> u32 {
+    let b = p.piece.z + ((q.x - p.isz.w) * p.isz.y + q.y) * p.isz.z + q.z;
+    return (src[b >> 2u] >> ((b & 3u) * 8u)) & 0xffu;
+}
+
+@compute @workgroup_size(256)
+fn nearest_u8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (4u * i >= p.piece.y) {
+        return;
+    }
+    var word = 0u;
+    for (var k = 0u; k < 4u; k++) {
+        let v = 4u * i + k;
+        if (v < p.piece.y) {
+            word |= byte_at(nearest_voxel(source_coordinate(p.piece.x + v))) << (8u * k);
+        }
+    }
+    dst[p.piece.w + i] = word;
+}
+
+// `nearest_u8` for a map tabulated per axis: the four voxels share the first one's x and y entries
+// while they stay in its row along z.
+@compute @workgroup_size(256)
+fn nearest_axes_u8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (4u * i >= p.piece.y) {
+        return;
+    }
+    let o = output_voxel(p.piece.x + 4u * i);
+    let row = vec2<u32>(terms[o.x].w, terms[p.osz.x + o.y].w);
+    var word = 0u;
+    for (var k = 0u; k < 4u; k++) {
+        let v = 4u * i + k;
+        if (v < p.piece.y) {
+            var q: vec3<u32>;
+            if (o.z + k < p.osz.z) {
+                q = vec3<u32>(row, terms[p.osz.x + p.osz.y + o.z + k].w);
+            } else {
+                let e = axis_entries(p.piece.x + v);
+                q = vec3<u32>(e[0].w, e[1].w, e[2].w);
+            }
+            word |= byte_at(q) << (8u * k);
+        }
+    }
+    dst[p.piece.w + i] = word;
 }

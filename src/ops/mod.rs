@@ -33,7 +33,7 @@ pub use norm::{
 };
 pub use reduce::channel_sum;
 pub use relu::{relu, relu_backward};
-pub use resample::{resample, resample_each, Interpolation};
+pub use resample::{resample, resample_each, resample_labels, Interpolation};
 pub use softmax::{softmax, softmax_backward};
 pub use upsample::{upsample, upsample_backward};
 

@@ -16,7 +16,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{binding_alignment, window};
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::gpu::{Arg, Gpu, WORKGROUP_SIZE};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -138,29 +138,17 @@ pub fn resample_each(
     let mut batch = gpu.batch(format!("resample {entry}"));
     for volume in 0..volumes {
         let map = &maps[volume / per_map];
-        let mut first = 0;
-        while first < out_voxels {
-            // The largest piece (of output voxels) whose input planes fit one binding beside it.
-            let mut count = piece_voxels.min(out_voxels - first);
-            let (x0, x1) = loop {
-                let (x0, x1) = input_planes(map, in3, out_shape, first, count);
-                if (x1 - x0 + 1) as u64 * plane_bytes + align <= max {
-                    break (x0, x1);
-                }
-                if count == 1 {
-                    return Err(Error::BufferTooLarge {
-                        what: format!(
-                            "the input planes one output voxel of resample reads ({} of {:?})",
-                            x1 - x0 + 1,
-                            [in3[1], in3[2]]
-                        ),
-                        bytes: (x1 - x0 + 1) as u64 * plane_bytes,
-                        limit_name: "max_storage_buffer_binding_size",
-                        limit: max,
-                    });
-                }
-                count = count.div_ceil(2);
-            };
+        for piece in pieces(
+            map,
+            in3,
+            out_shape,
+            piece_voxels,
+            1,
+            plane_bytes,
+            align,
+            max,
+        )? {
+            let (first, count, x0, x1) = (piece.first, piece.count, piece.x0, piece.x1);
             let src = window(volume * in3[0] + x0, x1 - x0 + 1, plane_bytes, 4, align);
             let dst = window(volume * out_voxels + first, count, 4, 4, align);
             let mut isz = u(in3);
@@ -180,11 +168,153 @@ pub fn resample_each(
                 ],
                 count.div_ceil(WORKGROUP_SIZE as usize) as u32,
             )?;
-            first += count;
         }
     }
     batch.submit()?;
     Ok(output)
+}
+
+/// Nearest resampling of a u8 label map (`[X, Y, Z]`, one volume) through `out_to_in` onto `out_shape`:
+/// the voxels [`resample`] with [`Interpolation::Nearest`] chooses, each copied, with the map packed
+/// four voxels to a word on the device, so it travels and is held in a quarter of the bytes of a 4-byte
+/// map. Maps that keep the axes apart read their coordinates from per-axis tables, as [`resample`] does.
+pub fn resample_labels(
+    gpu: &Gpu,
+    labels: &[u8],
+    in3: [usize; 3],
+    out_shape: [usize; 3],
+    out_to_in: &[[f64; 4]; 4],
+) -> Result<Vec<u8>> {
+    check_affine(out_to_in)?;
+    let in_voxels: usize = in3.iter().product();
+    let out_voxels: usize = out_shape.iter().product();
+    if in_voxels == 0 || out_voxels == 0 || labels.len() != in_voxels {
+        return Err(Error::InvalidShape(format!(
+            "resample_labels: {} values for an input grid {in3:?} (non-empty), output {out_shape:?}",
+            labels.len()
+        )));
+    }
+    if in3.iter().chain(&out_shape).any(|&n| n > 1 << 24)
+        || in_voxels > u32::MAX as usize - 3
+        || out_voxels > u32::MAX as usize - 3
+    {
+        return Err(Error::InvalidShape(format!(
+            "resample_labels: {in3:?} -> {out_shape:?} is too large (a side over 2^24 or a volume over 2^32 voxels)"
+        )));
+    }
+    let words = |bytes: &[u8]| -> Vec<u32> {
+        bytes
+            .chunks(4)
+            .map(|c| c.iter().rev().fold(0u32, |w, &b| w << 8 | u32::from(b)))
+            .collect()
+    };
+    let input = Tensor::from_slice(gpu, &[in_voxels.div_ceil(4)], &words(labels))?;
+    let output = Tensor::uninit(gpu, &[out_voxels.div_ceil(4)], DType::U32)?;
+    let fixed = terms(out_to_in, out_shape)?;
+    let (table, entry) = match axis_table(&fixed, in3, out_shape) {
+        Some(t) => (t, "nearest_axes_u8"),
+        None => (fixed, "nearest_u8"),
+    };
+    let table = Tensor::from_slice(gpu, &[table.len()], &table)?;
+    let align = binding_alignment(gpu);
+    let max = gpu.max_binding_bytes();
+    let plane_bytes = (in3[1] * in3[2]) as u64;
+    let most = ((max - align) / 4 * 4).min(out_voxels.next_multiple_of(4) as u64) as usize;
+    let u = |v: [usize; 3]| [v[0] as u32, v[1] as u32, v[2] as u32, 0];
+    let kernel = gpu.kernel(&shaders::AFFINE_RESAMPLE, "", entry, &[])?;
+    let mut batch = gpu.batch(format!("resample labels {entry}"));
+    let words_of = |bytes: u64| bytes.next_multiple_of(4);
+    for piece in pieces(out_to_in, in3, out_shape, most, 4, plane_bytes, align, max)? {
+        let src = window(piece.x0, piece.x1 - piece.x0 + 1, plane_bytes, 1, align);
+        let dst = window(piece.first, piece.count, 1, 4, align);
+        let mut isz = u(in3);
+        isz[3] = piece.x0 as u32;
+        let p = Params {
+            isz,
+            osz: u(out_shape),
+            piece: [
+                piece.first as u32,
+                piece.count as u32,
+                src.elem_shift,
+                dst.elem_shift,
+            ],
+        };
+        batch.dispatch(
+            &kernel,
+            bytemuck::bytes_of(&p),
+            &[
+                Arg::window(&input, src.byte_offset, words_of(src.byte_len)),
+                Arg::window(&output, dst.byte_offset, words_of(dst.byte_len)),
+                Arg::whole(&table),
+            ],
+            piece.count.div_ceil(4 * WORKGROUP_SIZE as usize) as u32,
+        )?;
+    }
+    batch.submit()?;
+    let mut out = vec![0u8; out_voxels.next_multiple_of(4)];
+    gpu.read_into(output.buffer(), 0, &mut out)?;
+    out.truncate(out_voxels);
+    Ok(out)
+}
+
+/// A piece of one volume's output: voxels `first..first + count`, reading input planes `x0..=x1`.
+struct Piece {
+    first: usize,
+    count: usize,
+    x0: usize,
+    x1: usize,
+}
+
+/// One volume's output in pieces of at most `most` voxels (a multiple of `granule`, as every piece but
+/// the last is), each the largest whose input planes (`plane_bytes` each) fit one binding beside it.
+#[allow(clippy::too_many_arguments)]
+fn pieces(
+    map: &[[f64; 4]; 4],
+    in3: [usize; 3],
+    out_shape: [usize; 3],
+    most: usize,
+    granule: usize,
+    plane_bytes: u64,
+    align: u64,
+    max: u64,
+) -> Result<Vec<Piece>> {
+    let out_voxels: usize = out_shape.iter().product();
+    let mut pieces = Vec::new();
+    let mut first = 0;
+    while first < out_voxels {
+        let mut count = most.min(out_voxels - first);
+        let (x0, x1) = loop {
+            let (x0, x1) = input_planes(map, in3, out_shape, first, count);
+            // Room for the window's start shift and its last partial word.
+            if (x1 - x0 + 1) as u64 * plane_bytes + align + 4 <= max {
+                break (x0, x1);
+            }
+            if count <= granule {
+                return Err(Error::BufferTooLarge {
+                    what: format!(
+                        "the input planes the smallest piece of resample's output reads ({} of {:?})",
+                        x1 - x0 + 1,
+                        [in3[1], in3[2]]
+                    ),
+                    bytes: (x1 - x0 + 1) as u64 * plane_bytes,
+                    limit_name: "max_storage_buffer_binding_size",
+                    limit: max,
+                });
+            }
+            count = count
+                .div_ceil(2)
+                .next_multiple_of(granule)
+                .min(out_voxels - first);
+        };
+        pieces.push(Piece {
+            first,
+            count,
+            x0,
+            x1,
+        });
+        first += count;
+    }
+    Ok(pieces)
 }
 
 /// The input planes (first-axis indices `x0..=x1`) that output voxels `first..first + count` of one

@@ -328,3 +328,52 @@ fn bad_maps_and_shapes_are_refused() {
     let same = resample(&u, [2, 2, 2], &identity, Interpolation::Nearest).unwrap();
     assert_eq!(same.to_vec::<u32>().unwrap(), labels);
 }
+
+#[test]
+fn packed_label_maps_choose_the_voxels_of_the_four_byte_path() {
+    // u8 maps packed four to a word against the same maps as u32 elements through `resample`, voxel for
+    // voxel: oblique and axis-keeping maps, sizes that are not multiples of 4, in pieces under 4 KiB
+    // bindings (inputs of several bindings, pieces starting mid-row).
+    use calibseg::ops::resample_labels;
+    let Some(whole) = gpu() else { return };
+    let Some(small) = gpu_with_binding_limit(4096) else {
+        return;
+    };
+    let mut rng = Rng::new(63);
+    for case in 0..6 {
+        // Inputs of 5-8 KB and outputs of 8-15 KB: several pieces of under 4 KiB each.
+        let n = [30 + 3 * case, 11, 17];
+        let out = [29 + 2 * case, 23, 13];
+        let labels: Vec<u8> = (0..n.iter().product::<usize>())
+            .map(|_| (rng.uniform() * 256.0) as u8)
+            .collect();
+        let m = if case % 2 == 0 {
+            random_map(&mut rng, n)
+        } else {
+            spacing_map(&mut rng, n)
+        };
+        let words: Vec<u32> = labels.iter().map(|&v| u32::from(v)).collect();
+        let t = Tensor::from_slice(&whole, &[1, n[0], n[1], n[2]], &words).unwrap();
+        let want: Vec<u8> = resample(&t, out, &m, Interpolation::Nearest)
+            .unwrap()
+            .to_vec::<u32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as u8)
+            .collect();
+        for (gpu, what) in [(&whole, "one binding"), (&small, "4 KiB bindings")] {
+            let got = resample_labels(gpu, &labels, n, out, &m).unwrap();
+            assert_eq!(got, want, "case {case}, {what}");
+        }
+    }
+    let e = resample_labels(
+        &whole,
+        &[0; 7],
+        [2, 2, 2],
+        [2, 2, 2],
+        &spacing_map(&mut rng, [2; 3]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("7 values"), "{e}");
+}

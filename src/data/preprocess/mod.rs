@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::nifti;
-use crate::ops::resample::{resample, Interpolation};
+use crate::ops::resample::{resample, resample_labels, Interpolation};
 use crate::tensor::Tensor;
 use geometry::{inv_ornt_aff, matmul, Affine};
 
@@ -292,6 +292,29 @@ impl Volume {
                 Volume::resampled(channels, &input, grid, &out_to_in, mode)
             }
         }
+    }
+
+    /// A label map (one channel of integer classes 0..=255, as [`load_label`] reads it) resampled onto
+    /// `grid` to the nearest voxel, as bytes: [`Volume::resample`] with [`Interpolation::Nearest`], with
+    /// the map on the device packed four voxels to a word ([`crate::ops::resample_labels`]).
+    fn resample_labels(&self, gpu: &Gpu, grid: &SpacingGrid) -> Result<Vec<u8>> {
+        if self.channels != 1 {
+            return Err(Error::invalid(format!(
+                "a label map has one channel, this one {}",
+                self.channels
+            )));
+        }
+        match self.voxel_map_to(grid)? {
+            None => Ok(self.label_bytes()),
+            Some(out_to_in) => {
+                resample_labels(gpu, &self.label_bytes(), self.shape, grid.shape, &out_to_in)
+            }
+        }
+    }
+
+    /// The values of a label map as bytes (classes 0..=255, as [`load_label`] checks them).
+    fn label_bytes(&self) -> Vec<u8> {
+        self.data.iter().map(|&v| v as u8).collect()
     }
 
     /// The map from `grid`'s voxels to this volume's, or `None` where the grid is the volume's own.
@@ -590,6 +613,8 @@ fn preprocess_loaded(
             image.channels
         )));
     }
+    // The label map as bytes once resampled (resampling takes it packed).
+    let mut labels: Option<Vec<u8>> = None;
     let crop = if transforms.crop_foreground {
         let b = foreground_box(&image)?;
         image = image.crop(&b)?;
@@ -607,7 +632,8 @@ fn preprocess_loaded(
         let image_spacing = geometry::spacing(&image.affine);
         let in_shape = image.shape;
         image = image.resample(gpu, &grid, Interpolation::Linear)?;
-        label_volume = label_volume
+        labels = label_volume
+            .take()
             .map(|l| {
                 // Spacingd gives the label the image's output shape when both had the same grid size
                 // and voxel sizes (its ensure_same_shape).
@@ -619,7 +645,7 @@ fn preprocess_loaded(
                 if l.shape == in_shape && same {
                     label_grid.shape = grid.shape;
                 }
-                l.resample(gpu, &label_grid, Interpolation::Nearest)
+                l.resample_labels(gpu, &label_grid)
             })
             .transpose()?;
     }
@@ -640,7 +666,7 @@ fn preprocess_loaded(
             }
         }
     }
-    let label = label_volume.map(|l| l.data.iter().map(|&v| v as u8).collect());
+    let label = labels.or_else(|| label_volume.map(|l| l.label_bytes()));
     Ok(Preprocessed {
         image,
         label,
