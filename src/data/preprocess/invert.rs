@@ -9,8 +9,6 @@
 //! The chain is rebuilt from what a cached case keeps (the loaded shape and affine and the crop box) and
 //! the transforms, so predictions of cached cases can be inverted as well as those of fresh files.
 
-use std::borrow::Cow;
-
 use super::geometry::{self, inv_ornt_aff, matmul, Affine, Ornt};
 use super::{
     crop_affine, orientation_to, oriented_shape, source_axes, CropBox, Preprocessed, SpacingGrid,
@@ -18,7 +16,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::resample::Interpolation;
+use crate::ops::resample::{resample, Interpolation};
+use crate::tensor::Tensor;
 
 /// The spatial transforms one case went through, with the grid before and after each.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,7 +114,7 @@ impl Inversion {
     /// `Spacingd`, reoriented, and placed into the loaded extent with class 0 at 1 and the others at 0
     /// outside the crop box. Returns `[C, X, Y, Z]` on the loaded grid.
     pub fn invert(&self, gpu: &Gpu, v: &Volume) -> Result<Volume> {
-        let data = self.invert_into(gpu, Cow::Borrowed(v), Order::Array)?;
+        let data = self.invert_into(gpu, v, Order::Array)?;
         Ok(Volume {
             channels: v.channels,
             shape: self.original_shape,
@@ -124,52 +123,84 @@ impl Inversion {
         })
     }
 
-    /// [`Inversion::invert`] of `v` (taken, so that its memory goes as soon as it is resampled) in NIfTI
-    /// file order: x fastest, then y, z and the class (what `calibseg predict` writes). At most two
-    /// volumes' worth of values are held at once: the resampled one and the result.
+    /// [`Inversion::invert`] of `v` (taken: its memory goes when the result is made) in NIfTI file order:
+    /// x fastest, then y, z and the class (what `calibseg predict` writes). The host holds `v`, the
+    /// result and one class resampled at once; the device one class of `v` and of its resampling.
     pub fn invert_to_file_order(&self, gpu: &Gpu, v: Volume) -> Result<Vec<f32>> {
-        self.invert_into(gpu, Cow::Owned(v), Order::File)
+        self.invert_into(gpu, &v, Order::File)
     }
 
-    /// A borrowed `v` is resampled from where it is; an owned one is given up to the resampling.
-    fn invert_into(&self, gpu: &Gpu, v: Cow<'_, Volume>, order: Order) -> Result<Vec<f32>> {
-        let v = match &self.spaced {
-            Some(grid) => {
-                if v.shape != grid.shape {
-                    return Err(Error::shape(format!(
-                        "inverting Spacingd: values on a {:?} grid, the case was resampled to {:?}",
-                        v.shape, grid.shape
-                    )));
-                }
-                Cow::Owned(match v {
-                    Cow::Borrowed(v) => v.resample(gpu, &self.oriented, Interpolation::Linear)?,
-                    Cow::Owned(v) => {
-                        v.into_resampled(gpu, &self.oriented, Interpolation::Linear)?
-                    }
-                })
-            }
-            None => v,
-        };
-        if v.shape != self.oriented.shape {
-            return Err(Error::shape(format!(
-                "inverting the preprocessing: values on a {:?} grid, expected {:?}",
-                v.shape, self.oriented.shape
-            )));
+    /// The values of `v` back on the loaded grid, one class at a time: each class resampled alone (so the
+    /// device holds one class of the input and of the output at once, and every voxel is computed alone,
+    /// as in one dispatch) and placed into the result as soon as it is read back.
+    fn invert_into(&self, gpu: &Gpu, v: &Volume, order: Order) -> Result<Vec<f32>> {
+        let expected = self
+            .spaced
+            .as_ref()
+            .map_or(self.oriented.shape, |g| g.shape);
+        if v.shape != expected {
+            return Err(Error::shape(match self.spaced {
+                Some(_) => format!(
+                    "inverting Spacingd: values on a {:?} grid, the case was resampled to {expected:?}",
+                    v.shape
+                ),
+                None => format!(
+                    "inverting the preprocessing: values on a {:?} grid, expected {expected:?}",
+                    v.shape
+                ),
+            }));
         }
-        Ok(self.place(&v, order))
+        let mut data = self.background(v.channels);
+        let voxels = v.voxels();
+        let map = match &self.spaced {
+            Some(_) => v.voxel_map_to(&self.oriented)?,
+            None => None,
+        };
+        for c in 0..v.channels {
+            let class = &v.data[c * voxels..(c + 1) * voxels];
+            match &map {
+                Some(out_to_in) => {
+                    let input = Tensor::from_f32(gpu, &v.shape, class)?;
+                    let back = resample(
+                        &input,
+                        self.oriented.shape,
+                        out_to_in,
+                        Interpolation::Linear,
+                    )?;
+                    drop(input);
+                    self.place(
+                        &back.to_vec_f32()?,
+                        self.oriented.shape,
+                        c,
+                        &mut data,
+                        order,
+                    );
+                }
+                None => self.place(class, v.shape, c, &mut data, order),
+            }
+        }
+        Ok(data)
     }
 
-    /// The oriented values `v` flipped and transposed back (the inverse of [`Volume::orient`]) and placed
-    /// at the crop box into the loaded extent (channel 0 at 1 and the others at 0 outside it), in one pass.
-    fn place(&self, v: &Volume, order: Order) -> Vec<f32> {
-        let shape = self.original_shape;
-        let n: usize = shape.iter().product();
-        let mut data = vec![0f32; v.channels * n];
+    /// `channels` classes on the loaded grid before any is placed: class 0 at 1 and the others at 0 where
+    /// a crop leaves voxels outside its box, all 0 otherwise.
+    fn background(&self, channels: usize) -> Vec<f32> {
+        let n: usize = self.original_shape.iter().product();
+        let mut data = vec![0f32; channels * n];
         if self.crop.is_some() {
             data[..n].fill(1.0);
         }
+        data
+    }
+
+    /// One class's oriented values (`values` on the grid `o`) flipped and transposed back (the inverse of
+    /// [`Volume::orient`]) and placed at the crop box into class `c` of `data` (the loaded extent), in one
+    /// pass.
+    fn place(&self, values: &[f32], o: [usize; 3], c: usize, data: &mut [f32], order: Order) {
+        let shape = self.original_shape;
+        let n: usize = shape.iter().product();
         let start = self.crop.map_or([0; 3], |b| b.start);
-        // Loaded-grid voxel (p0, p1, p2) of channel c, for the chosen order.
+        // Loaded-grid voxel (p0, p1, p2), for the chosen order.
         let stride = match order {
             Order::Array => [shape[1] * shape[2], shape[2], 1],
             Order::File => [1, shape[0], shape[0] * shape[1]],
@@ -182,7 +213,6 @@ impl Inversion {
             }
             None => ([0, 1, 2], [false; 3]),
         };
-        let o = v.shape;
         let mut step = [0isize; 3];
         let mut first = 0isize;
         for j in 0..3 {
@@ -196,20 +226,17 @@ impl Inversion {
             first += origin as isize * s;
             step[j] = dir;
         }
-        for c in 0..v.channels {
-            let base = (c * n) as isize + first;
-            for a in 0..o[0] {
-                for b in 0..o[1] {
-                    let row = ((c * o[0] + a) * o[1] + b) * o[2];
-                    let mut at = base + a as isize * step[0] + b as isize * step[1];
-                    for &value in &v.data[row..row + o[2]] {
-                        data[at as usize] = value;
-                        at += step[2];
-                    }
+        let base = (c * n) as isize + first;
+        for a in 0..o[0] {
+            for b in 0..o[1] {
+                let row = (a * o[1] + b) * o[2];
+                let mut at = base + a as isize * step[0] + b as isize * step[1];
+                for &value in &values[row..row + o[2]] {
+                    data[at as usize] = value;
+                    at += step[2];
                 }
             }
         }
-        data
     }
 }
 
@@ -291,8 +318,17 @@ mod tests {
         }
         assert_ne!(o, shape, "the orientation must transpose");
         assert!(ornt.iter().any(|a| a.1 < 0.0), "the orientation must flip");
-        assert_eq!(inv.place(&v, Order::Array), want);
-        let file = inv.place(&v, Order::File);
+        let place_all = |order| {
+            let mut data = inv.background(channels);
+            let voxels = v.data.len() / channels;
+            for c in 0..channels {
+                let class = &v.data[c * voxels..(c + 1) * voxels];
+                inv.place(class, v.shape, c, &mut data, order);
+            }
+            data
+        };
+        assert_eq!(place_all(Order::Array), want);
+        let file = place_all(Order::File);
         for c in 0..channels {
             for q0 in 0..shape[0] {
                 for q1 in 0..shape[1] {

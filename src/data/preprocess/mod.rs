@@ -275,25 +275,6 @@ impl Volume {
         }
     }
 
-    /// [`Volume::resample`] of a volume given up: its host values go once they are on the device, so the
-    /// host holds the input or the output, not both.
-    pub fn into_resampled(
-        self,
-        gpu: &Gpu,
-        grid: &SpacingGrid,
-        mode: Interpolation,
-    ) -> Result<Volume> {
-        match self.voxel_map_to(grid)? {
-            None => Ok(self),
-            Some(out_to_in) => {
-                let input = self.upload(gpu)?;
-                let channels = self.channels;
-                drop(self);
-                Volume::resampled(channels, &input, grid, &out_to_in, mode)
-            }
-        }
-    }
-
     /// A label map (one channel of integer classes 0..=255, as [`load_label`] reads it) resampled onto
     /// `grid` to the nearest voxel, as bytes: [`Volume::resample`] with [`Interpolation::Nearest`], with
     /// the map on the device packed four voxels to a word ([`crate::ops::resample_labels`]).
