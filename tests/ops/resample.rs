@@ -83,6 +83,40 @@ fn run(
     y.to_vec_f32().unwrap()
 }
 
+/// Resamples `x` (`channels` volumes on the grid `n`) through `m` both ways and checks the result
+/// against the f64 reference: trilinear within 2e-5, nearest voxel for voxel.
+fn check_against_reference(
+    gpu: &Gpu,
+    x: &[f32],
+    channels: usize,
+    n: [usize; 3],
+    m: &Map,
+    out: [usize; 3],
+    case: usize,
+) {
+    let shape = [channels, n[0], n[1], n[2]];
+    let iv: usize = n.iter().product();
+    for mode in [Interpolation::Linear, Interpolation::Nearest] {
+        let got = run(gpu, x, &shape, m, out, mode);
+        let want: Vec<f64> = (0..channels)
+            .flat_map(|c| reference(&x[c * iv..(c + 1) * iv], n, m, out, mode))
+            .collect();
+        match mode {
+            Interpolation::Linear => {
+                assert_close(&got, &want, Tol::abs(2e-5), &format!("case {case} linear"))
+            }
+            Interpolation::Nearest => {
+                let wrong = got
+                    .iter()
+                    .zip(&want)
+                    .filter(|(g, w)| f64::from(**g) != **w)
+                    .count();
+                assert_eq!(wrong, 0, "case {case}: nearest voxels differ");
+            }
+        }
+    }
+}
+
 #[test]
 fn resample_matches_the_f64_reference_for_random_maps() {
     let Some(gpu) = gpu() else { return };
@@ -93,27 +127,7 @@ fn resample_matches_the_f64_reference_for_random_maps() {
         let channels = 1 + case % 2;
         let x = rng.normals(channels * n.iter().product::<usize>(), 1.0);
         let m = random_map(&mut rng, n);
-        let shape = [channels, n[0], n[1], n[2]];
-        let iv: usize = n.iter().product();
-        for mode in [Interpolation::Linear, Interpolation::Nearest] {
-            let got = run(&gpu, &x, &shape, &m, out, mode);
-            let want: Vec<f64> = (0..channels)
-                .flat_map(|c| reference(&x[c * iv..(c + 1) * iv], n, &m, out, mode))
-                .collect();
-            match mode {
-                Interpolation::Linear => {
-                    assert_close(&got, &want, Tol::abs(2e-5), &format!("case {case} linear"))
-                }
-                Interpolation::Nearest => {
-                    let wrong = got
-                        .iter()
-                        .zip(&want)
-                        .filter(|(g, w)| f64::from(**g) != **w)
-                        .count();
-                    assert_eq!(wrong, 0, "case {case}: nearest voxels differ");
-                }
-            }
-        }
+        check_against_reference(&gpu, &x, channels, n, &m, out, case);
     }
 }
 
@@ -153,27 +167,7 @@ fn maps_that_keep_the_axes_apart_match_the_f64_reference() {
         if case == 2 {
             m[2] = [0.0, 0.0, 2.5, -4.0];
         }
-        let shape = [channels, n[0], n[1], n[2]];
-        let iv: usize = n.iter().product();
-        for mode in [Interpolation::Linear, Interpolation::Nearest] {
-            let got = run(&gpu, &x, &shape, &m, out, mode);
-            let want: Vec<f64> = (0..channels)
-                .flat_map(|c| reference(&x[c * iv..(c + 1) * iv], n, &m, out, mode))
-                .collect();
-            match mode {
-                Interpolation::Linear => {
-                    assert_close(&got, &want, Tol::abs(2e-5), &format!("case {case} linear"))
-                }
-                Interpolation::Nearest => {
-                    let wrong = got
-                        .iter()
-                        .zip(&want)
-                        .filter(|(g, w)| f64::from(**g) != **w)
-                        .count();
-                    assert_eq!(wrong, 0, "case {case}: nearest voxels differ");
-                }
-            }
-        }
+        check_against_reference(&gpu, &x, channels, n, &m, out, case);
     }
 }
 
