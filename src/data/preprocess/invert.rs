@@ -9,6 +9,8 @@
 //! The chain is rebuilt from what a cached case keeps (the loaded shape and affine and the crop box) and
 //! the transforms, so predictions of cached cases can be inverted as well as those of fresh files.
 
+use std::borrow::Cow;
+
 use super::geometry::{self, inv_ornt_aff, matmul, Affine, Ornt};
 use super::{
     crop_affine, orientation_to, oriented_shape, source_axes, CropBox, Preprocessed, SpacingGrid,
@@ -114,7 +116,7 @@ impl Inversion {
     /// `Spacingd`, reoriented, and placed into the loaded extent with class 0 at 1 and the others at 0
     /// outside the crop box. Returns `[C, X, Y, Z]` on the loaded grid.
     pub fn invert(&self, gpu: &Gpu, v: &Volume) -> Result<Volume> {
-        let data = self.invert_into(gpu, v, Order::Array)?;
+        let data = self.invert_into(gpu, Cow::Borrowed(v), Order::Array)?;
         Ok(Volume {
             channels: v.channels,
             shape: self.original_shape,
@@ -123,17 +125,18 @@ impl Inversion {
         })
     }
 
-    /// [`Inversion::invert`] of `v` (taken: its memory goes when the result is made) in NIfTI file order:
-    /// x fastest, then y, z and the class (what `calibseg predict` writes). The host holds `v`, the
-    /// result and one class resampled at once; the device one class of `v` and of its resampling.
+    /// [`Inversion::invert`] of `v` (taken: each class's memory goes once it is placed) in NIfTI file
+    /// order: x fastest, then y, z and the class (what `calibseg predict` writes). The host holds what is
+    /// left of `v`, the result and one class resampled at once; the device one class of `v` and of its
+    /// resampling.
     pub fn invert_to_file_order(&self, gpu: &Gpu, v: Volume) -> Result<Vec<f32>> {
-        self.invert_into(gpu, &v, Order::File)
+        self.invert_into(gpu, Cow::Owned(v), Order::File)
     }
 
     /// The values of `v` back on the loaded grid, one class at a time: each class resampled alone (so the
     /// device holds one class of the input and of the output at once, and every voxel is computed alone,
     /// as in one dispatch) and placed into the result as soon as it is read back.
-    fn invert_into(&self, gpu: &Gpu, v: &Volume, order: Order) -> Result<Vec<f32>> {
+    fn invert_into(&self, gpu: &Gpu, v: Cow<'_, Volume>, order: Order) -> Result<Vec<f32>> {
         let expected = self
             .spaced
             .as_ref()
@@ -156,11 +159,14 @@ impl Inversion {
             Some(_) => v.voxel_map_to(&self.oriented)?,
             None => None,
         };
-        for c in 0..v.channels {
-            let class = &v.data[c * voxels..(c + 1) * voxels];
+        let (channels, shape) = (v.channels, v.shape);
+        // Last class first, so that an owned volume can give up each class's memory once it is placed.
+        let mut values = v;
+        for c in (0..channels).rev() {
+            let class = &values.data[c * voxels..(c + 1) * voxels];
             match &map {
                 Some(out_to_in) => {
-                    let input = Tensor::from_f32(gpu, &v.shape, class)?;
+                    let input = Tensor::from_f32(gpu, &shape, class)?;
                     let back = resample(
                         &input,
                         self.oriented.shape,
@@ -176,7 +182,11 @@ impl Inversion {
                         order,
                     );
                 }
-                None => self.place(class, v.shape, c, &mut data, order),
+                None => self.place(class, shape, c, &mut data, order),
+            }
+            if let Cow::Owned(v) = &mut values {
+                v.data.truncate(c * voxels);
+                v.data.shrink_to_fit();
             }
         }
         Ok(data)
