@@ -251,23 +251,13 @@ fn fingerprint_case(case: &Case, index: usize, samples_per_case: usize) -> Resul
     }
     // The foreground voxels, read straight from the file's values (no integer copy of the map).
     let mut foreground = Vec::new();
-    let mut bad = None;
     let mut i = 0usize;
-    label.for_each_value(|x| {
-        if bad.is_none() && (x.fract() != 0.0 || !x.is_finite()) {
-            bad = Some((i, x));
-        }
-        if x > 0.0 {
+    label.for_each_integer(&case.label, |class| {
+        if class > 0 {
             foreground.push(i);
         }
         i += 1;
-    });
-    if let Some((i, x)) = bad {
-        return Err(nifti::fmt_err(
-            &case.label,
-            format!("voxel {i} holds {x}, not an integer label"),
-        ));
-    }
+    })?;
     drop(label);
     let shape_after_crop = match nonzero_box(&channels, shape) {
         Some(b) => b.map(|[lo, hi]| hi - lo),

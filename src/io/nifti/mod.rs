@@ -202,6 +202,28 @@ impl Image {
         }
     }
 
+    /// Calls `f` with each voxel's value as an integer (a label map's class) in file order, then fails,
+    /// naming `path` (the file the image was read from) and the first voxel, when a value is not
+    /// integral (float data is accepted only when every value is).
+    pub fn for_each_integer(&self, path: &Path, mut f: impl FnMut(i64)) -> Result<()> {
+        let mut bad = None;
+        let mut i = 0usize;
+        self.for_each_value(|x| {
+            if bad.is_none() && (x.fract() != 0.0 || !x.is_finite()) {
+                bad = Some((i, x));
+            }
+            f(x as i64);
+            i += 1;
+        });
+        match bad {
+            Some((i, x)) => Err(fmt_err(
+                path,
+                format!("voxel {i} holds {x}, not an integer label"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The voxels as f32 (nibabel's `get_fdata()` rounded to f32), x fastest.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.len());
@@ -332,18 +354,6 @@ pub fn read_integers(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<i64>)> {
     let path = path.as_ref();
     let img = read_image(path)?;
     let mut out = Vec::with_capacity(img.len());
-    let mut bad = None;
-    img.for_each_value(|x| {
-        if bad.is_none() && (x.fract() != 0.0 || !x.is_finite()) {
-            bad = Some((out.len(), x));
-        }
-        out.push(x as i64);
-    });
-    if let Some((i, x)) = bad {
-        return Err(fmt_err(
-            path,
-            format!("voxel {i} holds {x}, not an integer label"),
-        ));
-    }
+    img.for_each_integer(path, |v| out.push(v))?;
     Ok((img.info.dims, out))
 }
