@@ -5,12 +5,15 @@
 //! An output larger than one storage binding is written in pieces, each its own dispatch binding only the
 //! input planes it reads, so neither tensor needs one binding whole (a 512 x 512 x 300 CT on a 128 MiB
 //! limit); every output voxel is computed alone, so the pieces give the same bits as one dispatch.
+//! Maps that keep the axes apart (Spacingd's) read their coordinates from per-axis tables, the same bits
+//! with fewer loads; u8 label maps travel packed four voxels to a word ([`resample_labels`]).
 //!
 //! Where things are:
-//! - op: here (`resample`, [`Interpolation`]); kernel: `shaders/affine_resample.wgsl`
-//! - users: `data/preprocess/` (`Spacingd`)
-//! - tests: `tests/ops/resample.rs` (against an f64 CPU reference, pieces against one dispatch), the layout
-//!   unit test here
+//! - op: here (`resample`, `resample_each`, `resample_labels`, [`Interpolation`]); kernel:
+//!   `shaders/affine_resample.wgsl`
+//! - users: `data/preprocess/` (`Spacingd` and its inverse), `data/augment/` (the affine augmentation)
+//! - tests: `tests/ops/resample.rs` (against an f64 CPU reference, pieces against one dispatch, packed
+//!   labels against the 4-byte path), the layout and per-axis table unit tests here
 
 use bytemuck::{Pod, Zeroable};
 
@@ -35,6 +38,42 @@ struct Params {
     isz: [u32; 4],
     osz: [u32; 4],
     piece: [u32; 4],
+}
+
+impl Params {
+    /// The uniforms of one piece: the input's sizes with the piece's first input plane, the output's
+    /// sizes, the piece and its windows' element shifts.
+    fn of(
+        in3: [usize; 3],
+        out_shape: [usize; 3],
+        piece: &Piece,
+        src_shift: u32,
+        dst_shift: u32,
+    ) -> Params {
+        let u = |v: [usize; 3]| [v[0] as u32, v[1] as u32, v[2] as u32, 0];
+        let mut isz = u(in3);
+        isz[3] = piece.x0 as u32;
+        Params {
+            isz,
+            osz: u(out_shape),
+            piece: [piece.first as u32, piece.count as u32, src_shift, dst_shift],
+        }
+    }
+}
+
+/// Error unless every side is at most 2^24 and each volume's voxels, with `slack` more, fit the
+/// kernels' u32 indices.
+fn check_sizes(what: &str, in3: [usize; 3], out_shape: [usize; 3], slack: usize) -> Result<()> {
+    let limit = u32::MAX as usize - slack;
+    if in3.iter().chain(&out_shape).any(|&n| n > 1 << 24)
+        || in3.iter().product::<usize>() > limit
+        || out_shape.iter().product::<usize>() > limit
+    {
+        return Err(Error::InvalidShape(format!(
+            "{what}: {in3:?} -> {out_shape:?} is too large (a side over 2^24 or a volume over 2^32 voxels)"
+        )));
+    }
+    Ok(())
 }
 
 /// Resamples `input` (`[..., X, Y, Z]` f32, or u32/i32 for [`Interpolation::Nearest`], which copies
@@ -86,25 +125,8 @@ pub fn resample_each(
         check_affine(m)?;
     }
     let in3: [usize; 3] = std::array::from_fn(|d| shape[shape.len() - 3 + d]);
-    let in_voxels: usize = in3.iter().product();
     let out_voxels: usize = out_shape.iter().product();
-    if [
-        in3[0],
-        in3[1],
-        in3[2],
-        out_shape[0],
-        out_shape[1],
-        out_shape[2],
-    ]
-    .iter()
-    .any(|&n| n > 1 << 24)
-        || in_voxels > u32::MAX as usize
-        || out_voxels > u32::MAX as usize
-    {
-        return Err(Error::InvalidShape(format!(
-            "resample: {in3:?} -> {out_shape:?} is too large (a side over 2^24 or a volume over 2^32 voxels)"
-        )));
-    }
+    check_sizes("resample", in3, out_shape, 0)?;
     let mut out_full = lead.to_vec();
     out_full.extend_from_slice(&out_shape);
     let gpu = input.gpu();
@@ -133,7 +155,6 @@ pub fn resample_each(
         .map(|t| Tensor::from_slice(gpu, &[t.len()], t))
         .collect::<Result<Vec<_>>>()?;
     let per_map = volumes / maps.len();
-    let u = |v: [usize; 3]| [v[0] as u32, v[1] as u32, v[2] as u32, 0];
     let kernel = gpu.kernel(&shaders::AFFINE_RESAMPLE, "", entry, &[])?;
     let mut batch = gpu.batch(format!("resample {entry}"));
     for volume in 0..volumes {
@@ -151,13 +172,7 @@ pub fn resample_each(
             let (first, count, x0, x1) = (piece.first, piece.count, piece.x0, piece.x1);
             let src = window(volume * in3[0] + x0, x1 - x0 + 1, plane_bytes, 4, align);
             let dst = window(volume * out_voxels + first, count, 4, 4, align);
-            let mut isz = u(in3);
-            isz[3] = x0 as u32;
-            let p = Params {
-                isz,
-                osz: u(out_shape),
-                piece: [first as u32, count as u32, src.elem_shift, dst.elem_shift],
-            };
+            let p = Params::of(in3, out_shape, &piece, src.elem_shift, dst.elem_shift);
             batch.dispatch(
                 &kernel,
                 bytemuck::bytes_of(&p),
@@ -194,14 +209,8 @@ pub fn resample_labels(
             labels.len()
         )));
     }
-    if in3.iter().chain(&out_shape).any(|&n| n > 1 << 24)
-        || in_voxels > u32::MAX as usize - 3
-        || out_voxels > u32::MAX as usize - 3
-    {
-        return Err(Error::InvalidShape(format!(
-            "resample_labels: {in3:?} -> {out_shape:?} is too large (a side over 2^24 or a volume over 2^32 voxels)"
-        )));
-    }
+    // The packed kernels index up to 3 voxels past the last.
+    check_sizes("resample_labels", in3, out_shape, 3)?;
     let words = |bytes: &[u8]| -> Vec<u32> {
         bytes
             .chunks(4)
@@ -220,25 +229,13 @@ pub fn resample_labels(
     let max = gpu.max_binding_bytes();
     let plane_bytes = (in3[1] * in3[2]) as u64;
     let most = ((max - align) / 4 * 4).min(out_voxels.next_multiple_of(4) as u64) as usize;
-    let u = |v: [usize; 3]| [v[0] as u32, v[1] as u32, v[2] as u32, 0];
     let kernel = gpu.kernel(&shaders::AFFINE_RESAMPLE, "", entry, &[])?;
     let mut batch = gpu.batch(format!("resample labels {entry}"));
     let words_of = |bytes: u64| bytes.next_multiple_of(4);
     for piece in pieces(out_to_in, in3, out_shape, most, 4, plane_bytes, align, max)? {
         let src = window(piece.x0, piece.x1 - piece.x0 + 1, plane_bytes, 1, align);
         let dst = window(piece.first, piece.count, 1, 4, align);
-        let mut isz = u(in3);
-        isz[3] = piece.x0 as u32;
-        let p = Params {
-            isz,
-            osz: u(out_shape),
-            piece: [
-                piece.first as u32,
-                piece.count as u32,
-                src.elem_shift,
-                dst.elem_shift,
-            ],
-        };
+        let p = Params::of(in3, out_shape, &piece, src.elem_shift, dst.elem_shift);
         batch.dispatch(
             &kernel,
             bytemuck::bytes_of(&p),
