@@ -11,7 +11,7 @@ use calibseg::commands::synth::{self, SynthOptions};
 use calibseg::data::cache::splits::{fold, load_or_create};
 use calibseg::data::cache::{
     class_locations, correct_crop_centre, crop_into, draw_centre, kfold_splits, patch_start,
-    read_splits, CachedCase, ClassLocations, Split, SPLITS_FILE,
+    read_splits, CachedCase, ClassLocations, Split, LOCATIONS_SEED, SPLITS_FILE,
 };
 use calibseg::data::plan::SamplingPlan;
 use calibseg::data::DataRng;
@@ -166,6 +166,36 @@ fn class_locations_are_every_voxel_or_a_fixed_subsample() {
         assert_eq!(v.len(), 50);
         assert!(v.windows(2).all(|w| w[0] < w[1]));
         assert!(v.iter().all(|&i| label[i as usize] == c as u8));
+    }
+}
+
+/// The subsample is a plain partial Fisher-Yates over each class's whole index list (the
+/// reference here holds the list; the library draws the same picks without it).
+#[test]
+fn class_location_subsample_equals_a_partial_fisher_yates_over_the_whole_list() {
+    let label: Vec<u8> = (0..20_000u32)
+        .map(|i| match (i * 2_654_435_761u32) >> 28 {
+            0..=9 => 0,
+            10..=13 => 1,
+            14 => 2,
+            _ => 3,
+        })
+        .collect();
+    let max = 700;
+    let got = class_locations(&label, 4, max);
+    for c in 0..4usize {
+        let mut v: Vec<u32> = (0..label.len() as u32)
+            .filter(|&i| label[i as usize] == c as u8)
+            .collect();
+        assert!(v.len() > max, "class {c} has {} voxels", v.len());
+        let mut rng = DataRng::new(LOCATIONS_SEED ^ ((c as u64) << 32));
+        for i in 0..max {
+            let j = i + rng.below(v.len() - i);
+            v.swap(i, j);
+        }
+        v.truncate(max);
+        v.sort_unstable();
+        assert_eq!(got.per_class[c], v, "class {c}");
     }
 }
 

@@ -34,24 +34,62 @@ pub const LOCATIONS_KEY: &str = "class_location_counts";
 /// seeded subsample of `max` of them (a partial Fisher-Yates draw from [`LOCATIONS_SEED`] and the class, then
 /// sorted): deterministic, and independent of the other classes.
 pub fn class_locations(label: &[u8], classes: usize, max: usize) -> ClassLocations {
-    let mut per_class: Vec<Vec<u32>> = vec![Vec::new(); classes];
-    for (i, &l) in label.iter().enumerate() {
-        if let Some(v) = per_class.get_mut(l as usize) {
-            v.push(i as u32);
+    let mut counts = vec![0usize; classes];
+    for &l in label {
+        if let Some(n) = counts.get_mut(l as usize) {
+            *n += 1;
         }
     }
-    for (c, v) in per_class.iter_mut().enumerate() {
-        if v.len() > max {
-            let mut rng = DataRng::new(LOCATIONS_SEED ^ ((c as u64) << 32));
-            for i in 0..max {
-                let j = i + rng.below(v.len() - i);
-                v.swap(i, j);
-            }
-            v.truncate(max);
-            v.sort_unstable();
+    // Which of each class's voxels (by rank, in voxel order) are kept: all, or the draw's picks sorted.
+    let picks: Vec<Option<Vec<usize>>> = counts
+        .iter()
+        .enumerate()
+        .map(|(c, &n)| (n > max).then(|| fisher_yates_prefix(n, max, c)))
+        .collect();
+    let mut per_class: Vec<Vec<u32>> = counts
+        .iter()
+        .map(|&n| Vec::with_capacity(n.min(max)))
+        .collect();
+    // Per byte value: the rank of its next voxel and the rank wanted next (never, for values that are
+    // not classes), so a voxel that is not kept costs one comparison.
+    const NEVER: usize = usize::MAX;
+    let mut rank = [0usize; 256];
+    let mut want = [NEVER; 256];
+    for (c, p) in picks.iter().enumerate().take(256) {
+        want[c] = p
+            .as_ref()
+            .map_or(0, |p| p.first().copied().unwrap_or(NEVER));
+    }
+    for (i, &l) in label.iter().enumerate() {
+        let l = l as usize;
+        if rank[l] == want[l] {
+            per_class[l].push(i as u32);
+            want[l] = match &picks[l] {
+                None => want[l] + 1,
+                Some(p) => p.get(per_class[l].len()).copied().unwrap_or(NEVER),
+            };
         }
+        rank[l] += 1;
     }
     ClassLocations { per_class }
+}
+
+/// The first `max` entries, sorted, of `0..n` after a partial Fisher-Yates shuffle seeded from
+/// [`LOCATIONS_SEED`] and `class` (swap `i` with a draw from `i..n`, for `i < max`), without holding
+/// `0..n`: only the entries the swaps moved are kept.
+fn fisher_yates_prefix(n: usize, max: usize, class: usize) -> Vec<usize> {
+    let mut rng = DataRng::new(LOCATIONS_SEED ^ ((class as u64) << 32));
+    let mut moved = std::collections::HashMap::new();
+    let mut prefix = Vec::with_capacity(max);
+    for i in 0..max {
+        let j = i + rng.below(n - i);
+        let at_j = moved.get(&j).copied().unwrap_or(j);
+        let at_i = moved.get(&i).copied().unwrap_or(i);
+        moved.insert(j, at_i);
+        prefix.push(at_j);
+    }
+    prefix.sort_unstable();
+    prefix
 }
 
 impl ClassLocations {

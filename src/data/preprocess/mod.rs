@@ -31,15 +31,16 @@ use crate::ops::resample::{resample, resample_labels, Interpolation};
 use crate::tensor::Tensor;
 use geometry::{inv_ornt_aff, matmul, Affine};
 
-/// A channel-first image on a voxel grid placed in the world.
+/// A channel-first image on a voxel grid placed in the world: f32 values, or (`Volume<u8>`) a label map's
+/// classes.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Volume {
+pub struct Volume<T = f32> {
     /// Channels (`C`).
     pub channels: usize,
     /// Spatial size `[X, Y, Z]`.
     pub shape: [usize; 3],
     /// `C * X * Y * Z` values, `[C, X, Y, Z]` row major.
-    pub data: Vec<f32>,
+    pub data: Vec<T>,
     /// Voxel index `(x, y, z)` to world (mm), row major.
     pub affine: Affine,
 }
@@ -59,7 +60,12 @@ pub struct CropBox {
 pub fn load_image(paths: &[PathBuf]) -> Result<Volume> {
     let mut out: Option<Volume> = None;
     for path in paths {
-        let v = load(path)?;
+        let v = load(
+            path,
+            f32::is_finite,
+            |x| x,
+            |bad| format!("holds a non-finite value ({bad})"),
+        )?;
         match &mut out {
             None => out = Some(v),
             Some(o) => {
@@ -87,9 +93,18 @@ pub fn load_image(paths: &[PathBuf]) -> Result<Volume> {
     out.ok_or_else(|| Error::invalid("preprocessing: a case has no image file"))
 }
 
-/// `LoadImaged` + `EnsureChannelFirstd` on a label map: one channel of integer class values in 0..=255.
-pub fn load_label(path: &Path) -> Result<Volume> {
-    let v = load(path)?;
+/// `LoadImaged` + `EnsureChannelFirstd` on a label map: one channel of integer class values in 0..=255,
+/// kept as bytes.
+pub fn load_label(path: &Path) -> Result<Volume<u8>> {
+    // An integer in 0..=255 is exactly the value its byte gives back (NaN, negatives, fractions and
+    // values over 255 are not).
+    let is_class = |x: f32| f32::from(x as u8) == x;
+    let v = load(
+        path,
+        is_class,
+        |x| x as u8,
+        |bad| format!("label value {bad} is not an integer class in 0..=255"),
+    )?;
     if v.channels != 1 {
         return Err(Error::invalid(format!(
             "{}: a label map must be 3D, it holds {} volumes",
@@ -97,20 +112,17 @@ pub fn load_label(path: &Path) -> Result<Volume> {
             v.channels
         )));
     }
-    if let Some(bad) = v
-        .data
-        .iter()
-        .find(|&&x| !(0.0..=255.0).contains(&x) || x.fract() != 0.0)
-    {
-        return Err(Error::invalid(format!(
-            "{}: label value {bad} is not an integer class in 0..=255",
-            path.display()
-        )));
-    }
     Ok(v)
 }
 
-fn load(path: &Path) -> Result<Volume> {
+/// Reads `path` into MONAI's `[C, X, Y, Z]` order, each value (nibabel's, as f32) checked by `valid`
+/// (the first that fails is refused with `invalid`'s words and the file) and stored as `convert` makes it.
+fn load<T: Copy + Default>(
+    path: &Path,
+    valid: impl Fn(f32) -> bool,
+    convert: impl Fn(f32) -> T,
+    invalid: impl FnOnce(f32) -> String,
+) -> Result<Volume<T>> {
     let image = nifti::read_image(path)?;
     let info = image.info();
     if info.dims.len() < 3 {
@@ -123,35 +135,30 @@ fn load(path: &Path) -> Result<Volume> {
     let shape = info.spatial_shape();
     let channels = info.volumes();
     let [nx, ny, nz] = shape;
-    let file = image.to_f32();
-    if let Some(bad) = file.iter().find(|x| !x.is_finite()) {
-        return Err(Error::invalid(format!(
-            "{}: holds a non-finite value ({bad})",
-            path.display()
-        )));
-    }
     // File order is x fastest, channels slowest; MONAI's array is [C, X, Y, Z] with z fastest. Per
-    // strip of 16 x and one y, the strip's z rows (one cache line each) are gathered into a tile, then
-    // each x's run along z is written out in one piece.
-    const STRIP: usize = 16;
-    let mut data = vec![0.0f32; file.len()];
-    let mut tile = vec![0.0f32; STRIP * nz];
+    // channel and y, the nz rows along x are decoded into a slab, then each x's run along z is written
+    // out in one piece (the run's nz slab lines stay cached across neighbouring x).
+    let mut data = vec![T::default(); image.len()];
+    let mut slab = vec![0.0f32; nx * nz];
     for c in 0..channels {
-        for x0 in (0..nx).step_by(STRIP) {
-            let width = STRIP.min(nx - x0);
-            for y in 0..ny {
-                for z in 0..nz {
-                    let row = ((c * nz + z) * ny + y) * nx + x0;
-                    tile[z * STRIP..z * STRIP + width].copy_from_slice(&file[row..row + width]);
+        for y in 0..ny {
+            for (z, run) in slab.chunks_exact_mut(nx).enumerate() {
+                image.decode_f32(((c * nz + z) * ny + y) * nx, run);
+                if let Some(&bad) = run.iter().find(|&&x| !valid(x)) {
+                    return Err(Error::invalid(format!(
+                        "{}: {}",
+                        path.display(),
+                        invalid(bad)
+                    )));
                 }
-                for dx in 0..width {
-                    let start = ((c * nx + x0 + dx) * ny + y) * nz;
-                    for (out, t) in data[start..start + nz]
-                        .iter_mut()
-                        .zip(tile.chunks_exact(STRIP))
-                    {
-                        *out = t[dx];
-                    }
+            }
+            for x in 0..nx {
+                let start = ((c * nx + x) * ny + y) * nz;
+                for (out, z_row) in data[start..start + nz]
+                    .iter_mut()
+                    .zip(slab.chunks_exact(nx))
+                {
+                    *out = convert(z_row[x]);
                 }
             }
         }
@@ -170,15 +177,15 @@ pub fn foreground_box(image: &Volume) -> Result<CropBox> {
     let [nx, ny, nz] = image.shape;
     let mut start = image.shape;
     let mut end = [0usize; 3];
-    for (i, &v) in image.data.iter().enumerate() {
-        if v > 0.0 {
-            let r = i % (nx * ny * nz);
-            let p = [r / (ny * nz), r / nz % ny, r % nz];
-            for d in 0..3 {
-                start[d] = start[d].min(p[d]);
-                end[d] = end[d].max(p[d] + 1);
-            }
-        }
+    // Row by row along z: a row's first and last positive voxel stand for all of it.
+    for (r, row) in image.data.chunks_exact(nz.max(1)).enumerate() {
+        let Some(first) = row.iter().position(|&v| v > 0.0) else {
+            continue;
+        };
+        let last = row.iter().rposition(|&v| v > 0.0).unwrap_or(first);
+        let (x, y) = (r / ny % nx, r % ny);
+        start = [start[0].min(x), start[1].min(y), start[2].min(first)];
+        end = [end[0].max(x + 1), end[1].max(y + 1), end[2].max(last + 1)];
     }
     if end.contains(&0) {
         return Err(Error::invalid(
@@ -188,69 +195,85 @@ pub fn foreground_box(image: &Volume) -> Result<CropBox> {
     Ok(CropBox { start, end })
 }
 
-impl Volume {
+impl<T: Copy> Volume<T> {
     fn voxels(&self) -> usize {
         self.shape.iter().product()
     }
 
     /// The voxels `crop.start..crop.end` of every channel, with the affine moved to the new first voxel
     /// (MONAI's `SpatialCrop`).
-    pub fn crop(&self, crop: &CropBox) -> Result<Volume> {
-        if (0..3).any(|d| crop.start[d] >= crop.end[d] || crop.end[d] > self.shape[d]) {
-            return Err(Error::InvalidShape(format!(
-                "crop {crop:?} does not fit the grid {:?}",
-                self.shape
-            )));
-        }
-        let shape: [usize; 3] = std::array::from_fn(|d| crop.end[d] - crop.start[d]);
-        let [_, ny, nz] = self.shape;
-        let mut data = Vec::with_capacity(self.channels * shape.iter().product::<usize>());
-        for c in 0..self.channels {
-            for x in crop.start[0]..crop.end[0] {
-                for y in crop.start[1]..crop.end[1] {
-                    let row = ((c * self.shape[0] + x) * ny + y) * nz;
-                    data.extend_from_slice(&self.data[row + crop.start[2]..row + crop.end[2]]);
-                }
-            }
-        }
-        Ok(Volume {
-            channels: self.channels,
-            shape,
-            data,
-            affine: crop_affine(&self.affine, crop),
-        })
+    pub fn crop(&self, crop: &CropBox) -> Result<Volume<T>> {
+        self.crop_and_orient(Some(crop), None)
     }
 
     /// `Orientationd(axcodes)`: flips and transposes the axes so they point along `axcodes` (e.g. `"RAS"`:
     /// x to the right, y anterior, z superior) as nibabel's `io_orientation`/`ornt_transform`/
     /// `apply_orientation` do, with the affine `affine @ inv_ornt_aff(ornt, shape)`.
-    pub fn orient(&self, axcodes: &str) -> Result<Volume> {
-        let ornt = orientation_to(&self.affine, axcodes)?;
-        let from = source_axes(&ornt);
-        let shape = oriented_shape(self.shape, &ornt);
-        let [_, ny, nz] = self.shape;
-        // Output axis j walks source axis from[j], backwards where flipped: a start and a step per axis.
-        let source_strides = [ny * nz, nz, 1];
-        let (mut start, mut step) = (0isize, [0isize; 3]);
-        for (j, &i) in from.iter().enumerate() {
-            let s = source_strides[i] as isize;
-            if ornt[i].1 < 0.0 {
-                start += (self.shape[i] - 1) as isize * s;
-                step[j] = -s;
-            } else {
-                step[j] = s;
-            }
+    pub fn orient(&self, axcodes: &str) -> Result<Volume<T>> {
+        self.crop_and_orient(None, Some(axcodes))
+    }
+
+    /// [`Volume::crop`] (when `crop` is given) then [`Volume::orient`] (when `axcodes` is), the same
+    /// values and affine, gathered in one pass.
+    pub fn crop_and_orient(
+        &self,
+        crop: Option<&CropBox>,
+        axcodes: Option<&str>,
+    ) -> Result<Volume<T>> {
+        let whole = CropBox {
+            start: [0; 3],
+            end: self.shape,
+        };
+        let b = crop.unwrap_or(&whole);
+        if (0..3).any(|d| b.start[d] >= b.end[d] || b.end[d] > self.shape[d]) {
+            return Err(Error::InvalidShape(format!(
+                "crop {b:?} does not fit the grid {:?}",
+                self.shape
+            )));
         }
+        let boxed: [usize; 3] = std::array::from_fn(|d| b.end[d] - b.start[d]);
+        let boxed_affine = match crop {
+            Some(c) => crop_affine(&self.affine, c),
+            None => self.affine,
+        };
+        let [_, ny, nz] = self.shape;
+        let strides = [ny * nz, nz, 1];
+        let mut start: isize = (0..3).map(|d| (b.start[d] * strides[d]) as isize).sum();
+        let (shape, step, affine) = match axcodes {
+            None => (boxed, strides.map(|s| s as isize), boxed_affine),
+            Some(axcodes) => {
+                // Output axis j walks source axis from[j], backwards where flipped.
+                let ornt = orientation_to(&boxed_affine, axcodes)?;
+                let from = source_axes(&ornt);
+                let mut step = [0isize; 3];
+                for (j, &i) in from.iter().enumerate() {
+                    let s = strides[i] as isize;
+                    if ornt[i].1 < 0.0 {
+                        start += (boxed[i] - 1) as isize * s;
+                        step[j] = -s;
+                    } else {
+                        step[j] = s;
+                    }
+                }
+                let affine = matmul(&boxed_affine, &inv_ornt_aff(&ornt, boxed));
+                (oriented_shape(boxed, &ornt), step, affine)
+            }
+        };
         let voxels = self.voxels();
-        let mut data = Vec::with_capacity(self.data.len());
+        let mut data = Vec::with_capacity(self.channels * shape.iter().product::<usize>());
         for c in 0..self.channels {
             let channel = &self.data[c * voxels..(c + 1) * voxels];
             for a in 0..shape[0] as isize {
                 for b in 0..shape[1] as isize {
                     let row = start + a * step[0] + b * step[1];
-                    data.extend(
-                        (0..shape[2] as isize).map(|e| channel[(row + e * step[2]) as usize]),
-                    );
+                    if step[2] == 1 {
+                        let row = row as usize;
+                        data.extend_from_slice(&channel[row..row + shape[2]]);
+                    } else {
+                        data.extend(
+                            (0..shape[2] as isize).map(|e| channel[(row + e * step[2]) as usize]),
+                        );
+                    }
                 }
             }
         }
@@ -258,44 +281,8 @@ impl Volume {
             channels: self.channels,
             shape,
             data,
-            affine: matmul(&self.affine, &inv_ornt_aff(&ornt, self.shape)),
+            affine,
         })
-    }
-
-    /// Resamples every channel onto `grid` on the GPU (`SpatialResample` with `grid_sample`'s border
-    /// padding), trilinearly or to the nearest voxel. As MONAI, a grid that is the volume's own (affines
-    /// or the voxel map the identity within `AFFINE_TOL`, the same size) leaves the volume as it is.
-    pub fn resample(&self, gpu: &Gpu, grid: &SpacingGrid, mode: Interpolation) -> Result<Volume> {
-        match self.voxel_map_to(grid)? {
-            None => Ok(self.clone()),
-            Some(out_to_in) => {
-                let input = self.upload(gpu)?;
-                Volume::resampled(self.channels, &input, grid, &out_to_in, mode)
-            }
-        }
-    }
-
-    /// A label map (one channel of integer classes 0..=255, as [`load_label`] reads it) resampled onto
-    /// `grid` to the nearest voxel, as bytes: [`Volume::resample`] with [`Interpolation::Nearest`], with
-    /// the map on the device packed four voxels to a word ([`crate::ops::resample_labels`]).
-    fn resample_labels(&self, gpu: &Gpu, grid: &SpacingGrid) -> Result<Vec<u8>> {
-        if self.channels != 1 {
-            return Err(Error::invalid(format!(
-                "a label map has one channel, this one {}",
-                self.channels
-            )));
-        }
-        match self.voxel_map_to(grid)? {
-            None => Ok(self.label_bytes()),
-            Some(out_to_in) => {
-                resample_labels(gpu, &self.label_bytes(), self.shape, grid.shape, &out_to_in)
-            }
-        }
-    }
-
-    /// The values of a label map as bytes (classes 0..=255, as [`load_label`] checks them).
-    fn label_bytes(&self) -> Vec<u8> {
-        self.data.iter().map(|&v| v as u8).collect()
     }
 
     /// The map from `grid`'s voxels to this volume's, or `None` where the grid is the volume's own.
@@ -311,6 +298,26 @@ impl Volume {
             && (near(&self.affine, &grid.affine) || near(&out_to_in, &geometry::identity()));
         Ok((!own).then_some(out_to_in))
     }
+}
+
+impl Volume {
+    /// Resamples every channel onto `grid` on the GPU (`SpatialResample` with `grid_sample`'s border
+    /// padding), trilinearly or to the nearest voxel. As MONAI, a grid that is the volume's own (affines
+    /// or the voxel map the identity within `AFFINE_TOL`, the same size) leaves the volume as it is.
+    pub fn resample(&self, gpu: &Gpu, grid: &SpacingGrid, mode: Interpolation) -> Result<Volume> {
+        match self.voxel_map_to(grid)? {
+            None => Ok(self.clone()),
+            Some(out_to_in) => self.resampled(gpu, grid, &out_to_in, mode),
+        }
+    }
+
+    /// [`Volume::resample`] of an owned volume: one on its own grid is given back without a copy.
+    fn into_resampled(self, gpu: &Gpu, grid: &SpacingGrid, mode: Interpolation) -> Result<Volume> {
+        match self.voxel_map_to(grid)? {
+            None => Ok(self),
+            Some(out_to_in) => self.resampled(gpu, grid, &out_to_in, mode),
+        }
+    }
 
     /// The values as a `[C, X, Y, Z]` tensor on `gpu`.
     fn upload(&self, gpu: &Gpu) -> Result<Tensor> {
@@ -319,21 +326,40 @@ impl Volume {
         Tensor::from_f32(gpu, &shape, &self.data)
     }
 
-    /// `input` (`[C, X, Y, Z]` on the device) resampled onto `grid` through `out_to_in`, read back.
+    /// This volume resampled onto `grid` through `out_to_in` on `gpu`, read back.
     fn resampled(
-        channels: usize,
-        input: &Tensor,
+        &self,
+        gpu: &Gpu,
         grid: &SpacingGrid,
         out_to_in: &Affine,
         mode: Interpolation,
     ) -> Result<Volume> {
-        let output = resample(input, grid.shape, out_to_in, mode)?;
+        let output = resample(&self.upload(gpu)?, grid.shape, out_to_in, mode)?;
         Ok(Volume {
-            channels,
+            channels: self.channels,
             shape: grid.shape,
             data: output.to_vec_f32()?,
             affine: grid.affine,
         })
+    }
+}
+
+impl Volume<u8> {
+    /// A label map (one channel of classes, as [`load_label`] reads it) resampled onto `grid` to the
+    /// nearest voxel, as bytes: [`Volume::resample`] with [`Interpolation::Nearest`], with the map on the
+    /// device packed four voxels to a word ([`crate::ops::resample_labels`]). A map on its own grid is
+    /// given back as it is.
+    fn into_resampled_labels(self, gpu: &Gpu, grid: &SpacingGrid) -> Result<Vec<u8>> {
+        if self.channels != 1 {
+            return Err(Error::invalid(format!(
+                "a label map has one channel, this one {}",
+                self.channels
+            )));
+        }
+        match self.voxel_map_to(grid)? {
+            None => Ok(self.data),
+            Some(out_to_in) => resample_labels(gpu, &self.data, self.shape, grid.shape, &out_to_in),
+        }
     }
 }
 
@@ -455,15 +481,17 @@ impl Intensity {
     /// Applies the transform to every channel of `v` in place.
     pub fn apply(&self, v: &mut Volume) {
         let voxels = v.voxels();
+        self.apply_to(&mut v.data, voxels);
+    }
+
+    /// [`Intensity::apply`] on the values of channels of `voxels` values each.
+    fn apply_to(&self, data: &mut [f32], voxels: usize) {
         match *self {
             Intensity::NormalizeIntensity {
                 nonzero,
                 channel_wise: true,
-            } => v
-                .data
-                .chunks_mut(voxels)
-                .for_each(|c| normalize(c, nonzero)),
-            Intensity::NormalizeIntensity { nonzero, .. } => normalize(&mut v.data, nonzero),
+            } => data.chunks_mut(voxels).for_each(|c| normalize(c, nonzero)),
+            Intensity::NormalizeIntensity { nonzero, .. } => normalize(data, nonzero),
             Intensity::ScaleIntensityRange {
                 a_min,
                 a_max,
@@ -471,7 +499,7 @@ impl Intensity {
                 b_max,
                 clip,
             } => {
-                for x in &mut v.data {
+                for x in data {
                     let mut y = if a_max - a_min == 0.0 {
                         f64::from(*x) - a_min + b_min
                     } else {
@@ -583,7 +611,7 @@ pub fn preprocess_image(gpu: &Gpu, image: Volume, transforms: &Transforms) -> Re
 fn preprocess_loaded(
     gpu: &Gpu,
     mut image: Volume,
-    mut label_volume: Option<Volume>,
+    mut label_volume: Option<Volume<u8>>,
     transforms: &Transforms,
 ) -> Result<Preprocessed> {
     let (original_shape, original_affine) = (image.shape, image.affine);
@@ -594,60 +622,52 @@ fn preprocess_loaded(
             image.channels
         )));
     }
-    // The label map as bytes once resampled (resampling takes it packed).
-    let mut labels: Option<Vec<u8>> = None;
     let crop = if transforms.crop_foreground {
-        let b = foreground_box(&image)?;
-        image = image.crop(&b)?;
-        label_volume = label_volume.map(|l| l.crop(&b)).transpose()?;
-        Some(b)
+        Some(foreground_box(&image)?)
     } else {
         None
     };
-    if let Some(axcodes) = &transforms.orientation {
-        image = image.orient(axcodes)?;
-        label_volume = label_volume.map(|l| l.orient(axcodes)).transpose()?;
-    }
-    if let Some(pixdim) = transforms.spacing {
-        let grid = SpacingGrid::new(image.shape, &image.affine, pixdim)?;
-        let image_spacing = geometry::spacing(&image.affine);
-        let in_shape = image.shape;
-        image = image.resample(gpu, &grid, Interpolation::Linear)?;
-        labels = label_volume
-            .take()
-            .map(|l| {
-                // Spacingd gives the label the image's output shape when both had the same grid size
-                // and voxel sizes (its ensure_same_shape).
-                let mut label_grid = SpacingGrid::new(l.shape, &l.affine, pixdim)?;
-                let same = geometry::spacing(&l.affine)
-                    .iter()
-                    .zip(&image_spacing)
-                    .all(|(a, b)| (a - b).abs() <= 1e-3 + 1e-5 * b.abs());
-                if l.shape == in_shape && same {
-                    label_grid.shape = grid.shape;
-                }
-                l.resample_labels(gpu, &label_grid)
-            })
+    let axcodes = transforms.orientation.as_deref();
+    if crop.is_some() || axcodes.is_some() {
+        image = image.crop_and_orient(crop.as_ref(), axcodes)?;
+        label_volume = label_volume
+            .map(|l| l.crop_and_orient(crop.as_ref(), axcodes))
             .transpose()?;
     }
+    let label = match transforms.spacing {
+        None => label_volume.map(|l| l.data),
+        Some(pixdim) => {
+            let grid = SpacingGrid::new(image.shape, &image.affine, pixdim)?;
+            let image_spacing = geometry::spacing(&image.affine);
+            let in_shape = image.shape;
+            image = image.into_resampled(gpu, &grid, Interpolation::Linear)?;
+            label_volume
+                .map(|l| {
+                    // Spacingd gives the label the image's output shape when both had the same grid
+                    // size and voxel sizes (its ensure_same_shape).
+                    let mut label_grid = SpacingGrid::new(l.shape, &l.affine, pixdim)?;
+                    let same = geometry::spacing(&l.affine)
+                        .iter()
+                        .zip(&image_spacing)
+                        .all(|(a, b)| (a - b).abs() <= 1e-3 + 1e-5 * b.abs());
+                    if l.shape == in_shape && same {
+                        label_grid.shape = grid.shape;
+                    }
+                    l.into_resampled_labels(gpu, &label_grid)
+                })
+                .transpose()?
+        }
+    };
+    let voxels = image.voxels();
     match transforms.normalization.as_slice() {
         [] => {}
         [one] => one.apply(&mut image),
         per_channel => {
-            let voxels = image.voxels();
-            for (c, t) in per_channel.iter().enumerate() {
-                let mut channel = Volume {
-                    channels: 1,
-                    shape: image.shape,
-                    data: image.data[c * voxels..(c + 1) * voxels].to_vec(),
-                    affine: image.affine,
-                };
-                t.apply(&mut channel);
-                image.data[c * voxels..(c + 1) * voxels].copy_from_slice(&channel.data);
+            for (t, channel) in per_channel.iter().zip(image.data.chunks_mut(voxels)) {
+                t.apply_to(channel, voxels);
             }
         }
     }
-    let label = labels.or_else(|| label_volume.map(|l| l.label_bytes()));
     Ok(Preprocessed {
         image,
         label,

@@ -148,10 +148,15 @@ pub struct Image {
 macro_rules! each_stored {
     ($img:expr, |$x:ident| $body:expr) => {{
         let img = $img;
+        each_stored!(img, &img.data[..], |$x| $body)
+    }};
+    ($img:expr, $bytes:expr, |$x:ident| $body:expr) => {{
+        let img = $img;
+        let bytes: &[u8] = $bytes;
         let be = img.header.big_endian;
         macro_rules! run {
             ($t:ty) => {
-                for c in img.data.chunks_exact(std::mem::size_of::<$t>()) {
+                for c in bytes.chunks_exact(std::mem::size_of::<$t>()) {
                     let b = c.try_into().expect("chunk of the type's size");
                     let $x = (if be {
                         <$t>::from_be_bytes(b)
@@ -224,6 +229,25 @@ impl Image {
         }
     }
 
+    /// Voxels `start..start + out.len()` (file order) into `out`, as f32 as [`Image::to_f32`] gives them:
+    /// a run of the image decoded without the whole image.
+    ///
+    /// # Panics
+    /// When the run goes past the image's last voxel.
+    pub fn decode_f32(&self, start: usize, out: &mut [f32]) {
+        let size = self.header.datatype.size();
+        let bytes = &self.data[start * size..(start + out.len()) * size];
+        let mut k = 0;
+        let mut put = |x: f64| {
+            out[k] = x as f32;
+            k += 1;
+        };
+        match self.header.scaling {
+            Some((s, i)) if (s, i) != (1.0, 0.0) => each_stored!(self, bytes, |x| put(x * s + i)),
+            _ => each_stored!(self, bytes, |x| put(x)),
+        }
+    }
+
     /// The voxels as f32 (nibabel's `get_fdata()` rounded to f32), x fastest.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.len());
@@ -231,6 +255,10 @@ impl Image {
         out
     }
 }
+
+/// The most bytes deflate can inflate one compressed byte to (a run of 258-byte matches in 2 bits each,
+/// rounded up): the bound on a `.nii.gz`'s voxel buffer reserved before inflating.
+const MAX_INFLATE_RATIO: usize = 1032;
 
 /// How far past the declared size a `.nii.gz` is inflated to reach its end (and check its CRC).
 const GZ_TAIL: u64 = 64 << 10;
@@ -304,13 +332,29 @@ fn read(path: &Path, with_data: bool) -> Result<(Header, Vec<u8>)> {
     if !with_data {
         return Ok((h, Vec::new()));
     }
-    // Read no further than the declared size (never allocating it up front: a gzip header may lie).
-    let mut rest = Vec::new();
+    // The bytes between the header and the voxels (usually 4) are read and dropped first, so the
+    // voxels land at the start of their buffer without being moved.
+    let header_len = bytes.len();
+    let gap = h.vox_offset - header_len;
+    let got = std::io::copy(&mut (&mut reader).take(gap as u64), &mut std::io::sink())
+        .map_err(read_err)? as usize;
+    if got < gap {
+        return Err(short((header_len + got) as u64));
+    }
+    // Read no further than the declared size. The buffer is reserved up front only as far as the file
+    // can hold: deflate inflates at most 1032x, so a lying gzip header cannot make it allocate more.
+    let voxel_bytes = need - h.vox_offset;
+    let bound = if gz {
+        (file_len as usize).saturating_mul(MAX_INFLATE_RATIO)
+    } else {
+        file_len as usize
+    };
+    let mut rest = Vec::with_capacity(voxel_bytes.min(bound));
     (&mut reader)
-        .take((need - bytes.len()) as u64)
+        .take(voxel_bytes as u64)
         .read_to_end(&mut rest)
         .map_err(read_err)?;
-    let have = bytes.len() + rest.len();
+    let have = h.vox_offset + rest.len();
     if have < need {
         return Err(short(have as u64));
     }
@@ -319,8 +363,6 @@ fn read(path: &Path, with_data: bool) -> Result<(Header, Vec<u8>)> {
         // longer than that is left uninflated.
         std::io::copy(&mut reader.take(GZ_TAIL), &mut std::io::sink()).map_err(gz_err)?;
     }
-    let skip = h.vox_offset - bytes.len();
-    rest.drain(..skip);
     Ok((h, rest))
 }
 
