@@ -321,7 +321,14 @@ struct CaseResult {
     label_counts: Option<BTreeMap<i64, u64>>,
 }
 
-fn check_case(dataset: &Dataset, case: &Case) -> CaseResult {
+/// Checks case `index` of `dataset`; when `then` is given and the case has no error, also hands its files as read (images
+/// in [`CaseImages::files`] order, then the label map) to `then`, so a caller reads each file once.
+fn check_case<T>(
+    dataset: &Dataset,
+    index: usize,
+    then: Option<&ReadCase<'_, T>>,
+) -> (CaseResult, Option<T>) {
+    let case = &dataset.cases[index];
     let mut c = CaseCheck {
         case,
         problems: Vec::new(),
@@ -344,15 +351,17 @@ fn check_case(dataset: &Dataset, case: &Case) -> CaseResult {
         }
     }
     if !all_present {
-        return CaseResult {
+        let result = CaseResult {
             problems: c.problems,
             label_counts: None,
         };
+        return (result, None);
     }
     let expected = dataset.channels.len();
     let channel_list = || format!("{:?}", dataset.channels);
     // The image channels: read one file at a time, keeping only its header once checked.
     let mut reference: Option<(ImageInfo, &Path)> = None;
+    let mut kept: Vec<Image> = Vec::new();
     match &case.images {
         CaseImages::PerChannel(list) => {
             if list.len() != expected {
@@ -423,13 +432,17 @@ fn check_case(dataset: &Dataset, case: &Case) -> CaseResult {
             None => reference = Some((info, f)),
             Some((r, rf)) => c.same_grid(r, rf, &info, f, "channel"),
         }
+        if then.is_some() {
+            kept.push(img);
+        }
     }
     let label = case.label.as_path();
     let Some(img) = c.read(label) else {
-        return CaseResult {
+        let result = CaseResult {
             problems: c.problems,
             label_counts: None,
         };
+        return (result, None);
     };
     let info = img.info().clone();
     if info.volumes() != 1 {
@@ -518,11 +531,21 @@ fn check_case(dataset: &Dataset, case: &Case) -> CaseResult {
             "holds background (0) only; this may be intentional".to_string(),
         );
     }
-    CaseResult {
+    let clean = !c.problems.iter().any(|p| p.severity == Severity::Error);
+    let after = match then {
+        Some(f) if clean && kept.len() == files.len() => Some(f(index, kept, img)),
+        _ => None,
+    };
+    let result = CaseResult {
         problems: c.problems,
         label_counts: Some(counts),
-    }
+    };
+    (result, after)
 }
+
+/// What [`run_then`] does with each case that passed its checks: the case's index, its image files as
+/// read (in [`CaseImages::files`] order) and its label map.
+pub(crate) type ReadCase<'a, T> = dyn Fn(usize, Vec<Image>, Image) -> T + Sync + 'a;
 
 /// The dataset-level checks: case count, label declaration, stray files.
 fn check_dataset(dataset: &Dataset) -> Vec<Problem> {
@@ -594,15 +617,17 @@ fn check_dataset(dataset: &Dataset) -> Vec<Problem> {
     out
 }
 
-/// Checks every case on `threads` threads; results in case order.
-fn check_cases(
+/// Checks every case on `threads` threads (handing each clean case's files to `then`, when given);
+/// results in case order.
+fn check_cases<T: Send>(
     dataset: &Dataset,
     threads: usize,
+    then: Option<&ReadCase<'_, T>>,
     on_event: &mut dyn FnMut(&Event),
-) -> Vec<CaseResult> {
+) -> Vec<(CaseResult, Option<T>)> {
     let total = dataset.cases.len();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<CaseResult>> = (0..total).map(|_| None).collect();
+    let mut results: Vec<Option<(CaseResult, Option<T>)>> = (0..total).map(|_| None).collect();
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
         for _ in 0..threads.clamp(1, total.max(1)) {
@@ -613,7 +638,7 @@ fn check_cases(
                 if i >= total {
                     break;
                 }
-                let r = check_case(dataset, &dataset.cases[i]);
+                let r = check_case(dataset, i, then);
                 if tx.send((i, r)).is_err() {
                     break;
                 }
@@ -640,14 +665,27 @@ fn check_cases(
 /// in the data are in the report, not an `Err`.
 pub fn run(o: &VerifyOptions, on_event: &mut dyn FnMut(&Event)) -> Result<VerifyReport> {
     let dataset = Dataset::open(&o.dataset)?;
+    Ok(run_then::<()>(o, &dataset, None, on_event)?.0)
+}
+
+/// [`run`] on `dataset` (opened from `o.dataset`), handing each case that passed its checks, as read, to
+/// `then` (on verify's threads): what `then` returned per case (`None` for a case with errors), in case
+/// order, beside the report.
+pub(crate) fn run_then<T: Send>(
+    o: &VerifyOptions,
+    dataset: &Dataset,
+    then: Option<&ReadCase<'_, T>>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(VerifyReport, Vec<Option<T>>)> {
     if let Some(path) = &o.json {
         crate::io::output::check_file_output(path, &[("dataset.json", dataset.json.as_path())])?;
     }
     on_event(&Event::Listed {
         total: dataset.cases.len(),
     });
-    let mut problems = check_dataset(&dataset);
-    let results = check_cases(&dataset, o.threads, on_event);
+    let mut problems = check_dataset(dataset);
+    let results = check_cases(dataset, o.threads, then, on_event);
+    let mut after = Vec::with_capacity(results.len());
     let mut classes: Vec<ClassPresence> = dataset
         .labels
         .iter()
@@ -657,7 +695,8 @@ pub fn run(o: &VerifyOptions, on_event: &mut dyn FnMut(&Event)) -> Result<Verify
             cases: 0,
         })
         .collect();
-    for r in results {
+    for (r, a) in results {
+        after.push(a);
         problems.extend(r.problems);
         if let Some(counts) = r.label_counts {
             for c in &mut classes {
@@ -681,5 +720,5 @@ pub fn run(o: &VerifyOptions, on_event: &mut dyn FnMut(&Event)) -> Result<Verify
     if let Some(path) = &o.json {
         crate::io::output::write_file_atomically(path, report.to_json().as_bytes())?;
     }
-    Ok(report)
+    Ok((report, after))
 }

@@ -28,11 +28,13 @@ use std::collections::{BTreeMap, HashMap};
 use crate::data::cache::{class_locations, MAX_LOCATIONS_PER_CLASS};
 use crate::data::dataset::{Case, Dataset};
 use crate::data::plan::{
-    fingerprint, Fingerprint, FingerprintOptions, Plan, PlanInputs, Preset, DEFAULT_MEMORY_BUDGET,
+    assemble, fingerprint_read_case, Fingerprint, FingerprintOptions, Plan, PlanInputs, Preset,
+    DEFAULT_MEMORY_BUDGET,
 };
 use crate::data::preprocess::{preprocess, Transforms};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::io::nifti;
 use crate::io::output::write_file_atomically;
 use crate::io::safetensors::{self as st, HostTensor, TensorFile};
 
@@ -256,19 +258,27 @@ pub fn run(o: &PrepareOptions) -> Result<Prepared> {
             (VerifyReport::unchecked(&dataset), fingerprint, plan)
         }
         None => {
+            if o.samples_per_case == 0 {
+                return Err(Error::invalid(
+                    "fingerprint: samples_per_case must be at least 1",
+                ));
+            }
             let mut v = VerifyOptions::new(&o.dataset);
             v.threads = o.threads;
-            let report = verify::run(&v, &mut |_| {})?;
+            // Each case's files are read once: verify checks them, then the fingerprint takes its part.
+            let take_part = |i: usize, images: Vec<nifti::Image>, label: nifti::Image| {
+                fingerprint_read_case(&dataset.cases[i], i, o.samples_per_case, images, label)
+            };
+            let (report, parts) = verify::run_then(&v, &dataset, Some(&take_part), &mut |_| {})?;
             if !report.is_ok() {
                 return Ok(Prepared::Refused(report));
             }
-            let fingerprint = fingerprint(
-                &dataset,
-                &FingerprintOptions {
-                    samples_per_case: o.samples_per_case,
-                    threads: o.threads,
-                },
-            )?;
+            let parts = parts
+                .into_iter()
+                .map(|p| p.ok_or_else(|| Error::invalid("verify passed a case it did not read")))
+                .map(|p| p.and_then(|r| r))
+                .collect();
+            let fingerprint = assemble(&dataset, o.samples_per_case, parts)?;
             let plan = make_plan(&fingerprint)?;
             (report, fingerprint, plan)
         }

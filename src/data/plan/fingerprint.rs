@@ -2,8 +2,6 @@
 //! the shape before and after the crop to nonzero, and per channel the statistics of foreground intensities
 //! sampled from every case.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::{Case, CaseImages, Dataset};
@@ -137,29 +135,42 @@ fn stats(mut samples: Vec<f64>) -> Option<IntensityStats> {
 }
 
 /// A case's channels as f32 (nibabel's `get_fdata()` rounded, as nnU-Net's readers give float32), each
-/// `i * j * k` voxels with i fastest, and its shape and spacing.
-pub(crate) fn read_channels(
+/// `i * j * k` voxels with i fastest, and its shape and spacing, from its image files as read (in
+/// [`CaseImages::files`] order); each file is given up once converted.
+fn channels_of(
     images: &CaseImages,
+    read: Vec<nifti::Image>,
 ) -> Result<(Vec<Vec<f32>>, [usize; 3], nifti::ImageInfo)> {
-    let split = |path: &Path| -> Result<(Vec<Vec<f32>>, [usize; 3], nifti::ImageInfo)> {
-        let img = nifti::read_image(path)?;
+    let split = |img: nifti::Image| -> (Vec<Vec<f32>>, [usize; 3], nifti::ImageInfo) {
         let info = img.info().clone();
         let n = info.spatial_len();
         let all = img.to_f32();
+        drop(img);
         let volumes = if all.len() == n {
             vec![all]
         } else {
             all.chunks(n).map(<[f32]>::to_vec).collect()
         };
-        Ok((volumes, info.spatial_shape(), info))
+        (volumes, info.spatial_shape(), info)
     };
+    let files = images.files();
+    if read.len() != files.len() {
+        return Err(Error::invalid(format!(
+            "a case has {} image files, {} were read",
+            files.len(),
+            read.len()
+        )));
+    }
     match images {
-        CaseImages::Stacked(p) => split(p),
-        CaseImages::PerChannel(files) => {
+        CaseImages::Stacked(_) => {
+            let img = read.into_iter().next().expect("one file, checked above");
+            Ok(split(img))
+        }
+        CaseImages::PerChannel(_) => {
             let mut channels = Vec::with_capacity(files.len());
             let mut geometry = None;
-            for f in files {
-                let (mut c, shape, info) = split(f)?;
+            for (img, f) in read.into_iter().zip(files) {
+                let (mut c, shape, info) = split(img);
                 if c.len() != 1 {
                     return Err(nifti::fmt_err(
                         f,
@@ -215,32 +226,47 @@ pub fn ras_axes(affine: &[[f64; 4]; 4]) -> [usize; 3] {
 pub(crate) fn nonzero_box(channels: &[Vec<f32>], shape: [usize; 3]) -> Option<[[usize; 2]; 3]> {
     let mut b = [[usize::MAX, 0]; 3];
     let mut any = false;
-    for i in 0..shape.iter().product::<usize>() {
-        if channels.iter().any(|c| c[i] != 0.0) {
-            any = true;
-            let at = [
-                i % shape[0],
-                i / shape[0] % shape[1],
-                i / (shape[0] * shape[1]),
-            ];
-            for a in 0..3 {
-                b[a][0] = b[a][0].min(at[a]);
-                b[a][1] = b[a][1].max(at[a] + 1);
+    // Row by row along i: a row's first and last nonzero voxel (in any channel) stand for all of it.
+    let row_len = shape[0].max(1);
+    for r in 0..shape[1] * shape[2] {
+        let rows = channels.iter().map(|c| &c[r * row_len..(r + 1) * row_len]);
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        for row in rows {
+            if let Some(first) = row.iter().position(|&v| v != 0.0) {
+                let last = row.iter().rposition(|&v| v != 0.0).unwrap_or(first);
+                lo = lo.min(first);
+                hi = hi.max(last + 1);
             }
         }
+        if hi == 0 {
+            continue;
+        }
+        any = true;
+        let (j, k) = (r % shape[1], r / shape[1]);
+        b[0] = [b[0][0].min(lo), b[0][1].max(hi)];
+        b[1] = [b[1][0].min(j), b[1][1].max(j + 1)];
+        b[2] = [b[2][0].min(k), b[2][1].max(k + 1)];
     }
     any.then_some(b)
 }
 
-struct CaseResult {
+/// What one case adds to the fingerprint.
+pub(crate) struct CaseContribution {
     fingerprint: CaseFingerprint,
     /// Per channel, the sampled foreground intensities.
     samples: Vec<Vec<f64>>,
 }
 
-fn fingerprint_case(case: &Case, index: usize, samples_per_case: usize) -> Result<CaseResult> {
-    let (channels, shape, info) = read_channels(&case.images)?;
-    let label = nifti::read_image(&case.label)?;
+/// What case `index` of a dataset adds to the fingerprint, from its files as read: `images` (in
+/// [`CaseImages::files`] order, each given up once converted) and the label map `label`.
+pub(crate) fn fingerprint_read_case(
+    case: &Case,
+    index: usize,
+    samples_per_case: usize,
+    images: Vec<nifti::Image>,
+    label: nifti::Image,
+) -> Result<CaseContribution> {
+    let (channels, shape, info) = channels_of(&case.images, images)?;
     let n: usize = shape.iter().product();
     let ldims = &label.info().dims;
     if ldims.iter().product::<usize>() != n {
@@ -281,7 +307,7 @@ fn fingerprint_case(case: &Case, index: usize, samples_per_case: usize) -> Resul
                 .collect()
         })
         .collect();
-    Ok(CaseResult {
+    Ok(CaseContribution {
         fingerprint: CaseFingerprint {
             name: case.name.clone(),
             spacing: axes.map(|a| info.spacing[a]),
@@ -308,8 +334,29 @@ pub fn fingerprint(dataset: &Dataset, o: &FingerprintOptions) -> Result<Fingerpr
         ));
     }
     let results = crate::data::parallel_map(total, o.threads, |i| {
-        fingerprint_case(&dataset.cases[i], i, o.samples_per_case)
+        let case = &dataset.cases[i];
+        let images = (case.images.files().into_iter())
+            .map(nifti::read_image)
+            .collect::<Result<Vec<_>>>()?;
+        let label = nifti::read_image(&case.label)?;
+        fingerprint_read_case(case, i, o.samples_per_case, images, label)
     });
+    assemble(dataset, o.samples_per_case, results)
+}
+
+/// The fingerprint of `dataset` from what each of its cases added, in case order.
+pub(crate) fn assemble(
+    dataset: &Dataset,
+    samples_per_case: usize,
+    results: Vec<Result<CaseContribution>>,
+) -> Result<Fingerprint> {
+    let total = results.len();
+    if total == 0 {
+        return Err(nifti::fmt_err(
+            &dataset.json,
+            "lists no training case to take a fingerprint of",
+        ));
+    }
     let mut cases = Vec::with_capacity(total);
     let mut pooled: Vec<Vec<f64>> = vec![Vec::new(); dataset.channels.len()];
     let mut relative = Vec::with_capacity(total);
@@ -337,7 +384,7 @@ pub fn fingerprint(dataset: &Dataset, o: &FingerprintOptions) -> Result<Fingerpr
     Ok(Fingerprint {
         dataset: root.display().to_string(),
         channels: dataset.channels.clone(),
-        samples_per_case: o.samples_per_case,
+        samples_per_case,
         cases,
         foreground_intensity_properties_per_channel: pooled.into_iter().map(stats).collect(),
         median_relative_size_after_cropping: median(&relative),
