@@ -11,7 +11,10 @@ use calibseg::commands::prepare::{self, PlanSource, PrepareOptions, Prepared};
 use calibseg::commands::synth::{self, SynthFormat, SynthOptions};
 use calibseg::commands::verify::{self, VerifyOptions};
 use calibseg::data::dataset::Dataset;
-use calibseg::data::plan::{ras_axes, target_spacing, Fingerprint, Normalization, Plan, Preset};
+use calibseg::data::plan::{
+    fingerprint, ras_axes, target_spacing, Fingerprint, FingerprintOptions, Normalization, Plan,
+    Preset,
+};
 use calibseg::data::preprocess::preprocess;
 use calibseg::io::nifti::{self, Geometry, Voxels};
 use calibseg::io::safetensors::TensorFile;
@@ -265,6 +268,9 @@ fn both_layouts_give_the_same_fingerprint_and_plan() {
         fm.foreground_intensity_properties_per_channel
     );
     assert_eq!(pn, pm);
+    // prepare takes the fingerprint while verify reads the files; the standalone pass gives the same.
+    let alone = fingerprint(&Dataset::open(&n).unwrap(), &FingerprintOptions::default()).unwrap();
+    assert_eq!(alone, fn_);
     assert_eq!(fn_.cases[0].spacing, [1.0, 1.0, 2.5]);
     assert_eq!(fn_.cases[0].shape, [16, 16, 8]);
     // One CT channel: clipped and z-scored with the foreground statistics.
