@@ -563,6 +563,27 @@ fn undeclared_label_values_are_an_error_with_the_known_causes_named() {
             &["[255]", "0/255"],
         ),
     );
+    // Values on both sides of 255 (counted in two ways) are all found, in order.
+    let root = msd_dataset("mixed-values");
+    let label = root.join("labelsTr/case_b.nii.gz");
+    let mut l: Vec<i16> = case_data(1).label.iter().map(|&v| i16::from(v)).collect();
+    l[3] = 300;
+    l[7] = 7;
+    l[9] = -2;
+    write(&label, &SHAPE, Voxels::Int16(&l));
+    let mut found = l.clone();
+    found.sort_unstable();
+    found.dedup();
+    let found = format!("found {found:?}");
+    assert_reports(
+        &root,
+        Expect::error(
+            ProblemKind::UndeclaredLabel,
+            Some("case_b"),
+            &label,
+            &["[-2, 7, 300]", &found],
+        ),
+    );
 }
 
 #[test]
