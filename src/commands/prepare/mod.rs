@@ -28,8 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::data::cache::{class_locations, MAX_LOCATIONS_PER_CLASS};
 use crate::data::dataset::{Case, Dataset};
 use crate::data::plan::{
-    assemble, fingerprint_read_case, Fingerprint, FingerprintOptions, Plan, PlanInputs, Preset,
-    DEFAULT_MEMORY_BUDGET,
+    assemble, check_samples_per_case, fingerprint_read_case, Fingerprint, FingerprintOptions, Plan,
+    PlanInputs, Preset, DEFAULT_MEMORY_BUDGET,
 };
 use crate::data::preprocess::{preprocess, Transforms};
 use crate::error::{Error, Result};
@@ -258,11 +258,7 @@ pub fn run(o: &PrepareOptions) -> Result<Prepared> {
             (VerifyReport::unchecked(&dataset), fingerprint, plan)
         }
         None => {
-            if o.samples_per_case == 0 {
-                return Err(Error::invalid(
-                    "fingerprint: samples_per_case must be at least 1",
-                ));
-            }
+            check_samples_per_case(o.samples_per_case)?;
             let mut v = VerifyOptions::new(&o.dataset);
             v.threads = o.threads;
             // Each case's files are read once: verify checks them, then the fingerprint takes its part.

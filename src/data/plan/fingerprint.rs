@@ -321,11 +321,7 @@ pub(crate) fn fingerprint_read_case(
 /// Takes the fingerprint of `dataset` (which `calibseg verify` should have passed): every case read once,
 /// on up to `o.threads` threads; the result does not depend on the thread count.
 pub fn fingerprint(dataset: &Dataset, o: &FingerprintOptions) -> Result<Fingerprint> {
-    if o.samples_per_case == 0 {
-        return Err(Error::invalid(
-            "fingerprint: samples_per_case must be at least 1",
-        ));
-    }
+    check_samples_per_case(o.samples_per_case)?;
     let total = dataset.cases.len();
     if total == 0 {
         return Err(nifti::fmt_err(
@@ -342,6 +338,16 @@ pub fn fingerprint(dataset: &Dataset, o: &FingerprintOptions) -> Result<Fingerpr
         fingerprint_read_case(case, i, o.samples_per_case, images, label)
     });
     assemble(dataset, o.samples_per_case, results)
+}
+
+/// Refuses a fingerprint that would sample no foreground voxel per case.
+pub(crate) fn check_samples_per_case(samples_per_case: usize) -> Result<()> {
+    if samples_per_case == 0 {
+        return Err(Error::invalid(
+            "fingerprint: samples_per_case must be at least 1",
+        ));
+    }
+    Ok(())
 }
 
 /// The fingerprint of `dataset` from what each of its cases added, in case order.

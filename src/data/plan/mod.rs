@@ -18,7 +18,7 @@ mod preset;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub(crate) use fingerprint::{assemble, fingerprint_read_case};
+pub(crate) use fingerprint::{assemble, check_samples_per_case, fingerprint_read_case};
 pub use fingerprint::{
     fingerprint, median, percentile, ras_axes, CaseFingerprint, Fingerprint, FingerprintOptions,
     IntensityStats,

@@ -303,16 +303,9 @@ impl<T: Copy> Volume<T> {
 impl Volume {
     /// Resamples every channel onto `grid` on the GPU (`SpatialResample` with `grid_sample`'s border
     /// padding), trilinearly or to the nearest voxel. As MONAI, a grid that is the volume's own (affines
-    /// or the voxel map the identity within `AFFINE_TOL`, the same size) leaves the volume as it is.
-    pub fn resample(&self, gpu: &Gpu, grid: &SpacingGrid, mode: Interpolation) -> Result<Volume> {
-        match self.voxel_map_to(grid)? {
-            None => Ok(self.clone()),
-            Some(out_to_in) => self.resampled(gpu, grid, &out_to_in, mode),
-        }
-    }
-
-    /// [`Volume::resample`] of an owned volume: one on its own grid is given back without a copy.
-    fn into_resampled(self, gpu: &Gpu, grid: &SpacingGrid, mode: Interpolation) -> Result<Volume> {
+    /// or the voxel map the identity within `AFFINE_TOL`, the same size) leaves the volume as it is: it
+    /// is given back without a copy.
+    pub fn resample(self, gpu: &Gpu, grid: &SpacingGrid, mode: Interpolation) -> Result<Volume> {
         match self.voxel_map_to(grid)? {
             None => Ok(self),
             Some(out_to_in) => self.resampled(gpu, grid, &out_to_in, mode),
@@ -349,7 +342,7 @@ impl Volume<u8> {
     /// nearest voxel, as bytes: [`Volume::resample`] with [`Interpolation::Nearest`], with the map on the
     /// device packed four voxels to a word ([`crate::ops::resample_labels`]). A map on its own grid is
     /// given back as it is.
-    fn into_resampled_labels(self, gpu: &Gpu, grid: &SpacingGrid) -> Result<Vec<u8>> {
+    fn resample_labels(self, gpu: &Gpu, grid: &SpacingGrid) -> Result<Vec<u8>> {
         if self.channels != 1 {
             return Err(Error::invalid(format!(
                 "a label map has one channel, this one {}",
@@ -640,7 +633,7 @@ fn preprocess_loaded(
             let grid = SpacingGrid::new(image.shape, &image.affine, pixdim)?;
             let image_spacing = geometry::spacing(&image.affine);
             let in_shape = image.shape;
-            image = image.into_resampled(gpu, &grid, Interpolation::Linear)?;
+            image = image.resample(gpu, &grid, Interpolation::Linear)?;
             label_volume
                 .map(|l| {
                     // Spacingd gives the label the image's output shape when both had the same grid
@@ -653,7 +646,7 @@ fn preprocess_loaded(
                     if l.shape == in_shape && same {
                         label_grid.shape = grid.shape;
                     }
-                    l.into_resampled_labels(gpu, &label_grid)
+                    l.resample_labels(gpu, &label_grid)
                 })
                 .transpose()?
         }

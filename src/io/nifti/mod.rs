@@ -146,10 +146,6 @@ pub struct Image {
 
 /// Calls `$body` with `$x` bound to each stored voxel as f64, in file order.
 macro_rules! each_stored {
-    ($img:expr, |$x:ident| $body:expr) => {{
-        let img = $img;
-        each_stored!(img, &img.data[..], |$x| $body)
-    }};
     ($img:expr, $bytes:expr, |$x:ident| $body:expr) => {{
         let img = $img;
         let bytes: &[u8] = $bytes;
@@ -200,10 +196,17 @@ impl Image {
 
     /// Calls `f` with each voxel's value in file order (x fastest), scaled as nibabel's `get_fdata()`
     /// scales it: `x * scl_slope + scl_inter` in f64.
-    pub fn for_each_value(&self, mut f: impl FnMut(f64)) {
+    pub fn for_each_value(&self, f: impl FnMut(f64)) {
+        self.for_each_value_in(0, self.len(), f);
+    }
+
+    /// [`Image::for_each_value`] on voxels `start..start + count` (file order) alone.
+    fn for_each_value_in(&self, start: usize, count: usize, mut f: impl FnMut(f64)) {
+        let size = self.header.datatype.size();
+        let bytes = &self.data[start * size..(start + count) * size];
         match self.header.scaling {
-            Some((s, i)) if (s, i) != (1.0, 0.0) => each_stored!(self, |x| f(x * s + i)),
-            _ => each_stored!(self, |x| f(x)),
+            Some((s, i)) if (s, i) != (1.0, 0.0) => each_stored!(self, bytes, |x| f(x * s + i)),
+            _ => each_stored!(self, bytes, |x| f(x)),
         }
     }
 
@@ -235,17 +238,12 @@ impl Image {
     /// # Panics
     /// When the run goes past the image's last voxel.
     pub fn decode_f32(&self, start: usize, out: &mut [f32]) {
-        let size = self.header.datatype.size();
-        let bytes = &self.data[start * size..(start + out.len()) * size];
-        let mut k = 0;
-        let mut put = |x: f64| {
-            out[k] = x as f32;
-            k += 1;
-        };
-        match self.header.scaling {
-            Some((s, i)) if (s, i) != (1.0, 0.0) => each_stored!(self, bytes, |x| put(x * s + i)),
-            _ => each_stored!(self, bytes, |x| put(x)),
-        }
+        let mut slots = out.iter_mut();
+        self.for_each_value_in(start, slots.len(), |x| {
+            if let Some(slot) = slots.next() {
+                *slot = x as f32;
+            }
+        });
     }
 
     /// The voxels as f32 (nibabel's `get_fdata()` rounded to f32), x fastest.
