@@ -440,6 +440,33 @@ fn conv3d_stride2_long_rows() {
 }
 
 #[test]
+fn conv3d_stride2_weight_gradient_row_kernel() {
+    // Output rows of 16 and 8 (stride 2 along W, a multiple of the 8-voxel segment): the weight gradient's
+    // row kernel at stride 2, over two splits (3 x 6 x 5 x 16 = 1440 voxels), 7 -> 18 channels, odd sizes
+    // across rows; without padding, the window's last value is the row's last input.
+    check_conv(
+        geo(3, 7, 18, [12, 10, 32], [3; 3], [2; 3], [1; 3]),
+        true,
+        false,
+        28,
+    );
+    check_conv(
+        geo(1, 4, 5, [5, 3, 17], [3; 3], [1, 2, 2], [0; 3]),
+        false,
+        false,
+        29,
+    );
+    // The transposed convolution's weight gradient is this kernel with input and output swapped: inputs
+    // of 8 along W.
+    check_transpose(
+        geo(2, 6, 5, [3, 4, 8], [3; 3], [2; 3], [1; 3]),
+        [1; 3],
+        false,
+        30,
+    );
+}
+
+#[test]
 fn conv3d_stride2_downsampling_odd_sizes_channels_off_the_tiles() {
     // Odd and even sizes per axis (phase classes of different sizes), 5 -> 18 channels (over one 16-channel
     // tile), 2 images.

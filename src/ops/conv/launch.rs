@@ -80,6 +80,12 @@ fn row_path_stride2(g: &ConvGeometry) -> bool {
     g.kernel[2] == ROW_TAPS && g.stride[2] == 2 && g.output[2] >= ROW_STRIDE2_COLS
 }
 
+/// Whether the weight-gradient row kernel at stride 2 along W applies (3 taps along W; the caller also needs
+/// output rows a multiple of 8): the downsampling convolutions and the transposed upsampling ones.
+fn weight_row_path_stride2(g: &ConvGeometry) -> bool {
+    g.kernel[2] == ROW_TAPS && g.stride[2] == 2
+}
+
 /// The tiles the stride-2 forward row kernel is launched with: [`ROW_STRIDE2_COLS`] results along W and
 /// the general tiles' channels.
 fn stride2_row_tiles(t: &ConvTiles) -> ConvTiles {
@@ -255,11 +261,18 @@ pub(crate) fn encode_backward_weight(
             "conv backward_weight (1x1x1)",
             [splits as u32, tiles as u32, 1],
         )
-    } else if row_path(&t, g, g.output[2]) && g.output[2].is_multiple_of(SUBGROUP_LANES) {
-        // The row kernel needs groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
+    } else if (row_path(&t, g, g.output[2]) || weight_row_path_stride2(g))
+        && g.output[2].is_multiple_of(SUBGROUP_LANES)
+    {
+        // The row kernels need groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
         let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(WORKGROUP * t.row_kernel_rows);
+        let entry = if g.stride[2] == 2 {
+            Entry::BackwardWeightRowStride2
+        } else {
+            Entry::BackwardWeightRow
+        };
         (
-            Entry::BackwardWeightRow,
+            entry,
             "conv backward_weight",
             [tiles as u32, m_tiles as u32, splits as u32],
         )

@@ -204,11 +204,13 @@ pub enum Entry {
     BackwardDataPointwise,
     /// The forward row kernel at stride 2 along W (3 taps along W).
     ForwardRowStride2,
+    /// The weight gradient's per-split partials for stride 2 and 3 taps along W.
+    BackwardWeightRowStride2,
 }
 
 impl Entry {
     /// Every entry point, in the order the module defines them.
-    pub const ALL: [Entry; 11] = [
+    pub const ALL: [Entry; 12] = [
         Entry::Forward,
         Entry::BackwardData,
         Entry::BackwardWeight,
@@ -220,6 +222,7 @@ impl Entry {
         Entry::BackwardDataPointwise,
         Entry::BackwardWeightPointwise,
         Entry::ForwardRowStride2,
+        Entry::BackwardWeightRowStride2,
     ];
 
     /// The entry point's name in the WGSL.
@@ -236,6 +239,7 @@ impl Entry {
             Entry::ForwardPointwise => "forward_pointwise",
             Entry::BackwardDataPointwise => "backward_data_pointwise",
             Entry::ForwardRowStride2 => "forward_row_s2",
+            Entry::BackwardWeightRowStride2 => "backward_weight_row_s2",
         }
     }
 }

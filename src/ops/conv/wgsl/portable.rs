@@ -11,12 +11,12 @@ pub(super) fn portable(tn: usize, q: usize, tnw: usize, tr: usize) -> String {
     Pass::BOTH.map(|pass| general(pass, tn, q)).concat()
         + &backward_weight(tn, q)
         + &Pass::BOTH.map(|pass| row(pass, tnw, q, 1)).concat()
-        + &backward_weight_row(tr, q)
+        + &backward_weight_row(tr, q, 1)
 }
 
-/// The forward row kernel at stride 2 along W (appended after the 1x1x1 kernels).
-pub(super) fn forward_row_stride2(tnw: usize, q: usize) -> String {
-    row(Pass::Forward, tnw, q, 2)
+/// The row kernels at stride 2 along W, forward and weight gradient (appended after the 1x1x1 kernels).
+pub(super) fn row_stride2(tnw: usize, q: usize, tr: usize) -> String {
+    row(Pass::Forward, tnw, q, 2) + &backward_weight_row(tr, q, 2)
 }
 
 /// The portable kernels' gathers of a reduction step: each column's value at `off{j} + co` (zero where
@@ -254,14 +254,15 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 
 /// The weight-gradient row kernel (stride 1, 3 taps along W, output rows a multiple of 8): columns are
 /// kernel rows, `tr` per invocation, each group of 8 staged voxels one row segment.
-fn backward_weight_row(tr: usize, q: usize) -> String {
-    let backward_weight_row = Entry::BackwardWeightRow.name();
+fn backward_weight_row(tr: usize, q: usize, sw: usize) -> String {
+    let backward_weight_row = weight_row_entry(sw).name();
+    let window = segment_window(sw);
     let (kw_n, g) = (ROW_TAPS, SUBGROUP_LANES);
     let mut out = format!(
         "
-// backward_weight for stride 1 and {kw_n} taps along W, output rows a multiple of {g}: columns are kernel rows
+// backward_weight for stride {sw} and {kw_n} taps along W, output rows a multiple of {g}: columns are kernel rows
 // (ci, kd, kh), {tr} per invocation with their {kw_n} taps; each aligned group of {g} staged voxels is one row segment,
-// whose {g} x {kw_n} steps of a kernel row read one window of {SEGMENT_WINDOW} gathered values.
+// whose {g} x {kw_n} steps of a kernel row read one window of {window} gathered values.
 @compute @workgroup_size(64)
 fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
 {}    let hw = p.osz.y * p.osz.z;
@@ -270,13 +271,13 @@ fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         weight_sizes(true),
         row_weight_setup(tr, q)
     );
-    out += &stage_voxels("i32(ox)", true);
+    out += &stage_voxels(&row_corner(sw), true);
     let _ = writeln!(
         out,
         "        for (var k0 = 0u; k0 < vn; k0 += {g}u) {{\n            let vi = vbase[k0];"
     );
-    out += &row_window_loads("            ", tr);
-    out += &row_weight_steps("            ", g, tr, q, "g", &|k, qq| {
+    out += &row_window_loads("            ", tr, sw);
+    out += &row_weight_steps("            ", g, sw, tr, q, "g", &|k, qq| {
         format!("dytile[(k0 + {k}u) * Q + {qq}u]")
     });
     out += "        }\n    }\n";

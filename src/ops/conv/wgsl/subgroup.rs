@@ -11,12 +11,12 @@ pub(super) fn subgroup(tn: usize, q: usize, tnw: usize, qw: usize, tr: usize) ->
     Pass::BOTH.map(|pass| general(pass, tn, q)).concat()
         + &backward_weight(tn, q)
         + &Pass::BOTH.map(|pass| row(pass, tnw, qw, 1)).concat()
-        + &backward_weight_row(tr, q)
+        + &backward_weight_row(tr, q, 1)
 }
 
-/// The forward row kernel at stride 2 along W (appended after the 1x1x1 kernels).
-pub(super) fn forward_row_stride2(tnw: usize, qw: usize) -> String {
-    row(Pass::Forward, tnw, qw, 2)
+/// The row kernels at stride 2 along W, forward and weight gradient (appended after the 1x1x1 kernels).
+pub(super) fn row_stride2(tnw: usize, qw: usize, tr: usize, q: usize) -> String {
+    row(Pass::Forward, tnw, qw, 2) + &backward_weight_row(tr, q, 2)
 }
 
 /// One reduction step of the general subgroup kernels after the broadcasts: each column's value gathered
@@ -72,8 +72,8 @@ pub(super) fn broadcast_reduction(
 
 /// The channel loop of the subgroup kernels at indent `ind`, 8 reduced channels at a time: lane k of each
 /// 8 loads the weights `wts[widx(m)]` of channel `c0 + k`, then for each of the 8 channels `c` (below
-/// `cred`) `cs = c * rstride`, the broadcast weights `b{q}` and the statements `step(indent)`. Leaves the
-/// channel loop open.
+/// `cred`) `cs = c * rstride`, the weights `b{q}` shuffled from lane k and the statements `step(indent)`.
+/// Leaves the channel loop open.
 pub(super) fn broadcast_steps(
     ind: &str,
     q: usize,
@@ -87,15 +87,18 @@ pub(super) fn broadcast_steps(
         "{ind}for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{\n{}\n",
         weight_lane_loads(&in1, q, widx)
     );
-    for k in 0..sg {
-        let _ = writeln!(s, "{in1}if (c0 + {k}u < cred) {{");
-        let _ = writeln!(s, "{in2}let cs = (c0 + {k}u) * {rstride};");
-        for qq in 0..q {
-            let _ = writeln!(s, "{in2}let b{qq} = subgroupBroadcast(wl{qq}, {k}u);");
-        }
-        s += &step(&in2);
-        let _ = write!(s, "\n{in1}}}\n");
+    // A loop over the 8 lanes with a shuffle by its counter, not 8 unrolled broadcasts: LLVM-based drivers
+    // (lavapipe) keep the one loop body's tile in registers, where 8 copies of it spill (1.5-2x faster there).
+    let _ = writeln!(
+        s,
+        "{in1}for (var k = 0u; k < min({sg}u, cred - c0); k++) {{"
+    );
+    let _ = writeln!(s, "{in2}let cs = (c0 + k) * {rstride};");
+    for qq in 0..q {
+        let _ = writeln!(s, "{in2}let b{qq} = subgroupShuffle(wl{qq}, k);");
     }
+    s += &step(&in2);
+    let _ = write!(s, "\n{in1}}}\n");
     s
 }
 
@@ -198,6 +201,10 @@ fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     let lane = sgid % {sg}u;
 {}
 {}
+    // A subgroup whose lanes own no weight entry leaves at once (as in the row kernel).
+    if (!subgroupAny(valid0)) {{
+        return;
+    }}
     for (var v0 = v_begin; v0 < v_end; v0 += {sg}u) {{
 {}
 ",
@@ -212,31 +219,29 @@ fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         acc_decl(tn, q),
         voxel_lanes(q, "i32(ox * p.stride.z)")
     );
-    for k in 0..sg {
-        let _ = writeln!(out, "        if (v0 + {k}u < v_end) {{");
-        let _ = writeln!(out, "            let vi = subgroupBroadcast(info, {k}u);");
+    // One loop over the 8 lanes' voxels with shuffles by its counter (see `broadcast_steps`).
+    let _ = writeln!(
+        out,
+        "        for (var k = 0u; k < min({sg}u, v_end - v0); k++) {{"
+    );
+    let _ = writeln!(out, "            let vi = subgroupShuffle(info, k);");
+    for qq in 0..q {
+        let _ = writeln!(out, "            let b{qq} = subgroupShuffle(wl{qq}, k);");
+    }
+    for j in 0..tn {
+        let _ = writeln!(out, "            let ok{j} = valid{j} && in_range(vi.x + kd{j}, p.isz.x) && in_range(vi.y + kh{j}, p.isz.y) && in_range(vi.z + kw{j}, p.isz.z);");
+        let _ = writeln!(
+            out,
+            "            let x{j} = select(0.0, src[select(0u, u32(vi.w + coff{j}), ok{j})], ok{j});"
+        );
         for qq in 0..q {
             let _ = writeln!(
                 out,
-                "            let b{qq} = subgroupBroadcast(wl{qq}, {k}u);"
+                "            acc{j}_{qq} = fma(b{qq}, vec4<f32>(x{j}), acc{j}_{qq});"
             );
         }
-        for j in 0..tn {
-            let _ = writeln!(out, "            let ok{j} = valid{j} && in_range(vi.x + kd{j}, p.isz.x) && in_range(vi.y + kh{j}, p.isz.y) && in_range(vi.z + kw{j}, p.isz.z);");
-            let _ = writeln!(
-                out,
-                "            let x{j} = select(0.0, src[select(0u, u32(vi.w + coff{j}), ok{j})], ok{j});"
-            );
-            for qq in 0..q {
-                let _ = writeln!(
-                    out,
-                    "            acc{j}_{qq} = fma(b{qq}, vec4<f32>(x{j}), acc{j}_{qq});"
-                );
-            }
-        }
-        out += "        }\n";
     }
-    out += "    }\n";
+    out += "        }\n    }\n";
     out + &entry_store(tn, q)
 }
 
@@ -335,14 +340,15 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 
 /// The weight-gradient row kernel (stride 1, 3 taps along W, output rows a multiple of 8): columns are
 /// kernel rows, `tr` per invocation; each group of 8 lanes' voxels is one row segment.
-fn backward_weight_row(tr: usize, q: usize) -> String {
-    let backward_weight_row = Entry::BackwardWeightRow.name();
+fn backward_weight_row(tr: usize, q: usize, sw: usize) -> String {
+    let backward_weight_row = weight_row_entry(sw).name();
+    let window = segment_window(sw);
     let (kw_n, sg) = (ROW_TAPS, SUBGROUP_LANES);
     let mut out = format!(
         "
-// backward_weight, row kernel (see backward_weight): stride 1 and {kw_n} taps along W, output rows a multiple of
+// backward_weight, row kernel (see backward_weight): stride {sw} and {kw_n} taps along W, output rows a multiple of
 // {sg} long, so each group of {sg} voxels is one row segment and the {kw_n} taps along W of a kernel row read one
-// window of {SEGMENT_WINDOW} gathered values. Columns are kernel rows (ci, kd, kh); {tr} per invocation.
+// window of {window} gathered values. Columns are kernel rows (ci, kd, kh); {tr} per invocation.
 @compute @workgroup_size(64)
 fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                        @builtin(subgroup_invocation_id) sgid: u32) {{
@@ -360,10 +366,10 @@ fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 ",
         weight_sizes(true),
         row_weight_setup(tr, q),
-        voxel_lanes(q, "i32(ox)")
+        voxel_lanes(q, &row_corner(sw))
     );
-    out += &row_window_loads("        ", tr);
-    out += &row_weight_steps("        ", sg, tr, q, "b", &|k, qq| {
+    out += &row_window_loads("        ", tr, sw);
+    out += &row_weight_steps("        ", sg, sw, tr, q, "b", &|k, qq| {
         format!("subgroupBroadcast(wl{qq}, {k}u)")
     });
     out += "    }\n";

@@ -2,6 +2,16 @@
 //! kernel's kernel rows as columns, the voxels reduced over, the stores into the per-split partials.
 
 use super::*;
+use crate::ops::conv::tiles::Entry;
+
+/// The weight-gradient row kernel's entry for stride `sw` along W (1 or 2).
+pub(super) fn weight_row_entry(sw: usize) -> Entry {
+    if sw == 2 {
+        Entry::BackwardWeightRowStride2
+    } else {
+        Entry::BackwardWeightRow
+    }
+}
 
 /// The weight-gradient kernels' stores into the partials of split wid.z (closes the function): column j's
 /// accumulator groups `groups(j)` after the statements `prelude(j)`.
@@ -85,17 +95,28 @@ pub(super) fn voxel_geometry(ind: &str, col: &str, x0: &str, decl: &str) -> Stri
     )
 }
 
-/// Input values along W one kernel row's taps read over a row segment of 8 voxels (the weight-gradient row
-/// kernels' window).
-pub(super) const SEGMENT_WINDOW: usize = SUBGROUP_LANES + ROW_TAPS - 1;
+/// Input values along W one kernel row's taps read over a row segment of 8 voxels at stride `sw` along W
+/// (the weight-gradient row kernels' window: 10 at stride 1, 17 at stride 2).
+pub(super) fn segment_window(sw: usize) -> usize {
+    sw * (SUBGROUP_LANES - 1) + ROW_TAPS
+}
 
-/// Gathers each kernel row's window of [`SEGMENT_WINDOW`] input values along W (zero outside the input).
-pub(super) fn row_window_loads(ind: &str, rows: usize) -> String {
+/// The window corner along W of output column `ox` at stride `sw` (before the padding is taken off).
+pub(super) fn row_corner(sw: usize) -> String {
+    if sw == 1 {
+        "i32(ox)".to_string()
+    } else {
+        format!("i32(ox * {sw}u)")
+    }
+}
+
+/// Gathers each kernel row's window of [`segment_window`] input values along W (zero outside the input).
+pub(super) fn row_window_loads(ind: &str, rows: usize, sw: usize) -> String {
     let mut s = String::new();
     for j in 0..rows {
         let _ = writeln!(s, "{ind}let okr{j} = valid{j} && in_range(vi.x + kd{j}, p.isz.x) && in_range(vi.y + kh{j}, p.isz.y);");
         let _ = writeln!(s, "{ind}let rb{j} = vi.w + coff{j};");
-        for i in 0..SEGMENT_WINDOW {
+        for i in 0..segment_window(sw) {
             let _ = writeln!(
                 s,
                 "{ind}let ok{j}_{i} = okr{j} && in_range(vi.z + {i}, p.isz.z);"
@@ -111,10 +132,12 @@ pub(super) fn row_window_loads(ind: &str, rows: usize) -> String {
 
 /// The weight-gradient row kernels' reduction steps: step `k` loads each channel operand `{operand}{q}`
 /// (`load(k, q)`) and accumulates it into every kernel row's taps, tap kw of row j with window value
-/// `k + kw`.
+/// `sw k + kw` (stride `sw` along W).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn row_weight_steps(
     ind: &str,
     steps: usize,
+    sw: usize,
     rows: usize,
     quads: usize,
     operand: &str,
@@ -128,7 +151,7 @@ pub(super) fn row_weight_steps(
         }
         for j in 0..rows {
             for kw in 0..ROW_TAPS {
-                let x = k + kw;
+                let x = sw * k + kw;
                 for q in 0..quads {
                     let acc = format!("acc{j}_{kw}_{q}");
                     let _ = writeln!(
