@@ -501,6 +501,14 @@ fn conv3d_1x1x1_heads_over_several_splits() {
         false,
         24,
     );
+    // 2 x 10 x 21 x 40 = 16800 voxels: 17 splits, more than one workgroup of them on the subgroup
+    // kernel (8 per workgroup), 37 input channels (over one 32-channel lane tile).
+    check_conv(
+        geo(2, 37, 5, [10, 21, 40], [1; 3], [1; 3], [0; 3]),
+        false,
+        false,
+        26,
+    );
     // 2D.
     check_conv(
         geo(3, 7, 5, [1, 11, 6], [1; 3], [1; 3], [0; 3]),

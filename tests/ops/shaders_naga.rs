@@ -193,7 +193,7 @@ fn every_selectable_conv_variant_validates_and_translates_to_every_back_end() {
 }
 
 #[test]
-fn portable_conv_variants_fit_their_workgroup_memory() {
+fn conv_variants_fit_their_workgroup_memory() {
     for t in &selectable_tiles() {
         // The largest workgroup array of the generated text matches what the selection budgets for.
         let src = t.source();
@@ -213,7 +213,7 @@ fn portable_conv_variants_fit_their_workgroup_memory() {
                 n * 16
             })
             .max()
-            .unwrap();
+            .unwrap_or(0);
         assert!(bytes <= t.workgroup_bytes(), "{}: {bytes} bytes", t.id());
     }
 }

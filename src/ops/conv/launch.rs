@@ -3,8 +3,8 @@
 
 use super::geometry::{ConvGeometry, Params};
 use super::tiles::{
-    select_tiles, ConvTiles, Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, ROW_STRIDE2_COLS,
-    ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
+    select_tiles, ConvTiles, Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_LANE_INPUTS,
+    POINTWISE_OUT, ROW_STRIDE2_COLS, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, Batch, GeneratedModule, Gpu, Kernel};
@@ -250,7 +250,23 @@ pub(crate) fn encode_backward_weight(
     if col_tiles > max || m_tiles > max {
         return Err(too_large());
     }
-    let (entry, label, grid) = if pointwise(g) {
+    let (entry, label, grid) = if pointwise(g) && t.subgroup {
+        // 1x1x1, subgroup module: one split per group of 8 lanes, 32 input x TM output channels.
+        let ci_tiles = g.cin.div_ceil(SUBGROUP_LANES * POINTWISE_LANE_INPUTS);
+        let groups = WORKGROUP / SUBGROUP_LANES;
+        if ci_tiles > max || splits.div_ceil(groups) > max {
+            return Err(too_large());
+        }
+        (
+            Entry::BackwardWeightPointwise,
+            "conv backward_weight (1x1x1)",
+            [
+                ci_tiles as u32,
+                m_tiles as u32,
+                splits.div_ceil(groups) as u32,
+            ],
+        )
+    } else if pointwise(g) {
         // 1x1x1: a channel product over voxel splits, 4 x 16 channels per workgroup.
         let tiles = g.cout.div_ceil(POINTWISE_OUT) * g.cin.div_ceil(POINTWISE_IN);
         if tiles > max {

@@ -1,7 +1,8 @@
 //! Convolution over `[N, C, D, H, W]` (or `[N, C, H, W]`) tensors with any kernel size, stride and padding,
 //! and its two gradients, as register-tiled gather kernels (no atomics) generated at run time for the
-//! adapter's tiles: a portable module, or one that broadcasts the shared operand with subgroup operations.
-//! Both have row kernels for the common stride-1, 3-taps-along-W case.
+//! adapter's tiles: a portable module, or one that shares the operand 8 lanes loaded with subgroup shuffles.
+//! Both have row kernels for 3 taps along W: forward and both gradients at stride 1, forward and weight
+//! gradient at stride 2.
 //!
 //! Weights are laid out as PyTorch's: `[C_out, C_in, kD, kH, kW]` (`[C_out, C_in, kH, kW]` in 2D).
 //!

@@ -22,6 +22,9 @@ pub const POINTWISE_COLS: usize = 4;
 pub const POINTWISE_OUT: usize = 4;
 /// Input channels one workgroup of the 1x1x1 weight-gradient kernel owns (a multiple of 4).
 pub const POINTWISE_IN: usize = 16;
+/// Input channels one lane of the subgroup module's 1x1x1 weight gradient owns (a group of 8 lanes owns
+/// 8 times as many).
+pub const POINTWISE_LANE_INPUTS: usize = 4;
 /// Rounds of the 1x1x1 weight gradient's lane tree (each sums a share of the accumulators).
 pub const POINTWISE_ROUNDS: usize = 2;
 /// Vec4 sums per lane in one round of that tree (its workgroup memory holds this many per lane).
@@ -74,16 +77,15 @@ impl ConvTiles {
         )
     }
 
-    /// Bytes of workgroup memory the largest entry point of the module uses: staged weights (the portable
-    /// kernels and, in both modules, the phase kernel), staged voxels (portable weight gradients), or the
-    /// 1x1x1 weight gradient's lane sums.
+    /// Bytes of workgroup memory the largest entry point of the module uses: none in the subgroup module
+    /// (its lanes share operands by shuffles); in the portable module staged weights, staged voxels (weight
+    /// gradients) or the 1x1x1 weight gradient's lane sums.
     pub fn workgroup_bytes(&self) -> usize {
+        if self.subgroup {
+            return 0;
+        }
         let weights = STAGE * self.quads * 16;
-        let voxels = if self.subgroup {
-            0
-        } else {
-            VOXEL_CHUNK * self.quads * 16 + VOXEL_CHUNK * 16
-        };
+        let voxels = VOXEL_CHUNK * self.quads * 16 + VOXEL_CHUNK * 16;
         weights
             .max(voxels)
             .max(WORKGROUP * POINTWISE_ROUND_SUMS * 16)

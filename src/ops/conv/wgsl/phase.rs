@@ -67,8 +67,9 @@ fn {backward_data_phase}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     );
     s += &per_column(tn, |j| {
         let off = j * WORKGROUP;
+        let cols = WORKGROUP * tn;
         format!(
-            "    let col{j} = ctile * COLS + lid + {off}u;
+            "    let col{j} = ctile * {cols}u + lid + {off}u;
     let valid{j} = col{j} < total;
     let cc{j} = select(0u, col{j}, valid{j});
     let n{j} = cc{j} / cvox;

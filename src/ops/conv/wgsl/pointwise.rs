@@ -13,7 +13,8 @@ use super::pass::Pass;
 use super::subgroup::broadcast_steps;
 use super::*;
 use crate::ops::conv::tiles::{
-    Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS, POINTWISE_ROUND_SUMS,
+    Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_LANE_INPUTS, POINTWISE_OUT, POINTWISE_ROUNDS,
+    POINTWISE_ROUND_SUMS,
 };
 
 /// The forward and input-gradient matrix-product kernels of [`POINTWISE_COLS`] voxels x `quads` vec4s of
@@ -272,4 +273,107 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         lane_sums = WORKGROUP * per_round,
         cin_tile = POINTWISE_IN - 1,
     )
+}
+
+/// The subgroup module's 1x1x1 weight gradient (`backward_weight_pointwise`), as its general weight-gradient
+/// kernel runs without the taps: each group of 8 lanes is one voxel split (`wid.z * 8 + lid / 8`, `chunk.z`
+/// voxels), owns `4 quads` output channels (`wid.y`) and 8 x [`POINTWISE_LANE_INPUTS`] input channels
+/// (`wid.x`); lane k of a group loads dy of voxel `v0 + k` for the output channels, and the group steps
+/// through its 8 voxels with shuffles, each lane gathering x of its input channels. Every sum runs over its
+/// split's voxels in ascending order from zero, so every channel tiling gives the same bits; the splits'
+/// partials are added in order afterwards.
+pub(super) fn pointwise_weight_subgroup(quads: usize) -> String {
+    let sg = SUBGROUP_LANES;
+    let cols = POINTWISE_LANE_INPUTS;
+    let mut s = format!(
+        "
+// dw of a 1x1x1 kernel at stride 1 without padding, per voxel split: one split per group of {sg} lanes.
+@compute @workgroup_size(64)
+fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(subgroup_invocation_id) sgid: u32) {{
+    let cin = p.dims.y;
+    let cout = p.dims.z;
+    let vox = p.osz.w;
+    let total = p.dims.x * vox;
+    let lane = sgid % {sg}u;
+    let first = sgid - lane;
+    let split = wid.z * {groups}u + lid / {sg}u;
+    let v_begin = split * p.chunk.z;
+    let v_end = min(total, v_begin + p.chunk.z);
+    let m0 = wid.y * {tm}u;
+    let ci0 = wid.x * {per_wg}u + lane * {cols}u;
+",
+        name = Entry::BackwardWeightPointwise.name(),
+        groups = WORKGROUP / sg,
+        tm = 4 * quads,
+        per_wg = sg * cols,
+    );
+    for j in 0..cols {
+        let _ = writeln!(s, "    let xr{j} = min(ci0 + {j}u, cin - 1u) * vox;");
+    }
+    s += &acc_decl(cols, quads);
+    s += &format!(
+        "
+    // Every group runs the same {sg}-voxel blocks (a count uniform over the workgroup); voxels past its
+    // split's end read as zero.
+    for (var v0 = v_begin; v0 < v_begin + p.chunk.z; v0 += {sg}u) {{
+        let col = v0 + lane;
+        let vok = col < v_end;
+        let cv = select(0u, col, vok);
+        let n = cv / vox;
+        let v = cv - n * vox;
+        let xb = n * cin * vox + v;
+        let yb = n * cout * vox + v;
+"
+    );
+    for q in 0..quads {
+        let comps: Vec<String> = (0..4)
+            .map(|r| {
+                let m = 4 * q + r;
+                format!("select(0.0, wts[select(0u, yb + (m0 + {m}u) * vox, vok && m0 + {m}u < cout)], vok && m0 + {m}u < cout)")
+            })
+            .collect();
+        let _ = writeln!(s, "        let wl{q} = vec4<f32>({});", comps.join(", "));
+    }
+    let _ = writeln!(s, "        for (var k = 0u; k < {sg}u; k++) {{");
+    let _ = writeln!(s, "            let ok = v0 + k < v_end;");
+    let _ = writeln!(s, "            let xk = subgroupShuffle(xb, first + k);");
+    for q in 0..quads {
+        let _ = writeln!(
+            s,
+            "            let b{q} = subgroupShuffle(wl{q}, first + k);"
+        );
+    }
+    for j in 0..cols {
+        let _ = writeln!(
+            s,
+            "            let x{j} = select(0.0, src[select(0u, xk + xr{j}, ok)], ok);"
+        );
+        for q in 0..quads {
+            let _ = writeln!(
+                s,
+                "            acc{j}_{q} = fma(b{q}, vec4<f32>(x{j}), acc{j}_{q});"
+            );
+        }
+    }
+    s += "        }\n    }\n";
+    let _ = writeln!(
+        s,
+        "    if (split * p.chunk.z >= total) {{\n        return;\n    }}"
+    );
+    let _ = writeln!(s, "    let pbase = split * cout * cin;");
+    for j in 0..cols {
+        let _ = writeln!(s, "    if (ci0 + {j}u < cin) {{");
+        for q in 0..quads {
+            for r in 0..4 {
+                let m = 4 * q + r;
+                let _ = writeln!(
+                    s,
+                    "        if (m0 + {m}u < cout) {{ out3[pbase + (m0 + {m}u) * cin + ci0 + {j}u] = acc{j}_{q}[{r}]; }}"
+                );
+            }
+        }
+        s += "    }\n";
+    }
+    s + "}\n"
 }

@@ -7,7 +7,8 @@
 //
 // The operand shared by every invocation (the weights; for backward_weight the output gradient and voxel
 // geometry) is read once per group of 8 lanes: lane l loads the entries of reduced channel (or voxel) c0 + l,
-// and subgroupBroadcast hands entry k to every lane, so one memory access serves 8 reduction steps. The
+// and a loop over k hands entry k to every lane with subgroupShuffle (one loop body, whose register tile
+// LLVM-based drivers keep, where 8 unrolled copies spill), so one memory access serves 8 reduction steps. The
 // per-column operand is gathered as in the portable module and each invocation keeps {TM} channels x {TN}
 // columns in registers. Every index is guarded, so the file is compiled without injected bounds checks.
 //
@@ -16,4 +17,6 @@
 // a sliding window of {TNW} + 2 gathered values per reduced channel instead of 3 x {TNW}; they step through a
 // group of 8 lanes' weights with subgroupShuffle in a loop (short code). backward_weight_row
 // does the same over the voxels it reduces (output rows a multiple of 8): 8 voxels x 3 taps of a kernel row
-// read 10 gathered values instead of 24.
+// read 10 gathered values instead of 24 (backward_weight_row_s2, stride 2 along W: 17).
+// backward_weight_pointwise makes each group of 8 lanes one voxel split, lanes owning input channels and
+// shuffling the output gradient.
