@@ -4,7 +4,7 @@
 use super::geometry::{ConvGeometry, Params};
 use super::tiles::{
     select_tiles, ConvTiles, Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_LANE_INPUTS,
-    POINTWISE_OUT, ROW_STRIDE2_COLS, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
+    POINTWISE_OUT, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, Batch, GeneratedModule, Gpu, Kernel};
@@ -74,26 +74,16 @@ fn row_path(t: &ConvTiles, g: &ConvGeometry, width: usize) -> bool {
     g.kernel[2] == ROW_TAPS && g.stride[2] == 1 && width >= t.row_cols
 }
 
-/// Whether the forward row kernel at stride 2 along W applies (3 taps along W, rows of at least one
-/// segment): the downsampling convolutions.
-fn row_path_stride2(g: &ConvGeometry) -> bool {
-    g.kernel[2] == ROW_TAPS && g.stride[2] == 2 && g.output[2] >= ROW_STRIDE2_COLS
+/// Whether the forward row kernel at stride 2 along W applies (3 taps along W, rows of results at least one
+/// invocation's segment long): the downsampling convolutions. It runs the stride-1 row kernels' tiles.
+fn row_path_stride2(t: &ConvTiles, g: &ConvGeometry) -> bool {
+    g.kernel[2] == ROW_TAPS && g.stride[2] == 2 && g.output[2] >= t.row_cols
 }
 
 /// Whether the weight-gradient row kernel at stride 2 along W applies (3 taps along W; the caller also needs
 /// output rows a multiple of 8): the downsampling convolutions and the transposed upsampling ones.
 fn weight_row_path_stride2(g: &ConvGeometry) -> bool {
     g.kernel[2] == ROW_TAPS && g.stride[2] == 2
-}
-
-/// The tiles the stride-2 forward row kernel is launched with: [`ROW_STRIDE2_COLS`] results along W and
-/// the general tiles' channels.
-fn stride2_row_tiles(t: &ConvTiles) -> ConvTiles {
-    ConvTiles {
-        row_cols: ROW_STRIDE2_COLS,
-        row_quads: t.quads,
-        ..*t
-    }
 }
 
 /// Whether the 1x1x1 kernels (channel matrix products) apply: one tap, stride 1, no padding.
@@ -155,8 +145,8 @@ pub(crate) fn encode_forward(
         (Entry::ForwardPointwise, grid)
     } else if row_path(&t, g, g.output[2]) {
         (Entry::ForwardRow, row_grid(gpu, &t, g.n, g.output, g.cout)?)
-    } else if row_path_stride2(g) {
-        let grid = row_grid(gpu, &stride2_row_tiles(&t), g.n, g.output, g.cout)?;
+    } else if row_path_stride2(&t, g) {
+        let grid = row_grid(gpu, &t, g.n, g.output, g.cout)?;
         (Entry::ForwardRowStride2, grid)
     } else {
         let grid = col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?;

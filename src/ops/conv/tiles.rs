@@ -12,9 +12,6 @@ pub const STAGE: usize = 216;
 pub const VOXEL_CHUNK: usize = 128;
 /// Taps along W the row kernels are written for (stride 1).
 pub const ROW_TAPS: usize = 3;
-/// Consecutive results along W per invocation of the forward row kernel at stride 2 (with all the general
-/// tiles' channels: 4 x 16 accumulators, a window of 9 values for 12 taps).
-pub const ROW_STRIDE2_COLS: usize = 4;
 /// Voxels per invocation of the 1x1x1 forward and input-gradient kernels: one aligned vec4 of the source
 /// (so they run where an image's voxels are a multiple of 4).
 pub const POINTWISE_COLS: usize = 4;

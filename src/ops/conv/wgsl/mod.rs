@@ -11,9 +11,7 @@
 
 use std::fmt::Write as _;
 
-use super::tiles::{
-    ConvTiles, ROW_STRIDE2_COLS, ROW_TAPS, STAGE, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
-};
+use super::tiles::{ConvTiles, ROW_TAPS, STAGE, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP};
 
 mod pass;
 mod phase;
@@ -50,8 +48,8 @@ impl ConvTiles {
                 ),
                 phase_data_subgroup(self.cols, self.quads),
                 subgroup::row_stride2(
-                    ROW_STRIDE2_COLS,
-                    self.quads,
+                    self.row_cols,
+                    self.row_quads,
                     self.row_kernel_rows,
                     self.quads,
                 ),
@@ -61,7 +59,7 @@ impl ConvTiles {
                 PORTABLE_HEADER,
                 portable(self.cols, self.quads, self.row_cols, self.row_kernel_rows),
                 phase_data(self.cols, self.quads),
-                portable::row_stride2(ROW_STRIDE2_COLS, self.quads, self.row_kernel_rows),
+                portable::row_stride2(self.row_cols, self.quads, self.row_kernel_rows),
             )
         };
         let values = [
