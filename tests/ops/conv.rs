@@ -518,6 +518,38 @@ fn conv3d_1x1x1_heads_over_several_splits() {
     );
 }
 
+/// The subgroup module's 1x1x1 weight gradient tiles 32 output x 16 input channels per workgroup, and 8 x 32
+/// where a call has at most 8 output channels: 35 x 37 channels (neither tile's multiple) over 17 splits
+/// against the f64 reference, and its first 8 output channels bit for bit against the 8-channel call (every
+/// tiling sums each entry over the same voxels in the same order).
+#[test]
+fn pointwise_weight_gradient_tiles_give_the_same_bits() {
+    check_conv(
+        geo(2, 37, 35, [10, 21, 40], [1; 3], [1; 3], [0; 3]),
+        false,
+        false,
+        27,
+    );
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(28);
+    let (n, cin, cout, s) = (2usize, 37usize, 35usize, [10usize, 21, 40]);
+    let vox: usize = s.iter().product();
+    let x = rng.normals(n * cin * vox, 1.0);
+    let dy = rng.normals(n * cout * vox, 1.0);
+    let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
+    let xt = t(&x, &[n, cin, s[0], s[1], s[2]]);
+    let weight = |dyv: &[f32], co: usize| {
+        let dys = t(dyv, &[n, co, s[0], s[1], s[2]]);
+        ops::conv_backward_weight(&xt, &dys, &[co, cin, 1, 1, 1], &[1], &[0])
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
+    };
+    let full = weight(&dy, cout);
+    let eight = weight(&first_channels(&dy, n, cout, 8), 8);
+    assert_eq!(&full[..eight.len()], eight.as_slice());
+}
+
 #[test]
 fn conv_transpose_stride2_upsampling_odd_sizes_channels_off_the_tiles() {
     check_transpose(

@@ -3,8 +3,8 @@
 
 use super::geometry::{ConvGeometry, Params};
 use super::tiles::{
-    select_tiles, ConvTiles, Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_LANE_INPUTS,
-    POINTWISE_OUT, ROW_TAPS, SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
+    select_tiles, ConvTiles, Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, ROW_TAPS,
+    SUBGROUP_LANES, VOXEL_CHUNK, WORKGROUP,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, Batch, GeneratedModule, Gpu, Kernel};
@@ -241,10 +241,12 @@ pub(crate) fn encode_backward_weight(
         return Err(too_large());
     }
     let (entry, label, grid) = if pointwise(g) && t.subgroup {
-        // 1x1x1, subgroup module: one split per group of 8 lanes, 32 input x TM output channels.
-        let ci_tiles = g.cin.div_ceil(SUBGROUP_LANES * POINTWISE_LANE_INPUTS);
+        // 1x1x1, subgroup module: one split per group of 8 lanes, 8 x cols input x 4 x quads output channels.
+        let (quads, cols) = t.pointwise_weight_tile();
+        let ci_tiles = g.cin.div_ceil(SUBGROUP_LANES * cols);
+        let m_tiles = g.cout.div_ceil(4 * quads);
         let groups = WORKGROUP / SUBGROUP_LANES;
-        if ci_tiles > max || splits.div_ceil(groups) > max {
+        if ci_tiles > max || m_tiles > max || splits.div_ceil(groups) > max {
             return Err(too_large());
         }
         (

@@ -19,9 +19,7 @@ pub const POINTWISE_COLS: usize = 4;
 pub const POINTWISE_OUT: usize = 4;
 /// Input channels one workgroup of the 1x1x1 weight-gradient kernel owns (a multiple of 4).
 pub const POINTWISE_IN: usize = 16;
-/// Input channels one lane of the subgroup module's 1x1x1 weight gradient owns (a group of 8 lanes owns
-/// 8 times as many).
-pub const POINTWISE_LANE_INPUTS: usize = 4;
+
 /// Rounds of the 1x1x1 weight gradient's lane tree (each sums a share of the accumulators).
 pub const POINTWISE_ROUNDS: usize = 2;
 /// Vec4 sums per lane in one round of that tree (its workgroup memory holds this many per lane).
@@ -103,6 +101,20 @@ impl ConvTiles {
             t.cols /= 2;
         }
         t
+    }
+
+    /// The subgroup module's 1x1x1 weight-gradient tile: (output channels / 4, input channels per lane; a
+    /// group of 8 lanes owns 8 times as many). Each voxel step of a lane is one gather of x per input
+    /// channel and a shuffle of dy per output channel, and on lavapipe gathers of channel rows far apart
+    /// cost more than shuffles: 32 output x 2 input channels ran 12.8 ms where 16 x 4 ran 17.0 ms
+    /// (`conv3d_bwd_weight_k1s1`, min of 3 alternating runs; 32 x 1, 24 x 2 and 64 x 1 ran 15.5-20 ms).
+    /// Calls with at most 8 output channels (SegResNetDS's heads) keep 8 output x 4 input channels.
+    pub fn pointwise_weight_tile(&self) -> (usize, usize) {
+        if self.quads >= 4 {
+            (2 * self.quads, 2)
+        } else {
+            (self.quads, 4)
+        }
     }
 
     /// Every variant [`ConvTiles::for_call`] can return from these tiles (these included).

@@ -13,8 +13,7 @@ use super::pass::Pass;
 use super::subgroup::broadcast_steps;
 use super::*;
 use crate::ops::conv::tiles::{
-    Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_LANE_INPUTS, POINTWISE_OUT, POINTWISE_ROUNDS,
-    POINTWISE_ROUND_SUMS,
+    Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS, POINTWISE_ROUND_SUMS,
 };
 
 /// The forward and input-gradient matrix-product kernels of [`POINTWISE_COLS`] voxels x `quads` vec4s of
@@ -277,14 +276,13 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 
 /// The subgroup module's 1x1x1 weight gradient (`backward_weight_pointwise`), as its general weight-gradient
 /// kernel runs without the taps: each group of 8 lanes is one voxel split (`wid.z * 8 + lid / 8`, `chunk.z`
-/// voxels), owns `4 quads` output channels (`wid.y`) and 8 x [`POINTWISE_LANE_INPUTS`] input channels
-/// (`wid.x`); lane k of a group loads dy of voxel `v0 + k` for the output channels, and the group steps
+/// voxels), owns `4 quads` output channels (`wid.y`) and 8 x `cols` input channels (`wid.x`;
+/// `ConvTiles::pointwise_weight_tile` gives `(quads, cols)`); lane k of a group loads dy of voxel `v0 + k` for the output channels, and the group steps
 /// through its 8 voxels with shuffles, each lane gathering x of its input channels. Every sum runs over its
 /// split's voxels in ascending order from zero, so every channel tiling gives the same bits; the splits'
 /// partials are added in order afterwards.
-pub(super) fn pointwise_weight_subgroup(quads: usize) -> String {
+pub(super) fn pointwise_weight_subgroup((quads, cols): (usize, usize)) -> String {
     let sg = SUBGROUP_LANES;
-    let cols = POINTWISE_LANE_INPUTS;
     let mut s = format!(
         "
 // dw of a 1x1x1 kernel at stride 1 without padding, per voxel split: one split per group of {sg} lanes.
