@@ -105,9 +105,10 @@ impl ConvTiles {
 
     /// The subgroup module's 1x1x1 weight-gradient tile: (output channels / 4, input channels per lane; a
     /// group of 8 lanes owns 8 times as many). Each voxel step of a lane is one gather of x per input
-    /// channel and a shuffle of dy per output channel, and on lavapipe gathers of channel rows far apart
-    /// cost more than shuffles: 32 output x 2 input channels ran 12.8 ms where 16 x 4 ran 17.0 ms
-    /// (`conv3d_bwd_weight_k1s1`, min of 3 alternating runs; 32 x 1, 24 x 2 and 64 x 1 ran 15.5-20 ms).
+    /// channel and a shuffle of dy per output channel. A gather costs far more than a shuffle (lavapipe runs
+    /// it lane by lane, a shuffle is one permute; GPUs pay a transaction per row): 32 output x 2 input
+    /// channels ran 12.8 ms where 16 x 4 ran 17.0 ms (`conv3d_bwd_weight_k1s1` on lavapipe, min of 3
+    /// alternating runs; 32 x 1, 24 x 2 and 64 x 1 ran 15.5-20 ms, spilling or gathering more).
     /// Calls with at most 8 output channels (SegResNetDS's heads) keep 8 output x 4 input channels.
     pub fn pointwise_weight_tile(&self) -> (usize, usize) {
         if self.quads >= 4 {
