@@ -550,6 +550,58 @@ fn pointwise_weight_gradient_tiles_give_the_same_bits() {
     assert_eq!(&full[..eight.len()], eight.as_slice());
 }
 
+/// Where each image's voxels are a multiple of 8, the subgroup module's 1x1x1 weight gradient reads 8-voxel
+/// blocks as vec4s; elsewhere it gathers voxel by voxel. Both sum every entry over the same splits in the
+/// same order: one image of 8400 voxels, and the same channels as rows of 8401 with a zero voxel appended
+/// (same split size, the extra voxel adds +0), give the same bits, for 35 output channels (32 per
+/// workgroup) and 6 (the 8-channel tile), against the f64 reference too.
+#[test]
+fn pointwise_weight_gradient_vec4_blocks_equal_the_gathers_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(29);
+    let (cin, vox) = (37usize, 8400usize);
+    let x = rng.normals(cin * vox, 1.0);
+    let with_zero = |v: &[f32], c: usize| -> Vec<f32> {
+        (0..c)
+            .flat_map(|i| v[i * vox..(i + 1) * vox].iter().copied().chain([0.0]))
+            .collect()
+    };
+    let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
+    for cout in [35usize, 6] {
+        let dy = rng.normals(cout * vox, 1.0);
+        let dw = |xv: &[f32], dyv: &[f32], s: [usize; 3]| {
+            let xt = t(xv, &[1, cin, s[0], s[1], s[2]]);
+            let dyt = t(dyv, &[1, cout, s[0], s[1], s[2]]);
+            ops::conv_backward_weight(&xt, &dyt, &[cout, cin, 1, 1, 1], &[1], &[0])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap()
+        };
+        let blocks = dw(&x, &dy, [10, 21, 40]);
+        let gathers = dw(&with_zero(&x, cin), &with_zero(&dy, cout), [1, 1, 8401]);
+        let want: Vec<f32> = (0..cout * cin)
+            .map(|e| {
+                let (co, ci) = (e / cin, e % cin);
+                (0..vox)
+                    .map(|v| f64::from(dy[co * vox + v]) * f64::from(x[ci * vox + v]))
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        assert_close(
+            &blocks,
+            &want,
+            Tol::of_max(1e-4),
+            &format!("{cout} output channels"),
+        );
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(
+            bits(&blocks),
+            bits(&gathers),
+            "{cout} output channels: vec4 blocks against gathers"
+        );
+    }
+}
+
 #[test]
 fn conv_transpose_stride2_upsampling_odd_sizes_channels_off_the_tiles() {
     check_transpose(

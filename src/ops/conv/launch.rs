@@ -249,8 +249,14 @@ pub(crate) fn encode_backward_weight(
         if ci_tiles > max || m_tiles > max || splits.div_ceil(groups) > max {
             return Err(too_large());
         }
+        // Images of whole 8-voxel blocks (splits are) read each block as vec4s.
+        let entry = if g.output_voxels().is_multiple_of(SUBGROUP_LANES) {
+            Entry::BackwardWeightPointwiseVec4
+        } else {
+            Entry::BackwardWeightPointwise
+        };
         (
-            Entry::BackwardWeightPointwise,
+            entry,
             "conv backward_weight (1x1x1)",
             [
                 ci_tiles as u32,

@@ -191,7 +191,7 @@ pub fn selectable_tiles() -> Vec<ConvTiles> {
     v
 }
 
-/// The entry points of a convolution module (both modules have all of them).
+/// The entry points of a convolution module (both modules have all of them but one, see [`Entry::in_module`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Entry {
     /// The forward convolution, general kernels.
@@ -218,11 +218,15 @@ pub enum Entry {
     ForwardRowStride2,
     /// The weight gradient's per-split partials for stride 2 and 3 taps along W.
     BackwardWeightRowStride2,
+    /// The weight gradient of 1x1x1 kernels where each image's voxels are a multiple of 8, read as vec4s
+    /// (subgroup module only).
+    BackwardWeightPointwiseVec4,
 }
 
 impl Entry {
-    /// Every entry point, in the order the module defines them.
-    pub const ALL: [Entry; 12] = [
+    /// Every entry point, in the order the modules define them (the portable module has all but
+    /// [`Entry::BackwardWeightPointwiseVec4`]; see [`Entry::in_module`]).
+    pub const ALL: [Entry; 13] = [
         Entry::Forward,
         Entry::BackwardData,
         Entry::BackwardWeight,
@@ -235,7 +239,13 @@ impl Entry {
         Entry::BackwardWeightPointwise,
         Entry::ForwardRowStride2,
         Entry::BackwardWeightRowStride2,
+        Entry::BackwardWeightPointwiseVec4,
     ];
+
+    /// Whether the module of subgroup (`true`) or portable tiles defines this entry point.
+    pub fn in_module(self, subgroup: bool) -> bool {
+        subgroup || self != Entry::BackwardWeightPointwiseVec4
+    }
 
     /// The entry point's name in the WGSL.
     pub fn name(self) -> &'static str {
@@ -252,6 +262,7 @@ impl Entry {
             Entry::BackwardDataPointwise => "backward_data_pointwise",
             Entry::ForwardRowStride2 => "forward_row_s2",
             Entry::BackwardWeightRowStride2 => "backward_weight_row_s2",
+            Entry::BackwardWeightPointwiseVec4 => "backward_weight_pointwise_vec4",
         }
     }
 }

@@ -33,8 +33,8 @@ const SUBGROUP_HEADER: &str = include_str!("subgroup.wgsl");
 
 impl ConvTiles {
     /// The WGSL module of these tiles: the module's header, the shared header, its kernels, the phase
-    /// kernel, the 1x1x1 kernels (forward, input and weight gradients) and the forward row kernel at stride
-    /// 2 along W.
+    /// kernel, the 1x1x1 kernels (forward, input and weight gradients), the row kernels at stride 2 along W
+    /// and, in the subgroup module, the 1x1x1 weight gradient over vec4 blocks.
     pub fn source(&self) -> String {
         let (header, kernels, phase, row_stride2) = if self.subgroup {
             (
@@ -85,6 +85,11 @@ impl ConvTiles {
                 pointwise::pointwise_weight()
             }
             + &row_stride2
+            + &if self.subgroup {
+                pointwise::pointwise_weight_subgroup_vec4(self.pointwise_weight_tile())
+            } else {
+                String::new()
+            }
     }
 }
 
@@ -236,10 +241,10 @@ mod tests {
     /// change updates it in the same commit (the failure message prints the new list). FNV-1a is written out
     /// because `DefaultHasher`'s algorithm may change between Rust releases.
     const DIGESTS: &[(&str, u64)] = &[
-        ("conv-sg-c2x8-r8x8x1", 0xb9e7def978505c00),
-        ("conv-sg-c4x8-r8x8x1", 0x7e535c9fbac7d546),
-        ("conv-sg-c2x16-r8x8x1", 0xe8e4e0af988dc179),
-        ("conv-sg-c4x16-r8x8x1", 0xad7cff65349ed493),
+        ("conv-sg-c2x8-r8x8x1", 0x1eb9cb92b61c529c),
+        ("conv-sg-c4x8-r8x8x1", 0x4b72973b0ee844ca),
+        ("conv-sg-c2x16-r8x8x1", 0xf4ebd78284596b39),
+        ("conv-sg-c4x16-r8x8x1", 0xff9e77186899c477),
         ("conv-wg-c2x8-r4x8x1", 0x6b861ea3c935d955),
         ("conv-wg-c4x8-r4x8x1", 0xc9488f4cfdc5c801),
         ("conv-wg-c2x16-r4x16x1", 0xfb47cc827115ba4c),

@@ -277,39 +277,13 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 /// The subgroup module's 1x1x1 weight gradient (`backward_weight_pointwise`), as its general weight-gradient
 /// kernel runs without the taps: each group of 8 lanes is one voxel split (`wid.z * 8 + lid / 8`, `chunk.z`
 /// voxels), owns `4 quads` output channels (`wid.y`) and 8 x `cols` input channels (`wid.x`;
-/// `ConvTiles::pointwise_weight_tile` gives `(quads, cols)`); lane k of a group loads dy of voxel `v0 + k` for the output channels, and the group steps
-/// through its 8 voxels with shuffles, each lane gathering x of its input channels. Every sum runs over its
-/// split's voxels in ascending order from zero, so every channel tiling gives the same bits; the splits'
-/// partials are added in order afterwards.
+/// `ConvTiles::pointwise_weight_tile` gives `(quads, cols)`); lane k of a group loads dy of voxel `v0 + k`
+/// for the output channels, and the group steps through its 8 voxels with shuffles, each lane gathering x
+/// of its input channels. Every sum runs over its split's voxels in ascending order from zero, so every
+/// channel tiling gives the same bits; the splits' partials are added in order afterwards.
 pub(super) fn pointwise_weight_subgroup((quads, cols): (usize, usize)) -> String {
     let sg = SUBGROUP_LANES;
-    let mut s = format!(
-        "
-// dw of a 1x1x1 kernel at stride 1 without padding, per voxel split: one split per group of {sg} lanes.
-@compute @workgroup_size(64)
-fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
-          @builtin(subgroup_invocation_id) sgid: u32) {{
-    let cin = p.dims.y;
-    let cout = p.dims.z;
-    let vox = p.osz.w;
-    let total = p.dims.x * vox;
-    let lane = sgid % {sg}u;
-    let first = sgid - lane;
-    let split = wid.z * {groups}u + lid / {sg}u;
-    let v_begin = split * p.chunk.z;
-    let v_end = min(total, v_begin + p.chunk.z);
-    let m0 = wid.y * {tm}u;
-    let ci0 = wid.x * {per_wg}u + lane * {cols}u;
-",
-        name = Entry::BackwardWeightPointwise.name(),
-        groups = WORKGROUP / sg,
-        tm = 4 * quads,
-        per_wg = sg * cols,
-    );
-    for j in 0..cols {
-        let _ = writeln!(s, "    let xr{j} = min(ci0 + {j}u, cin - 1u) * vox;");
-    }
-    s += &acc_decl(cols, quads);
+    let mut s = pointwise_weight_prologue(Entry::BackwardWeightPointwise, quads, cols);
     s += &format!(
         "
     // Every group runs the same {sg}-voxel blocks (a count uniform over the workgroup); voxels past its
@@ -342,11 +316,132 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             "            let b{q} = subgroupShuffle(wl{q}, first + k);"
         );
     }
-    for j in 0..cols {
+    s += &pointwise_weight_fmas(quads, cols, &|j| {
+        format!("select(0.0, src[select(0u, xk + xr{j}, ok)], ok)")
+    });
+    s + &pointwise_weight_stores(quads, cols)
+}
+
+/// The subgroup module's 1x1x1 weight gradient for images whose voxels are a multiple of 8
+/// (`backward_weight_pointwise_vec4`): the tiles, splits and sums of [`pointwise_weight_subgroup`], but
+/// each 8-voxel block is read as aligned vec4s (splits are multiples of 8 voxels, so a block lies in one
+/// image and is valid or past the split's end as a whole): each lane loads its input channels' x and its
+/// share of the output channels' dy (`4 quads / 8` channels, at least one) at the block's 8 voxels, two
+/// vec4s each, and step k takes component k of them, dy shuffled from the lane that owns it. A vec4 load
+/// is one memory access for four voxels where the gathers of the general kernel are four (on lavapipe each
+/// lane's access is a scalar sequence of its own). The products and their order are those of
+/// [`pointwise_weight_subgroup`], so both give the same bits.
+pub(super) fn pointwise_weight_subgroup_vec4((quads, cols): (usize, usize)) -> String {
+    let sg = SUBGROUP_LANES;
+    let tm = 4 * quads;
+    // Output channels whose dy each lane loads: lane l owns m0 + l * own + c (c < own), below tm.
+    let own = (tm / sg).max(1);
+    let mut s = String::from(
+        "
+// The output gradient as vec4s (the 1x1x1 weight gradient over 8-voxel blocks).
+@group(0) @binding(2) var<storage, read> wts4: array<vec4<f32>>;
+",
+    );
+    s += &pointwise_weight_prologue(Entry::BackwardWeightPointwiseVec4, quads, cols);
+    s.push('\n');
+    for c in 0..own {
         let _ = writeln!(
             s,
-            "            let x{j} = select(0.0, src[select(0u, xk + xr{j}, ok)], ok);"
+            "    let gok{c} = lane * {own}u + {c}u < {tm}u && m0 + lane * {own}u + {c}u < cout;"
         );
+        let _ = writeln!(
+            s,
+            "    let gr{c} = select(0u, m0 + lane * {own}u + {c}u, gok{c}) * vox;"
+        );
+    }
+    s += &format!(
+        "
+    // Every group runs the same {sg}-voxel blocks (a count uniform over the workgroup); blocks past its
+    // split's end read as zero.
+    for (var v0 = v_begin; v0 < v_begin + p.chunk.z; v0 += {sg}u) {{
+        let vok = v0 < v_end;
+        let cv = select(0u, v0, vok);
+        let n = cv / vox;
+        let v = cv - n * vox;
+        let xb = (n * cin * vox + v) / 4u;
+        let yb = (n * cout * vox + v) / 4u;
+"
+    );
+    for j in 0..cols {
+        for (h, add) in [("lo", ""), ("hi", " + 1u")] {
+            let _ = writeln!(
+                s,
+                "        let x{h}{j} = select(vec4<f32>(0.0), src4[select(0u, xb + xr{j} / 4u{add}, vok)], vok);"
+            );
+        }
+    }
+    for c in 0..own {
+        for (h, add) in [("lo", ""), ("hi", " + 1u")] {
+            let _ = writeln!(
+                s,
+                "        let g{h}{c} = select(vec4<f32>(0.0), wts4[select(0u, yb + gr{c} / 4u{add}, vok && gok{c})], vok && gok{c});"
+            );
+        }
+    }
+    let _ = writeln!(s, "        for (var k = 0u; k < {sg}u; k++) {{");
+    let _ = writeln!(s, "            let hi = k >= 4u;");
+    let _ = writeln!(s, "            let kc = k % 4u;");
+    for c in 0..own {
+        let _ = writeln!(s, "            let d{c} = select(glo{c}, ghi{c}, hi)[kc];");
+    }
+    for q in 0..quads {
+        let comps: Vec<String> = (0..4)
+            .map(|r| {
+                let m = 4 * q + r;
+                format!("subgroupShuffle(d{}, first + {}u)", m % own, m / own)
+            })
+            .collect();
+        let _ = writeln!(s, "            let b{q} = vec4<f32>({});", comps.join(", "));
+    }
+    s += &pointwise_weight_fmas(quads, cols, &|j| format!("select(xlo{j}, xhi{j}, hi)[kc]"));
+    s + &pointwise_weight_stores(quads, cols)
+}
+
+/// The head of both subgroup 1x1x1 weight-gradient kernels, through the accumulators: sizes, the group's
+/// split, the workgroup's output channels `m0..`, the lane's input channels `ci0..` and their rows `xr{j}`
+/// (clamped to the last channel: sums past it are never stored).
+fn pointwise_weight_prologue(entry: Entry, quads: usize, cols: usize) -> String {
+    let sg = SUBGROUP_LANES;
+    let mut s = format!(
+        "
+// dw of a 1x1x1 kernel at stride 1 without padding, per voxel split: one split per group of {sg} lanes.
+@compute @workgroup_size(64)
+fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(subgroup_invocation_id) sgid: u32) {{
+    let cin = p.dims.y;
+    let cout = p.dims.z;
+    let vox = p.osz.w;
+    let total = p.dims.x * vox;
+    let lane = sgid % {sg}u;
+    let first = sgid - lane;
+    let split = wid.z * {groups}u + lid / {sg}u;
+    let v_begin = split * p.chunk.z;
+    let v_end = min(total, v_begin + p.chunk.z);
+    let m0 = wid.y * {tm}u;
+    let ci0 = wid.x * {per_wg}u + lane * {cols}u;
+",
+        name = entry.name(),
+        groups = WORKGROUP / sg,
+        tm = 4 * quads,
+        per_wg = sg * cols,
+    );
+    for j in 0..cols {
+        let _ = writeln!(s, "    let xr{j} = min(ci0 + {j}u, cin - 1u) * vox;");
+    }
+    s + &acc_decl(cols, quads)
+}
+
+/// One voxel step of both subgroup 1x1x1 weight-gradient kernels: input channel j's value `x{j}` (the
+/// expression `x(j)`) times the shuffled dy `b{q}`; closes the step and block loops.
+fn pointwise_weight_fmas(quads: usize, cols: usize, x: &dyn Fn(usize) -> String) -> String {
+    let mut s = String::new();
+    for j in 0..cols {
+        let _ = writeln!(s, "            let x{j} = {};", x(j));
         for q in 0..quads {
             let _ = writeln!(
                 s,
@@ -354,7 +449,12 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             );
         }
     }
-    s += "        }\n    }\n";
+    s + "        }\n    }\n"
+}
+
+/// The stores of both subgroup 1x1x1 weight-gradient kernels: the split's partial sums (closes the function).
+fn pointwise_weight_stores(quads: usize, cols: usize) -> String {
+    let mut s = String::new();
     let _ = writeln!(
         s,
         "    if (split * p.chunk.z >= total) {{\n        return;\n    }}"

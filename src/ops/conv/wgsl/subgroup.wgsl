@@ -19,4 +19,5 @@
 // does the same over the voxels it reduces (output rows a multiple of 8): 8 voxels x 3 taps of a kernel row
 // read 10 gathered values instead of 24 (backward_weight_row_s2, stride 2 along W: 17).
 // backward_weight_pointwise makes each group of 8 lanes one voxel split, lanes owning input channels and
-// shuffling the output gradient.
+// shuffling the output gradient; backward_weight_pointwise_vec4 is the same where images' voxels are a
+// multiple of 8, reading each 8-voxel block of x and dy as vec4s.
