@@ -602,6 +602,55 @@ fn pointwise_weight_gradient_vec4_blocks_equal_the_gathers_bit_for_bit() {
     }
 }
 
+/// Where the input's rows are a multiple of 4 long (padding 1), the subgroup module's stride-2 forward row
+/// kernel reads its window as vec4s; elsewhere it gathers value by value. Same values, same sums: rows of
+/// 32 and the same rows with two zero columns appended (34, the gathering kernel; one more result column)
+/// give the same bits on the 16 shared result columns, with a bias and a residual, and the 32-wide call
+/// matches the f64 reference.
+#[test]
+fn stride2_row_kernel_vec4_window_equals_the_gathers_bit_for_bit() {
+    check_conv(
+        geo(2, 5, 9, [6, 7, 32], [3; 3], [2; 3], [1; 3]),
+        true,
+        false,
+        31,
+    );
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(32);
+    let (n, cin, cout, d, h) = (2usize, 5usize, 9usize, 6usize, 7usize);
+    let rows = n * cin * d * h;
+    let x = rng.normals(rows * 32, 1.0);
+    let widened: Vec<f32> = x
+        .chunks(32)
+        .flat_map(|r| r.iter().copied().chain([0.0, 0.0]))
+        .collect();
+    let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
+    let w = t(&rng.normals(cout * cin * 27, 0.3), &[cout, cin, 3, 3, 3]);
+    let b = t(&rng.normals(cout, 0.5), &[cout]);
+    let out_rows = n * cout * 3 * 4;
+    let res = rng.normals(out_rows * 16, 1.0);
+    let res_wide: Vec<f32> = res
+        .chunks(16)
+        .flat_map(|r| r.iter().copied().chain([0.0]))
+        .collect();
+    let run = |xv: &[f32], width: usize, rv: &[f32]| {
+        let xt = t(xv, &[n, cin, d, h, width]);
+        let ow = (width - 1) / 2 + 1;
+        let r = t(rv, &[n, cout, 3, 4, ow]);
+        ops::conv_add(&xt, &w, Some(&b), &r, &[2], &[1])
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
+    };
+    let blocks = run(&x, 32, &res);
+    let gathers: Vec<f32> = run(&widened, 34, &res_wide)
+        .chunks(17)
+        .flat_map(|r| r[..16].iter().copied())
+        .collect();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&blocks), bits(&gathers));
+}
+
 #[test]
 fn conv_transpose_stride2_upsampling_odd_sizes_channels_off_the_tiles() {
     check_transpose(

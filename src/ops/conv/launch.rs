@@ -147,7 +147,12 @@ pub(crate) fn encode_forward(
         (Entry::ForwardRow, row_grid(gpu, &t, g.n, g.output, g.cout)?)
     } else if row_path_stride2(&t, g) {
         let grid = row_grid(gpu, &t, g.n, g.output, g.cout)?;
-        (Entry::ForwardRowStride2, grid)
+        // Input rows a multiple of 4 with padding 1: the window from 2 xs on is aligned vec4s.
+        if t.subgroup && g.padding[2] == 1 && g.input[2].is_multiple_of(4) {
+            (Entry::ForwardRowStride2Vec4, grid)
+        } else {
+            (Entry::ForwardRowStride2, grid)
+        }
     } else {
         let grid = col_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?;
         (Entry::Forward, grid)

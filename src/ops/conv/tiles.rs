@@ -221,12 +221,15 @@ pub enum Entry {
     /// The weight gradient of 1x1x1 kernels where each image's voxels are a multiple of 8, read as vec4s
     /// (subgroup module only).
     BackwardWeightPointwiseVec4,
+    /// The forward row kernel at stride 2 along W with padding 1 where the input's rows are a multiple of
+    /// 4 long, its window read as vec4s (subgroup module only).
+    ForwardRowStride2Vec4,
 }
 
 impl Entry {
-    /// Every entry point, in the order the modules define them (the portable module has all but
-    /// [`Entry::BackwardWeightPointwiseVec4`]; see [`Entry::in_module`]).
-    pub const ALL: [Entry; 13] = [
+    /// Every entry point, in the order the modules define them (the portable module has all but the
+    /// vec4 ones; see [`Entry::in_module`]).
+    pub const ALL: [Entry; 14] = [
         Entry::Forward,
         Entry::BackwardData,
         Entry::BackwardWeight,
@@ -240,11 +243,16 @@ impl Entry {
         Entry::ForwardRowStride2,
         Entry::BackwardWeightRowStride2,
         Entry::BackwardWeightPointwiseVec4,
+        Entry::ForwardRowStride2Vec4,
     ];
 
     /// Whether the module of subgroup (`true`) or portable tiles defines this entry point.
     pub fn in_module(self, subgroup: bool) -> bool {
-        subgroup || self != Entry::BackwardWeightPointwiseVec4
+        subgroup
+            || !matches!(
+                self,
+                Entry::BackwardWeightPointwiseVec4 | Entry::ForwardRowStride2Vec4
+            )
     }
 
     /// The entry point's name in the WGSL.
@@ -263,6 +271,7 @@ impl Entry {
             Entry::ForwardRowStride2 => "forward_row_s2",
             Entry::BackwardWeightRowStride2 => "backward_weight_row_s2",
             Entry::BackwardWeightPointwiseVec4 => "backward_weight_pointwise_vec4",
+            Entry::ForwardRowStride2Vec4 => "forward_row_s2_vec4",
         }
     }
 }

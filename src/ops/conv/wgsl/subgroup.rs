@@ -10,13 +10,19 @@ use crate::ops::conv::tiles::Entry;
 pub(super) fn subgroup(tn: usize, q: usize, tnw: usize, qw: usize, tr: usize) -> String {
     Pass::BOTH.map(|pass| general(pass, tn, q)).concat()
         + &backward_weight(tn, q)
-        + &Pass::BOTH.map(|pass| row(pass, tnw, qw, 1)).concat()
+        + &Pass::BOTH.map(|pass| row(pass, tnw, qw, 1, false)).concat()
         + &backward_weight_row(tr, q, 1)
 }
 
 /// The row kernels at stride 2 along W, forward and weight gradient (appended after the 1x1x1 kernels).
 pub(super) fn row_stride2(tnw: usize, qw: usize, tr: usize, q: usize) -> String {
-    row(Pass::Forward, tnw, qw, 2) + &backward_weight_row(tr, q, 2)
+    row(Pass::Forward, tnw, qw, 2, false) + &backward_weight_row(tr, q, 2)
+}
+
+/// The forward row kernel at stride 2 along W whose window is read as aligned vec4s
+/// (`forward_row_s2_vec4`; the input's rows a multiple of 4 long, padding 1 along W; appended last).
+pub(super) fn row_stride2_vec4(tnw: usize, qw: usize) -> String {
+    row(Pass::Forward, tnw, qw, 2, true)
 }
 
 /// One reduction step of the general subgroup kernels after the broadcasts: each column's value gathered
@@ -247,8 +253,11 @@ fn {backward_weight}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 
 /// The forward or input-gradient row kernel (stride 1, 3 taps along W): `tnw` consecutive results
 /// of a row and `4 qw` channels per invocation, stepping through a group of 8 lanes' weights with
-/// subgroupShuffle.
-fn row(pass: Pass, tnw: usize, qw: usize, sw: usize) -> String {
+/// subgroupShuffle. With `vec4_window` (the forward at stride 2, padding 1, input rows a multiple of 4):
+/// the window's first value x0 = 2 xs - 1 is gathered and the other `2 tnw` (from 2 xs, a multiple of 4)
+/// are read as `tnw / 2` aligned vec4s, each in or past the row as a whole: one memory access for four
+/// values (on lavapipe each lane's access is a scalar sequence of its own). Same values, same sums.
+fn row(pass: Pass, tnw: usize, qw: usize, sw: usize, vec4_window: bool) -> String {
     let sg = SUBGROUP_LANES;
     let kw_n = ROW_TAPS;
     let win = Pass::row_window_len(tnw, sw);
@@ -262,7 +271,13 @@ fn row(pass: Pass, tnw: usize, qw: usize, sw: usize) -> String {
             &|mm, kw| format!("(cl * cin + m0 + {mm}u) * kvol + t + {kw}u"),
         ),
     };
-    let name = pass.row_entry(sw).name();
+    let name = if vec4_window {
+        assert!(pass == Pass::Forward && sw == 2 && tnw.is_multiple_of(2));
+        Entry::ForwardRowStride2Vec4.name()
+    } else {
+        pass.row_entry(sw).name()
+    };
+    let vec4s = (win - 1) / 4;
     let cred = pass.reduced();
     let mlim = pass.results();
     let redstride = pass.reduced_stride();
@@ -299,6 +314,17 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         acc_decl(tnw, qw),
         pass.row_window(win)
     );
+    if vec4_window {
+        // rb + 1 is the row's element 2 xs (a multiple of 4 wherever okr holds).
+        let _ = writeln!(s, "        let a4 = u32(rb + 1) / 4u;");
+        for v in 0..vec4s {
+            let _ = writeln!(
+                s,
+                "        let vok{v} = okr && in_range(x0 + {}, p.isz.z);",
+                1 + 4 * v
+            );
+        }
+    }
     for kw in 0..kw_n {
         for qq in 0..qw {
             let mut comps = Vec::new();
@@ -324,7 +350,25 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         "            for (var k = 0u; k < min({sg}u, cred - c0); k++) {{"
     );
     let _ = writeln!(s, "                let cs = (c0 + k) * {redstride};");
-    s += &window_gathers("                ", win, "cs");
+    if vec4_window {
+        // x0 is the last element of the vec4 before a4 (one entry point cannot bind both views of `src`).
+        let _ = writeln!(s, "                let cs4 = cs / 4u;");
+        let _ = writeln!(
+            s,
+            "                let xw0 = select(0.0, src4[select(1u, a4 + cs4, wok0) - 1u][3], wok0);"
+        );
+        for v in 0..vec4s {
+            let _ = writeln!(
+                s,
+                "                let xv{v} = select(vec4<f32>(0.0), src4[select(0u, a4 + cs4 + {v}u, vok{v})], vok{v});"
+            );
+            for c in 0..4 {
+                let _ = writeln!(s, "                let xw{} = xv{v}[{c}];", 1 + 4 * v + c);
+            }
+        }
+    } else {
+        s += &window_gathers("                ", win, "cs");
+    }
     s += &pass.row_step(tnw, sw, qw, "b", &|kw, qq| {
         format!("subgroupShuffle(wl{kw}_{qq}, k)")
     });

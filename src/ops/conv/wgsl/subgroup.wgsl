@@ -20,4 +20,5 @@
 // read 10 gathered values instead of 24 (backward_weight_row_s2, stride 2 along W: 17).
 // backward_weight_pointwise makes each group of 8 lanes one voxel split, lanes owning input channels and
 // shuffling the output gradient; backward_weight_pointwise_vec4 is the same where images' voxels are a
-// multiple of 8, reading each 8-voxel block of x and dy as vec4s.
+// multiple of 8, reading each 8-voxel block of x and dy as vec4s. forward_row_s2_vec4 is forward_row_s2
+// where the input's rows are a multiple of 4 long (padding 1): its window after the first value is vec4s.
