@@ -651,6 +651,47 @@ fn stride2_row_kernel_vec4_window_equals_the_gathers_bit_for_bit() {
     assert_eq!(bits(&blocks), bits(&gathers));
 }
 
+/// Where the input's rows are a multiple of 4 long (padding 1), the subgroup module's stride-2 weight-gradient
+/// row kernel reads its windows and each segment's output gradient as vec4s; elsewhere it gathers. Rows of
+/// 32 whose last column is zero and the same rows without it (31: the same 16 result columns, the missing
+/// column read as padding zero) give the same bits, for 16 and 8 output channels; the 32-wide call also
+/// against the f64 reference.
+#[test]
+fn stride2_weight_row_kernel_vec4_loads_equal_the_gathers_bit_for_bit() {
+    check_conv(
+        geo(2, 5, 11, [4, 6, 32], [3; 3], [2; 3], [1; 3]),
+        false,
+        false,
+        33,
+    );
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(34);
+    let (n, cin, d, h) = (2usize, 5usize, 4usize, 6usize);
+    let mut x = rng.normals(n * cin * d * h * 32, 1.0);
+    x.chunks_mut(32).for_each(|r| r[31] = 0.0);
+    let narrow: Vec<f32> = x.chunks(32).flat_map(|r| r[..31].iter().copied()).collect();
+    let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
+    let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    for cout in [16usize, 8] {
+        let dy = t(
+            &rng.normals(n * cout * 2 * 3 * 16, 1.0),
+            &[n, cout, 2, 3, 16],
+        );
+        let dw = |xv: &[f32], width: usize| {
+            let xt = t(xv, &[n, cin, d, h, width]);
+            ops::conv_backward_weight(&xt, &dy, &[cout, cin, 3, 3, 3], &[2], &[1])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap()
+        };
+        assert_eq!(
+            bits(dw(&x, 32)),
+            bits(dw(&narrow, 31)),
+            "{cout} output channels"
+        );
+    }
+}
+
 #[test]
 fn conv_transpose_stride2_upsampling_odd_sizes_channels_off_the_tiles() {
     check_transpose(

@@ -286,7 +286,12 @@ pub(crate) fn encode_backward_weight(
         // The row kernels need groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
         let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(WORKGROUP * t.row_kernel_rows);
         let entry = if g.stride[2] == 2 {
-            Entry::BackwardWeightRowStride2
+            // Input rows a multiple of 4 with padding 1: each window after its first value is vec4s.
+            if t.subgroup && g.padding[2] == 1 && g.input[2].is_multiple_of(4) {
+                Entry::BackwardWeightRowStride2Vec4
+            } else {
+                Entry::BackwardWeightRowStride2
+            }
         } else {
             Entry::BackwardWeightRow
         };

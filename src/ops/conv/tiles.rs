@@ -224,12 +224,15 @@ pub enum Entry {
     /// The forward row kernel at stride 2 along W with padding 1 where the input's rows are a multiple of
     /// 4 long, its window read as vec4s (subgroup module only).
     ForwardRowStride2Vec4,
+    /// The weight gradient's per-split partials for stride 2 and 3 taps along W with padding 1 where the
+    /// input's rows are a multiple of 4 long, the windows read as vec4s (subgroup module only).
+    BackwardWeightRowStride2Vec4,
 }
 
 impl Entry {
     /// Every entry point, in the order the modules define them (the portable module has all but the
     /// vec4 ones; see [`Entry::in_module`]).
-    pub const ALL: [Entry; 14] = [
+    pub const ALL: [Entry; 15] = [
         Entry::Forward,
         Entry::BackwardData,
         Entry::BackwardWeight,
@@ -244,6 +247,7 @@ impl Entry {
         Entry::BackwardWeightRowStride2,
         Entry::BackwardWeightPointwiseVec4,
         Entry::ForwardRowStride2Vec4,
+        Entry::BackwardWeightRowStride2Vec4,
     ];
 
     /// Whether the module of subgroup (`true`) or portable tiles defines this entry point.
@@ -251,7 +255,9 @@ impl Entry {
         subgroup
             || !matches!(
                 self,
-                Entry::BackwardWeightPointwiseVec4 | Entry::ForwardRowStride2Vec4
+                Entry::BackwardWeightPointwiseVec4
+                    | Entry::ForwardRowStride2Vec4
+                    | Entry::BackwardWeightRowStride2Vec4
             )
     }
 
@@ -272,6 +278,7 @@ impl Entry {
             Entry::BackwardWeightRowStride2 => "backward_weight_row_s2",
             Entry::BackwardWeightPointwiseVec4 => "backward_weight_pointwise_vec4",
             Entry::ForwardRowStride2Vec4 => "forward_row_s2_vec4",
+            Entry::BackwardWeightRowStride2Vec4 => "backward_weight_row_s2_vec4",
         }
     }
 }

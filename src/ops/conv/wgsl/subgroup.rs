@@ -19,10 +19,11 @@ pub(super) fn row_stride2(tnw: usize, qw: usize, tr: usize, q: usize) -> String 
     row(Pass::Forward, tnw, qw, 2, false) + &backward_weight_row(tr, q, 2)
 }
 
-/// The forward row kernel at stride 2 along W whose window is read as aligned vec4s
-/// (`forward_row_s2_vec4`; the input's rows a multiple of 4 long, padding 1 along W; appended last).
-pub(super) fn row_stride2_vec4(tnw: usize, qw: usize) -> String {
-    row(Pass::Forward, tnw, qw, 2, true)
+/// The forward and weight-gradient row kernels at stride 2 along W whose windows are read as aligned vec4s
+/// (`forward_row_s2_vec4`, `backward_weight_row_s2_vec4`; the input's rows a multiple of 4 long, padding 1
+/// along W; appended last).
+pub(super) fn row_stride2_vec4(tnw: usize, qw: usize, tr: usize, q: usize) -> String {
+    row(Pass::Forward, tnw, qw, 2, true) + &backward_weight_row_vec4(tr, q)
 }
 
 /// One reduction step of the general subgroup kernels after the broadcasts: each column's value gathered
@@ -188,6 +189,51 @@ fn voxel_lanes(q: usize, x0: &str) -> String {
         voxel_geometry("        ", "cv", x0, "let "),
         join(wq)
     )
+}
+
+/// Output channels whose output gradient each of 8 lanes loads for the vec4 weight-gradient row kernel:
+/// lane l owns channels `m0 + l own + c` (`c < own`) of the `4 quads`, at least one each.
+fn segment_own(quads: usize) -> usize {
+    (4 * quads / SUBGROUP_LANES).max(1)
+}
+
+/// The vec4 weight-gradient row kernel's channels (before its voxel loop): `gok{c}`, whether lane l owns
+/// channel c of its share, and `gr{c}`, that channel's offset (a multiple of 4: rows are a multiple of 8).
+fn segment_channels(quads: usize) -> String {
+    let (tm, own) = (4 * quads, segment_own(quads));
+    let mut s = String::new();
+    for c in 0..own {
+        let _ = write!(
+            s,
+            "
+    let gok{c} = lane * {own}u + {c}u < {tm}u && m0 + lane * {own}u + {c}u < cout;
+    let gr{c} = select(0u, m0 + lane * {own}u + {c}u, gok{c}) * ovox;"
+        );
+    }
+    s
+}
+
+/// [`voxel_lanes`] for the vec4 weight-gradient row kernel: the lanes' geometry as there, and instead of
+/// each lane's dy of its voxel, each lane's dy of its channels (`segment_channels`) over the segment's 8
+/// voxels as two aligned vec4s `glo{c}`, `ghi{c}` (the segment is one row's, in one image).
+fn segment_lanes_vec4(quads: usize, x0: &str) -> String {
+    let mut s = format!(
+        "        let col = v0 + lane;
+        let vok = col < v_end;
+        let cv = select(v_begin, col, vok);
+{}        let yseg = (ybase - lane) / 4u;
+",
+        voxel_geometry("        ", "cv", x0, "let ")
+    );
+    for c in 0..segment_own(quads) {
+        for (h, add) in [("lo", ""), ("hi", " + 1u")] {
+            let _ = writeln!(
+                s,
+                "        let g{h}{c} = select(vec4<f32>(0.0), wts4[select(0u, yseg + gr{c} / 4u{add}, vok && gok{c})], vok && gok{c});"
+            );
+        }
+    }
+    s
 }
 
 /// The weight gradient of the general tiles: columns are weight entries e = ci * kvol + tap; the reduction
@@ -385,7 +431,23 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 /// The weight-gradient row kernel (stride 1, 3 taps along W, output rows a multiple of 8): columns are
 /// kernel rows, `tr` per invocation; each group of 8 lanes' voxels is one row segment.
 fn backward_weight_row(tr: usize, q: usize, sw: usize) -> String {
-    let backward_weight_row = weight_row_entry(sw).name();
+    weight_row_kernel(tr, q, sw, false)
+}
+
+/// The stride-2 weight-gradient row kernel with its windows read as vec4s (`row_window_loads_vec4`) and
+/// each segment's output gradient as vec4s per lane and channel (`segment_lanes_vec4`), shared by
+/// broadcasts: the same values, the same sums.
+fn backward_weight_row_vec4(tr: usize, q: usize) -> String {
+    weight_row_kernel(tr, q, 2, true)
+}
+
+/// [`backward_weight_row`], with `vec4_window` the windows of [`row_window_loads_vec4`].
+fn weight_row_kernel(tr: usize, q: usize, sw: usize, vec4_window: bool) -> String {
+    let backward_weight_row = if vec4_window {
+        Entry::BackwardWeightRowStride2Vec4.name()
+    } else {
+        weight_row_entry(sw).name()
+    };
     let window = segment_window(sw);
     let (kw_n, sg) = (ROW_TAPS, SUBGROUP_LANES);
     let mut out = format!(
@@ -409,12 +471,37 @@ fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         let vi = subgroupBroadcast(info, 0u);
 ",
         weight_sizes(true),
-        row_weight_setup(tr, q),
-        voxel_lanes(q, &row_corner(sw))
+        row_weight_setup(tr, q) + &if vec4_window { segment_channels(q) } else { String::new() },
+        if vec4_window {
+            segment_lanes_vec4(q, &row_corner(sw))
+        } else {
+            voxel_lanes(q, &row_corner(sw))
+        }
     );
-    out += &row_window_loads("        ", tr, sw);
+    out += &if vec4_window {
+        row_window_loads_vec4("        ", tr)
+    } else {
+        row_window_loads("        ", tr, sw)
+    };
+    let own = segment_own(q);
     out += &row_weight_steps("        ", sg, sw, tr, q, "b", &|k, qq| {
-        format!("subgroupBroadcast(wl{qq}, {k}u)")
+        if !vec4_window {
+            return format!("subgroupBroadcast(wl{qq}, {k}u)");
+        }
+        // dy of channel m at voxel k: component k % 4 of the lo (k < 4) or hi vec4 of lane m / own.
+        let h = if k < 4 { "lo" } else { "hi" };
+        let comps: Vec<String> = (0..4)
+            .map(|r| {
+                let m = 4 * qq + r;
+                format!(
+                    "subgroupBroadcast(g{h}{}[{}], {}u)",
+                    m % own,
+                    k % 4,
+                    m / own
+                )
+            })
+            .collect();
+        format!("vec4<f32>({})", comps.join(", "))
     });
     out += "    }\n";
     out + &row_weight_store(tr, q)

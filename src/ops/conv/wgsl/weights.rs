@@ -130,6 +130,39 @@ pub(super) fn row_window_loads(ind: &str, rows: usize, sw: usize) -> String {
     s
 }
 
+/// [`row_window_loads`] at stride 2 with padding 1 where the input's rows are a multiple of 4 long: each
+/// kernel row's window from its second value on (row element 2 ox, a multiple of 4) is 4 aligned vec4s, each
+/// in or past the row as a whole, and its first value is the last of the vec4 before (one entry point cannot
+/// bind both views of `src`). The same values.
+pub(super) fn row_window_loads_vec4(ind: &str, rows: usize) -> String {
+    let window = segment_window(2);
+    let mut s = String::new();
+    for j in 0..rows {
+        let _ = writeln!(s, "{ind}let okr{j} = valid{j} && in_range(vi.x + kd{j}, p.isz.x) && in_range(vi.y + kh{j}, p.isz.y);");
+        let _ = writeln!(s, "{ind}let a{j} = u32(vi.w + coff{j} + 1) / 4u;");
+        let _ = writeln!(s, "{ind}let ok{j}_0 = okr{j} && in_range(vi.z, p.isz.z);");
+        let _ = writeln!(
+            s,
+            "{ind}let xw{j}_0 = select(0.0, src4[select(1u, a{j}, ok{j}_0) - 1u][3], ok{j}_0);"
+        );
+        for v in 0..(window - 1) / 4 {
+            let _ = writeln!(
+                s,
+                "{ind}let okv{j}_{v} = okr{j} && in_range(vi.z + {}, p.isz.z);",
+                1 + 4 * v
+            );
+            let _ = writeln!(
+                s,
+                "{ind}let xv{j}_{v} = select(vec4<f32>(0.0), src4[select(0u, a{j} + {v}u, okv{j}_{v})], okv{j}_{v});"
+            );
+            for c in 0..4 {
+                let _ = writeln!(s, "{ind}let xw{j}_{} = xv{j}_{v}[{c}];", 1 + 4 * v + c);
+            }
+        }
+    }
+    s
+}
+
 /// The weight-gradient row kernels' reduction steps: step `k` loads each channel operand `{operand}{q}`
 /// (`load(k, q)`) and accumulates it into every kernel row's taps, tap kw of row j with window value
 /// `sw k + kw` (stride `sw` along W).
