@@ -92,9 +92,12 @@ fn pointwise(g: &ConvGeometry) -> bool {
 }
 
 /// Whether the 1x1x1 forward and input-gradient products apply: [`pointwise`], with each image's voxels a
-/// multiple of [`POINTWISE_COLS`] (each invocation reads one aligned vec4 of them per channel).
-fn pointwise_product(g: &ConvGeometry) -> bool {
-    pointwise(g) && g.output_voxels().is_multiple_of(POINTWISE_COLS)
+/// multiple of [`POINTWISE_COLS`] (each invocation reads one aligned vec4 of them per channel) and, in the
+/// subgroup module, input channels a multiple of 4 (its weights are read as aligned vec4s of rows of w).
+fn pointwise_product(t: &ConvTiles, g: &ConvGeometry) -> bool {
+    pointwise(g)
+        && g.output_voxels().is_multiple_of(POINTWISE_COLS)
+        && (!t.subgroup || g.cin.is_multiple_of(4))
 }
 
 /// Grid of the 1x1x1 products over `voxels` voxels and `m` result channels.
@@ -140,7 +143,7 @@ pub(crate) fn encode_forward(
         return Ok(());
     }
     let t = tiles_for(gpu).for_call(g.cout, g.n * g.output_voxels());
-    let (entry, grid) = if pointwise_product(g) {
+    let (entry, grid) = if pointwise_product(&t, g) {
         let grid = pointwise_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?;
         (Entry::ForwardPointwise, grid)
     } else if row_path(&t, g, g.output[2]) {
@@ -192,7 +195,7 @@ pub(crate) fn encode_backward_data(
         p.chunk[3] = per_class as u32;
         let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
         (Entry::BackwardDataPhase, grid)
-    } else if pointwise_product(g) {
+    } else if pointwise_product(&t, g) {
         let grid = pointwise_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?;
         (Entry::BackwardDataPointwise, grid)
     } else if row_path(&t, g, g.input[2]) {

@@ -3,14 +3,14 @@
 //! (`dx[n, ci, v] = sum_co w[co, ci] dy[n, co, v]`) and the weight gradient `backward_weight_pointwise`.
 //!
 //! Every invocation of a workgroup owns the same result channels, so the weights it reads are the same
-//! for all of them: the subgroup module loads 8 reduced channels' weights once per 8 lanes and broadcasts
-//! them, as its general kernels do; the portable module reads them as uniform loads. Each invocation owns
+//! for all of them: the subgroup module loads 8 reduced channels' weights once per 8 lanes, as aligned
+//! vec4s of rows of w (input channels a multiple of 4), and shuffles them to every lane; the portable
+//! module reads them as uniform loads. Each invocation owns
 //! four consecutive voxels, so each reduction step is one vec4 load (coalesced on GPUs) for `16 x quads`
 //! fused multiply-adds. Each result is reduced over its channels in ascending order from zero, as the
 //! general kernels do for a one-tap kernel, so both paths give the same bits.
 
 use super::pass::Pass;
-use super::subgroup::broadcast_steps;
 use super::*;
 use crate::ops::conv::tiles::{
     Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS, POINTWISE_ROUND_SUMS,
@@ -23,6 +23,14 @@ pub(super) fn pointwise(quads: usize, subgroup: bool) -> String {
 // The source as vec4s, for the 1x1x1 matrix products (one load of four voxels per lane and step).
 @group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
 ";
+    // The weights (the output gradient for the weight gradient) as vec4s, in the subgroup module.
+    let view = if subgroup {
+        view.to_string()
+            + "@group(0) @binding(2) var<storage, read> wts4: array<vec4<f32>>;
+"
+    } else {
+        view.to_string()
+    };
     Pass::BOTH.iter().fold(view.to_string(), |s, &pass| {
         s + &pointwise_pass(pass, quads, subgroup)
     })
@@ -73,18 +81,7 @@ fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
         s
     };
     let reduction = if subgroup {
-        // Lane k of each 8 loads the weights of reduced channel c0 + k; 8 broadcast steps use them.
-        let widx: &dyn Fn(usize) -> String = match pass {
-            Pass::Forward => &|m| format!("(m0 + {m}u) * cin + cl"),
-            Pass::BackwardData => &|m| format!("cl * cin + m0 + {m}u"),
-        };
-        format!(
-            "    let lane = sgid % {SUBGROUP_LANES}u;
-    let cred = {cred};
-    let mlim = {mlim};
-{}    }}",
-            broadcast_steps("    ", quads, widx, "vox", &|ind| fmas(ind, "b"))
-        )
+        pointwise_vec4_weights(pass, quads, &fmas("            ", "b"))
     } else {
         // Rows of w past the last result channel read the last one: their results are never stored.
         let row_offsets = join(
@@ -146,6 +143,98 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 {reduction}
 {bias}{stores}"
     )
+}
+
+/// The subgroup module's reduction of the 1x1x1 products, 8 reduced channels at a time (`step` is one
+/// channel's accumulation with the weights `b{q}`; the launch requires input channels a multiple of 4, so
+/// each vec4 of a weight row lies below `cin` or past it as a whole). The weights arrive as aligned vec4s
+/// (one memory access for four, where lavapipe runs each lane's access as a scalar sequence of its own):
+/// for the input gradient lane k loads the `4 quads` result channels' weights of reduced channel c0 + k
+/// (one row of w) and step k shuffles them from lane k; for the forward, whose result channels are rows
+/// of w, lane l loads its share of the rows (`own` each) at the 8 reduced channels and step k shuffles
+/// channel m's weight from lane m / own. The same weights, the same sums as the general kernels.
+fn pointwise_vec4_weights(pass: Pass, quads: usize, step: &str) -> String {
+    let sg = SUBGROUP_LANES;
+    let (cred, mlim) = (pass.reduced(), pass.results());
+    let mut s = format!(
+        "    let lane = sgid % {sg}u;
+    let cred = {cred};
+    let mlim = {mlim};
+"
+    );
+    let (loads, shuffles) = match pass {
+        Pass::Forward => {
+            let tm = 4 * quads;
+            let own = (tm / sg).max(1);
+            for c in 0..own {
+                let _ = writeln!(
+                    s,
+                    "    let wok{c} = lane * {own}u + {c}u < {tm}u && m0 + lane * {own}u + {c}u < mlim;"
+                );
+                let _ = writeln!(
+                    s,
+                    "    let wrow{c} = select(0u, (m0 + lane * {own}u + {c}u) * cin, wok{c}) / 4u;"
+                );
+            }
+            let mut loads = String::new();
+            for c in 0..own {
+                let _ = writeln!(loads, "        let wlo{c} = select(vec4<f32>(0.0), wts4[select(0u, wrow{c} + c0 / 4u, wok{c})], wok{c});");
+                let _ = writeln!(loads, "        let okhi{c} = wok{c} && c0 + 4u < cred;");
+                let _ = writeln!(loads, "        let whi{c} = select(vec4<f32>(0.0), wts4[select(0u, wrow{c} + c0 / 4u + 1u, okhi{c})], okhi{c});");
+            }
+            let mut shuffles =
+                String::from("            let hi = k >= 4u;\n            let kc = k % 4u;\n");
+            for c in 0..own {
+                let _ = writeln!(
+                    shuffles,
+                    "            let d{c} = select(wlo{c}, whi{c}, hi)[kc];"
+                );
+            }
+            for q in 0..quads {
+                let comps: Vec<String> = (0..4)
+                    .map(|r| {
+                        let m = 4 * q + r;
+                        format!("subgroupShuffle(d{}, {}u)", m % own, m / own)
+                    })
+                    .collect();
+                let _ = writeln!(
+                    shuffles,
+                    "            let b{q} = vec4<f32>({});",
+                    comps.join(", ")
+                );
+            }
+            (loads, shuffles)
+        }
+        Pass::BackwardData => {
+            let mut loads = String::from(
+                "        let cl = c0 + lane;\n        let wrow = (cl * cin + m0) / 4u;\n",
+            );
+            let mut shuffles = String::new();
+            for q in 0..quads {
+                let _ = writeln!(
+                    loads,
+                    "        let ok{q} = cl < cred && m0 + {}u < mlim;",
+                    4 * q
+                );
+                let _ = writeln!(loads, "        let wl{q} = select(vec4<f32>(0.0), wts4[select(0u, wrow + {q}u, ok{q})], ok{q});");
+                let _ = writeln!(
+                    shuffles,
+                    "            let b{q} = subgroupShuffle(wl{q}, k);"
+                );
+            }
+            (loads, shuffles)
+        }
+    };
+    let _ = write!(
+        s,
+        "    for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{
+{loads}        for (var k = 0u; k < min({sg}u, cred - c0); k++) {{
+            let cs = (c0 + k) * vox;
+{shuffles}{step}
+        }}
+    }}"
+    );
+    s
 }
 
 /// The 1x1x1 weight gradient (`backward_weight_pointwise`), `dw[co, ci] = sum_v dy[n, co, v] x[n, ci, v]`:
@@ -336,13 +425,7 @@ pub(super) fn pointwise_weight_subgroup_vec4((quads, cols): (usize, usize)) -> S
     let tm = 4 * quads;
     // Output channels whose dy each lane loads: lane l owns m0 + l * own + c (c < own), below tm.
     let own = (tm / sg).max(1);
-    let mut s = String::from(
-        "
-// The output gradient as vec4s (the 1x1x1 weight gradient over 8-voxel blocks).
-@group(0) @binding(2) var<storage, read> wts4: array<vec4<f32>>;
-",
-    );
-    s += &pointwise_weight_prologue(Entry::BackwardWeightPointwiseVec4, quads, cols);
+    let mut s = pointwise_weight_prologue(Entry::BackwardWeightPointwiseVec4, quads, cols);
     s.push('\n');
     for c in 0..own {
         let _ = writeln!(
