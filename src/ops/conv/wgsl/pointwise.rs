@@ -190,19 +190,7 @@ fn pointwise_vec4_weights(pass: Pass, quads: usize, step: &str) -> String {
                     "            let d{c} = select(wlo{c}, whi{c}, hi)[kc];"
                 );
             }
-            for q in 0..quads {
-                let comps: Vec<String> = (0..4)
-                    .map(|r| {
-                        let m = 4 * q + r;
-                        format!("subgroupShuffle(d{}, {}u)", m % own, m / own)
-                    })
-                    .collect();
-                let _ = writeln!(
-                    shuffles,
-                    "            let b{q} = vec4<f32>({});",
-                    comps.join(", ")
-                );
-            }
+            shuffles += &owned_shuffles(quads, own, "");
             (loads, shuffles)
         }
         Pass::BackwardData => {
@@ -472,17 +460,25 @@ pub(super) fn pointwise_weight_subgroup_vec4((quads, cols): (usize, usize)) -> S
     for c in 0..own {
         let _ = writeln!(s, "            let d{c} = select(glo{c}, ghi{c}, hi)[kc];");
     }
+    s += &owned_shuffles(quads, own, "first + ");
+    s += &pointwise_weight_fmas(quads, cols, &|j| format!("select(xlo{j}, xhi{j}, hi)[kc]"));
+    s + &pointwise_weight_stores(quads, cols)
+}
+
+/// The operands `b{q}` of a step whose `4 quads` channel values are spread over 8 lanes, `own` per lane:
+/// channel m's value `d{m % own}` shuffled from lane `{first}m / own` of the group.
+fn owned_shuffles(quads: usize, own: usize, first: &str) -> String {
+    let mut s = String::new();
     for q in 0..quads {
         let comps: Vec<String> = (0..4)
             .map(|r| {
                 let m = 4 * q + r;
-                format!("subgroupShuffle(d{}, first + {}u)", m % own, m / own)
+                format!("subgroupShuffle(d{}, {first}{}u)", m % own, m / own)
             })
             .collect();
         let _ = writeln!(s, "            let b{q} = vec4<f32>({});", comps.join(", "));
     }
-    s += &pointwise_weight_fmas(quads, cols, &|j| format!("select(xlo{j}, xhi{j}, hi)[kc]"));
-    s + &pointwise_weight_stores(quads, cols)
+    s
 }
 
 /// The head of both subgroup 1x1x1 weight-gradient kernels, through the accumulators: sizes, the group's
