@@ -80,6 +80,12 @@ fn row_path_stride2(t: &ConvTiles, g: &ConvGeometry) -> bool {
     g.kernel[2] == ROW_TAPS && g.stride[2] == 2 && g.output[2] >= t.row_cols
 }
 
+/// Whether the stride-2 row kernels can read their windows as aligned vec4s (the subgroup module's
+/// `_vec4` entries): padding 1 along W and input rows a multiple of 4 long.
+fn vec4_window_stride2(t: &ConvTiles, g: &ConvGeometry) -> bool {
+    t.subgroup && g.padding[2] == 1 && g.input[2].is_multiple_of(4)
+}
+
 /// Whether the weight-gradient row kernel at stride 2 along W applies (3 taps along W; the caller also needs
 /// output rows a multiple of 8): the downsampling convolutions and the transposed upsampling ones.
 fn weight_row_path_stride2(g: &ConvGeometry) -> bool {
@@ -150,8 +156,7 @@ pub(crate) fn encode_forward(
         (Entry::ForwardRow, row_grid(gpu, &t, g.n, g.output, g.cout)?)
     } else if row_path_stride2(&t, g) {
         let grid = row_grid(gpu, &t, g.n, g.output, g.cout)?;
-        // Input rows a multiple of 4 with padding 1: the window from 2 xs on is aligned vec4s.
-        if t.subgroup && g.padding[2] == 1 && g.input[2].is_multiple_of(4) {
+        if vec4_window_stride2(&t, g) {
             (Entry::ForwardRowStride2Vec4, grid)
         } else {
             (Entry::ForwardRowStride2, grid)
@@ -289,8 +294,7 @@ pub(crate) fn encode_backward_weight(
         // The row kernels need groups of 8 voxels to be row segments: rows a multiple of 8 (splits are).
         let tiles = (g.cin * g.kernel[0] * g.kernel[1]).div_ceil(WORKGROUP * t.row_kernel_rows);
         let entry = if g.stride[2] == 2 {
-            // Input rows a multiple of 4 with padding 1: each window after its first value is vec4s.
-            if t.subgroup && g.padding[2] == 1 && g.input[2].is_multiple_of(4) {
+            if vec4_window_stride2(&t, g) {
                 Entry::BackwardWeightRowStride2Vec4
             } else {
                 Entry::BackwardWeightRowStride2

@@ -25,15 +25,13 @@ pub(super) fn pointwise(quads: usize, subgroup: bool) -> String {
 ";
     // The weights (the output gradient for the weight gradient) as vec4s, in the subgroup module.
     let view = if subgroup {
-        view.to_string()
-            + "@group(0) @binding(2) var<storage, read> wts4: array<vec4<f32>>;
-"
+        view.to_string() + "@group(0) @binding(2) var<storage, read> wts4: array<vec4<f32>>;\n"
     } else {
         view.to_string()
     };
-    Pass::BOTH.iter().fold(view.to_string(), |s, &pass| {
-        s + &pointwise_pass(pass, quads, subgroup)
-    })
+    Pass::BOTH
+        .iter()
+        .fold(view, |s, &pass| s + &pointwise_pass(pass, quads, subgroup))
 }
 
 fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
@@ -164,34 +162,14 @@ fn pointwise_vec4_weights(pass: Pass, quads: usize, step: &str) -> String {
     );
     let (loads, shuffles) = match pass {
         Pass::Forward => {
-            let tm = 4 * quads;
-            let own = (tm / sg).max(1);
-            for c in 0..own {
-                let _ = writeln!(
-                    s,
-                    "    let wok{c} = lane * {own}u + {c}u < {tm}u && m0 + lane * {own}u + {c}u < mlim;"
-                );
-                let _ = writeln!(
-                    s,
-                    "    let wrow{c} = select(0u, (m0 + lane * {own}u + {c}u) * cin, wok{c}) / 4u;"
-                );
-            }
+            s += &owned_channels(quads, "wok", "wrow", "mlim", "cin");
             let mut loads = String::new();
-            for c in 0..own {
-                let _ = writeln!(loads, "        let wlo{c} = select(vec4<f32>(0.0), wts4[select(0u, wrow{c} + c0 / 4u, wok{c})], wok{c});");
+            for c in 0..lane_channels(quads) {
+                let _ = writeln!(loads, "        let wlo{c} = select(vec4<f32>(0.0), wts4[select(0u, (wrow{c} + c0) / 4u, wok{c})], wok{c});");
                 let _ = writeln!(loads, "        let okhi{c} = wok{c} && c0 + 4u < cred;");
-                let _ = writeln!(loads, "        let whi{c} = select(vec4<f32>(0.0), wts4[select(0u, wrow{c} + c0 / 4u + 1u, okhi{c})], okhi{c});");
+                let _ = writeln!(loads, "        let whi{c} = select(vec4<f32>(0.0), wts4[select(0u, (wrow{c} + c0) / 4u + 1u, okhi{c})], okhi{c});");
             }
-            let mut shuffles =
-                String::from("            let hi = k >= 4u;\n            let kc = k % 4u;\n");
-            for c in 0..own {
-                let _ = writeln!(
-                    shuffles,
-                    "            let d{c} = select(wlo{c}, whi{c}, hi)[kc];"
-                );
-            }
-            shuffles += &owned_shuffles(quads, own, "");
-            (loads, shuffles)
+            (loads, owned_operands(quads, "w", ""))
         }
         Pass::BackwardData => {
             let mut loads = String::from(
@@ -410,21 +388,9 @@ pub(super) fn pointwise_weight_subgroup((quads, cols): (usize, usize)) -> String
 /// [`pointwise_weight_subgroup`], so both give the same bits.
 pub(super) fn pointwise_weight_subgroup_vec4((quads, cols): (usize, usize)) -> String {
     let sg = SUBGROUP_LANES;
-    let tm = 4 * quads;
-    // Output channels whose dy each lane loads: lane l owns m0 + l * own + c (c < own), below tm.
-    let own = (tm / sg).max(1);
     let mut s = pointwise_weight_prologue(Entry::BackwardWeightPointwiseVec4, quads, cols);
     s.push('\n');
-    for c in 0..own {
-        let _ = writeln!(
-            s,
-            "    let gok{c} = lane * {own}u + {c}u < {tm}u && m0 + lane * {own}u + {c}u < cout;"
-        );
-        let _ = writeln!(
-            s,
-            "    let gr{c} = select(0u, m0 + lane * {own}u + {c}u, gok{c}) * vox;"
-        );
-    }
+    s += &owned_channels(quads, "gok", "gr", "cout", "vox");
     s += &format!(
         "
     // Every group runs the same {sg}-voxel blocks (a count uniform over the workgroup); blocks past its
@@ -438,37 +404,32 @@ pub(super) fn pointwise_weight_subgroup_vec4((quads, cols): (usize, usize)) -> S
         let yb = (n * cout * vox + v) / 4u;
 "
     );
+    let ind = "        ";
     for j in 0..cols {
-        for (h, add) in [("lo", ""), ("hi", " + 1u")] {
-            let _ = writeln!(
-                s,
-                "        let x{h}{j} = select(vec4<f32>(0.0), src4[select(0u, xb + xr{j} / 4u{add}, vok)], vok);"
-            );
-        }
+        s += &vec4_pair(ind, "x", j, "src4", &format!("xb + xr{j} / 4u"), "vok");
     }
-    for c in 0..own {
-        for (h, add) in [("lo", ""), ("hi", " + 1u")] {
-            let _ = writeln!(
-                s,
-                "        let g{h}{c} = select(vec4<f32>(0.0), wts4[select(0u, yb + gr{c} / 4u{add}, vok && gok{c})], vok && gok{c});"
-            );
-        }
+    for c in 0..lane_channels(quads) {
+        let ok = format!("vok && gok{c}");
+        s += &vec4_pair(ind, "g", c, "wts4", &format!("yb + gr{c} / 4u"), &ok);
     }
     let _ = writeln!(s, "        for (var k = 0u; k < {sg}u; k++) {{");
-    let _ = writeln!(s, "            let hi = k >= 4u;");
-    let _ = writeln!(s, "            let kc = k % 4u;");
-    for c in 0..own {
-        let _ = writeln!(s, "            let d{c} = select(glo{c}, ghi{c}, hi)[kc];");
-    }
-    s += &owned_shuffles(quads, own, "first + ");
+    s += &owned_operands(quads, "g", "first + ");
     s += &pointwise_weight_fmas(quads, cols, &|j| format!("select(xlo{j}, xhi{j}, hi)[kc]"));
     s + &pointwise_weight_stores(quads, cols)
 }
 
-/// The operands `b{q}` of a step whose `4 quads` channel values are spread over 8 lanes, `own` per lane:
-/// channel m's value `d{m % own}` shuffled from lane `{first}m / own` of the group.
-fn owned_shuffles(quads: usize, own: usize, first: &str) -> String {
-    let mut s = String::new();
+/// The operands `b{q}` of step k (in its loop) where each lane holds its owned channels' ([`lane_channels`])
+/// values over 8 steps as vec4 pairs `{name}lo{c}`, `{name}hi{c}`: `hi` and `kc` pick step k's component,
+/// `d{c}` is it, and channel m's value comes from lane `{first}m / own` of the group.
+fn owned_operands(quads: usize, name: &str, first: &str) -> String {
+    let own = lane_channels(quads);
+    let mut s = String::from("            let hi = k >= 4u;\n            let kc = k % 4u;\n");
+    for c in 0..own {
+        let _ = writeln!(
+            s,
+            "            let d{c} = select({name}lo{c}, {name}hi{c}, hi)[kc];"
+        );
+    }
     for q in 0..quads {
         let comps: Vec<String> = (0..4)
             .map(|r| {

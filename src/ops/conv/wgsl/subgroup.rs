@@ -191,31 +191,10 @@ fn voxel_lanes(q: usize, x0: &str) -> String {
     )
 }
 
-/// Output channels whose output gradient each of 8 lanes loads for the vec4 weight-gradient row kernel:
-/// lane l owns channels `m0 + l own + c` (`c < own`) of the `4 quads`, at least one each.
-fn segment_own(quads: usize) -> usize {
-    (4 * quads / SUBGROUP_LANES).max(1)
-}
-
-/// The vec4 weight-gradient row kernel's channels (before its voxel loop): `gok{c}`, whether lane l owns
-/// channel c of its share, and `gr{c}`, that channel's offset (a multiple of 4: rows are a multiple of 8).
-fn segment_channels(quads: usize) -> String {
-    let (tm, own) = (4 * quads, segment_own(quads));
-    let mut s = String::new();
-    for c in 0..own {
-        let _ = write!(
-            s,
-            "
-    let gok{c} = lane * {own}u + {c}u < {tm}u && m0 + lane * {own}u + {c}u < cout;
-    let gr{c} = select(0u, m0 + lane * {own}u + {c}u, gok{c}) * ovox;"
-        );
-    }
-    s
-}
-
 /// [`voxel_lanes`] for the vec4 weight-gradient row kernel: the lanes' geometry as there, and instead of
-/// each lane's dy of its voxel, each lane's dy of its channels (`segment_channels`) over the segment's 8
-/// voxels as two aligned vec4s `glo{c}`, `ghi{c}` (the segment is one row's, in one image).
+/// each lane's dy of its voxel, each lane's dy of its channels (`gok{c}`, `gr{c}` from `owned_channels`)
+/// over the segment's 8 voxels as two aligned vec4s `glo{c}`, `ghi{c}` (the segment is one row's, in one
+/// image; rows are a multiple of 8, so `gr{c}` is a multiple of 4).
 fn segment_lanes_vec4(quads: usize, x0: &str) -> String {
     let mut s = format!(
         "        let col = v0 + lane;
@@ -225,13 +204,16 @@ fn segment_lanes_vec4(quads: usize, x0: &str) -> String {
 ",
         voxel_geometry("        ", "cv", x0, "let ")
     );
-    for c in 0..segment_own(quads) {
-        for (h, add) in [("lo", ""), ("hi", " + 1u")] {
-            let _ = writeln!(
-                s,
-                "        let g{h}{c} = select(vec4<f32>(0.0), wts4[select(0u, yseg + gr{c} / 4u{add}, vok && gok{c})], vok && gok{c});"
-            );
-        }
+    for c in 0..lane_channels(quads) {
+        let ok = format!("vok && gok{c}");
+        s += &vec4_pair(
+            "        ",
+            "g",
+            c,
+            "wts4",
+            &format!("yseg + gr{c} / 4u"),
+            &ok,
+        );
     }
     s
 }
@@ -471,7 +453,12 @@ fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         let vi = subgroupBroadcast(info, 0u);
 ",
         weight_sizes(true),
-        row_weight_setup(tr, q) + &if vec4_window { segment_channels(q) } else { String::new() },
+        row_weight_setup(tr, q)
+            + &if vec4_window {
+                "\n".to_string() + owned_channels(q, "gok", "gr", "cout", "ovox").trim_end()
+            } else {
+                String::new()
+            },
         if vec4_window {
             segment_lanes_vec4(q, &row_corner(sw))
         } else {
@@ -483,7 +470,7 @@ fn {backward_weight_row}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     } else {
         row_window_loads("        ", tr, sw)
     };
-    let own = segment_own(q);
+    let own = lane_channels(q);
     out += &row_weight_steps("        ", sg, sw, tr, q, "b", &|k, qq| {
         if !vec4_window {
             return format!("subgroupBroadcast(wl{qq}, {k}u)");
