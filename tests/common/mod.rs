@@ -170,6 +170,11 @@ pub fn assert_close<G: Real, W: Real>(got: &[G], want: &[W], tol: Tol, what: &st
     }
 }
 
+/// The bit patterns of `v`, for assertions that two computations agree exactly.
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 /// Largest absolute value.
 pub fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))

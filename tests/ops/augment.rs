@@ -7,7 +7,7 @@
 use calibseg::ops::augment::{self, IntensityMode};
 use calibseg::{DType, Tensor};
 
-use crate::common::{assert_close, gpu, Rng, Tol};
+use crate::common::{assert_close, bits, gpu, Rng, Tol};
 
 const SHAPE: [usize; 5] = [2, 3, 6, 5, 7];
 const VOL: [usize; 3] = [6, 5, 7];
@@ -27,16 +27,8 @@ fn volumes(x: &[f32]) -> impl Iterator<Item = &[f32]> {
 fn twice(f: impl Fn() -> calibseg::Result<Tensor>) -> Vec<f32> {
     let a = f().unwrap().to_vec_f32().unwrap();
     let b = f().unwrap().to_vec_f32().unwrap();
-    assert_eq!(
-        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        "two runs differ"
-    );
+    assert_eq!(bits(&a), bits(&b), "two runs differ");
     a
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|v| v.to_bits()).collect()
 }
 
 #[test]

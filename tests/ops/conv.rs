@@ -7,7 +7,7 @@ use crate::common;
 use calibseg::ops;
 use calibseg::{DType, Error, Tensor};
 use common::nn_ref::{conv_transpose, Geo};
-use common::{assert_close, gpu, Rng, Tol};
+use common::{assert_close, bits, gpu, Rng, Tol};
 
 fn shape5(n: usize, c: usize, s: [usize; 3], two_d: bool) -> Vec<usize> {
     if two_d {
@@ -593,7 +593,6 @@ fn pointwise_weight_gradient_vec4_blocks_equal_the_gathers_bit_for_bit() {
             Tol::of_max(1e-4),
             &format!("{cout} output channels"),
         );
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
         assert_eq!(
             bits(&blocks),
             bits(&gathers),
@@ -647,7 +646,6 @@ fn stride2_row_kernel_vec4_window_equals_the_gathers_bit_for_bit() {
         .chunks(17)
         .flat_map(|r| r[..16].iter().copied())
         .collect();
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
     assert_eq!(bits(&blocks), bits(&gathers));
 }
 
@@ -671,7 +669,6 @@ fn stride2_weight_row_kernel_vec4_loads_equal_the_gathers_bit_for_bit() {
     x.chunks_mut(32).for_each(|r| r[31] = 0.0);
     let narrow: Vec<f32> = x.chunks(32).flat_map(|r| r[..31].iter().copied()).collect();
     let t = |v: &[f32], shape: &[usize]| Tensor::from_f32(&gpu, shape, v).unwrap();
-    let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
     for cout in [16usize, 8] {
         let dy = t(
             &rng.normals(n * cout * 2 * 3 * 16, 1.0),
@@ -685,8 +682,8 @@ fn stride2_weight_row_kernel_vec4_loads_equal_the_gathers_bit_for_bit() {
                 .unwrap()
         };
         assert_eq!(
-            bits(dw(&x, 32)),
-            bits(dw(&narrow, 31)),
+            bits(&dw(&x, 32)),
+            bits(&dw(&narrow, 31)),
             "{cout} output channels"
         );
     }

@@ -8,11 +8,7 @@ mod host_app;
 
 use calibseg::loss::{AceDiceCeLoss, Binning, Labels};
 use calibseg::{DType, Error, Gpu, Tensor};
-use common::Tol;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use common::{bits, Tol};
 
 fn first(t: &Option<Tensor>) -> f32 {
     t.as_ref().expect("term present").to_vec_f32().unwrap()[0]
