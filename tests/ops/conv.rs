@@ -649,6 +649,54 @@ fn stride2_row_kernel_vec4_window_equals_the_gathers_bit_for_bit() {
     assert_eq!(bits(&blocks), bits(&gathers));
 }
 
+/// The subgroup module's stride-2 input-gradient row kernel (3 taps, padding 1 along W) reads dy's window as
+/// vec4s where dy's rows are a multiple of 4 long, and gathers it elsewhere. dy rows of 16 (input rows of 32)
+/// and the same rows with a zero column appended (17; input rows of 33, the gathering kernel) give the same
+/// bits on the 32 shared input columns, for 9 and 4 result channels; the 32-wide call also against the f64
+/// reference, with an anisotropic stride (1 along D: three taps per class).
+#[test]
+fn stride2_input_gradient_row_kernel_vec4_window_equals_the_gathers_bit_for_bit() {
+    check_conv(
+        geo(2, 9, 5, [6, 7, 32], [3; 3], [2; 3], [1; 3]),
+        false,
+        false,
+        35,
+    );
+    check_conv(
+        geo(1, 4, 6, [5, 6, 16], [3; 3], [1, 2, 2], [1; 3]),
+        false,
+        false,
+        36,
+    );
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(37);
+    let (n, cout, d, h) = (2usize, 5usize, 6usize, 7usize);
+    let rows = n * cout * 3 * 4;
+    let dy = rng.normals(rows * 16, 1.0);
+    let widened: Vec<f32> = dy
+        .chunks(16)
+        .flat_map(|r| r.iter().copied().chain([0.0]))
+        .collect();
+    for cin in [9usize, 4] {
+        let w = rng.normals(cout * cin * 27, 0.3);
+        let wt = Tensor::from_f32(&gpu, &[cout, cin, 3, 3, 3], &w).unwrap();
+        let run = |v: &[f32], width: usize| {
+            let ow = (width - 1) / 2 + 1;
+            let dyt = Tensor::from_f32(&gpu, &[n, cout, 3, 4, ow], v).unwrap();
+            ops::conv_backward_data(&dyt, &wt, &[n, cin, d, h, width], &[2], &[1])
+                .unwrap()
+                .to_vec_f32()
+                .unwrap()
+        };
+        let blocks = run(&dy, 32);
+        let gathers: Vec<f32> = run(&widened, 33)
+            .chunks(33)
+            .flat_map(|r| r[..32].iter().copied())
+            .collect();
+        assert_eq!(bits(&blocks), bits(&gathers), "{cin} result channels");
+    }
+}
+
 /// Where the input's rows are a multiple of 4 long (padding 1), the subgroup module's stride-2 weight-gradient
 /// row kernel reads its windows and each segment's output gradient as vec4s; elsewhere it gathers. Rows of
 /// 32 whose last column is zero and the same rows without it (31: the same 16 result columns, the missing

@@ -86,6 +86,38 @@ fn vec4_window_stride2(t: &ConvTiles, g: &ConvGeometry) -> bool {
     t.subgroup && g.padding[2] == 1 && g.input[2].is_multiple_of(4)
 }
 
+/// Whether the input-gradient row kernels at stride 2 along W apply (subgroup module; 3 taps and padding 1
+/// along W, input rows at least one invocation's segment long): the downsampling convolutions and the
+/// transposed upsampling ones' forward.
+fn data_row_path_stride2(t: &ConvTiles, g: &ConvGeometry) -> bool {
+    t.subgroup
+        && g.kernel[2] == ROW_TAPS
+        && g.stride[2] == 2
+        && g.padding[2] == 1
+        && g.input[2] >= t.row_cols
+}
+
+/// Workgroups per phase class along D and H of the stride-2 input-gradient row kernels (as many as the
+/// largest class needs), and their grid: (class, workgroup in class) on the first and third axes, the
+/// result channels' tiles on the second.
+fn phase_row_grid(gpu: &Gpu, t: &ConvTiles, g: &ConvGeometry) -> Result<(u32, [u32; 3])> {
+    let classes = g.stride[0] * g.stride[1];
+    let rows = g.input[0].div_ceil(g.stride[0]) * g.input[1].div_ceil(g.stride[1]);
+    let per_class = (g.n * rows * g.input[2].div_ceil(t.row_cols)).div_ceil(WORKGROUP);
+    let workgroups = u32::try_from(classes * per_class).map_err(|_| {
+        Error::InvalidShape(format!("{} voxels is too many", g.n * g.input_voxels()))
+    })?;
+    let grid = gpu.grid(workgroups)?;
+    let mt = g.cin.div_ceil(t.row_channels());
+    if mt > gpu.limits().max_compute_workgroups_per_dimension as usize {
+        return Err(Error::InvalidShape(format!(
+            "{} channels is too many",
+            g.cin
+        )));
+    }
+    Ok((per_class as u32, [grid[0], mt as u32, grid[1]]))
+}
+
 /// Whether the weight-gradient row kernel at stride 2 along W applies (3 taps along W; the caller also needs
 /// output rows a multiple of 8): the downsampling convolutions and the transposed upsampling ones.
 fn weight_row_path_stride2(g: &ConvGeometry) -> bool {
@@ -189,7 +221,16 @@ pub(crate) fn encode_backward_data(
     }
     let t = tiles_for(gpu).for_call(g.cin, g.n * g.input_voxels());
     let mut p = g.params(0, false);
-    let (entry, grid) = if g.stride.iter().any(|&s| s > 1) {
+    let (entry, grid) = if data_row_path_stride2(&t, g) {
+        let (per_class, grid) = phase_row_grid(gpu, &t, g)?;
+        p.chunk[3] = per_class;
+        let entry = if g.output[2].is_multiple_of(4) {
+            Entry::BackwardDataRowStride2Vec4
+        } else {
+            Entry::BackwardDataRowStride2
+        };
+        (entry, grid)
+    } else if g.stride.iter().any(|&s| s > 1) {
         // One sub-pixel phase class per workgroup: only the taps that reach the class's voxels.
         let classes = g.stride.iter().product::<usize>();
         let mut largest = 1;

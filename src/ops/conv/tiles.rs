@@ -227,12 +227,18 @@ pub enum Entry {
     /// The weight gradient's per-split partials for stride 2 and 3 taps along W with padding 1 where the
     /// input's rows are a multiple of 4 long, the windows read as vec4s (subgroup module only).
     BackwardWeightRowStride2Vec4,
+    /// The input gradient at stride 2 along W with 3 taps and padding 1 along W, row kernel over one
+    /// phase class along D and H per workgroup (subgroup module only).
+    BackwardDataRowStride2,
+    /// [`Entry::BackwardDataRowStride2`] where the output gradient's rows are a multiple of 4 long, its
+    /// window read as vec4s (subgroup module only).
+    BackwardDataRowStride2Vec4,
 }
 
 impl Entry {
     /// Every entry point, in the order the modules define them (the portable module has all but the
     /// vec4 ones; see [`Entry::in_module`]).
-    pub const ALL: [Entry; 15] = [
+    pub const ALL: [Entry; 17] = [
         Entry::Forward,
         Entry::BackwardData,
         Entry::BackwardWeight,
@@ -248,6 +254,8 @@ impl Entry {
         Entry::BackwardWeightPointwiseVec4,
         Entry::ForwardRowStride2Vec4,
         Entry::BackwardWeightRowStride2Vec4,
+        Entry::BackwardDataRowStride2,
+        Entry::BackwardDataRowStride2Vec4,
     ];
 
     /// Whether the module of subgroup (`true`) or portable tiles defines this entry point.
@@ -258,6 +266,8 @@ impl Entry {
                 Entry::BackwardWeightPointwiseVec4
                     | Entry::ForwardRowStride2Vec4
                     | Entry::BackwardWeightRowStride2Vec4
+                    | Entry::BackwardDataRowStride2
+                    | Entry::BackwardDataRowStride2Vec4
             )
     }
 
@@ -279,6 +289,8 @@ impl Entry {
             Entry::BackwardWeightPointwiseVec4 => "backward_weight_pointwise_vec4",
             Entry::ForwardRowStride2Vec4 => "forward_row_s2_vec4",
             Entry::BackwardWeightRowStride2Vec4 => "backward_weight_row_s2_vec4",
+            Entry::BackwardDataRowStride2 => "backward_data_row_s2",
+            Entry::BackwardDataRowStride2Vec4 => "backward_data_row_s2_vec4",
         }
     }
 }

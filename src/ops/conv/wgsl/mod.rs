@@ -20,7 +20,7 @@ mod portable;
 mod subgroup;
 mod weights;
 
-use phase::{phase_data, phase_data_subgroup};
+use phase::{phase_data, phase_data_subgroup, phase_row_subgroup};
 use portable::portable;
 use subgroup::subgroup;
 
@@ -34,8 +34,9 @@ const SUBGROUP_HEADER: &str = include_str!("subgroup.wgsl");
 impl ConvTiles {
     /// The WGSL module of these tiles: the module's header, the shared header, its kernels, the phase
     /// kernel, the 1x1x1 kernels (forward, input and weight gradients), the row kernels at stride 2 along W
-    /// and, in the subgroup module, the 1x1x1 weight gradient over vec4 blocks and the stride-2 forward and
-    /// weight-gradient row kernels with vec4 windows.
+    /// and, in the subgroup module, the 1x1x1 weight gradient over vec4 blocks, the stride-2 forward and
+    /// weight-gradient row kernels with vec4 windows, and the stride-2 input-gradient row kernels (gathered
+    /// and vec4 windows).
     pub fn source(&self) -> String {
         let (header, kernels, phase, row_stride2) = if self.subgroup {
             (
@@ -94,6 +95,8 @@ impl ConvTiles {
                         self.row_kernel_rows,
                         self.quads,
                     )
+                    + &phase_row_subgroup(self.row_cols, self.row_quads, false)
+                    + &phase_row_subgroup(self.row_cols, self.row_quads, true)
             } else {
                 String::new()
             }
@@ -283,10 +286,10 @@ mod tests {
     /// change updates it in the same commit (the failure message prints the new list). FNV-1a is written out
     /// because `DefaultHasher`'s algorithm may change between Rust releases.
     const DIGESTS: &[(&str, u64)] = &[
-        ("conv-sg-c2x8-r8x8x1", 0x7d7b5a11310dcf08),
-        ("conv-sg-c4x8-r8x8x1", 0x38532006aae307e6),
-        ("conv-sg-c2x16-r8x8x1", 0x3e87b905a042d03f),
-        ("conv-sg-c4x16-r8x8x1", 0xe4a2f95dacfed4e1),
+        ("conv-sg-c2x8-r8x8x1", 0x489c97678e3656e0),
+        ("conv-sg-c4x8-r8x8x1", 0x57a261f2c95fd732),
+        ("conv-sg-c2x16-r8x8x1", 0x3855880e86986c11),
+        ("conv-sg-c4x16-r8x8x1", 0x1ea16ef3fcc4093f),
         ("conv-wg-c2x8-r4x8x1", 0x6b861ea3c935d955),
         ("conv-wg-c4x8-r4x8x1", 0xc9488f4cfdc5c801),
         ("conv-wg-c2x16-r4x16x1", 0xfb47cc827115ba4c),

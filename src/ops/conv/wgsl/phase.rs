@@ -2,6 +2,7 @@
 
 use super::portable::{staged_fmas, staged_loads};
 use super::subgroup::broadcast_reduction;
+use super::subgroup::row_weight_loads;
 use super::*;
 use crate::ops::conv::tiles::Entry;
 
@@ -185,4 +186,157 @@ pub(super) fn phase_data_subgroup(tn: usize, q: usize) -> String {
         )
     );
     s + &phase_store(tn, q)
+}
+
+/// The subgroup module's input gradient at stride 2 along W with 3 taps and padding 1 along W
+/// (`backward_data_row_s2`, and `_vec4` where `vec4_window`): each invocation owns `tnw` consecutive input
+/// voxels of a row from an even `xs`. With padding 1, input voxel `xs + 2e` takes tap 1 from output
+/// `xs / 2 + e` and voxel `xs + 2e + 1` taps 0 and 2 from outputs `xs / 2 + e + 1` and `xs / 2 + e`, so
+/// one window of `tnw / 2 + 1` values of dy per reduced channel serves all three taps (the phase kernel
+/// gathers one value per tap and voxel). Along D and H the workgroups own rows of one sub-pixel phase
+/// class, as the phase kernel's columns, so they loop over that class's taps only and the broadcast
+/// weights are the workgroup's. Sums per result: the class's (kd, kh) rows in order, in each the output
+/// channels, in each the taps along W (the phase kernel sums the taps outside the channels).
+pub(super) fn phase_row_subgroup(tnw: usize, qw: usize, vec4_window: bool) -> String {
+    assert!(tnw.is_multiple_of(2) && (!vec4_window || tnw == 8));
+    let sg = SUBGROUP_LANES;
+    let rm = 4 * qw;
+    let half = tnw / 2;
+    let win = half + 1;
+    let name = if vec4_window {
+        Entry::BackwardDataRowStride2Vec4.name()
+    } else {
+        Entry::BackwardDataRowStride2.name()
+    };
+    let window_note = if vec4_window {
+        "\n// dy's rows are a multiple of 4 long: the window's first 4 values are one aligned vec4."
+    } else {
+        ""
+    };
+    let mut s = format!(
+        "
+// backward_data at stride 2 along W (3 taps, padding 1 along W), row kernel: {tnw} consecutive input voxels
+// of a row from an even xs per invocation, {rm} channels; voxel xs + 2e takes tap 1 of window value e, voxel
+// xs + 2e + 1 taps 0 and 2 of values e + 1 and e (the window is dy's row from xs / 2, {win} values). The
+// grid's first axis enumerates (phase class along D and H, workgroup in class), as backward_data_phase.{window_note}
+@compute @workgroup_size(64)
+fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sgid: u32) {{
+{SIZES}
+    let m0 = wid.y * {rm}u;
+    let lane = sgid % {sg}u;
+    let cred = cout;
+    let mlim = cin;
+    let kvol = p.ksz.w;
+    let tile = tile_index(wid, nwg);
+    let cls = tile / p.chunk.w;
+    let ctile = tile - cls * p.chunk.w;
+    let st = p.stride.xy;
+    let r = vec2<u32>(cls / st.y, cls % st.y);
+    let i0 = (r + st - p.pad.xy % st) % st;
+    let isz = p.isz.xy;
+    let cnt = select(vec2<u32>(0u), (isz + st - 1u - i0) / st, i0 < isz);
+    let cb = vec2<i32>((i0 + p.pad.xy - r) / st);
+    let nt = select(vec2<u32>(0u), (p.ksz.xy + st - 1u - r) / st, r < p.ksz.xy);
+    let segs = (p.isz.z + {}u) / {tnw}u;
+    let crows = max(cnt.x * cnt.y, 1u);
+    let ch = max(cnt.y, 1u);
+    // Workgroups past the last class (a grid rounded up to fit the device limit) own no rows.
+    let total = select(0u, p.dims.x * cnt.x * cnt.y * segs, cls < st.x * st.y);
+    let col = ctile * 64u + lid;
+    let valid = col < total;
+    let cc = select(0u, col, valid);
+    let row = cc / segs;
+    let xs = (cc - row * segs) * {tnw}u;
+    let n = row / crows;
+    let v = row - n * crows;
+    let mz = v / ch;
+    let my = v - mz * ch;
+    let ob = vec2<i32>(vec2<u32>(mz, my)) + cb;
+    let zz = i0.x + st.x * mz;
+    let yy = i0.y + st.y * my;
+    let yb = i32(n * cout * ovox);
+    let ow0 = xs / 2u;
+{}
+{}
+    for (var u = 0u; u < nt.x * nt.y; u++) {{
+        let jz = u / nt.y;
+        let jy = u - jz * nt.y;
+        let t = ((r.x + st.x * jz) * p.ksz.y + r.y + st.y * jy) * {ROW_TAPS}u;
+        let o = ob - vec2<i32>(vec2<u32>(jz, jy));
+        let okr = valid && in_range(o.x, p.osz.x) && in_range(o.y, p.osz.y);
+        let rb = yb + (o.x * i32(p.osz.y) + o.y) * i32(p.osz.z) + i32(ow0);
+",
+        tnw - 1,
+        per_column(tnw, |j| format!("    let valid{j} = valid && xs + {j}u < p.isz.z;")),
+        acc_decl(tnw, qw),
+    );
+    if vec4_window {
+        let _ = writeln!(s, "        let a4 = u32(rb) / 4u;");
+        let _ = writeln!(s, "        let vok = okr && ow0 < p.osz.z;");
+        let _ = writeln!(s, "        let wok{half} = okr && ow0 + {half}u < p.osz.z;");
+    } else {
+        for e in 0..win {
+            let _ = writeln!(
+                s,
+                "        let wok{e} = okr && ow0 + {e}u < p.osz.z;\n        let woff{e} = u32(rb + {e});"
+            );
+        }
+    }
+    let _ = write!(
+        s,
+        "        for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{
+            let cl = c0 + lane;
+            let cok = cl < cred;
+{}            for (var k = 0u; k < min({sg}u, cred - c0); k++) {{
+                let cs = (c0 + k) * ovox;
+",
+        row_weight_loads("            ", qw, &|mm, kw| {
+            format!("(cl * cin + m0 + {mm}u) * kvol + t + {kw}u")
+        })
+    );
+    if vec4_window {
+        let ind = " ".repeat(16);
+        let _ = writeln!(s, "{ind}let cs4 = cs / 4u;");
+        let _ = writeln!(
+            s,
+            "{ind}let xv = select(vec4<f32>(0.0), src4[select(0u, a4 + cs4, vok)], vok);"
+        );
+        for c in 0..4 {
+            let _ = writeln!(s, "{ind}let xw{c} = xv[{c}];");
+        }
+        let _ = writeln!(
+            s,
+            "{ind}let xw{half} = select(0.0, src4[select(0u, a4 + cs4 + 1u, wok{half})][0], wok{half});"
+        );
+    } else {
+        s += &super::pass::window_gathers("                ", win, "cs");
+    }
+    let ind = " ".repeat(16);
+    for kw in 0..ROW_TAPS {
+        for q in 0..qw {
+            let _ = writeln!(s, "{ind}let b{kw}_{q} = subgroupShuffle(wl{kw}_{q}, k);");
+        }
+    }
+    for e in 0..half {
+        // Voxel 2e: tap 1 of value e; voxel 2e + 1: tap 0 of value e + 1, then tap 2 of value e.
+        for (j, kw, xi) in [(2 * e, 1, e), (2 * e + 1, 0, e + 1), (2 * e + 1, 2, e)] {
+            for q in 0..qw {
+                let _ = writeln!(
+                    s,
+                    "{ind}acc{j}_{q} = fma(b{kw}_{q}, vec4<f32>(xw{xi}), acc{j}_{q});"
+                );
+            }
+        }
+    }
+    s += "            }\n        }\n    }\n";
+    s + &store(
+        tnw,
+        qw,
+        "out3",
+        "mlim",
+        &|j| format!("n * cin * ivox + (zz * p.isz.y + yy) * p.isz.z + xs + {j}u"),
+        "ivox",
+        None,
+    )
 }

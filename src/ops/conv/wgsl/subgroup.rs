@@ -353,26 +353,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             );
         }
     }
-    for kw in 0..kw_n {
-        for qq in 0..qw {
-            let mut comps = Vec::new();
-            for rr in 0..4 {
-                let mm = qq * 4 + rr;
-                if kw == 0 {
-                    let _ = writeln!(s, "            let ok{kw}_{mm} = cok && m0 + {mm}u < mlim;");
-                }
-                comps.push(format!(
-                    "select(0.0, wts[select(0u, {}, ok0_{mm})], ok0_{mm})",
-                    widx(mm, kw)
-                ));
-            }
-            let _ = writeln!(
-                s,
-                "            let wl{kw}_{qq} = vec4<f32>({});",
-                comps.join(", ")
-            );
-        }
-    }
+    s += &row_weight_loads("            ", qw, widx);
     let _ = writeln!(
         s,
         "            for (var k = 0u; k < min({sg}u, cred - c0); k++) {{"
@@ -408,6 +389,34 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         s = s.replace(&format!("m < {rm}; m++"), &format!("m < {rm}u; m++"));
     }
     s + &pass.row_store(tnw, qw, "mlim", "bv")
+}
+
+/// The row kernels' weight loads at indent `ind`: lane `lane` loads `wl{kw}_{q}`, the weights `wts[widx(m,
+/// kw)]` of its reduced channel `cl` (valid where `cok`) for each tap kw along W and each result channel m of
+/// the `4 quads` (zero past `mlim`), with the channel masks `ok0_{m}`.
+pub(super) fn row_weight_loads(
+    ind: &str,
+    quads: usize,
+    widx: &dyn Fn(usize, usize) -> String,
+) -> String {
+    let mut s = String::new();
+    for kw in 0..ROW_TAPS {
+        for qq in 0..quads {
+            let mut comps = Vec::new();
+            for rr in 0..4 {
+                let mm = qq * 4 + rr;
+                if kw == 0 {
+                    let _ = writeln!(s, "{ind}let ok{kw}_{mm} = cok && m0 + {mm}u < mlim;");
+                }
+                comps.push(format!(
+                    "select(0.0, wts[select(0u, {}, ok0_{mm})], ok0_{mm})",
+                    widx(mm, kw)
+                ));
+            }
+            let _ = writeln!(s, "{ind}let wl{kw}_{qq} = vec4<f32>({});", comps.join(", "));
+        }
+    }
+    s
 }
 
 /// The weight-gradient row kernel (stride 1, 3 taps along W, output rows a multiple of 8): columns are
