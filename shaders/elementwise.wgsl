@@ -87,3 +87,24 @@ fn scale_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         out3[i] = b[i / p.n] * a[i % p.n];
     }
 }
+
+// Convolution weights [C_out, C_in, taps] reordered to [C_out, taps, C_in rounded up to 4], zero past C_in,
+// so that 4 result channels of one tap are one aligned vec4 (the stride-2 input-gradient row kernels).
+// n: outputs, voxels: taps, channels: C_in.
+@compute @workgroup_size(256)
+fn conv_weights_tap_major(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let i = linear_id(wid, nwg, lid);
+    if (i < p.n) {
+        let cin4 = (p.channels + 3u) / 4u * 4u;
+        let rest = i / cin4;
+        let ci = i - rest * cin4;
+        let co = rest / p.voxels;
+        let t = rest - co * p.voxels;
+        var v = 0.0;
+        if (ci < p.channels) {
+            v = a[(co * p.channels + ci) * p.voxels + t];
+        }
+        out2[i] = v;
+    }
+}

@@ -7,7 +7,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Arg, WORKGROUP_SIZE};
+use crate::gpu::{Arg, Batch, WORKGROUP_SIZE};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -37,7 +37,22 @@ pub(crate) fn launch(
         )));
     }
     let gpu = args[0].gpu();
-    let k = gpu.kernel(&shaders::ELEMENTWISE, "", entry, &[])?;
+    let mut b = gpu.batch(entry);
+    record(&mut b, entry, args, n, voxels, channels)?;
+    b.submit()
+}
+
+/// Records `entry` over `n` elements (at most `u32::MAX`) into the batch `b`, with `args` bound in order
+/// after the params.
+pub(crate) fn record(
+    b: &mut Batch<'_>,
+    entry: &'static str,
+    args: &[&Tensor],
+    n: usize,
+    voxels: usize,
+    channels: usize,
+) -> Result<()> {
+    let k = b.gpu().kernel(&shaders::ELEMENTWISE, "", entry, &[])?;
     let p = Params {
         n: n as u32,
         voxels: voxels.max(1) as u32,
@@ -46,7 +61,7 @@ pub(crate) fn launch(
     };
     let binds: Vec<Arg<'_>> = args.iter().map(|t| Arg::whole(t)).collect();
     let groups = n.div_ceil(WORKGROUP_SIZE as usize) as u32;
-    gpu.dispatch_alone(entry, &k, bytemuck::bytes_of(&p), &binds, groups)
+    b.dispatch(&k, bytemuck::bytes_of(&p), &binds, groups)
 }
 
 /// Runs the binary kernel `entry` on `a` and `b` (f32, named `what_a` and `what_b` in errors, the same shape

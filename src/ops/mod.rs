@@ -12,7 +12,7 @@
 pub mod add;
 pub mod augment;
 pub mod conv;
-mod elementwise;
+pub(crate) mod elementwise;
 pub mod norm;
 pub mod reduce;
 pub mod relu;

@@ -8,6 +8,7 @@ use super::tiles::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Arg, Batch, GeneratedModule, Gpu, Kernel};
+use crate::ops::elementwise;
 use crate::ops::reduce::sum_splits;
 use crate::tensor::{DType, Tensor};
 
@@ -257,8 +258,37 @@ pub(crate) fn encode_backward_data(
     };
     let k = conv_kernel(gpu, &t, entry)?;
     let mut b = gpu.batch(format!("conv backward_data {}", g.short()));
-    dispatch(&mut b, &k, &p, &[dy, w, dx], grid)?;
+    // The stride-2 row kernels read the weights tap-major (4 result channels of a tap as one vec4).
+    let tap_major = if matches!(
+        entry,
+        Entry::BackwardDataRowStride2 | Entry::BackwardDataRowStride2Vec4
+    ) {
+        let n = g.cout * g.taps() * g.cin.next_multiple_of(4);
+        let reordered = Tensor::uninit(gpu, &[n], DType::F32)?;
+        let too_many =
+            || Error::InvalidShape(format!("convolution weight {:?} is too large", w.shape()));
+        u32::try_from(n).map_err(|_| too_many())?;
+        elementwise::record(
+            &mut b,
+            "conv_weights_tap_major",
+            &[w, &reordered],
+            n,
+            g.taps(),
+            g.cin,
+        )?;
+        Some(reordered)
+    } else {
+        None
+    };
+    dispatch(
+        &mut b,
+        &k,
+        &p,
+        &[dy, tap_major.as_ref().unwrap_or(w), dx],
+        grid,
+    )?;
     b.submit()?;
+    drop(tap_major);
     Ok(())
 }
 

@@ -2,7 +2,6 @@
 
 use super::portable::{staged_fmas, staged_loads};
 use super::subgroup::broadcast_reduction;
-use super::subgroup::row_weight_loads;
 use super::*;
 use crate::ops::conv::tiles::Entry;
 
@@ -198,7 +197,7 @@ pub(super) fn phase_data_subgroup(tn: usize, q: usize) -> String {
 /// weights are the workgroup's. Sums per result: the class's (kd, kh) rows in order, in each the output
 /// channels, in each the taps along W (the phase kernel sums the taps outside the channels).
 pub(super) fn phase_row_subgroup(tnw: usize, qw: usize, vec4_window: bool) -> String {
-    assert!(tnw.is_multiple_of(2) && (!vec4_window || tnw == 8));
+    assert!(tnw.is_multiple_of(2) && (!vec4_window || tnw.is_multiple_of(8)));
     let sg = SUBGROUP_LANES;
     let rm = 4 * qw;
     let half = tnw / 2;
@@ -209,7 +208,7 @@ pub(super) fn phase_row_subgroup(tnw: usize, qw: usize, vec4_window: bool) -> St
         Entry::BackwardDataRowStride2.name()
     };
     let window_note = if vec4_window {
-        "\n// dy's rows are a multiple of 4 long: the window's first 4 values are one aligned vec4."
+        "\n// dy's rows are a multiple of 4 long: the window's values before its last are aligned vec4s."
     } else {
         ""
     };
@@ -273,7 +272,9 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     );
     if vec4_window {
         let _ = writeln!(s, "        let a4 = u32(rb) / 4u;");
-        let _ = writeln!(s, "        let vok = okr && ow0 < p.osz.z;");
+        for v in 0..half / 4 {
+            let _ = writeln!(s, "        let vok{v} = okr && ow0 + {}u < p.osz.z;", 4 * v);
+        }
         let _ = writeln!(s, "        let wok{half} = okr && ow0 + {half}u < p.osz.z;");
     } else {
         for e in 0..win {
@@ -291,23 +292,24 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 {}            for (var k = 0u; k < min({sg}u, cred - c0); k++) {{
                 let cs = (c0 + k) * ovox;
 ",
-        row_weight_loads("            ", qw, &|mm, kw| {
-            format!("(cl * cin + m0 + {mm}u) * kvol + t + {kw}u")
-        })
+        tap_major_weight_loads("            ", qw)
     );
     if vec4_window {
         let ind = " ".repeat(16);
         let _ = writeln!(s, "{ind}let cs4 = cs / 4u;");
-        let _ = writeln!(
-            s,
-            "{ind}let xv = select(vec4<f32>(0.0), src4[select(0u, a4 + cs4, vok)], vok);"
-        );
-        for c in 0..4 {
-            let _ = writeln!(s, "{ind}let xw{c} = xv[{c}];");
+        for v in 0..half / 4 {
+            let _ = writeln!(
+                s,
+                "{ind}let xv{v} = select(vec4<f32>(0.0), src4[select(0u, a4 + cs4 + {v}u, vok{v})], vok{v});"
+            );
+            for c in 0..4 {
+                let _ = writeln!(s, "{ind}let xw{} = xv{v}[{c}];", 4 * v + c);
+            }
         }
         let _ = writeln!(
             s,
-            "{ind}let xw{half} = select(0.0, src4[select(0u, a4 + cs4 + 1u, wok{half})][0], wok{half});"
+            "{ind}let xw{half} = select(0.0, src4[select(0u, a4 + cs4 + {}u, wok{half})][0], wok{half});",
+            half / 4
         );
     } else {
         s += &super::pass::window_gathers("                ", win, "cs");
@@ -339,4 +341,23 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         "ivox",
         None,
     )
+}
+
+/// The stride-2 input-gradient row kernels' weight loads: lane `lane` loads `wl{kw}_{q}`, result channels
+/// `m0 + 4q ..` of its reduced channel `cl` at tap `t + kw`, one aligned vec4 of the tap-major weights
+/// (`[C_out, taps, C_in rounded up to 4]`, zero past C_in; the launch reorders them).
+fn tap_major_weight_loads(ind: &str, quads: usize) -> String {
+    let mut s = format!("{ind}let cin4 = (cin + 3u) / 4u * 4u;\n");
+    for q in 0..quads {
+        let _ = writeln!(s, "{ind}let wq{q} = cok && m0 + {}u < mlim;", 4 * q);
+    }
+    for kw in 0..ROW_TAPS {
+        for q in 0..quads {
+            let _ = writeln!(
+                s,
+                "{ind}let wl{kw}_{q} = select(vec4<f32>(0.0), wts4[select(0u, ((cl * kvol + t + {kw}u) * cin4 + m0) / 4u + {q}u, wq{q})], wq{q});"
+            );
+        }
+    }
+    s
 }
