@@ -971,6 +971,19 @@ fn conv_add_equals_conv_then_add_bit_for_bit() {
         };
         assert_eq!(grads(true), grads(false), "gradients, side {side}");
     }
+    // The 1x1x1 product (vec4 stores, the residual added four voxels at a time), 16 -> 8 channels.
+    let t = |v: &[f32], s: &[usize]| Tensor::from_f32(&gpu, s, v).unwrap();
+    let x = t(&rng.normals(2 * 16 * 64, 1.0), &[2, 16, 4, 4, 4]);
+    let r = t(&rng.normals(2 * 8 * 64, 1.0), &[2, 8, 4, 4, 4]);
+    let w = t(&rng.normals(8 * 16, 0.3), &[8, 16, 1, 1, 1]);
+    let b = t(&rng.normals(8, 0.5), &[8]);
+    let fused = ops::conv_add(&x, &w, Some(&b), &r, &[1], &[0]).unwrap();
+    let apart = ops::add(&ops::conv(&x, &w, Some(&b), &[1], &[0]).unwrap(), &r).unwrap();
+    assert_eq!(
+        bits(&fused.to_vec_f32().unwrap()),
+        bits(&apart.to_vec_f32().unwrap()),
+        "1x1x1"
+    );
     let x = Tensor::zeros(&gpu, &[1, 2, 4, 4, 4], DType::F32).unwrap();
     let w = Tensor::zeros(&gpu, &[2, 2, 3, 3, 3], DType::F32).unwrap();
     let wrong = Tensor::zeros(&gpu, &[1, 2, 4, 4, 5], DType::F32).unwrap();

@@ -148,6 +148,29 @@ fn pointwise_grid(gpu: &Gpu, t: &ConvTiles, voxels: usize, m: usize) -> Result<[
     col_grid(gpu, &per_workgroup, voxels, m)
 }
 
+/// Records into `b` the weights `w`, read as `[rows, channels, taps]`, reordered to `[rows, taps, channels
+/// rounded up to 4]` (zeros past `channels`), so that 4 consecutive channels of one tap are an aligned
+/// vec4: a convolution's `[C_out, C_in, taps]` tap-major, or with `[1, C_out, C_in]` (1x1x1) transposed.
+fn tap_major(b: &mut Batch<'_>, w: &Tensor, [rows, channels, taps]: [usize; 3]) -> Result<Tensor> {
+    let n = rows * taps * channels.next_multiple_of(4);
+    if u32::try_from(n).is_err() {
+        return Err(Error::InvalidShape(format!(
+            "convolution weight {:?} is too large",
+            w.shape()
+        )));
+    }
+    let reordered = Tensor::uninit(b.gpu(), &[n], DType::F32)?;
+    elementwise::record(
+        b,
+        "conv_weights_tap_major",
+        &[w, &reordered],
+        n,
+        taps,
+        channels,
+    )?;
+    Ok(reordered)
+}
+
 /// Adds kernel `k` over `grid` to batch `b`, with the uniform `p` and `tensors` bound from binding 1 on.
 fn dispatch(
     b: &mut Batch<'_>,
@@ -202,10 +225,18 @@ pub(crate) fn encode_forward(
     let mut p = g.params(0, bias.is_some());
     p.stride[3] = u32::from(residual.is_some());
     let mut b = gpu.batch(format!("conv forward {}", g.short()));
+    // The subgroup module's 1x1x1 forward reads w transposed (a result row of w^T as vec4s).
+    let transposed = if entry == Entry::ForwardPointwise && t.subgroup {
+        Some(tap_major(&mut b, w, [1, g.cout, g.cin])?)
+    } else {
+        None
+    };
+    let wk = transposed.as_ref().unwrap_or(w);
     // Without a bias or residual, `w` stands in for them (bound, never read).
-    let tensors = [x, w, bias.unwrap_or(w), out, residual.unwrap_or(w)];
+    let tensors = [x, wk, bias.unwrap_or(w), out, residual.unwrap_or(w)];
     dispatch(&mut b, &k, &p, &tensors, grid)?;
     b.submit()?;
+    drop(transposed);
     Ok(())
 }
 
@@ -263,20 +294,7 @@ pub(crate) fn encode_backward_data(
         entry,
         Entry::BackwardDataRowStride2 | Entry::BackwardDataRowStride2Vec4
     ) {
-        let n = g.cout * g.taps() * g.cin.next_multiple_of(4);
-        let reordered = Tensor::uninit(gpu, &[n], DType::F32)?;
-        let too_many =
-            || Error::InvalidShape(format!("convolution weight {:?} is too large", w.shape()));
-        u32::try_from(n).map_err(|_| too_many())?;
-        elementwise::record(
-            &mut b,
-            "conv_weights_tap_major",
-            &[w, &reordered],
-            n,
-            g.taps(),
-            g.cin,
-        )?;
-        Some(reordered)
+        Some(tap_major(&mut b, w, [g.cout, g.cin, g.taps()])?)
     } else {
         None
     };

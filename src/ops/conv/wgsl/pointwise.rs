@@ -20,8 +20,21 @@ use crate::ops::conv::tiles::{
 /// result channels per invocation, and the source's vec4 view they read.
 pub(super) fn pointwise(quads: usize, subgroup: bool) -> String {
     let view = "
-// The source as vec4s, for the 1x1x1 matrix products (one load of four voxels per lane and step).
+// The source as vec4s, for the 1x1x1 matrix products (one load of four voxels per lane and step), and
+// their results (one store of four voxels per channel).
 @group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out3v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out4v: array<vec4<f32>>;
+
+// The forward products write through here (as `put_forward`, four voxels at vec4 index i).
+fn put_forward4(i: u32, v: vec4<f32>) {
+    if (p.stride.w != 0u) {
+        let r = 4u * i;
+        out4v[i] = v + vec4<f32>(res[r], res[r + 1u], res[r + 2u], res[r + 3u]);
+    } else {
+        out4v[i] = v;
+    }
+}
 ";
     // The weights (the output gradient for the weight gradient) as vec4s, in the subgroup module.
     let view = if subgroup {
@@ -108,19 +121,11 @@ fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
             fmas("        ", "w")
         )
     };
-    let (bias, out, bias_name) = match pass {
-        Pass::Forward => (bias_read("bv", "TM"), FORWARD_OUT, Some("bv")),
-        Pass::BackwardData => (String::new(), "out3", None),
+    let bias = match pass {
+        Pass::Forward => bias_read("bv", "TM"),
+        Pass::BackwardData => String::new(),
     };
-    let stores = store(
-        POINTWISE_COLS,
-        quads,
-        out,
-        mlim,
-        &|j| format!("n{j} * {mlim} * vox + v{j}"),
-        "vox",
-        bias_name,
-    );
+    let stores = vec4_stores(pass, quads);
     let acc = acc_decl(POINTWISE_COLS, quads);
     let sgid = if subgroup {
         ", @builtin(subgroup_invocation_id) sgid: u32"
@@ -144,13 +149,13 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 /// The subgroup module's reduction of the 1x1x1 products, 8 reduced channels at a time (`step` is one
-/// channel's accumulation with the weights `b{q}`; the launch requires input channels a multiple of 4, so
-/// each vec4 of a weight row lies below `cin` or past it as a whole). The weights arrive as aligned vec4s
-/// (one memory access for four, where lavapipe runs each lane's access as a scalar sequence of its own):
-/// for the input gradient lane k loads the `4 quads` result channels' weights of reduced channel c0 + k
-/// (one row of w) and step k shuffles them from lane k; for the forward, whose result channels are rows
-/// of w, lane l loads its share of the rows (`own` each) at the 8 reduced channels and step k shuffles
-/// channel m's weight from lane m / own. The same weights, the same sums as the general kernels.
+/// channel's accumulation with the weights `b{q}`). The weights arrive as aligned vec4s (one memory
+/// access for four, where lavapipe runs each lane's access as a scalar sequence of its own): lane k loads
+/// the `4 quads` result channels' weights of reduced channel c0 + k and step k shuffles them from lane k.
+/// For the input gradient they are a row of w (the launch requires input channels a multiple of 4, so
+/// each vec4 lies below `cin` or past it as a whole); for the forward a row of w transposed, which the
+/// launch writes with the output channels rounded up to 4 (zeros past them). The same weights, the same
+/// sums as the general kernels.
 fn pointwise_vec4_weights(pass: Pass, quads: usize, step: &str) -> String {
     let sg = SUBGROUP_LANES;
     let (cred, mlim) = (pass.reduced(), pass.results());
@@ -160,37 +165,27 @@ fn pointwise_vec4_weights(pass: Pass, quads: usize, step: &str) -> String {
     let mlim = {mlim};
 "
     );
-    let (loads, shuffles) = match pass {
-        Pass::Forward => {
-            s += &owned_channels(quads, "wok", "wrow", "mlim", "cin");
-            let mut loads = String::new();
-            for c in 0..lane_channels(quads) {
-                let _ = writeln!(loads, "        let wlo{c} = select(vec4<f32>(0.0), wts4[select(0u, (wrow{c} + c0) / 4u, wok{c})], wok{c});");
-                let _ = writeln!(loads, "        let okhi{c} = wok{c} && c0 + 4u < cred;");
-                let _ = writeln!(loads, "        let whi{c} = select(vec4<f32>(0.0), wts4[select(0u, (wrow{c} + c0) / 4u + 1u, okhi{c})], okhi{c});");
-            }
-            (loads, owned_operands(quads, "w", ""))
-        }
-        Pass::BackwardData => {
-            let mut loads = String::from(
-                "        let cl = c0 + lane;\n        let wrow = (cl * cin + m0) / 4u;\n",
-            );
-            let mut shuffles = String::new();
-            for q in 0..quads {
-                let _ = writeln!(
-                    loads,
-                    "        let ok{q} = cl < cred && m0 + {}u < mlim;",
-                    4 * q
-                );
-                let _ = writeln!(loads, "        let wl{q} = select(vec4<f32>(0.0), wts4[select(0u, wrow + {q}u, ok{q})], ok{q});");
-                let _ = writeln!(
-                    shuffles,
-                    "            let b{q} = subgroupShuffle(wl{q}, k);"
-                );
-            }
-            (loads, shuffles)
-        }
+    // A result row of the weights the lanes read: the input gradient's are w's rows (input channels
+    // long); the forward's are w transposed, output channels rounded up to 4 (the launch reorders w).
+    let row = match pass {
+        Pass::Forward => "((cout + 3u) / 4u * 4u)",
+        Pass::BackwardData => "cin",
     };
+    let mut loads =
+        format!("        let cl = c0 + lane;\n        let wrow = (cl * {row} + m0) / 4u;\n");
+    let mut shuffles = String::new();
+    for q in 0..quads {
+        let _ = writeln!(
+            loads,
+            "        let ok{q} = cl < cred && m0 + {}u < mlim;",
+            4 * q
+        );
+        let _ = writeln!(loads, "        let wl{q} = select(vec4<f32>(0.0), wts4[select(0u, wrow + {q}u, ok{q})], ok{q});");
+        let _ = writeln!(
+            shuffles,
+            "            let b{q} = subgroupShuffle(wl{q}, k);"
+        );
+    }
     let _ = write!(
         s,
         "    for (var c0 = 0u; c0 < cred; c0 += {sg}u) {{
@@ -514,4 +509,30 @@ fn pointwise_weight_stores(quads: usize, cols: usize) -> String {
         s += "    }\n";
     }
     s + "}\n"
+}
+
+/// The 1x1x1 products' stores (closing the function): each result channel's four voxels, one aligned vec4
+/// (the forward's plus its bias, through `put_forward4`); the same values as four scalar stores.
+fn vec4_stores(pass: Pass, quads: usize) -> String {
+    let mlim = pass.results();
+    let mut s = format!("    if (valid) {{\n        let obase = (n * {mlim} * vox + v) / 4u;\n");
+    for q in 0..quads {
+        for r in 0..4 {
+            let m = 4 * q + r;
+            let value = format!(
+                "vec4<f32>({})",
+                (0..POINTWISE_COLS)
+                    .map(|j| format!("acc{j}_{q}[{r}]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let index = format!("obase + (m0 + {m}u) * vox / 4u");
+            let write = match pass {
+                Pass::Forward => format!("put_forward4({index}, {value} + bv[{m}]);"),
+                Pass::BackwardData => format!("out3v[{index}] = {value};"),
+            };
+            let _ = writeln!(s, "        if (m0 + {m}u < {mlim}) {{ {write} }}");
+        }
+    }
+    s + "    }\n}\n"
 }
