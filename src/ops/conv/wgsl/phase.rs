@@ -1,7 +1,7 @@
 //! `backward_data_phase`, the input gradient at strides over 1 by sub-pixel phase, for both modules.
 
 use super::portable::{staged_fmas, staged_loads};
-use super::subgroup::broadcast_reduction;
+use super::subgroup::{broadcast_reduction, row_kernel_head};
 use super::*;
 use crate::ops::conv::tiles::Entry;
 
@@ -207,6 +207,7 @@ pub(super) fn phase_row_subgroup(tnw: usize, qw: usize, vec4_window: bool) -> St
     } else {
         Entry::BackwardDataRowStride2.name()
     };
+    let head = row_kernel_head(name, rm, "cout", "cin");
     let window_note = if vec4_window {
         "\n// dy's rows are a multiple of 4 long: the window's values before its last are aligned vec4s."
     } else {
@@ -218,15 +219,7 @@ pub(super) fn phase_row_subgroup(tnw: usize, qw: usize, vec4_window: bool) -> St
 // of a row from an even xs per invocation, {rm} channels; voxel xs + 2e takes tap 1 of window value e, voxel
 // xs + 2e + 1 taps 0 and 2 of values e + 1 and e (the window is dy's row from xs / 2, {win} values). The
 // grid's first axis enumerates (phase class along D and H, workgroup in class), as backward_data_phase.{window_note}
-@compute @workgroup_size(64)
-fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sgid: u32) {{
-{SIZES}
-    let m0 = wid.y * {rm}u;
-    let lane = sgid % {sg}u;
-    let cred = cout;
-    let mlim = cin;
-    let kvol = p.ksz.w;
+{head}    let kvol = p.ksz.w;
     let tile = tile_index(wid, nwg);
     let cls = tile / p.chunk.w;
     let ctile = tile - cls * p.chunk.w;

@@ -318,15 +318,7 @@ fn row(pass: Pass, tnw: usize, qw: usize, sw: usize, vec4_window: bool) -> Strin
 // {comment}
 // Stride {sw} along W and {kw_n} taps along W: each invocation owns {tnw} consecutive results of a row and {rm}
 // channels; one window of {win} gathered values per reduced channel serves all {kw_n} taps along W.
-@compute @workgroup_size(64)
-fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sgid: u32) {{
-{SIZES}
-    let m0 = wid.y * {rm}u;
-    let lane = sgid % {sg}u;
-    let cred = {cred};
-    let mlim = {mlim};
-{rowcode}
+{}{rowcode}
     let kvol = p.ksz.w;
     let kdh = p.ksz.x * p.ksz.y;
 {}
@@ -339,6 +331,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             let cl = c0 + lane;
             let cok = cl < cred;
 ",
+        row_kernel_head(name, rm, cred, mlim),
         acc_decl(tnw, qw),
         pass.row_window(win)
     );
@@ -389,6 +382,24 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         s = s.replace(&format!("m < {rm}; m++"), &format!("m < {rm}u; m++"));
     }
     s + &pass.row_store(tnw, qw, "mlim", "bv")
+}
+
+/// The opening of a subgroup row kernel `name` of `rm` result channels per workgroup: its signature, the
+/// sizes, the channel tile's first channel `m0`, the lane in its group of 8, and the reduced and result
+/// channel counts `cred` and `mlim`.
+pub(super) fn row_kernel_head(name: &str, rm: usize, cred: &str, mlim: &str) -> String {
+    let sg = SUBGROUP_LANES;
+    format!(
+        "@compute @workgroup_size(64)
+fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sgid: u32) {{
+{SIZES}
+    let m0 = wid.y * {rm}u;
+    let lane = sgid % {sg}u;
+    let cred = {cred};
+    let mlim = {mlim};
+"
+    )
 }
 
 /// The row kernels' weight loads at indent `ind`: lane `lane` loads `wl{kw}_{q}`, the weights `wts[widx(m,
