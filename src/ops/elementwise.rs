@@ -31,19 +31,14 @@ pub(crate) fn launch(
     if n == 0 {
         return Ok(());
     }
-    if n > u32::MAX as usize {
-        return Err(Error::InvalidShape(format!(
-            "{entry}: {n} elements is too many"
-        )));
-    }
     let gpu = args[0].gpu();
     let mut b = gpu.batch(entry);
     record(&mut b, entry, args, n, voxels, channels)?;
     b.submit()
 }
 
-/// Records `entry` over `n` elements (at most `u32::MAX`) into the batch `b`, with `args` bound in order
-/// after the params.
+/// Records `entry` over `n` elements into the batch `b`, with `args` bound in order after the params; more
+/// than `u32::MAX` elements is an error.
 pub(crate) fn record(
     b: &mut Batch<'_>,
     entry: &'static str,
@@ -52,6 +47,11 @@ pub(crate) fn record(
     voxels: usize,
     channels: usize,
 ) -> Result<()> {
+    if n > u32::MAX as usize {
+        return Err(Error::InvalidShape(format!(
+            "{entry}: {n} elements is too many"
+        )));
+    }
     let k = b.gpu().kernel(&shaders::ELEMENTWISE, "", entry, &[])?;
     let p = Params {
         n: n as u32,

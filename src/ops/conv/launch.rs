@@ -148,17 +148,26 @@ fn pointwise_grid(gpu: &Gpu, t: &ConvTiles, voxels: usize, m: usize) -> Result<[
     col_grid(gpu, &per_workgroup, voxels, m)
 }
 
-/// Records into `b` the weights `w`, read as `[rows, channels, taps]`, reordered to `[rows, taps, channels
-/// rounded up to 4]` (zeros past `channels`), so that 4 consecutive channels of one tap are an aligned
-/// vec4: a convolution's `[C_out, C_in, taps]` tap-major, or with `[1, C_out, C_in]` (1x1x1) transposed.
-fn tap_major(b: &mut Batch<'_>, w: &Tensor, [rows, channels, taps]: [usize; 3]) -> Result<Tensor> {
+/// The weights `entry` reads where they are not `w` as given, recorded into `b`: `w` read as `[rows,
+/// channels, taps]` and reordered to `[rows, taps, channels rounded up to 4]` (zeros past `channels`), so
+/// that 4 consecutive channels of one tap are an aligned vec4. The stride-2 input-gradient row kernels read
+/// `[C_out, C_in, taps]` tap-major; the subgroup module's 1x1x1 forward reads `[1, C_out, C_in]`, w
+/// transposed.
+fn reordered_weights(
+    b: &mut Batch<'_>,
+    t: &ConvTiles,
+    g: &ConvGeometry,
+    entry: Entry,
+    w: &Tensor,
+) -> Result<Option<Tensor>> {
+    let [rows, channels, taps] = match entry {
+        Entry::BackwardDataRowStride2 | Entry::BackwardDataRowStride2Vec4 => {
+            [g.cout, g.cin, g.taps()]
+        }
+        Entry::ForwardPointwise if t.subgroup => [1, g.cout, g.cin],
+        _ => return Ok(None),
+    };
     let n = rows * taps * channels.next_multiple_of(4);
-    if u32::try_from(n).is_err() {
-        return Err(Error::InvalidShape(format!(
-            "convolution weight {:?} is too large",
-            w.shape()
-        )));
-    }
     let reordered = Tensor::uninit(b.gpu(), &[n], DType::F32)?;
     elementwise::record(
         b,
@@ -168,7 +177,7 @@ fn tap_major(b: &mut Batch<'_>, w: &Tensor, [rows, channels, taps]: [usize; 3]) 
         taps,
         channels,
     )?;
-    Ok(reordered)
+    Ok(Some(reordered))
 }
 
 /// Adds kernel `k` over `grid` to batch `b`, with the uniform `p` and `tensors` bound from binding 1 on.
@@ -225,18 +234,13 @@ pub(crate) fn encode_forward(
     let mut p = g.params(0, bias.is_some());
     p.stride[3] = u32::from(residual.is_some());
     let mut b = gpu.batch(format!("conv forward {}", g.short()));
-    // The subgroup module's 1x1x1 forward reads w transposed (a result row of w^T as vec4s).
-    let transposed = if entry == Entry::ForwardPointwise && t.subgroup {
-        Some(tap_major(&mut b, w, [1, g.cout, g.cin])?)
-    } else {
-        None
-    };
-    let wk = transposed.as_ref().unwrap_or(w);
+    let reordered = reordered_weights(&mut b, &t, g, entry, w)?;
     // Without a bias or residual, `w` stands in for them (bound, never read).
+    let wk = reordered.as_ref().unwrap_or(w);
     let tensors = [x, wk, bias.unwrap_or(w), out, residual.unwrap_or(w)];
     dispatch(&mut b, &k, &p, &tensors, grid)?;
     b.submit()?;
-    drop(transposed);
+    drop(reordered);
     Ok(())
 }
 
@@ -289,24 +293,11 @@ pub(crate) fn encode_backward_data(
     };
     let k = conv_kernel(gpu, &t, entry)?;
     let mut b = gpu.batch(format!("conv backward_data {}", g.short()));
-    // The stride-2 row kernels read the weights tap-major (4 result channels of a tap as one vec4).
-    let tap_major = if matches!(
-        entry,
-        Entry::BackwardDataRowStride2 | Entry::BackwardDataRowStride2Vec4
-    ) {
-        Some(tap_major(&mut b, w, [g.cout, g.cin, g.taps()])?)
-    } else {
-        None
-    };
-    dispatch(
-        &mut b,
-        &k,
-        &p,
-        &[dy, tap_major.as_ref().unwrap_or(w), dx],
-        grid,
-    )?;
+    let reordered = reordered_weights(&mut b, &t, g, entry, w)?;
+    let wk = reordered.as_ref().unwrap_or(w);
+    dispatch(&mut b, &k, &p, &[dy, wk, dx], grid)?;
     b.submit()?;
-    drop(tap_major);
+    drop(reordered);
     Ok(())
 }
 

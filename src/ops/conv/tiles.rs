@@ -191,7 +191,8 @@ pub fn selectable_tiles() -> Vec<ConvTiles> {
     v
 }
 
-/// The entry points of a convolution module (both modules have all of them but one, see [`Entry::in_module`]).
+/// The entry points of a convolution module (the portable module has all but the subgroup-only ones, see
+/// [`Entry::in_module`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Entry {
     /// The forward convolution, general kernels.
@@ -237,7 +238,7 @@ pub enum Entry {
 
 impl Entry {
     /// Every entry point, in the order the modules define them (the portable module has all but the
-    /// vec4 ones; see [`Entry::in_module`]).
+    /// vec4 ones and the stride-2 input-gradient row kernels; see [`Entry::in_module`]).
     pub const ALL: [Entry; 17] = [
         Entry::Forward,
         Entry::BackwardData,

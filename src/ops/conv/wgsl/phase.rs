@@ -24,6 +24,7 @@ fn phase_columns(tn: usize, q: usize, subgroup: bool) -> String {
             "",
         )
     };
+    let class = phase_class(true);
     let mut s = format!(
         "
 // backward_data for strides over 1, one sub-pixel phase class per workgroup: the input voxels i with
@@ -50,14 +51,7 @@ fn {backward_data_phase}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let tile = tile_index(wid, nwg);
     let cls = tile / p.chunk.w;
     let ctile = tile - cls * p.chunk.w;
-    let st = p.stride.xyz;
-    let r = vec3<u32>(cls / (st.y * st.z), (cls / st.z) % st.y, cls % st.z);
-    let i0 = (r + st - p.pad.xyz % st) % st;
-    let isz = p.isz.xyz;
-    let cnt = select(vec3<u32>(0u), (isz + st - 1u - i0) / st, i0 < isz);
-    let cb = vec3<i32>((i0 + p.pad.xyz - r) / st);
-    let nt = select(vec3<u32>(0u), (p.ksz.xyz + st - 1u - r) / st, r < p.ksz.xyz);
-    let ntaps = nt.x * nt.y * nt.z;
+{class}    let ntaps = nt.x * nt.y * nt.z;
     let cvox = max(cnt.x * cnt.y * cnt.z, 1u);
     let chw = max(cnt.y * cnt.z, 1u);
     let cw = max(cnt.z, 1u);
@@ -85,6 +79,29 @@ fn {backward_data_phase}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         )
     });
     s + "\n" + &acc_decl(tn, q)
+}
+
+/// The phase class `cls` of the phase kernels over D, H and, where `with_w`, W, as WGSL vectors over those
+/// axes: the strides `st`, the class's phase `r`, its first input voxel `i0`, the input's size `isz`, the
+/// class's voxels `cnt` per axis, the output voxel `cb` of its first voxel's first tap, and its taps `nt`
+/// per axis.
+fn phase_class(with_w: bool) -> String {
+    let (swz, v, r) = if with_w {
+        let r = "vec3<u32>(cls / (st.y * st.z), (cls / st.z) % st.y, cls % st.z)";
+        ("xyz", "vec3", r)
+    } else {
+        ("xy", "vec2", "vec2<u32>(cls / st.y, cls % st.y)")
+    };
+    format!(
+        "    let st = p.stride.{swz};
+    let r = {r};
+    let i0 = (r + st - p.pad.{swz} % st) % st;
+    let isz = p.isz.{swz};
+    let cnt = select({v}<u32>(0u), (isz + st - 1u - i0) / st, i0 < isz);
+    let cb = {v}<i32>((i0 + p.pad.{swz} - r) / st);
+    let nt = select({v}<u32>(0u), (p.ksz.{swz} + st - 1u - r) / st, r < p.ksz.{swz});
+"
+    )
 }
 
 /// The phase kernels' class tap u as its steps jt along each axis, and each column's output voxel for it.
@@ -208,6 +225,7 @@ pub(super) fn phase_row_subgroup(tnw: usize, qw: usize, vec4_window: bool) -> St
         Entry::BackwardDataRowStride2.name()
     };
     let head = row_kernel_head(name, rm, "cout", "cin");
+    let class = phase_class(false);
     let window_note = if vec4_window {
         "\n// dy's rows are a multiple of 4 long: the window's values before its last are aligned vec4s."
     } else {
@@ -223,14 +241,7 @@ pub(super) fn phase_row_subgroup(tnw: usize, qw: usize, vec4_window: bool) -> St
     let tile = tile_index(wid, nwg);
     let cls = tile / p.chunk.w;
     let ctile = tile - cls * p.chunk.w;
-    let st = p.stride.xy;
-    let r = vec2<u32>(cls / st.y, cls % st.y);
-    let i0 = (r + st - p.pad.xy % st) % st;
-    let isz = p.isz.xy;
-    let cnt = select(vec2<u32>(0u), (isz + st - 1u - i0) / st, i0 < isz);
-    let cb = vec2<i32>((i0 + p.pad.xy - r) / st);
-    let nt = select(vec2<u32>(0u), (p.ksz.xy + st - 1u - r) / st, r < p.ksz.xy);
-    let segs = (p.isz.z + {}u) / {tnw}u;
+{class}    let segs = (p.isz.z + {}u) / {tnw}u;
     let crows = max(cnt.x * cnt.y, 1u);
     let ch = max(cnt.y, 1u);
     // Workgroups past the last class (a grid rounded up to fit the device limit) own no rows.

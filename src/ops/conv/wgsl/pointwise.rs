@@ -380,6 +380,7 @@ pub(super) fn pointwise_weight_subgroup((quads, cols): (usize, usize)) -> String
     s += &pointwise_weight_fmas(quads, cols, &|j| {
         format!("select(0.0, src[select(0u, xk + xr{j}, ok)], ok)")
     });
+    s += "        }\n    }\n";
     s + &pointwise_weight_stores(quads, cols)
 }
 
@@ -420,9 +421,8 @@ pub(super) fn pointwise_weight_subgroup_vec4((quads, cols): (usize, usize)) -> S
     }
     // The 8 voxel steps written out (k a constant in each), so that picking step k's component of the vec4
     // pairs is a constant extract: 13.9 -> 12.1 ms on lavapipe (`conv3d_bwd_weight_k1s1`, alternating runs).
-    let body = owned_operands(quads, "g", "first + ")
+    let body = owned_operands(quads)
         + &pointwise_weight_fmas(quads, cols, &|j| format!("select(xlo{j}, xhi{j}, hi)[kc]"));
-    let body = body.strip_suffix("        }\n    }\n").unwrap();
     for k in 0..sg {
         let _ = writeln!(s, "        {{\n            let k = {k}u;\n{body}        }}");
     }
@@ -430,23 +430,21 @@ pub(super) fn pointwise_weight_subgroup_vec4((quads, cols): (usize, usize)) -> S
     s + &pointwise_weight_stores(quads, cols)
 }
 
-/// The operands `b{q}` of step k (in its loop) where each lane holds its owned channels' ([`lane_channels`])
-/// values over 8 steps as vec4 pairs `{name}lo{c}`, `{name}hi{c}`: `hi` and `kc` pick step k's component,
-/// `d{c}` is it, and channel m's value comes from lane `{first}m / own` of the group.
-fn owned_operands(quads: usize, name: &str, first: &str) -> String {
+/// The dy operands `b{q}` of voxel step k of the vec4 weight gradient, where each lane holds its owned
+/// channels' ([`lane_channels`]) dy over the block's 8 voxels as vec4 pairs `glo{c}`, `ghi{c}`: `hi` and
+/// `kc` pick step k's component, `d{c}` is it, and channel m's value comes from lane `m / own` of the
+/// group (from `first`).
+fn owned_operands(quads: usize) -> String {
     let own = lane_channels(quads);
     let mut s = String::from("            let hi = k >= 4u;\n            let kc = k % 4u;\n");
     for c in 0..own {
-        let _ = writeln!(
-            s,
-            "            let d{c} = select({name}lo{c}, {name}hi{c}, hi)[kc];"
-        );
+        let _ = writeln!(s, "            let d{c} = select(glo{c}, ghi{c}, hi)[kc];");
     }
     for q in 0..quads {
         let comps: Vec<String> = (0..4)
             .map(|r| {
                 let m = 4 * q + r;
-                format!("subgroupShuffle(d{}, {first}{}u)", m % own, m / own)
+                format!("subgroupShuffle(d{}, first + {}u)", m % own, m / own)
             })
             .collect();
         let _ = writeln!(s, "            let b{q} = vec4<f32>({});", comps.join(", "));
@@ -489,7 +487,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 }
 
 /// One voxel step of both subgroup 1x1x1 weight-gradient kernels: input channel j's value `x{j}` (the
-/// expression `x(j)`) times the shuffled dy `b{q}`; closes the step and block loops.
+/// expression `x(j)`) times the shuffled dy `b{q}`.
 fn pointwise_weight_fmas(quads: usize, cols: usize, x: &dyn Fn(usize) -> String) -> String {
     let mut s = String::new();
     for j in 0..cols {
@@ -501,7 +499,7 @@ fn pointwise_weight_fmas(quads: usize, cols: usize, x: &dyn Fn(usize) -> String)
             );
         }
     }
-    s + "        }\n    }\n"
+    s
 }
 
 /// The stores of both subgroup 1x1x1 weight-gradient kernels: the split's partial sums (closes the function).

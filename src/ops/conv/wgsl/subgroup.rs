@@ -81,7 +81,7 @@ pub(super) fn broadcast_reduction(
 /// 8 loads the weights `wts[widx(m)]` of channel `c0 + k`, then for each of the 8 channels `c` (below
 /// `cred`) `cs = c * rstride`, the weights `b{q}` shuffled from lane k and the statements `step(indent)`.
 /// Leaves the channel loop open.
-pub(super) fn broadcast_steps(
+fn broadcast_steps(
     ind: &str,
     q: usize,
     widx: &dyn Fn(usize) -> String,
@@ -405,11 +405,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 /// The row kernels' weight loads at indent `ind`: lane `lane` loads `wl{kw}_{q}`, the weights `wts[widx(m,
 /// kw)]` of its reduced channel `cl` (valid where `cok`) for each tap kw along W and each result channel m of
 /// the `4 quads` (zero past `mlim`), with the channel masks `ok0_{m}`.
-pub(super) fn row_weight_loads(
-    ind: &str,
-    quads: usize,
-    widx: &dyn Fn(usize, usize) -> String,
-) -> String {
+fn row_weight_loads(ind: &str, quads: usize, widx: &dyn Fn(usize, usize) -> String) -> String {
     let mut s = String::new();
     for kw in 0..ROW_TAPS {
         for qq in 0..quads {
