@@ -22,3 +22,6 @@
 // shuffling the output gradient; backward_weight_pointwise_vec4 is the same where images' voxels are a
 // multiple of 8, reading each 8-voxel block of x and dy as vec4s. forward_row_s2_vec4 is forward_row_s2
 // where the input's rows are a multiple of 4 long (padding 1): its window after the first value is vec4s.
+// backward_data_row_s2 (and _vec4) is the input gradient at stride 2 along W (padding 1) as a row kernel:
+// 8 input voxels of a row read one window of 5 dy values for all 3 taps, over one phase class along D and H
+// per workgroup, with the weights reordered tap-major by the launch.
