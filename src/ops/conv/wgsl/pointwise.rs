@@ -4,12 +4,12 @@
 //!
 //! Every invocation of a workgroup owns the same result channels, so the weights it reads are the same
 //! for all of them: the subgroup module loads 8 reduced channels' weights once per 8 lanes, as aligned
-//! vec4s of rows of w (input channels a multiple of 4), and shuffles them to every lane; the portable
+//! vec4s of rows of w (of w transposed for the forward), and shuffles them to every lane; the portable
 //! module reads them as uniform loads. Each invocation owns four consecutive voxels, so each reduction step
 //! is one vec4 load (coalesced on GPUs) for `16 x quads` fused multiply-adds. The result channel tiles of
 //! one voxel tile are consecutive workgroups (`wid.x`), so that they read its source while it is in cache.
-//! Each result is reduced over its channels in ascending order from zero, as the
-//! general kernels do for a one-tap kernel, so both paths give the same bits.
+//! Each result is reduced over its channels in ascending order from zero, as the general kernels do for a
+//! one-tap kernel, so both paths give the same bits.
 
 use super::pass::Pass;
 use super::*;
@@ -342,9 +342,8 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 /// the groups of the dispatch run through (split, channel tile) with the channel tiles of one split
 /// consecutive, so that a split's voxels, read by all its tiles, are read while still in cache (on lavapipe
 /// 12.0 -> 9.3 ms, `conv3d_bwd_weight_k1s1`, where a workgroup's groups were 8 splits of one tile). Lane k of
-/// a group loads dy of voxel `v0 + k`
-/// for the output channels, and the group steps through its 8 voxels with shuffles, each lane gathering x
-/// of its input channels. Every sum runs over its split's voxels in ascending order from zero, so every
+/// a group loads dy of voxel `v0 + k` for the output channels, and the group steps through its 8 voxels with
+/// shuffles, each lane gathering x of its input channels. Every sum runs over its split's voxels in ascending order from zero, so every
 /// channel tiling gives the same bits; the splits' partials are added in order afterwards.
 pub(super) fn pointwise_weight_subgroup((quads, cols): (usize, usize)) -> String {
     let sg = SUBGROUP_LANES;
@@ -474,8 +473,8 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let lane = sgid % {sg}u;
     let first = sgid - lane;
     // Group `grp` of the dispatch is (split, channel tile), the channel tiles of one split consecutive.
-    let ci_tiles = (cin + {per_wg_less}u) / {per_wg}u;
-    let tiles = ci_tiles * ((cout + {tm_less}u) / {tm}u);
+    let ci_tiles = (cin + {per_wg}u - 1u) / {per_wg}u;
+    let tiles = ci_tiles * ((cout + {tm}u - 1u) / {tm}u);
     let grp = tile_index(wid, nwg) * {groups}u + lid / {sg}u;
     let split = grp / tiles;
     let tile = grp - split * tiles;
@@ -487,9 +486,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         name = entry.name(),
         groups = WORKGROUP / sg,
         tm = 4 * quads,
-        tm_less = 4 * quads - 1,
         per_wg = sg * cols,
-        per_wg_less = sg * cols - 1,
     );
     for j in 0..cols {
         let _ = writeln!(s, "    let xr{j} = min(ci0 + {j}u, cin - 1u) * vox;");
