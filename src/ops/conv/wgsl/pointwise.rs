@@ -194,8 +194,9 @@ fn pointwise_vec4_weights(pass: Pass, quads: usize, step: &str) -> String {
 "
     );
     // The 8 steps written out (k a constant in each): their shuffles read constant lanes. Unlike the
-    // 3x3x3 kernels' tiles (see `broadcast_steps`) these stay in registers unrolled; on lavapipe the
-    // products ran 10-20% faster so (alternating runs, `conv3d_*_k1s1`).
+    // 3x3x3 kernels' tiles (see `broadcast_steps`) these gain from it: on lavapipe the products ran 10-20%
+    // faster so (alternating runs, `conv3d_*_k1s1`), though their 64 accumulators live on the stack either
+    // way (BENCHMARKS.md, "What llvmpipe makes of the products").
     for k in 0..sg {
         let _ = write!(
             s,
@@ -343,8 +344,9 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 /// consecutive, so that a split's voxels, read by all its tiles, are read while still in cache (on lavapipe
 /// 12.0 -> 9.3 ms, `conv3d_bwd_weight_k1s1`, where a workgroup's groups were 8 splits of one tile). Lane k of
 /// a group loads dy of voxel `v0 + k` for the output channels, and the group steps through its 8 voxels with
-/// shuffles, each lane gathering x of its input channels. Every sum runs over its split's voxels in ascending order from zero, so every
-/// channel tiling gives the same bits; the splits' partials are added in order afterwards.
+/// shuffles, each lane gathering x of its input channels. Every sum runs over its split's voxels in
+/// ascending order from zero, so every channel tiling gives the same bits; the splits' partials are added in
+/// order afterwards.
 pub(super) fn pointwise_weight_subgroup((quads, cols): (usize, usize)) -> String {
     let sg = SUBGROUP_LANES;
     let mut s = pointwise_weight_prologue(Entry::BackwardWeightPointwise, quads, cols);
