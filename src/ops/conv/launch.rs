@@ -142,7 +142,8 @@ fn pointwise_product(t: &ConvTiles, g: &ConvGeometry) -> bool {
 /// Grid of the 1x1x1 products over `voxels` voxels and `m` result channels: the channel tiles along x, so
 /// that the tiles of one voxel tile run one after the other and can find its source in cache (on lavapipe
 /// 11-20 -> 10.7-11.5 ms where they do, `conv3d_*_k1s1`; a process can also run them at 13.5-16 ms either
-/// way, a state whose cause is not known: BENCHMARKS.md).
+/// way: that state goes away when their x reads are confined to a few KiB, so it is their x read from
+/// memory, 64 rows at once).
 fn pointwise_grid(gpu: &Gpu, t: &ConvTiles, voxels: usize, m: usize) -> Result<[u32; 3]> {
     let per_workgroup = ConvTiles {
         cols: POINTWISE_COLS,
