@@ -29,6 +29,17 @@ pub struct PoolStats {
     pub device_bytes: u64,
     /// The most `device_bytes` has been since the pool began or [`super::Gpu::reset_pool_peak`].
     pub peak_device_bytes: u64,
+    /// The most bytes of the pool's buffers in use at once (held by tensors, or by recorded work not yet
+    /// submitted) since the pool began or [`super::Gpu::reset_pool_peak`]: the device memory the work
+    /// needed, without the idle buffers kept for reuse (PyTorch's `max_memory_allocated` is the like figure).
+    pub peak_in_use_bytes: u64,
+}
+
+impl PoolStats {
+    /// Bytes of the pool's buffers in use now: `device_bytes` less `idle_bytes`.
+    pub fn in_use_bytes(&self) -> u64 {
+        self.device_bytes - self.idle_bytes
+    }
 }
 
 #[derive(Default)]
@@ -80,6 +91,11 @@ impl Drop for PooledBuffer {
 }
 
 impl PoolState {
+    /// Raises the in-use peak to the bytes in use now (called where they grow: a buffer handed out).
+    fn note_in_use(&mut self) {
+        self.stats.peak_in_use_bytes = self.stats.peak_in_use_bytes.max(self.stats.in_use_bytes());
+    }
+
     fn give_back(&mut self, buffer: wgpu::Buffer) {
         let size = buffer.size();
         let s = self;
@@ -109,12 +125,14 @@ impl BufferPool {
             Some(b) => {
                 s.stats.reuses += 1;
                 s.stats.idle_bytes -= size;
+                s.note_in_use();
                 b
             }
             None => {
                 s.stats.allocations += 1;
                 s.stats.device_bytes += size;
                 s.stats.peak_device_bytes = s.stats.peak_device_bytes.max(s.stats.device_bytes);
+                s.note_in_use();
                 drop(s);
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("calibseg tensor"),
@@ -167,6 +185,7 @@ impl BufferPool {
     pub(crate) fn reset_peak(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.stats.peak_device_bytes = s.stats.device_bytes;
+        s.stats.peak_in_use_bytes = s.stats.in_use_bytes();
     }
 }
 
@@ -182,7 +201,8 @@ impl super::Gpu {
         self.inner.pool.clear()
     }
 
-    /// Starts [`PoolStats::peak_device_bytes`] again from the bytes the pool's buffers take now.
+    /// Starts [`PoolStats::peak_device_bytes`] and [`PoolStats::peak_in_use_bytes`] again from the bytes the
+    /// pool's buffers take and the bytes in use now.
     pub fn reset_pool_peak(&self) {
         self.inner.pool.reset_peak()
     }

@@ -131,10 +131,13 @@ fn the_pool_counts_the_device_bytes_of_its_buffers_and_their_peak() {
     let b = Tensor::uninit(&gpu, &[333, 333], DType::F32).unwrap();
     let both = 4096 + 458_752;
     assert_eq!(gpu.pool_stats().device_bytes, base + both);
+    let in_use = gpu.pool_stats().in_use_bytes();
     drop(b);
-    // Idle in the pool: still device memory, and reused rather than allocated again.
+    // Idle in the pool: still device memory, no longer in use, and reused rather than allocated again.
     let stats = gpu.pool_stats();
     assert_eq!(stats.device_bytes, base + both);
+    assert_eq!(stats.in_use_bytes(), in_use - 458_752);
+    assert_eq!(stats.peak_in_use_bytes, in_use);
     let b = Tensor::uninit(&gpu, &[333, 333], DType::F32).unwrap();
     assert_eq!(gpu.pool_stats().device_bytes, base + both);
     drop((a, b));
@@ -142,8 +145,20 @@ fn the_pool_counts_the_device_bytes_of_its_buffers_and_their_peak() {
     let stats = gpu.pool_stats();
     assert_eq!((stats.device_bytes, stats.idle_bytes), (base, 0));
     assert_eq!(stats.peak_device_bytes, base + both);
+    assert_eq!(stats.peak_in_use_bytes, in_use);
     gpu.reset_pool_peak();
-    assert_eq!(gpu.pool_stats().peak_device_bytes, base);
+    let stats = gpu.pool_stats();
+    assert_eq!(stats.peak_device_bytes, base);
+    assert_eq!(stats.peak_in_use_bytes, stats.in_use_bytes());
+    // Two tensors alive at once, then one at a time: the in-use peak is the pair's.
+    let a = Tensor::uninit(&gpu, &[1000], DType::F32).unwrap();
+    let b = Tensor::uninit(&gpu, &[1000], DType::F32).unwrap();
+    drop((a, b));
+    drop(Tensor::uninit(&gpu, &[1000], DType::F32).unwrap());
+    assert_eq!(
+        gpu.pool_stats().peak_in_use_bytes,
+        stats.in_use_bytes() + 2 * 4096
+    );
 }
 
 #[test]
