@@ -34,8 +34,6 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss, DiceLoss
-from monai.metrics import CalibrationErrorMetric
-from monai.metrics.calibration import calibration_binning
 from monai.networks.nets import SegResNet, SegResNetDS
 from safetensors import safe_open
 
@@ -159,6 +157,11 @@ def loss_case(rng, shape, m, scale=2.0, absent=None):
 def metric_outputs(probs, labels, m):
     """MONAI's per-image ECE/ACE/MCE with and without background, and the background-free bin statistics
     and reliability heat map."""
+    # Imported here, so that the losses above load with a MONAI that lacks the calibration metrics
+    # (`scripts/torch_step_memory.py` imports them on MONAI 1.5.0).
+    from monai.metrics import CalibrationErrorMetric
+    from monai.metrics.calibration import calibration_binning
+
     out = {}
     y = one_hot(labels, probs.shape[1])
     for bg, tag in [(True, "bg"), (False, "nobg")]:
