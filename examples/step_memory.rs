@@ -3,8 +3,9 @@
 //! `calibseg bench --filter paper`, at patches small enough for any adapter (at 128^3 one activation is a
 //! storage binding of 512 MiB, more than lavapipe's 128), carried to the paper's 128^3 from what the forward
 //! keeps: every tensor the forward and its loss keep for the backward is voxels x channels, so those bytes
-//! per voxel do not depend on the patch (the output checks this across the sizes given), and the weights,
-//! their gradients and AdamW's two moments are four times the weights whatever the patch. Also each size's
+//! per voxel do not depend on the patch (the output checks this across the sizes given), and the
+//! weight-sized buffers are six copies of the weights whatever the patch (the weights, their gradients,
+//! AdamW's packed copies of both, its two moments; PyTorch's in-place AdamW has four). Also each size's
 //! measured peaks over a whole first step: the bytes in use at once (PyTorch's `max_memory_allocated` is the
 //! like figure) and the pool's device memory, which also counts idle buffers kept for reuse.
 //!
@@ -18,6 +19,9 @@ use calibseg::train::{train_step, TrainLoss};
 use calibseg::{Gpu, Tensor};
 
 const MIB: f64 = (1u64 << 20) as f64;
+/// Buffers the size of the weights that a training step holds: the weights, their gradients, AdamW's packed
+/// copies of both (`nn::AdamW` updates packs, one dispatch each) and its two moments.
+const WEIGHT_COPIES: f64 = 6.0;
 const PAPER_SIZE: usize = 128;
 
 /// The paper's network on a fresh device (an empty pool), an input batch `[2, 1, s, s, s]` and its labels.
@@ -111,11 +115,11 @@ fn main() -> calibseg::Result<()> {
         .max_by_key(|&(s, _, _)| s)
         .expect("at least one size");
     println!(
-        "[2, 1, {PAPER_SIZE}^3] at the largest size's bytes per voxel: kept {:.2} GiB; with the weights, \
-         their gradients and AdamW's two moments (4 x {:.1} MiB) {:.2} GiB",
+        "[2, 1, {PAPER_SIZE}^3] at the largest size's bytes per voxel: kept {:.2} GiB; with the six \
+         weight-sized buffers (6 x {:.1} MiB) {:.2} GiB",
         per_voxel * paper_voxels / MIB / 1024.0,
         weights as f64 / MIB,
-        (per_voxel * paper_voxels + 4.0 * weights as f64) / MIB / 1024.0
+        (per_voxel * paper_voxels + WEIGHT_COPIES * weights as f64) / MIB / 1024.0
     );
     for &s in &sizes {
         let (used, held) = peak_bytes(s)?;
