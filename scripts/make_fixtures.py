@@ -158,7 +158,7 @@ def metric_outputs(probs, labels, m):
     """MONAI's per-image ECE/ACE/MCE with and without background, and the background-free bin statistics
     and reliability heat map."""
     # Imported here, so that the losses above load with a MONAI that lacks the calibration metrics
-    # (`scripts/torch_step_memory.py` imports them on MONAI 1.5.0).
+    # (`scripts/torch_step_memory.py` imports its mL1-ACE on MONAI 1.5.0).
     from monai.metrics import CalibrationErrorMetric
     from monai.metrics.calibration import calibration_binning
 
