@@ -496,7 +496,9 @@ pub fn run_case(
     let timings = measure_repeated(gpu, timer, repetitions, &mut prepared.run)?;
     drop(prepared.run);
     let mut result = CaseResult::new(case, prepared.shape, prepared.work, &timings, roofline);
-    result.peak_device_bytes = Some(gpu.pool_stats().peak_device_bytes);
+    let pool = gpu.pool_stats();
+    result.peak_device_bytes = Some(pool.peak_device_bytes);
+    result.peak_in_use_bytes = Some(pool.peak_in_use_bytes);
     gpu.clear_pool();
     Ok(result)
 }

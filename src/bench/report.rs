@@ -145,6 +145,10 @@ pub struct CaseResult {
     /// timed runs); absent in reports written before it was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_device_bytes: Option<u64>,
+    /// The most bytes of the pool's buffers in use at once during the case, without the idle buffers kept
+    /// for reuse (the figure PyTorch's `torch.cuda.max_memory_allocated` gives); absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_in_use_bytes: Option<u64>,
 }
 
 impl CaseResult {
@@ -173,6 +177,7 @@ impl CaseResult {
             roofline_fraction: f64::NAN,
             bound: String::new(),
             peak_device_bytes: None,
+            peak_in_use_bytes: None,
         };
         r.relate(roofline);
         r
