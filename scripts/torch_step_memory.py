@@ -51,10 +51,11 @@ def setup(size):
     return net, x, y, DeepSupervisionLoss(paper_loss)
 
 
-def kept_bytes(size):
-    """Bytes of the weights, and of the storages the forward and loss save for the backward (not the
-    weights' or the input's)."""
+def measure(size):
+    """One first training step: the bytes of the weights, of the storages its forward and loss save for the
+    backward (not the weights' or the input's), and MemTracker's peak over the whole step by kind."""
     net, x, y, loss_fn = setup(size)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
     weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
     weights.add(x.untyped_storage().data_ptr())
     saved = {}
@@ -65,37 +66,28 @@ def kept_bytes(size):
             saved[s.data_ptr()] = s.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(net(x), y)
-    del loss
-    return sum(p.numel() * p.element_size() for p in net.parameters()), sum(saved.values())
-
-
-def step_peak(size):
-    """MemTracker's peak over one first training step: bytes by kind and in all."""
-    net, x, y, loss_fn = setup(size)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
     tracker = MemTracker()
     tracker.track_external(net, opt, x, y)
     with tracker:
-        loss = loss_fn(net(x), y)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         del loss
     peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
-    return {str(k).split(".")[-1]: v for k, v in peak.items()}
+    weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    return weight_bytes, sum(saved.values()), {str(k).split(".")[-1]: v for k, v in peak.items()}
 
 
 def main():
     sizes = [int(s) for s in sys.argv[1:]] or [32, 64, 128]
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     for s in sizes:
-        weights, kept = kept_bytes(s)
+        weights, kept, peak = measure(s)
         voxels = 2 * s**3
         print(f"[2, 1, {s}^3]: weights {weights / MIB:.1f} MiB; kept by the forward and loss for the backward "
               f"{kept / MIB:.1f} MiB ({kept / voxels:.1f} bytes per voxel of the batch)", flush=True)
-        peak = step_peak(s)
         kinds = ", ".join(f"{k.lower()} {v / MIB:.1f}" for k, v in peak.items() if k != "Total" and v > 0)
         print(f"[2, 1, {s}^3] one training step: peak {peak['Total'] / MIB:.1f} MiB ({kinds} MiB)", flush=True)
 
