@@ -4,8 +4,9 @@
 //! storage binding of 512 MiB, more than lavapipe's 128), carried to the paper's 128^3 from what the forward
 //! keeps: every tensor the forward and its loss keep for the backward is voxels x channels, so those bytes
 //! per voxel do not depend on the patch (the output checks this across the sizes given), and the
-//! weight-sized buffers are six copies of the weights whatever the patch (the weights, their gradients,
-//! AdamW's packed copies of both, its two moments; PyTorch's in-place AdamW has four). Also each size's
+//! weight-sized buffers through the backward are four copies of the weights whatever the patch (the
+//! weights, their gradients and AdamW's two moments, as PyTorch's in-place AdamW; AdamW's packed copies of
+//! the weights and gradients exist only during its update, after the activations are gone). Also each size's
 //! measured peaks over a whole first step: the bytes in use at once (PyTorch's `max_memory_allocated` is the
 //! like figure) and the pool's device memory, which also counts idle buffers kept for reuse.
 //!
@@ -19,9 +20,10 @@ use calibseg::train::{train_step, TrainLoss};
 use calibseg::{Gpu, Tensor};
 
 const MIB: f64 = (1u64 << 20) as f64;
-/// Buffers the size of the weights that a training step holds: the weights, their gradients, AdamW's packed
-/// copies of both (`nn::AdamW` updates packs, one dispatch each) and its two moments.
-const WEIGHT_COPIES: f64 = 6.0;
+/// Buffers the size of the weights that a training step holds through the backward: the weights, their
+/// gradients and AdamW's two moments (its packed copies of the weights and gradients, for one dispatch per
+/// pack, are taken from the pool during its update only).
+const WEIGHT_COPIES: f64 = 4.0;
 const PAPER_SIZE: usize = 128;
 
 /// The paper's network on a fresh device (an empty pool), an input batch `[2, 1, s, s, s]` and its labels.
@@ -115,8 +117,8 @@ fn main() -> calibseg::Result<()> {
         .max_by_key(|&(s, _, _)| s)
         .expect("at least one size");
     println!(
-        "[2, 1, {PAPER_SIZE}^3] at the largest size's bytes per voxel: kept {:.2} GiB; with the six \
-         weight-sized buffers (6 x {:.1} MiB) {:.2} GiB",
+        "[2, 1, {PAPER_SIZE}^3] at the largest size's bytes per voxel: kept {:.2} GiB; with the four \
+         weight-sized buffers (4 x {:.1} MiB) {:.2} GiB",
         per_voxel * paper_voxels / MIB / 1024.0,
         weights as f64 / MIB,
         (per_voxel * paper_voxels + WEIGHT_COPIES * weights as f64) / MIB / 1024.0

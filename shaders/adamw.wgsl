@@ -1,11 +1,12 @@
 // AdamW (PyTorch's algorithm, decoupled weight decay), one invocation per parameter element, over a run
-// of `n` elements from `base` of buffers packing many parameters:
+// of `n` elements: from `base` of the gradients and parameters (one parameter's own buffers, or buffers
+// packing many) and from `moment_base` of the moments (packed for all parameters):
 //   p -= lr * wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - b_i^step.
 
 struct Params {
     n: u32,       // elements to update
-    base: u32,    // first element (packed buffers hold many parameters)
+    base: u32,    // first element of the gradients and parameters
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -13,9 +14,9 @@ struct Params {
     weight_decay: f32,
     bc1: f32,
     bc2_sqrt: f32,
+    moment_base: u32, // first element of the moments
     _pad1: u32,
     _pad2: u32,
-    _pad3: u32,
 }
 
 const WG: u32 = 256u;
@@ -34,13 +35,14 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let i = p.base + k;
+    let j = p.moment_base + k;
     let g = grad[i];
     var w = param[i];
     w -= p.lr * p.weight_decay * w;
-    let m = p.beta1 * m1[i] + (1.0 - p.beta1) * g;
-    let v = p.beta2 * m2[i] + (1.0 - p.beta2) * g * g;
-    m1[i] = m;
-    m2[i] = v;
+    let m = p.beta1 * m1[j] + (1.0 - p.beta1) * g;
+    let v = p.beta2 * m2[j] + (1.0 - p.beta2) * g * g;
+    m1[j] = m;
+    m2[j] = v;
     w -= (p.lr / p.bc1) * m / (sqrt(v) / p.bc2_sqrt + p.eps);
     param[i] = w;
 }

@@ -1,8 +1,10 @@
 //! AdamW as PyTorch computes it (`torch.optim.AdamW`, default hyper-parameters, decoupled weight decay),
-//! multi-tensor: the moments of all parameters live packed in one buffer pair, each step copies the
-//! gradients and parameters into packed buffers (recorded copies), updates every element in one dispatch
-//! per pack (`shaders/adamw.wgsl`) and copies the parameters back. Same arithmetic per element as one
-//! kernel per tensor, so the same bits.
+//! multi-tensor: the moments of all parameters live packed in one buffer pair. Each step updates every
+//! large parameter in place (one dispatch each, `shaders/adamw.wgsl`, its moments at its place in the
+//! pack) and the small ones together: it copies their gradients and values into packed buffers taken from
+//! the pool for the step (recorded copies), updates each run of them in one dispatch and copies the values
+//! back. Same arithmetic per element either way, so the same bits; and besides the parameters and their
+//! gradients the optimiser holds its two moments alone, as PyTorch's in-place AdamW does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -54,7 +56,8 @@ struct Params {
     weight_decay: f32,
     bc1: f32,
     bc2_sqrt: f32,
-    _pad1: [u32; 3],
+    moment_base: u32,
+    _pad1: [u32; 2],
 }
 
 /// Where a parameter's elements sit in the packed buffers.
@@ -66,10 +69,8 @@ struct Slot {
     numel: usize,
 }
 
-/// Packed gradients, parameters and moments of a set of parameters (at most one storage binding each).
+/// The packed moments of a set of parameters (at most one storage binding each).
 struct Pack {
-    grads: Tensor,
-    params: Tensor,
     m: Tensor,
     v: Tensor,
     len: usize,
@@ -241,62 +242,87 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         let k = gpu.kernel(&shaders::ADAMW, "", "step", &[])?;
+        let update = |n: usize, base: usize, moment_base: usize| Params {
+            n: n as u32,
+            base: base as u32,
+            lr: c.lr as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            weight_decay: c.weight_decay as f32,
+            bc1: bc1 as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            moment_base: moment_base as u32,
+            _pad1: [0; 2],
+        };
+        let groups = |n: usize| n.div_ceil(WORKGROUP_SIZE as usize) as u32;
+        // The small parameters' packed gradients and parameters, alive until the batch is submitted
+        // (declared before it, so dropped after it).
+        let mut scratch = Vec::new();
         let mut b = gpu.batch("adamw");
-        // Runs of consecutive elements to update, per pack (parameters without a gradient are skipped).
-        let mut runs: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.packs.len()];
-        let mut slots: Vec<Slot> = active.iter().map(|(v, _)| self.slots[&v.id()]).collect();
-        for (slot, (v, g)) in slots.iter().zip(&active) {
+        // Large parameters are updated where they are, one dispatch each; the small ones per pack, gathered
+        // into packed buffers so that each run of them is one dispatch.
+        let mut small: Vec<Vec<(Slot, &Var, &Tensor)>> = vec![Vec::new(); self.packs.len()];
+        for (v, g) in &active {
+            let slot = self.slots[&v.id()];
             self.stepped.insert(v.id());
             if slot.numel == 0 {
                 continue;
             }
-            let pack = &self.packs[slot.pack];
-            let (at, bytes) = (slot.offset as u64 * 4, slot.numel as u64 * 4);
-            b.copy_buffer_to_buffer(g.buffer(), 0, pack.grads.buffer(), at, bytes);
-            b.copy_buffer_to_buffer(v.tensor().buffer(), 0, pack.params.buffer(), at, bytes);
-        }
-        slots.sort_by_key(|s| (s.pack, s.offset));
-        for s in slots.iter().filter(|s| s.numel > 0) {
-            let r = &mut runs[s.pack];
-            match r.last_mut() {
-                Some((start, len)) if *start + *len == s.offset => *len += s.numel,
-                _ => r.push((s.offset, s.numel)),
-            }
-        }
-        for (pack, runs) in self.packs.iter().zip(&runs) {
-            for &(start, len) in runs {
-                let params = Params {
-                    n: len as u32,
-                    base: start as u32,
-                    lr: c.lr as f32,
-                    beta1: c.beta1 as f32,
-                    beta2: c.beta2 as f32,
-                    eps: c.eps as f32,
-                    weight_decay: c.weight_decay as f32,
-                    bc1: bc1 as f32,
-                    bc2_sqrt: bc2.sqrt() as f32,
-                    _pad1: [0; 3],
-                };
-                b.dispatch_tensors(
-                    &k,
-                    &params,
-                    &[&pack.grads, &pack.params, &pack.m, &pack.v],
-                    len.div_ceil(WORKGROUP_SIZE as usize) as u32,
-                )?;
-            }
-        }
-        for (slot, (v, _)) in active.iter().map(|(v, g)| (self.slots[&v.id()], (v, g))) {
-            if slot.numel == 0 {
+            if slot.numel < IN_PLACE_ELEMENTS {
+                small[slot.pack].push((slot, *v, *g));
                 continue;
             }
             let pack = &self.packs[slot.pack];
-            b.copy_buffer_to_buffer(
-                pack.params.buffer(),
-                slot.offset as u64 * 4,
-                v.tensor().buffer(),
-                0,
-                slot.numel as u64 * 4,
-            );
+            b.dispatch_tensors(
+                &k,
+                &update(slot.numel, 0, slot.offset),
+                &[g, v.tensor(), &pack.m, &pack.v],
+                groups(slot.numel),
+            )?;
+        }
+        for (pack, list) in self.packs.iter().zip(&mut small) {
+            if list.is_empty() {
+                continue;
+            }
+            list.sort_by_key(|(slot, _, _)| slot.offset);
+            let len: usize = list.iter().map(|(slot, _, _)| slot.numel).sum();
+            let grads = Tensor::uninit(&gpu, &[len], DType::F32)?;
+            let packed = Tensor::uninit(&gpu, &[len], DType::F32)?;
+            // Runs (first packed element, first moment, length) consecutive in both.
+            let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+            let mut at = 0;
+            for (slot, v, g) in list.iter() {
+                let (to, bytes) = (at as u64 * 4, slot.numel as u64 * 4);
+                b.copy_buffer_to_buffer(g.buffer(), 0, grads.buffer(), to, bytes);
+                b.copy_buffer_to_buffer(v.tensor().buffer(), 0, packed.buffer(), to, bytes);
+                match runs.last_mut() {
+                    Some((_, moment, n)) if *moment + *n == slot.offset => *n += slot.numel,
+                    _ => runs.push((at, slot.offset, slot.numel)),
+                }
+                at += slot.numel;
+            }
+            for &(start, moment, n) in &runs {
+                b.dispatch_tensors(
+                    &k,
+                    &update(n, start, moment),
+                    &[&grads, &packed, &pack.m, &pack.v],
+                    groups(n),
+                )?;
+            }
+            let mut at = 0;
+            for (slot, v, _) in list.iter() {
+                let bytes = slot.numel as u64 * 4;
+                b.copy_buffer_to_buffer(
+                    packed.buffer(),
+                    at as u64 * 4,
+                    v.tensor().buffer(),
+                    0,
+                    bytes,
+                );
+                at += slot.numel;
+            }
+            scratch.push((grads, packed));
         }
         b.submit()
     }
@@ -332,6 +358,13 @@ impl AdamW {
         Ok(())
     }
 }
+
+/// Parameters with at least this many elements are updated in place, one dispatch each, rather than copied
+/// into and out of a pack: a step then never holds packed copies of the large weights, so its memory
+/// through the update is the parameters, gradients and moments (as PyTorch's in-place AdamW), and their
+/// bytes are not copied twice. The small ones (biases, norms, thin kernels) stay packed, keeping the
+/// dispatches per step few.
+const IN_PLACE_ELEMENTS: usize = 1 << 16;
 
 /// Most elements per pack: one storage binding (and a u32 index).
 fn max_pack_elems(vars: &[&Var]) -> usize {
@@ -387,8 +420,6 @@ fn layout(
 fn new_pack(gpu: &Gpu, len: usize) -> Result<Pack> {
     let shape = [len.max(1)];
     Ok(Pack {
-        grads: Tensor::uninit(gpu, &shape, DType::F32)?,
-        params: Tensor::uninit(gpu, &shape, DType::F32)?,
         m: Tensor::uninit(gpu, &shape, DType::F32)?,
         v: Tensor::uninit(gpu, &shape, DType::F32)?,
         len,
@@ -411,6 +442,6 @@ mod layout_tests {
 
     #[test]
     fn params_layout_matches_the_wgsl() {
-        assert_layout!(Params, shaders::ADAMW.first_variant(), "Params"; n, base, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, _pad1);
+        assert_layout!(Params, shaders::ADAMW.first_variant(), "Params"; n, base, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt, moment_base, _pad1);
     }
 }

@@ -102,9 +102,14 @@ fn adamw_ref(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f32], step: i32, 
 fn adamw_matches_pytorch_algorithm() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(3);
-    let n = 1000;
-    let init = rng.normals(n, 1.0);
-    let var = Var::parameter(Tensor::from_f32(&gpu, &[n], &init).unwrap());
+    // A small parameter (updated in a pack) and a large one (updated in place, one dispatch of its own).
+    let sizes = [1000, 70_000];
+    let inits: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.normals(n, 1.0)).collect();
+    let vars: Vec<Var> = sizes
+        .iter()
+        .zip(&inits)
+        .map(|(&n, init)| Var::parameter(Tensor::from_f32(&gpu, &[n], init).unwrap()))
+        .collect();
     let untouched = Var::parameter(Tensor::from_f32(&gpu, &[2], &[5.0, 6.0]).unwrap());
     let config = AdamWConfig {
         lr: 0.05,
@@ -114,22 +119,37 @@ fn adamw_matches_pytorch_algorithm() {
     assert_eq!(AdamWConfig::default().lr, 1e-3);
     assert_eq!(AdamWConfig::default().weight_decay, 1e-2);
     let mut opt = AdamW::new(config);
-    let mut p: Vec<f64> = init.iter().map(|&a| a as f64).collect();
-    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    let mut state: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = inits
+        .iter()
+        .map(|init| {
+            let n = init.len();
+            (
+                init.iter().map(|&a| a as f64).collect(),
+                vec![0.0; n],
+                vec![0.0; n],
+            )
+        })
+        .collect();
+    let mut all = vars.clone();
+    all.push(untouched.clone());
     for step in 1..=5 {
-        let g = rng.normals(n, if step == 3 { 1e-6 } else { 1.0 });
         let mut grads = Grads::default();
-        grads.insert(&var, Tensor::from_f32(&gpu, &[n], &g).unwrap());
-        opt.step(&[var.clone(), untouched.clone()], &grads).unwrap();
-        adamw_ref(&mut p, &mut m, &mut v, &g, step, &config);
+        for (var, (p, m, v)) in vars.iter().zip(&mut state) {
+            let g = rng.normals(p.len(), if step == 3 { 1e-6 } else { 1.0 });
+            grads.insert(var, Tensor::from_f32(&gpu, &[p.len()], &g).unwrap());
+            adamw_ref(p, m, v, &g, step, &config);
+        }
+        opt.step(&all, &grads).unwrap();
     }
     assert_eq!(opt.steps(), 5);
-    assert_close(
-        &var.tensor().to_vec_f32().unwrap(),
-        &p,
-        Tol::abs(1e-5),
-        "AdamW parameters",
-    );
+    for ((var, (p, _, _)), n) in vars.iter().zip(&state).zip(sizes) {
+        assert_close(
+            &var.tensor().to_vec_f32().unwrap(),
+            p,
+            Tol::abs(1e-5),
+            &format!("AdamW parameters ({n} elements)"),
+        );
+    }
     assert_eq!(untouched.tensor().to_vec_f32().unwrap(), vec![5.0, 6.0]);
 }
 

@@ -259,6 +259,46 @@ fn adamw_steps_only_parameters_with_gradients_and_resumes_bit_exactly() {
 }
 
 #[test]
+fn adamw_holds_no_packed_copies_of_its_parameters() {
+    let Some(gpu) = own_gpu() else { return };
+    // A large parameter (updated in place) and a small one (updated in a pack); one moment pack of
+    // 81920 elements. Every buffer is exactly its pool bucket.
+    let sizes = [65_536, 16_384];
+    let vars: Vec<Var> = sizes
+        .iter()
+        .map(|&n| Var::parameter(Tensor::from_f32(&gpu, &[n], &vec![0.5; n]).unwrap()))
+        .collect();
+    let param_bytes = 4 * (65_536 + 16_384);
+    let mut opt = AdamW::new(AdamWConfig::default());
+    for step in 0..2 {
+        let mut grads = calibseg::autograd::Grads::default();
+        for (v, &n) in vars.iter().zip(&sizes) {
+            grads.insert(v, Tensor::from_f32(&gpu, &[n], &vec![0.25; n]).unwrap());
+        }
+        gpu.synchronize().unwrap();
+        gpu.reset_pool_peak();
+        opt.step(&vars, &grads).unwrap();
+        gpu.synchronize().unwrap();
+        let stats = gpu.pool_stats();
+        // Through the update: the parameters, their gradients, the moments (2 x 320 KiB) and the small
+        // parameter's packed gradient and value (2 x 64 KiB), but no packed copy of the large one.
+        let moments = 2 * 4 * 81_920;
+        assert_eq!(
+            stats.peak_in_use_bytes,
+            2 * param_bytes + moments + 2 * 4 * 16_384,
+            "step {step}: {stats:?}"
+        );
+        // After it, with the gradients gone: the parameters and the moments only.
+        drop(grads);
+        assert_eq!(
+            gpu.pool_stats().in_use_bytes(),
+            param_bytes + moments,
+            "after step {step}"
+        );
+    }
+}
+
+#[test]
 fn deep_supervision_on_the_tape_matches_the_per_level_losses() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(21);
