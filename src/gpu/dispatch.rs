@@ -34,8 +34,10 @@ pub const WORKGROUP_SIZE: u32 = 256;
 pub const FLUSH_DISPATCHES: usize = 1024;
 
 /// Bytes of buffers released (and held back from reuse) while work is pending after which a recording
-/// scope submits, so memory stays bounded in long recordings of large tensors.
-pub const FLUSH_HELD_BYTES: u64 = 512 << 20;
+/// scope submits, so memory stays bounded in long recordings of large tensors. 128 MiB: at the paper's
+/// patches a step's peak is then within a few percent of PyTorch's (512 MiB held it 14% above at 80^3,
+/// BENCHMARKS.md), and steps on smaller tensors never reach it, so they keep their one submission.
+pub const FLUSH_HELD_BYTES: u64 = 128 << 20;
 
 /// Bind groups kept for reuse; the cache is emptied when it grows past this.
 const BIND_GROUP_CACHE: usize = 2048;
