@@ -5,8 +5,8 @@
 //! keeps: every tensor the forward and its loss keep for the backward is voxels x channels, so those bytes
 //! per voxel do not depend on the patch (the output checks this across the sizes given), and the
 //! weight-sized buffers through the backward are four copies of the weights whatever the patch (the
-//! weights, their gradients and AdamW's two moments, as PyTorch's in-place AdamW; AdamW's packed copies of
-//! the weights and gradients exist only during its update, after the activations are gone). Also each size's
+//! weights, their gradients and AdamW's two moments, as PyTorch's in-place AdamW; AdamW updates the large
+//! parameters in place and packs only the small ones, during its update). Also each size's
 //! measured peaks over a whole first step: the bytes in use at once (PyTorch's `max_memory_allocated` is the
 //! like figure) and the pool's device memory, which also counts idle buffers kept for reuse.
 //!
@@ -21,8 +21,8 @@ use calibseg::{Gpu, Tensor};
 
 const MIB: f64 = (1u64 << 20) as f64;
 /// Buffers the size of the weights that a training step holds through the backward: the weights, their
-/// gradients and AdamW's two moments (its packed copies of the weights and gradients, for one dispatch per
-/// pack, are taken from the pool during its update only).
+/// gradients and AdamW's two moments (it updates the large parameters in place; the small ones' packed
+/// copies are taken from the pool during its update only).
 const WEIGHT_COPIES: f64 = 4.0;
 const PAPER_SIZE: usize = 128;
 

@@ -4,7 +4,8 @@
 //! pack) and the small ones together: it copies their gradients and values into packed buffers taken from
 //! the pool for the step (recorded copies), updates each run of them in one dispatch and copies the values
 //! back. Same arithmetic per element either way, so the same bits; and besides the parameters and their
-//! gradients the optimiser holds its two moments alone, as PyTorch's in-place AdamW does.
+//! gradients the optimiser holds its two moments alone, as PyTorch's in-place AdamW does (and, during an
+//! update, the small parameters' packed copies).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
