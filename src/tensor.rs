@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, PooledBuffer};
+use crate::gpu::{FirstWrite, Gpu, PooledBuffer};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,8 +82,19 @@ pub fn numel(shape: &[usize]) -> Result<usize> {
 }
 
 impl Tensor {
-    /// An uninitialised tensor (contents are whatever the pooled buffer held).
+    /// An uninitialised tensor (contents are whatever the pooled buffer held), for GPU work to fill.
+    ///
+    /// Inside a batching scope ([`Gpu::batching`]) its buffer may be one that recorded work not yet
+    /// submitted still reads, which is safe for anything recorded after it: calibseg's ops, clears and
+    /// copies, your own batches, and [`Tensor::write_f32`] (which submits the pending work first). A
+    /// `queue.write_buffer` of your own into [`Tensor::buffer`] lands before the pending work runs: call
+    /// [`Gpu::flush`] first, or make the tensor with [`Tensor::from_slice`].
     pub fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Self> {
+        Self::pooled(gpu, shape, dtype, FirstWrite::Recorded)
+    }
+
+    /// A tensor on a pooled buffer that `first` writes first.
+    fn pooled(gpu: &Gpu, shape: &[usize], dtype: DType, first: FirstWrite) -> Result<Self> {
         let n = numel(shape)?;
         let bytes = (n as u64)
             .checked_mul(dtype.size() as u64)
@@ -98,7 +109,7 @@ impl Tensor {
                 limit,
             });
         }
-        let buf = gpu.inner.pool.get(gpu.device(), bytes);
+        let buf = gpu.inner.pool.get(gpu.device(), bytes, first);
         Ok(Tensor {
             gpu: gpu.clone(),
             buf: Arc::new(buf),
@@ -177,7 +188,8 @@ impl Tensor {
                 data.len()
             )));
         }
-        let t = Self::uninit(gpu, shape, T::DTYPE)?;
+        // A buffer no pending work uses: the upload lands before that work runs.
+        let t = Self::pooled(gpu, shape, T::DTYPE, FirstWrite::Host)?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         if bytes.len().is_multiple_of(4) {
             gpu.queue().write_buffer(t.buffer(), 0, bytes);
@@ -285,7 +297,8 @@ impl Tensor {
         &self.gpu
     }
 
-    /// The underlying buffer.
+    /// The underlying buffer. Write into it with recorded GPU work; a `queue.write_buffer` needs
+    /// [`Gpu::flush`] first inside a batching scope (see [`Tensor::uninit`]).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buf.buffer
     }

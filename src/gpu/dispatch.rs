@@ -14,9 +14,10 @@
 //! offset and bound buffer windows, so a repeated step creates none.
 //!
 //! Pool safety: while recorded work is pending, buffers released to the pool are held back
-//! (`BufferPool::hold`) and only become reusable once that work is submitted, so no pending command ever
-//! sees its buffer handed to another tensor (and written by a `queue.write_buffer`, which lands before
-//! pending commands run).
+//! (`BufferPool::hold`) from host uploads until that work is submitted, since a `queue.write_buffer` lands
+//! before pending commands run. A tensor that recorded work fills ([`Tensor::uninit`]) may take one: every
+//! batch, from any thread, joins the pending submission or reaches the queue after it, so its writes run
+//! after the pending commands that still read the buffer.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -33,7 +34,7 @@ pub const WORKGROUP_SIZE: u32 = 256;
 /// Pending dispatches after which a batching scope submits what it has (as cubecl bounds its batches).
 pub const FLUSH_DISPATCHES: usize = 1024;
 
-/// Bytes of buffers released (and held back from reuse) while work is pending after which a recording
+/// Bytes of buffers released (and held back from host uploads) while work is pending after which a recording
 /// scope submits, so memory stays bounded in long recordings of large tensors. 128 MiB: at the paper's
 /// patches a step's peak is then within a few percent of PyTorch's (512 MiB held it 14% above at 80^3,
 /// BENCHMARKS.md), and steps on smaller tensors never reach it, so they keep their one submission.

@@ -17,6 +17,6 @@ pub use dispatch::{
     WORKGROUP_SIZE,
 };
 pub use pipeline::{GeneratedModule, Kernel};
-pub(crate) use pool::PooledBuffer;
+pub(crate) use pool::{FirstWrite, PooledBuffer};
 pub use pool::{PoolStats, STORAGE_USAGE};
 pub use timer::{time_gpu, PassTiming};

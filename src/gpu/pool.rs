@@ -3,9 +3,11 @@
 //! Sizes are rounded up to one of four buckets per power of two (at most 25% waste); a dropped tensor's
 //! buffer goes back to its bucket. Reuse is safe without fences because wgpu executes submissions in order:
 //! a buffer released while recorded work is still pending (see `Gpu::batching`) is held back until that work
-//! has been submitted, and only then becomes reusable.
+//! has been submitted. Until then only a buffer that recorded GPU work will fill may reuse it
+//! ([`FirstWrite::Recorded`]): that work runs after the pending commands that still use it. A host upload
+//! ([`FirstWrite::Host`]) lands before them, so it gets a buffer no pending work uses.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Storage buffers are readable, writable, and copyable both ways.
@@ -48,8 +50,8 @@ struct PoolState {
     stats: PoolStats,
     /// Whether released buffers are held back (recorded work is pending).
     holding: bool,
-    /// Buffers released while holding, in release order.
-    held: Vec<wgpu::Buffer>,
+    /// Buffers released while holding, by size, each size's in release order.
+    held: BTreeMap<u64, Vec<wgpu::Buffer>>,
     held_bytes: u64,
 }
 
@@ -83,7 +85,7 @@ impl Drop for PooledBuffer {
         let size = self.buffer.size();
         if s.holding {
             s.held_bytes += size;
-            s.held.push(self.buffer.clone());
+            s.held.entry(size).or_default().push(self.buffer.clone());
             return;
         }
         s.give_back(self.buffer.clone());
@@ -116,10 +118,35 @@ pub(crate) fn bucket(bytes: u64) -> u64 {
     b.div_ceil(step) * step
 }
 
+/// What first writes a buffer the pool hands out, which decides whether it may be one that recorded work
+/// not yet submitted still uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FirstWrite {
+    /// GPU work recorded after the request (kernels, clears, copies): the queue runs it after every pending
+    /// command, so a held-back buffer may be reused. Taking one keeps the bytes in use where they were.
+    Recorded,
+    /// A host upload (`queue.write_buffer`), which lands before pending commands run: only a buffer that no
+    /// pending work uses.
+    Host,
+}
+
 impl BufferPool {
-    pub(crate) fn get(&self, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
+    pub(crate) fn get(&self, device: &wgpu::Device, bytes: u64, first: FirstWrite) -> PooledBuffer {
         let size = bucket(bytes);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let held = match first {
+            FirstWrite::Recorded => s.held.get_mut(&size).and_then(|v| v.pop()),
+            FirstWrite::Host => None,
+        };
+        if let Some(b) = held {
+            // Counted in use while held back, so the bytes in use do not change.
+            s.held_bytes -= size;
+            s.stats.reuses += 1;
+            return PooledBuffer {
+                buffer: b,
+                pool: Arc::downgrade(&self.state),
+            };
+        }
         let reused = s.free.get_mut(&size).and_then(|v| v.pop());
         let buffer = match reused {
             Some(b) => {
@@ -158,7 +185,7 @@ impl BufferPool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.holding = false;
         s.held_bytes = 0;
-        for b in std::mem::take(&mut s.held) {
+        for b in std::mem::take(&mut s.held).into_values().flatten() {
             s.give_back(b);
         }
     }

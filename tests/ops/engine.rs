@@ -147,6 +147,48 @@ fn buffers_released_while_work_is_pending_are_not_reused_until_it_is_submitted()
 }
 
 #[test]
+fn outputs_of_recorded_work_reuse_buffers_that_pending_work_released() {
+    let Some(gpu) = own_gpu() else { return };
+    // 1000 f32 are 4000 bytes: one 4096-byte pool bucket each.
+    let n = 1000;
+    let bucket = 4096;
+    let x_host: Vec<f32> = (0..n).map(|i| i as f32 - 500.0).collect();
+    let x = Tensor::from_f32(&gpu, &[n], &x_host).unwrap();
+    gpu.synchronize().unwrap();
+    gpu.reset_pool_peak();
+    let before = gpu.pool_stats();
+    let steps = 50;
+    let batch_scope = gpu.batching();
+    let mut y = x.clone();
+    let mut firsts = Vec::new();
+    for k in 0..steps {
+        // Each sum reads the last one, whose buffer is released (while that read is still pending)
+        // once `y` moves on; the next sum's output may take it.
+        y = ops::add(&y, &x).unwrap();
+        if k < 3 {
+            firsts.push(y.clone());
+        }
+    }
+    // A host upload still gets a buffer of its own, not one a pending sum reads or writes.
+    let z_host: Vec<f32> = (0..n).map(|i| 2.0 * i as f32).collect();
+    let z = Tensor::from_f32(&gpu, &[n], &z_host).unwrap();
+    let stats = gpu.pool_stats();
+    batch_scope.finish().unwrap();
+    // Sums of integers below 2^24: exact in f32, whatever the order.
+    for (k, t) in firsts.iter().enumerate() {
+        let want: Vec<f32> = x_host.iter().map(|v| v * (k + 2) as f32).collect();
+        assert_eq!(t.to_vec_f32().unwrap(), want, "sum {k}");
+    }
+    let want: Vec<f32> = x_host.iter().map(|v| v * (steps + 1) as f32).collect();
+    assert_eq!(y.to_vec_f32().unwrap(), want);
+    assert_eq!(z.to_vec_f32().unwrap(), z_host);
+    // In use at once: the three kept sums, the live `y` and the one being written, then z. Without the
+    // reuse every one of the 50 sums would have had a buffer of its own.
+    assert_eq!(stats.peak_in_use_bytes - before.in_use_bytes(), 6 * bucket);
+    assert_eq!(stats.allocations - before.allocations, 6, "{stats:?}");
+}
+
+#[test]
 fn adamw_steps_only_parameters_with_gradients_and_resumes_bit_exactly() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(9);
