@@ -8,7 +8,7 @@ use calibseg::autograd::{Tape, Var};
 use calibseg::loss::{AceDiceCeLoss, Binning, DeepSupervision, Labels, Loss};
 use calibseg::nn::{AdamW, AdamWConfig, Network, SegResNetDs, SegResNetDsConfig};
 use calibseg::train::{train_step, StepLosses, TrainLoss};
-use calibseg::{ops, Gpu, Tensor};
+use calibseg::{ops, DType, Gpu, Tensor};
 use common::{gpu, Rng};
 
 /// A device of its own (the shared one is used by tests running in parallel, which would move the
@@ -169,6 +169,8 @@ fn outputs_of_recorded_work_reuse_buffers_that_pending_work_released() {
             firsts.push(y.clone());
         }
     }
+    // A clear recorded after them may take a buffer the last sums read: it runs after them.
+    let zeros = Tensor::zeros(&gpu, &[n], DType::F32).unwrap();
     // A host upload still gets a buffer of its own, not one a pending sum reads or writes.
     let z_host: Vec<f32> = (0..n).map(|i| 2.0 * i as f32).collect();
     let z = Tensor::from_f32(&gpu, &[n], &z_host).unwrap();
@@ -182,8 +184,9 @@ fn outputs_of_recorded_work_reuse_buffers_that_pending_work_released() {
     let want: Vec<f32> = x_host.iter().map(|v| v * (steps + 1) as f32).collect();
     assert_eq!(y.to_vec_f32().unwrap(), want);
     assert_eq!(z.to_vec_f32().unwrap(), z_host);
-    // In use at once: the three kept sums, the live `y` and the one being written, then z. Without the
-    // reuse every one of the 50 sums would have had a buffer of its own.
+    assert_eq!(zeros.to_vec_f32().unwrap(), vec![0.0; n]);
+    // In use at once: the three kept sums, the live `y` and the one being written, then z (the zeros took
+    // a released sum's buffer). Without the reuse every one of the 50 sums would have had its own.
     assert_eq!(stats.peak_in_use_bytes - before.in_use_bytes(), 6 * bucket);
     assert_eq!(stats.allocations - before.allocations, 6, "{stats:?}");
 }
