@@ -3,9 +3,9 @@
 //! Sizes are rounded up to one of four buckets per power of two (at most 25% waste); a dropped tensor's
 //! buffer goes back to its bucket. Reuse is safe without fences because wgpu executes submissions in order:
 //! a buffer released while recorded work is still pending (see `Gpu::batching`) is held back until that work
-//! has been submitted. Until then only a buffer that recorded GPU work will fill may reuse it
-//! ([`FirstWrite::Recorded`]): that work runs after the pending commands that still use it. A host upload
-//! ([`FirstWrite::Host`]) lands before them, so it gets a buffer no pending work uses.
+//! has been submitted. Until then it goes only to a tensor that recorded GPU work fills
+//! ([`FirstWrite::Recorded`]): that work runs after the pending commands that still use the buffer. A host
+//! upload ([`FirstWrite::Host`]) lands before them, so it gets a buffer no pending work uses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
