@@ -404,10 +404,15 @@ impl TrainConfig {
         )
     }
 
-    /// Checks that the largest tensors of a training step and of a sliding-window call fit the device's
-    /// buffer limit, before anything is trained.
+    /// Checks that the largest tensors of a training step and of a sliding-window call (the first level's
+    /// activations, or the logits where the classes outnumber `init_filters`) fit the device's buffer limit
+    /// and, since every convolution binds its whole input and output, its storage binding limit, before
+    /// anything is trained.
     pub fn check_device(&self, gpu: &Gpu) -> Result<()> {
-        let limit = gpu.limits().max_buffer_size;
+        let limits = [
+            ("max_buffer_size", gpu.limits().max_buffer_size),
+            ("max_storage_buffer_binding_size", gpu.max_binding_bytes()),
+        ];
         let channels = (self.model.init_filters as u64).max(self.model.out_channels as u64);
         let voxels = |s: &[usize]| s.iter().try_fold(1u64, |a, &n| a.checked_mul(n as u64));
         for (what, count, size) in [
@@ -421,14 +426,14 @@ impl TrainConfig {
             let bytes = voxels(&size)
                 .and_then(|v| v.checked_mul(count as u64 * channels * 4))
                 .unwrap_or(u64::MAX);
-            if bytes > limit {
+            if let Some(&(limit_name, limit)) = limits.iter().find(|&&(_, l)| bytes > l) {
                 return Err(Error::BufferTooLarge {
                     what: format!(
                         "{what} ({count} x {channels} channels x {size:?}: batch or window.sw_batch_size, \
                          init_filters, patch or window.roi)"
                     ),
                     bytes,
-                    limit_name: "max_buffer_size",
+                    limit_name,
                     limit,
                 });
             }

@@ -119,6 +119,46 @@ fn sizes_over_the_device_buffer_limit_are_refused_before_training() {
 }
 
 #[test]
+fn batches_over_the_storage_binding_limit_are_refused_before_training() {
+    let Some(gpu) = gpu() else { return };
+    let (binding, buffer) = (gpu.max_binding_bytes(), gpu.limits().max_buffer_size);
+    // The paper's network width on 64^3 patches, 32 MiB of first activation each (lavapipe binds 128 MiB:
+    // a batch of 5 is refused, 4 fits): the smallest batch over the binding limit.
+    let mut c = tiny(PaperLoss::Baseline);
+    c.model.init_filters = 32;
+    c.patch = [64, 64, 64];
+    let per_patch = 4 * 32 * 64u64.pow(3);
+    c.batch = (binding / per_patch + 1) as usize;
+    if c.batch as u64 * per_patch > buffer {
+        return; // an adapter that binds whole buffers: the max_buffer_size test covers it
+    }
+    let e = c.check_device(&gpu).unwrap_err();
+    let Error::BufferTooLarge {
+        bytes,
+        limit_name,
+        limit,
+        ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(
+        (*bytes, *limit_name, *limit),
+        (
+            c.batch as u64 * per_patch,
+            "max_storage_buffer_binding_size",
+            binding
+        )
+    );
+    assert!(e.to_string().contains("a training batch"), "{e}");
+    // One patch fewer fits (where one patch alone does).
+    if c.batch > 1 {
+        c.batch -= 1;
+        c.check_device(&gpu).unwrap();
+    }
+}
+
+#[test]
 fn huge_init_filters_in_a_predict_config_is_a_one_line_error() {
     let e = SegResNetDsConfig::from_json(r#"{"init_filters": 1000000000, "out_channels": 4}"#)
         .unwrap_err()
