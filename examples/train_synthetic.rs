@@ -112,7 +112,8 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
 /// `train --data` then takes from the cache.
 fn plan_json(config: &TrainConfig) -> String {
     let w = &config.window;
-    let roi: Vec<usize> = w.roi.iter().copied().cycle().take(3).collect();
+    // An empty `window.roi` means the training patch (as `TrainConfig::roi` resolves it); one side means a cube.
+    let roi: Vec<usize> = config.roi().iter().copied().cycle().take(3).collect();
     serde_json::json!({
         "patch": config.patch,
         "batch": config.batch,
@@ -199,6 +200,9 @@ fn main() -> Result<()> {
         args.config.model.init_filters,
         args.config.model.blocks_down
     );
+    // Sizes the device cannot hold are refused before the dataset is written (train checks again).
+    args.config.validate()?;
+    args.config.check_device(&gpu)?;
     let cache = prepare_cache(&args.out, &args.config)?;
     // The run's own keys; patch, batch, model, window and learning rate come from the cache's plan.
     let c = &args.config;
