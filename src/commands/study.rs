@@ -227,6 +227,8 @@ pub fn run_study(
         return Err(Error::invalid("a study needs at least one seed"));
     }
     config.train.validate()?;
+    // Sizes the device cannot hold are refused before the output folder is touched.
+    config.train.check_device(gpu)?;
     prepare_out(out)?;
     let num_bins = config.train.num_bins;
     let mut seeds = Vec::new();

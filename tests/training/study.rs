@@ -110,3 +110,26 @@ fn an_output_folder_with_other_files_is_refused() {
     assert_eq!(std::fs::read(d.join("notes.txt")).unwrap(), b"mine");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_batch_the_device_cannot_bind_is_refused_before_the_folder_is_made() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut cfg = study();
+    // First activations of init 32 on 64^3 patches, 32 MiB each: one batch more than a binding holds.
+    cfg.train.model.init_filters = 32;
+    cfg.train.patch = [64, 64, 64];
+    cfg.train.data.shape = [64, 64, 64];
+    let per_patch = 4 * 32 * 64u64.pow(3);
+    cfg.train.batch = (gpu.max_binding_bytes() / per_patch + 1) as usize;
+    if cfg.train.batch as u64 * per_patch > gpu.limits().max_buffer_size {
+        return; // an adapter that binds whole buffers
+    }
+    let d = temp_dir("study-unbindable");
+    let _ = std::fs::remove_dir_all(&d);
+    let err = run_study(&gpu, &cfg, &d, &mut |_| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("max_storage_buffer_binding_size"),
+        "{err}"
+    );
+    assert!(!d.exists(), "{} was made", d.display());
+}
