@@ -40,7 +40,16 @@ pub trait Network: Send + Sync {
     /// The MONAI constructor's keyword arguments that build the same network in MONAI.
     fn monai_kwargs(&self) -> serde_json::Value;
 
-    /// Checks an input shape against the network: rank, channels and divisibility (typed errors).
+    /// The most channels of a tensor the forward makes at full resolution: its largest tensors are these
+    /// channels x the input's voxels. The default (the input's or the output's channels) suits networks no
+    /// wider there; SegResNetDS and SegResNet return their `init_filters` where it is more.
+    fn full_resolution_channels(&self) -> usize {
+        self.in_channels().max(self.out_channels())
+    }
+
+    /// Checks an input shape against the network: rank, channels and divisibility, and that its largest
+    /// tensors (see [`Network::full_resolution_channels`]) fit one storage binding of the device, since
+    /// every convolution binds its whole input and output (typed errors).
     fn check_input(&self, shape: &[usize]) -> Result<()> {
         let dims = self.spatial_dims();
         if shape.len() != dims + 2 {
@@ -67,6 +76,27 @@ pub trait Network: Send + Sync {
                 "network input spatial size {:?} must be non-empty and divisible by {f} (2^(levels - 1))",
                 &shape[2..]
             )));
+        }
+        let channels = self.full_resolution_channels();
+        let bytes = shape[2..]
+            .iter()
+            .try_fold(shape[0] as u64 * channels as u64 * 4, |a, &s| {
+                a.checked_mul(s as u64)
+            })
+            .unwrap_or(u64::MAX);
+        let limit = self.store().gpu().max_binding_bytes();
+        if bytes > limit {
+            return Err(Error::BufferTooLarge {
+                what: format!(
+                    "a full-resolution activation ({} x {channels} channels x {:?}, f32) of network input \
+                     {shape:?}",
+                    shape[0],
+                    &shape[2..]
+                ),
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit,
+            });
         }
         Ok(())
     }

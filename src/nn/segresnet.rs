@@ -334,6 +334,13 @@ impl Network for SegResNet {
         self.config.spatial_dims
     }
 
+    fn full_resolution_channels(&self) -> usize {
+        self.config
+            .init_filters
+            .max(self.in_channels())
+            .max(self.out_channels())
+    }
+
     fn shape_factor(&self) -> usize {
         1 << (self.config.blocks_down.len() - 1)
     }

@@ -435,6 +435,13 @@ impl Network for SegResNetDs {
         self.config.spatial_dims
     }
 
+    fn full_resolution_channels(&self) -> usize {
+        self.config
+            .init_filters
+            .max(self.in_channels())
+            .max(self.out_channels())
+    }
+
     fn shape_factor(&self) -> usize {
         1 << (self.config.blocks_down.len() - 1)
     }

@@ -118,6 +118,24 @@ fn sizes_over_the_device_buffer_limit_are_refused_before_training() {
     assert!(e.to_string().contains("max_buffer_size"), "{e}");
 }
 
+/// `e` says that `bytes` are over the storage binding limit `binding`.
+fn assert_over_binding(e: &Error, bytes: u64, binding: u64) {
+    let Error::BufferTooLarge {
+        bytes: b,
+        limit_name,
+        limit,
+        ..
+    } = e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(
+        (*b, *limit_name, *limit),
+        (bytes, "max_storage_buffer_binding_size", binding),
+        "{e}"
+    );
+}
+
 #[test]
 fn batches_over_the_storage_binding_limit_are_refused_before_training() {
     let Some(gpu) = gpu() else { return };
@@ -133,23 +151,7 @@ fn batches_over_the_storage_binding_limit_are_refused_before_training() {
         return; // an adapter that binds whole buffers: the max_buffer_size test covers it
     }
     let e = c.check_device(&gpu).unwrap_err();
-    let Error::BufferTooLarge {
-        bytes,
-        limit_name,
-        limit,
-        ..
-    } = &e
-    else {
-        panic!("{e}")
-    };
-    assert_eq!(
-        (*bytes, *limit_name, *limit),
-        (
-            c.batch as u64 * per_patch,
-            "max_storage_buffer_binding_size",
-            binding
-        )
-    );
+    assert_over_binding(&e, c.batch as u64 * per_patch, binding);
     assert!(e.to_string().contains("a training batch"), "{e}");
     // One patch fewer fits (where one patch alone does).
     if c.batch > 1 {
@@ -583,6 +585,41 @@ fn an_input_without_images_is_named_so() {
         .to_string();
     assert!(e.contains("batch size 0"), "{e}");
     assert!(!e.contains("spatial"), "the spatial size is fine: {e}");
+}
+
+#[test]
+fn inputs_whose_activations_no_binding_holds_are_refused_before_the_forward() {
+    let Some(gpu) = gpu() else { return };
+    let binding = gpu.max_binding_bytes();
+    // SegResNetDS and SegResNet of init 32 (wider than their 1 input and 3 output channels) on 32^3
+    // images: 4 MiB of first activation each, so one image more than a binding holds is refused.
+    let per_image = 4 * 32 * 32u64.pow(3);
+    let batch = (binding / per_image + 1) as usize;
+    if batch as u64 * per_image > gpu.limits().max_buffer_size {
+        return; // an adapter that binds whole buffers
+    }
+    let mut ds = tiny(PaperLoss::Baseline).model;
+    ds.init_filters = 32;
+    let ds = SegResNetDs::new(&gpu, ds, 0).unwrap();
+    let plain = calibseg::nn::SegResNet::new(
+        &gpu,
+        calibseg::nn::SegResNetConfig {
+            init_filters: 32,
+            out_channels: 3,
+            blocks_down: vec![1, 1],
+            blocks_up: vec![1],
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
+    for net in [&ds as &dyn Network, &plain] {
+        assert_eq!(net.full_resolution_channels(), 32);
+        let e = net.check_input(&[batch, 1, 32, 32, 32]).unwrap_err();
+        assert_over_binding(&e, batch as u64 * per_image, binding);
+        assert!(e.to_string().contains("32 channels"), "{e}");
+        net.check_input(&[batch - 1, 1, 32, 32, 32]).unwrap();
+    }
 }
 
 /// The default run's TOML with one line changed: a number replaced, a line dropped or repeated, or the text
