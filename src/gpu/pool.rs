@@ -138,36 +138,28 @@ impl BufferPool {
             FirstWrite::Recorded => s.held.get_mut(&size).and_then(|v| v.pop()),
             FirstWrite::Host => None,
         };
-        if let Some(b) = held {
+        let buffer = if let Some(b) = held {
             // Counted in use while held back, so the bytes in use do not change.
             s.held_bytes -= size;
             s.stats.reuses += 1;
-            return PooledBuffer {
-                buffer: b,
-                pool: Arc::downgrade(&self.state),
-            };
-        }
-        let reused = s.free.get_mut(&size).and_then(|v| v.pop());
-        let buffer = match reused {
-            Some(b) => {
-                s.stats.reuses += 1;
-                s.stats.idle_bytes -= size;
-                s.note_in_use();
-                b
-            }
-            None => {
-                s.stats.allocations += 1;
-                s.stats.device_bytes += size;
-                s.stats.peak_device_bytes = s.stats.peak_device_bytes.max(s.stats.device_bytes);
-                s.note_in_use();
-                drop(s);
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("calibseg tensor"),
-                    size,
-                    usage: STORAGE_USAGE,
-                    mapped_at_creation: false,
-                })
-            }
+            b
+        } else if let Some(b) = s.free.get_mut(&size).and_then(|v| v.pop()) {
+            s.stats.reuses += 1;
+            s.stats.idle_bytes -= size;
+            s.note_in_use();
+            b
+        } else {
+            s.stats.allocations += 1;
+            s.stats.device_bytes += size;
+            s.stats.peak_device_bytes = s.stats.peak_device_bytes.max(s.stats.device_bytes);
+            s.note_in_use();
+            drop(s);
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("calibseg tensor"),
+                size,
+                usage: STORAGE_USAGE,
+                mapped_at_creation: false,
+            })
         };
         PooledBuffer {
             buffer,
