@@ -78,11 +78,11 @@ pub trait Network: Send + Sync {
             )));
         }
         let channels = self.full_resolution_channels();
-        let bytes = shape[2..]
+        // Every factor checked: the batch comes from the caller's shape, unbounded.
+        let bytes = [shape[0], channels]
             .iter()
-            .try_fold(shape[0] as u64 * channels as u64 * 4, |a, &s| {
-                a.checked_mul(s as u64)
-            })
+            .chain(&shape[2..])
+            .try_fold(4u64, |a, &s| a.checked_mul(s as u64))
             .unwrap_or(u64::MAX);
         let limit = self.store().gpu().max_binding_bytes();
         if bytes > limit {

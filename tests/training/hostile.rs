@@ -619,6 +619,9 @@ fn inputs_whose_activations_no_binding_holds_are_refused_before_the_forward() {
         assert_over_binding(&e, batch as u64 * per_image, binding);
         assert!(e.to_string().contains("32 channels"), "{e}");
         net.check_input(&[batch - 1, 1, 32, 32, 32]).unwrap();
+        // A batch whose bytes overflow u64 is refused, not wrapped round (2^62 x 32 x 4 is 0 mod 2^64).
+        let e = net.check_input(&[1 << 62, 1, 32, 32, 32]).unwrap_err();
+        assert_over_binding(&e, u64::MAX, binding);
     }
 }
 
