@@ -55,13 +55,10 @@ fn eval_forward<'n>(
     }
 }
 
-/// Error unless windows `w` suit the network for an input `[B, C_in, ...]` whose first two sizes are
-/// `batch_channels`: one window size per spatial dimension, and a window the network accepts.
-fn check_window(
-    net: &dyn Network,
-    batch_channels: &[usize],
-    w: &SlidingWindowConfig,
-) -> Result<()> {
+/// Error unless windows `w` suit the network for an input of shape `shape` (`[B, C_in, spatial...]`): one
+/// window size per spatial dimension, and the largest batch of windows the predictor is given
+/// (`sw_batch_size`, or every window of the input where there are fewer) a batch the network accepts.
+fn check_window(net: &dyn Network, shape: &[usize], w: &SlidingWindowConfig) -> Result<()> {
     if w.roi_size.len() != net.spatial_dims() {
         return Err(Error::invalid(format!(
             "--roi {:?} has {} sizes; the network has {} spatial dimensions",
@@ -70,12 +67,18 @@ fn check_window(
             net.spatial_dims()
         )));
     }
-    let mut s = batch_channels.to_vec();
+    if shape.len() != net.spatial_dims() + 2 {
+        // The network names what is wrong with the input's rank.
+        return net.check_input(shape);
+    }
+    let windows = w.plan(&shape[2..])?.num_windows();
+    let batch = w.sw_batch_size.min(shape[0].saturating_mul(windows));
+    let mut s = vec![batch, shape[1]];
     s.extend_from_slice(&w.roi_size);
     net.check_input(&s).map_err(|e| {
         Error::invalid(format!(
-            "--roi {:?} does not suit the network: {e}",
-            w.roi_size
+            "--roi {:?} with --sw-batch-size {} does not suit the network: {e}",
+            w.roi_size, w.sw_batch_size
         ))
     })
 }
@@ -92,7 +95,7 @@ pub fn predict_logits(
     match window {
         None => run(input),
         Some(w) => {
-            check_window(net, &input.shape()[..2], w)?;
+            check_window(net, input.shape(), w)?;
             sliding_window_inference(input, w, run)
         }
     }
@@ -137,7 +140,7 @@ pub fn predict_logits_slabs_with(
             "sliding-window input must be [B, C, spatial...], got {shape:?}"
         )));
     }
-    check_window(net, &shape[..2], window)?;
+    check_window(net, shape, window)?;
     if mirror && shape.len() != 5 {
         return Err(Error::invalid(format!(
             "mirroring takes 3D inputs [B, C, X, Y, Z], got {shape:?}"

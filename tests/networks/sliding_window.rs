@@ -944,3 +944,71 @@ fn a_budget_below_one_slab_is_a_typed_error() {
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+#[test]
+fn the_window_check_counts_the_windows_of_a_batch_not_the_images() {
+    use calibseg::nn::{
+        predict_logits, predict_logits_slabs, Network, SegResNetDs, SegResNetDsConfig,
+    };
+    // SegResNetDS of init 8 on 8^3 windows: a full-resolution activation of 8 channels x 512 voxels x 4
+    // bytes = 16 KiB a window, so under a 40 KiB binding a batch of two windows fits and one of three not.
+    let Some(gpu) = common::gpu_with_binding_limit(40 << 10) else {
+        return;
+    };
+    let config = SegResNetDsConfig::from_json(
+        r#"{"init_filters": 8, "out_channels": 2, "blocks_down": [1, 1], "dsdepth": 1}"#,
+    )
+    .unwrap();
+    let net = SegResNetDs::new(&gpu, config, 3).unwrap();
+    let mut rng = Rng::new(17);
+    let windows = |sw: usize| {
+        SlidingWindowConfig::new(&[8, 8, 8])
+            .with_overlap(0.0)
+            .with_sw_batch_size(sw)
+    };
+    // Three images of one window each, one window a batch: three images at once are over the binding, but
+    // the network only ever sees one window. Each image's logits are the network's on it alone (one
+    // window of constant weight: the blend is the value itself).
+    let x = rng.normals(3 * 512, 1.0);
+    let whole = Tensor::from_f32(&gpu, &[3, 1, 8, 8, 8], &x).unwrap();
+    assert!(
+        net.check_input(whole.shape()).is_err(),
+        "three images are over the binding"
+    );
+    let y = predict_logits(&net, &whole, Some(&windows(1))).unwrap();
+    let y = y.to_vec_f32().unwrap();
+    for i in 0..3 {
+        let one = Tensor::from_f32(&gpu, &[1, 1, 8, 8, 8], &x[i * 512..(i + 1) * 512]).unwrap();
+        let want = predict_logits(&net, &one, None)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        assert_eq!(bits(&y[i * 1024..(i + 1) * 1024]), bits(&want), "image {i}");
+    }
+    // One image of three windows, three windows a batch: refused before any window runs, naming the
+    // batch of windows and the limit.
+    let long = rng.normals(3 * 512, 1.0);
+    let mut calls = 0;
+    let e = predict_logits_slabs(&net, &gpu, &[1, 1, 24, 8, 8], &long, &windows(3), |_| {
+        calls += 1;
+        Ok(())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--sw-batch-size 3"), "{e}");
+    assert!(
+        e.contains("[3, 1, 8, 8, 8]") && e.contains("max_storage_buffer_binding_size"),
+        "{e}"
+    );
+    assert_eq!(calls, 0, "nothing was predicted");
+    // Three windows a batch where the input has two: the batch is two windows, which fit.
+    predict_logits_slabs(
+        &net,
+        &gpu,
+        &[1, 1, 16, 8, 8],
+        &long[..1024],
+        &windows(3),
+        |_| Ok(()),
+    )
+    .unwrap();
+}
