@@ -1034,7 +1034,9 @@ fn pointwise_kernels_equal_the_general_kernel_bit_for_bit() {
     let mut rng = Rng::new(91);
     // Voxels a multiple of 4 run the products (in the subgroup module where the input channels are a
     // multiple of 4 too: 20, 64, 4; 19 runs them in the portable module); 315 voxels the general kernel on
-    // both sides.
+    // both sides. In the subgroup module the results of over 16 channels (64, 33, and 20 for the input
+    // gradient) run the wide entries, the others the standard ones; 20 and 64 reduced channels run whole
+    // groups of 8 and 20 a last shorter one.
     for (n, cin, cout, s) in [
         (2usize, 20usize, 6usize, [4usize, 7, 9]),
         (2, 19, 6, [4, 7, 9]),

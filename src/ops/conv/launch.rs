@@ -143,10 +143,17 @@ fn pointwise_product(t: &ConvTiles, g: &ConvGeometry) -> bool {
 /// that the tiles of one voxel tile run one after the other and can find its source in cache (on lavapipe
 /// 11-20 -> 10.7-11.5 ms where they do, `conv3d_*_k1s1`; a process can also run them at 13.5-16 ms either
 /// way: that state goes away when their x reads are confined to a few KiB, so it is their x read from
-/// memory, 64 rows at once).
-fn pointwise_grid(gpu: &Gpu, t: &ConvTiles, voxels: usize, m: usize) -> Result<[u32; 3]> {
+/// memory, 64 rows at once). `wide`: the wide entries' twice the channels per workgroup.
+fn pointwise_grid(
+    gpu: &Gpu,
+    t: &ConvTiles,
+    wide: bool,
+    voxels: usize,
+    m: usize,
+) -> Result<[u32; 3]> {
     let per_workgroup = ConvTiles {
         cols: POINTWISE_COLS,
+        quads: if wide { 2 * t.quads } else { t.quads },
         ..*t
     };
     let [tiles_x, mt, tiles_z] = col_grid(gpu, &per_workgroup, voxels, m)?;
@@ -169,7 +176,7 @@ fn reordered_weights(
         Entry::BackwardDataRowStride2 | Entry::BackwardDataRowStride2Vec4 => {
             [g.cout, g.cin, g.taps()]
         }
-        Entry::ForwardPointwise if t.subgroup => [1, g.cout, g.cin],
+        Entry::ForwardPointwise | Entry::ForwardPointwiseWide if t.subgroup => [1, g.cout, g.cin],
         _ => return Ok(None),
     };
     let n = rows * taps * channels.next_multiple_of(4);
@@ -220,8 +227,14 @@ pub(crate) fn encode_forward(
     }
     let t = tiles_for(gpu).for_call(g.cout, g.n * g.output_voxels());
     let (entry, grid) = if pointwise_product(&t, g) {
-        let grid = pointwise_grid(gpu, &t, g.n * g.output_voxels(), g.cout)?;
-        (Entry::ForwardPointwise, grid)
+        let wide = t.wide_products(g.cout);
+        let grid = pointwise_grid(gpu, &t, wide, g.n * g.output_voxels(), g.cout)?;
+        let entry = if wide {
+            Entry::ForwardPointwiseWide
+        } else {
+            Entry::ForwardPointwise
+        };
+        (entry, grid)
     } else if row_path(&t, g, g.output[2]) {
         (Entry::ForwardRow, row_grid(gpu, &t, g.n, g.output, g.cout)?)
     } else if row_path_stride2(&t, g) {
@@ -283,8 +296,14 @@ pub(crate) fn encode_backward_data(
         let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
         (Entry::BackwardDataPhase, grid)
     } else if pointwise_product(&t, g) {
-        let grid = pointwise_grid(gpu, &t, g.n * g.input_voxels(), g.cin)?;
-        (Entry::BackwardDataPointwise, grid)
+        let wide = t.wide_products(g.cin);
+        let grid = pointwise_grid(gpu, &t, wide, g.n * g.input_voxels(), g.cin)?;
+        let entry = if wide {
+            Entry::BackwardDataPointwiseWide
+        } else {
+            Entry::BackwardDataPointwise
+        };
+        (entry, grid)
     } else if row_path(&t, g, g.input[2]) {
         (
             Entry::BackwardDataRow,

@@ -103,6 +103,16 @@ impl ConvTiles {
         t
     }
 
+    /// Whether a 1x1x1 product with `result_channels` result channels runs its wide entry (twice
+    /// [`ConvTiles::channels`] per invocation): in the subgroup module, where the call has more result
+    /// channels than the tiles. Each x value a lane loads then serves twice the multiply-adds; a step's
+    /// loads cost far more than its multiply-adds on lavapipe (each lane's load is a scalar sequence of its
+    /// own), so 64 -> 64 channels ran 11.1 -> 9.5 ms forward, 10.4 -> 9.3 ms input gradient
+    /// (`conv3d_*_k1s1`, 3 alternating runs, medians). Four times the channels spilled: 11.8 ms.
+    pub fn wide_products(&self, result_channels: usize) -> bool {
+        self.subgroup && result_channels > self.channels()
+    }
+
     /// The subgroup module's 1x1x1 weight-gradient tile: (output channels / 4, input channels per lane; a
     /// group of 8 lanes owns 8 times as many). Each voxel step of a lane is one gather of x per input
     /// channel and a shuffle of dy per output channel. A gather costs far more than a shuffle (lavapipe runs
@@ -234,12 +244,17 @@ pub enum Entry {
     /// [`Entry::BackwardDataRowStride2`] where the output gradient's rows are a multiple of 4 long, its
     /// window read as vec4s (subgroup module only).
     BackwardDataRowStride2Vec4,
+    /// [`Entry::ForwardPointwise`] with twice the result channels per invocation, for calls with more
+    /// result channels than the tiles' (subgroup module only; see [`ConvTiles::wide_products`]).
+    ForwardPointwiseWide,
+    /// [`Entry::BackwardDataPointwise`] with twice the result channels per invocation, likewise.
+    BackwardDataPointwiseWide,
 }
 
 impl Entry {
     /// Every entry point, in the order the modules define them (the portable module has all but the
     /// vec4 ones and the stride-2 input-gradient row kernels; see [`Entry::in_module`]).
-    pub const ALL: [Entry; 17] = [
+    pub const ALL: [Entry; 19] = [
         Entry::Forward,
         Entry::BackwardData,
         Entry::BackwardWeight,
@@ -249,6 +264,8 @@ impl Entry {
         Entry::BackwardDataPhase,
         Entry::ForwardPointwise,
         Entry::BackwardDataPointwise,
+        Entry::ForwardPointwiseWide,
+        Entry::BackwardDataPointwiseWide,
         Entry::BackwardWeightPointwise,
         Entry::ForwardRowStride2,
         Entry::BackwardWeightRowStride2,
@@ -269,6 +286,8 @@ impl Entry {
                     | Entry::BackwardWeightRowStride2Vec4
                     | Entry::BackwardDataRowStride2
                     | Entry::BackwardDataRowStride2Vec4
+                    | Entry::ForwardPointwiseWide
+                    | Entry::BackwardDataPointwiseWide
             )
     }
 
@@ -285,6 +304,8 @@ impl Entry {
             Entry::BackwardWeightPointwise => "backward_weight_pointwise",
             Entry::ForwardPointwise => "forward_pointwise",
             Entry::BackwardDataPointwise => "backward_data_pointwise",
+            Entry::ForwardPointwiseWide => "forward_pointwise_wide",
+            Entry::BackwardDataPointwiseWide => "backward_data_pointwise_wide",
             Entry::ForwardRowStride2 => "forward_row_s2",
             Entry::BackwardWeightRowStride2 => "backward_weight_row_s2",
             Entry::BackwardWeightPointwiseVec4 => "backward_weight_pointwise_vec4",

@@ -43,28 +43,50 @@ fn put_forward4(i: u32, v: vec4<f32>) {
     } else {
         view.to_string()
     };
-    Pass::BOTH
-        .iter()
-        .fold(view, |s, &pass| s + &pointwise_pass(pass, quads, subgroup))
+    // The subgroup module also has the wide entries, of twice the result channels
+    // ([`ConvTiles::wide_products`](crate::ops::conv::ConvTiles::wide_products)).
+    let widths: &[bool] = if subgroup { &[false, true] } else { &[false] };
+    let mut s = view;
+    for &wide in widths {
+        for &pass in Pass::BOTH.iter() {
+            let q = if wide { 2 * quads } else { quads };
+            s += &pointwise_pass(pass, q, subgroup, wide);
+        }
+    }
+    s
 }
 
-fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
+fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool, wide: bool) -> String {
     let (entry, weight_row, weight_step, what) = match pass {
         // w[co, ci] at co * cin + ci: a result row is cin apart, a reduction step 1.
         Pass::Forward => (
-            Entry::ForwardPointwise,
+            if wide {
+                Entry::ForwardPointwiseWide
+            } else {
+                Entry::ForwardPointwise
+            },
             "cin",
             "1u",
             "y over voxels; reduced: x's channels",
         ),
         Pass::BackwardData => (
-            Entry::BackwardDataPointwise,
+            if wide {
+                Entry::BackwardDataPointwiseWide
+            } else {
+                Entry::BackwardDataPointwise
+            },
             "1u",
             "cin",
             "dx over voxels; `src` is dy, reduced: its channels",
         ),
     };
     let name = entry.name();
+    // The result channels per workgroup: the module's `TM`, twice it for the wide entries.
+    let tm = if wide {
+        format!("{}u", 4 * quads)
+    } else {
+        "TM".to_string()
+    };
     let (cred, mlim) = (pass.reduced(), pass.results());
     // Column j of a lane is voxel 4 x (its quad) + j: the four are one aligned vec4 of `src4`, and all in
     // one image (the launch requires voxels a multiple of 4).
@@ -123,7 +145,7 @@ fn pointwise_pass(pass: Pass, quads: usize, subgroup: bool) -> String {
         )
     };
     let bias = match pass {
-        Pass::Forward => bias_read("bv", "TM"),
+        Pass::Forward => bias_read("bv", &tm),
         Pass::BackwardData => String::new(),
     };
     let stores = vec4_stores(pass, quads);
@@ -141,7 +163,7 @@ fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
           @builtin(local_invocation_index) lid: u32{sgid}) {{
 {SIZES}
     let vox = ovox;
-    let m0 = wid.x * TM;
+    let m0 = wid.x * {tm};
 {columns}
 {acc}
 {reduction}
