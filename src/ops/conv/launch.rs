@@ -139,6 +139,20 @@ fn pointwise_product(t: &ConvTiles, g: &ConvGeometry) -> bool {
         && (!t.subgroup || g.cin.is_multiple_of(4))
 }
 
+/// The entry and grid of a 1x1x1 product over `voxels` voxels and `m` result channels: the wide entry of
+/// `(standard, wide)` where [`ConvTiles::wide_products`] says so.
+fn product_launch(
+    gpu: &Gpu,
+    t: &ConvTiles,
+    (standard, wide): (Entry, Entry),
+    voxels: usize,
+    m: usize,
+) -> Result<(Entry, [u32; 3])> {
+    let is_wide = t.wide_products(m);
+    let grid = pointwise_grid(gpu, t, is_wide, voxels, m)?;
+    Ok((if is_wide { wide } else { standard }, grid))
+}
+
 /// Grid of the 1x1x1 products over `voxels` voxels and `m` result channels: the channel tiles along x, so
 /// that the tiles of one voxel tile run one after the other and can find its source in cache (on lavapipe
 /// 11-20 -> 10.7-11.5 ms where they do, `conv3d_*_k1s1`; a process can also run them at 13.5-16 ms either
@@ -227,14 +241,8 @@ pub(crate) fn encode_forward(
     }
     let t = tiles_for(gpu).for_call(g.cout, g.n * g.output_voxels());
     let (entry, grid) = if pointwise_product(&t, g) {
-        let wide = t.wide_products(g.cout);
-        let grid = pointwise_grid(gpu, &t, wide, g.n * g.output_voxels(), g.cout)?;
-        let entry = if wide {
-            Entry::ForwardPointwiseWide
-        } else {
-            Entry::ForwardPointwise
-        };
-        (entry, grid)
+        let entries = (Entry::ForwardPointwise, Entry::ForwardPointwiseWide);
+        product_launch(gpu, &t, entries, g.n * g.output_voxels(), g.cout)?
     } else if row_path(&t, g, g.output[2]) {
         (Entry::ForwardRow, row_grid(gpu, &t, g.n, g.output, g.cout)?)
     } else if row_path_stride2(&t, g) {
@@ -296,14 +304,11 @@ pub(crate) fn encode_backward_data(
         let grid = col_grid(gpu, &t, classes * per_class * t.workgroup_cols(), g.cin)?;
         (Entry::BackwardDataPhase, grid)
     } else if pointwise_product(&t, g) {
-        let wide = t.wide_products(g.cin);
-        let grid = pointwise_grid(gpu, &t, wide, g.n * g.input_voxels(), g.cin)?;
-        let entry = if wide {
-            Entry::BackwardDataPointwiseWide
-        } else {
-            Entry::BackwardDataPointwise
-        };
-        (entry, grid)
+        let entries = (
+            Entry::BackwardDataPointwise,
+            Entry::BackwardDataPointwiseWide,
+        );
+        product_launch(gpu, &t, entries, g.n * g.input_voxels(), g.cin)?
     } else if row_path(&t, g, g.input[2]) {
         (
             Entry::BackwardDataRow,
