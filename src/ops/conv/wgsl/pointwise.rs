@@ -246,8 +246,8 @@ fn pointwise_vec4_weights(pass: Pass, quads: usize, step: &str) -> String {
         s += "            }\n";
     }
     s += "        } else {\n";
-    // The shorter group's 8 steps written out (k a constant in each): their shuffles read constant lanes. Unlike the
-    // 3x3x3 kernels' tiles (see `broadcast_steps`) these gain from it: on lavapipe the products ran 10-20%
+    // The shorter group's 8 steps written out (k a constant in each): their shuffles read constant lanes.
+    // Unlike the 3x3x3 kernels' tiles (see `broadcast_steps`) these gain from it: on lavapipe the products ran 10-20%
     // faster so (alternating runs, `conv3d_*_k1s1`), though their 64 accumulators live on the stack either
     // way (BENCHMARKS.md, "What llvmpipe makes of the products").
     for k in 0..sg {
