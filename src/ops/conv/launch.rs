@@ -149,7 +149,8 @@ fn product_launch(
     m: usize,
 ) -> Result<(Entry, [u32; 3])> {
     let is_wide = t.wide_products(m);
-    let grid = pointwise_grid(gpu, t, is_wide, voxels, m)?;
+    let quads = if is_wide { t.wide_quads() } else { t.quads };
+    let grid = pointwise_grid(gpu, t, quads, voxels, m)?;
     Ok((if is_wide { wide } else { standard }, grid))
 }
 
@@ -157,17 +158,17 @@ fn product_launch(
 /// that the tiles of one voxel tile run one after the other and can find its source in cache (on lavapipe
 /// 11-20 -> 10.7-11.5 ms where they do, `conv3d_*_k1s1`; a process can also run them at 13.5-16 ms either
 /// way: that state goes away when their x reads are confined to a few KiB, so it is their x read from
-/// memory, 64 rows at once). `wide`: the wide entries' twice the channels per workgroup.
+/// memory, 64 rows at once). `quads`: the entry's result channels per workgroup, divided by 4.
 fn pointwise_grid(
     gpu: &Gpu,
     t: &ConvTiles,
-    wide: bool,
+    quads: usize,
     voxels: usize,
     m: usize,
 ) -> Result<[u32; 3]> {
     let per_workgroup = ConvTiles {
         cols: POINTWISE_COLS,
-        quads: if wide { 2 * t.quads } else { t.quads },
+        quads,
         ..*t
     };
     let [tiles_x, mt, tiles_z] = col_grid(gpu, &per_workgroup, voxels, m)?;

@@ -113,6 +113,11 @@ impl ConvTiles {
         self.subgroup && result_channels > self.channels()
     }
 
+    /// Result channels per invocation of the wide 1x1x1 products, divided by 4: twice the tiles'.
+    pub fn wide_quads(&self) -> usize {
+        2 * self.quads
+    }
+
     /// The subgroup module's 1x1x1 weight-gradient tile: (output channels / 4, input channels per lane; a
     /// group of 8 lanes owns 8 times as many). Each voxel step of a lane is one gather of x per input
     /// channel and a shuffle of dy per output channel. A gather costs far more than a shuffle (lavapipe runs

@@ -80,7 +80,7 @@ impl ConvTiles {
             + &fill(COMMON, &values)
             + &kernels
             + &phase
-            + &pointwise::pointwise(self.quads, self.subgroup)
+            + &pointwise::pointwise(self)
             + &if self.subgroup {
                 pointwise::pointwise_weight_subgroup(self.pointwise_weight_tile())
             } else {

@@ -14,12 +14,15 @@
 use super::pass::Pass;
 use super::*;
 use crate::ops::conv::tiles::{
-    Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS, POINTWISE_ROUND_SUMS,
+    ConvTiles, Entry, POINTWISE_COLS, POINTWISE_IN, POINTWISE_OUT, POINTWISE_ROUNDS,
+    POINTWISE_ROUND_SUMS,
 };
 
-/// The forward and input-gradient matrix-product kernels of [`POINTWISE_COLS`] voxels x `quads` vec4s of
-/// result channels per invocation, and the source's vec4 view they read.
-pub(super) fn pointwise(quads: usize, subgroup: bool) -> String {
+/// The forward and input-gradient matrix-product kernels of [`POINTWISE_COLS`] voxels x `t.quads` vec4s of
+/// result channels per invocation (and, in the subgroup module, the wide entries of [`ConvTiles::wide_quads`]),
+/// and the source's vec4 view they read.
+pub(super) fn pointwise(t: &ConvTiles) -> String {
+    let subgroup = t.subgroup;
     let view = "
 // The source as vec4s, for the 1x1x1 matrix products (one load of four voxels per lane and step), and
 // their results (one store of four voxels per channel).
@@ -43,14 +46,13 @@ fn put_forward4(i: u32, v: vec4<f32>) {
     } else {
         view.to_string()
     };
-    // The subgroup module also has the wide entries, of twice the result channels
-    // ([`ConvTiles::wide_products`](crate::ops::conv::ConvTiles::wide_products)).
+    // The subgroup module also has the wide entries ([`ConvTiles::wide_products`]).
     let widths: &[bool] = if subgroup { &[false, true] } else { &[false] };
     let mut s = view;
     for &wide in widths {
         for &pass in Pass::BOTH.iter() {
-            let q = if wide { 2 * quads } else { quads };
-            s += &pointwise_pass(pass, q, subgroup, wide);
+            let quads = if wide { t.wide_quads() } else { t.quads };
+            s += &pointwise_pass(pass, quads, subgroup, wide);
         }
     }
     s
